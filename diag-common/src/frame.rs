@@ -1,0 +1,442 @@
+//! Frame parsing and classification.
+//!
+//! Written against a plain byte slice (the first [`crate::CLASSIFY_LEN`] bytes or more of a
+//! frame) with constant offsets only, so the same code passes the BPF verifier and serves
+//! userspace.
+
+use crate::{Direction, FrameKind, ETH_P_8021Q, ETH_P_ARP, ETH_P_RARP};
+
+pub const ARP_OP_REQUEST: u16 = 1;
+pub const ARP_OP_REPLY: u16 = 2;
+/// RFC 903 "reverse request": what QEMU's self-announce carries.
+pub const ARP_OP_RARP_REQUEST: u16 = 3;
+
+const ETH_HLEN: usize = 14;
+const VLAN_HLEN: usize = 4;
+const ARP_BODY_LEN: usize = 28;
+
+/// The Ethernet header of a frame, with at most one 802.1Q tag looked through.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EthernetView {
+    pub dst: [u8; 6],
+    pub src: [u8; 6],
+    /// The VLAN id of the one 802.1Q tag, if there was one.
+    pub vlan: Option<u16>,
+    /// The ethertype after the tag.
+    pub ethertype: u16,
+    /// Offset of the layer-3 header.
+    pub l3_offset: usize,
+}
+
+/// An Ethernet/IPv4 ARP or RARP body.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ArpView {
+    pub op: u16,
+    pub sender_mac: [u8; 6],
+    pub sender_ip: [u8; 4],
+    pub target_mac: [u8; 6],
+    pub target_ip: [u8; 4],
+}
+
+impl ArpView {
+    /// An ARP request or reply announcing its own address (sender IP == target IP). A probe
+    /// (sender 0.0.0.0) asks, it does not announce.
+    pub fn is_gratuitous(&self) -> bool {
+        (self.op == ARP_OP_REQUEST || self.op == ARP_OP_REPLY)
+            && self.sender_ip == self.target_ip
+            && self.sender_ip != [0; 4]
+    }
+}
+
+#[inline(always)]
+fn be16(b: &[u8], at: usize) -> Option<u16> {
+    Some(u16::from_be_bytes([*b.get(at)?, *b.get(at + 1)?]))
+}
+
+#[inline(always)]
+fn array<const N: usize>(b: &[u8], at: usize) -> Option<[u8; N]> {
+    let mut out = [0u8; N];
+    let src = b.get(at..at + N)?;
+    let mut i = 0;
+    while i < N {
+        out[i] = src[i];
+        i += 1;
+    }
+    Some(out)
+}
+
+/// Parses the Ethernet header; `None` for a runt shorter than a header.
+#[inline(always)]
+pub fn parse_ethernet(frame: &[u8]) -> Option<EthernetView> {
+    let outer = be16(frame, 12)?;
+    let (vlan, ethertype, l3_offset) = if outer == ETH_P_8021Q {
+        let tci = be16(frame, ETH_HLEN)?;
+        (
+            Some(tci & 0x0fff),
+            be16(frame, ETH_HLEN + 2)?,
+            ETH_HLEN + VLAN_HLEN,
+        )
+    } else {
+        (None, outer, ETH_HLEN)
+    };
+    Some(EthernetView {
+        dst: array(frame, 0)?,
+        src: array(frame, 6)?,
+        vlan,
+        ethertype,
+        l3_offset,
+    })
+}
+
+/// Parses an Ethernet/IPv4 ARP-shaped body at `at`; `None` when truncated or of another
+/// hardware/protocol type.
+#[inline(always)]
+pub fn parse_arp(frame: &[u8], at: usize) -> Option<ArpView> {
+    let body = frame.get(at..at + ARP_BODY_LEN)?;
+    // htype 1 (Ethernet), ptype 0x0800 (IPv4), hlen 6, plen 4.
+    if body[0] != 0 || body[1] != 1 || body[2] != 0x08 || body[3] != 0 || body[4] != 6 {
+        return None;
+    }
+    if body[5] != 4 {
+        return None;
+    }
+    Some(ArpView {
+        op: be16(body, 6)?,
+        sender_mac: array(body, 8)?,
+        sender_ip: array(body, 14)?,
+        target_mac: array(body, 18)?,
+        target_ip: array(body, 24)?,
+    })
+}
+
+/// What a frame counts as. Several flags can hold at once (a gratuitous ARP is also an ARP
+/// request); `kind` is the one name the frame's event carries, if it is notable.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Classification {
+    pub kind: Option<FrameKind>,
+    pub dst_mismatch: bool,
+    pub rarp: bool,
+    pub garp: bool,
+    /// ARP opcode 1 or 2 (0 when not an ARP request/reply).
+    pub arp_op: u16,
+    pub vlan: Option<u16>,
+}
+
+/// Classifies one frame.
+///
+/// `foreign_unicast` says whether the destination MAC is unicast and not the tap's MAC at
+/// the moment the frame arrived: the eBPF path takes it from the kernel
+/// (`pkt_type == PACKET_OTHERHOST`), other paths from [`is_foreign_unicast`]. Only frames
+/// from the VM can be mismatches: frames to the VM are addressed by the host.
+#[inline(always)]
+pub fn classify(frame: &[u8], foreign_unicast: bool, direction: Direction) -> Classification {
+    let mut c = Classification {
+        dst_mismatch: foreign_unicast && direction == Direction::FromVm && frame.len() >= ETH_HLEN,
+        ..Classification::default()
+    };
+    let Some(eth) = parse_ethernet(frame) else {
+        c.kind = if c.dst_mismatch {
+            Some(FrameKind::DstMismatch)
+        } else {
+            None
+        };
+        return c;
+    };
+    c.vlan = eth.vlan;
+    if eth.ethertype == ETH_P_RARP {
+        c.rarp = true;
+        c.kind = Some(FrameKind::Rarp);
+    } else if eth.ethertype == ETH_P_ARP {
+        if let Some(arp) = parse_arp(frame, eth.l3_offset) {
+            if arp.op == ARP_OP_REQUEST || arp.op == ARP_OP_REPLY {
+                c.arp_op = arp.op;
+                c.garp = arp.is_gratuitous();
+                c.kind = Some(if c.garp {
+                    FrameKind::Garp
+                } else if arp.op == ARP_OP_REQUEST {
+                    FrameKind::ArpRequest
+                } else {
+                    FrameKind::ArpReply
+                });
+            }
+        }
+    }
+    if c.kind.is_none() && c.dst_mismatch {
+        c.kind = Some(FrameKind::DstMismatch);
+    }
+    c
+}
+
+/// Userspace's version of the kernel's `PACKET_OTHERHOST` test: unicast destination that is
+/// not `own_mac`. Used where no kernel verdict exists (pcap backend, offline captures).
+pub fn is_foreign_unicast(frame: &[u8], own_mac: &[u8; 6]) -> bool {
+    match frame.get(0..6) {
+        Some(dst) => dst[0] & 1 == 0 && dst != own_mac,
+        None => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+    use super::*;
+    use std::vec::Vec;
+
+    const GUEST: [u8; 6] = [0xfa, 0x16, 0x3e, 0xaa, 0xbb, 0xcc];
+    const TAP_OLD: [u8; 6] = [0xfe, 0x16, 0x3e, 0xaa, 0xbb, 0xcc];
+    const TAP_NEW: [u8; 6] = [0x00, 0x61, 0xfe, 0xed, 0xca, 0xfe];
+    const BCAST: [u8; 6] = [0xff; 6];
+
+    fn eth(dst: [u8; 6], src: [u8; 6], vlan: Option<u16>, ethertype: u16) -> Vec<u8> {
+        let mut f = Vec::new();
+        f.extend_from_slice(&dst);
+        f.extend_from_slice(&src);
+        if let Some(v) = vlan {
+            f.extend_from_slice(&ETH_P_8021Q.to_be_bytes());
+            f.extend_from_slice(&v.to_be_bytes());
+        }
+        f.extend_from_slice(&ethertype.to_be_bytes());
+        f
+    }
+
+    fn arp_body(op: u16, sha: [u8; 6], spa: [u8; 4], tha: [u8; 6], tpa: [u8; 4]) -> Vec<u8> {
+        let mut b = std::vec![0, 1, 0x08, 0, 6, 4];
+        b.extend_from_slice(&op.to_be_bytes());
+        b.extend_from_slice(&sha);
+        b.extend_from_slice(&spa);
+        b.extend_from_slice(&tha);
+        b.extend_from_slice(&tpa);
+        b
+    }
+
+    fn pad60(mut f: Vec<u8>) -> Vec<u8> {
+        f.resize(f.len().max(60), 0);
+        f
+    }
+
+    fn qemu_rarp(vlan: Option<u16>) -> Vec<u8> {
+        let mut f = eth(BCAST, GUEST, vlan, ETH_P_RARP);
+        f.extend(arp_body(ARP_OP_RARP_REQUEST, GUEST, [0; 4], GUEST, [0; 4]));
+        pad60(f)
+    }
+
+    fn arp(op: u16, dst: [u8; 6], spa: [u8; 4], tpa: [u8; 4], vlan: Option<u16>) -> Vec<u8> {
+        let mut f = eth(dst, GUEST, vlan, ETH_P_ARP);
+        f.extend(arp_body(op, GUEST, spa, [0; 6], tpa));
+        pad60(f)
+    }
+
+    fn ipv4_to(dst: [u8; 6], len: usize) -> Vec<u8> {
+        let mut f = eth(dst, GUEST, None, 0x0800);
+        f.resize(len, 0x45);
+        f
+    }
+
+    #[test]
+    fn qemu_rarp_announce() {
+        let c = classify(&qemu_rarp(None), false, Direction::FromVm);
+        assert_eq!(c.kind, Some(FrameKind::Rarp));
+        assert!(c.rarp && !c.garp && !c.dst_mismatch);
+        assert_eq!(c.arp_op, 0, "a RARP is not an ARP request");
+    }
+
+    #[test]
+    fn gratuitous_arp_request_and_reply() {
+        let ip = [10, 0, 0, 5];
+        for op in [ARP_OP_REQUEST, ARP_OP_REPLY] {
+            let c = classify(&arp(op, BCAST, ip, ip, None), false, Direction::FromVm);
+            assert_eq!(c.kind, Some(FrameKind::Garp));
+            assert!(c.garp);
+            assert_eq!(c.arp_op, op, "a GARP still counts as request/reply");
+        }
+    }
+
+    #[test]
+    fn plain_arp_request_and_reply() {
+        let c = classify(
+            &arp(ARP_OP_REQUEST, BCAST, [10, 0, 0, 5], [10, 0, 0, 1], None),
+            false,
+            Direction::FromVm,
+        );
+        assert_eq!(
+            (c.kind, c.garp, c.arp_op),
+            (Some(FrameKind::ArpRequest), false, 1)
+        );
+        let c = classify(
+            &arp(ARP_OP_REPLY, TAP_NEW, [10, 0, 0, 5], [10, 0, 0, 1], None),
+            false,
+            Direction::ToVm,
+        );
+        assert_eq!(
+            (c.kind, c.garp, c.arp_op),
+            (Some(FrameKind::ArpReply), false, 2)
+        );
+    }
+
+    #[test]
+    fn arp_probe_is_not_gratuitous() {
+        let c = classify(
+            &arp(ARP_OP_REQUEST, BCAST, [0; 4], [10, 0, 0, 5], None),
+            false,
+            Direction::FromVm,
+        );
+        assert_eq!(c.kind, Some(FrameKind::ArpRequest));
+        assert!(!c.garp);
+        // Probe with target 0.0.0.0 too: sender == target, still not an announcement.
+        let c = classify(
+            &arp(ARP_OP_REQUEST, BCAST, [0; 4], [0; 4], None),
+            false,
+            Direction::FromVm,
+        );
+        assert!(!c.garp);
+    }
+
+    #[test]
+    fn dst_mismatch_only_from_vm() {
+        let f = ipv4_to(TAP_OLD, 98);
+        let c = classify(&f, true, Direction::FromVm);
+        assert_eq!(
+            (c.kind, c.dst_mismatch),
+            (Some(FrameKind::DstMismatch), true)
+        );
+        let c = classify(&f, true, Direction::ToVm);
+        assert_eq!((c.kind, c.dst_mismatch), (None, false));
+        let c = classify(&f, false, Direction::FromVm);
+        assert_eq!(c, Classification::default());
+    }
+
+    #[test]
+    fn unicast_arp_to_stale_mac_is_both() {
+        // Linux re-validates a stale neighbour with a unicast request to the cached MAC.
+        let f = arp(ARP_OP_REQUEST, TAP_OLD, [10, 0, 0, 5], [10, 0, 0, 1], None);
+        assert!(is_foreign_unicast(&f, &TAP_NEW));
+        let c = classify(&f, true, Direction::FromVm);
+        assert_eq!(c.kind, Some(FrameKind::ArpRequest));
+        assert!(c.dst_mismatch);
+    }
+
+    #[test]
+    fn vlan_tagged_rarp_and_arp() {
+        let c = classify(&qemu_rarp(Some(100)), false, Direction::FromVm);
+        assert_eq!((c.kind, c.vlan), (Some(FrameKind::Rarp), Some(100)));
+        let ip = [192, 168, 1, 9];
+        let c = classify(
+            &arp(ARP_OP_REQUEST, BCAST, ip, ip, Some(4094)),
+            false,
+            Direction::ToVm,
+        );
+        assert_eq!((c.kind, c.vlan), (Some(FrameKind::Garp), Some(4094)));
+        // The priority bits of the TCI are not part of the VLAN id.
+        let c = classify(&qemu_rarp(Some(0xe000 | 7)), false, Direction::FromVm);
+        assert_eq!(c.vlan, Some(7));
+    }
+
+    #[test]
+    fn runts() {
+        for len in 0..14 {
+            let f = std::vec![0u8; len];
+            let c = classify(&f, true, Direction::FromVm);
+            assert_eq!(c, Classification::default(), "len {len}");
+        }
+        // A bare header with a mismatch is still a mismatch.
+        let f = eth(TAP_OLD, GUEST, None, 0x0800);
+        assert_eq!(
+            classify(&f, true, Direction::FromVm).kind,
+            Some(FrameKind::DstMismatch)
+        );
+        // A VLAN tag cut short: no ethertype to read.
+        let mut f = eth(BCAST, GUEST, None, ETH_P_8021Q);
+        f.push(0);
+        assert_eq!(parse_ethernet(&f), None);
+        assert_eq!(classify(&f, false, Direction::FromVm).kind, None);
+    }
+
+    #[test]
+    fn truncated_arp_is_not_counted() {
+        let ip = [10, 0, 0, 5];
+        let full = arp(ARP_OP_REQUEST, BCAST, ip, ip, None);
+        for cut in 14..42 {
+            let c = classify(&full[..cut], false, Direction::FromVm);
+            assert_eq!(c.kind, None, "cut at {cut}");
+            assert_eq!(c.arp_op, 0);
+        }
+        // Exactly 42 bytes (unpadded, as a tap may carry it) is a whole ARP.
+        assert_eq!(
+            classify(&full[..42], false, Direction::FromVm).kind,
+            Some(FrameKind::Garp)
+        );
+    }
+
+    #[test]
+    fn arp_of_other_hardware_type_is_ignored() {
+        let ip = [10, 0, 0, 5];
+        let mut f = arp(ARP_OP_REQUEST, BCAST, ip, ip, None);
+        f[15] = 6; // htype IEEE 802
+        assert_eq!(classify(&f, false, Direction::FromVm).kind, None);
+    }
+
+    #[test]
+    fn jumbo_frame() {
+        let f = ipv4_to(TAP_OLD, 9000);
+        let c = classify(&f, true, Direction::FromVm);
+        assert_eq!(c.kind, Some(FrameKind::DstMismatch));
+        let mut counters = crate::TapCounters::default();
+        counters.record(&c, Direction::FromVm, f.len() as u64);
+        assert_eq!((counters.from_vm_frames, counters.from_vm_bytes), (1, 9000));
+    }
+
+    #[test]
+    fn foreign_unicast() {
+        assert!(is_foreign_unicast(&ipv4_to(TAP_OLD, 60), &TAP_NEW));
+        assert!(!is_foreign_unicast(&ipv4_to(TAP_NEW, 60), &TAP_NEW));
+        assert!(!is_foreign_unicast(&ipv4_to(BCAST, 60), &TAP_NEW));
+        let multicast = [0x01, 0x00, 0x5e, 0, 0, 1];
+        assert!(!is_foreign_unicast(&ipv4_to(multicast, 60), &TAP_NEW));
+        assert!(!is_foreign_unicast(&[0xfe, 0x16], &TAP_NEW));
+    }
+
+    #[test]
+    fn counters_record_every_flag() {
+        let ip = [10, 0, 0, 5];
+        let mut t = crate::TapCounters::default();
+        for (f, mismatch, dir) in [
+            (qemu_rarp(None), false, Direction::FromVm),
+            (
+                arp(ARP_OP_REQUEST, BCAST, ip, ip, None),
+                false,
+                Direction::FromVm,
+            ),
+            (
+                arp(ARP_OP_REPLY, GUEST, [10, 0, 0, 1], ip, None),
+                false,
+                Direction::ToVm,
+            ),
+            (ipv4_to(TAP_OLD, 100), true, Direction::FromVm),
+        ] {
+            let c = classify(&f, mismatch, dir);
+            t.record(&c, dir, f.len() as u64);
+        }
+        assert_eq!(t.from_vm_frames, 3);
+        assert_eq!(t.from_vm_bytes, 60 + 60 + 100);
+        assert_eq!((t.to_vm_frames, t.to_vm_bytes), (1, 60));
+        assert_eq!(t.rarp_frames, 1);
+        assert_eq!(t.garp_frames, 1);
+        assert_eq!(t.arp_requests, 1);
+        assert_eq!(t.arp_replies, 1);
+        assert_eq!(t.dst_mismatch_frames, 1);
+    }
+
+    #[test]
+    fn mismatch_sampling() {
+        let mut t = crate::TapCounters::default();
+        let step = crate::MISMATCH_SAMPLE_INTERVAL_NS;
+        assert!(t.admit_event(FrameKind::DstMismatch, 5));
+        assert!(!t.admit_event(FrameKind::DstMismatch, 5 + step - 1));
+        assert!(
+            t.admit_event(FrameKind::Rarp, 6),
+            "announcements are never sampled away"
+        );
+        assert!(t.admit_event(FrameKind::DstMismatch, 5 + step));
+        assert!(!t.admit_event(FrameKind::DstMismatch, 5 + step + 1));
+    }
+}

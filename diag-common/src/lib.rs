@@ -1,0 +1,219 @@
+//! Types and frame classification shared by the eBPF programs and userspace.
+//!
+//! Everything here is `#![no_std]`, allocation-free and small enough for the BPF verifier:
+//! the eBPF datapath, the pcap backend and offline analysis all call [`classify`] and
+//! [`TapCounters::record`], so a frame is judged the same way wherever it is seen.
+#![no_std]
+
+pub mod frame;
+
+pub use frame::{classify, parse_arp, parse_ethernet, ArpView, Classification, EthernetView};
+
+/// `skb->pkt_type` the kernel's `eth_type_trans()` gives a unicast frame whose destination
+/// MAC is not the receiving device's own address.
+pub const PACKET_OTHERHOST: u32 = 3;
+
+/// Bytes of a frame the classifier needs at most: Ethernet (14) + one 802.1Q tag (4) +
+/// an Ethernet/IPv4 ARP body (28).
+pub const CLASSIFY_LEN: usize = 46;
+
+/// Bytes of a notable frame copied into its event.
+pub const EVENT_SNAPLEN: usize = 128;
+
+/// A dst-mismatch frame is sampled into the event stream at most once per this interval,
+/// per tap and CPU; the counters still see every frame.
+pub const MISMATCH_SAMPLE_INTERVAL_NS: u64 = 100_000_000;
+
+/// Most taps the counter map can hold at once.
+pub const MAX_TAPS: u32 = 16_384;
+
+/// Size of the notable-frame ring buffer (a power of two, as the kernel requires).
+pub const EVENT_RING_BYTES: u32 = 1 << 20;
+
+pub const ETH_P_ARP: u16 = 0x0806;
+pub const ETH_P_RARP: u16 = 0x8035;
+pub const ETH_P_8021Q: u16 = 0x8100;
+
+/// Which way a frame crossed the tap, seen from the VM.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    /// Written by the VM (QEMU) into the tap: tc ingress on the host side.
+    FromVm = 0,
+    /// Sent by the host to the VM: tc egress on the host side.
+    ToVm = 1,
+}
+
+impl Direction {
+    pub fn from_u8(v: u8) -> Option<Self> {
+        match v {
+            0 => Some(Self::FromVm),
+            1 => Some(Self::ToVm),
+            _ => None,
+        }
+    }
+}
+
+/// Why a frame is notable. One frame has one kind; a gratuitous ARP is `Garp`, not also a
+/// request or reply event (it still counts in the request/reply counters).
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FrameKind {
+    DstMismatch = 1,
+    Rarp = 2,
+    Garp = 3,
+    ArpRequest = 4,
+    ArpReply = 5,
+}
+
+impl FrameKind {
+    pub fn from_u8(v: u8) -> Option<Self> {
+        match v {
+            1 => Some(Self::DstMismatch),
+            2 => Some(Self::Rarp),
+            3 => Some(Self::Garp),
+            4 => Some(Self::ArpRequest),
+            5 => Some(Self::ArpReply),
+            _ => None,
+        }
+    }
+
+    /// The name used in JSON output (a contract: other tools parse it).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::DstMismatch => "dst_mismatch",
+            Self::Rarp => "rarp",
+            Self::Garp => "garp",
+            Self::ArpRequest => "arp_request",
+            Self::ArpReply => "arp_reply",
+        }
+    }
+}
+
+/// Per-tap counters, one copy per CPU in the kernel map so increments never race.
+/// Userspace sums the copies; every field but the sampling clock is a plain counter.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TapCounters {
+    pub from_vm_frames: u64,
+    pub from_vm_bytes: u64,
+    pub to_vm_frames: u64,
+    pub to_vm_bytes: u64,
+    pub dst_mismatch_frames: u64,
+    pub rarp_frames: u64,
+    pub garp_frames: u64,
+    pub arp_requests: u64,
+    pub arp_replies: u64,
+    /// Notable frames that did not fit in the ring buffer.
+    pub events_lost: u64,
+    /// Monotonic time of the last dst-mismatch sample this CPU emitted (rate limit state).
+    pub last_mismatch_sample_ns: u64,
+}
+
+impl TapCounters {
+    /// Counts one frame of `len` bytes.
+    #[inline(always)]
+    pub fn record(&mut self, class: &Classification, direction: Direction, len: u64) {
+        match direction {
+            Direction::FromVm => {
+                self.from_vm_frames += 1;
+                self.from_vm_bytes += len;
+            }
+            Direction::ToVm => {
+                self.to_vm_frames += 1;
+                self.to_vm_bytes += len;
+            }
+        }
+        self.dst_mismatch_frames += class.dst_mismatch as u64;
+        self.rarp_frames += class.rarp as u64;
+        self.garp_frames += class.garp as u64;
+        self.arp_requests += (class.arp_op == frame::ARP_OP_REQUEST) as u64;
+        self.arp_replies += (class.arp_op == frame::ARP_OP_REPLY) as u64;
+    }
+
+    /// Decides whether a notable frame goes to the event stream at `now_ns`, updating the
+    /// rate-limit clock. Announcements and ARP always go; mismatches are sampled.
+    #[inline(always)]
+    pub fn admit_event(&mut self, kind: FrameKind, now_ns: u64) -> bool {
+        if kind != FrameKind::DstMismatch {
+            return true;
+        }
+        if self.last_mismatch_sample_ns != 0
+            && now_ns.wrapping_sub(self.last_mismatch_sample_ns) < MISMATCH_SAMPLE_INTERVAL_NS
+        {
+            return false;
+        }
+        self.last_mismatch_sample_ns = now_ns;
+        true
+    }
+
+    /// Adds another copy (another CPU's) into this one.
+    pub fn accumulate(&mut self, o: &TapCounters) {
+        self.from_vm_frames += o.from_vm_frames;
+        self.from_vm_bytes += o.from_vm_bytes;
+        self.to_vm_frames += o.to_vm_frames;
+        self.to_vm_bytes += o.to_vm_bytes;
+        self.dst_mismatch_frames += o.dst_mismatch_frames;
+        self.rarp_frames += o.rarp_frames;
+        self.garp_frames += o.garp_frames;
+        self.arp_requests += o.arp_requests;
+        self.arp_replies += o.arp_replies;
+        self.events_lost += o.events_lost;
+        self.last_mismatch_sample_ns = self.last_mismatch_sample_ns.max(o.last_mismatch_sample_ns);
+    }
+}
+
+/// `FrameEvent::flags` bit: the frame carried one 802.1Q tag.
+pub const EVENT_FLAG_VLAN: u8 = 1;
+/// `FrameEvent::flags` bit: the frame was also a dst mismatch (e.g. a unicast ARP probe to
+/// a MAC the tap no longer has).
+pub const EVENT_FLAG_DST_MISMATCH: u8 = 2;
+
+/// One notable frame, as the eBPF program writes it into the ring buffer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct FrameEvent {
+    /// `bpf_ktime_get_ns()`: CLOCK_MONOTONIC nanoseconds.
+    pub ts_ns: u64,
+    pub ifindex: u32,
+    /// Length of the whole frame on the wire.
+    pub frame_len: u32,
+    /// Bytes of `data` that hold the frame (the rest is zero).
+    pub captured: u16,
+    pub direction: u8,
+    pub kind: u8,
+    pub flags: u8,
+    pub _pad: u8,
+    pub vlan: u16,
+    pub data: [u8; EVENT_SNAPLEN],
+}
+
+impl FrameEvent {
+    pub const fn zeroed() -> Self {
+        Self {
+            ts_ns: 0,
+            ifindex: 0,
+            frame_len: 0,
+            captured: 0,
+            direction: 0,
+            kind: 0,
+            flags: 0,
+            _pad: 0,
+            vlan: 0,
+            data: [0; EVENT_SNAPLEN],
+        }
+    }
+
+    pub fn frame(&self) -> &[u8] {
+        let n = (self.captured as usize).min(EVENT_SNAPLEN);
+        &self.data[..n]
+    }
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: both are #[repr(C)] plain integers and byte arrays with no padding holes
+    // that could expose uninitialised memory to the kernel.
+    unsafe impl aya::Pod for super::TapCounters {}
+    unsafe impl aya::Pod for super::FrameEvent {}
+}

@@ -1,0 +1,77 @@
+//! Kernel timestamps to wall-clock time.
+//!
+//! The eBPF programs stamp frames with `bpf_ktime_get_ns()` (CLOCK_MONOTONIC). The offset to
+//! CLOCK_REALTIME is sampled once at start, so frame times stay ordered even if NTP steps
+//! the wall clock during a run.
+
+use chrono::{DateTime, SecondsFormat, Utc};
+
+fn clock_ns(clock: libc::clockid_t) -> i128 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid pointer to a timespec; both clocks always exist on Linux.
+    unsafe { libc::clock_gettime(clock, &mut ts) };
+    ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128
+}
+
+/// Nanoseconds of CLOCK_MONOTONIC now: the clock the kernel stamps frames with.
+pub fn monotonic_ns() -> u64 {
+    clock_ns(libc::CLOCK_MONOTONIC) as u64
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct WallClock {
+    realtime_minus_monotonic_ns: i128,
+}
+
+impl Default for WallClock {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl WallClock {
+    pub fn new() -> Self {
+        // Bracket the realtime read between two monotonic reads to halve the error.
+        let m1 = clock_ns(libc::CLOCK_MONOTONIC);
+        let r = clock_ns(libc::CLOCK_REALTIME);
+        let m2 = clock_ns(libc::CLOCK_MONOTONIC);
+        Self {
+            realtime_minus_monotonic_ns: r - (m1 + m2) / 2,
+        }
+    }
+
+    /// Wall-clock time of a CLOCK_MONOTONIC timestamp.
+    pub fn to_utc(&self, monotonic_ns: u64) -> DateTime<Utc> {
+        let ns = monotonic_ns as i128 + self.realtime_minus_monotonic_ns;
+        DateTime::from_timestamp_nanos(ns as i64)
+    }
+
+    pub fn now(&self) -> DateTime<Utc> {
+        self.to_utc(monotonic_ns())
+    }
+}
+
+/// RFC 3339, UTC, microseconds: `2026-11-22T01:34:00.123456Z`.
+pub fn rfc3339(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Micros, true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn monotonic_maps_near_now() {
+        let c = WallClock::new();
+        let skew = (c.now() - Utc::now()).num_milliseconds().abs();
+        assert!(skew < 1000, "skew {skew} ms");
+        let s = rfc3339(c.to_utc(0));
+        assert!(
+            s.ends_with('Z') && s.len() == "2026-11-22T01:34:00.123456Z".len(),
+            "{s}"
+        );
+    }
+}

@@ -1,0 +1,13 @@
+//! tapwatch: per-VM visibility of frames on hypervisor tap devices.
+//!
+//! `diag_common` holds the shared types and the one frame classifier; this crate loads the
+//! eBPF probe ([`probe`]), follows interfaces over rtnetlink ([`ifaces`]), and turns what it
+//! sees into [`output::Record`]s ([`watch`]).
+
+pub mod caps;
+pub mod clock;
+pub mod ifaces;
+pub mod mac;
+pub mod output;
+pub mod probe;
+pub mod watch;

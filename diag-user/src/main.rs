@@ -1,0 +1,102 @@
+use std::{io, time::Duration};
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+use diag_user::{
+    ifaces::DEFAULT_PATTERNS,
+    output::{JsonSink, Sink, TextSink},
+    probe::AttachMode,
+    watch::{self, WatchOptions},
+};
+
+/// Per-VM view of frames on hypervisor tap devices: which frames a VM sends to a MAC its
+/// tap no longer has, and when QEMU's RARP and the guest's gratuitous ARP announced a
+/// migration.
+#[derive(Parser)]
+#[command(name = "tapwatch", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Attach to VM taps and report live (the default command).
+    Watch(WatchArgs),
+}
+
+#[derive(Args, Clone)]
+struct WatchArgs {
+    /// Write NDJSON (one object a line) to stdout instead of the human view.
+    #[arg(long)]
+    json: bool,
+    /// Interfaces to watch, by shell glob; repeatable. Default: tap* and vnet*.
+    #[arg(long = "iface", value_name = "GLOB")]
+    ifaces: Vec<String>,
+    /// Seconds between stats records.
+    #[arg(long, value_name = "SECS", default_value = "1", value_parser = parse_secs)]
+    interval: Duration,
+    /// Stop after this many seconds (default: run until SIGINT/SIGTERM).
+    #[arg(long, value_name = "SECS", value_parser = parse_secs)]
+    duration: Option<Duration>,
+    /// How to hook the tc programs.
+    #[arg(long, value_enum, default_value = "auto")]
+    attach_mode: AttachMode,
+}
+
+impl Default for WatchArgs {
+    fn default() -> Self {
+        Self {
+            json: false,
+            ifaces: Vec::new(),
+            interval: Duration::from_secs(1),
+            duration: None,
+            attach_mode: AttachMode::Auto,
+        }
+    }
+}
+
+fn parse_secs(s: &str) -> Result<Duration, String> {
+    let v: f64 = s
+        .parse()
+        .map_err(|_| format!("not a number of seconds: {s:?}"))?;
+    if !(v.is_finite() && v > 0.0) {
+        return Err(format!("must be a positive number of seconds: {s:?}"));
+    }
+    Ok(Duration::from_secs_f64(v))
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let args = match cli.command {
+        Some(Command::Watch(a)) => a,
+        None => WatchArgs::default(),
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(run_watch(args))
+}
+
+async fn run_watch(args: WatchArgs) -> anyhow::Result<()> {
+    let patterns = if args.ifaces.is_empty() {
+        DEFAULT_PATTERNS.iter().map(|s| s.to_string()).collect()
+    } else {
+        args.ifaces.clone()
+    };
+    let opts = WatchOptions {
+        patterns,
+        interval: args.interval,
+        duration: args.duration,
+        attach_mode: args.attach_mode,
+    };
+    let stdout = io::BufWriter::new(io::stdout().lock());
+    let mut sink: Box<dyn Sink> = if args.json {
+        Box::new(JsonSink(stdout))
+    } else {
+        Box::new(TextSink(stdout))
+    };
+    watch::run(opts, sink.as_mut()).await?;
+    Ok(())
+}

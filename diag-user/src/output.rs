@@ -1,0 +1,233 @@
+//! What `tapwatch watch` reports: one record type per line of `--json` output. The field
+//! names are a contract documented in docs/json.md; add fields, never rename them.
+
+use std::io::{self, Write};
+
+use diag_common::{parse_arp, parse_ethernet, Direction, FrameEvent, TapCounters};
+use serde::Serialize;
+
+use crate::mac::MacAddr;
+
+#[derive(Clone, Debug, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Record {
+    Attached {
+        ts: String,
+        ifname: String,
+        ifindex: u32,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        mac: Option<MacAddr>,
+        mode: &'static str,
+        backend: &'static str,
+    },
+    Detached {
+        ts: String,
+        ifname: String,
+        reason: String,
+    },
+    MacChange {
+        ts: String,
+        ifname: String,
+        old_mac: Option<MacAddr>,
+        new_mac: Option<MacAddr>,
+    },
+    Frame(FrameRecord),
+    Stats {
+        ts: String,
+        taps: Vec<TapRow>,
+    },
+    Summary {
+        ts: String,
+        taps: Vec<SummaryRow>,
+    },
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct FrameRecord {
+    pub ts: String,
+    pub ifname: String,
+    pub direction: &'static str,
+    pub kind: &'static str,
+    pub src_mac: MacAddr,
+    pub dst_mac: MacAddr,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sender_ip: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target_ip: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vlan: Option<u16>,
+    /// Also addressed to a MAC the tap does not have (e.g. a unicast ARP to the old MAC).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub dst_mismatch: bool,
+    /// Length of the whole frame.
+    pub len: u32,
+}
+
+impl FrameRecord {
+    /// Decodes a kernel event; `None` for an event too short to hold a MAC header.
+    pub fn from_event(ev: &FrameEvent, ifname: &str, ts: String) -> Option<Self> {
+        let frame = ev.frame();
+        let eth = parse_ethernet(frame)?;
+        let kind = diag_common::FrameKind::from_u8(ev.kind)?;
+        let arp = match kind {
+            diag_common::FrameKind::DstMismatch => None,
+            _ => parse_arp(frame, eth.l3_offset),
+        };
+        let ip = |b: [u8; 4]| std::net::Ipv4Addr::from(b).to_string();
+        Some(Self {
+            ts,
+            ifname: ifname.to_string(),
+            direction: match Direction::from_u8(ev.direction)? {
+                Direction::FromVm => "from_vm",
+                Direction::ToVm => "to_vm",
+            },
+            kind: kind.as_str(),
+            src_mac: MacAddr(eth.src),
+            dst_mac: MacAddr(eth.dst),
+            sender_ip: arp.map(|a| ip(a.sender_ip)),
+            target_ip: arp.map(|a| ip(a.target_ip)),
+            vlan: eth.vlan,
+            dst_mismatch: ev.flags & diag_common::EVENT_FLAG_DST_MISMATCH != 0,
+            len: ev.frame_len,
+        })
+    }
+}
+
+/// Counters of one tap, cumulative since it was attached.
+#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct TapRow {
+    pub ifname: String,
+    pub from_vm_frames: u64,
+    pub from_vm_bytes: u64,
+    pub to_vm_frames: u64,
+    pub to_vm_bytes: u64,
+    pub dst_mismatch_frames: u64,
+    pub rarp_frames: u64,
+    pub garp_frames: u64,
+    pub arp_requests: u64,
+    pub arp_replies: u64,
+    pub events_lost: u64,
+}
+
+impl TapRow {
+    pub fn new(ifname: &str, c: &TapCounters) -> Self {
+        Self {
+            ifname: ifname.to_string(),
+            from_vm_frames: c.from_vm_frames,
+            from_vm_bytes: c.from_vm_bytes,
+            to_vm_frames: c.to_vm_frames,
+            to_vm_bytes: c.to_vm_bytes,
+            dst_mismatch_frames: c.dst_mismatch_frames,
+            rarp_frames: c.rarp_frames,
+            garp_frames: c.garp_frames,
+            arp_requests: c.arp_requests,
+            arp_replies: c.arp_replies,
+            events_lost: c.events_lost,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct MacHistoryEntry {
+    pub ts: String,
+    pub mac: Option<MacAddr>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct SummaryRow {
+    #[serde(flatten)]
+    pub counters: TapRow,
+    pub ifindex: u32,
+    pub mode: &'static str,
+    /// The tap's MAC when attached, then every change, with the time it was seen.
+    pub mac_history: Vec<MacHistoryEntry>,
+    /// Whether the tap went away before tapwatch stopped.
+    pub detached: bool,
+}
+
+/// Where records go.
+pub trait Sink {
+    fn emit(&mut self, rec: &Record) -> io::Result<()>;
+    fn flush(&mut self) -> io::Result<()>;
+}
+
+/// NDJSON: one object a line.
+pub struct JsonSink<W: Write>(pub W);
+
+impl<W: Write> Sink for JsonSink<W> {
+    fn emit(&mut self, rec: &Record) -> io::Result<()> {
+        serde_json::to_writer(&mut self.0, rec)?;
+        self.0.write_all(b"\n")
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.0.flush()
+    }
+}
+
+/// One readable line per record, for a terminal without the full-screen view.
+pub struct TextSink<W: Write>(pub W);
+
+impl<W: Write> Sink for TextSink<W> {
+    fn emit(&mut self, rec: &Record) -> io::Result<()> {
+        let w = &mut self.0;
+        match rec {
+            Record::Attached {
+                ts,
+                ifname,
+                mac,
+                mode,
+                ..
+            } => {
+                writeln!(w, "{ts} {ifname}: attached ({mode}, mac {})", opt(mac))
+            }
+            Record::Detached { ts, ifname, reason } => {
+                writeln!(w, "{ts} {ifname}: detached ({reason})")
+            }
+            Record::MacChange {
+                ts,
+                ifname,
+                old_mac,
+                new_mac,
+            } => {
+                writeln!(
+                    w,
+                    "{ts} {ifname}: MAC changed {} -> {}",
+                    opt(old_mac),
+                    opt(new_mac)
+                )
+            }
+            Record::Frame(f) => {
+                let arp = match (&f.sender_ip, &f.target_ip) {
+                    (Some(s), Some(t)) => format!(" {s} -> {t}"),
+                    _ => String::new(),
+                };
+                writeln!(
+                    w,
+                    "{} {}: {} {} {} -> {}{arp}",
+                    f.ts, f.ifname, f.direction, f.kind, f.src_mac, f.dst_mac
+                )
+            }
+            Record::Stats { .. } => Ok(()),
+            Record::Summary { ts, taps } => {
+                writeln!(w, "{ts} summary:")?;
+                for t in taps {
+                    let c = &t.counters;
+                    writeln!(
+                        w,
+                        "  {}: from_vm {} frames, to_vm {} frames, dst_mismatch {}, rarp {}, garp {}, arp req {} / rep {}, events lost {}",
+                        c.ifname, c.from_vm_frames, c.to_vm_frames, c.dst_mismatch_frames,
+                        c.rarp_frames, c.garp_frames, c.arp_requests, c.arp_replies, c.events_lost
+                    )?;
+                }
+                Ok(())
+            }
+        }
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.0.flush()
+    }
+}
+
+fn opt(m: &Option<MacAddr>) -> String {
+    m.map(|m| m.to_string()).unwrap_or_else(|| "none".into())
+}

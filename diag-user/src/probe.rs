@@ -1,0 +1,280 @@
+//! The eBPF backend: loads the embedded object, attaches its two tc programs to each selected
+//! tap, and reads back the per-CPU counters and the notable-frame ring buffer.
+
+use std::collections::HashMap;
+
+use aya::{
+    maps::{MapData, PerCpuHashMap, RingBuf},
+    programs::{
+        tc::{self, NlOptions, SchedClassifierLinkId, TcAttachOptions},
+        LinkOrder, ProgramError, SchedClassifier, TcAttachType,
+    },
+    Ebpf, EbpfError,
+};
+use diag_common::{FrameEvent, TapCounters};
+
+const INGRESS: &str = "tap_ingress";
+const EGRESS: &str = "tap_egress";
+const COUNTERS_MAP: &str = "TAP_COUNTERS";
+const EVENTS_MAP: &str = "EVENTS";
+
+/// The object built from `diag-ebpf` by build.rs. Aligned because the ELF parser reads it
+/// in place.
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/diag"));
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error(
+        "the kernel refused tapwatch's eBPF programs: {0}. tapwatch needs a kernel with BPF \
+         (CONFIG_BPF_SYSCALL) and tc BPF classifiers (TCX on Linux >= 6.6, or \
+         CONFIG_NET_CLS_BPF with clsact); use --backend pcap where BPF is not available"
+    )]
+    Load(#[source] EbpfError),
+    #[error("the kernel rejected eBPF program {name}: {source}")]
+    Program {
+        name: &'static str,
+        #[source]
+        source: ProgramError,
+    },
+    #[error("eBPF object lacks {0}; rebuild tapwatch")]
+    Missing(&'static str),
+    #[error("eBPF map {name}: {source}")]
+    Map {
+        name: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
+    #[error("cannot attach to {ifname}: {reason}")]
+    Attach { ifname: String, reason: String },
+}
+
+/// How programs are hooked to an interface.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum AttachMode {
+    /// TCX on kernels >= 6.6, clsact otherwise.
+    Auto,
+    /// TCX links: gone with the process, even after SIGKILL.
+    Tcx,
+    /// clsact qdisc + netlink filters (kernels < 6.6); removed at exit.
+    Clsact,
+}
+
+impl AttachMode {
+    fn resolve(self) -> AttachMode {
+        match self {
+            AttachMode::Auto if tcx_supported() => AttachMode::Tcx,
+            AttachMode::Auto => AttachMode::Clsact,
+            m => m,
+        }
+    }
+}
+
+fn tcx_supported() -> bool {
+    use aya::util::KernelVersion;
+    KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0))
+}
+
+struct Attachment {
+    ingress: SchedClassifierLinkId,
+    egress: SchedClassifierLinkId,
+}
+
+pub struct Probe {
+    ebpf: Ebpf,
+    counters: PerCpuHashMap<MapData, u32, TapCounters>,
+    mode: AttachMode,
+    attached: HashMap<u32, Attachment>,
+}
+
+impl Probe {
+    /// Loads and verifies the programs; returns the probe and the ring buffer of events.
+    pub fn load(mode: AttachMode) -> Result<(Self, RingBuf<MapData>), ProbeError> {
+        raise_memlock_limit();
+        let mut ebpf = Ebpf::load(EBPF_OBJECT).map_err(ProbeError::Load)?;
+        for name in [INGRESS, EGRESS] {
+            let prog: &mut SchedClassifier = ebpf
+                .program_mut(name)
+                .ok_or(ProbeError::Missing(name))?
+                .try_into()
+                .map_err(|source| ProbeError::Program { name, source })?;
+            prog.load()
+                .map_err(|source| ProbeError::Program { name, source })?;
+        }
+        let map = |ebpf: &mut Ebpf, name: &'static str| {
+            ebpf.take_map(name).ok_or(ProbeError::Missing(name))
+        };
+        let counters =
+            PerCpuHashMap::try_from(map(&mut ebpf, COUNTERS_MAP)?).map_err(|source| {
+                ProbeError::Map {
+                    name: COUNTERS_MAP,
+                    source,
+                }
+            })?;
+        let events =
+            RingBuf::try_from(map(&mut ebpf, EVENTS_MAP)?).map_err(|source| ProbeError::Map {
+                name: EVENTS_MAP,
+                source,
+            })?;
+        Ok((
+            Self {
+                ebpf,
+                counters,
+                mode: mode.resolve(),
+                attached: HashMap::new(),
+            },
+            events,
+        ))
+    }
+
+    pub fn mode(&self) -> AttachMode {
+        self.mode
+    }
+
+    /// Starts counting on `ifname` from zero. When this returns, every frame crossing the
+    /// interface is counted.
+    pub fn attach(&mut self, ifindex: u32, ifname: &str) -> Result<(), ProbeError> {
+        let fail = |reason: String| ProbeError::Attach {
+            ifname: ifname.to_string(),
+            reason,
+        };
+        if self.attached.contains_key(&ifindex) {
+            return Ok(());
+        }
+        self.counters
+            .insert(
+                ifindex,
+                zeroed_per_cpu().map_err(|e| fail(e.to_string()))?,
+                0,
+            )
+            .map_err(|e| fail(format!("cannot add its counters: {e}")))?;
+        let result = self.attach_programs(ifname);
+        match result {
+            Ok(att) => {
+                self.attached.insert(ifindex, att);
+                Ok(())
+            }
+            Err(e) => {
+                let _ = self.counters.remove(&ifindex);
+                Err(fail(e))
+            }
+        }
+    }
+
+    fn attach_programs(&mut self, ifname: &str) -> Result<Attachment, String> {
+        let options = || match self.mode {
+            AttachMode::Clsact => TcAttachOptions::Netlink(NlOptions::default()),
+            _ => TcAttachOptions::TcxOrder(LinkOrder::default()),
+        };
+        if self.mode == AttachMode::Clsact {
+            if let Err(e) = tc::qdisc_add_clsact(ifname) {
+                // EEXIST: the qdisc is already there (another tool, or an earlier run).
+                if !e.to_string().contains("exists")
+                    && !matches!(&e, tc::TcError::NetlinkError(n) if n.raw_os_error() == Some(libc::EEXIST))
+                {
+                    return Err(format!("cannot add a clsact qdisc: {e}"));
+                }
+            }
+            // Filters of a run that was killed stay attached with clsact; remove them so
+            // frames are not counted twice.
+            for (ty, name) in [
+                (TcAttachType::Ingress, INGRESS),
+                (TcAttachType::Egress, EGRESS),
+            ] {
+                let _ = tc::qdisc_detach_program(ifname, ty, name);
+            }
+        }
+        let (o1, o2) = (options(), options());
+        let ingress = self
+            .program(INGRESS)
+            .attach_with_options(ifname, TcAttachType::Ingress, o1);
+        let ingress = ingress.map_err(|e| format!("ingress: {}", error_chain(&e)))?;
+        match self
+            .program(EGRESS)
+            .attach_with_options(ifname, TcAttachType::Egress, o2)
+        {
+            Ok(egress) => Ok(Attachment { ingress, egress }),
+            Err(e) => {
+                let _ = self.program(INGRESS).detach(ingress);
+                Err(format!("egress: {}", error_chain(&e)))
+            }
+        }
+    }
+
+    fn program(&mut self, name: &str) -> &mut SchedClassifier {
+        self.ebpf
+            .program_mut(name)
+            .and_then(|p| p.try_into().ok())
+            .expect("programs were checked at load")
+    }
+
+    /// Summed counters of an attached (or just detached, still in the map) interface.
+    pub fn counters(&self, ifindex: u32) -> Option<TapCounters> {
+        let per_cpu = self.counters.get(&ifindex, 0).ok()?;
+        let mut total = TapCounters::default();
+        for c in per_cpu.iter() {
+            total.accumulate(c);
+        }
+        Some(total)
+    }
+
+    /// Stops counting; returns the final counters. Safe on an interface that is already
+    /// gone (its links died with it).
+    pub fn detach(&mut self, ifindex: u32) -> Option<TapCounters> {
+        let att = self.attached.remove(&ifindex)?;
+        let last = self.counters(ifindex);
+        let _ = self.program(INGRESS).detach(att.ingress);
+        let _ = self.program(EGRESS).detach(att.egress);
+        let _ = self.counters.remove(&ifindex);
+        last
+    }
+
+    pub fn is_attached(&self, ifindex: u32) -> bool {
+        self.attached.contains_key(&ifindex)
+    }
+}
+
+impl Drop for Probe {
+    fn drop(&mut self) {
+        let ifindexes: Vec<u32> = self.attached.keys().copied().collect();
+        for i in ifindexes {
+            self.detach(i);
+        }
+    }
+}
+
+/// Parses a ring buffer record; `None` if it is not a whole event.
+pub fn parse_event(bytes: &[u8]) -> Option<FrameEvent> {
+    if bytes.len() < std::mem::size_of::<FrameEvent>() {
+        return None;
+    }
+    // SAFETY: length checked; FrameEvent is plain old data; the record may be unaligned.
+    Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr() as *const FrameEvent) })
+}
+
+fn zeroed_per_cpu() -> std::io::Result<aya::maps::PerCpuValues<TapCounters>> {
+    let n = aya::util::nr_cpus().map_err(|(_, e)| e)?;
+    aya::maps::PerCpuValues::try_from(vec![TapCounters::default(); n])
+        .map_err(|e| std::io::Error::other(e.to_string()))
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(inner) = cur {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        cur = inner.source();
+    }
+    s
+}
+
+/// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK; lift it so the ring buffer fits.
+fn raise_memlock_limit() {
+    let rlim = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: plain syscall with a valid pointer; failure only matters on old kernels, where
+    // the load error that follows says what went wrong.
+    unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) };
+}

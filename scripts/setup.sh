@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Installs everything a fresh Debian 12 hypervisor or CI machine lacks to build and test
+# tapwatch. Idempotent: a second run only checks and returns within a second or two.
+set -euo pipefail
+
+log() { printf 'setup: %s\n' "$*" >&2; }
+
+if [ "$(id -u)" -ne 0 ]; then
+    echo "setup: must run as root (it installs Debian packages); try: sudo $0" >&2
+    exit 1
+fi
+
+# Debian's own Rust builds the eBPF crate (it ships the matching core source for
+# -Z build-std); LLVM 22 is what both that rustc and bpf-linker use. The rest serves the
+# pcap backend and the tests (tcpdump/tshark check captures, tmux drives the TUI).
+PACKAGES=(
+    rustc-web cargo-web rust-web-src
+    llvm-22-dev libpolly-22-dev zlib1g-dev libzstd-dev libxml2-dev
+    libpcap-dev tcpdump tshark bpftool iproute2 tmux procps
+)
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    log "installing Debian packages: ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    # tshark asks whether non-root users may capture; answer for it.
+    echo "wireshark-common wireshark-common/install-setuid boolean false" | debconf-set-selections
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+CARGO_BIN="${CARGO_HOME:-$HOME/.cargo}/bin"
+BPF_LINKER_VERSION=0.13.0
+if ! "$CARGO_BIN/bpf-linker" --version 2>/dev/null | grep -q "$BPF_LINKER_VERSION"; then
+    log "building bpf-linker $BPF_LINKER_VERSION against LLVM 22 (about 90 s)"
+    # Without the prefixes the build finds /usr/bin/llvm-config (LLVM 14) and fails to link.
+    LLVM_PREFIX=/usr/lib/llvm-22 LLVM_SYS_221_PREFIX=/usr/lib/llvm-22 \
+        cargo install --locked bpf-linker --version "$BPF_LINKER_VERSION" \
+        --no-default-features --features llvm-22
+fi
+
+# rustup cannot download rust-src here, so the eBPF crate is built by Debian's toolchain,
+# registered under a name that diag-user's build.rs asks for. Linking downloads nothing.
+if command -v rustup >/dev/null 2>&1; then
+    if ! rustup toolchain list | grep -q '^debian-bpf'; then
+        log "registering Debian's Rust toolchain with rustup as debian-bpf"
+        rustup toolchain link debian-bpf /usr
+    fi
+fi
+log "ready"
