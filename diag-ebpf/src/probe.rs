@@ -12,6 +12,11 @@ use diag_common::{
 
 /// Counters of the selected taps, keyed by ifindex. Userspace inserts a zeroed entry before
 /// attaching, so a frame on any other interface (or after detaching) costs one lookup.
+const VLAN_HLEN: u32 = 4;
+/// What the classifier reads (CLASSIFY_LEN) rounded up to a power of two for load_prefix.
+const HEAD_LEN: usize = 64;
+const _: () = assert!(HEAD_LEN >= CLASSIFY_LEN);
+
 #[map]
 static TAP_COUNTERS: PerCpuHashMap<u32, TapCounters> = PerCpuHashMap::with_max_entries(MAX_TAPS, 0);
 
@@ -34,7 +39,15 @@ pub fn tap_egress(ctx: TcContext) -> i32 {
 fn observe(ctx: &TcContext, direction: Direction) {
     // TcContext has no accessor for pkt_type or ifindex; the fields are in __sk_buff.
     let skb = ctx.skb.skb as *const __sk_buff;
-    let (ifindex, len, pkt_type) = unsafe { ((*skb).ifindex, (*skb).len, (*skb).pkt_type) };
+    let (ifindex, skb_len, pkt_type, vlan_present, vlan_tci) = unsafe {
+        (
+            (*skb).ifindex,
+            (*skb).len,
+            (*skb).pkt_type,
+            (*skb).vlan_present,
+            (*skb).vlan_tci,
+        )
+    };
     let Some(counters) = TAP_COUNTERS.get_ptr_mut(&ifindex) else {
         return;
     };
@@ -42,12 +55,19 @@ fn observe(ctx: &TcContext, direction: Direction) {
     let counters = unsafe { &mut *counters };
 
     // Zeroed as words: a byte array initialiser becomes a byte-at-a-time loop here.
-    let mut words = [0u64; CLASSIFY_LEN.div_ceil(8)];
-    // SAFETY: [u64; 6] is 48 initialised bytes; the view is 46 of them.
-    let head = unsafe { &mut *(words.as_mut_ptr() as *mut [u8; CLASSIFY_LEN]) };
-    let n = load_prefix(skb, head, len);
-    let class = classify(&head[..n], pkt_type == PACKET_OTHERHOST, direction);
-    counters.record(&class, direction, len as u64);
+    let mut words = [0u64; HEAD_LEN / 8];
+    // SAFETY: the words are HEAD_LEN initialised bytes.
+    let head = unsafe { &mut *(words.as_mut_ptr() as *mut [u8; HEAD_LEN]) };
+    let n = load_prefix(skb, head, skb_len);
+    let mut class = classify(&head[..n], pkt_type == PACKET_OTHERHOST, direction);
+    // The stack moves an 802.1Q tag out of the frame into skb metadata before tc sees it
+    // (skb_vlan_untag); count the frame as the VM wrote it, tag included.
+    let mut frame_len = skb_len;
+    if vlan_present != 0 && class.vlan.is_none() {
+        class.vlan = Some((vlan_tci & 0x0fff) as u16);
+        frame_len += VLAN_HLEN;
+    }
+    counters.record(&class, direction, frame_len as u64);
 
     let Some(kind) = class.kind else {
         return;
@@ -56,19 +76,32 @@ fn observe(ctx: &TcContext, direction: Direction) {
     if !counters.admit_event(kind, now) {
         return;
     }
-    emit(skb, counters, &class, kind, direction, ifindex, len, now);
+    let seen = Seen {
+        ifindex,
+        skb_len,
+        frame_len,
+        direction,
+        now,
+    };
+    emit(skb, counters, &class, kind, &seen);
 }
 
 /// Copies the first `min(len, N)` bytes of the frame into `buf`; returns how many.
-/// Shaped for the verifier: the helper needs a length it can prove non-zero and <= N.
+///
+/// Shaped for the verifier, which must see the helper's length as a constant or a range
+/// within 1..=N: N is a power of two, so a short frame's length is masked. `black_box`
+/// stops LLVM from merging the checks into a form the verifier cannot follow.
 #[inline(always)]
 fn load_prefix<const N: usize>(skb: *const __sk_buff, buf: &mut [u8; N], len: u32) -> usize {
+    const { assert!(N.is_power_of_two()) };
     let n = if len as usize >= N {
         N as u32
-    } else if len >= 1 {
-        len
     } else {
-        return 0;
+        let n = core::hint::black_box(len) & (N as u32 - 1);
+        if n == 0 {
+            return 0;
+        }
+        n
     };
     // SAFETY: `buf` has room for N >= n bytes; the helper bounds-checks the skb side.
     let ret = unsafe { bpf_skb_load_bytes(skb as *const _, 0, buf.as_mut_ptr() as *mut _, n) };
@@ -79,17 +112,23 @@ fn load_prefix<const N: usize>(skb: *const __sk_buff, buf: &mut [u8; N], len: u3
     }
 }
 
+/// Facts about one frame that go into its event.
+struct Seen {
+    ifindex: u32,
+    skb_len: u32,
+    /// As the VM wrote it (with any VLAN tag the stack stripped).
+    frame_len: u32,
+    direction: Direction,
+    now: u64,
+}
+
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
 fn emit(
     skb: *const __sk_buff,
     counters: &mut TapCounters,
     class: &diag_common::Classification,
     kind: FrameKind,
-    direction: Direction,
-    ifindex: u32,
-    len: u32,
-    now: u64,
+    seen: &Seen,
 ) {
     let Some(mut entry) = EVENTS.reserve::<FrameEvent>(0) else {
         counters.events_lost += 1;
@@ -98,10 +137,10 @@ fn emit(
     let ev = entry.as_mut_ptr();
     // SAFETY: `ev` points at a reserved, exclusively owned ring buffer slot of the right size.
     unsafe {
-        (*ev).ts_ns = now;
-        (*ev).ifindex = ifindex;
-        (*ev).frame_len = len;
-        (*ev).direction = direction as u8;
+        (*ev).ts_ns = seen.now;
+        (*ev).ifindex = seen.ifindex;
+        (*ev).frame_len = seen.frame_len;
+        (*ev).direction = seen.direction as u8;
         (*ev).kind = kind as u8;
         (*ev).flags = (if class.vlan.is_some() {
             EVENT_FLAG_VLAN
@@ -115,7 +154,7 @@ fn emit(
         (*ev)._pad = 0;
         (*ev).vlan = class.vlan.unwrap_or(0);
         // Bytes past `captured` are left as they are: userspace reads only `captured`.
-        (*ev).captured = load_prefix(skb, &mut (*ev).data, len) as u16;
+        (*ev).captured = load_prefix(skb, &mut (*ev).data, seen.skb_len) as u16;
     }
     entry.submit(0);
 }

@@ -10,4 +10,5 @@ pub mod ifaces;
 pub mod mac;
 pub mod output;
 pub mod probe;
+pub mod sandbox;
 pub mod watch;

@@ -86,7 +86,10 @@ impl FrameRecord {
             dst_mac: MacAddr(eth.dst),
             sender_ip: arp.map(|a| ip(a.sender_ip)),
             target_ip: arp.map(|a| ip(a.target_ip)),
-            vlan: eth.vlan,
+            // The kernel usually strips the tag into metadata before tc sees the frame.
+            vlan: eth
+                .vlan
+                .or((ev.flags & diag_common::EVENT_FLAG_VLAN != 0).then_some(ev.vlan)),
             dst_mismatch: ev.flags & diag_common::EVENT_FLAG_DST_MISMATCH != 0,
             len: ev.frame_len,
         })

@@ -278,3 +278,18 @@ fn raise_memlock_limit() {
     // the load error that follows says what went wrong.
     unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) };
 }
+
+/// Names of the TCX programs attached to `ifname` (ingress then egress), as the kernel
+/// reports them. Lets tests and operators check what is hooked where.
+pub fn tcx_program_names(ifname: &str) -> Result<Vec<String>, ProgramError> {
+    let mut names = Vec::new();
+    for ty in [TcAttachType::Ingress, TcAttachType::Egress] {
+        let (_, progs) = SchedClassifier::query_tcx(ifname, ty)?;
+        names.extend(
+            progs
+                .iter()
+                .map(|p| p.name_as_str().unwrap_or("?").to_string()),
+        );
+    }
+    Ok(names)
+}

@@ -1,0 +1,198 @@
+//! Runs the real `tapwatch` binary inside a test's own network namespace and reads its
+//! NDJSON output as it comes.
+#![allow(dead_code)]
+
+use std::{
+    io::{BufRead, BufReader, Read},
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::mpsc::{self, Receiver, RecvTimeoutError},
+    time::{Duration, Instant},
+};
+
+use diag_user::sandbox::Netns;
+use serde_json::Value;
+
+pub const TIMEOUT: Duration = Duration::from_secs(20);
+
+/// These tests drive a real kernel: they need root (CAP_BPF, CAP_NET_ADMIN, netns, TUN).
+/// A machine that cannot run them fails them loudly instead of skipping.
+pub fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(
+        euid, 0,
+        "the integration tests need root and a BPF-capable kernel (they create network \
+         namespaces and taps and load eBPF programs): run them as root, e.g. `sudo -E cargo test`"
+    );
+}
+
+pub struct Tapwatch {
+    child: Child,
+    lines: Receiver<Value>,
+    pub seen: Vec<Value>,
+    stderr: Option<std::thread::JoinHandle<String>>,
+}
+
+impl Tapwatch {
+    /// Starts `tapwatch <args>` inside `ns`.
+    pub fn start(ns: &Netns, args: &[&str]) -> Self {
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", ns.name(), env!("CARGO_BIN_EXE_tapwatch")])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn tapwatch");
+        let stdout = child.stdout.take().unwrap();
+        let mut stderr = child.stderr.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                let v: Value = serde_json::from_str(&line)
+                    .unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+                if tx.send(v).is_err() {
+                    break;
+                }
+            }
+        });
+        let stderr = std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = stderr.read_to_string(&mut s);
+            s
+        });
+        Self {
+            child,
+            lines,
+            seen: Vec::new(),
+            stderr: Some(stderr),
+        }
+    }
+
+    /// Waits for the first record (after those already returned) that `pred` accepts.
+    pub fn wait_for(&mut self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(v) => {
+                    self.seen.push(v.clone());
+                    if pred(&v) {
+                        return v;
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    panic!("timed out waiting for {what}; seen: {:#?}", self.seen)
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    let status = self.child.wait().ok();
+                    let err = self
+                        .stderr
+                        .take()
+                        .map(|h| h.join().unwrap())
+                        .unwrap_or_default();
+                    panic!(
+                        "tapwatch ended ({status:?}) before {what}; stderr: {err}\nseen: {:#?}",
+                        self.seen
+                    )
+                }
+            }
+        }
+    }
+
+    pub fn wait_attached(&mut self, ifname: &str) -> Value {
+        self.wait_for(&format!("attached {ifname}"), |v| {
+            v["type"] == "attached" && v["ifname"] == ifname
+        })
+    }
+
+    /// Waits until a stats record shows `ifname` with counters `pred` accepts: the kernel
+    /// has counted what the test sent.
+    pub fn wait_stats(&mut self, ifname: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        self.wait_for(&format!("stats of {ifname}"), |v| {
+            v["type"] == "stats"
+                && v["taps"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|t| t["ifname"] == ifname && pred(t))
+        })
+    }
+
+    pub fn signal(&self, sig: libc::c_int) {
+        // SAFETY: plain kill(2) of our own child.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, sig) };
+    }
+
+    /// Waits for exit; returns the status, every record, and stderr.
+    pub fn finish(mut self) -> (ExitStatus, Vec<Value>, String) {
+        let status = wait_timeout(&mut self.child, TIMEOUT).expect("tapwatch did not exit");
+        while let Ok(v) = self.lines.recv_timeout(Duration::from_secs(5)) {
+            self.seen.push(v);
+        }
+        let err = self
+            .stderr
+            .take()
+            .map(|h| h.join().unwrap())
+            .unwrap_or_default();
+        (status, std::mem::take(&mut self.seen), err)
+    }
+
+    pub fn stop(self, sig: libc::c_int) -> (ExitStatus, Vec<Value>, String) {
+        self.signal(sig);
+        self.finish()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Tapwatch {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn wait_timeout(child: &mut Child, t: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + t;
+    while Instant::now() < deadline {
+        if let Some(s) = child.try_wait().ok()? {
+            return Some(s);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    None
+}
+
+/// The summary row of `ifname`.
+pub fn summary_row<'a>(records: &'a [Value], ifname: &str) -> &'a Value {
+    let summary = records
+        .iter()
+        .find(|v| v["type"] == "summary")
+        .unwrap_or_else(|| panic!("no summary in {records:#?}"));
+    summary["taps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["ifname"] == ifname)
+        .unwrap_or_else(|| panic!("no summary row for {ifname} in {summary:#}"))
+}
+
+pub fn of_type<'a>(records: &'a [Value], ty: &str) -> Vec<&'a Value> {
+    records.iter().filter(|v| v["type"] == ty).collect()
+}
+
+pub fn frames<'a>(records: &'a [Value], ifname: &str, kind: &str) -> Vec<&'a Value> {
+    records
+        .iter()
+        .filter(|v| v["type"] == "frame" && v["ifname"] == ifname && v["kind"] == kind)
+        .collect()
+}
+
+pub fn u(v: &Value, field: &str) -> u64 {
+    v[field]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{field} missing in {v}"))
+}

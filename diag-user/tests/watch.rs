@@ -1,0 +1,454 @@
+//! `tapwatch watch --json` against the real kernel: each test has its own network
+//! namespace and taps it opens through /dev/net/tun, playing the VM.
+
+mod common;
+
+use std::{net::Ipv4Addr, time::Duration};
+
+use common::*;
+use diag_user::{
+    mac::MacAddr,
+    sandbox::{frames, Netns, VmTap},
+};
+
+const GUEST: MacAddr = MacAddr([0xfa, 0x16, 0x3e, 0xaa, 0xbb, 0xcc]);
+/// libvirt's tap MAC for that guest (managed='yes').
+const TAP_LIBVIRT: MacAddr = MacAddr([0xfe, 0x16, 0x3e, 0xaa, 0xbb, 0xcc]);
+/// networking-calico's fixed port MAC, which Nova sets with managed='no'.
+const TAP_CALICO: MacAddr = MacAddr([0x00, 0x61, 0xfe, 0xed, 0xca, 0xfe]);
+const VM_IP: Ipv4Addr = Ipv4Addr::new(10, 65, 0, 2);
+const HOST_IP: Ipv4Addr = Ipv4Addr::new(10, 65, 0, 1);
+
+fn json_watch(ns: &Netns, extra: &[&str]) -> Tapwatch {
+    let mut args = vec!["watch", "--json", "--interval", "0.1"];
+    args.extend_from_slice(extra);
+    Tapwatch::start(ns, &args)
+}
+
+#[test]
+fn counts_every_kind_exactly() {
+    require_root();
+    let ns = Netns::new("tw-kinds").unwrap();
+    let tap = VmTap::create(&ns, "tap0a1b2c3d-4e", TAP_LIBVIRT).unwrap();
+    let mut tw = json_watch(&ns, &[]);
+    let attached = tw.wait_attached(tap.name());
+    assert_eq!(attached["mac"], "fe:16:3e:aa:bb:cc");
+    assert_eq!(attached["mode"], "routed");
+    assert_eq!(attached["backend"], "ebpf");
+
+    let other = Ipv4Addr::new(10, 65, 0, 99);
+    let mut sent: Vec<Vec<u8>> = Vec::new();
+    sent.extend((0..5).map(|_| frames::rarp_announce(GUEST, None)));
+    sent.extend((0..2).map(|_| frames::rarp_announce(GUEST, Some(100))));
+    sent.extend((0..2).map(|_| frames::garp(GUEST, VM_IP)));
+    sent.push(frames::arp(
+        2,
+        frames::BROADCAST,
+        GUEST,
+        VM_IP,
+        frames::BROADCAST,
+        VM_IP,
+        None,
+    ));
+    sent.extend((0..3).map(|_| frames::arp_request(GUEST, VM_IP, other)));
+    // An ARP probe (sender 0.0.0.0) asks; it does not announce.
+    sent.push(frames::arp_request(GUEST, Ipv4Addr::UNSPECIFIED, VM_IP));
+    sent.push(frames::arp(
+        1,
+        frames::BROADCAST,
+        GUEST,
+        VM_IP,
+        MacAddr::default(),
+        other,
+        Some(7),
+    ));
+    sent.extend((0..4).map(|_| frames::udp(GUEST, TAP_CALICO, VM_IP, other, 98)));
+    sent.extend((0..6).map(|_| frames::udp(GUEST, TAP_LIBVIRT, VM_IP, other, 1000)));
+    for f in &sent {
+        tap.send(f).unwrap();
+    }
+    let n = sent.len() as u64;
+    let bytes: u64 = sent.iter().map(|f| f.len() as u64).sum();
+    tw.wait_stats(tap.name(), |t| u(t, "from_vm_frames") == n);
+    let (status, recs, _) = tw.stop(libc::SIGINT);
+    assert!(status.success(), "{status:?}");
+
+    let row = summary_row(&recs, tap.name());
+    let expect = [
+        ("from_vm_frames", n),
+        ("from_vm_bytes", bytes),
+        ("to_vm_frames", 0),
+        ("to_vm_bytes", 0),
+        ("dst_mismatch_frames", 4),
+        ("rarp_frames", 7),
+        ("garp_frames", 3),
+        ("arp_requests", 2 + 3 + 1 + 1),
+        ("arp_replies", 1),
+        ("events_lost", 0),
+    ];
+    for (field, want) in expect {
+        assert_eq!(u(row, field), want, "{field} in {row:#}");
+    }
+
+    let rarps = frames(&recs, tap.name(), "rarp");
+    assert_eq!(rarps.len(), 7);
+    let r = rarps[0];
+    assert_eq!(r["direction"], "from_vm");
+    assert_eq!(r["src_mac"], "fa:16:3e:aa:bb:cc");
+    assert_eq!(r["dst_mac"], "ff:ff:ff:ff:ff:ff");
+    assert_eq!(r["sender_ip"], "0.0.0.0");
+    assert_eq!(r["target_ip"], "0.0.0.0");
+    assert!(r.get("vlan").is_none());
+    assert_eq!(rarps.iter().filter(|r| r["vlan"] == 100).count(), 2);
+
+    let garps = frames(&recs, tap.name(), "garp");
+    assert_eq!(garps.len(), 3, "a GARP is reported once, as garp");
+    assert!(garps
+        .iter()
+        .all(|g| g["sender_ip"] == "10.65.0.2" && g["target_ip"] == "10.65.0.2"));
+    let reqs = frames(&recs, tap.name(), "arp_request");
+    assert_eq!(reqs.len(), 5);
+    assert_eq!(reqs.iter().filter(|r| r["vlan"] == 7).count(), 1);
+    assert_eq!(
+        reqs.iter().filter(|r| r["sender_ip"] == "0.0.0.0").count(),
+        1
+    );
+    assert_eq!(
+        frames(&recs, tap.name(), "arp_reply").len(),
+        0,
+        "the GARP reply is a garp"
+    );
+
+    // Four mismatches within well under 100 ms: sampled, at least one, at most one per CPU.
+    let cpus = std::thread::available_parallelism().unwrap().get();
+    let mism = frames(&recs, tap.name(), "dst_mismatch");
+    assert!(
+        !mism.is_empty() && mism.len() <= cpus,
+        "{} samples",
+        mism.len()
+    );
+    assert_eq!(mism[0]["dst_mac"], "00:61:fe:ed:ca:fe");
+    assert_eq!(mism[0]["len"], 98);
+
+    // Timestamps: RFC 3339 UTC with microseconds, frames in kernel order.
+    for r in &recs {
+        let ts = r["ts"].as_str().unwrap();
+        assert!(ts.ends_with('Z') && ts.len() == 27, "{ts}");
+    }
+    let frame_ts: Vec<&str> = of_type(&recs, "frame")
+        .iter()
+        .map(|f| f["ts"].as_str().unwrap())
+        .collect();
+    assert!(frame_ts.windows(2).all(|w| w[0] <= w[1]), "{frame_ts:?}");
+}
+
+#[test]
+fn mac_change_turns_frames_to_the_old_mac_into_mismatches() {
+    require_root();
+    let ns = Netns::new("tw-mac").unwrap();
+    let tap = VmTap::create(&ns, "tapmac0", TAP_LIBVIRT).unwrap();
+    let mut tw = json_watch(&ns, &[]);
+    tw.wait_attached("tapmac0");
+    let to = |mac| frames::udp(GUEST, mac, VM_IP, HOST_IP, 80);
+    for _ in 0..3 {
+        tap.send(&to(TAP_LIBVIRT)).unwrap();
+    }
+    tw.wait_stats("tapmac0", |t| u(t, "from_vm_frames") == 3);
+
+    ns.ip(&["link", "set", "tapmac0", "address", &TAP_CALICO.to_string()])
+        .unwrap();
+    let change = tw.wait_for("mac_change", |v| v["type"] == "mac_change");
+    assert_eq!(change["ifname"], "tapmac0");
+    assert_eq!(change["old_mac"], "fe:16:3e:aa:bb:cc");
+    assert_eq!(change["new_mac"], "00:61:fe:ed:ca:fe");
+
+    for _ in 0..5 {
+        tap.send(&to(TAP_LIBVIRT)).unwrap();
+    }
+    for _ in 0..2 {
+        tap.send(&to(TAP_CALICO)).unwrap();
+    }
+    tw.wait_stats("tapmac0", |t| u(t, "from_vm_frames") == 10);
+    let (status, recs, _) = tw.stop(libc::SIGTERM);
+    assert!(status.success(), "{status:?}");
+    let row = summary_row(&recs, "tapmac0");
+    assert_eq!(u(row, "dst_mismatch_frames"), 5, "{row:#}");
+    assert_eq!(u(row, "from_vm_frames"), 10);
+    let history: Vec<&str> = row["mac_history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["mac"].as_str().unwrap())
+        .collect();
+    assert_eq!(history, ["fe:16:3e:aa:bb:cc", "00:61:fe:ed:ca:fe"]);
+    let mism = frames(&recs, "tapmac0", "dst_mismatch");
+    assert!(!mism.is_empty());
+    assert!(mism.iter().all(|m| m["dst_mac"] == "fe:16:3e:aa:bb:cc"));
+    assert!(mism[0]["ts"].as_str() > change["ts"].as_str());
+}
+
+#[test]
+fn follows_taps_that_appear_and_disappear() {
+    require_root();
+    let ns = Netns::new("tw-churn").unwrap();
+    let first = VmTap::create(&ns, "vnet0", TAP_LIBVIRT).unwrap();
+    let mut tw = json_watch(&ns, &[]);
+    tw.wait_attached("vnet0");
+    first.send(&frames::rarp_announce(GUEST, None)).unwrap();
+
+    // A VM migrating in: its tap appears while tapwatch runs.
+    let second = VmTap::create(&ns, "tapnew1", TAP_CALICO).unwrap();
+    tw.wait_attached("tapnew1");
+    // TUNSETIFF gives the tap a random MAC; the MAC Nova sets comes as a change (unless
+    // it was set before tapwatch looked).
+    if !tw
+        .seen
+        .iter()
+        .any(|v| v["type"] == "attached" && v["mac"] == "00:61:fe:ed:ca:fe")
+    {
+        tw.wait_for("tapnew1's MAC", |v| {
+            v["type"] == "mac_change" && v["new_mac"] == "00:61:fe:ed:ca:fe"
+        });
+    }
+    second.send(&frames::garp(GUEST, VM_IP)).unwrap();
+    second
+        .send(&frames::udp(GUEST, TAP_LIBVIRT, VM_IP, HOST_IP, 60))
+        .unwrap();
+    tw.wait_stats("tapnew1", |t| u(t, "from_vm_frames") == 2);
+    tw.wait_stats("vnet0", |t| u(t, "rarp_frames") == 1);
+
+    // A VM migrating out: its tap is deleted under tapwatch.
+    ns.ip(&["link", "del", "vnet0"]).unwrap();
+    let det = tw.wait_for("detached", |v| v["type"] == "detached");
+    assert_eq!(det["ifname"], "vnet0");
+    assert_eq!(det["reason"], "interface removed");
+    // Still alive and counting on the other tap.
+    second.send(&frames::garp(GUEST, VM_IP)).unwrap();
+    tw.wait_stats("tapnew1", |t| u(t, "garp_frames") == 2);
+    let later = tw.wait_for("stats without vnet0", |v| v["type"] == "stats");
+    assert!(later["taps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|t| t["ifname"] != "vnet0"));
+
+    let (status, recs, _) = tw.stop(libc::SIGINT);
+    assert!(status.success());
+    let gone = summary_row(&recs, "vnet0");
+    assert_eq!(gone["detached"], true);
+    assert_eq!(u(gone, "rarp_frames"), 1);
+    assert_eq!(u(gone, "from_vm_frames"), 1);
+    let new = summary_row(&recs, "tapnew1");
+    assert_eq!(new["detached"], false);
+    assert_eq!(
+        (u(new, "garp_frames"), u(new, "dst_mismatch_frames")),
+        (2, 1)
+    );
+    assert_eq!(u(new, "from_vm_frames"), 3);
+    drop(first);
+}
+
+/// The probe observes only: the host answers exactly as without it.
+#[test]
+fn traffic_is_untouched() {
+    require_root();
+    let ns = Netns::new("tw-ping").unwrap();
+    let tap = VmTap::create(&ns, "tapping", TAP_LIBVIRT).unwrap();
+    ns.ip(&["addr", "add", "10.65.0.1/24", "dev", "tapping"])
+        .unwrap();
+    ns.ip(&[
+        "neigh",
+        "replace",
+        "10.65.0.2",
+        "lladdr",
+        &GUEST.to_string(),
+        "dev",
+        "tapping",
+        "nud",
+        "permanent",
+    ])
+    .unwrap();
+
+    // One round: a ping to the tap's MAC, one to a MAC it does not have, an ARP request.
+    let round = |seq: u16| {
+        let ping =
+            |dst, seq| frames::icmp_echo_request(GUEST, dst, VM_IP, HOST_IP, 7, seq, b"tapwatch");
+        let is_reply = |seq: u16| {
+            move |f: &[u8]| {
+                f.len() >= 42 && f[23] == 1 && f[34] == 0 && f[40..42] == seq.to_be_bytes()
+            }
+        };
+        tap.send(&ping(TAP_LIBVIRT, seq)).unwrap();
+        let reply = tap
+            .recv_matching(Duration::from_secs(2), is_reply(seq))
+            .unwrap()
+            .expect("echo reply");
+        tap.send(&ping(TAP_CALICO, seq + 1)).unwrap();
+        let lost = tap
+            .recv_matching(Duration::from_millis(300), is_reply(seq + 1))
+            .unwrap();
+        tap.send(&frames::arp_request(GUEST, VM_IP, HOST_IP))
+            .unwrap();
+        let arp = tap
+            .recv_matching(Duration::from_secs(2), |f| {
+                f.len() >= 22 && f[12..14] == [8, 6] && f[21] == 2
+            })
+            .unwrap()
+            .expect("arp reply");
+        (reply, lost, arp)
+    };
+    let before = round(1);
+    let mut tw = json_watch(&ns, &[]);
+    tw.wait_attached("tapping");
+    let during = round(1);
+    tw.wait_stats("tapping", |t| {
+        u(t, "from_vm_frames") == 3 && u(t, "to_vm_frames") == 2
+    });
+    let (status, recs, _) = tw.stop(libc::SIGINT);
+    assert!(status.success());
+    let after = round(1);
+
+    for (name, r) in [("with tapwatch", &during), ("after tapwatch", &after)] {
+        // Same addresses, same ICMP reply (IP id and checksum aside).
+        assert_eq!(r.0[..18], before.0[..18], "{name}: reply header");
+        assert_eq!(r.0[34..], before.0[34..], "{name}: ICMP reply");
+        assert!(
+            r.1.is_none(),
+            "{name}: a frame to a foreign MAC must stay dropped"
+        );
+        assert_eq!(r.2, before.2, "{name}: ARP reply");
+    }
+    assert!(before.1.is_none());
+    let row = summary_row(&recs, "tapping");
+    assert_eq!(u(row, "from_vm_frames"), 3);
+    assert_eq!(u(row, "dst_mismatch_frames"), 1);
+    assert_eq!(u(row, "arp_requests"), 1);
+    assert_eq!(u(row, "to_vm_frames"), 2, "{row:#}");
+    assert_eq!(u(row, "arp_replies"), 1);
+    let reply = &frames(&recs, "tapping", "arp_reply")[0];
+    assert_eq!(reply["direction"], "to_vm");
+    assert_eq!(reply["src_mac"], "fe:16:3e:aa:bb:cc");
+    assert_eq!(reply["sender_ip"], "10.65.0.1");
+}
+
+fn tcx_names(ns: &Netns, ifname: &str) -> Vec<String> {
+    let ifname = ifname.to_string();
+    ns.enter(move || diag_user::probe::tcx_program_names(&ifname).expect("query tcx"))
+        .unwrap()
+}
+
+#[test]
+fn nothing_stays_attached_after_exit() {
+    require_root();
+    let ns = Netns::new("tw-exit").unwrap();
+    let tap = VmTap::create(&ns, "tapexit", TAP_LIBVIRT).unwrap();
+
+    // --duration: ends by itself with a summary and exit code 0.
+    let mut tw = json_watch(&ns, &["--duration", "1"]);
+    tw.wait_attached("tapexit");
+    assert_eq!(tcx_names(&ns, "tapexit"), ["tap_ingress", "tap_egress"]);
+    let (status, recs, _) = tw.finish();
+    assert!(status.success());
+    assert_eq!(of_type(&recs, "summary").len(), 1);
+    assert!(tcx_names(&ns, "tapexit").is_empty());
+
+    // SIGTERM.
+    let mut tw = json_watch(&ns, &[]);
+    tw.wait_attached("tapexit");
+    let (status, recs, _) = tw.stop(libc::SIGTERM);
+    assert!(status.success());
+    assert_eq!(of_type(&recs, "summary").len(), 1);
+    assert!(tcx_names(&ns, "tapexit").is_empty());
+
+    // SIGKILL: TCX links die with their file descriptors.
+    let mut tw = json_watch(&ns, &[]);
+    tw.wait_attached("tapexit");
+    let (status, _, _) = tw.stop(libc::SIGKILL);
+    assert!(!status.success());
+    assert!(tcx_names(&ns, "tapexit").is_empty());
+    drop(tap);
+}
+
+/// Kernels before 6.6 have no TCX: the clsact + netlink path, forced here.
+#[test]
+fn clsact_attach_counts_and_cleans_up() {
+    require_root();
+    let ns = Netns::new("tw-clsact").unwrap();
+    let tap = VmTap::create(&ns, "tapcls", TAP_CALICO).unwrap();
+    let filters = |dir: &str| {
+        ns.exec("tc", &["filter", "show", "dev", "tapcls", dir])
+            .unwrap()
+    };
+    let mut tw = json_watch(&ns, &["--attach-mode", "clsact"]);
+    tw.wait_attached("tapcls");
+    assert!(
+        filters("ingress").contains("tap_ingress"),
+        "{}",
+        filters("ingress")
+    );
+    assert!(
+        filters("egress").contains("tap_egress"),
+        "{}",
+        filters("egress")
+    );
+    assert!(tcx_names(&ns, "tapcls").is_empty());
+    for _ in 0..3 {
+        tap.send(&frames::udp(GUEST, TAP_LIBVIRT, VM_IP, HOST_IP, 64))
+            .unwrap();
+    }
+    tap.send(&frames::rarp_announce(GUEST, None)).unwrap();
+    tw.wait_stats("tapcls", |t| u(t, "from_vm_frames") == 4);
+    let (status, recs, _) = tw.stop(libc::SIGTERM);
+    assert!(status.success());
+    let row = summary_row(&recs, "tapcls");
+    assert_eq!(
+        (u(row, "dst_mismatch_frames"), u(row, "rarp_frames")),
+        (3, 1)
+    );
+    assert_eq!(filters("ingress").trim(), "");
+    assert_eq!(filters("egress").trim(), "");
+}
+
+#[test]
+fn no_matching_tap_is_not_an_error() {
+    require_root();
+    let ns = Netns::new("tw-none").unwrap();
+    let mut tw = json_watch(&ns, &["--iface", "vm-*"]);
+    // Readiness without a tap: the first stats record, with no rows.
+    let stats = tw.wait_for("empty stats", |v| v["type"] == "stats");
+    assert_eq!(stats["taps"].as_array().unwrap().len(), 0);
+    let _ignored = VmTap::create(&ns, "tapother", TAP_LIBVIRT).unwrap();
+    let tap = VmTap::create(&ns, "vm-a", TAP_LIBVIRT).unwrap();
+    tw.wait_attached("vm-a");
+    tap.send(&frames::rarp_announce(GUEST, None)).unwrap();
+    tw.wait_stats("vm-a", |t| u(t, "rarp_frames") == 1);
+    let (status, recs, stderr) = tw.stop(libc::SIGINT);
+    assert!(status.success());
+    assert!(stderr.contains("no interface matches vm-*"), "{stderr}");
+    assert!(of_type(&recs, "attached")
+        .iter()
+        .all(|a| a["ifname"] == "vm-a"));
+}
+
+#[test]
+fn missing_privileges_say_what_to_do() {
+    require_root();
+    let out = std::process::Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+        ])
+        .args([env!("CARGO_BIN_EXE_tapwatch"), "watch", "--json"])
+        .output()
+        .expect("setpriv (util-linux)");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("CAP_BPF") && err.contains("CAP_NET_ADMIN"),
+        "{err}"
+    );
+    assert!(err.contains("sudo"), "{err}");
+    assert!(out.stdout.is_empty());
+}
