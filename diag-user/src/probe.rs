@@ -30,12 +30,8 @@ pub enum ProbeError {
          CONFIG_NET_CLS_BPF with clsact); use --backend pcap where BPF is not available"
     )]
     Load(#[source] EbpfError),
-    #[error("the kernel rejected eBPF program {name}: {source}")]
-    Program {
-        name: &'static str,
-        #[source]
-        source: ProgramError,
-    },
+    #[error("the kernel rejected eBPF program {name}: {reason}")]
+    Program { name: &'static str, reason: String },
     #[error("eBPF object lacks {0}; rebuild tapwatch")]
     Missing(&'static str),
     #[error("eBPF map {name}: {source}")]
@@ -96,9 +92,9 @@ impl Probe {
                 .program_mut(name)
                 .ok_or(ProbeError::Missing(name))?
                 .try_into()
-                .map_err(|source| ProbeError::Program { name, source })?;
+                .map_err(|e| ProbeError::Program { name, reason: describe(&e) })?;
             prog.load()
-                .map_err(|source| ProbeError::Program { name, source })?;
+                .map_err(|e| ProbeError::Program { name, reason: describe(&e) })?;
         }
         let map = |ebpf: &mut Ebpf, name: &'static str| {
             ebpf.take_map(name).ok_or(ProbeError::Missing(name))
@@ -255,6 +251,21 @@ fn zeroed_per_cpu() -> std::io::Result<aya::maps::PerCpuValues<TapCounters>> {
     let n = aya::util::nr_cpus().map_err(|(_, e)| e)?;
     aya::maps::PerCpuValues::try_from(vec![TapCounters::default(); n])
         .map_err(|e| std::io::Error::other(e.to_string()))
+}
+
+/// A program error in a few lines: the verifier's log can run to thousands, and its end
+/// says why.
+fn describe(e: &ProgramError) -> String {
+    const TAIL: usize = 12;
+    match e {
+        ProgramError::LoadError { io_error, verifier_log } => {
+            let log = verifier_log.to_string();
+            let lines: Vec<&str> = log.lines().collect();
+            let tail = lines[lines.len().saturating_sub(TAIL)..].join("\n");
+            format!("the verifier refused it ({io_error}); end of its log:\n{tail}")
+        }
+        other => error_chain(other),
+    }
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {
