@@ -92,9 +92,14 @@ impl Probe {
                 .program_mut(name)
                 .ok_or(ProbeError::Missing(name))?
                 .try_into()
-                .map_err(|e| ProbeError::Program { name, reason: describe(&e) })?;
-            prog.load()
-                .map_err(|e| ProbeError::Program { name, reason: describe(&e) })?;
+                .map_err(|e| ProbeError::Program {
+                    name,
+                    reason: describe(&e),
+                })?;
+            prog.load().map_err(|e| ProbeError::Program {
+                name,
+                reason: describe(&e),
+            })?;
         }
         let map = |ebpf: &mut Ebpf, name: &'static str| {
             ebpf.take_map(name).ok_or(ProbeError::Missing(name))
@@ -258,7 +263,10 @@ fn zeroed_per_cpu() -> std::io::Result<aya::maps::PerCpuValues<TapCounters>> {
 fn describe(e: &ProgramError) -> String {
     const TAIL: usize = 12;
     match e {
-        ProgramError::LoadError { io_error, verifier_log } => {
+        ProgramError::LoadError {
+            io_error,
+            verifier_log,
+        } => {
             let log = verifier_log.to_string();
             let lines: Vec<&str> = log.lines().collect();
             let tail = lines[lines.len().saturating_sub(TAIL)..].join("\n");

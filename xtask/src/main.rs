@@ -19,7 +19,15 @@ fn cargo(args: &[&str]) -> Result<()> {
 /// What CI checks, after `scripts/setup.sh` has installed the toolchain.
 fn check() -> Result<()> {
     cargo(&["fmt", "--all", "--", "--check"])?;
-    cargo(&["clippy", "--workspace", "--all-targets", "--locked", "--", "-D", "warnings"])?;
+    cargo(&[
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--locked",
+        "--",
+        "-D",
+        "warnings",
+    ])?;
     cargo(&["test", "--workspace", "--locked"])
 }
 
