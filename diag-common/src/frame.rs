@@ -427,6 +427,25 @@ mod tests {
     }
 
     #[test]
+    fn mismatch_window_closes_on_first_frame_to_own_mac() {
+        let mut w = crate::TapWindow::default();
+        assert!(
+            !w.update(false, true, 1),
+            "no window open: nothing to close"
+        );
+        assert!(!w.update(true, false, 10));
+        assert!(!w.update(true, false, 20));
+        assert_eq!(
+            w.mismatch_since_ns, 10,
+            "the window starts at the first mismatch"
+        );
+        assert!(!w.update(false, false, 25), "a broadcast does not end it");
+        assert!(w.update(false, true, 30));
+        assert!(!w.update(false, true, 40), "only the first frame ends it");
+        assert_eq!(w.mismatch_since_ns, 0);
+    }
+
+    #[test]
     fn mismatch_sampling() {
         let mut t = crate::TapCounters::default();
         let step = crate::MISMATCH_SAMPLE_INTERVAL_NS;

@@ -24,6 +24,9 @@ pub const EVENT_SNAPLEN: usize = 128;
 /// per tap and CPU; the counters still see every frame.
 pub const MISMATCH_SAMPLE_INTERVAL_NS: u64 = 100_000_000;
 
+/// `skb->pkt_type` of a frame addressed to the receiving device's own MAC.
+pub const PACKET_HOST: u32 = 0;
+
 /// Most taps the counter map can hold at once.
 pub const MAX_TAPS: u32 = 16_384;
 
@@ -64,6 +67,9 @@ pub enum FrameKind {
     Garp = 3,
     ArpRequest = 4,
     ArpReply = 5,
+    /// The first frame from the VM addressed to the tap's own MAC after dst-mismatch frames:
+    /// the end of a blackout, timed by the kernel.
+    DstMatch = 6,
 }
 
 impl FrameKind {
@@ -74,6 +80,7 @@ impl FrameKind {
             3 => Some(Self::Garp),
             4 => Some(Self::ArpRequest),
             5 => Some(Self::ArpReply),
+            6 => Some(Self::DstMatch),
             _ => None,
         }
     }
@@ -86,6 +93,7 @@ impl FrameKind {
             Self::Garp => "garp",
             Self::ArpRequest => "arp_request",
             Self::ArpReply => "arp_reply",
+            Self::DstMatch => "dst_match",
         }
     }
 }
@@ -163,6 +171,35 @@ impl TapCounters {
     }
 }
 
+/// Per-tap state shared by all CPUs (a plain hash map, not per-CPU), so a mismatch seen on
+/// one CPU and the recovery seen on another still pair up.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TapWindow {
+    /// Monotonic time of the first dst-mismatch frame since the last correctly addressed
+    /// one; 0 when the VM's frames reach the tap's MAC.
+    pub mismatch_since_ns: u64,
+}
+
+impl TapWindow {
+    /// Follows a frame from the VM; true when it ends a mismatch window (a `DstMatch`).
+    /// Races between CPUs can at worst report one window's end twice.
+    #[inline(always)]
+    pub fn update(&mut self, dst_mismatch: bool, to_own_mac: bool, now_ns: u64) -> bool {
+        if dst_mismatch {
+            if self.mismatch_since_ns == 0 {
+                self.mismatch_since_ns = now_ns;
+            }
+            false
+        } else if to_own_mac && self.mismatch_since_ns != 0 {
+            self.mismatch_since_ns = 0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
 /// `FrameEvent::flags` bit: the frame carried one 802.1Q tag.
 pub const EVENT_FLAG_VLAN: u8 = 1;
 /// `FrameEvent::flags` bit: the frame was also a dst mismatch (e.g. a unicast ARP probe to
@@ -216,4 +253,5 @@ mod pod {
     // that could expose uninitialised memory to the kernel.
     unsafe impl aya::Pod for super::TapCounters {}
     unsafe impl aya::Pod for super::FrameEvent {}
+    unsafe impl aya::Pod for super::TapWindow {}
 }

@@ -2,12 +2,13 @@ use aya_ebpf::{
     bindings::{__sk_buff, TC_ACT_UNSPEC},
     helpers::{bpf_ktime_get_ns, generated::bpf_skb_load_bytes},
     macros::{classifier, map},
-    maps::{PerCpuHashMap, RingBuf},
+    maps::{HashMap, PerCpuHashMap, RingBuf},
     programs::TcContext,
 };
 use diag_common::{
-    classify, Direction, FrameEvent, FrameKind, TapCounters, CLASSIFY_LEN, EVENT_FLAG_DST_MISMATCH,
-    EVENT_FLAG_VLAN, EVENT_RING_BYTES, MAX_TAPS, PACKET_OTHERHOST,
+    classify, Direction, FrameEvent, FrameKind, TapCounters, TapWindow, CLASSIFY_LEN,
+    EVENT_FLAG_DST_MISMATCH, EVENT_FLAG_VLAN, EVENT_RING_BYTES, MAX_TAPS, PACKET_HOST,
+    PACKET_OTHERHOST,
 };
 
 /// Counters of the selected taps, keyed by ifindex. Userspace inserts a zeroed entry before
@@ -19,6 +20,10 @@ const _: () = assert!(HEAD_LEN >= CLASSIFY_LEN);
 
 #[map]
 static TAP_COUNTERS: PerCpuHashMap<u32, TapCounters> = PerCpuHashMap::with_max_entries(MAX_TAPS, 0);
+
+/// Mismatch windows per tap, shared by all CPUs; entries made by userspace with the counters.
+#[map]
+static TAP_WINDOWS: HashMap<u32, TapWindow> = HashMap::with_max_entries(MAX_TAPS, 0);
 
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(EVENT_RING_BYTES, 0);
@@ -69,10 +74,21 @@ fn observe(ctx: &TcContext, direction: Direction) {
     }
     counters.record(&class, direction, frame_len as u64);
 
-    let Some(kind) = class.kind else {
+    let now = unsafe { bpf_ktime_get_ns() };
+    // Only frames from the VM to a unicast MAC can open or close a window; broadcasts
+    // (ARP, RARP) and frames to the VM skip the shared map.
+    let mut kind = class.kind;
+    if direction == Direction::FromVm && (class.dst_mismatch || pkt_type == PACKET_HOST) {
+        if let Some(w) = TAP_WINDOWS.get_ptr_mut(&ifindex) {
+            // SAFETY: a map value pointer, valid for this program run.
+            if unsafe { (*w).update(class.dst_mismatch, pkt_type == PACKET_HOST, now) } {
+                kind = kind.or(Some(FrameKind::DstMatch));
+            }
+        }
+    }
+    let Some(kind) = kind else {
         return;
     };
-    let now = unsafe { bpf_ktime_get_ns() };
     if !counters.admit_event(kind, now) {
         return;
     }

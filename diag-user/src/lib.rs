@@ -7,6 +7,7 @@
 pub mod caps;
 pub mod clock;
 pub mod ifaces;
+pub mod libvirt;
 pub mod mac;
 pub mod output;
 pub mod probe;

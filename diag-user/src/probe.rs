@@ -4,19 +4,20 @@
 use std::collections::HashMap;
 
 use aya::{
-    maps::{MapData, PerCpuHashMap, RingBuf},
+    maps::{HashMap as BpfHashMap, MapData, PerCpuHashMap, RingBuf},
     programs::{
         tc::{self, NlOptions, SchedClassifierLinkId, TcAttachOptions},
         LinkOrder, ProgramError, SchedClassifier, TcAttachType,
     },
     Ebpf, EbpfError,
 };
-use diag_common::{FrameEvent, TapCounters};
+use diag_common::{FrameEvent, TapCounters, TapWindow};
 
 const INGRESS: &str = "tap_ingress";
 const EGRESS: &str = "tap_egress";
 const COUNTERS_MAP: &str = "TAP_COUNTERS";
 const EVENTS_MAP: &str = "EVENTS";
+const WINDOWS_MAP: &str = "TAP_WINDOWS";
 
 /// The object built from `diag-ebpf` by build.rs. Aligned because the ELF parser reads it
 /// in place.
@@ -78,6 +79,7 @@ struct Attachment {
 pub struct Probe {
     ebpf: Ebpf,
     counters: PerCpuHashMap<MapData, u32, TapCounters>,
+    windows: BpfHashMap<MapData, u32, TapWindow>,
     mode: AttachMode,
     attached: HashMap<u32, Attachment>,
 }
@@ -111,6 +113,12 @@ impl Probe {
                     source,
                 }
             })?;
+        let windows = BpfHashMap::try_from(map(&mut ebpf, WINDOWS_MAP)?).map_err(|source| {
+            ProbeError::Map {
+                name: WINDOWS_MAP,
+                source,
+            }
+        })?;
         let events =
             RingBuf::try_from(map(&mut ebpf, EVENTS_MAP)?).map_err(|source| ProbeError::Map {
                 name: EVENTS_MAP,
@@ -120,6 +128,7 @@ impl Probe {
             Self {
                 ebpf,
                 counters,
+                windows,
                 mode: mode.resolve(),
                 attached: HashMap::new(),
             },
@@ -148,6 +157,10 @@ impl Probe {
                 0,
             )
             .map_err(|e| fail(format!("cannot add its counters: {e}")))?;
+        if let Err(e) = self.windows.insert(ifindex, TapWindow::default(), 0) {
+            let _ = self.counters.remove(&ifindex);
+            return Err(fail(format!("cannot add its state: {e}")));
+        }
         let result = self.attach_programs(ifname);
         match result {
             Ok(att) => {
@@ -156,6 +169,7 @@ impl Probe {
             }
             Err(e) => {
                 let _ = self.counters.remove(&ifindex);
+                let _ = self.windows.remove(&ifindex);
                 Err(fail(e))
             }
         }
@@ -226,6 +240,7 @@ impl Probe {
         let _ = self.program(INGRESS).detach(att.ingress);
         let _ = self.program(EGRESS).detach(att.egress);
         let _ = self.counters.remove(&ifindex);
+        let _ = self.windows.remove(&ifindex);
         last
     }
 

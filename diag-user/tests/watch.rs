@@ -185,6 +185,11 @@ fn mac_change_turns_frames_to_the_old_mac_into_mismatches() {
     assert!(!mism.is_empty());
     assert!(mism.iter().all(|m| m["dst_mac"] == "fe:16:3e:aa:bb:cc"));
     assert!(mism[0]["ts"].as_str() > change["ts"].as_str());
+    // The first frame to the new MAC ends the window, timed by the kernel; only the first.
+    let matched = frames(&recs, "tapmac0", "dst_match");
+    assert_eq!(matched.len(), 1, "{matched:#?}");
+    assert_eq!(matched[0]["dst_mac"], "00:61:fe:ed:ca:fe");
+    assert!(matched[0]["ts"].as_str() > mism.last().unwrap()["ts"].as_str());
 }
 
 #[test]
