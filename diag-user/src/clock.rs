@@ -59,6 +59,34 @@ pub fn rfc3339(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Micros, true)
 }
 
+/// A record's time: wall-clock UTC, written as [`rfc3339`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Ts(pub DateTime<Utc>);
+
+impl Ts {
+    /// Milliseconds from `earlier` to `self` (negative if `earlier` is later).
+    pub fn ms_since(self, earlier: Ts) -> i64 {
+        (self.0 - earlier.0).num_milliseconds()
+    }
+
+    /// `HH:MM:SS.mmm`, for people.
+    pub fn clock(self) -> String {
+        self.0.format("%H:%M:%S%.3f").to_string()
+    }
+}
+
+impl std::fmt::Display for Ts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&rfc3339(self.0))
+    }
+}
+
+impl serde::Serialize for Ts {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&rfc3339(self.0))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

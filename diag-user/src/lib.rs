@@ -12,4 +12,5 @@ pub mod mac;
 pub mod output;
 pub mod probe;
 pub mod sandbox;
+pub mod verdict;
 pub mod watch;

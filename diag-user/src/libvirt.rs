@@ -160,6 +160,53 @@ pub fn scan_dir(dir: &Path) -> (HashMap<String, VmInterface>, Vec<LibvirtError>)
     (taps, errors)
 }
 
+/// VM identities from a libvirt directory, re-read when an unknown tap shows up (its
+/// domain XML may be written just after the tap), at most every two seconds.
+pub struct LibvirtDir {
+    dir: PathBuf,
+    taps: HashMap<String, VmInterface>,
+    last_scan: Option<std::time::Instant>,
+    reported: std::collections::HashSet<String>,
+    /// Unreadable or malformed files, each reported once; printed to stderr if set.
+    pub report: bool,
+}
+
+impl LibvirtDir {
+    pub fn new(dir: impl Into<PathBuf>, report: bool) -> Self {
+        Self {
+            dir: dir.into(),
+            taps: HashMap::new(),
+            last_scan: None,
+            reported: Default::default(),
+            report,
+        }
+    }
+
+    fn rescan(&mut self) {
+        let (taps, errors) = scan_dir(&self.dir);
+        self.taps = taps;
+        self.last_scan = Some(std::time::Instant::now());
+        for e in errors {
+            let msg = e.to_string();
+            if self.report && self.reported.insert(msg.clone()) {
+                eprintln!("tapwatch: skipping libvirt domain file {msg}");
+            }
+        }
+    }
+}
+
+impl crate::verdict::VmDirectory for LibvirtDir {
+    fn lookup(&mut self, tap: &str) -> Option<VmInterface> {
+        let stale = self
+            .last_scan
+            .is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(2));
+        if !self.taps.contains_key(tap) && stale {
+            self.rescan();
+        }
+        self.taps.get(tap).cloned()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

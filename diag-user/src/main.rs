@@ -1,11 +1,13 @@
-use std::{io, time::Duration};
+use std::{io, path::PathBuf, time::Duration};
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use diag_user::{
     ifaces::DEFAULT_PATTERNS,
+    libvirt::{self, LibvirtDir},
     output::{JsonSink, Sink, TextSink},
     probe::AttachMode,
+    verdict::{Engine, EngineConfig, VerdictSink},
     watch::{self, WatchOptions},
 };
 
@@ -42,6 +44,9 @@ struct WatchArgs {
     /// How to hook the tc programs.
     #[arg(long, value_enum, default_value = "auto")]
     attach_mode: AttachMode,
+    /// Directory of libvirt's live domain XML, for VM names and guest MACs.
+    #[arg(long, value_name = "DIR", default_value = libvirt::DEFAULT_DIR)]
+    libvirt_dir: PathBuf,
 }
 
 impl Default for WatchArgs {
@@ -52,6 +57,7 @@ impl Default for WatchArgs {
             interval: Duration::from_secs(1),
             duration: None,
             attach_mode: AttachMode::Auto,
+            libvirt_dir: PathBuf::from(libvirt::DEFAULT_DIR),
         }
     }
 }
@@ -97,6 +103,11 @@ async fn run_watch(args: WatchArgs) -> anyhow::Result<()> {
     } else {
         Box::new(TextSink(stdout))
     };
-    watch::run(opts, sink.as_mut()).await?;
+    let vms = LibvirtDir::new(&args.libvirt_dir, true);
+    let mut sink = VerdictSink {
+        engine: Engine::new(EngineConfig::default(), Box::new(vms)),
+        inner: sink.as_mut(),
+    };
+    watch::run(opts, &mut sink).await?;
     Ok(())
 }

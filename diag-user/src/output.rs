@@ -6,13 +6,13 @@ use std::io::{self, Write};
 use diag_common::{parse_arp, parse_ethernet, Direction, FrameEvent, TapCounters};
 use serde::Serialize;
 
-use crate::mac::MacAddr;
+use crate::{clock::Ts, mac::MacAddr};
 
 #[derive(Clone, Debug, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Record {
     Attached {
-        ts: String,
+        ts: Ts,
         ifname: String,
         ifindex: u32,
         #[serde(skip_serializing_if = "Option::is_none")]
@@ -21,30 +21,48 @@ pub enum Record {
         backend: &'static str,
     },
     Detached {
-        ts: String,
+        ts: Ts,
         ifname: String,
         reason: String,
     },
     MacChange {
-        ts: String,
+        ts: Ts,
         ifname: String,
         old_mac: Option<MacAddr>,
         new_mac: Option<MacAddr>,
     },
     Frame(FrameRecord),
     Stats {
-        ts: String,
+        ts: Ts,
         taps: Vec<TapRow>,
     },
     Summary {
-        ts: String,
+        ts: Ts,
         taps: Vec<SummaryRow>,
     },
+    /// A VM's state changed (see `verdict::Engine`).
+    Verdict {
+        ts: Ts,
+        ifname: String,
+        #[serde(flatten)]
+        fields: VerdictFields,
+    },
+}
+
+/// The verdict on one VM, in `verdict` records and summary rows.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct VerdictFields {
+    /// VM name from libvirt (Nova's instance name first), else the tap name.
+    pub vm: String,
+    pub state: &'static str,
+    /// Measured blackout (or so far, while it lasts); null when there was none.
+    pub blackout_ms: Option<u64>,
+    pub diagnosis: String,
 }
 
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 pub struct FrameRecord {
-    pub ts: String,
+    pub ts: Ts,
     pub ifname: String,
     pub direction: &'static str,
     pub kind: &'static str,
@@ -65,7 +83,7 @@ pub struct FrameRecord {
 
 impl FrameRecord {
     /// Decodes a kernel event; `None` for an event too short to hold a MAC header.
-    pub fn from_event(ev: &FrameEvent, ifname: &str, ts: String) -> Option<Self> {
+    pub fn from_event(ev: &FrameEvent, ifname: &str, ts: Ts) -> Option<Self> {
         let frame = ev.frame();
         let eth = parse_ethernet(frame)?;
         let kind = diag_common::FrameKind::from_u8(ev.kind)?;
@@ -132,7 +150,7 @@ impl TapRow {
 
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 pub struct MacHistoryEntry {
-    pub ts: String,
+    pub ts: Ts,
     pub mac: Option<MacAddr>,
 }
 
@@ -146,6 +164,8 @@ pub struct SummaryRow {
     pub mac_history: Vec<MacHistoryEntry>,
     /// Whether the tap went away before tapwatch stopped.
     pub detached: bool,
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub verdict: Option<VerdictFields>,
 }
 
 /// Where records go.
@@ -211,9 +231,27 @@ impl<W: Write> Sink for TextSink<W> {
                 )
             }
             Record::Stats { .. } => Ok(()),
+            Record::Verdict { ts, ifname, fields } => {
+                let ms = fields
+                    .blackout_ms
+                    .map(|m| format!(" ({m} ms)"))
+                    .unwrap_or_default();
+                writeln!(
+                    w,
+                    "{ts} {ifname} [{}]: {}{ms} — {}",
+                    fields.vm, fields.state, fields.diagnosis
+                )
+            }
             Record::Summary { ts, taps } => {
                 writeln!(w, "{ts} summary:")?;
                 for t in taps {
+                    if let Some(v) = &t.verdict {
+                        writeln!(
+                            w,
+                            "  {} [{}]: {} — {}",
+                            t.counters.ifname, v.vm, v.state, v.diagnosis
+                        )?;
+                    }
                     let c = &t.counters;
                     writeln!(
                         w,

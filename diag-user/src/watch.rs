@@ -13,7 +13,7 @@ use tokio::{
 
 use crate::{
     caps,
-    clock::{rfc3339, WallClock},
+    clock::{Ts, WallClock},
     ifaces::{IfaceError, Link, LinkChange, LinkMonitor, Selector},
     mac::MacAddr,
     output::{FrameRecord, MacHistoryEntry, Record, Sink, SummaryRow, TapRow},
@@ -71,8 +71,8 @@ struct Watcher<'s> {
 }
 
 impl Watcher<'_> {
-    fn ts(&self) -> String {
-        rfc3339(self.clock.now())
+    fn ts(&self) -> Ts {
+        Ts(self.clock.now())
     }
 
     fn emit(&mut self, rec: Record) -> io::Result<()> {
@@ -100,7 +100,7 @@ impl Watcher<'_> {
         self.names.insert(link.ifindex, link.name.clone());
         self.live.insert(link.ifindex, self.taps.len());
         let rec = Record::Attached {
-            ts: ts.clone(),
+            ts,
             ifname: link.name.clone(),
             ifindex: link.ifindex,
             mac: link.mac,
@@ -129,7 +129,7 @@ impl Watcher<'_> {
         tap.link = link;
         if tap.link.mac != old {
             tap.mac_history.push(MacHistoryEntry {
-                ts: ts.clone(),
+                ts,
                 mac: tap.link.mac,
             });
             let rec = Record::MacChange {
@@ -161,7 +161,7 @@ impl Watcher<'_> {
             Some(n) => n.clone(),
             None => format!("if{}", ev.ifindex),
         };
-        match FrameRecord::from_event(ev, &name, rfc3339(self.clock.to_utc(ev.ts_ns))) {
+        match FrameRecord::from_event(ev, &name, Ts(self.clock.to_utc(ev.ts_ns))) {
             Some(f) => self.emit(Record::Frame(f)),
             None => Ok(()),
         }
@@ -209,6 +209,7 @@ impl Watcher<'_> {
                 mode: t.link.mode().as_str(),
                 mac_history: t.mac_history.clone(),
                 detached: t.final_counters.is_some(),
+                verdict: None,
             })
             .collect();
         let rec = Record::Summary {

@@ -147,7 +147,7 @@ fn mac_change_turns_frames_to_the_old_mac_into_mismatches() {
     require_root();
     let ns = Netns::new("tw-mac").unwrap();
     let tap = VmTap::create(&ns, "tapmac0", TAP_LIBVIRT).unwrap();
-    let mut tw = json_watch(&ns, &[]);
+    let mut tw = json_watch(&ns, &["--libvirt-dir", "/nonexistent"]);
     tw.wait_attached("tapmac0");
     let to = |mac| frames::udp(GUEST, mac, VM_IP, HOST_IP, 80);
     for _ in 0..3 {
@@ -190,6 +190,60 @@ fn mac_change_turns_frames_to_the_old_mac_into_mismatches() {
     assert_eq!(matched.len(), 1, "{matched:#?}");
     assert_eq!(matched[0]["dst_mac"], "00:61:fe:ed:ca:fe");
     assert!(matched[0]["ts"].as_str() > mism.last().unwrap()["ts"].as_str());
+
+    // Verdicts: OK, BLACKOUT at the first mismatch, RECOVERED at the dst_match, with the
+    // blackout measured between the two kernel timestamps.
+    let verdicts = of_type(&recs, "verdict");
+    let states: Vec<&str> = verdicts
+        .iter()
+        .map(|v| v["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(states, ["OK", "BLACKOUT", "RECOVERED"], "{verdicts:#?}");
+    assert!(verdicts
+        .iter()
+        .all(|v| v["ifname"] == "tapmac0" && v["vm"] == "tapmac0"));
+    let ms = |v: &serde_json::Value| {
+        chrono::DateTime::parse_from_rfc3339(v["ts"].as_str().unwrap())
+            .unwrap()
+            .timestamp_micros()
+    };
+    let expect_ms = ((ms(matched[0]) - ms(mism[0])) / 1000) as u64;
+    assert_eq!(verdicts[2]["blackout_ms"], expect_ms);
+    assert!(verdicts[1]["diagnosis"]
+        .as_str()
+        .unwrap()
+        .starts_with("VM still sends to fe:16:3e:aa:bb:cc"));
+    assert_eq!(row["state"], "RECOVERED");
+    assert_eq!(row["blackout_ms"], expect_ms);
+    assert_eq!(row["vm"], "tapmac0");
+    assert!(row["diagnosis"].as_str().unwrap().contains("Blackout of"));
+}
+
+#[test]
+fn names_vms_from_libvirt() {
+    require_root();
+    let ns = Netns::new("tw-virt").unwrap();
+    let dir = std::env::temp_dir().join(format!("tw-libvirt-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let fixture = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/libvirt/instance-0000002a.xml"
+    );
+    std::fs::copy(fixture, dir.join("instance-0000002a.xml")).unwrap();
+    // The fixture's tap, with the fixed Calico MAC rather than fe:+guest MAC.
+    let tap = VmTap::create(&ns, "tap4f1c2a9e-07", TAP_CALICO).unwrap();
+    let mut tw = json_watch(
+        &ns,
+        &["--libvirt-dir", dir.to_str().unwrap(), "--duration", "0.5"],
+    );
+    tw.wait_attached(tap.name());
+    let (status, recs, _) = tw.finish();
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(status.success());
+    let v = of_type(&recs, "verdict")[0];
+    assert_eq!(v["vm"], "web-frontend-3");
+    let row = summary_row(&recs, tap.name());
+    assert_eq!(row["vm"], "web-frontend-3");
 }
 
 #[test]

@@ -1,0 +1,873 @@
+//! Per-VM verdicts: OK, BLACKOUT, RECOVERED, QUIET, GONE, with the measured blackout and a
+//! diagnosis in plain words.
+//!
+//! A pure state machine over [`Record`]s: the live JSON stream, the TUI and offline
+//! analysis all feed it the same records, so they reach the same verdicts.
+
+use std::{collections::HashMap, collections::VecDeque, time::Duration};
+
+use serde::Serialize;
+
+use crate::{
+    clock::Ts,
+    ifaces::Mode,
+    libvirt::VmInterface,
+    mac::MacAddr,
+    output::{FrameRecord, Record, TapRow, VerdictFields},
+};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub enum State {
+    #[serde(rename = "OK")]
+    Ok,
+    #[serde(rename = "BLACKOUT")]
+    Blackout,
+    #[serde(rename = "RECOVERED")]
+    Recovered,
+    #[serde(rename = "QUIET")]
+    Quiet,
+    #[serde(rename = "GONE")]
+    Gone,
+}
+
+impl State {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Ok => "OK",
+            State::Blackout => "BLACKOUT",
+            State::Recovered => "RECOVERED",
+            State::Quiet => "QUIET",
+            State::Gone => "GONE",
+        }
+    }
+}
+
+/// A stretch of time in which the VM sent to a MAC its tap did not have.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Blackout {
+    /// Kernel time of the first dst-mismatch frame.
+    pub start: Ts,
+    /// Kernel time of the first frame to the tap's MAC after it (`dst_match`).
+    pub end: Option<Ts>,
+    /// The MAC the VM kept sending to.
+    pub stale_mac: MacAddr,
+}
+
+impl Blackout {
+    /// Measured length: to the end, or to `now` while it lasts.
+    pub fn ms(&self, now: Ts) -> u64 {
+        self.end.unwrap_or(now).ms_since(self.start).max(0) as u64
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TimelineEntry {
+    pub ts: Ts,
+    pub what: String,
+}
+
+/// Seconds of per-second mismatch counts kept for the sparkline.
+pub const SERIES_LEN: usize = 120;
+const TIMELINE_MAX: usize = 256;
+
+/// Everything known about one tap and the VM behind it.
+#[derive(Clone, Debug)]
+pub struct TapView {
+    pub ifname: String,
+    pub ifindex: u32,
+    pub vm: Option<VmInterface>,
+    pub mode: Mode,
+    pub mac: Option<MacAddr>,
+    /// The MAC before the last change and when it changed.
+    pub prev_mac: Option<(Option<MacAddr>, Ts)>,
+    /// Every MAC the tap had while watched, with the time it got it.
+    pub mac_history: Vec<(Ts, Option<MacAddr>)>,
+    pub attached_at: Ts,
+    pub counters: TapRow,
+    pub from_vm_fps: f64,
+    pub to_vm_fps: f64,
+    pub mismatch_ps: f64,
+    pub last_stats: Option<Ts>,
+    pub last_rarp: Option<Ts>,
+    pub last_garp: Option<Ts>,
+    pub first_announce: Option<Ts>,
+    pub last_guest_arp: Option<Ts>,
+    pub last_from_vm: Ts,
+    pub first_mismatch: Option<Ts>,
+    pub last_mismatch: Option<Ts>,
+    pub state: State,
+    /// The state QUIET interrupted, to return to when the VM speaks again.
+    pub before_quiet: State,
+    pub blackout: Option<Blackout>,
+    pub gone_at: Option<Ts>,
+    pub timeline: Vec<TimelineEntry>,
+    /// dst-mismatch frames per second, oldest first.
+    pub mismatch_series: VecDeque<u64>,
+}
+
+impl TapView {
+    fn new(ifname: &str, ifindex: u32, mac: Option<MacAddr>, mode: Mode, ts: Ts) -> Self {
+        Self {
+            ifname: ifname.to_string(),
+            ifindex,
+            vm: None,
+            mode,
+            mac,
+            prev_mac: None,
+            mac_history: vec![(ts, mac)],
+            attached_at: ts,
+            counters: TapRow {
+                ifname: ifname.to_string(),
+                ..TapRow::default()
+            },
+            from_vm_fps: 0.0,
+            to_vm_fps: 0.0,
+            mismatch_ps: 0.0,
+            last_stats: None,
+            last_rarp: None,
+            last_garp: None,
+            first_announce: None,
+            last_guest_arp: None,
+            last_from_vm: ts,
+            first_mismatch: None,
+            last_mismatch: None,
+            state: State::Ok,
+            before_quiet: State::Ok,
+            blackout: None,
+            gone_at: None,
+            timeline: Vec::new(),
+            mismatch_series: VecDeque::new(),
+        }
+    }
+
+    /// The VM's name: Nova's instance name, the libvirt domain, or the tap.
+    pub fn vm_name(&self) -> &str {
+        self.vm
+            .as_ref()
+            .map(|v| v.display_name())
+            .unwrap_or(&self.ifname)
+    }
+
+    pub fn guest_mac(&self) -> Option<MacAddr> {
+        self.vm.as_ref().and_then(|v| v.guest_mac)
+    }
+
+    /// The tap's MAC is not the one libvirt would have set (fe: + guest MAC).
+    pub fn tap_mac_unusual(&self) -> bool {
+        match (self.vm.as_ref().and_then(|v| v.libvirt_tap_mac()), self.mac) {
+            (Some(expected), Some(mac)) => expected != mac,
+            _ => false,
+        }
+    }
+
+    /// Blackout length to show: measured, or so far.
+    pub fn blackout_ms(&self, now: Ts) -> Option<u64> {
+        let until = self.gone_at.unwrap_or(now);
+        self.blackout.map(|b| b.ms(until))
+    }
+
+    /// Until when `mac` was the tap's MAC, if it ever was while watched.
+    fn mac_until(&self, mac: MacAddr) -> Option<Ts> {
+        let i = self
+            .mac_history
+            .iter()
+            .rposition(|(_, m)| *m == Some(mac))?;
+        self.mac_history.get(i + 1).map(|(t, _)| *t)
+    }
+
+    fn note(&mut self, ts: Ts, what: String) {
+        if self.timeline.len() == TIMELINE_MAX {
+            self.timeline.remove(0);
+        }
+        self.timeline.push(TimelineEntry { ts, what });
+    }
+
+    /// The diagnosis in plain words, as of `now`.
+    pub fn diagnosis(&self, now: Ts) -> String {
+        let mut s = Vec::new();
+        let cur = |m: Option<MacAddr>| m.map(|m| m.to_string()).unwrap_or_else(|| "none".into());
+        match (self.state, self.blackout) {
+            (State::Blackout, Some(b)) | (State::Gone, Some(b @ Blackout { end: None, .. })) => {
+                let was = match self.mac_until(b.stale_mac) {
+                    Some(t) => format!(
+                        " (the tap's MAC until {}, now {})",
+                        t.clock(),
+                        cur(self.mac)
+                    ),
+                    None => format!(" (not the tap's MAC, {})", cur(self.mac)),
+                };
+                s.push(format!(
+                    "VM still sends to {}{was}; the kernel drops these frames as PACKET_OTHERHOST.",
+                    b.stale_mac
+                ));
+                if self.tap_mac_unusual() {
+                    s.push(
+                        "The tap MAC is not fe:+guest MAC, as happens with interface managed='no' \
+                         and a fixed port MAC."
+                            .into(),
+                    );
+                }
+                if self.state == State::Gone {
+                    s.push(format!(
+                        "The tap was removed {} ms into the blackout.",
+                        self.blackout_ms(now).unwrap_or(0)
+                    ));
+                } else {
+                    s.push("The blackout ends when the guest re-ARPs.".into());
+                }
+            }
+            (_, Some(b @ Blackout { end: Some(end), .. })) => {
+                let rearp = match self.last_guest_arp {
+                    Some(t) if t >= b.start && t <= end => {
+                        format!(", after the guest re-ARPed at {}", t.clock())
+                    }
+                    _ => String::new(),
+                };
+                s.push(format!(
+                    "Blackout of {} ms: the VM sent to {} from {} until {}{rearp}.",
+                    b.ms(end),
+                    b.stale_mac,
+                    b.start.clock(),
+                    end.clock()
+                ));
+                if self.tap_mac_unusual() {
+                    s.push(
+                        "The tap MAC is not fe:+guest MAC, as happens with interface managed='no' \
+                         and a fixed port MAC."
+                            .into(),
+                    );
+                }
+            }
+            _ => {}
+        }
+        if self.mode == Mode::Bridged && self.counters.dst_mismatch_frames > 0 {
+            s.push(format!(
+                "{} frames to other MACs: normal on a bridged tap, not drops.",
+                self.counters.dst_mismatch_frames
+            ));
+        }
+        match self.last_rarp {
+            Some(t) => s.push(format!("RARP announce seen at {}.", t.clock())),
+            None => s.push("No RARP since the tap appeared.".into()),
+        }
+        match self.last_garp {
+            Some(t) => s.push(format!("GARP seen at {}.", t.clock())),
+            None => s.push("No GARP seen.".into()),
+        }
+        if self.state == State::Quiet || self.counters.from_vm_frames == 0 {
+            s.push(format!(
+                "The guest has sent nothing for {} s.",
+                now.ms_since(self.last_from_vm) / 1000
+            ));
+        }
+        s.join(" ")
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    /// No frame from the VM for this long makes it QUIET.
+    pub quiet_after: Duration,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            quiet_after: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Source of VM identities by tap name (libvirt's XML, or nothing).
+pub trait VmDirectory {
+    fn lookup(&mut self, tap: &str) -> Option<VmInterface>;
+}
+
+/// No libvirt: VMs are known by their tap names.
+pub struct NoVms;
+
+impl VmDirectory for NoVms {
+    fn lookup(&mut self, _: &str) -> Option<VmInterface> {
+        None
+    }
+}
+
+pub struct Engine {
+    config: EngineConfig,
+    vms: Box<dyn VmDirectory + Send>,
+    /// Every tap seen, in order of attachment.
+    pub taps: Vec<TapView>,
+    live: HashMap<String, usize>,
+    /// Time of the newest record: "now" for a replay as for a live run.
+    pub now: Option<Ts>,
+}
+
+impl Engine {
+    pub fn new(config: EngineConfig, vms: Box<dyn VmDirectory + Send>) -> Self {
+        Self {
+            config,
+            vms,
+            taps: Vec::new(),
+            live: HashMap::new(),
+            now: None,
+        }
+    }
+
+    pub fn tap(&self, ifname: &str) -> Option<&TapView> {
+        self.live
+            .get(ifname)
+            .map(|&i| &self.taps[i])
+            .or_else(|| self.taps.iter().rev().find(|t| t.ifname == ifname))
+    }
+
+    /// Feeds one record; returns the verdict records of the state changes it caused.
+    pub fn apply(&mut self, rec: &Record) -> Vec<Record> {
+        let mut changes = Vec::new();
+        match rec {
+            Record::Attached {
+                ts,
+                ifname,
+                ifindex,
+                mac,
+                mode,
+                ..
+            } => {
+                self.now = Some(*ts);
+                let mode = if *mode == "bridged" {
+                    Mode::Bridged
+                } else {
+                    Mode::Routed
+                };
+                let mut view = TapView::new(ifname, *ifindex, *mac, mode, *ts);
+                view.vm = self.vms.lookup(ifname);
+                view.note(*ts, format!("tap attached, MAC {}", fmt_mac(*mac)));
+                if view.tap_mac_unusual() {
+                    view.note(*ts, "tap MAC is not fe:+guest MAC".into());
+                }
+                self.live.insert(ifname.clone(), self.taps.len());
+                self.taps.push(view);
+                changes.push(self.verdict(self.taps.len() - 1, *ts));
+            }
+            Record::Detached { ts, ifname, reason } => {
+                self.now = Some(*ts);
+                if let Some(i) = self.live.remove(ifname) {
+                    let t = &mut self.taps[i];
+                    t.gone_at = Some(*ts);
+                    t.note(*ts, format!("tap gone ({reason})"));
+                    self.set_state(i, State::Gone, *ts, &mut changes);
+                }
+            }
+            Record::MacChange {
+                ts,
+                ifname,
+                old_mac,
+                new_mac,
+            } => {
+                self.now = Some(*ts);
+                if let Some(&i) = self.live.get(ifname) {
+                    let t = &mut self.taps[i];
+                    t.prev_mac = Some((*old_mac, *ts));
+                    t.mac = *new_mac;
+                    t.mac_history.push((*ts, *new_mac));
+                    t.note(
+                        *ts,
+                        format!("tap MAC {} → {}", fmt_mac(*old_mac), fmt_mac(*new_mac)),
+                    );
+                    if t.tap_mac_unusual() {
+                        t.note(*ts, "tap MAC is not fe:+guest MAC".into());
+                    }
+                }
+            }
+            Record::Frame(f) => self.frame(f, &mut changes),
+            Record::Stats { ts, taps } => {
+                self.now = Some(*ts);
+                for row in taps {
+                    self.stats(row, *ts, &mut changes);
+                }
+            }
+            Record::Summary { ts, .. } | Record::Verdict { ts, .. } => self.now = Some(*ts),
+        }
+        changes
+    }
+
+    fn frame(&mut self, f: &FrameRecord, changes: &mut Vec<Record>) {
+        self.now = Some(self.now.map_or(f.ts, |n| n.max(f.ts)));
+        let Some(&i) = self.live.get(&f.ifname) else {
+            return;
+        };
+        let from_vm = f.direction == "from_vm";
+        if from_vm {
+            self.taps[i].last_from_vm = f.ts;
+            self.wake(i, f.ts, changes);
+        }
+        let t = &mut self.taps[i];
+        let ips = match (&f.sender_ip, &f.target_ip) {
+            (Some(s), Some(d)) => (s.as_str(), d.as_str()),
+            _ => ("?", "?"),
+        };
+        match f.kind {
+            "rarp" => {
+                t.last_rarp = Some(f.ts);
+                t.first_announce.get_or_insert(f.ts);
+                t.note(f.ts, format!("RARP announce from {}", f.src_mac));
+            }
+            "garp" => {
+                t.last_garp = Some(f.ts);
+                t.first_announce.get_or_insert(f.ts);
+                t.note(f.ts, format!("GARP {} is-at {}", ips.0, f.src_mac));
+            }
+            "arp_request" => {
+                if from_vm {
+                    t.last_guest_arp = Some(f.ts);
+                }
+                let who = if from_vm { "guest" } else { "host" };
+                t.note(f.ts, format!("{who} ARP: who has {} tell {}", ips.1, ips.0));
+            }
+            "arp_reply" => {
+                let who = if from_vm { "guest" } else { "host" };
+                t.note(
+                    f.ts,
+                    format!("{who} ARP reply: {} is-at {}", ips.0, f.src_mac),
+                );
+            }
+            _ => {}
+        }
+        if from_vm && (f.kind == "dst_mismatch" || f.dst_mismatch) {
+            t.first_mismatch.get_or_insert(f.ts);
+            t.last_mismatch = Some(f.ts);
+            if t.mode == Mode::Routed && t.state != State::Blackout {
+                t.blackout = Some(Blackout {
+                    start: f.ts,
+                    end: None,
+                    stale_mac: f.dst_mac,
+                });
+                t.note(
+                    f.ts,
+                    format!("first frame to {} (not the tap's MAC): blackout", f.dst_mac),
+                );
+                self.set_state(i, State::Blackout, f.ts, changes);
+            }
+        } else if f.kind == "dst_match" && t.state == State::Blackout {
+            if let Some(b) = t.blackout.as_mut() {
+                b.end = Some(f.ts);
+                let ms = b.ms(f.ts);
+                t.note(
+                    f.ts,
+                    format!(
+                        "first frame to the tap's MAC {}: recovered after {ms} ms",
+                        f.dst_mac
+                    ),
+                );
+            }
+            self.set_state(i, State::Recovered, f.ts, changes);
+        }
+    }
+
+    fn stats(&mut self, row: &TapRow, ts: Ts, changes: &mut Vec<Record>) {
+        let Some(&i) = self.live.get(&row.ifname) else {
+            return;
+        };
+        let quiet_after = self.config.quiet_after;
+        let t = &mut self.taps[i];
+        let prev = std::mem::replace(&mut t.counters, row.clone());
+        if let Some(last) = t.last_stats {
+            let secs = ts.ms_since(last) as f64 / 1000.0;
+            if secs > 0.0 {
+                let rate = |a: u64, b: u64| a.saturating_sub(b) as f64 / secs;
+                t.from_vm_fps = rate(row.from_vm_frames, prev.from_vm_frames);
+                t.to_vm_fps = rate(row.to_vm_frames, prev.to_vm_frames);
+                t.mismatch_ps = rate(row.dst_mismatch_frames, prev.dst_mismatch_frames);
+                if t.mismatch_series.len() == SERIES_LEN {
+                    t.mismatch_series.pop_front();
+                }
+                t.mismatch_series.push_back(t.mismatch_ps.round() as u64);
+            }
+        }
+        t.last_stats = Some(ts);
+        if row.from_vm_frames > prev.from_vm_frames {
+            t.last_from_vm = t.last_from_vm.max(ts);
+            self.wake(i, ts, changes);
+        }
+        let t = &mut self.taps[i];
+        // Mismatches counted without a sampled event (ring buffer full): still a blackout,
+        // timed by the stats record instead of the kernel.
+        if row.dst_mismatch_frames > prev.dst_mismatch_frames
+            && t.mode == Mode::Routed
+            && t.state != State::Blackout
+            && t.last_mismatch.is_none_or(|m| ts.ms_since(m) > 1000)
+        {
+            t.blackout = Some(Blackout {
+                start: ts,
+                end: None,
+                stale_mac: MacAddr::default(),
+            });
+            t.note(
+                ts,
+                "dst-mismatch frames counted (no sample: events lost)".into(),
+            );
+            self.set_state(i, State::Blackout, ts, changes);
+        }
+        let t = &self.taps[i];
+        if matches!(t.state, State::Ok | State::Recovered)
+            && ts.ms_since(t.last_from_vm) >= quiet_after.as_millis() as i64
+        {
+            let before = t.state;
+            self.taps[i].before_quiet = before;
+            self.set_state(i, State::Quiet, ts, changes);
+        }
+    }
+
+    /// The VM spoke: leave QUIET for the state it interrupted.
+    fn wake(&mut self, i: usize, ts: Ts, changes: &mut Vec<Record>) {
+        if self.taps[i].state == State::Quiet {
+            let back = self.taps[i].before_quiet;
+            self.set_state(i, back, ts, changes);
+        }
+    }
+
+    fn set_state(&mut self, i: usize, state: State, ts: Ts, changes: &mut Vec<Record>) {
+        if self.taps[i].state != state {
+            self.taps[i].state = state;
+            changes.push(self.verdict(i, ts));
+        }
+    }
+
+    fn verdict(&self, i: usize, ts: Ts) -> Record {
+        let t = &self.taps[i];
+        Record::Verdict {
+            ts,
+            ifname: t.ifname.clone(),
+            fields: self.fields(t, ts),
+        }
+    }
+
+    pub fn fields(&self, t: &TapView, now: Ts) -> VerdictFields {
+        VerdictFields {
+            vm: t.vm_name().to_string(),
+            state: t.state.as_str(),
+            blackout_ms: t.blackout_ms(now),
+            diagnosis: t.diagnosis(now),
+        }
+    }
+
+    /// Adds the verdict fields to a summary's rows.
+    pub fn annotate_summary(&self, rec: &mut Record) {
+        if let Record::Summary { ts, taps } = rec {
+            for row in taps.iter_mut() {
+                let t = self
+                    .taps
+                    .iter()
+                    .rev()
+                    .find(|t| t.ifindex == row.ifindex && t.ifname == row.counters.ifname);
+                if let Some(t) = t {
+                    row.verdict = Some(self.fields(t, *ts));
+                }
+            }
+        }
+    }
+}
+
+fn fmt_mac(m: Option<MacAddr>) -> String {
+    m.map(|m| m.to_string()).unwrap_or_else(|| "none".into())
+}
+
+/// A [`crate::output::Sink`] adapter: forwards every record, adds `verdict` records on
+/// state changes, and the verdict fields to the summary.
+pub struct VerdictSink<'a> {
+    pub engine: Engine,
+    pub inner: &'a mut dyn crate::output::Sink,
+}
+
+impl crate::output::Sink for VerdictSink<'_> {
+    fn emit(&mut self, rec: &Record) -> std::io::Result<()> {
+        let changes = self.engine.apply(rec);
+        if matches!(rec, Record::Summary { .. }) {
+            let mut rec = rec.clone();
+            self.engine.annotate_summary(&mut rec);
+            self.inner.emit(&rec)?;
+        } else {
+            self.inner.emit(rec)?;
+        }
+        for v in &changes {
+            self.inner.emit(v)?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::{DateTime, Utc};
+
+    use super::*;
+    use crate::output::FrameRecord;
+
+    const GUEST: MacAddr = MacAddr([0xfa, 0x16, 0x3e, 0xaa, 0xbb, 0xcc]);
+    const OLD: MacAddr = MacAddr([0xfe, 0x16, 0x3e, 0xaa, 0xbb, 0xcc]);
+    const NEW: MacAddr = MacAddr([0x00, 0x61, 0xfe, 0xed, 0xca, 0xfe]);
+    const BCAST: MacAddr = MacAddr([0xff; 6]);
+
+    /// Time `ms` milliseconds into the test.
+    fn at(ms: i64) -> Ts {
+        Ts(DateTime::<Utc>::from_timestamp_millis(1_790_000_000_000 + ms).unwrap())
+    }
+
+    fn attached(ms: i64, tap: &str, mac: MacAddr, mode: &'static str) -> Record {
+        Record::Attached {
+            ts: at(ms),
+            ifname: tap.into(),
+            ifindex: 7,
+            mac: Some(mac),
+            mode,
+            backend: "ebpf",
+        }
+    }
+
+    fn frame(ms: i64, tap: &str, dir: &'static str, kind: &'static str, dst: MacAddr) -> Record {
+        let arp = matches!(kind, "rarp" | "garp" | "arp_request" | "arp_reply");
+        Record::Frame(FrameRecord {
+            ts: at(ms),
+            ifname: tap.into(),
+            direction: dir,
+            kind,
+            src_mac: GUEST,
+            dst_mac: dst,
+            sender_ip: arp.then(|| "10.65.0.2".into()),
+            target_ip: arp.then(|| "10.65.0.1".into()),
+            vlan: None,
+            dst_mismatch: false,
+            len: 98,
+        })
+    }
+
+    fn stats(ms: i64, tap: &str, from_vm: u64, mismatch: u64) -> Record {
+        let row = TapRow {
+            ifname: tap.into(),
+            from_vm_frames: from_vm,
+            dst_mismatch_frames: mismatch,
+            ..TapRow::default()
+        };
+        Record::Stats {
+            ts: at(ms),
+            taps: vec![row],
+        }
+    }
+
+    fn run(engine: &mut Engine, recs: &[Record]) -> Vec<(String, &'static str, Option<u64>)> {
+        let mut out = Vec::new();
+        for r in recs {
+            for v in engine.apply(r) {
+                if let Record::Verdict { ifname, fields, .. } = v {
+                    out.push((ifname, fields.state, fields.blackout_ms));
+                }
+            }
+        }
+        out
+    }
+
+    fn engine() -> Engine {
+        Engine::new(EngineConfig::default(), Box::new(NoVms))
+    }
+
+    fn stale_mac_story(tap: &str, t0: i64) -> Vec<Record> {
+        let mut v = vec![Record::MacChange {
+            ts: at(t0 + 100),
+            ifname: tap.into(),
+            old_mac: Some(OLD),
+            new_mac: Some(NEW),
+        }];
+        v.extend((0..5).map(|i| frame(t0 + 200 + i * 50, tap, "from_vm", "rarp", BCAST)));
+        v.push(frame(t0 + 500, tap, "from_vm", "dst_mismatch", OLD));
+        v.push(frame(t0 + 700, tap, "from_vm", "dst_mismatch", OLD));
+        v.push(frame(t0 + 20_400, tap, "from_vm", "arp_request", BCAST));
+        v.push(frame(t0 + 20_401, tap, "to_vm", "arp_reply", GUEST));
+        v.push(frame(t0 + 20_410, tap, "from_vm", "dst_match", NEW));
+        v
+    }
+
+    #[test]
+    fn stale_mac_blackout_and_recovery() {
+        let mut e = engine();
+        let mut recs = vec![attached(0, "tapA", OLD, "routed")];
+        recs.extend(stale_mac_story("tapA", 0));
+        let verdicts = run(&mut e, &recs);
+        assert_eq!(
+            verdicts,
+            [
+                ("tapA".to_string(), "OK", None),
+                ("tapA".to_string(), "BLACKOUT", Some(0)),
+                ("tapA".to_string(), "RECOVERED", Some(19_910)),
+            ]
+        );
+        let t = e.tap("tapA").unwrap();
+        assert_eq!(t.blackout.unwrap().stale_mac, OLD);
+        assert_eq!(t.first_announce, Some(at(200)));
+        let d = t.diagnosis(at(30_000));
+        assert!(d.contains("Blackout of 19910 ms"), "{d}");
+        assert!(d.contains("after the guest re-ARPed"), "{d}");
+        assert!(t
+            .timeline
+            .iter()
+            .any(|e| e.what.contains("recovered after 19910 ms")));
+    }
+
+    #[test]
+    fn blackout_diagnosis_names_both_macs() {
+        let mut e = engine();
+        let mut recs = vec![attached(0, "tapA", OLD, "routed")];
+        recs.extend(stale_mac_story("tapA", 0).into_iter().take(7));
+        run(&mut e, &recs);
+        let t = e.tap("tapA").unwrap();
+        assert_eq!(t.state, State::Blackout);
+        let d = t.diagnosis(at(1000));
+        assert!(
+            d.starts_with(&format!(
+                "VM still sends to fe:16:3e:aa:bb:cc (the tap's MAC until {}, now 00:61:fe:ed:ca:fe); \
+                 the kernel drops these frames as PACKET_OTHERHOST.",
+                at(100).clock()
+            )),
+            "{d}"
+        );
+        assert!(d.contains("The blackout ends when the guest re-ARPs."));
+        assert!(d.contains("RARP announce seen"));
+        assert!(d.contains("No GARP seen."));
+        assert_eq!(t.blackout_ms(at(1500)), Some(1000));
+    }
+
+    #[test]
+    fn mismatch_on_a_bridged_tap_is_no_blackout() {
+        let mut e = engine();
+        let recs = [
+            attached(0, "vnet3", OLD, "bridged"),
+            frame(10, "vnet3", "from_vm", "dst_mismatch", NEW),
+            stats(1000, "vnet3", 40, 40),
+            frame(1200, "vnet3", "from_vm", "dst_mismatch", NEW),
+        ];
+        let verdicts = run(&mut e, &recs);
+        assert_eq!(verdicts, [("vnet3".to_string(), "OK", None)]);
+        let d = e.tap("vnet3").unwrap().diagnosis(at(1300));
+        assert!(
+            d.contains("40 frames to other MACs: normal on a bridged tap"),
+            "{d}"
+        );
+    }
+
+    #[test]
+    fn tap_deleted_mid_blackout() {
+        let mut e = engine();
+        let recs = [
+            attached(0, "tapA", NEW, "routed"),
+            frame(100, "tapA", "from_vm", "dst_mismatch", OLD),
+            Record::Detached {
+                ts: at(2600),
+                ifname: "tapA".into(),
+                reason: "interface removed".into(),
+            },
+            stats(3000, "tapA", 10, 10),
+        ];
+        let verdicts = run(&mut e, &recs);
+        assert_eq!(
+            verdicts.last().unwrap(),
+            &("tapA".to_string(), "GONE", Some(2500))
+        );
+        let t = e.tap("tapA").unwrap();
+        assert_eq!(t.blackout_ms(at(9999)), Some(2500), "frozen at removal");
+        let d = t.diagnosis(at(9999));
+        assert!(d.contains("removed 2500 ms into the blackout"), "{d}");
+    }
+
+    #[test]
+    fn two_vms_at_once() {
+        let mut e = engine();
+        let mut recs = vec![
+            attached(0, "tapA", OLD, "routed"),
+            attached(0, "tapB", OLD, "routed"),
+        ];
+        recs.extend(stale_mac_story("tapA", 0));
+        // tapB: a clean migration, its frames all reach the tap.
+        recs.push(frame(300, "tapB", "from_vm", "rarp", BCAST));
+        recs.push(stats(1000, "tapB", 50, 0));
+        let verdicts = run(&mut e, &recs);
+        let of = |tap: &str| {
+            verdicts
+                .iter()
+                .filter(|v| v.0 == tap)
+                .map(|v| v.1)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(of("tapA"), ["OK", "BLACKOUT", "RECOVERED"]);
+        assert_eq!(of("tapB"), ["OK"]);
+        assert_eq!(e.tap("tapB").unwrap().blackout, None);
+    }
+
+    #[test]
+    fn quiet_and_back() {
+        let mut e = engine();
+        let recs = [
+            attached(0, "tapQ", NEW, "routed"),
+            stats(1000, "tapQ", 10, 0),
+            stats(2000, "tapQ", 10, 0),
+            stats(6000, "tapQ", 10, 0),
+            stats(7000, "tapQ", 12, 0),
+        ];
+        let verdicts = run(&mut e, &recs);
+        let states: Vec<_> = verdicts.iter().map(|v| v.1).collect();
+        assert_eq!(states, ["OK", "QUIET", "OK"]);
+        assert!(e.tap("tapQ").unwrap().from_vm_fps > 1.9);
+    }
+
+    #[test]
+    fn lost_mismatch_samples_still_make_a_blackout() {
+        let mut e = engine();
+        let recs = [
+            attached(0, "tapL", NEW, "routed"),
+            stats(1000, "tapL", 10, 0),
+            stats(2000, "tapL", 30, 20),
+        ];
+        let verdicts = run(&mut e, &recs);
+        assert_eq!(verdicts.last().unwrap().1, "BLACKOUT");
+    }
+
+    struct Fixed(VmInterface);
+    impl VmDirectory for Fixed {
+        fn lookup(&mut self, tap: &str) -> Option<VmInterface> {
+            (tap == self.0.tap).then(|| self.0.clone())
+        }
+    }
+
+    #[test]
+    fn libvirt_identity_and_unusual_tap_mac() {
+        let vm = VmInterface {
+            domain: "instance-0000002a".into(),
+            uuid: None,
+            nova_name: Some("web-frontend-3".into()),
+            tap: "tapA".into(),
+            guest_mac: Some(GUEST),
+            iface_type: "ethernet".into(),
+            managed: Some(false),
+            bridge: None,
+        };
+        let mut e = Engine::new(EngineConfig::default(), Box::new(Fixed(vm)));
+        let mut recs = vec![attached(0, "tapA", OLD, "routed")];
+        recs.extend(stale_mac_story("tapA", 0).into_iter().take(7));
+        let mut out = Vec::new();
+        for r in &recs {
+            out.extend(e.apply(r));
+        }
+        let Record::Verdict { fields, .. } = out.last().unwrap() else {
+            panic!()
+        };
+        assert_eq!(fields.vm, "web-frontend-3");
+        assert_eq!(fields.state, "BLACKOUT");
+        assert!(fields
+            .diagnosis
+            .contains("The tap MAC is not fe:+guest MAC, as happens with interface managed='no'"));
+        let t = e.tap("tapA").unwrap();
+        assert!(t.tap_mac_unusual());
+        assert_eq!(t.guest_mac(), Some(GUEST));
+    }
+}
