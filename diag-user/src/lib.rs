@@ -12,5 +12,6 @@ pub mod mac;
 pub mod output;
 pub mod probe;
 pub mod sandbox;
+pub mod tui;
 pub mod verdict;
 pub mod watch;

@@ -5,8 +5,9 @@ use clap::{Args, Parser, Subcommand};
 use diag_user::{
     ifaces::DEFAULT_PATTERNS,
     libvirt::{self, LibvirtDir},
-    output::{JsonSink, Sink, TextSink},
+    output::JsonSink,
     probe::AttachMode,
+    tui,
     verdict::{Engine, EngineConfig, VerdictSink},
     watch::{self, WatchOptions},
 };
@@ -29,7 +30,7 @@ enum Command {
 
 #[derive(Args, Clone)]
 struct WatchArgs {
-    /// Write NDJSON (one object a line) to stdout instead of the human view.
+    /// Write NDJSON (one object a line) to stdout instead of the full-screen view.
     #[arg(long)]
     json: bool,
     /// Interfaces to watch, by shell glob; repeatable. Default: tap* and vnet*.
@@ -96,18 +97,19 @@ async fn run_watch(args: WatchArgs) -> anyhow::Result<()> {
         interval: args.interval,
         duration: args.duration,
         attach_mode: args.attach_mode,
+        notices: args.json,
     };
-    let stdout = io::BufWriter::new(io::stdout().lock());
-    let mut sink: Box<dyn Sink> = if args.json {
-        Box::new(JsonSink(stdout))
-    } else {
-        Box::new(TextSink(stdout))
-    };
-    let vms = LibvirtDir::new(&args.libvirt_dir, true);
+    // In the full-screen view, stderr would scribble over the screen.
+    let vms = LibvirtDir::new(&args.libvirt_dir, args.json);
+    let engine = Engine::new(EngineConfig::default(), Box::new(vms));
+    if !args.json {
+        return Ok(tui::run(opts, engine).await?);
+    }
+    let mut stdout = JsonSink(io::BufWriter::new(io::stdout().lock()));
     let mut sink = VerdictSink {
-        engine: Engine::new(EngineConfig::default(), Box::new(vms)),
-        inner: sink.as_mut(),
+        engine,
+        inner: &mut stdout,
     };
-    watch::run(opts, &mut sink).await?;
+    watch::run(opts, &mut sink, std::future::pending()).await?;
     Ok(())
 }

@@ -31,6 +31,13 @@ pub enum Record {
         old_mac: Option<MacAddr>,
         new_mac: Option<MacAddr>,
     },
+    /// The tap joined or left a bridge (master device).
+    ModeChange {
+        ts: Ts,
+        ifname: String,
+        old_mode: &'static str,
+        new_mode: &'static str,
+    },
     Frame(FrameRecord),
     Stats {
         ts: Ts,
@@ -230,6 +237,14 @@ impl<W: Write> Sink for TextSink<W> {
                     f.ts, f.ifname, f.direction, f.kind, f.src_mac, f.dst_mac
                 )
             }
+            Record::ModeChange {
+                ts,
+                ifname,
+                old_mode,
+                new_mode,
+            } => {
+                writeln!(w, "{ts} {ifname}: {old_mode} -> {new_mode}")
+            }
             Record::Stats { .. } => Ok(()),
             Record::Verdict { ts, ifname, fields } => {
                 let ms = fields
@@ -271,4 +286,18 @@ impl<W: Write> Sink for TextSink<W> {
 
 fn opt(m: &Option<MacAddr>) -> String {
     m.map(|m| m.to_string()).unwrap_or_else(|| "none".into())
+}
+
+/// Hands records to another task (the TUI) as they come.
+pub struct ChannelSink(pub tokio::sync::mpsc::UnboundedSender<Record>);
+
+impl Sink for ChannelSink {
+    fn emit(&mut self, rec: &Record) -> io::Result<()> {
+        self.0
+            .send(rec.clone())
+            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the view has closed"))
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
 }

@@ -341,9 +341,6 @@ impl Engine {
                 let mut view = TapView::new(ifname, *ifindex, *mac, mode, *ts);
                 view.vm = self.vms.lookup(ifname);
                 view.note(*ts, format!("tap attached, MAC {}", fmt_mac(*mac)));
-                if view.tap_mac_unusual() {
-                    view.note(*ts, "tap MAC is not fe:+guest MAC".into());
-                }
                 self.live.insert(ifname.clone(), self.taps.len());
                 self.taps.push(view);
                 changes.push(self.verdict(self.taps.len() - 1, *ts));
@@ -375,6 +372,28 @@ impl Engine {
                     );
                     if t.tap_mac_unusual() {
                         t.note(*ts, "tap MAC is not fe:+guest MAC".into());
+                    }
+                }
+            }
+            Record::ModeChange {
+                ts,
+                ifname,
+                new_mode,
+                ..
+            } => {
+                self.now = Some(*ts);
+                if let Some(&i) = self.live.get(ifname) {
+                    let bridged = *new_mode == "bridged";
+                    let t = &mut self.taps[i];
+                    t.mode = if bridged { Mode::Bridged } else { Mode::Routed };
+                    t.note(*ts, format!("tap is now {new_mode}"));
+                    // On a bridge, frames to other MACs are switched, not dropped: an open
+                    // blackout ends here (its frames before this were real drops).
+                    if bridged && t.state == State::Blackout {
+                        if let Some(b) = t.blackout.as_mut() {
+                            b.end = Some(*ts);
+                        }
+                        self.set_state(i, State::Ok, *ts, &mut changes);
                     }
                 }
             }
@@ -600,23 +619,23 @@ impl crate::output::Sink for VerdictSink<'_> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod fixtures {
     use chrono::{DateTime, Utc};
 
     use super::*;
     use crate::output::FrameRecord;
 
-    const GUEST: MacAddr = MacAddr([0xfa, 0x16, 0x3e, 0xaa, 0xbb, 0xcc]);
-    const OLD: MacAddr = MacAddr([0xfe, 0x16, 0x3e, 0xaa, 0xbb, 0xcc]);
-    const NEW: MacAddr = MacAddr([0x00, 0x61, 0xfe, 0xed, 0xca, 0xfe]);
-    const BCAST: MacAddr = MacAddr([0xff; 6]);
+    pub const GUEST: MacAddr = MacAddr([0xfa, 0x16, 0x3e, 0xaa, 0xbb, 0xcc]);
+    pub const OLD: MacAddr = MacAddr([0xfe, 0x16, 0x3e, 0xaa, 0xbb, 0xcc]);
+    pub const NEW: MacAddr = MacAddr([0x00, 0x61, 0xfe, 0xed, 0xca, 0xfe]);
+    pub const BCAST: MacAddr = MacAddr([0xff; 6]);
 
     /// Time `ms` milliseconds into the test.
-    fn at(ms: i64) -> Ts {
+    pub fn at(ms: i64) -> Ts {
         Ts(DateTime::<Utc>::from_timestamp_millis(1_790_000_000_000 + ms).unwrap())
     }
 
-    fn attached(ms: i64, tap: &str, mac: MacAddr, mode: &'static str) -> Record {
+    pub fn attached(ms: i64, tap: &str, mac: MacAddr, mode: &'static str) -> Record {
         Record::Attached {
             ts: at(ms),
             ifname: tap.into(),
@@ -627,7 +646,13 @@ mod tests {
         }
     }
 
-    fn frame(ms: i64, tap: &str, dir: &'static str, kind: &'static str, dst: MacAddr) -> Record {
+    pub fn frame(
+        ms: i64,
+        tap: &str,
+        dir: &'static str,
+        kind: &'static str,
+        dst: MacAddr,
+    ) -> Record {
         let arp = matches!(kind, "rarp" | "garp" | "arp_request" | "arp_reply");
         Record::Frame(FrameRecord {
             ts: at(ms),
@@ -644,7 +669,7 @@ mod tests {
         })
     }
 
-    fn stats(ms: i64, tap: &str, from_vm: u64, mismatch: u64) -> Record {
+    pub fn stats(ms: i64, tap: &str, from_vm: u64, mismatch: u64) -> Record {
         let row = TapRow {
             ifname: tap.into(),
             from_vm_frames: from_vm,
@@ -656,6 +681,28 @@ mod tests {
             taps: vec![row],
         }
     }
+
+    pub fn stale_mac_story(tap: &str, t0: i64) -> Vec<Record> {
+        let mut v = vec![Record::MacChange {
+            ts: at(t0 + 100),
+            ifname: tap.into(),
+            old_mac: Some(OLD),
+            new_mac: Some(NEW),
+        }];
+        v.extend((0..5).map(|i| frame(t0 + 200 + i * 50, tap, "from_vm", "rarp", BCAST)));
+        v.push(frame(t0 + 500, tap, "from_vm", "dst_mismatch", OLD));
+        v.push(frame(t0 + 700, tap, "from_vm", "dst_mismatch", OLD));
+        v.push(frame(t0 + 20_400, tap, "from_vm", "arp_request", BCAST));
+        v.push(frame(t0 + 20_401, tap, "to_vm", "arp_reply", GUEST));
+        v.push(frame(t0 + 20_410, tap, "from_vm", "dst_match", NEW));
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fixtures::*;
+    use super::*;
 
     fn run(engine: &mut Engine, recs: &[Record]) -> Vec<(String, &'static str, Option<u64>)> {
         let mut out = Vec::new();
@@ -671,22 +718,6 @@ mod tests {
 
     fn engine() -> Engine {
         Engine::new(EngineConfig::default(), Box::new(NoVms))
-    }
-
-    fn stale_mac_story(tap: &str, t0: i64) -> Vec<Record> {
-        let mut v = vec![Record::MacChange {
-            ts: at(t0 + 100),
-            ifname: tap.into(),
-            old_mac: Some(OLD),
-            new_mac: Some(NEW),
-        }];
-        v.extend((0..5).map(|i| frame(t0 + 200 + i * 50, tap, "from_vm", "rarp", BCAST)));
-        v.push(frame(t0 + 500, tap, "from_vm", "dst_mismatch", OLD));
-        v.push(frame(t0 + 700, tap, "from_vm", "dst_mismatch", OLD));
-        v.push(frame(t0 + 20_400, tap, "from_vm", "arp_request", BCAST));
-        v.push(frame(t0 + 20_401, tap, "to_vm", "arp_reply", GUEST));
-        v.push(frame(t0 + 20_410, tap, "from_vm", "dst_match", NEW));
-        v
     }
 
     #[test]
@@ -754,6 +785,25 @@ mod tests {
             d.contains("40 frames to other MACs: normal on a bridged tap"),
             "{d}"
         );
+    }
+
+    #[test]
+    fn joining_a_bridge_ends_a_blackout() {
+        let mut e = engine();
+        let recs = [
+            attached(0, "vnet5", NEW, "routed"),
+            frame(10, "vnet5", "from_vm", "dst_mismatch", OLD),
+            Record::ModeChange {
+                ts: at(40),
+                ifname: "vnet5".into(),
+                old_mode: "routed",
+                new_mode: "bridged",
+            },
+            frame(50, "vnet5", "from_vm", "dst_mismatch", OLD),
+        ];
+        let states: Vec<_> = run(&mut e, &recs).into_iter().map(|v| v.1).collect();
+        assert_eq!(states, ["OK", "BLACKOUT", "OK"]);
+        assert_eq!(e.tap("vnet5").unwrap().mode, Mode::Bridged);
     }
 
     #[test]

@@ -15,7 +15,6 @@ use crate::{
     caps,
     clock::{Ts, WallClock},
     ifaces::{IfaceError, Link, LinkChange, LinkMonitor, Selector},
-    mac::MacAddr,
     output::{FrameRecord, MacHistoryEntry, Record, Sink, SummaryRow, TapRow},
     probe::{parse_event, AttachMode, Probe, ProbeError},
 };
@@ -26,6 +25,9 @@ pub struct WatchOptions {
     pub interval: Duration,
     pub duration: Option<Duration>,
     pub attach_mode: AttachMode,
+    /// Print notices (no matching tap, a tap that vanished before attach) to stderr; off
+    /// under the full-screen view, which shows them itself.
+    pub notices: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -68,6 +70,7 @@ struct Watcher<'s> {
     /// ifindex -> last known name, also of taps already gone, for late ring buffer events.
     names: HashMap<u32, String>,
     sink: &'s mut dyn Sink,
+    notices: bool,
 }
 
 impl Watcher<'_> {
@@ -93,7 +96,9 @@ impl Watcher<'_> {
     fn attach(&mut self, link: Link) -> io::Result<()> {
         if let Err(e) = self.probe.attach(link.ifindex, &link.name) {
             // Usually a tap deleted right after it appeared; its removal follows.
-            eprintln!("tapwatch: {e}");
+            if self.notices {
+                eprintln!("tapwatch: {e}");
+            }
             return Ok(());
         }
         let ts = self.ts();
@@ -123,22 +128,28 @@ impl Watcher<'_> {
             }
             self.names.insert(ifindex, link.name.clone());
         }
-        let old: Option<MacAddr> = self.taps[i].link.mac;
+        let (old_mac, old_mode) = (self.taps[i].link.mac, self.taps[i].link.mode());
         let ts = self.ts();
         let tap = &mut self.taps[i];
         tap.link = link;
-        if tap.link.mac != old {
-            tap.mac_history.push(MacHistoryEntry {
+        let ifname = tap.link.name.clone();
+        let (new_mac, new_mode) = (tap.link.mac, tap.link.mode());
+        if new_mac != old_mac {
+            tap.mac_history.push(MacHistoryEntry { ts, mac: new_mac });
+            self.emit(Record::MacChange {
                 ts,
-                mac: tap.link.mac,
-            });
-            let rec = Record::MacChange {
+                ifname: ifname.clone(),
+                old_mac,
+                new_mac,
+            })?;
+        }
+        if new_mode != old_mode {
+            self.emit(Record::ModeChange {
                 ts,
-                ifname: tap.link.name.clone(),
-                old_mac: old,
-                new_mac: tap.link.mac,
-            };
-            return self.emit(rec);
+                ifname,
+                old_mode: old_mode.as_str(),
+                new_mode: new_mode.as_str(),
+            })?;
         }
         Ok(())
     }
@@ -224,9 +235,13 @@ fn setup(what: &'static str) -> impl FnOnce(io::Error) -> WatchError {
     move |source| WatchError::Setup { what, source }
 }
 
-/// Runs until SIGINT, SIGTERM, `duration`, or a closed output; always ends with a summary
-/// and with every program detached.
-pub async fn run(opts: WatchOptions, sink: &mut dyn Sink) -> Result<(), WatchError> {
+/// Runs until SIGINT, SIGTERM, `duration`, `stop` completing, or a closed output; always
+/// ends with a summary and with every program detached.
+pub async fn run(
+    opts: WatchOptions,
+    sink: &mut dyn Sink,
+    stop: impl std::future::Future<Output = ()>,
+) -> Result<(), WatchError> {
     caps::check()?;
     let selector = Selector::new(&opts.patterns)?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(setup("SIGINT handler"))?;
@@ -250,9 +265,11 @@ pub async fn run(opts: WatchOptions, sink: &mut dyn Sink) -> Result<(), WatchErr
         live: HashMap::new(),
         names: HashMap::new(),
         sink,
+        notices: opts.notices,
     };
     let result = watch_loop(
         &mut w,
+        std::pin::pin!(stop),
         &mut ring,
         &mut monitor,
         &links,
@@ -277,6 +294,7 @@ pub async fn run(opts: WatchOptions, sink: &mut dyn Sink) -> Result<(), WatchErr
 #[allow(clippy::too_many_arguments)]
 async fn watch_loop(
     w: &mut Watcher<'_>,
+    mut stop: std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
     ring: &mut AsyncFd<RingBuf<MapData>>,
     monitor: &mut LinkMonitor,
     initial: &[Link],
@@ -297,7 +315,7 @@ async fn watch_loop(
             return Ok(());
         }
     }
-    if w.live.is_empty() {
+    if w.live.is_empty() && w.notices {
         eprintln!(
             "tapwatch: no interface matches {}; watching for new ones",
             w.selector.describe()
@@ -313,6 +331,7 @@ async fn watch_loop(
     loop {
         let step = tokio::select! {
             _ = sigint.recv() => return Ok(()),
+            _ = stop.as_mut() => return Ok(()),
             _ = sigterm.recv() => return Ok(()),
             _ = async { sleep_until(deadline.unwrap_or(start)).await }, if deadline.is_some() => return Ok(()),
             change = monitor.next() => match change {

@@ -220,6 +220,39 @@ fn mac_change_turns_frames_to_the_old_mac_into_mismatches() {
 }
 
 #[test]
+fn joining_a_bridge_is_reported() {
+    require_root();
+    let ns = Netns::new("tw-bridge").unwrap();
+    ns.ip(&["link", "add", "br0", "type", "bridge"]).unwrap();
+    let tap = VmTap::create(&ns, "vnet7", TAP_LIBVIRT).unwrap();
+    let mut tw = json_watch(&ns, &[]);
+    let att = tw.wait_attached("vnet7");
+    assert_eq!(att["mode"], "routed");
+    ns.ip(&["link", "set", "vnet7", "master", "br0"]).unwrap();
+    let change = tw.wait_for("mode_change", |v| v["type"] == "mode_change");
+    assert_eq!(
+        (&change["ifname"], &change["old_mode"], &change["new_mode"]),
+        (&"vnet7".into(), &"routed".into(), &"bridged".into())
+    );
+    // Frames to other MACs are ordinary switched traffic now: counted, never a blackout.
+    for _ in 0..3 {
+        tap.send(&frames::udp(GUEST, TAP_CALICO, VM_IP, HOST_IP, 80))
+            .unwrap();
+    }
+    tw.wait_stats("vnet7", |t| u(t, "dst_mismatch_frames") == 3);
+    let (status, recs, _) = tw.stop(libc::SIGINT);
+    assert!(status.success());
+    let row = summary_row(&recs, "vnet7");
+    assert_eq!(
+        (&row["mode"], &row["state"]),
+        (&"bridged".into(), &"OK".into())
+    );
+    assert!(of_type(&recs, "verdict")
+        .iter()
+        .all(|v| v["state"] != "BLACKOUT"));
+}
+
+#[test]
 fn names_vms_from_libvirt() {
     require_root();
     let ns = Netns::new("tw-virt").unwrap();

@@ -1,0 +1,59 @@
+//! Keys.
+
+use crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
+
+use super::app::App;
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Action {
+    Continue,
+    Quit,
+}
+
+pub fn on_key(app: &mut App, key: KeyEvent) -> Action {
+    if key.kind == KeyEventKind::Release {
+        return Action::Continue;
+    }
+    if key.code == KeyCode::Char('c') && key.modifiers.contains(KeyModifiers::CONTROL) {
+        return Action::Quit;
+    }
+    if app.editing_filter {
+        match key.code {
+            KeyCode::Enter => app.editing_filter = false,
+            KeyCode::Esc => {
+                app.editing_filter = false;
+                app.filter.clear();
+            }
+            KeyCode::Backspace => {
+                app.filter.pop();
+            }
+            KeyCode::Char(c) => app.filter.push(c),
+            _ => {}
+        }
+        return Action::Continue;
+    }
+    if app.show_help {
+        app.show_help = false;
+        return Action::Continue;
+    }
+    match key.code {
+        KeyCode::Char('q') => return Action::Quit,
+        KeyCode::Esc if app.show_detail => app.show_detail = false,
+        KeyCode::Esc => return Action::Quit,
+        KeyCode::Up | KeyCode::Char('k') => app.move_selection(-1),
+        KeyCode::Down | KeyCode::Char('j') => app.move_selection(1),
+        KeyCode::PageUp => app.move_selection(-20),
+        KeyCode::PageDown => app.move_selection(20),
+        KeyCode::Enter => app.show_detail = !app.show_detail,
+        KeyCode::Char('/') => {
+            app.editing_filter = true;
+            app.filter.clear();
+        }
+        KeyCode::Char('s') => app.sort = app.sort.next(),
+        KeyCode::Char('p') => app.toggle_pause(),
+        KeyCode::Char('c') => app.clear_counters(),
+        KeyCode::Char('?') => app.show_help = true,
+        _ => {}
+    }
+    Action::Continue
+}

@@ -1,0 +1,109 @@
+//! The live full-screen view: `tapwatch watch` without `--json`.
+//!
+//! The watcher runs beside the view in the same task and hands it records over a channel;
+//! the view feeds them to the verdict engine and redraws ten times a second. The terminal
+//! is restored on every way out: quit keys, SIGINT/SIGTERM (they end the watcher), a
+//! watcher error, and panics (ratatui's hook).
+
+pub mod app;
+pub mod event;
+pub mod handler;
+pub mod ui;
+
+use std::{io, time::Duration};
+
+use chrono::Utc;
+use ratatui::DefaultTerminal;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::{
+    clock::Ts,
+    output::{ChannelSink, Record, Sink, TextSink},
+    verdict::Engine,
+    watch::{self, WatchError, WatchOptions},
+};
+use app::App;
+use event::{Events, UiEvent};
+use handler::Action;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TuiError {
+    #[error(transparent)]
+    Watch(#[from] WatchError),
+    #[error("terminal: {0}")]
+    Terminal(#[from] io::Error),
+}
+
+const REDRAW: Duration = Duration::from_millis(100);
+
+/// Runs the view until the user quits or the watcher stops; then prints the final
+/// verdicts on the normal screen so they stay in the scrollback.
+pub async fn run(opts: WatchOptions, engine: Engine) -> Result<(), TuiError> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let watcher = async move {
+        let mut sink = ChannelSink(tx);
+        watch::run(opts, &mut sink, async {
+            let _ = stop_rx.await;
+        })
+        .await
+    };
+    let mut terminal = ratatui::init();
+    let mut app = App::new(engine);
+    let (watched, shown) = tokio::join!(watcher, view(&mut terminal, &mut app, rx, stop_tx));
+    ratatui::restore();
+    watched?;
+    if let Some(summary) = shown? {
+        let mut out = TextSink(io::stdout().lock());
+        out.emit(&summary)?;
+        out.flush()?;
+    }
+    Ok(())
+}
+
+async fn view(
+    terminal: &mut DefaultTerminal,
+    app: &mut App,
+    mut records: mpsc::UnboundedReceiver<Record>,
+    stop: oneshot::Sender<()>,
+) -> Result<Option<Record>, TuiError> {
+    let mut events = Events::new(REDRAW);
+    let mut stop = Some(stop);
+    let mut summary = None;
+    loop {
+        tokio::select! {
+            rec = records.recv() => match rec {
+                Some(rec) => {
+                    if matches!(rec, Record::Summary { .. }) {
+                        summary = Some(rec.clone());
+                    }
+                    app.apply(&rec);
+                    continue;
+                }
+                // The watcher ended: SIGINT, SIGTERM, --duration, or our stop.
+                None => break,
+            },
+            ev = events.next() => match ev {
+                UiEvent::Key(key) => {
+                    if handler::on_key(app, key) == Action::Quit {
+                        if let Some(s) = stop.take() {
+                            let _ = s.send(());
+                        }
+                    }
+                }
+                UiEvent::Tick => {}
+                UiEvent::InputClosed => {
+                    if let Some(s) = stop.take() {
+                        let _ = s.send(());
+                    }
+                }
+            },
+        }
+        terminal.draw(|f| ui::draw(f, app, Ts(Utc::now())))?;
+    }
+    app.finished = true;
+    Ok(summary.map(|mut s| {
+        app.engine.annotate_summary(&mut s);
+        s
+    }))
+}

@@ -1,0 +1,169 @@
+//! The full-screen view end to end: the real binary in a tmux terminal, a tap in a fresh
+//! namespace, the stale-MAC story played through /dev/net/tun, the screen read back.
+
+mod common;
+
+use std::{
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use common::{require_root, TIMEOUT};
+use diag_user::{
+    mac::MacAddr,
+    sandbox::{frames, Netns, VmTap},
+};
+
+const GUEST: MacAddr = MacAddr([0xfa, 0x16, 0x3e, 0xaa, 0xbb, 0xcc]);
+const TAP_LIBVIRT: MacAddr = MacAddr([0xfe, 0x16, 0x3e, 0xaa, 0xbb, 0xcc]);
+const TAP_CALICO: MacAddr = MacAddr([0x00, 0x61, 0xfe, 0xed, 0xca, 0xfe]);
+
+/// A detached tmux session, killed on drop.
+struct Tmux {
+    session: String,
+}
+
+impl Tmux {
+    fn start(cmd: &str) -> Self {
+        let session = format!("tw-tui-{}", std::process::id());
+        let ok = Command::new("tmux")
+            .args([
+                "new-session",
+                "-d",
+                "-s",
+                &session,
+                "-x",
+                "220",
+                "-y",
+                "50",
+                cmd,
+            ])
+            .status()
+            .expect("tmux is needed for this test (scripts/setup.sh installs it)");
+        assert!(ok.success());
+        Self { session }
+    }
+
+    fn screen(&self) -> String {
+        let out = Command::new("tmux")
+            .args(["capture-pane", "-p", "-t", &self.session])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Polls the screen until `pred` finds what it wants (the terminal has no other
+    /// readiness signal); returns that screen.
+    fn wait(&self, what: &str, pred: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            let s = self.screen();
+            if pred(&s) {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}; screen:\n{s}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn keys(&self, keys: &str) {
+        Command::new("tmux")
+            .args(["send-keys", "-t", &self.session, keys])
+            .status()
+            .unwrap();
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = Command::new("tmux")
+            .args(["kill-session", "-t", &self.session])
+            .status();
+    }
+}
+
+fn row<'a>(screen: &'a str, tap: &str) -> Option<&'a str> {
+    screen
+        .lines()
+        .find(|l| l.contains(tap) && l.contains("routed"))
+}
+
+/// The blackout column: the last "S.mmms" on the row.
+fn blackout_ms(row: &str) -> Option<u64> {
+    let cell = row
+        .split_whitespace()
+        .rev()
+        .find(|w| w.ends_with('s') && w.contains('.'))?;
+    let (s, ms) = cell.trim_end_matches('s').split_once('.')?;
+    Some(s.parse::<u64>().ok()? * 1000 + ms.parse::<u64>().ok()?)
+}
+
+#[test]
+fn stale_mac_story_on_screen() {
+    require_root();
+    let ns = Netns::new("tw-tui").unwrap();
+    let tap = VmTap::create(&ns, "tapvm1", TAP_LIBVIRT).unwrap();
+    let cmd = format!(
+        "ip netns exec {} {} watch --interval 0.2 --libvirt-dir /nonexistent; echo TAPWATCH-EXIT=$?; sleep 600",
+        ns.name(),
+        env!("CARGO_BIN_EXE_tapwatch")
+    );
+    let tmux = Tmux::start(&cmd);
+    tmux.wait("the tap's row", |s| {
+        row(s, "tapvm1").is_some_and(|r| r.contains("OK"))
+    });
+
+    // Nova re-plugs the tap with the fixed port MAC; QEMU announces the VM.
+    ns.ip(&["link", "set", "tapvm1", "address", &TAP_CALICO.to_string()])
+        .unwrap();
+    tmux.wait("the MAC change", |s| {
+        s.contains("00:61:fe:ed:ca:fe* (was fe:16:3e:aa:bb:cc)")
+    });
+    for _ in 0..5 {
+        tap.send(&frames::rarp_announce(GUEST, None)).unwrap();
+    }
+    // The guest keeps answering to its cached gateway MAC, every 20 ms, for 400 ms.
+    let vm_ip = "10.65.0.2".parse().unwrap();
+    let peer = "10.65.9.9".parse().unwrap();
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_millis(400) {
+        tap.send(&frames::udp(GUEST, TAP_LIBVIRT, vm_ip, peer, 98))
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let s = tmux.wait("BLACKOUT", |s| {
+        row(s, "tapvm1").is_some_and(|r| r.contains("BLACKOUT"))
+    });
+    assert!(s.contains("VM still sends to fe:16:3e:aa:bb:cc"), "{s}");
+
+    // The guest's ARP entry expires: it re-ARPs and sends to the new MAC.
+    tap.send(&frames::arp_request(
+        GUEST,
+        vm_ip,
+        "10.65.0.1".parse().unwrap(),
+    ))
+    .unwrap();
+    tap.send(&frames::udp(GUEST, TAP_CALICO, vm_ip, peer, 98))
+        .unwrap();
+    let s = tmux.wait("RECOVERED", |s| {
+        row(s, "tapvm1").is_some_and(|r| r.contains("RECOVERED"))
+    });
+    let ms = blackout_ms(row(&s, "tapvm1").unwrap()).expect("a measured blackout");
+    // Kernel timestamps of frames written at least 380 ms apart.
+    assert!(
+        (380..10_000).contains(&ms),
+        "blackout {ms} ms; screen:\n{s}"
+    );
+    assert!(s.contains(&format!("Blackout of {ms} ms")), "{s}");
+
+    tmux.keys("q");
+    let s = tmux.wait("exit", |s| s.contains("TAPWATCH-EXIT="));
+    assert!(s.contains("TAPWATCH-EXIT=0"), "{s}");
+    assert!(
+        s.contains("tapvm1 [tapvm1]: RECOVERED"),
+        "the verdict stays on screen:\n{s}"
+    );
+}
