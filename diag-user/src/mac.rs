@@ -31,6 +31,12 @@ impl fmt::Debug for MacAddr {
     }
 }
 
+/// An optional MAC as text, `absent` standing for none.
+pub fn show(m: Option<MacAddr>, absent: &str) -> String {
+    m.map(|m| m.to_string())
+        .unwrap_or_else(|| absent.to_string())
+}
+
 #[derive(Debug, thiserror::Error)]
 #[error("not a MAC address (expected six hex bytes like fa:16:3e:aa:bb:cc): {0:?}")]
 pub struct ParseMacError(String);

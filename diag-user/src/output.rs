@@ -208,7 +208,11 @@ impl<W: Write> Sink for TextSink<W> {
                 mode,
                 ..
             } => {
-                writeln!(w, "{ts} {ifname}: attached ({mode}, mac {})", opt(mac))
+                writeln!(
+                    w,
+                    "{ts} {ifname}: attached ({mode}, mac {})",
+                    crate::mac::show(*mac, "none")
+                )
             }
             Record::Detached { ts, ifname, reason } => {
                 writeln!(w, "{ts} {ifname}: detached ({reason})")
@@ -222,8 +226,8 @@ impl<W: Write> Sink for TextSink<W> {
                 writeln!(
                     w,
                     "{ts} {ifname}: MAC changed {} -> {}",
-                    opt(old_mac),
-                    opt(new_mac)
+                    crate::mac::show(*old_mac, "none"),
+                    crate::mac::show(*new_mac, "none")
                 )
             }
             Record::Frame(f) => {
@@ -282,10 +286,6 @@ impl<W: Write> Sink for TextSink<W> {
     fn flush(&mut self) -> io::Result<()> {
         self.0.flush()
     }
-}
-
-fn opt(m: &Option<MacAddr>) -> String {
-    m.map(|m| m.to_string()).unwrap_or_else(|| "none".into())
 }
 
 /// Hands records to another task (the TUI) as they come.

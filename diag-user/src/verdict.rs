@@ -12,7 +12,7 @@ use crate::{
     clock::Ts,
     ifaces::Mode,
     libvirt::VmInterface,
-    mac::MacAddr,
+    mac::{show, MacAddr},
     output::{FrameRecord, Record, TapRow, VerdictFields},
 };
 
@@ -185,16 +185,15 @@ impl TapView {
     /// The diagnosis in plain words, as of `now`.
     pub fn diagnosis(&self, now: Ts) -> String {
         let mut s = Vec::new();
-        let cur = |m: Option<MacAddr>| m.map(|m| m.to_string()).unwrap_or_else(|| "none".into());
         match (self.state, self.blackout) {
             (State::Blackout, Some(b)) | (State::Gone, Some(b @ Blackout { end: None, .. })) => {
                 let was = match self.mac_until(b.stale_mac) {
                     Some(t) => format!(
                         " (the tap's MAC until {}, now {})",
                         t.clock(),
-                        cur(self.mac)
+                        show(self.mac, "none")
                     ),
-                    None => format!(" (not the tap's MAC, {})", cur(self.mac)),
+                    None => format!(" (not the tap's MAC, {})", show(self.mac, "none")),
                 };
                 s.push(format!(
                     "VM still sends to {}{was}; the kernel drops these frames as PACKET_OTHERHOST.",
@@ -340,7 +339,7 @@ impl Engine {
                 };
                 let mut view = TapView::new(ifname, *ifindex, *mac, mode, *ts);
                 view.vm = self.vms.lookup(ifname);
-                view.note(*ts, format!("tap attached, MAC {}", fmt_mac(*mac)));
+                view.note(*ts, format!("tap attached, MAC {}", show(*mac, "none")));
                 self.live.insert(ifname.clone(), self.taps.len());
                 self.taps.push(view);
                 changes.push(self.verdict(self.taps.len() - 1, *ts));
@@ -368,7 +367,11 @@ impl Engine {
                     t.mac_history.push((*ts, *new_mac));
                     t.note(
                         *ts,
-                        format!("tap MAC {} → {}", fmt_mac(*old_mac), fmt_mac(*new_mac)),
+                        format!(
+                            "tap MAC {} → {}",
+                            show(*old_mac, "none"),
+                            show(*new_mac, "none")
+                        ),
                     );
                     if t.tap_mac_unusual() {
                         t.note(*ts, "tap MAC is not fe:+guest MAC".into());
@@ -584,10 +587,6 @@ impl Engine {
             }
         }
     }
-}
-
-fn fmt_mac(m: Option<MacAddr>) -> String {
-    m.map(|m| m.to_string()).unwrap_or_else(|| "none".into())
 }
 
 /// A [`crate::output::Sink`] adapter: forwards every record, adds `verdict` records on

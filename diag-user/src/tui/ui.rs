@@ -81,7 +81,7 @@ pub fn duration_ms(ms: Option<u64>) -> String {
 }
 
 fn mac(m: Option<MacAddr>) -> String {
-    m.map(|m| m.to_string()).unwrap_or_else(|| "-".into())
+    crate::mac::show(m, "-")
 }
 
 /// The tap's MAC, marked with `*` and the previous one when it changed.
