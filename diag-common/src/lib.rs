@@ -183,6 +183,8 @@ pub struct TapWindow {
 
 impl TapWindow {
     /// Follows a frame from the VM; true when it ends a mismatch window (a `DstMatch`).
+    /// `to_own_mac`: addressed to the tap's MAC and not an ARP (a reply to the host's ARP
+    /// request is addressed correctly whatever the guest's cache holds).
     /// Races between CPUs can at worst report one window's end twice.
     #[inline(always)]
     pub fn update(&mut self, dst_mismatch: bool, to_own_mac: bool, now_ns: u64) -> bool {
