@@ -60,7 +60,7 @@ pub fn rfc3339(t: DateTime<Utc>) -> String {
 }
 
 /// A record's time: wall-clock UTC, written as [`rfc3339`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Ts(pub DateTime<Utc>);
 
 impl Ts {

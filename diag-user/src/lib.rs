@@ -7,6 +7,7 @@
 pub mod caps;
 pub mod clock;
 pub mod ifaces;
+pub mod lab;
 pub mod libvirt;
 pub mod mac;
 pub mod output;

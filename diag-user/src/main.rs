@@ -4,8 +4,9 @@ use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use diag_user::{
     ifaces::DEFAULT_PATTERNS,
+    lab::{self, LabOptions, LabVms, Scenario},
     libvirt::{self, LibvirtDir},
-    output::JsonSink,
+    output::{JsonSink, Sink},
     probe::AttachMode,
     tui,
     verdict::{Engine, EngineConfig, VerdictSink},
@@ -26,6 +27,38 @@ struct Cli {
 enum Command {
     /// Attach to VM taps and report live (the default command).
     Watch(WatchArgs),
+    /// Build a lab of two simulated hypervisors, live-migrate a simulated VM between
+    /// them, and watch the destination as on-call would.
+    Lab(LabArgs),
+}
+
+#[derive(Args, Clone)]
+struct LabArgs {
+    /// What the migration does to the VM's network.
+    #[arg(long, value_enum, default_value = "stale-mac")]
+    scenario: Scenario,
+    /// How many VMs migrate at once.
+    #[arg(long, default_value_t = 1)]
+    vms: usize,
+    /// Write NDJSON to stdout (lab steps, tapwatch's records, the truth last) instead of
+    /// the full-screen view; ends by itself when the story is over.
+    #[arg(long)]
+    json: bool,
+    /// Stop after this many seconds.
+    #[arg(long, value_name = "SECS", value_parser = parse_secs)]
+    duration: Option<Duration>,
+    /// The guests' ARP reachable time (real guests: 15-45 s).
+    #[arg(long, value_name = "SECS", default_value = "8", value_parser = parse_secs)]
+    reachable_time: Duration,
+    /// Steady traffic before the migration.
+    #[arg(long, value_name = "SECS", default_value = "2", value_parser = parse_secs)]
+    before: Duration,
+    /// The guest also sends a gratuitous ARP when it resumes.
+    #[arg(long)]
+    garp: bool,
+    /// Seconds between stats records.
+    #[arg(long, value_name = "SECS", default_value = "0.5", value_parser = parse_secs)]
+    interval: Duration,
 }
 
 #[derive(Args, Clone)]
@@ -75,15 +108,49 @@ fn parse_secs(s: &str) -> Result<Duration, String> {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let args = match cli.command {
-        Some(Command::Watch(a)) => a,
-        None => WatchArgs::default(),
-    };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(run_watch(args))
+    match cli.command {
+        Some(Command::Watch(a)) => runtime.block_on(run_watch(a)),
+        None => runtime.block_on(run_watch(WatchArgs::default())),
+        Some(Command::Lab(a)) => run_lab(a, &runtime),
+    }
+}
+
+fn run_lab(args: LabArgs, runtime: &tokio::runtime::Runtime) -> anyhow::Result<()> {
+    let opts = LabOptions {
+        scenario: args.scenario,
+        vms: args.vms,
+        reachable: args.reachable_time,
+        before: args.before,
+        duration: args.duration,
+        garp: args.garp,
+        interval: args.interval,
+    };
+    let engine = Engine::new(EngineConfig::default(), Box::new(LabVms::new(&opts)));
+    let mut lab = lab::start(opts, args.json)?;
+    if args.json {
+        let mut stdout = JsonSink(io::BufWriter::new(io::stdout().lock()));
+        let mut sink = VerdictSink {
+            engine,
+            inner: &mut stdout,
+        };
+        while let Some(rec) = lab.records.blocking_recv() {
+            // A closed stdout ends the output, not the lab's clean-up.
+            if sink.emit(&rec).and_then(|_| sink.flush()).is_err() {
+                break;
+            }
+        }
+    } else {
+        let ending = runtime.block_on(tui::show(lab.records, lab.stop, engine))?;
+        tui::print_ending(&ending)?;
+    }
+    lab.handle
+        .join()
+        .map_err(|_| anyhow::anyhow!("the lab thread panicked"))??;
+    Ok(())
 }
 
 async fn run_watch(args: WatchArgs) -> anyhow::Result<()> {

@@ -47,6 +47,8 @@ pub enum Record {
         ts: Ts,
         taps: Vec<SummaryRow>,
     },
+    /// What `tapwatch lab` did and knows (its ground truth).
+    Lab(LabRecord),
     /// A VM's state changed (see `verdict::Engine`).
     Verdict {
         ts: Ts,
@@ -54,6 +56,44 @@ pub enum Record {
         #[serde(flatten)]
         fields: VerdictFields,
     },
+}
+
+/// One step or finding of the built-in lab.
+#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct LabRecord {
+    pub ts: Ts,
+    /// `ready`, `dst_tap`, `switchover`, `resume`, `announce`, `truth`.
+    pub event: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vm: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scenario: Option<&'static str>,
+    /// Truth: how long the guest sent to a MAC its tap did not have (0 if never).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stale_window_ms: Option<u64>,
+    /// Truth: the longest time the client's pings went unanswered.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_outage_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+impl LabRecord {
+    /// One line for people.
+    pub fn describe(&self) -> String {
+        let vm = self
+            .vm
+            .as_deref()
+            .map(|v| format!("{v}: "))
+            .unwrap_or_default();
+        match (self.stale_window_ms, self.client_outage_ms) {
+            (Some(w), Some(o)) => format!(
+                "{vm}truth ({}): guest sent to a MAC its tap did not have for {w} ms; client outage {o} ms",
+                self.scenario.unwrap_or("?")
+            ),
+            _ => format!("{vm}{}{}", self.event, self.detail.as_deref().map(|d| format!(": {d}")).unwrap_or_default()),
+        }
+    }
 }
 
 /// The verdict on one VM, in `verdict` records and summary rows.
@@ -250,6 +290,7 @@ impl<W: Write> Sink for TextSink<W> {
                 writeln!(w, "{ts} {ifname}: {old_mode} -> {new_mode}")
             }
             Record::Stats { .. } => Ok(()),
+            Record::Lab(l) => writeln!(w, "{} lab: {}", l.ts, l.describe()),
             Record::Verdict { ts, ifname, fields } => {
                 let ms = fields
                     .blackout_ms

@@ -247,6 +247,12 @@ impl TapView {
         }
         match self.last_rarp {
             Some(t) => s.push(format!("RARP announce seen at {}.", t.clock())),
+            None if self.counters.from_vm_frames > 0 => s.push(
+                "No RARP since the tap appeared, yet the VM is sending: QEMU's announce-self \
+                 did not run here, so switches and OVN (activation-strategy=rarp) were not told \
+                 where the VM went."
+                    .into(),
+            ),
             None => s.push("No RARP since the tap appeared.".into()),
         }
         match self.last_garp {
@@ -407,7 +413,22 @@ impl Engine {
                     self.stats(row, *ts, &mut changes);
                 }
             }
-            Record::Summary { ts, .. } | Record::Verdict { ts, .. } => self.now = Some(*ts),
+            Record::Summary { ts, taps } => {
+                self.now = Some(*ts);
+                // The final counters, so the summary's diagnosis speaks of them.
+                for row in taps {
+                    if let Some(t) = self
+                        .taps
+                        .iter_mut()
+                        .rev()
+                        .find(|t| t.ifindex == row.ifindex && t.ifname == row.counters.ifname)
+                    {
+                        t.counters = row.counters.clone();
+                    }
+                }
+            }
+            Record::Verdict { ts, .. } => self.now = Some(*ts),
+            Record::Lab(_) => {}
         }
         changes
     }

@@ -94,6 +94,26 @@ pub fn icmp_echo_request(
     f
 }
 
+/// The ICMP echo reply to an echo request.
+#[allow(clippy::too_many_arguments)]
+pub fn icmp_echo_reply(
+    src: MacAddr,
+    dst: MacAddr,
+    src_ip: Ipv4Addr,
+    dst_ip: Ipv4Addr,
+    id: u16,
+    seq: u16,
+    payload: &[u8],
+) -> Vec<u8> {
+    let b = PacketBuilder::ethernet2(src.0, dst.0)
+        .ipv4(src_ip.octets(), dst_ip.octets(), 64)
+        .icmpv4_echo_reply(id, seq);
+    let mut f = Vec::with_capacity(b.size(payload.len()));
+    b.write(&mut f, payload)
+        .expect("writing to a Vec cannot fail");
+    f
+}
+
 /// A UDP datagram of `len` bytes in all (at least 42).
 pub fn udp(src: MacAddr, dst: MacAddr, src_ip: Ipv4Addr, dst_ip: Ipv4Addr, len: usize) -> Vec<u8> {
     let b = PacketBuilder::ethernet2(src.0, dst.0)

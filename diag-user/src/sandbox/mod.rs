@@ -110,17 +110,42 @@ impl Netns {
         &self,
         f: impl FnOnce() -> T + Send + 'static,
     ) -> Result<T, SandboxError> {
+        self.spawn(f)?.join().expect("namespace thread panicked")
+    }
+
+    /// Starts `f` on a new thread inside the namespace; sockets and devices it opens belong
+    /// to the namespace.
+    pub fn spawn<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<std::thread::JoinHandle<Result<T, SandboxError>>, SandboxError> {
         let path = format!("/run/netns/{}", self.name);
         let ns = File::open(&path).map_err(io_err(format!("open {path}")))?;
-        std::thread::spawn(move || {
+        Ok(std::thread::spawn(move || {
             // SAFETY: setns on a valid namespace fd; affects only this new thread.
             if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
                 return Err(io_err("setns")(io::Error::last_os_error()));
             }
             Ok(f())
-        })
-        .join()
-        .expect("namespace thread panicked")
+        }))
+    }
+
+    /// Creates the namespace `name` as is (no suffix); for callers that manage names.
+    pub fn named(name: &str) -> Result<Self, SandboxError> {
+        run("ip", &["netns", "add", name])?;
+        let ns = Self {
+            name: name.to_string(),
+        };
+        ns.exec("ip", &["link", "set", "lo", "up"])?;
+        ns.exec(
+            "sysctl",
+            &[
+                "-qw",
+                "net.ipv6.conf.all.disable_ipv6=1",
+                "net.ipv6.conf.default.disable_ipv6=1",
+            ],
+        )?;
+        Ok(ns)
     }
 }
 

@@ -80,6 +80,9 @@ impl App {
     }
 
     pub fn apply(&mut self, rec: &Record) {
+        if let Record::Lab(l) = rec {
+            self.status = format!("lab: {}", l.describe());
+        }
         self.engine.apply(rec);
     }
 

@@ -36,8 +36,8 @@ pub enum TuiError {
 
 const REDRAW: Duration = Duration::from_millis(100);
 
-/// Runs the view until the user quits or the watcher stops; then prints the final
-/// verdicts on the normal screen so they stay in the scrollback.
+/// Runs the watcher and the view until the user quits or the watcher stops; then prints
+/// the final verdicts on the normal screen so they stay in the scrollback.
 pub async fn run(opts: WatchOptions, engine: Engine) -> Result<(), TuiError> {
     let (tx, rx) = mpsc::unbounded_channel();
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
@@ -48,16 +48,42 @@ pub async fn run(opts: WatchOptions, engine: Engine) -> Result<(), TuiError> {
         })
         .await
     };
+    let (watched, shown) = tokio::join!(watcher, show(rx, stop_tx, engine));
+    watched?;
+    print_ending(&shown?)
+}
+
+/// What is left when the view closes: the summary (with verdicts) and lab findings.
+#[derive(Default)]
+pub struct Ending {
+    pub summary: Option<Record>,
+    pub lab: Vec<crate::output::LabRecord>,
+}
+
+/// Shows records from a watcher running elsewhere (another task or thread) until they
+/// end; a quit key fires `stop`.
+pub async fn show(
+    records: mpsc::UnboundedReceiver<Record>,
+    stop: oneshot::Sender<()>,
+    engine: Engine,
+) -> Result<Ending, TuiError> {
     let mut terminal = ratatui::init();
     let mut app = App::new(engine);
-    let (watched, shown) = tokio::join!(watcher, view(&mut terminal, &mut app, rx, stop_tx));
+    let shown = view(&mut terminal, &mut app, records, stop).await;
     ratatui::restore();
-    watched?;
-    if let Some(summary) = shown? {
-        let mut out = TextSink(io::stdout().lock());
-        out.emit(&summary)?;
-        out.flush()?;
+    shown
+}
+
+/// Prints the ending as text on stdout, where it stays in the scrollback.
+pub fn print_ending(ending: &Ending) -> Result<(), TuiError> {
+    let mut out = TextSink(io::stdout().lock());
+    if let Some(summary) = &ending.summary {
+        out.emit(summary)?;
     }
+    for l in &ending.lab {
+        out.emit(&Record::Lab(l.clone()))?;
+    }
+    out.flush()?;
     Ok(())
 }
 
@@ -66,16 +92,21 @@ async fn view(
     app: &mut App,
     mut records: mpsc::UnboundedReceiver<Record>,
     stop: oneshot::Sender<()>,
-) -> Result<Option<Record>, TuiError> {
+) -> Result<Ending, TuiError> {
     let mut events = Events::new(REDRAW);
     let mut stop = Some(stop);
-    let mut summary = None;
+    let mut ending = Ending::default();
     loop {
         tokio::select! {
             rec = records.recv() => match rec {
                 Some(rec) => {
-                    if matches!(rec, Record::Summary { .. }) {
-                        summary = Some(rec.clone());
+                    match &rec {
+                        Record::Summary { .. } => ending.summary = Some(rec.clone()),
+                        Record::Lab(l) if l.event == "truth" => {
+                            ending.lab.retain(|t| t.vm != l.vm);
+                            ending.lab.push(l.clone());
+                        }
+                        _ => {}
                     }
                     app.apply(&rec);
                     continue;
@@ -102,8 +133,8 @@ async fn view(
         terminal.draw(|f| ui::draw(f, app, Ts(Utc::now())))?;
     }
     app.finished = true;
-    Ok(summary.map(|mut s| {
-        app.engine.annotate_summary(&mut s);
-        s
-    }))
+    if let Some(s) = ending.summary.as_mut() {
+        app.engine.annotate_summary(s);
+    }
+    Ok(ending)
 }

@@ -236,27 +236,22 @@ fn draw_detail(f: &mut Frame, t: &TapView, area: Rect) {
         }
         None => ts.clock(),
     };
-    let mut lines: Vec<Line> = Vec::new();
+    let mut entries: Vec<(Ts, String)> =
+        t.timeline.iter().map(|e| (e.ts, e.what.clone())).collect();
     if let Some(first) = t.first_mismatch {
-        lines.push(Line::from(format!(
-            "{:>10}  first frame to a foreign MAC",
-            rel(first)
-        )));
+        entries.push((first, "first frame to a foreign MAC".into()));
     }
     if let Some(last) = t.last_mismatch {
-        lines.push(Line::from(format!(
-            "{:>10}  last frame to a foreign MAC",
-            rel(last)
-        )));
+        entries.push((last, "last frame to a foreign MAC".into()));
     }
+    entries.sort_by_key(|(ts, _)| *ts);
     let keep = area.height.saturating_sub(2) as usize;
-    let skip = (t.timeline.len() + lines.len()).saturating_sub(keep);
-    let mut entries: Vec<Line> = t
-        .timeline
-        .iter()
-        .map(|e| Line::from(format!("{:>10}  {}", rel(e.ts), e.what)))
+    let skip = entries.len().saturating_sub(keep);
+    let entries: Vec<Line> = entries
+        .into_iter()
+        .skip(skip)
+        .map(|(ts, what)| Line::from(format!("{:>10}  {what}", rel(ts))))
         .collect();
-    entries.extend(lines);
     let title = match origin {
         Some(o) => format!(
             "timeline of {} (times from the first announce, {})",
@@ -266,8 +261,7 @@ fn draw_detail(f: &mut Frame, t: &TapView, area: Rect) {
         None => format!("timeline of {} (no announce seen)", t.vm_name()),
     };
     f.render_widget(
-        Paragraph::new(entries.into_iter().skip(skip).collect::<Vec<_>>())
-            .block(Block::default().borders(Borders::ALL).title(title)),
+        Paragraph::new(entries).block(Block::default().borders(Borders::ALL).title(title)),
         left,
     );
     let data: Vec<u64> = t.mismatch_series.iter().copied().collect();

@@ -1,0 +1,672 @@
+//! `tapwatch lab`: two simulated hypervisors in network namespaces, a client pinging a VM,
+//! and a live migration between them, so the stale-MAC blackout can be seen without VMs.
+//!
+//! ```text
+//!   client ns ──veth── src ns (hypervisor) ── tap ── guest (before)
+//!             └─veth── dst ns (hypervisor) ── tap ── guest (after)   ◄── tapwatch watches here
+//! ```
+//!
+//! Routed scenarios are wired like Calico: the tap is the VM's gateway (proxy ARP for
+//! 169.254.1.1, a /32 route to the VM via the tap), and the client's route to the VM moves
+//! from the source to the destination at the switch-over. In `bridged` the taps sit on
+//! Linux bridges in one L2 segment with the client, and QEMU's RARP teaches the client's
+//! bridge where the VM went.
+
+pub mod client;
+pub mod guest;
+
+use std::{
+    net::Ipv4Addr,
+    sync::Arc,
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::{
+    caps,
+    clock::{monotonic_ns, Ts, WallClock},
+    mac::MacAddr,
+    output::{ChannelSink, LabRecord, Record},
+    probe::AttachMode,
+    sandbox::{frames, run, Netns, SandboxError, VmTap},
+    watch::{self, WatchError, WatchOptions},
+};
+use client::Pings;
+use guest::{Guest, GuestConfig};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Scenario {
+    /// The destination tap gets the fixed MAC 00:61:fe:ed:ca:fe (managed='no' with
+    /// networking-calico): blackout until the guest's ARP entry expires.
+    StaleMac,
+    /// The destination tap gets fe:+guest MAC, as libvirt sets it: only the switch-over gap.
+    Clean,
+    /// Taps on Linux bridges: frames to other MACs are normal; no false alarm.
+    Bridged,
+    /// A clean migration without QEMU's RARP announce: flagged.
+    NoAnnounce,
+}
+
+impl Scenario {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scenario::StaleMac => "stale-mac",
+            Scenario::Clean => "clean",
+            Scenario::Bridged => "bridged",
+            Scenario::NoAnnounce => "no-announce",
+        }
+    }
+    fn bridged(self) -> bool {
+        self == Scenario::Bridged
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct LabOptions {
+    pub scenario: Scenario,
+    pub vms: usize,
+    /// The guests' ARP reachable time.
+    pub reachable: Duration,
+    /// Steady traffic before the migration.
+    pub before: Duration,
+    /// Stop after this long; by default a headless run stops once the story is over.
+    pub duration: Option<Duration>,
+    /// The guest also sends a gratuitous ARP when it resumes.
+    pub garp: bool,
+    pub interval: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LabError {
+    #[error(transparent)]
+    Capabilities(#[from] caps::MissingCapabilities),
+    #[error("building the lab network: {0}")]
+    Sandbox(#[from] SandboxError),
+    #[error(transparent)]
+    Watch(#[from] WatchError),
+    #[error("the lab's {what} thread failed: {detail}")]
+    Thread { what: &'static str, detail: String },
+    #[error("--vms must be between 1 and {max}")]
+    TooManyVms { max: usize },
+    #[error("the guest {0} never learned its gateway's MAC: the lab network is not working")]
+    NoGateway(String),
+}
+
+pub const MAX_VMS: usize = 32;
+const PREFIX: &str = "twlab";
+/// QEMU's announce-self defaults: 5 rounds, 50 ms apart, growing by 100 ms.
+const ANNOUNCE_GAPS_MS: [u64; 4] = [50, 150, 250, 350];
+/// networking-calico's hard-coded port MAC.
+const CALICO_MAC: MacAddr = MacAddr([0x00, 0x61, 0xfe, 0xed, 0xca, 0xfe]);
+const GATEWAY: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
+const CLIENT_BRIDGED: Ipv4Addr = Ipv4Addr::new(10, 65, 0, 1);
+
+/// One simulated VM's fixed facts.
+struct VmSpec {
+    name: String,
+    tap: String,
+    mac: MacAddr,
+    ip: Ipv4Addr,
+}
+
+impl VmSpec {
+    fn new(i: usize) -> Self {
+        Self {
+            name: format!("lab-vm-{}", i + 1),
+            tap: format!("tap{:08x}-{:02x}", 0x4f1c_2a9e_u32 + i as u32, 7),
+            mac: MacAddr([0xfa, 0x16, 0x3e, 0xaa, 0xbb, 0xcc_u8.wrapping_add(i as u8)]),
+            ip: Ipv4Addr::new(10, 65, 0, 2 + i as u8),
+        }
+    }
+
+    /// What libvirt sets: the guest MAC with its first byte replaced by fe.
+    fn libvirt_tap_mac(&self) -> MacAddr {
+        let mut b = self.mac.0;
+        b[0] = 0xfe;
+        MacAddr(b)
+    }
+}
+
+/// Removes namespaces left by labs whose process is gone (after a kill -9).
+pub fn clean_leftovers() {
+    let Ok(list) = run("ip", &["netns", "list"]) else {
+        return;
+    };
+    for name in list.lines().filter_map(|l| l.split_whitespace().next()) {
+        let Some(pid) = name
+            .strip_prefix(&format!("{PREFIX}-"))
+            .and_then(|r| r.split('-').next())
+        else {
+            continue;
+        };
+        let alive = pid
+            .parse::<u32>()
+            .is_ok_and(|p| std::path::Path::new(&format!("/proc/{p}")).exists());
+        if !alive {
+            let _ = run("ip", &["netns", "del", name]);
+        }
+    }
+}
+
+/// The three namespaces; deleted (with everything in them) when dropped.
+struct Topology {
+    client: Netns,
+    src: Netns,
+    dst: Netns,
+}
+
+impl Topology {
+    fn build(scenario: Scenario) -> Result<Self, SandboxError> {
+        let pid = std::process::id();
+        let ns = |role: &str| Netns::named(&format!("{PREFIX}-{pid}-{role}"));
+        let topo = Self {
+            client: ns("client")?,
+            src: ns("src")?,
+            dst: ns("dst")?,
+        };
+        let c = &topo.client;
+        if scenario.bridged() {
+            c.ip(&["link", "add", "brc", "type", "bridge"])?;
+            c.ip(&["addr", "add", &format!("{CLIENT_BRIDGED}/24"), "dev", "brc"])?;
+            c.ip(&["link", "set", "brc", "up"])?;
+        }
+        for (hv, link, subnet) in [(&topo.src, "src", 10), (&topo.dst, "dst", 20)] {
+            let (cside, hside) = (format!("vc-{link}"), format!("vh-{link}"));
+            c.ip(&[
+                "link",
+                "add",
+                &cside,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &hside,
+                "netns",
+                hv.name(),
+            ])?;
+            hv.exec(
+                "sysctl",
+                &[
+                    "-qw",
+                    "net.ipv4.ip_forward=1",
+                    "net.ipv4.conf.all.rp_filter=0",
+                    "net.ipv4.conf.default.rp_filter=0",
+                ],
+            )?;
+            if scenario.bridged() {
+                c.ip(&["link", "set", &cside, "master", "brc", "up"])?;
+                hv.ip(&["link", "add", "br0", "type", "bridge"])?;
+                hv.ip(&["link", "set", &hside, "master", "br0", "up"])?;
+                hv.ip(&["link", "set", "br0", "up"])?;
+            } else {
+                c.ip(&[
+                    "addr",
+                    "add",
+                    &format!("192.168.{subnet}.1/30"),
+                    "dev",
+                    &cside,
+                ])?;
+                c.ip(&["link", "set", &cside, "up"])?;
+                hv.ip(&[
+                    "addr",
+                    "add",
+                    &format!("192.168.{subnet}.2/30"),
+                    "dev",
+                    &hside,
+                ])?;
+                hv.ip(&["link", "set", &hside, "up"])?;
+                hv.ip(&[
+                    "route",
+                    "add",
+                    "default",
+                    "via",
+                    &format!("192.168.{subnet}.1"),
+                ])?;
+            }
+        }
+        c.exec(
+            "sysctl",
+            &[
+                "-qw",
+                "net.ipv4.conf.all.rp_filter=0",
+                "net.ipv4.conf.default.rp_filter=0",
+            ],
+        )?;
+        Ok(topo)
+    }
+
+    /// Plugs a VM's tap on hypervisor `hv` as Nova/libvirt would.
+    fn plug(
+        &self,
+        hv: &Netns,
+        vm: &VmSpec,
+        tap_mac: MacAddr,
+        scenario: Scenario,
+    ) -> Result<Arc<VmTap>, SandboxError> {
+        let tap = VmTap::create(hv, &vm.tap, tap_mac)?;
+        if scenario.bridged() {
+            hv.ip(&["link", "set", &vm.tap, "master", "br0"])?;
+        } else {
+            // What Calico's agent sets on a workload's tap.
+            hv.exec(
+                "sysctl",
+                &[
+                    "-qw",
+                    &format!("net.ipv4.conf.{}.proxy_arp=1", vm.tap),
+                    &format!("net.ipv4.neigh.{}.proxy_delay=0", vm.tap),
+                ],
+            )?;
+        }
+        Ok(Arc::new(tap))
+    }
+
+    /// Routes traffic for `vm` to hypervisor `hv` (Calico: the /32 route on the host and
+    /// the fabric's route, which BGP would move).
+    fn route_to(&self, hv_is_dst: bool, vm: &VmSpec) -> Result<(), SandboxError> {
+        let (hv, via) = if hv_is_dst {
+            (&self.dst, "192.168.20.2")
+        } else {
+            (&self.src, "192.168.10.2")
+        };
+        let ip = format!("{}/32", vm.ip);
+        hv.ip(&["route", "replace", &ip, "dev", &vm.tap])?;
+        self.client.ip(&["route", "replace", &ip, "via", via])?;
+        Ok(())
+    }
+}
+
+/// A running VM in the lab.
+struct LabVm {
+    spec: VmSpec,
+    guest: Guest,
+    guest_thread: Option<JoinHandle<()>>,
+    pings: Pings,
+    pinger: Option<JoinHandle<Result<std::io::Result<()>, SandboxError>>>,
+    switchover_ns: Option<u64>,
+}
+
+/// Everything the lab runs, torn down in order on drop.
+struct Lab {
+    topo: Topology,
+    vms: Vec<LabVm>,
+    clock: WallClock,
+    opts: LabOptions,
+    records: mpsc::UnboundedSender<Record>,
+}
+
+impl Lab {
+    fn lab_record(&self, event: &'static str, vm: Option<&str>, detail: Option<String>) {
+        let _ = self.records.send(Record::Lab(LabRecord {
+            ts: Ts(self.clock.now()),
+            event,
+            vm: vm.map(str::to_string),
+            scenario: Some(self.opts.scenario.as_str()),
+            detail,
+            ..LabRecord::default()
+        }));
+    }
+
+    fn start_vms(&mut self) -> Result<(), LabError> {
+        let scenario = self.opts.scenario;
+        for i in 0..self.opts.vms {
+            let spec = VmSpec::new(i);
+            let tap = self
+                .topo
+                .plug(&self.topo.src, &spec, spec.libvirt_tap_mac(), scenario)?;
+            if !scenario.bridged() {
+                self.topo.route_to(false, &spec)?;
+            }
+            let config = GuestConfig {
+                name: spec.name.clone(),
+                mac: spec.mac,
+                ip: spec.ip,
+                gateway: if scenario.bridged() {
+                    CLIENT_BRIDGED
+                } else {
+                    GATEWAY
+                },
+                peer: if scenario.bridged() {
+                    CLIENT_BRIDGED
+                } else {
+                    Ipv4Addr::new(192, 168, 10, 1)
+                },
+                reachable: self.opts.reachable,
+                routed: !scenario.bridged(),
+            };
+            let (guest, guest_thread) = Guest::start(config, tap, spec.libvirt_tap_mac());
+            let pings = Pings::default();
+            let p = pings.clone();
+            let (target, id) = (spec.ip, 0x7700 + i as u16);
+            let pinger = self
+                .topo
+                .client
+                .spawn(move || client::ping_loop(target, id, p))?;
+            self.vms.push(LabVm {
+                spec,
+                guest,
+                guest_thread: Some(guest_thread),
+                pings,
+                pinger: Some(pinger),
+                switchover_ns: None,
+            });
+        }
+        // Readiness: every guest has resolved its gateway and the client hears back.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        for vm in &self.vms {
+            while !(vm.guest.knows_gateway() && vm.pings.replies() > 0) {
+                if Instant::now() > deadline {
+                    return Err(LabError::NoGateway(vm.spec.name.clone()));
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+        Ok(())
+    }
+
+    /// Live-migrates every VM to the destination, as Nova and QEMU do.
+    fn migrate(&mut self) -> Result<(), LabError> {
+        let scenario = self.opts.scenario;
+        // Pre-live-migration: Nova plugs the destination tap before the switch-over.
+        let mut dst_taps = Vec::new();
+        for vm in &self.vms {
+            let mac = if scenario == Scenario::StaleMac {
+                CALICO_MAC
+            } else {
+                vm.spec.libvirt_tap_mac()
+            };
+            let tap = self.topo.plug(&self.topo.dst, &vm.spec, mac, scenario)?;
+            wait_attached(&self.topo.dst, &vm.spec.tap);
+            self.lab_record(
+                "dst_tap",
+                Some(&vm.spec.name),
+                Some(format!("{} with MAC {mac}", vm.spec.tap)),
+            );
+            dst_taps.push((tap, mac));
+        }
+        // Switch-over: the guest stops, the source tap goes, the route moves.
+        for (i, (tap, mac)) in dst_taps.into_iter().enumerate() {
+            let name = self.vms[i].spec.name.clone();
+            self.vms[i].guest.pause();
+            self.vms[i].switchover_ns = Some(monotonic_ns());
+            self.lab_record_for("switchover", &name);
+            self.topo.src.ip(&["link", "del", &self.vms[i].spec.tap])?;
+            if !scenario.bridged() {
+                self.topo.route_to(true, &self.vms[i].spec)?;
+            }
+            // QEMU's final stop-and-copy.
+            std::thread::sleep(Duration::from_millis(50));
+            self.vms[i].guest.resume_on(tap, mac);
+            self.lab_record_for("resume", &name);
+            if self.opts.garp {
+                self.vms[i].guest.send_garp();
+            }
+        }
+        if scenario != Scenario::NoAnnounce {
+            let announcers: Vec<_> = self
+                .vms
+                .iter()
+                .filter_map(|vm| vm.guest.tap().map(|t| (t, vm.spec.mac)))
+                .collect();
+            for gap in std::iter::once(0).chain(ANNOUNCE_GAPS_MS) {
+                std::thread::sleep(Duration::from_millis(gap));
+                for (tap, mac) in &announcers {
+                    let _ = tap.send(&frames::rarp_announce(*mac, None));
+                }
+            }
+            self.lab_record("announce", None, Some("QEMU sent 5 RARP rounds".into()));
+        }
+        Ok(())
+    }
+
+    fn lab_record_for(&self, event: &'static str, vm: &str) {
+        self.lab_record(event, Some(vm), None);
+    }
+
+    /// The story is over: every stale window closed (or none opened), the client's pings
+    /// are answered again, and the migration is at least two seconds old.
+    fn story_over(&self) -> bool {
+        let now = monotonic_ns();
+        self.vms.iter().all(|vm| {
+            let closed = vm.guest.windows().iter().all(|w| w.end_ns.is_some());
+            let since = vm.switchover_ns.unwrap_or(now);
+            let answered = vm
+                .pings
+                .last_reply_ns()
+                .is_some_and(|t| t > since && now.saturating_sub(t) < 200_000_000);
+            closed && answered && now > since + 2_000_000_000
+        })
+    }
+
+    fn truths(&self) -> Vec<Record> {
+        let now = monotonic_ns();
+        self.vms
+            .iter()
+            .map(|vm| {
+                let since = vm.switchover_ns.unwrap_or(now);
+                let stale: u64 = vm
+                    .guest
+                    .windows()
+                    .first()
+                    .map(|w| w.end_ns.unwrap_or(now).saturating_sub(w.start_ns) / 1_000_000)
+                    .unwrap_or(0);
+                Record::Lab(LabRecord {
+                    ts: Ts(self.clock.now()),
+                    event: "truth",
+                    vm: Some(vm.spec.name.clone()),
+                    scenario: Some(self.opts.scenario.as_str()),
+                    stale_window_ms: Some(stale),
+                    client_outage_ms: Some(vm.pings.outage_ms(since, now)),
+                    detail: None,
+                })
+            })
+            .collect()
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for vm in &mut self.vms {
+            vm.guest.stop();
+            vm.pings.stop();
+            if let Some(t) = vm.guest_thread.take() {
+                let _ = t.join();
+            }
+            if let Some(t) = vm.pinger.take() {
+                let _ = t.join();
+            }
+        }
+    }
+}
+
+/// Waits until tapwatch's programs are on `tap` (the kernel's answer), so the story's
+/// frames are all seen. Without TCX there is no such query: a short grace period instead.
+fn wait_attached(ns: &Netns, tap: &str) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        let name = tap.to_string();
+        match ns.enter(move || crate::probe::tcx_program_names(&name)) {
+            Ok(Ok(names)) if names.iter().any(|n| n == "tap_ingress") => return,
+            Ok(Ok(_)) => std::thread::sleep(Duration::from_millis(5)),
+            _ => {
+                std::thread::sleep(Duration::from_millis(500));
+                return;
+            }
+        }
+    }
+}
+
+/// The lab's VMs as libvirt would describe them (Nova-style `ethernet` interfaces, or
+/// bridged ones), so tapwatch names them and knows their guest MACs.
+pub struct LabVms {
+    scenario: Scenario,
+    count: usize,
+}
+
+impl LabVms {
+    pub fn new(opts: &LabOptions) -> Self {
+        Self {
+            scenario: opts.scenario,
+            count: opts.vms,
+        }
+    }
+}
+
+impl crate::verdict::VmDirectory for LabVms {
+    fn lookup(&mut self, tap: &str) -> Option<crate::libvirt::VmInterface> {
+        let spec = (0..self.count).map(VmSpec::new).find(|v| v.tap == tap)?;
+        Some(crate::libvirt::VmInterface {
+            domain: spec.name.clone(),
+            uuid: None,
+            nova_name: None,
+            tap: spec.tap,
+            guest_mac: Some(spec.mac),
+            iface_type: if self.scenario.bridged() {
+                "bridge".into()
+            } else {
+                "ethernet".into()
+            },
+            managed: (!self.scenario.bridged()).then_some(self.scenario != Scenario::StaleMac),
+            bridge: self.scenario.bridged().then(|| "br0".into()),
+        })
+    }
+}
+
+/// How a lab run ends.
+pub struct LabRun {
+    /// Records: lab steps, tapwatch's own records, and last the truth.
+    pub records: mpsc::UnboundedReceiver<Record>,
+    /// Asks the lab to stop (the view's quit key).
+    pub stop: oneshot::Sender<()>,
+    /// The lab itself; join it after the records end.
+    pub handle: JoinHandle<Result<(), LabError>>,
+}
+
+/// Builds the lab and starts the story on background threads; tapwatch watches the
+/// destination hypervisor. `headless` runs end by themselves once the story is over.
+pub fn start(opts: LabOptions, headless: bool) -> Result<LabRun, LabError> {
+    caps::check()?;
+    if opts.vms == 0 || opts.vms > MAX_VMS {
+        return Err(LabError::TooManyVms { max: MAX_VMS });
+    }
+    clean_leftovers();
+    let (tx, rx) = mpsc::unbounded_channel();
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let handle = std::thread::spawn(move || story(opts, headless, tx, stop_rx));
+    Ok(LabRun {
+        records: rx,
+        stop: stop_tx,
+        handle,
+    })
+}
+
+fn story(
+    opts: LabOptions,
+    headless: bool,
+    tx: mpsc::UnboundedSender<Record>,
+    mut stop: oneshot::Receiver<()>,
+) -> Result<(), LabError> {
+    let started = Instant::now();
+    let topo = Topology::build(opts.scenario)?;
+    // tapwatch, as the on-call engineer runs it: on the destination hypervisor.
+    let (watch_stop_tx, watch_stop_rx) = oneshot::channel::<()>();
+    let watch_opts = WatchOptions {
+        patterns: vec!["tap*".into()],
+        interval: opts.interval,
+        duration: None,
+        attach_mode: AttachMode::Auto,
+        notices: false,
+    };
+    let wtx = tx.clone();
+    let watcher = topo.dst.spawn(move || -> Result<(), WatchError> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|source| WatchError::Setup {
+                what: "the watcher's runtime",
+                source,
+            })?;
+        rt.block_on(async move {
+            let mut sink = ChannelSink(wtx);
+            watch::run(watch_opts, &mut sink, async {
+                let _ = watch_stop_rx.await;
+            })
+            .await
+        })
+    })?;
+
+    let mut lab = Lab {
+        topo,
+        vms: Vec::new(),
+        clock: WallClock::new(),
+        opts: opts.clone(),
+        records: tx.clone(),
+    };
+    let stopped = |stop: &mut oneshot::Receiver<()>| {
+        !matches!(stop.try_recv(), Err(oneshot::error::TryRecvError::Empty))
+    };
+    let deadline = opts.duration.map(|d| started + d);
+    let past_deadline = || deadline.is_some_and(|d| Instant::now() >= d);
+
+    let result = (|| -> Result<(), LabError> {
+        lab.start_vms()?;
+        lab.lab_record(
+            "ready",
+            None,
+            Some(format!(
+                "{} VM(s) on the source, pinged every 20 ms",
+                opts.vms
+            )),
+        );
+        let until = Instant::now() + opts.before;
+        while Instant::now() < until
+            && !stopped(&mut stop)
+            && !past_deadline()
+            && !watcher.is_finished()
+        {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        if stopped(&mut stop) || past_deadline() || watcher.is_finished() {
+            return Ok(());
+        }
+        lab.migrate()?;
+        // The story goes on until it is over (headless), the deadline, or the user quits.
+        let give_up = Instant::now() + opts.reachable * 3 + Duration::from_secs(10);
+        let mut told = false;
+        loop {
+            // SIGINT and SIGTERM end the watcher; the lab follows.
+            if stopped(&mut stop) || past_deadline() || watcher.is_finished() {
+                break;
+            }
+            if !told && (lab.story_over() || Instant::now() > give_up) {
+                told = true;
+                if headless && deadline.is_none() {
+                    break;
+                }
+                // The live view shows the truth as soon as it is known.
+                if !headless {
+                    for t in lab.truths() {
+                        let _ = tx.send(t);
+                    }
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    })();
+
+    let _ = watch_stop_tx.send(());
+    let watched = watcher.join().map_err(|_| LabError::Thread {
+        what: "watcher",
+        detail: "panicked".into(),
+    })?;
+    // The truth comes last, after tapwatch's summary.
+    for t in lab.truths() {
+        let _ = tx.send(t);
+    }
+    drop(lab);
+    result?;
+    watched??;
+    Ok(())
+}

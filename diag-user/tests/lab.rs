@@ -1,0 +1,223 @@
+//! `tapwatch lab` end to end, one test per scenario: tapwatch's findings must agree with
+//! the lab's ground truth.
+
+mod common;
+
+use std::{
+    io::{BufRead, BufReader},
+    process::{Command, Stdio},
+};
+
+use common::require_root;
+use serde_json::Value;
+
+fn lab(args: &[&str]) -> Vec<Value> {
+    let out = Command::new(env!("CARGO_BIN_EXE_tapwatch"))
+        .args([
+            "lab",
+            "--json",
+            "--reachable-time",
+            "3",
+            "--before",
+            "1",
+            "--interval",
+            "0.25",
+        ])
+        .args(args)
+        .output()
+        .expect("run tapwatch lab");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "tapwatch lab {args:?} failed: {stderr}"
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect()
+}
+
+fn truths(recs: &[Value]) -> Vec<&Value> {
+    recs.iter()
+        .filter(|r| r["type"] == "lab" && r["event"] == "truth")
+        .collect()
+}
+
+fn summary_rows(recs: &[Value]) -> &Vec<Value> {
+    recs.iter()
+        .find(|r| r["type"] == "summary")
+        .expect("a summary")["taps"]
+        .as_array()
+        .unwrap()
+}
+
+fn blackouts(recs: &[Value]) -> usize {
+    recs.iter()
+        .filter(|r| r["type"] == "verdict" && r["state"] == "BLACKOUT")
+        .count()
+}
+
+fn no_lab_namespaces_of(pid: u32) {
+    let list = Command::new("ip").args(["netns", "list"]).output().unwrap();
+    let list = String::from_utf8_lossy(&list.stdout);
+    assert!(
+        !list.contains(&format!("twlab-{pid}-")),
+        "left behind: {list}"
+    );
+}
+
+#[test]
+fn stale_mac_blackout_agrees_with_the_truth() {
+    require_root();
+    let recs = lab(&["--scenario", "stale-mac"]);
+    // The truth comes last.
+    assert_eq!(recs.last().unwrap()["event"], "truth");
+    let truth = truths(&recs)[0];
+    assert_eq!(
+        (&truth["vm"], &truth["scenario"]),
+        (&"lab-vm-1".into(), &"stale-mac".into())
+    );
+    let window = truth["stale_window_ms"].as_u64().unwrap();
+    let outage = truth["client_outage_ms"].as_u64().unwrap();
+    assert!(
+        window > 0 && outage >= window,
+        "window {window} ms, outage {outage} ms"
+    );
+    let row = &summary_rows(&recs)[0];
+    assert_eq!(row["vm"], "lab-vm-1");
+    assert_eq!(row["state"], "RECOVERED");
+    let measured = row["blackout_ms"].as_u64().unwrap();
+    assert!(
+        measured.abs_diff(window) <= 100,
+        "tapwatch {measured} ms vs truth {window} ms"
+    );
+    assert_eq!(row["rarp_frames"], 5);
+    let d = row["diagnosis"].as_str().unwrap();
+    assert!(d.contains("managed='no'"), "{d}");
+    assert_eq!(blackouts(&recs), 1);
+}
+
+#[test]
+fn clean_migration_has_only_the_switchover_gap() {
+    require_root();
+    let recs = lab(&["--scenario", "clean"]);
+    let truth = truths(&recs)[0];
+    assert_eq!(truth["stale_window_ms"], 0);
+    assert!(
+        truth["client_outage_ms"].as_u64().unwrap() < 1000,
+        "{truth}"
+    );
+    assert_eq!(blackouts(&recs), 0);
+    let row = &summary_rows(&recs)[0];
+    assert_eq!(
+        (&row["state"], &row["dst_mismatch_frames"]),
+        (&"OK".into(), &0.into())
+    );
+}
+
+#[test]
+fn bridged_taps_raise_no_false_alarm() {
+    require_root();
+    let recs = lab(&["--scenario", "bridged"]);
+    assert_eq!(blackouts(&recs), 0);
+    let row = &summary_rows(&recs)[0];
+    assert_eq!(
+        (&row["mode"], &row["state"]),
+        (&"bridged".into(), &"OK".into())
+    );
+    // The guest talks to the client's MAC: foreign to the tap, normal on a bridge.
+    assert!(row["dst_mismatch_frames"].as_u64().unwrap() > 0);
+    assert!(row["diagnosis"]
+        .as_str()
+        .unwrap()
+        .contains("normal on a bridged tap"));
+    assert!(truths(&recs)[0]["client_outage_ms"].as_u64().unwrap() < 1000);
+}
+
+#[test]
+fn missing_announce_is_flagged() {
+    require_root();
+    let recs = lab(&["--scenario", "no-announce"]);
+    let row = &summary_rows(&recs)[0];
+    assert_eq!(row["rarp_frames"], 0);
+    let d = row["diagnosis"].as_str().unwrap();
+    assert!(
+        d.contains("No RARP since the tap appeared, yet the VM is sending"),
+        "{d}"
+    );
+    assert_eq!(blackouts(&recs), 0);
+}
+
+#[test]
+fn several_vms_at_once() {
+    require_root();
+    let recs = lab(&["--scenario", "stale-mac", "--vms", "3"]);
+    let truths = truths(&recs);
+    assert_eq!(truths.len(), 3);
+    for truth in truths {
+        let vm = truth["vm"].as_str().unwrap();
+        let row = summary_rows(&recs)
+            .iter()
+            .find(|r| r["vm"] == vm)
+            .unwrap_or_else(|| panic!("no row for {vm}"));
+        let (window, measured) = (
+            truth["stale_window_ms"].as_u64().unwrap(),
+            row["blackout_ms"].as_u64().unwrap(),
+        );
+        assert!(
+            window > 0 && measured.abs_diff(window) <= 100,
+            "{vm}: tapwatch {measured} vs truth {window}"
+        );
+    }
+}
+
+/// Ctrl-C tears everything down; after a kill -9 the next run cleans up.
+#[test]
+fn interrupted_labs_leave_nothing_behind() {
+    require_root();
+    let start = || {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_tapwatch"))
+            .args(["lab", "--json", "--reachable-time", "30", "--before", "60"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        // Readiness: the lab says so once its VM answers pings.
+        let ready = lines
+            .by_ref()
+            .map_while(Result::ok)
+            .any(|l| l.contains("\"event\":\"ready\""));
+        assert!(ready, "the lab never got ready");
+        (child, lines)
+    };
+    let (child, lines) = start();
+    let pid = child.id();
+    // SAFETY: kill(2) of our own child.
+    unsafe { libc::kill(pid as libc::pid_t, libc::SIGINT) };
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    let status = child.wait_with_output().unwrap().status;
+    assert!(status.success(), "{status:?}");
+    assert!(rest.iter().any(|l| l.contains("\"type\":\"summary\"")));
+    no_lab_namespaces_of(pid);
+
+    let (mut child, _lines) = start();
+    let pid = child.id();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let list = String::from_utf8(
+        Command::new("ip")
+            .args(["netns", "list"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    assert!(
+        list.contains(&format!("twlab-{pid}-")),
+        "a killed lab leaves its namespaces: {list}"
+    );
+    lab(&["--scenario", "clean", "--duration", "1"]);
+    no_lab_namespaces_of(pid);
+}
