@@ -85,17 +85,10 @@ pub fn icmp_echo_request(
     seq: u16,
     payload: &[u8],
 ) -> Vec<u8> {
-    let b = PacketBuilder::ethernet2(src.0, dst.0)
-        .ipv4(src_ip.octets(), dst_ip.octets(), 64)
-        .icmpv4_echo_request(id, seq);
-    let mut f = Vec::with_capacity(b.size(payload.len()));
-    b.write(&mut f, payload)
-        .expect("writing to a Vec cannot fail");
-    f
+    icmp_echo(false, (src, dst), (src_ip, dst_ip), (id, seq), payload)
 }
 
 /// The ICMP echo reply to an echo request.
-#[allow(clippy::too_many_arguments)]
 pub fn icmp_echo_reply(
     src: MacAddr,
     dst: MacAddr,
@@ -105,9 +98,22 @@ pub fn icmp_echo_reply(
     seq: u16,
     payload: &[u8],
 ) -> Vec<u8> {
-    let b = PacketBuilder::ethernet2(src.0, dst.0)
-        .ipv4(src_ip.octets(), dst_ip.octets(), 64)
-        .icmpv4_echo_reply(id, seq);
+    icmp_echo(true, (src, dst), (src_ip, dst_ip), (id, seq), payload)
+}
+
+fn icmp_echo(
+    reply: bool,
+    (src, dst): (MacAddr, MacAddr),
+    (src_ip, dst_ip): (Ipv4Addr, Ipv4Addr),
+    (id, seq): (u16, u16),
+    payload: &[u8],
+) -> Vec<u8> {
+    let ip = PacketBuilder::ethernet2(src.0, dst.0).ipv4(src_ip.octets(), dst_ip.octets(), 64);
+    let b = if reply {
+        ip.icmpv4_echo_reply(id, seq)
+    } else {
+        ip.icmpv4_echo_request(id, seq)
+    };
     let mut f = Vec::with_capacity(b.size(payload.len()));
     b.write(&mut f, payload)
         .expect("writing to a Vec cannot fail");

@@ -72,19 +72,7 @@ impl Netns {
     /// sends nothing to a tap on its own (no DAD, router or MLD solicitations).
     pub fn new(prefix: &str) -> Result<Self, SandboxError> {
         let n = NEXT_NS.fetch_add(1, Ordering::Relaxed);
-        let name = format!("{prefix}-{}-{n}", std::process::id());
-        run("ip", &["netns", "add", &name])?;
-        let ns = Self { name };
-        ns.exec("ip", &["link", "set", "lo", "up"])?;
-        ns.exec(
-            "sysctl",
-            &[
-                "-qw",
-                "net.ipv6.conf.all.disable_ipv6=1",
-                "net.ipv6.conf.default.disable_ipv6=1",
-            ],
-        )?;
-        Ok(ns)
+        Self::named(&format!("{prefix}-{}-{n}", std::process::id()))
     }
 
     pub fn name(&self) -> &str {
@@ -130,7 +118,8 @@ impl Netns {
         }))
     }
 
-    /// Creates the namespace `name` as is (no suffix); for callers that manage names.
+    /// Creates the namespace `name` as is (no suffix), set up as [`Netns::new`] does; for
+    /// callers that manage names.
     pub fn named(name: &str) -> Result<Self, SandboxError> {
         run("ip", &["netns", "add", name])?;
         let ns = Self {
