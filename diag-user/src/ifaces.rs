@@ -50,6 +50,23 @@ impl Link {
         }
     }
 
+    /// The master device's name, looked up in the caller's namespace.
+    pub fn master_name(&self) -> Option<String> {
+        let idx = self.master?;
+        let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
+        // SAFETY: the buffer has IF_NAMESIZE bytes, as if_indextoname requires.
+        let p = unsafe { libc::if_indextoname(idx, buf.as_mut_ptr()) };
+        if p.is_null() {
+            return Some(format!("if{idx}"));
+        }
+        // SAFETY: on success the buffer holds a NUL-terminated name.
+        Some(
+            unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) }
+                .to_string_lossy()
+                .into_owned(),
+        )
+    }
+
     fn from_message(msg: &LinkMessage) -> Option<Self> {
         let mut link = Link {
             ifindex: msg.header.index,

@@ -4,6 +4,7 @@
 //! eBPF probe ([`probe`]), follows interfaces over rtnetlink ([`ifaces`]), and turns what it
 //! sees into [`output::Record`]s ([`watch`]).
 
+pub mod bundle;
 pub mod caps;
 pub mod clock;
 pub mod ifaces;

@@ -3,6 +3,7 @@ use std::{io, path::PathBuf, time::Duration};
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use diag_user::{
+    bundle::{Bundle, BundleOptions, Tee},
     ifaces::DEFAULT_PATTERNS,
     lab::{self, LabOptions, LabVms, Scenario},
     libvirt::{self, LibvirtDir},
@@ -81,6 +82,16 @@ struct WatchArgs {
     /// Directory of libvirt's live domain XML, for VM names and guest MACs.
     #[arg(long, value_name = "DIR", default_value = libvirt::DEFAULT_DIR)]
     libvirt_dir: PathBuf,
+    /// Record a bug-report bundle into DIR (new or empty): events.ndjson, frames.pcapng,
+    /// host.json, summary.md.
+    #[arg(long, value_name = "DIR")]
+    record: Option<PathBuf>,
+    /// Stop writing frames to the bundle past this size (counters are always kept).
+    #[arg(long, value_name = "MB", default_value_t = 100)]
+    record_max_mb: u64,
+    /// Also pack the bundle into DIR.tar.gz when done.
+    #[arg(long, requires = "record")]
+    pack: bool,
 }
 
 impl Default for WatchArgs {
@@ -92,6 +103,9 @@ impl Default for WatchArgs {
             duration: None,
             attach_mode: AttachMode::Auto,
             libvirt_dir: PathBuf::from(libvirt::DEFAULT_DIR),
+            record: None,
+            record_max_mb: 100,
+            pack: false,
         }
     }
 }
@@ -167,16 +181,41 @@ async fn run_watch(args: WatchArgs) -> anyhow::Result<()> {
         notices: args.json,
     };
     // In the full-screen view, stderr would scribble over the screen.
-    let vms = LibvirtDir::new(&args.libvirt_dir, args.json);
-    let engine = Engine::new(EngineConfig::default(), Box::new(vms));
-    if !args.json {
-        return Ok(tui::run(opts, engine).await?);
-    }
-    let mut stdout = JsonSink(io::BufWriter::new(io::stdout().lock()));
-    let mut sink = VerdictSink {
-        engine,
-        inner: &mut stdout,
+    let vms = || Box::new(LibvirtDir::new(&args.libvirt_dir, args.json));
+    let mut bundle = match &args.record {
+        Some(dir) => {
+            let opts = BundleOptions {
+                dir: dir.clone(),
+                max_bytes: args.record_max_mb.saturating_mul(1 << 20),
+                pack: args.pack,
+            };
+            Some(Bundle::create(
+                opts,
+                Box::new(LibvirtDir::new(&args.libvirt_dir, false)),
+            )?)
+        }
+        None => None,
     };
-    watch::run(opts, &mut sink, std::future::pending()).await?;
+    let engine = Engine::new(EngineConfig::default(), vms());
+    if args.json {
+        let mut stdout = JsonSink(io::BufWriter::new(io::stdout().lock()));
+        let mut tee = Tee {
+            primary: &mut stdout,
+            bundle: bundle.as_mut(),
+            failed: false,
+        };
+        let mut sink = VerdictSink {
+            engine,
+            inner: &mut tee,
+        };
+        watch::run(opts, &mut sink, std::future::pending()).await?;
+    } else {
+        let verdicts = Engine::new(EngineConfig::default(), vms());
+        tui::run(opts, engine, verdicts, bundle.as_mut()).await?;
+    }
+    if let Some(b) = bundle {
+        let path = b.finish()?;
+        eprintln!("tapwatch: bundle written to {}", path.display());
+    }
     Ok(())
 }

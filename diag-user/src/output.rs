@@ -19,6 +19,11 @@ pub enum Record {
         mac: Option<MacAddr>,
         mode: &'static str,
         backend: &'static str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        mtu: Option<u32>,
+        /// The bridge (or other master device) the tap is on.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        master: Option<String>,
     },
     Detached {
         ts: Ts,
@@ -37,6 +42,8 @@ pub enum Record {
         ifname: String,
         old_mode: &'static str,
         new_mode: &'static str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        master: Option<String>,
     },
     Frame(FrameRecord),
     Stats {
@@ -126,6 +133,10 @@ pub struct FrameRecord {
     pub dst_mismatch: bool,
     /// Length of the whole frame.
     pub len: u32,
+    /// The captured bytes (up to 128), as they crossed the tap: not part of the JSON, but
+    /// of the bundle's pcapng.
+    #[serde(skip)]
+    pub data: Vec<u8>,
 }
 
 impl FrameRecord {
@@ -157,7 +168,30 @@ impl FrameRecord {
                 .or((ev.flags & diag_common::EVENT_FLAG_VLAN != 0).then_some(ev.vlan)),
             dst_mismatch: ev.flags & diag_common::EVENT_FLAG_DST_MISMATCH != 0,
             len: ev.frame_len,
+            data: with_vlan_tag(
+                frame,
+                eth.vlan
+                    .is_none()
+                    .then_some(ev.vlan)
+                    .filter(|_| ev.flags & diag_common::EVENT_FLAG_VLAN != 0),
+            ),
         })
+    }
+}
+
+/// The frame with an 802.1Q tag for `vlan` put back after the MAC addresses (the kernel
+/// moves it into metadata before tc sees the frame).
+fn with_vlan_tag(frame: &[u8], vlan: Option<u16>) -> Vec<u8> {
+    match vlan {
+        Some(id) if frame.len() >= 12 => {
+            let mut f = Vec::with_capacity(frame.len() + 4);
+            f.extend_from_slice(&frame[..12]);
+            f.extend_from_slice(&diag_common::ETH_P_8021Q.to_be_bytes());
+            f.extend_from_slice(&id.to_be_bytes());
+            f.extend_from_slice(&frame[12..]);
+            f
+        }
+        _ => frame.to_vec(),
     }
 }
 
@@ -286,6 +320,7 @@ impl<W: Write> Sink for TextSink<W> {
                 ifname,
                 old_mode,
                 new_mode,
+                ..
             } => {
                 writeln!(w, "{ts} {ifname}: {old_mode} -> {new_mode}")
             }

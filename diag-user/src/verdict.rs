@@ -663,6 +663,8 @@ pub(crate) mod fixtures {
             mac: Some(mac),
             mode,
             backend: "ebpf",
+            mtu: Some(1500),
+            master: None,
         }
     }
 
@@ -686,6 +688,7 @@ pub(crate) mod fixtures {
             vlan: None,
             dst_mismatch: false,
             len: 98,
+            data: Vec::new(),
         })
     }
 
@@ -818,6 +821,7 @@ mod tests {
                 ifname: "vnet5".into(),
                 old_mode: "routed",
                 new_mode: "bridged",
+                master: Some("br0".into()),
             },
             frame(50, "vnet5", "from_vm", "dst_mismatch", OLD),
         ];

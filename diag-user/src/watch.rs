@@ -111,6 +111,8 @@ impl Watcher<'_> {
             mac: link.mac,
             mode: link.mode().as_str(),
             backend: "ebpf",
+            mtu: link.mtu,
+            master: link.master_name(),
         };
         self.taps.push(Tap {
             mac_history: vec![MacHistoryEntry { ts, mac: link.mac }],
@@ -134,6 +136,7 @@ impl Watcher<'_> {
         tap.link = link;
         let ifname = tap.link.name.clone();
         let (new_mac, new_mode) = (tap.link.mac, tap.link.mode());
+        let tap_master = tap.link.master_name();
         if new_mac != old_mac {
             tap.mac_history.push(MacHistoryEntry { ts, mac: new_mac });
             self.emit(Record::MacChange {
@@ -149,6 +152,7 @@ impl Watcher<'_> {
                 ifname,
                 old_mode: old_mode.as_str(),
                 new_mode: new_mode.as_str(),
+                master: tap_master,
             })?;
         }
         Ok(())

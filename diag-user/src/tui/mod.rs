@@ -17,9 +17,11 @@ use ratatui::DefaultTerminal;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::{
+    bundle::{Bundle, Tee},
     clock::Ts,
     output::{ChannelSink, Record, Sink, TextSink},
     verdict::Engine,
+    verdict::VerdictSink,
     watch::{self, WatchError, WatchOptions},
 };
 use app::App;
@@ -38,11 +40,28 @@ const REDRAW: Duration = Duration::from_millis(100);
 
 /// Runs the watcher and the view until the user quits or the watcher stops; then prints
 /// the final verdicts on the normal screen so they stay in the scrollback.
-pub async fn run(opts: WatchOptions, engine: Engine) -> Result<(), TuiError> {
+///
+/// `verdicts` adds verdict records to what goes to `bundle`, so a bundle recorded under the
+/// view holds the same stream as one recorded with `--json`.
+pub async fn run(
+    opts: WatchOptions,
+    engine: Engine,
+    verdicts: Engine,
+    bundle: Option<&mut Bundle>,
+) -> Result<(), TuiError> {
     let (tx, rx) = mpsc::unbounded_channel();
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let watcher = async move {
-        let mut sink = ChannelSink(tx);
+        let mut channel = ChannelSink(tx);
+        let mut tee = Tee {
+            primary: &mut channel,
+            bundle,
+            failed: false,
+        };
+        let mut sink = VerdictSink {
+            engine: verdicts,
+            inner: &mut tee,
+        };
         watch::run(opts, &mut sink, async {
             let _ = stop_rx.await;
         })

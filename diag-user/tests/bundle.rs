@@ -1,0 +1,258 @@
+//! `--record DIR`: the stale-MAC story recorded into a bundle, checked with tshark.
+
+mod common;
+
+use std::{
+    net::Ipv4Addr,
+    os::unix::fs::PermissionsExt,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use common::*;
+use diag_user::{
+    mac::MacAddr,
+    sandbox::{frames, Netns, VmTap},
+};
+
+const GUEST: MacAddr = MacAddr([0xfa, 0x16, 0x3e, 0xaa, 0xbb, 0xcc]);
+const TAP_LIBVIRT: MacAddr = MacAddr([0xfe, 0x16, 0x3e, 0xaa, 0xbb, 0xcc]);
+const TAP_CALICO: MacAddr = MacAddr([0x00, 0x61, 0xfe, 0xed, 0xca, 0xfe]);
+const VM_IP: Ipv4Addr = Ipv4Addr::new(10, 65, 0, 2);
+const PEER: Ipv4Addr = Ipv4Addr::new(10, 65, 9, 9);
+
+/// A scratch directory under the system temp dir, removed on drop.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(name: &str) -> Self {
+        let p = std::env::temp_dir().join(format!("tw-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        Self(p)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn tshark(file: &Path, filter: &str, fields: &[&str]) -> Vec<Vec<String>> {
+    let mut args = vec![
+        "-r".to_string(),
+        file.display().to_string(),
+        "-Y".into(),
+        filter.into(),
+        "-T".into(),
+        "fields".into(),
+    ];
+    for f in fields {
+        args.extend(["-e".to_string(), f.to_string()]);
+    }
+    let out = Command::new("tshark")
+        .args(&args)
+        .output()
+        .expect("tshark (scripts/setup.sh installs it)");
+    assert!(
+        out.status.success(),
+        "tshark {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| l.split('\t').map(str::to_string).collect())
+        .collect()
+}
+
+fn mode(p: &Path) -> u32 {
+    std::fs::symlink_metadata(p).unwrap().permissions().mode() & 0o777
+}
+
+/// Plays the stale-MAC story on a fresh tap under `tapwatch watch --json <extra>`.
+fn record_story(
+    ns: &Netns,
+    tap_name: &str,
+    extra: &[&str],
+) -> (std::process::ExitStatus, Vec<serde_json::Value>, String) {
+    let tap = VmTap::create(ns, tap_name, TAP_LIBVIRT).unwrap();
+    let mut args = vec![
+        "watch",
+        "--json",
+        "--interval",
+        "0.1",
+        "--libvirt-dir",
+        "/nonexistent",
+    ];
+    args.extend_from_slice(extra);
+    let mut tw = Tapwatch::start(ns, &args);
+    tw.wait_attached(tap_name);
+    ns.ip(&["link", "set", tap_name, "address", &TAP_CALICO.to_string()])
+        .unwrap();
+    tw.wait_for("mac_change", |v| v["type"] == "mac_change");
+    for _ in 0..5 {
+        tap.send(&frames::rarp_announce(GUEST, None)).unwrap();
+    }
+    tap.send(&frames::garp(GUEST, VM_IP)).unwrap();
+    tap.send(&frames::garp(GUEST, VM_IP)).unwrap();
+    for _ in 0..5 {
+        tap.send(&frames::udp(GUEST, TAP_LIBVIRT, VM_IP, PEER, 98))
+            .unwrap();
+    }
+    tap.send(&frames::arp_request(
+        GUEST,
+        VM_IP,
+        Ipv4Addr::new(169, 254, 1, 1),
+    ))
+    .unwrap();
+    tap.send(&frames::udp(GUEST, TAP_CALICO, VM_IP, PEER, 98))
+        .unwrap();
+    tw.wait_stats(tap_name, |t| u(t, "from_vm_frames") == 14);
+    tw.stop(libc::SIGINT)
+}
+
+#[test]
+fn bundle_of_the_stale_mac_story() {
+    require_root();
+    let ns = Netns::new("tw-bundle").unwrap();
+    let scratch = Scratch::new("bundle");
+    let dir = scratch.0.join("incident");
+    let (status, recs, stderr) = record_story(
+        &ns,
+        "tapbndl0",
+        &["--record", dir.to_str().unwrap(), "--pack"],
+    );
+    assert!(status.success(), "{stderr}");
+    assert!(stderr.contains("bundle written to"), "{stderr}");
+
+    // Layout and permissions.
+    assert_eq!(mode(&dir), 0o700);
+    for f in ["events.ndjson", "frames.pcapng", "host.json", "summary.md"] {
+        assert_eq!(mode(&dir.join(f)), 0o600, "{f}");
+    }
+
+    // events.ndjson is the --json stream, record for record.
+    let events: Vec<serde_json::Value> = std::fs::read_to_string(dir.join("events.ndjson"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(events, recs);
+
+    // frames.pcapng, read by tshark: exact RARP and GARP counts, the tap's name, ordered
+    // timestamps equal to the JSON's.
+    let pcap = dir.join("frames.pcapng");
+    let rarps = tshark(
+        &pcap,
+        "eth.type == 0x8035",
+        &["frame.interface_name", "frame.time_epoch"],
+    );
+    assert_eq!(rarps.len(), 5);
+    assert!(rarps.iter().all(|r| r[0] == "tapbndl0"), "{rarps:?}");
+    let garps = tshark(&pcap, "arp.isgratuitous == 1", &["frame.interface_name"]);
+    assert_eq!(garps.len(), 2);
+    let all = tshark(&pcap, "frame", &["frame.time_epoch"]);
+    let times: Vec<f64> = all.iter().map(|r| r[0].parse().unwrap()).collect();
+    assert!(times.windows(2).all(|w| w[0] <= w[1]), "{times:?}");
+    let json_frames = of_type(&recs, "frame");
+    assert_eq!(all.len(), json_frames.len());
+    let first_json =
+        chrono::DateTime::parse_from_rfc3339(json_frames[0]["ts"].as_str().unwrap()).unwrap();
+    let first_pcap = times[0];
+    assert!(
+        (first_json.timestamp_micros() as f64 / 1e6 - first_pcap).abs() < 2e-6,
+        "{first_json} vs {first_pcap}"
+    );
+
+    // host.json and summary.md.
+    let host: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("host.json")).unwrap()).unwrap();
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+    assert_eq!(host["kernel_release"], release.trim());
+    assert_eq!(host["taps"]["tapbndl0"]["mac"], "00:61:fe:ed:ca:fe");
+    assert_eq!(host["taps"]["tapbndl0"]["mode"], "routed");
+    assert_eq!(host["taps"]["tapbndl0"]["mtu"], 1500);
+    assert!(host["started"].is_string() && host["ended"].is_string());
+    let md = std::fs::read_to_string(dir.join("summary.md")).unwrap();
+    assert!(
+        md.contains("## tapbndl0 (tapbndl0)") && md.contains("State: **RECOVERED**"),
+        "{md}"
+    );
+    assert!(
+        md.contains("Blackout: ") && md.contains("VM sent to fe:16:3e:aa:bb:cc"),
+        "{md}"
+    );
+
+    // The packed copy.
+    let tgz = scratch.0.join("incident.tar.gz");
+    assert_eq!(mode(&tgz), 0o600);
+    let list = Command::new("tar").arg("tzf").arg(&tgz).output().unwrap();
+    let list = String::from_utf8_lossy(&list.stdout);
+    for f in [
+        "incident/events.ndjson",
+        "incident/frames.pcapng",
+        "incident/host.json",
+        "incident/summary.md",
+    ] {
+        assert!(list.contains(f), "{list}");
+    }
+}
+
+#[test]
+fn size_cap_skips_frames_but_keeps_counters() {
+    require_root();
+    let ns = Netns::new("tw-cap").unwrap();
+    let scratch = Scratch::new("cap");
+    let dir = scratch.0.join("b");
+    let (status, recs, _) = record_story(
+        &ns,
+        "tapcap0",
+        &["--record", dir.to_str().unwrap(), "--record-max-mb", "0"],
+    );
+    assert!(status.success());
+    let host: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("host.json")).unwrap()).unwrap();
+    assert_eq!(host["frames_written"], 0);
+    assert_eq!(
+        host["frames_skipped"].as_u64().unwrap() as usize,
+        of_type(&recs, "frame").len()
+    );
+    let events = std::fs::read_to_string(dir.join("events.ndjson")).unwrap();
+    assert!(events
+        .lines()
+        .last()
+        .unwrap()
+        .contains("\"type\":\"summary\""));
+    assert!(events.contains("\"dst_mismatch_frames\":5"));
+    assert!(std::fs::read_to_string(dir.join("summary.md"))
+        .unwrap()
+        .contains("size cap"));
+}
+
+#[test]
+fn refuses_unsafe_bundle_directories() {
+    require_root();
+    let scratch = Scratch::new("refuse");
+    let full = scratch.0.join("full");
+    std::fs::create_dir(&full).unwrap();
+    std::fs::write(full.join("keep.txt"), "precious").unwrap();
+    let link = scratch.0.join("link");
+    std::os::unix::fs::symlink(scratch.0.join("elsewhere"), &link).unwrap();
+    for (dir, says) in [(&full, "not empty"), (&link, "symbolic link")] {
+        let out = Command::new(env!("CARGO_BIN_EXE_tapwatch"))
+            .args(["watch", "--json", "--duration", "1", "--record"])
+            .arg(dir)
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(says), "{err}");
+    }
+    assert_eq!(
+        std::fs::read_to_string(full.join("keep.txt")).unwrap(),
+        "precious"
+    );
+    assert!(!scratch.0.join("elsewhere").exists());
+}
