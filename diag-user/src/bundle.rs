@@ -24,7 +24,7 @@ use std::{
 use pcap_file::{
     pcapng::{
         blocks::{
-            enhanced_packet::EnhancedPacketBlock,
+            enhanced_packet::{EnhancedPacketBlock, EnhancedPacketOption},
             interface_description::{InterfaceDescriptionBlock, InterfaceDescriptionOption},
         },
         PcapNgWriter,
@@ -237,7 +237,13 @@ impl Bundle {
             timestamp: Duration::from_nanos(since_epoch),
             original_len: f.len.max(f.data.len() as u32),
             data: f.data.as_slice().into(),
-            options: vec![],
+            // epb_flags direction: the host received it from the VM (inbound) or sent it
+            // to the VM (outbound), so offline analysis need not guess.
+            options: vec![EnhancedPacketOption::Flags(if f.direction == "to_vm" {
+                2
+            } else {
+                1
+            })],
         };
         self.frames.write_pcapng_block(epb).map_err(pcap_io)?;
         self.frames_written += 1;

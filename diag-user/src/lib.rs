@@ -4,8 +4,10 @@
 //! eBPF probe ([`probe`]), follows interfaces over rtnetlink ([`ifaces`]), and turns what it
 //! sees into [`output::Record`]s ([`watch`]).
 
+pub mod analyze;
 pub mod bundle;
 pub mod caps;
+pub mod capture;
 pub mod clock;
 pub mod ifaces;
 pub mod lab;

@@ -3,10 +3,13 @@ use std::{io, path::PathBuf, time::Duration};
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use diag_user::{
+    analyze,
     bundle::{Bundle, BundleOptions, Tee},
     ifaces::DEFAULT_PATTERNS,
     lab::{self, LabOptions, LabVms, Scenario},
     libvirt::{self, LibvirtDir},
+    mac::MacAddr,
+    output::Record,
     output::{JsonSink, Sink},
     probe::AttachMode,
     tui,
@@ -28,9 +31,24 @@ struct Cli {
 enum Command {
     /// Attach to VM taps and report live (the default command).
     Watch(WatchArgs),
+    /// Run the verdicts offline on a bundle (directory or .tar.gz) or a pcap/pcapng capture
+    /// of tap traffic (`tcpdump -i tapX -w x.pcap`, or `-i any`).
+    Analyze(AnalyzeArgs),
     /// Build a lab of two simulated hypervisors, live-migrate a simulated VM between
     /// them, and watch the destination as on-call would.
     Lab(LabArgs),
+}
+
+#[derive(Args, Clone)]
+struct AnalyzeArgs {
+    /// A bundle directory, a .tar.gz bundle, or a pcap/pcapng capture.
+    path: PathBuf,
+    /// Print NDJSON (verdict records, then the summary) instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// The tap's MAC, for a raw capture (otherwise inferred, and said so).
+    #[arg(long, value_name = "MAC")]
+    tap_mac: Option<MacAddr>,
 }
 
 #[derive(Args, Clone)]
@@ -130,7 +148,30 @@ fn main() -> anyhow::Result<()> {
         Some(Command::Watch(a)) => runtime.block_on(run_watch(a)),
         None => runtime.block_on(run_watch(WatchArgs::default())),
         Some(Command::Lab(a)) => run_lab(a, &runtime),
+        Some(Command::Analyze(a)) => run_analyze(a),
     }
+}
+
+fn run_analyze(args: AnalyzeArgs) -> anyhow::Result<()> {
+    let a = analyze::analyze_path(&args.path, args.tap_mac)?;
+    let mut out = io::BufWriter::new(io::stdout().lock());
+    if args.json {
+        for n in &a.notes {
+            eprintln!("tapwatch: {n}");
+        }
+        let mut sink = JsonSink(&mut out);
+        for r in a
+            .records
+            .iter()
+            .filter(|r| matches!(r, Record::Verdict { .. } | Record::Summary { .. }))
+        {
+            sink.emit(r)?;
+        }
+        sink.flush()?;
+    } else {
+        io::Write::write_all(&mut out, analyze::table(&a).as_bytes())?;
+    }
+    Ok(())
 }
 
 fn run_lab(args: LabArgs, runtime: &tokio::runtime::Runtime) -> anyhow::Result<()> {

@@ -195,10 +195,18 @@ impl TapView {
                     ),
                     None => format!(" (not the tap's MAC, {})", show(self.mac, "none")),
                 };
-                s.push(format!(
-                    "VM still sends to {}{was}; the kernel drops these frames as PACKET_OTHERHOST.",
-                    b.stale_mac
-                ));
+                if b.stale_mac == MacAddr::default() {
+                    // A cooked capture or lost samples: the kernel said "not mine", not to whom.
+                    s.push(format!(
+                        "VM sends to a MAC that is not the tap's ({}); the kernel drops these frames as PACKET_OTHERHOST.",
+                        show(self.mac, "none")
+                    ));
+                } else {
+                    s.push(format!(
+                        "VM still sends to {}{was}; the kernel drops these frames as PACKET_OTHERHOST.",
+                        b.stale_mac
+                    ));
+                }
                 if self.tap_mac_unusual() {
                     s.push(
                         "The tap MAC is not fe:+guest MAC, as happens with interface managed='no' \

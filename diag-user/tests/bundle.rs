@@ -71,13 +71,87 @@ fn mode(p: &Path) -> u32 {
     std::fs::symlink_metadata(p).unwrap().permissions().mode() & 0o777
 }
 
-/// Plays the stale-MAC story on a fresh tap under `tapwatch watch --json <extra>`.
-fn record_story(
+/// tcpdump writing a capture inside a namespace, stopped (and flushed) on drop.
+struct Tcpdump(std::process::Child);
+
+impl Tcpdump {
+    fn start(ns: &Netns, iface: &str, file: &Path) -> Self {
+        use std::io::{BufRead, BufReader};
+        let mut child = Command::new("ip")
+            // Without immediate mode, frames wait in the capture ring for a block to retire
+            // (about a second) and a stop in between loses them.
+            .args([
+                "netns",
+                "exec",
+                ns.name(),
+                "tcpdump",
+                "--immediate-mode",
+                "-i",
+                iface,
+                "-U",
+                "-w",
+            ])
+            .arg(file)
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("tcpdump (scripts/setup.sh installs it)");
+        // Readiness: tcpdump says it is listening.
+        let mut err = BufReader::new(child.stderr.take().unwrap());
+        let mut line = String::new();
+        while err.read_line(&mut line).unwrap() > 0 && !line.contains("listening on") {
+            line.clear();
+        }
+        assert!(
+            line.contains("listening on"),
+            "tcpdump did not start: {line}"
+        );
+        std::thread::spawn(move || std::io::copy(&mut err, &mut std::io::sink()));
+        Self(child)
+    }
+
+    fn stop(mut self) {
+        // SAFETY: kill(2) of our own child.
+        unsafe { libc::kill(self.0.id() as libc::pid_t, libc::SIGINT) };
+        self.0.wait().unwrap();
+    }
+}
+
+impl Drop for Tcpdump {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+type Outcome = (std::process::ExitStatus, Vec<serde_json::Value>, String);
+
+/// Plays the stale-MAC story on a fresh tap under `tapwatch watch --json <extra>`: the
+/// tap's MAC changes, QEMU announces, the guest sends to the old MAC, re-ARPs (the host
+/// answers by proxy ARP, as Calico's does) and sends to the new one. `captures` are
+/// (interface, file) pairs tcpdump records meanwhile.
+fn record_story_captured(
     ns: &Netns,
     tap_name: &str,
     extra: &[&str],
-) -> (std::process::ExitStatus, Vec<serde_json::Value>, String) {
+    captures: &[(&str, &Path)],
+) -> Outcome {
     let tap = VmTap::create(ns, tap_name, TAP_LIBVIRT).unwrap();
+    ns.ip(&[
+        "link", "add", "uplink0", "type", "veth", "peer", "name", "uplink1",
+    ])
+    .unwrap();
+    ns.ip(&["link", "set", "uplink1", "up"]).unwrap();
+    ns.ip(&["link", "set", "uplink0", "up"]).unwrap();
+    ns.ip(&["route", "add", "169.254.1.1", "dev", "uplink0"])
+        .unwrap();
+    let proxy = format!("net.ipv4.conf.{tap_name}.proxy_arp=1");
+    let delay = format!("net.ipv4.neigh.{tap_name}.proxy_delay=0");
+    ns.exec("sysctl", &["-qw", "net.ipv4.ip_forward=1", &proxy, &delay])
+        .unwrap();
+    let dumps: Vec<Tcpdump> = captures
+        .iter()
+        .map(|(i, f)| Tcpdump::start(ns, i, f))
+        .collect();
     let mut args = vec![
         "watch",
         "--json",
@@ -107,10 +181,130 @@ fn record_story(
         Ipv4Addr::new(169, 254, 1, 1),
     ))
     .unwrap();
+    // Readiness: the host's proxy-ARP reply has been counted.
+    tw.wait_stats(tap_name, |t| u(t, "arp_replies") == 1);
     tap.send(&frames::udp(GUEST, TAP_CALICO, VM_IP, PEER, 98))
         .unwrap();
     tw.wait_stats(tap_name, |t| u(t, "from_vm_frames") == 14);
-    tw.stop(libc::SIGINT)
+    let result = tw.stop(libc::SIGINT);
+    for d in dumps {
+        d.stop();
+    }
+    result
+}
+
+fn record_story(ns: &Netns, tap_name: &str, extra: &[&str]) -> Outcome {
+    record_story_captured(ns, tap_name, extra, &[])
+}
+
+fn analyze(path: &Path, extra: &[&str]) -> (serde_json::Value, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_tapwatch"))
+        .arg("analyze")
+        .arg(path)
+        .arg("--json")
+        .args(extra)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "analyze {}: {err}", path.display());
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let summary = stdout
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|v| v["type"] == "summary");
+    (
+        summary.unwrap_or_else(|| panic!("no summary in {stdout}")),
+        err,
+    )
+}
+
+#[test]
+fn analyze_gives_the_live_verdicts() {
+    require_root();
+    let ns = Netns::new("tw-analyze").unwrap();
+    let scratch = Scratch::new("analyze");
+    let dir = scratch.0.join("b");
+    let on_tap = scratch.0.join("tap.pcap");
+    let on_any = scratch.0.join("any.pcap");
+    let extra = ["--record", dir.to_str().unwrap(), "--pack"];
+    let (status, recs, _) = record_story_captured(
+        &ns,
+        "tapanl0",
+        &extra,
+        &[("tapanl0", &on_tap), ("any", &on_any)],
+    );
+    assert!(status.success());
+    let live = summary_row(&recs, "tapanl0");
+    assert_eq!(live["state"], "RECOVERED");
+    let live_ms = live["blackout_ms"].as_u64().unwrap();
+
+    // The bundle, as a directory and packed: the very same verdict.
+    for path in [dir.clone(), scratch.0.join("b.tar.gz")] {
+        let (summary, _) = analyze(&path, &[]);
+        let row = &summary["taps"][0];
+        assert_eq!(
+            (&row["ifname"], &row["state"]),
+            (&"tapanl0".into(), &"RECOVERED".into()),
+            "{}",
+            path.display()
+        );
+        assert_eq!(row["blackout_ms"], live_ms, "{}", path.display());
+        assert_eq!(row["rarp_frames"], 5);
+    }
+
+    // tcpdump's captures of the same traffic: the same verdict, timed by AF_PACKET.
+    let (summary, notes) = analyze(&on_tap, &[]);
+    assert!(
+        notes.contains("inferred from the frames the host sent (00:61:fe:ed:ca:fe)"),
+        "{notes}"
+    );
+    let row = &summary["taps"][0];
+    assert_eq!(row["state"], "RECOVERED", "{summary:#}");
+    assert!(
+        row["blackout_ms"].as_u64().unwrap().abs_diff(live_ms) <= 5,
+        "{} vs {live_ms}",
+        row["blackout_ms"]
+    );
+    let counts = (
+        &row["rarp_frames"],
+        &row["garp_frames"],
+        &row["dst_mismatch_frames"],
+    );
+    assert_eq!(counts, (&5.into(), &2.into(), &5.into()));
+    let (summary, _) = analyze(&on_any, &[]);
+    // `-i any` sees every interface; the tap is the one QEMU announced on.
+    let row = summary["taps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["rarp_frames"] == 5)
+        .expect("the tap's row");
+    assert_eq!(row["state"], "RECOVERED", "{summary:#}");
+    assert!(row["blackout_ms"].as_u64().unwrap().abs_diff(live_ms) <= 5);
+    // The cooked header's packet type is the kernel's verdict: every OTHERHOST frame in
+    // the capture counts (tcpdump -i any does not always keep all of them).
+    let otherhost = Command::new("tshark")
+        .arg("-r")
+        .arg(&on_any)
+        .args(["-Y", "sll.pkttype == 3"])
+        .output()
+        .unwrap();
+    let in_capture = String::from_utf8_lossy(&otherhost.stdout).lines().count() as u64;
+    assert!(in_capture > 0);
+    assert_eq!(row["dst_mismatch_frames"], in_capture);
+
+    // A damaged capture: an error naming the offset, no panic.
+    let bytes = std::fs::read(&on_tap).unwrap();
+    let cut = scratch.0.join("cut.pcap");
+    std::fs::write(&cut, &bytes[..bytes.len() - 7]).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_tapwatch"))
+        .arg("analyze")
+        .arg(&cut)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("damaged capture at byte offset"), "{err}");
 }
 
 #[test]
