@@ -4,7 +4,13 @@ use std::fs;
 
 const CAP_NET_ADMIN: u32 = 12;
 const CAP_SYS_ADMIN: u32 = 21;
+const CAP_NET_RAW: u32 = 13;
 const CAP_BPF: u32 = 39;
+
+/// Whether libpcap may open capture sockets (CAP_NET_RAW); true when it cannot be told.
+pub fn has_raw_capture() -> bool {
+    effective_caps().is_none_or(|eff| eff & (1u64 << CAP_NET_RAW) != 0)
+}
 
 #[derive(Debug, thiserror::Error)]
 #[error(

@@ -49,6 +49,12 @@ impl WallClock {
         DateTime::from_timestamp_nanos(ns as i64)
     }
 
+    /// CLOCK_MONOTONIC nanoseconds of a wall-clock time given in nanoseconds since the
+    /// epoch (for frames that libpcap stamped with the wall clock).
+    pub fn monotonic_of(&self, unix_ns: i128) -> u64 {
+        (unix_ns - self.realtime_minus_monotonic_ns).max(0) as u64
+    }
+
     pub fn now(&self) -> DateTime<Utc> {
         self.to_utc(monotonic_ns())
     }

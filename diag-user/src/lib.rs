@@ -14,6 +14,7 @@ pub mod lab;
 pub mod libvirt;
 pub mod mac;
 pub mod output;
+pub mod pcap_backend;
 pub mod probe;
 pub mod sandbox;
 pub mod tui;

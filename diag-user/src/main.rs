@@ -14,7 +14,7 @@ use diag_user::{
     probe::AttachMode,
     tui,
     verdict::{Engine, EngineConfig, VerdictSink},
-    watch::{self, WatchOptions},
+    watch::{self, BackendChoice, WatchOptions},
 };
 
 /// Per-VM view of frames on hypervisor tap devices: which frames a VM sends to a MAC its
@@ -97,6 +97,9 @@ struct WatchArgs {
     /// How to hook the tc programs.
     #[arg(long, value_enum, default_value = "auto")]
     attach_mode: AttachMode,
+    /// The datapath: eBPF, libpcap, or eBPF with a libpcap fallback (saying why).
+    #[arg(long, value_enum, default_value = "auto")]
+    backend: BackendChoice,
     /// Directory of libvirt's live domain XML, for VM names and guest MACs.
     #[arg(long, value_name = "DIR", default_value = libvirt::DEFAULT_DIR)]
     libvirt_dir: PathBuf,
@@ -120,6 +123,7 @@ impl Default for WatchArgs {
             interval: Duration::from_secs(1),
             duration: None,
             attach_mode: AttachMode::Auto,
+            backend: BackendChoice::Auto,
             libvirt_dir: PathBuf::from(libvirt::DEFAULT_DIR),
             record: None,
             record_max_mb: 100,
@@ -219,6 +223,7 @@ async fn run_watch(args: WatchArgs) -> anyhow::Result<()> {
         interval: args.interval,
         duration: args.duration,
         attach_mode: args.attach_mode,
+        backend: args.backend,
         notices: args.json,
     };
     // In the full-screen view, stderr would scribble over the screen.

@@ -5,6 +5,8 @@ use std::{collections::HashMap, io, time::Duration};
 
 use aya::maps::{MapData, RingBuf};
 use diag_common::{FrameEvent, TapCounters};
+
+use crate::mac::MacAddr;
 use tokio::{
     io::{unix::AsyncFd, Interest},
     signal::unix::{signal, SignalKind},
@@ -16,6 +18,7 @@ use crate::{
     clock::{Ts, WallClock},
     ifaces::{IfaceError, Link, LinkChange, LinkMonitor, Selector},
     output::{FrameRecord, MacHistoryEntry, Record, Sink, SummaryRow, TapRow},
+    pcap_backend::{PcapBackend, PcapError},
     probe::{parse_event, AttachMode, Probe, ProbeError},
 };
 
@@ -25,6 +28,7 @@ pub struct WatchOptions {
     pub interval: Duration,
     pub duration: Option<Duration>,
     pub attach_mode: AttachMode,
+    pub backend: BackendChoice,
     /// Print notices (no matching tap, a tap that vanished before attach) to stderr; off
     /// under the full-screen view, which shows them itself.
     pub notices: bool,
@@ -36,6 +40,12 @@ pub enum WatchError {
     Capabilities(#[from] caps::MissingCapabilities),
     #[error(transparent)]
     Probe(#[from] ProbeError),
+    #[error(transparent)]
+    Pcap(#[from] PcapError),
+    #[error(
+        "tapwatch needs CAP_NET_RAW (or root) to capture with libpcap; run it as root (sudo tapwatch …)"
+    )]
+    NoRawCapture,
     #[error(transparent)]
     Iface(#[from] IfaceError),
     #[error("the rtnetlink subscription ended unexpectedly; interface changes can no longer be followed")]
@@ -50,6 +60,68 @@ pub enum WatchError {
     Output(#[source] io::Error),
 }
 
+/// Which datapath observes the taps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum BackendChoice {
+    /// eBPF, or libpcap when eBPF cannot load (saying why).
+    Auto,
+    Ebpf,
+    Pcap,
+}
+
+/// The datapath in use.
+pub enum Backend {
+    Ebpf(Box<Probe>),
+    Pcap(PcapBackend),
+}
+
+impl Backend {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Backend::Ebpf(_) => "ebpf",
+            Backend::Pcap(_) => "pcap",
+        }
+    }
+
+    fn attach(&mut self, link: &Link) -> Result<(), String> {
+        match self {
+            Backend::Ebpf(p) => p
+                .attach(link.ifindex, &link.name)
+                .map_err(|e| e.to_string()),
+            Backend::Pcap(p) => p
+                .attach(link.ifindex, &link.name, link.mac)
+                .map_err(|e| e.to_string()),
+        }
+    }
+
+    fn detach(&mut self, ifindex: u32) -> Option<TapCounters> {
+        match self {
+            Backend::Ebpf(p) => p.detach(ifindex),
+            Backend::Pcap(p) => p.detach(ifindex),
+        }
+    }
+
+    fn counters(&self, ifindex: u32) -> Option<TapCounters> {
+        match self {
+            Backend::Ebpf(p) => p.counters(ifindex),
+            Backend::Pcap(p) => p.counters(ifindex),
+        }
+    }
+
+    /// The kernel knows a tap's MAC by itself; libpcap compares with what we tell it.
+    fn set_mac(&self, ifindex: u32, mac: Option<MacAddr>) {
+        if let Backend::Pcap(p) = self {
+            p.set_mac(ifindex, mac);
+        }
+    }
+}
+
+/// Where frame events come from: the kernel's ring buffer or the capture threads.
+enum EventSource {
+    Ring(Box<AsyncFd<RingBuf<MapData>>>),
+    Channel(tokio::sync::mpsc::UnboundedReceiver<FrameEvent>),
+}
+
 /// One tap tapwatch has attached to, live or gone.
 struct Tap {
     link: Link,
@@ -60,7 +132,7 @@ struct Tap {
 
 /// State of a watch run, independent of where its records go.
 struct Watcher<'s> {
-    probe: Probe,
+    backend: Backend,
     clock: WallClock,
     selector: Selector,
     /// Every tap attached during the run, in order of attachment.
@@ -94,7 +166,7 @@ impl Watcher<'_> {
     }
 
     fn attach(&mut self, link: Link) -> io::Result<()> {
-        if let Err(e) = self.probe.attach(link.ifindex, &link.name) {
+        if let Err(e) = self.backend.attach(&link) {
             // Usually a tap deleted right after it appeared; its removal follows.
             if self.notices {
                 eprintln!("tapwatch: {e}");
@@ -110,7 +182,7 @@ impl Watcher<'_> {
             ifindex: link.ifindex,
             mac: link.mac,
             mode: link.mode().as_str(),
-            backend: "ebpf",
+            backend: self.backend.name(),
             mtu: link.mtu,
             master: link.master_name(),
         };
@@ -138,6 +210,8 @@ impl Watcher<'_> {
         let (new_mac, new_mode) = (tap.link.mac, tap.link.mode());
         let tap_master = tap.link.master_name();
         if new_mac != old_mac {
+            self.backend.set_mac(tap.link.ifindex, new_mac);
+            let tap = &mut self.taps[i];
             tap.mac_history.push(MacHistoryEntry { ts, mac: new_mac });
             self.emit(Record::MacChange {
                 ts,
@@ -162,7 +236,7 @@ impl Watcher<'_> {
         let Some(i) = self.live.remove(&ifindex) else {
             return Ok(());
         };
-        self.taps[i].final_counters = Some(self.probe.detach(ifindex).unwrap_or_default());
+        self.taps[i].final_counters = Some(self.backend.detach(ifindex).unwrap_or_default());
         let rec = Record::Detached {
             ts: self.ts(),
             ifname: self.taps[i].link.name.clone(),
@@ -182,7 +256,19 @@ impl Watcher<'_> {
         }
     }
 
-    fn drain(&mut self, ring: &mut RingBuf<MapData>) -> io::Result<()> {
+    fn drain(&mut self, src: &mut EventSource) -> io::Result<()> {
+        match src {
+            EventSource::Ring(ring) => self.drain_ring(ring.get_mut()),
+            EventSource::Channel(rx) => {
+                while let Ok(ev) = rx.try_recv() {
+                    self.on_event(&ev)?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn drain_ring(&mut self, ring: &mut RingBuf<MapData>) -> io::Result<()> {
         while let Some(item) = ring.next() {
             let ev = parse_event(&item);
             drop(item);
@@ -196,7 +282,7 @@ impl Watcher<'_> {
     fn current(&self, tap: &Tap) -> TapCounters {
         match tap.final_counters {
             Some(c) => c,
-            None => self.probe.counters(tap.link.ifindex).unwrap_or_default(),
+            None => self.backend.counters(tap.link.ifindex).unwrap_or_default(),
         }
     }
 
@@ -246,24 +332,34 @@ pub async fn run(
     sink: &mut dyn Sink,
     stop: impl std::future::Future<Output = ()>,
 ) -> Result<(), WatchError> {
-    caps::check()?;
     let selector = Selector::new(&opts.patterns)?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(setup("SIGINT handler"))?;
     let mut sigterm = signal(SignalKind::terminate()).map_err(setup("SIGTERM handler"))?;
-    let (probe, ring) = Probe::load(opts.attach_mode)?;
-    // SAFETY: the ring buffer owns its map fd and lives inside the AsyncFd until both drop.
-    let mut ring =
-        unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }.map_err(|e| {
-            WatchError::Setup {
-                what: "ring buffer poll",
-                source: e.into(),
-            }
-        })?;
+    let clock = WallClock::new();
+    let (backend, mut src) = match opts.backend {
+        BackendChoice::Ebpf => load_ebpf(opts.attach_mode)?,
+        BackendChoice::Pcap => load_pcap(clock)?,
+        BackendChoice::Auto => match load_ebpf(opts.attach_mode) {
+            Ok(b) => b,
+            Err(e) => match load_pcap(clock) {
+                Ok(b) => {
+                    eprintln!(
+                        "tapwatch: eBPF is not available here ({e}); capturing with libpcap instead \
+                         (--backend pcap): same records, more CPU per frame, and dst mismatches \
+                         judged against the tap MAC tapwatch last saw"
+                    );
+                    b
+                }
+                // Neither: the eBPF reason says most (privileges, kernel).
+                Err(_) => return Err(e),
+            },
+        },
+    };
     let (mut monitor, links) = LinkMonitor::start().await?;
 
     let mut w = Watcher {
-        probe,
-        clock: WallClock::new(),
+        backend,
+        clock,
         selector,
         taps: Vec::new(),
         live: HashMap::new(),
@@ -274,7 +370,7 @@ pub async fn run(
     let result = watch_loop(
         &mut w,
         std::pin::pin!(stop),
-        &mut ring,
+        &mut src,
         &mut monitor,
         &links,
         &opts,
@@ -283,9 +379,8 @@ pub async fn run(
     )
     .await;
     // Whatever ended the loop, report what was counted; an output error only stops output.
-    let ring = ring.get_mut();
     let end = w
-        .drain(ring)
+        .drain(&mut src)
         .and_then(|_| w.summary())
         .and_then(|_| w.sink.flush());
     match (result, end) {
@@ -299,7 +394,7 @@ pub async fn run(
 async fn watch_loop(
     w: &mut Watcher<'_>,
     mut stop: std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
-    ring: &mut AsyncFd<RingBuf<MapData>>,
+    src: &mut EventSource,
     monitor: &mut LinkMonitor,
     initial: &[Link],
     opts: &WatchOptions,
@@ -341,20 +436,58 @@ async fn watch_loop(
             change = monitor.next() => match change {
                 Some(change) => {
                     // Events of a tap that is going away come before its `detached`.
-                    w.drain(ring.get_mut()).and_then(|_| w.on_link(change))
+                    w.drain(src).and_then(|_| w.on_link(change))
                 }
                 None => return Err(WatchError::NetlinkClosed),
             },
-            guard = ring.readable_mut() => {
-                let mut guard = guard.map_err(setup("ring buffer poll"))?;
-                let r = w.drain(guard.get_inner_mut());
-                guard.clear_ready();
-                r
-            }
-            _ = tick.tick() => w.drain(ring.get_mut()).and_then(|_| w.stats()),
+            ready = next_ready(src) => match ready.map_err(setup("ring buffer poll"))? {
+                Ready::Ring(mut guard) => {
+                    let r = w.drain_ring(guard.get_inner_mut());
+                    guard.clear_ready();
+                    r
+                }
+                Ready::Event(Some(ev)) => w.on_event(&ev),
+                Ready::Event(None) => Ok(()),
+            },
+            _ = tick.tick() => w.drain(src).and_then(|_| w.stats()),
         };
         if !out(step.and_then(|_| w.sink.flush()))? {
             return Ok(());
         }
+    }
+}
+
+fn load_ebpf(mode: AttachMode) -> Result<(Backend, EventSource), WatchError> {
+    caps::check()?;
+    let (probe, ring) = Probe::load(mode)?;
+    // SAFETY: the ring buffer owns its map fd and lives inside the AsyncFd until both drop.
+    let ring =
+        unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }.map_err(|e| {
+            WatchError::Setup {
+                what: "ring buffer poll",
+                source: e.into(),
+            }
+        })?;
+    Ok((Backend::Ebpf(Box::new(probe)), EventSource::Ring(Box::new(ring))))
+}
+
+fn load_pcap(clock: WallClock) -> Result<(Backend, EventSource), WatchError> {
+    if !caps::has_raw_capture() {
+        return Err(WatchError::NoRawCapture);
+    }
+    let (backend, rx) = PcapBackend::new(clock);
+    Ok((Backend::Pcap(backend), EventSource::Channel(rx)))
+}
+
+enum Ready<'a> {
+    Ring(tokio::io::unix::AsyncFdReadyMutGuard<'a, RingBuf<MapData>>),
+    Event(Option<FrameEvent>),
+}
+
+/// Waits for the ring buffer to be readable, or for the next capture-thread event.
+async fn next_ready(src: &mut EventSource) -> io::Result<Ready<'_>> {
+    match src {
+        EventSource::Ring(r) => r.readable_mut().await.map(Ready::Ring),
+        EventSource::Channel(rx) => Ok(Ready::Event(rx.recv().await)),
     }
 }

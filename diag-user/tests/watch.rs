@@ -20,21 +20,47 @@ const VM_IP: Ipv4Addr = Ipv4Addr::new(10, 65, 0, 2);
 const HOST_IP: Ipv4Addr = Ipv4Addr::new(10, 65, 0, 1);
 
 fn json_watch(ns: &Netns, extra: &[&str]) -> Tapwatch {
-    let mut args = vec!["watch", "--json", "--interval", "0.1"];
+    json_watch_with(ns, "ebpf", extra)
+}
+
+fn json_watch_with(ns: &Netns, backend: &str, extra: &[&str]) -> Tapwatch {
+    let mut args = vec!["watch", "--json", "--interval", "0.1", "--backend", backend];
     args.extend_from_slice(extra);
     Tapwatch::start(ns, &args)
 }
 
-#[test]
-fn counts_every_kind_exactly() {
+/// The core counting tests run against both datapaths.
+macro_rules! both_backends {
+    ($($name:ident),*) => {$(
+        mod $name {
+            #[test]
+            fn ebpf() {
+                super::$name("ebpf")
+            }
+            #[test]
+            fn pcap() {
+                super::$name("pcap")
+            }
+        }
+    )*};
+}
+
+both_backends!(
+    counts_every_kind_exactly,
+    mac_change_turns_frames_to_the_old_mac_into_mismatches,
+    follows_taps_that_appear_and_disappear,
+    traffic_is_untouched
+);
+
+fn counts_every_kind_exactly(backend: &str) {
     require_root();
     let ns = Netns::new("tw-kinds").unwrap();
     let tap = VmTap::create(&ns, "tap0a1b2c3d-4e", TAP_LIBVIRT).unwrap();
-    let mut tw = json_watch(&ns, &[]);
+    let mut tw = json_watch_with(&ns, backend, &[]);
     let attached = tw.wait_attached(tap.name());
     assert_eq!(attached["mac"], "fe:16:3e:aa:bb:cc");
     assert_eq!(attached["mode"], "routed");
-    assert_eq!(attached["backend"], "ebpf");
+    assert_eq!(attached["backend"], backend);
 
     let other = Ipv4Addr::new(10, 65, 0, 99);
     let mut sent: Vec<Vec<u8>> = Vec::new();
@@ -142,12 +168,11 @@ fn counts_every_kind_exactly() {
     assert!(frame_ts.windows(2).all(|w| w[0] <= w[1]), "{frame_ts:?}");
 }
 
-#[test]
-fn mac_change_turns_frames_to_the_old_mac_into_mismatches() {
+fn mac_change_turns_frames_to_the_old_mac_into_mismatches(backend: &str) {
     require_root();
     let ns = Netns::new("tw-mac").unwrap();
     let tap = VmTap::create(&ns, "tapmac0", TAP_LIBVIRT).unwrap();
-    let mut tw = json_watch(&ns, &["--libvirt-dir", "/nonexistent"]);
+    let mut tw = json_watch_with(&ns, backend, &["--libvirt-dir", "/nonexistent"]);
     tw.wait_attached("tapmac0");
     let to = |mac| frames::udp(GUEST, mac, VM_IP, HOST_IP, 80);
     for _ in 0..3 {
@@ -283,12 +308,11 @@ fn names_vms_from_libvirt() {
     assert_eq!(row["vm"], "web-frontend-3");
 }
 
-#[test]
-fn follows_taps_that_appear_and_disappear() {
+fn follows_taps_that_appear_and_disappear(backend: &str) {
     require_root();
     let ns = Netns::new("tw-churn").unwrap();
     let first = VmTap::create(&ns, "vnet0", TAP_LIBVIRT).unwrap();
-    let mut tw = json_watch(&ns, &[]);
+    let mut tw = json_watch_with(&ns, backend, &[]);
     tw.wait_attached("vnet0");
     first.send(&frames::rarp_announce(GUEST, None)).unwrap();
 
@@ -345,8 +369,7 @@ fn follows_taps_that_appear_and_disappear() {
 }
 
 /// The probe observes only: the host answers exactly as without it.
-#[test]
-fn traffic_is_untouched() {
+fn traffic_is_untouched(backend: &str) {
     require_root();
     let ns = Netns::new("tw-ping").unwrap();
     let tap = VmTap::create(&ns, "tapping", TAP_LIBVIRT).unwrap();
@@ -394,7 +417,7 @@ fn traffic_is_untouched() {
         (reply, lost, arp)
     };
     let before = round(1);
-    let mut tw = json_watch(&ns, &[]);
+    let mut tw = json_watch_with(&ns, backend, &[]);
     tw.wait_attached("tapping");
     let during = round(1);
     tw.wait_stats("tapping", |t| {
@@ -547,4 +570,43 @@ fn missing_privileges_say_what_to_do() {
     );
     assert!(err.contains("sudo"), "{err}");
     assert!(out.stdout.is_empty());
+}
+
+/// `--backend auto` (the default) without the right to load eBPF: libpcap, saying why.
+#[test]
+fn falls_back_to_libpcap_when_ebpf_cannot_load() {
+    require_root();
+    let ns = Netns::new("tw-fallback").unwrap();
+    let tap = VmTap::create(&ns, "tapfb0", TAP_LIBVIRT).unwrap();
+    // Only CAP_NET_RAW: enough for libpcap, not for BPF.
+    let drop_to_raw = [
+        "setpriv",
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        "--inh-caps=-all,+net_raw",
+        "--ambient-caps=-all,+net_raw",
+    ];
+    let mut tw = Tapwatch::start_via(&ns, &drop_to_raw, &["watch", "--json", "--interval", "0.1"]);
+    let att = tw.wait_attached("tapfb0");
+    assert_eq!(att["backend"], "pcap");
+    tap.send(&frames::rarp_announce(GUEST, None)).unwrap();
+    tap.send(&frames::udp(GUEST, TAP_CALICO, VM_IP, HOST_IP, 64))
+        .unwrap();
+    tw.wait_stats("tapfb0", |t| u(t, "from_vm_frames") == 2);
+    let (status, recs, stderr) = tw.stop(libc::SIGINT);
+    assert!(status.success());
+    assert!(
+        stderr.contains("eBPF is not available here") && stderr.contains("CAP_BPF"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("capturing with libpcap instead"),
+        "{stderr}"
+    );
+    let row = summary_row(&recs, "tapfb0");
+    assert_eq!(
+        (u(row, "rarp_frames"), u(row, "dst_mismatch_frames")),
+        (1, 1)
+    );
 }

@@ -576,6 +576,7 @@ fn story(
         interval: opts.interval,
         duration: None,
         attach_mode: AttachMode::Auto,
+        backend: crate::watch::BackendChoice::Ebpf,
         notices: false,
     };
     let wtx = tx.clone();

@@ -36,8 +36,15 @@ pub struct Tapwatch {
 impl Tapwatch {
     /// Starts `tapwatch <args>` inside `ns`.
     pub fn start(ns: &Netns, args: &[&str]) -> Self {
+        Self::start_via(ns, &[], args)
+    }
+
+    /// Starts `<wrapper…> tapwatch <args>` inside `ns` (e.g. setpriv to drop privileges).
+    pub fn start_via(ns: &Netns, wrapper: &[&str], args: &[&str]) -> Self {
         let mut child = Command::new("ip")
-            .args(["netns", "exec", ns.name(), env!("CARGO_BIN_EXE_tapwatch")])
+            .args(["netns", "exec", ns.name()])
+            .args(wrapper)
+            .arg(env!("CARGO_BIN_EXE_tapwatch"))
             .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

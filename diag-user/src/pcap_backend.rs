@@ -1,0 +1,250 @@
+//! The libpcap backend: for kernels or hosts where the eBPF programs cannot load.
+//!
+//! Each tap gets two capture handles (frames from the VM: direction "in" on the host side;
+//! frames to the VM: "out"), each read on its own thread. Frames are classified with the
+//! same code as in the kernel (`diag_common`), counted in the same `TapCounters`, sampled
+//! with the same rate limit, and turned into the same `FrameEvent`s. What it costs and
+//! misses is in docs/architecture.md.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc, Mutex,
+    },
+    thread::JoinHandle,
+};
+
+use diag_common::{
+    classify, frame::is_foreign_unicast, Direction, FrameEvent, FrameKind, TapCounters, TapWindow,
+    EVENT_FLAG_DST_MISMATCH, EVENT_FLAG_VLAN, EVENT_SNAPLEN,
+};
+use tokio::sync::mpsc;
+
+use crate::{clock::WallClock, mac::MacAddr};
+
+#[derive(Debug, thiserror::Error)]
+#[error("cannot capture on {ifname} with libpcap: {reason}")]
+pub struct PcapError {
+    pub ifname: String,
+    pub reason: String,
+}
+
+/// What the capture threads of one tap share.
+struct TapShared {
+    counters: Mutex<TapCounters>,
+    window: Mutex<TapWindow>,
+    /// The tap's MAC as 48 bits, plus bit 48 when known.
+    mac: AtomicU64,
+    stop: AtomicBool,
+}
+
+impl TapShared {
+    fn mac(&self) -> Option<[u8; 6]> {
+        let v = self.mac.load(Ordering::Relaxed);
+        (v >> 48 == 1).then(|| {
+            let b = v.to_be_bytes();
+            [b[2], b[3], b[4], b[5], b[6], b[7]]
+        })
+    }
+
+    fn set_mac(&self, mac: Option<MacAddr>) {
+        let v = mac.map_or(0, |m| {
+            let b = m.0;
+            u64::from_be_bytes([0, 1, b[0], b[1], b[2], b[3], b[4], b[5]])
+        });
+        self.mac.store(v, Ordering::Relaxed);
+    }
+}
+
+struct PcapTap {
+    shared: Arc<TapShared>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+pub struct PcapBackend {
+    taps: HashMap<u32, PcapTap>,
+    events: mpsc::UnboundedSender<FrameEvent>,
+    clock: WallClock,
+}
+
+/// How long a capture read waits before looking at the stop flag.
+const POLL_MS: i32 = 50;
+
+impl PcapBackend {
+    pub fn new(clock: WallClock) -> (Self, mpsc::UnboundedReceiver<FrameEvent>) {
+        let (events, rx) = mpsc::unbounded_channel();
+        (
+            Self {
+                taps: HashMap::new(),
+                events,
+                clock,
+            },
+            rx,
+        )
+    }
+
+    /// Starts capturing on `ifname`; when this returns, its frames are counted.
+    pub fn attach(
+        &mut self,
+        ifindex: u32,
+        ifname: &str,
+        mac: Option<MacAddr>,
+    ) -> Result<(), PcapError> {
+        if self.taps.contains_key(&ifindex) {
+            return Ok(());
+        }
+        let shared = Arc::new(TapShared {
+            counters: Mutex::new(TapCounters::default()),
+            window: Mutex::new(TapWindow::default()),
+            mac: AtomicU64::new(0),
+            stop: AtomicBool::new(false),
+        });
+        shared.set_mac(mac);
+        let fail = |reason: String| PcapError {
+            ifname: ifname.to_string(),
+            reason,
+        };
+        let mut threads = Vec::new();
+        for (dir, pdir) in [
+            (Direction::FromVm, pcap::Direction::In),
+            (Direction::ToVm, pcap::Direction::Out),
+        ] {
+            let cap = pcap::Capture::from_device(ifname)
+                .and_then(|c| {
+                    c.immediate_mode(true)
+                        .timeout(POLL_MS)
+                        .snaplen(EVENT_SNAPLEN as i32 + 4)
+                        .precision(pcap::Precision::Nano)
+                        .open()
+                })
+                .map_err(|e| fail(e.to_string()))?;
+            cap.direction(pdir).map_err(|e| fail(e.to_string()))?;
+            // In immediate mode libpcap ignores its read timeout: read without blocking and
+            // wait in poll(2) ourselves, so the thread sees the stop flag.
+            let cap = cap.setnonblock().map_err(|e| fail(e.to_string()))?;
+            let (shared, events, clock) = (shared.clone(), self.events.clone(), self.clock);
+            threads.push(std::thread::spawn(move || {
+                capture_loop(cap, ifindex, dir, &shared, &events, clock)
+            }));
+        }
+        self.taps.insert(ifindex, PcapTap { shared, threads });
+        Ok(())
+    }
+
+    pub fn set_mac(&self, ifindex: u32, mac: Option<MacAddr>) {
+        if let Some(t) = self.taps.get(&ifindex) {
+            t.shared.set_mac(mac);
+        }
+    }
+
+    pub fn counters(&self, ifindex: u32) -> Option<TapCounters> {
+        let t = self.taps.get(&ifindex)?;
+        let c = *t.shared.counters.lock().unwrap_or_else(|e| e.into_inner());
+        Some(c)
+    }
+
+    /// Stops capturing; returns the final counters.
+    pub fn detach(&mut self, ifindex: u32) -> Option<TapCounters> {
+        let t = self.taps.remove(&ifindex)?;
+        t.shared.stop.store(true, Ordering::Relaxed);
+        for th in t.threads {
+            let _ = th.join();
+        }
+        let c = *t.shared.counters.lock().unwrap_or_else(|e| e.into_inner());
+        Some(c)
+    }
+}
+
+impl Drop for PcapBackend {
+    fn drop(&mut self) {
+        let all: Vec<u32> = self.taps.keys().copied().collect();
+        for i in all {
+            self.detach(i);
+        }
+    }
+}
+
+fn capture_loop(
+    mut cap: pcap::Capture<pcap::Active>,
+    ifindex: u32,
+    dir: Direction,
+    shared: &TapShared,
+    events: &mpsc::UnboundedSender<FrameEvent>,
+    clock: WallClock,
+) {
+    use std::os::fd::AsRawFd;
+    let fd = cap.as_raw_fd();
+    while !shared.stop.load(Ordering::Relaxed) {
+        let pkt = match cap.next_packet() {
+            Ok(p) => p,
+            Err(pcap::Error::TimeoutExpired) => {
+                let mut pfd = libc::pollfd {
+                    fd,
+                    events: libc::POLLIN,
+                    revents: 0,
+                };
+                // SAFETY: one valid pollfd, the capture's own fd.
+                unsafe { libc::poll(&mut pfd, 1, POLL_MS) };
+                continue;
+            }
+            // The tap went away: its removal comes over netlink.
+            Err(_) => return,
+        };
+        // Precision::Nano: tv_usec holds nanoseconds.
+        let unix_ns = pkt.header.ts.tv_sec as i128 * 1_000_000_000 + pkt.header.ts.tv_usec as i128;
+        let now = clock.monotonic_of(unix_ns);
+        if let Some(mut ev) = observe(shared, pkt.data, pkt.header.len, dir, now) {
+            ev.ifindex = ifindex;
+            let _ = events.send(ev);
+        }
+    }
+}
+
+/// The userspace twin of the kernel program's `observe()`: the same classification,
+/// counting, window and sampling, with the tap's MAC in place of the kernel's pkt_type.
+fn observe(
+    shared: &TapShared,
+    data: &[u8],
+    len: u32,
+    dir: Direction,
+    now: u64,
+) -> Option<FrameEvent> {
+    let mac = shared.mac();
+    let foreign = dir == Direction::FromVm && mac.is_some_and(|m| is_foreign_unicast(data, &m));
+    let class = classify(data, foreign, dir);
+    let mut counters = shared.counters.lock().unwrap_or_else(|e| e.into_inner());
+    counters.record(&class, dir, len as u64);
+    let mut kind = class.kind;
+    if dir == Direction::FromVm {
+        let to_own =
+            !foreign && class.arp_op == 0 && mac.is_some_and(|m| data.get(..6) == Some(&m[..]));
+        let mut w = shared.window.lock().unwrap_or_else(|e| e.into_inner());
+        if (class.dst_mismatch || to_own) && w.update(class.dst_mismatch, to_own, now.max(1)) {
+            kind = kind.or(Some(FrameKind::DstMatch));
+        }
+    }
+    let kind = kind?;
+    if !counters.admit_event(kind, now) {
+        return None;
+    }
+    let mut ev = FrameEvent::zeroed();
+    let n = data.len().min(EVENT_SNAPLEN);
+    ev.data[..n].copy_from_slice(&data[..n]);
+    ev.captured = n as u16;
+    ev.ts_ns = now;
+    ev.frame_len = len;
+    ev.direction = dir as u8;
+    ev.kind = kind as u8;
+    ev.flags = (if class.vlan.is_some() {
+        EVENT_FLAG_VLAN
+    } else {
+        0
+    }) | (if class.dst_mismatch {
+        EVENT_FLAG_DST_MISMATCH
+    } else {
+        0
+    });
+    ev.vlan = class.vlan.unwrap_or(0);
+    Some(ev)
+}
