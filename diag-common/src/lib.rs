@@ -202,6 +202,28 @@ impl TapWindow {
     }
 }
 
+impl TapWindow {
+    /// The kind a frame's event carries once the window has seen it: its own kind, or
+    /// `DstMatch` when it ends a mismatch window. `to_own_mac`: addressed to the tap's MAC
+    /// (the kernel's PACKET_HOST, or a MAC comparison). An ARP never ends a window: a reply
+    /// goes to whoever asked, whatever the guest's cache holds.
+    #[inline(always)]
+    pub fn follow(
+        &mut self,
+        class: &Classification,
+        to_own_mac: bool,
+        direction: Direction,
+        now_ns: u64,
+    ) -> Option<FrameKind> {
+        if direction == Direction::FromVm
+            && self.update(class.dst_mismatch, to_own_mac && class.arp_op == 0, now_ns)
+        {
+            return class.kind.or(Some(FrameKind::DstMatch));
+        }
+        class.kind
+    }
+}
+
 /// `FrameEvent::flags` bit: the frame carried one 802.1Q tag.
 pub const EVENT_FLAG_VLAN: u8 = 1;
 /// `FrameEvent::flags` bit: the frame was also a dst mismatch (e.g. a unicast ARP probe to

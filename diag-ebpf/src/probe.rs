@@ -81,12 +81,7 @@ fn observe(ctx: &TcContext, direction: Direction) {
     if direction == Direction::FromVm && (class.dst_mismatch || pkt_type == PACKET_HOST) {
         if let Some(w) = TAP_WINDOWS.get_ptr_mut(&ifindex) {
             // SAFETY: a map value pointer, valid for this program run.
-            // An ARP reply goes to whoever asked, so it says nothing about where the guest
-            // sends its traffic: only other frames to the tap's MAC end a window.
-            let to_own_mac = pkt_type == PACKET_HOST && class.arp_op == 0;
-            if unsafe { (*w).update(class.dst_mismatch, to_own_mac, now) } {
-                kind = kind.or(Some(FrameKind::DstMatch));
-            }
+            kind = unsafe { (*w).follow(&class, pkt_type == PACKET_HOST, direction, now) };
         }
     }
     let Some(kind) = kind else {

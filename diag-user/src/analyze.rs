@@ -458,14 +458,8 @@ fn replay(packets: Vec<Packet>, timeline: Vec<Record>, tap_mac: Option<MacAddr>)
                 if !from_bundle {
                     tap.counters.record(&class, direction, p.orig_len as u64);
                 }
-                let mut kind = class.kind;
-                if direction == Direction::FromVm {
-                    let to_own = to_own_mac && class.arp_op == 0;
-                    let now = p.ts.0.timestamp_nanos_opt().unwrap_or(1).max(1) as u64;
-                    if tap.window.update(class.dst_mismatch, to_own, now) {
-                        kind = kind.or(Some(FrameKind::DstMatch));
-                    }
-                }
+                let now = p.ts.0.timestamp_nanos_opt().unwrap_or(1).max(1) as u64;
+                let kind = tap.window.follow(&class, to_own_mac, direction, now);
                 if let Some(kind) = kind {
                     let ev = event_of(&p, kind, direction, class.dst_mismatch);
                     if let Some(f) = FrameRecord::from_event(&ev, &p.ifname, p.ts) {

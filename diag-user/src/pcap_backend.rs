@@ -16,7 +16,7 @@ use std::{
 };
 
 use diag_common::{
-    classify, frame::is_foreign_unicast, Direction, FrameEvent, FrameKind, TapCounters, TapWindow,
+    classify, frame::is_foreign_unicast, Direction, FrameEvent, TapCounters, TapWindow,
     EVENT_FLAG_DST_MISMATCH, EVENT_FLAG_VLAN, EVENT_SNAPLEN,
 };
 use tokio::sync::mpsc;
@@ -215,15 +215,12 @@ fn observe(
     let class = classify(data, foreign, dir);
     let mut counters = shared.counters.lock().unwrap_or_else(|e| e.into_inner());
     counters.record(&class, dir, len as u64);
-    let mut kind = class.kind;
-    if dir == Direction::FromVm {
-        let to_own =
-            !foreign && class.arp_op == 0 && mac.is_some_and(|m| data.get(..6) == Some(&m[..]));
-        let mut w = shared.window.lock().unwrap_or_else(|e| e.into_inner());
-        if (class.dst_mismatch || to_own) && w.update(class.dst_mismatch, to_own, now.max(1)) {
-            kind = kind.or(Some(FrameKind::DstMatch));
-        }
-    }
+    let to_own = mac.is_some_and(|m| data.get(..6) == Some(&m[..]));
+    let kind = shared
+        .window
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .follow(&class, to_own, dir, now.max(1));
     let kind = kind?;
     if !counters.admit_event(kind, now) {
         return None;

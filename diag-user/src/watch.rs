@@ -468,7 +468,10 @@ fn load_ebpf(mode: AttachMode) -> Result<(Backend, EventSource), WatchError> {
                 source: e.into(),
             }
         })?;
-    Ok((Backend::Ebpf(Box::new(probe)), EventSource::Ring(Box::new(ring))))
+    Ok((
+        Backend::Ebpf(Box::new(probe)),
+        EventSource::Ring(Box::new(ring)),
+    ))
 }
 
 fn load_pcap(clock: WallClock) -> Result<(Backend, EventSource), WatchError> {

@@ -10,15 +10,8 @@ use std::{
 };
 
 use common::*;
-use diag_user::{
-    mac::MacAddr,
-    sandbox::{frames, Netns, VmTap},
-};
+use diag_user::sandbox::{frames, Netns, VmTap};
 
-const GUEST: MacAddr = MacAddr([0xfa, 0x16, 0x3e, 0xaa, 0xbb, 0xcc]);
-const TAP_LIBVIRT: MacAddr = MacAddr([0xfe, 0x16, 0x3e, 0xaa, 0xbb, 0xcc]);
-const TAP_CALICO: MacAddr = MacAddr([0x00, 0x61, 0xfe, 0xed, 0xca, 0xfe]);
-const VM_IP: Ipv4Addr = Ipv4Addr::new(10, 65, 0, 2);
 const PEER: Ipv4Addr = Ipv4Addr::new(10, 65, 9, 9);
 
 /// A scratch directory under the system temp dir, removed on drop.

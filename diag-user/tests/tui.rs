@@ -8,15 +8,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{require_root, TIMEOUT};
-use diag_user::{
-    mac::MacAddr,
-    sandbox::{frames, Netns, VmTap},
-};
-
-const GUEST: MacAddr = MacAddr([0xfa, 0x16, 0x3e, 0xaa, 0xbb, 0xcc]);
-const TAP_LIBVIRT: MacAddr = MacAddr([0xfe, 0x16, 0x3e, 0xaa, 0xbb, 0xcc]);
-const TAP_CALICO: MacAddr = MacAddr([0x00, 0x61, 0xfe, 0xed, 0xca, 0xfe]);
+use common::{require_root, GUEST, TAP_CALICO, TAP_LIBVIRT, TIMEOUT};
+use diag_user::sandbox::{frames, Netns, VmTap};
 
 /// A detached tmux session, killed on drop.
 struct Tmux {

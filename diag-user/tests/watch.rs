@@ -11,12 +11,6 @@ use diag_user::{
     sandbox::{frames, Netns, VmTap},
 };
 
-const GUEST: MacAddr = MacAddr([0xfa, 0x16, 0x3e, 0xaa, 0xbb, 0xcc]);
-/// libvirt's tap MAC for that guest (managed='yes').
-const TAP_LIBVIRT: MacAddr = MacAddr([0xfe, 0x16, 0x3e, 0xaa, 0xbb, 0xcc]);
-/// networking-calico's fixed port MAC, which Nova sets with managed='no'.
-const TAP_CALICO: MacAddr = MacAddr([0x00, 0x61, 0xfe, 0xed, 0xca, 0xfe]);
-const VM_IP: Ipv4Addr = Ipv4Addr::new(10, 65, 0, 2);
 const HOST_IP: Ipv4Addr = Ipv4Addr::new(10, 65, 0, 1);
 
 fn json_watch(ns: &Netns, extra: &[&str]) -> Tapwatch {

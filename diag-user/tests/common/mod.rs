@@ -9,7 +9,14 @@ use std::{
     time::{Duration, Instant},
 };
 
-use diag_user::sandbox::Netns;
+use diag_user::{mac::MacAddr, sandbox::Netns};
+
+pub const GUEST: MacAddr = MacAddr([0xfa, 0x16, 0x3e, 0xaa, 0xbb, 0xcc]);
+/// libvirt's tap MAC for that guest (managed='yes').
+pub const TAP_LIBVIRT: MacAddr = MacAddr([0xfe, 0x16, 0x3e, 0xaa, 0xbb, 0xcc]);
+/// networking-calico's fixed port MAC, which Nova sets with managed='no'.
+pub const TAP_CALICO: MacAddr = MacAddr([0x00, 0x61, 0xfe, 0xed, 0xca, 0xfe]);
+pub const VM_IP: std::net::Ipv4Addr = std::net::Ipv4Addr::new(10, 65, 0, 2);
 use serde_json::Value;
 
 pub const TIMEOUT: Duration = Duration::from_secs(20);
