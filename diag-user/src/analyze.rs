@@ -84,7 +84,7 @@ pub fn analyze_path(path: &Path, tap_mac: Option<MacAddr>) -> Result<Analysis, A
     if packets.is_empty() {
         return Err(AnalyzeError::Empty(name));
     }
-    Ok(analyze_capture(packets, tap_mac))
+    Ok(replay(packets, Vec::new(), tap_mac))
 }
 
 /// events.ndjson and frames.pcapng out of a packed bundle.
@@ -136,10 +136,6 @@ fn analyze_bundle(name: &str, events: &str, frames: &[u8]) -> Result<Analysis, A
         })?
     };
     Ok(replay(packets, timeline, None))
-}
-
-fn analyze_capture(packets: Vec<Packet>, tap_mac: Option<MacAddr>) -> Analysis {
-    replay(packets, Vec::new(), tap_mac)
 }
 
 fn s(v: &Value, k: &str) -> Result<String, String> {

@@ -183,8 +183,7 @@ impl Probe {
         if self.mode == AttachMode::Clsact {
             if let Err(e) = tc::qdisc_add_clsact(ifname) {
                 // EEXIST: the qdisc is already there (another tool, or an earlier run).
-                if !e.to_string().contains("exists")
-                    && !matches!(&e, tc::TcError::NetlinkError(n) if n.raw_os_error() == Some(libc::EEXIST))
+                if !matches!(&e, tc::TcError::NetlinkError(n) if n.raw_os_error() == Some(libc::EEXIST))
                 {
                     return Err(format!("cannot add a clsact qdisc: {e}"));
                 }

@@ -604,3 +604,18 @@ fn falls_back_to_libpcap_when_ebpf_cannot_load() {
         (1, 1)
     );
 }
+
+/// Another tool's clsact qdisc on the tap is used, not an error.
+#[test]
+fn clsact_tolerates_an_existing_qdisc() {
+    require_root();
+    let ns = Netns::new("tw-qdisc").unwrap();
+    let _tap = VmTap::create(&ns, "tapqd0", TAP_LIBVIRT).unwrap();
+    ns.exec("tc", &["qdisc", "add", "dev", "tapqd0", "clsact"])
+        .unwrap();
+    let mut tw = json_watch(&ns, &["--attach-mode", "clsact"]);
+    tw.wait_attached("tapqd0");
+    let (status, _, stderr) = tw.stop(libc::SIGTERM);
+    assert!(status.success(), "{stderr}");
+    assert!(!stderr.contains("cannot"), "{stderr}");
+}

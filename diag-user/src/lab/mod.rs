@@ -390,7 +390,7 @@ impl Lab {
             let name = self.vms[i].spec.name.clone();
             self.vms[i].guest.pause();
             self.vms[i].switchover_ns = Some(monotonic_ns());
-            self.lab_record_for("switchover", &name);
+            self.lab_record("switchover", Some(&name), None);
             self.topo.src.ip(&["link", "del", &self.vms[i].spec.tap])?;
             if !scenario.bridged() {
                 self.topo.route_to(true, &self.vms[i].spec)?;
@@ -398,7 +398,7 @@ impl Lab {
             // QEMU's final stop-and-copy.
             std::thread::sleep(Duration::from_millis(50));
             self.vms[i].guest.resume_on(tap, mac);
-            self.lab_record_for("resume", &name);
+            self.lab_record("resume", Some(&name), None);
             if self.opts.garp {
                 self.vms[i].guest.send_garp();
             }
@@ -418,10 +418,6 @@ impl Lab {
             self.lab_record("announce", None, Some("QEMU sent 5 RARP rounds".into()));
         }
         Ok(())
-    }
-
-    fn lab_record_for(&self, event: &'static str, vm: &str) {
-        self.lab_record(event, Some(vm), None);
     }
 
     /// The story is over: every stale window closed (or none opened), the client's pings
