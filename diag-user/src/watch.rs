@@ -333,6 +333,7 @@ pub async fn run(
     stop: impl std::future::Future<Output = ()>,
 ) -> Result<(), WatchError> {
     let selector = Selector::new(&opts.patterns)?;
+    raise_fd_limit();
     let mut sigint = signal(SignalKind::interrupt()).map_err(setup("SIGINT handler"))?;
     let mut sigterm = signal(SignalKind::terminate()).map_err(setup("SIGTERM handler"))?;
     let clock = WallClock::new();
@@ -453,6 +454,23 @@ async fn watch_loop(
         };
         if !out(step.and_then(|_| w.sink.flush()))? {
             return Ok(());
+        }
+    }
+}
+
+/// Every tap costs two descriptors (two TCX links, or two capture handles), so with the
+/// usual soft limit of 1024 a host with about 500 VMs would run out. Lift the soft limit to
+/// the hard one, as long-running daemons do; if that fails, attach errors name the cause.
+fn raise_fd_limit() {
+    let mut rlim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid pointer.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut rlim) == 0 && rlim.rlim_cur < rlim.rlim_max {
+            rlim.rlim_cur = rlim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &rlim);
         }
     }
 }

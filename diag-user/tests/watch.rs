@@ -444,6 +444,33 @@ fn traffic_is_untouched(backend: &str) {
     assert_eq!(reply["sender_ip"], "10.65.0.1");
 }
 
+/// A host with many VMs under a 1024-descriptor soft limit: each tap needs two, so
+/// tapwatch lifts its soft limit to the hard one. Here the soft limit (64) is below what
+/// 40 taps need.
+#[test]
+fn many_taps_under_a_low_descriptor_limit() {
+    require_root();
+    let ns = Netns::new("tw-fds").unwrap();
+    let names: Vec<String> = (0..40).map(|i| format!("fdtap{i}")).collect();
+    let taps: Vec<VmTap> = names
+        .iter()
+        .map(|n| VmTap::create(&ns, n, TAP_LIBVIRT).unwrap())
+        .collect();
+    let mut tw = Tapwatch::start_via(
+        &ns,
+        &["prlimit", "--nofile=64:4096", "--"],
+        &["watch", "--json", "--interval", "0.1", "--iface", "fdtap*"],
+    );
+    for n in &names {
+        tw.wait_attached(n);
+    }
+    taps[39].send(&frames::garp(GUEST, VM_IP)).unwrap();
+    tw.wait_stats("fdtap39", |t| u(t, "garp_frames") == 1);
+    let (status, recs, err) = tw.stop(libc::SIGINT);
+    assert!(status.success(), "{err}");
+    assert_eq!(of_type(&recs, "attached").len(), 40, "{err}");
+}
+
 fn tcx_names(ns: &Netns, ifname: &str) -> Vec<String> {
     let ifname = ifname.to_string();
     ns.enter(move || diag_user::probe::tcx_program_names(&ifname).expect("query tcx"))

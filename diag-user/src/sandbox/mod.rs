@@ -4,6 +4,7 @@
 //! frames written to it arrive as ingress on the host side of the tap, frames the host
 //! sends leave through it. Everything here cleans up on drop, also when a test panics.
 
+pub mod child;
 pub mod frames;
 
 use std::{
@@ -145,6 +146,7 @@ impl Drop for Netns {
 }
 
 const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
+const TUNSETPERSIST: libc::c_ulong = 0x4004_54cb;
 const IFF_TAP: libc::c_short = 0x0002;
 const IFF_NO_PI: libc::c_short = 0x1000;
 
@@ -237,6 +239,29 @@ impl VmTap {
                 None => return Ok(None),
             }
         }
+    }
+}
+
+impl VmTap {
+    /// Opens tap `name` in the calling thread's namespace, as it is (random MAC, down):
+    /// the cheapest way to make many taps.
+    pub fn open(name: &str) -> Result<Self, SandboxError> {
+        Ok(Self {
+            fd: open_tap(name)?,
+            name: name.to_string(),
+        })
+    }
+
+    /// Keeps the device after this fd closes, as `ip tuntap add` does; it then lives until
+    /// deleted or until its namespace goes.
+    pub fn persist(self) -> Result<(), SandboxError> {
+        // SAFETY: TUNSETPERSIST on our own tap fd takes an integer argument.
+        if unsafe { libc::ioctl(self.fd.as_raw_fd(), TUNSETPERSIST, 1 as libc::c_ulong) } != 0 {
+            return Err(io_err(format!("TUNSETPERSIST {}", self.name))(
+                io::Error::last_os_error(),
+            ));
+        }
+        Ok(())
     }
 }
 

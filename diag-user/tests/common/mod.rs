@@ -3,13 +3,15 @@
 #![allow(dead_code)]
 
 use std::{
-    io::{BufRead, BufReader, Read},
-    process::{Child, Command, ExitStatus, Stdio},
-    sync::mpsc::{self, Receiver, RecvTimeoutError},
+    process::ExitStatus,
+    sync::mpsc::RecvTimeoutError,
     time::{Duration, Instant},
 };
 
-use diag_user::{mac::MacAddr, sandbox::Netns};
+use diag_user::{
+    mac::MacAddr,
+    sandbox::{child::Spawned, Netns},
+};
 
 pub const GUEST: MacAddr = MacAddr([0xfa, 0x16, 0x3e, 0xaa, 0xbb, 0xcc]);
 /// libvirt's tap MAC for that guest (managed='yes').
@@ -34,10 +36,8 @@ pub fn require_root() {
 }
 
 pub struct Tapwatch {
-    child: Child,
-    lines: Receiver<Value>,
+    proc: Spawned,
     pub seen: Vec<Value>,
-    stderr: Option<std::thread::JoinHandle<String>>,
 }
 
 impl Tapwatch {
@@ -48,39 +48,20 @@ impl Tapwatch {
 
     /// Starts `<wrapper…> tapwatch <args>` inside `ns` (e.g. setpriv to drop privileges).
     pub fn start_via(ns: &Netns, wrapper: &[&str], args: &[&str]) -> Self {
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", ns.name()])
-            .args(wrapper)
-            .arg(env!("CARGO_BIN_EXE_tapwatch"))
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn tapwatch");
-        let stdout = child.stdout.take().unwrap();
-        let mut stderr = child.stderr.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                let v: Value = serde_json::from_str(&line)
-                    .unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
-                if tx.send(v).is_err() {
-                    break;
-                }
-            }
-        });
-        let stderr = std::thread::spawn(move || {
-            let mut s = String::new();
-            let _ = stderr.read_to_string(&mut s);
-            s
-        });
+        let mut argv: Vec<&str> = wrapper.to_vec();
+        argv.push(env!("CARGO_BIN_EXE_tapwatch"));
+        argv.extend_from_slice(args);
         Self {
-            child,
-            lines,
+            proc: Spawned::start(ns, &argv).expect("spawn tapwatch"),
             seen: Vec::new(),
-            stderr: Some(stderr),
         }
+    }
+
+    fn next(&mut self, timeout: Duration) -> Result<Value, RecvTimeoutError> {
+        let line = self.proc.recv_timeout(timeout)?;
+        let v = line.value.unwrap_or_else(|text| panic!("not JSON: {text}"));
+        self.seen.push(v.clone());
+        Ok(v)
     }
 
     /// Waits for the first record (after those already returned) that `pred` accepts.
@@ -88,23 +69,15 @@ impl Tapwatch {
         let deadline = Instant::now() + TIMEOUT;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(v) => {
-                    self.seen.push(v.clone());
-                    if pred(&v) {
-                        return v;
-                    }
-                }
+            match self.next(left) {
+                Ok(v) if pred(&v) => return v,
+                Ok(_) => {}
                 Err(RecvTimeoutError::Timeout) => {
                     panic!("timed out waiting for {what}; seen: {:#?}", self.seen)
                 }
                 Err(RecvTimeoutError::Disconnected) => {
-                    let status = self.child.wait().ok();
-                    let err = self
-                        .stderr
-                        .take()
-                        .map(|h| h.join().unwrap())
-                        .unwrap_or_default();
+                    let status = self.proc.wait_timeout(TIMEOUT).ok().flatten();
+                    let err = self.proc.stderr();
                     panic!(
                         "tapwatch ended ({status:?}) before {what}; stderr: {err}\nseen: {:#?}",
                         self.seen
@@ -134,21 +107,18 @@ impl Tapwatch {
     }
 
     pub fn signal(&self, sig: libc::c_int) {
-        // SAFETY: plain kill(2) of our own child.
-        unsafe { libc::kill(self.child.id() as libc::pid_t, sig) };
+        self.proc.signal(sig);
     }
 
     /// Waits for exit; returns the status, every record, and stderr.
     pub fn finish(mut self) -> (ExitStatus, Vec<Value>, String) {
-        let status = wait_timeout(&mut self.child, TIMEOUT).expect("tapwatch did not exit");
-        while let Ok(v) = self.lines.recv_timeout(Duration::from_secs(5)) {
-            self.seen.push(v);
-        }
-        let err = self
-            .stderr
-            .take()
-            .map(|h| h.join().unwrap())
-            .unwrap_or_default();
+        let status = self
+            .proc
+            .wait_timeout(TIMEOUT)
+            .expect("wait for tapwatch")
+            .expect("tapwatch did not exit");
+        while self.next(Duration::from_secs(5)).is_ok() {}
+        let err = self.proc.stderr();
         (status, std::mem::take(&mut self.seen), err)
     }
 
@@ -158,26 +128,8 @@ impl Tapwatch {
     }
 
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.proc.pid()
     }
-}
-
-impl Drop for Tapwatch {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn wait_timeout(child: &mut Child, t: Duration) -> Option<ExitStatus> {
-    let deadline = Instant::now() + t;
-    while Instant::now() < deadline {
-        if let Some(s) = child.try_wait().ok()? {
-            return Some(s);
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    None
 }
 
 /// The summary row of `ifname`.
