@@ -142,6 +142,12 @@ pub fn classify(frame: &[u8], foreign_unicast: bool, direction: Direction) -> Cl
         };
         return c;
     };
+    if !needs_body(eth.ethertype) {
+        return Classification {
+            vlan: eth.vlan,
+            ..classify_header_only(c.dst_mismatch)
+        };
+    }
     c.vlan = eth.vlan;
     if eth.ethertype == ETH_P_RARP {
         c.rarp = true;
@@ -167,6 +173,29 @@ pub fn classify(frame: &[u8], foreign_unicast: bool, direction: Direction) -> Cl
     c
 }
 
+/// Whether frames of this ethertype (after any VLAN tag) are judged by more than their
+/// Ethernet header: only ARP and RARP bodies matter, and a second tag hides the ethertype.
+/// The eBPF path reads no frame bytes at all for the others (most traffic).
+#[inline(always)]
+pub fn needs_body(ethertype: u16) -> bool {
+    matches!(ethertype, ETH_P_ARP | ETH_P_RARP | ETH_P_8021Q)
+}
+
+/// [`classify`] of a whole Ethernet frame whose ethertype does not [`needs_body`];
+/// `dst_mismatch` as `classify` computes it. VLAN is left to the caller.
+#[inline(always)]
+pub fn classify_header_only(dst_mismatch: bool) -> Classification {
+    Classification {
+        dst_mismatch,
+        kind: if dst_mismatch {
+            Some(FrameKind::DstMismatch)
+        } else {
+            None
+        },
+        ..Classification::default()
+    }
+}
+
 /// Userspace's version of the kernel's `PACKET_OTHERHOST` test: unicast destination that is
 /// not `own_mac`. Used where no kernel verdict exists (pcap backend, offline captures).
 pub fn is_foreign_unicast(frame: &[u8], own_mac: &[u8; 6]) -> bool {
@@ -181,6 +210,29 @@ mod tests {
     extern crate std;
     use super::*;
     use std::vec::Vec;
+
+    #[test]
+    fn header_only_agrees_with_classify() {
+        for ethertype in [0x0800u16, 0x86dd, 0x88b5, 0x88cc, 0x0000] {
+            assert!(!needs_body(ethertype));
+            for vlan in [None, Some(42)] {
+                for (foreign, dir) in [
+                    (false, Direction::FromVm),
+                    (true, Direction::FromVm),
+                    (true, Direction::ToVm),
+                ] {
+                    let mut f = eth(TAP_NEW, GUEST, vlan, ethertype);
+                    f.resize(60, 0);
+                    let full = classify(&f, foreign, dir);
+                    let quick = classify_header_only(foreign && dir == Direction::FromVm);
+                    assert_eq!(full, Classification { vlan, ..quick });
+                }
+            }
+        }
+        for ethertype in [ETH_P_ARP, ETH_P_RARP, ETH_P_8021Q] {
+            assert!(needs_body(ethertype));
+        }
+    }
 
     const GUEST: [u8; 6] = [0xfa, 0x16, 0x3e, 0xaa, 0xbb, 0xcc];
     const TAP_OLD: [u8; 6] = [0xfe, 0x16, 0x3e, 0xaa, 0xbb, 0xcc];

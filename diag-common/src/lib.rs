@@ -7,7 +7,10 @@
 
 pub mod frame;
 
-pub use frame::{classify, parse_arp, parse_ethernet, ArpView, Classification, EthernetView};
+pub use frame::{
+    classify, classify_header_only, needs_body, parse_arp, parse_ethernet, ArpView, Classification,
+    EthernetView,
+};
 
 /// `skb->pkt_type` the kernel's `eth_type_trans()` gives a unicast frame whose destination
 /// MAC is not the receiving device's own address.
@@ -207,6 +210,13 @@ impl TapWindow {
     /// `DstMatch` when it ends a mismatch window. `to_own_mac`: addressed to the tap's MAC
     /// (the kernel's PACKET_HOST, or a MAC comparison). An ARP never ends a window: a reply
     /// goes to whoever asked, whatever the guest's cache holds.
+    /// Whether a mismatch window is open: only then can a correctly addressed frame matter
+    /// (the eBPF path skips [`TapWindow::follow`] and its clock read otherwise).
+    #[inline(always)]
+    pub fn is_open(&self) -> bool {
+        self.mismatch_since_ns != 0
+    }
+
     #[inline(always)]
     pub fn follow(
         &mut self,

@@ -6,14 +6,15 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use diag_common::{
-    classify, Direction, FrameEvent, FrameKind, TapCounters, TapWindow, CLASSIFY_LEN,
-    EVENT_FLAG_DST_MISMATCH, EVENT_FLAG_VLAN, EVENT_RING_BYTES, MAX_TAPS, PACKET_HOST,
-    PACKET_OTHERHOST,
+    classify, classify_header_only, needs_body, Direction, FrameEvent, FrameKind, TapCounters,
+    TapWindow, CLASSIFY_LEN, EVENT_FLAG_DST_MISMATCH, EVENT_FLAG_VLAN, EVENT_RING_BYTES, MAX_TAPS,
+    PACKET_HOST, PACKET_OTHERHOST,
 };
 
 /// Counters of the selected taps, keyed by ifindex. Userspace inserts a zeroed entry before
 /// attaching, so a frame on any other interface (or after detaching) costs one lookup.
 const VLAN_HLEN: u32 = 4;
+const ETH_HLEN: usize = 14;
 /// What the classifier reads (CLASSIFY_LEN) rounded up to a power of two for load_prefix.
 const HEAD_LEN: usize = 64;
 const _: () = assert!(HEAD_LEN >= CLASSIFY_LEN);
@@ -44,13 +45,14 @@ pub fn tap_egress(ctx: TcContext) -> i32 {
 fn observe(ctx: &TcContext, direction: Direction) {
     // TcContext has no accessor for pkt_type or ifindex; the fields are in __sk_buff.
     let skb = ctx.skb.skb as *const __sk_buff;
-    let (ifindex, skb_len, pkt_type, vlan_present, vlan_tci) = unsafe {
+    let (ifindex, skb_len, pkt_type, vlan_present, vlan_tci, protocol) = unsafe {
         (
             (*skb).ifindex,
             (*skb).len,
             (*skb).pkt_type,
             (*skb).vlan_present,
             (*skb).vlan_tci,
+            (*skb).protocol,
         )
     };
     let Some(counters) = TAP_COUNTERS.get_ptr_mut(&ifindex) else {
@@ -59,12 +61,28 @@ fn observe(ctx: &TcContext, direction: Direction) {
     // SAFETY: a per-CPU map value, only ever touched by this CPU's program run.
     let counters = unsafe { &mut *counters };
 
-    // Zeroed as words: a byte array initialiser becomes a byte-at-a-time loop here.
-    let mut words = [0u64; HEAD_LEN / 8];
-    // SAFETY: the words are HEAD_LEN initialised bytes.
-    let head = unsafe { &mut *(words.as_mut_ptr() as *mut [u8; HEAD_LEN]) };
-    let n = load_prefix(skb, head, skb_len);
-    let mut class = classify(&head[..n], pkt_type == PACKET_OTHERHOST, direction);
+    // Most frames (IP) are judged by the kernel's pkt_type and ethertype alone: reading and
+    // parsing their bytes was most of the program's cost. skb->protocol is the ethertype
+    // after any tag the stack stripped.
+    let ethertype = u16::from_be(protocol as u16);
+    let foreign = pkt_type == PACKET_OTHERHOST;
+    let mut class = if skb_len as usize >= ETH_HLEN && !needs_body(ethertype) {
+        classify_header_only(foreign && direction == Direction::FromVm)
+    } else {
+        // Zeroed with one store per word: a plain initialiser compiles to a call of a
+        // byte-at-a-time memset.
+        let mut words = core::mem::MaybeUninit::<[u64; HEAD_LEN / 8]>::uninit();
+        let base = words.as_mut_ptr() as *mut u64;
+        for i in 0..HEAD_LEN / 8 {
+            // SAFETY: within the array; volatile so LLVM cannot fuse the stores into a memset.
+            unsafe { core::ptr::write_volatile(base.add(i), 0) };
+        }
+        // SAFETY: every word was written above, so these are HEAD_LEN initialised bytes.
+        // Used in place: moving the array out (assume_init) brings the memset back.
+        let head = unsafe { &mut *(base as *mut [u8; HEAD_LEN]) };
+        let n = load_prefix(skb, head, skb_len);
+        classify(&head[..n], foreign, direction)
+    };
     // The stack moves an 802.1Q tag out of the frame into skb metadata before tc sees it
     // (skb_vlan_untag); count the frame as the VM wrote it, tag included.
     let mut frame_len = skb_len;
@@ -74,19 +92,29 @@ fn observe(ctx: &TcContext, direction: Direction) {
     }
     counters.record(&class, direction, frame_len as u64);
 
-    let now = unsafe { bpf_ktime_get_ns() };
+    // The clock is read only when needed: in a VM it can cost as much as the rest of the
+    // program.
+    let mut now = 0;
     // Only frames from the VM to a unicast MAC can open or close a window; broadcasts
     // (ARP, RARP) and frames to the VM skip the shared map.
     let mut kind = class.kind;
     if direction == Direction::FromVm && (class.dst_mismatch || pkt_type == PACKET_HOST) {
         if let Some(w) = TAP_WINDOWS.get_ptr_mut(&ifindex) {
             // SAFETY: a map value pointer, valid for this program run.
-            kind = unsafe { (*w).follow(&class, pkt_type == PACKET_HOST, direction, now) };
+            let w = unsafe { &mut *w };
+            // A correctly addressed frame can only end an open window.
+            if class.dst_mismatch || w.is_open() {
+                now = unsafe { bpf_ktime_get_ns() };
+                kind = w.follow(&class, pkt_type == PACKET_HOST, direction, now);
+            }
         }
     }
     let Some(kind) = kind else {
         return;
     };
+    if now == 0 {
+        now = unsafe { bpf_ktime_get_ns() };
+    }
     if !counters.admit_event(kind, now) {
         return;
     }
