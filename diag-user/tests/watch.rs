@@ -484,7 +484,7 @@ fn nothing_stays_attached_after_exit() {
     let tap = VmTap::create(&ns, "tapexit", TAP_LIBVIRT).unwrap();
 
     // --duration: ends by itself with a summary and exit code 0.
-    let mut tw = json_watch(&ns, &["--duration", "1"]);
+    let mut tw = json_watch(&ns, &["--attach-mode", "tcx", "--duration", "1"]);
     tw.wait_attached("tapexit");
     assert_eq!(tcx_names(&ns, "tapexit"), ["tap_ingress", "tap_egress"]);
     let (status, recs, _) = tw.finish();
@@ -493,7 +493,7 @@ fn nothing_stays_attached_after_exit() {
     assert!(tcx_names(&ns, "tapexit").is_empty());
 
     // SIGTERM.
-    let mut tw = json_watch(&ns, &[]);
+    let mut tw = json_watch(&ns, &["--attach-mode", "tcx"]);
     tw.wait_attached("tapexit");
     let (status, recs, _) = tw.stop(libc::SIGTERM);
     assert!(status.success());
@@ -501,7 +501,7 @@ fn nothing_stays_attached_after_exit() {
     assert!(tcx_names(&ns, "tapexit").is_empty());
 
     // SIGKILL: TCX links die with their file descriptors.
-    let mut tw = json_watch(&ns, &[]);
+    let mut tw = json_watch(&ns, &["--attach-mode", "tcx"]);
     tw.wait_attached("tapexit");
     let (status, _, _) = tw.stop(libc::SIGKILL);
     assert!(!status.success());
@@ -509,7 +509,7 @@ fn nothing_stays_attached_after_exit() {
     drop(tap);
 }
 
-/// Kernels before 6.6 have no TCX: the clsact + netlink path, forced here.
+/// The default (clsact + netlink filters), named explicitly.
 #[test]
 fn clsact_attach_counts_and_cleans_up() {
     require_root();
@@ -545,6 +545,42 @@ fn clsact_attach_counts_and_cleans_up() {
         (u(row, "dst_mismatch_frames"), u(row, "rarp_frames")),
         (3, 1)
     );
+    assert_eq!(filters("ingress").trim(), "");
+    assert_eq!(filters("egress").trim(), "");
+}
+
+/// clsact filters outlive a SIGKILL; the next run removes them before attaching, so
+/// nothing is counted twice and nothing is left after it.
+#[test]
+fn clsact_filters_of_a_killed_run_are_replaced() {
+    require_root();
+    let ns = Netns::new("tw-kill").unwrap();
+    let tap = VmTap::create(&ns, "tapkill", TAP_LIBVIRT).unwrap();
+    let filters = |dir: &str| {
+        ns.exec("tc", &["filter", "show", "dev", "tapkill", dir])
+            .unwrap()
+    };
+    let mut tw = json_watch(&ns, &[]);
+    tw.wait_attached("tapkill");
+    let (status, _, _) = tw.stop(libc::SIGKILL);
+    assert!(!status.success());
+    assert!(filters("ingress").contains("tap_ingress"));
+
+    let mut tw = json_watch(&ns, &[]);
+    tw.wait_attached("tapkill");
+    // One filter line per filter ("… handle 0x1 tap_ingress … name tap_ingress …").
+    let count = |dir: &str| {
+        filters(dir)
+            .lines()
+            .filter(|l| l.contains(" handle "))
+            .count()
+    };
+    assert_eq!((count("ingress"), count("egress")), (1, 1));
+    tap.send(&frames::garp(GUEST, VM_IP)).unwrap();
+    tw.wait_stats("tapkill", |t| u(t, "garp_frames") == 1);
+    let (status, recs, _) = tw.stop(libc::SIGTERM);
+    assert!(status.success());
+    assert_eq!(u(summary_row(&recs, "tapkill"), "from_vm_frames"), 1);
     assert_eq!(filters("ingress").trim(), "");
     assert_eq!(filters("egress").trim(), "");
 }

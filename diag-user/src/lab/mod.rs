@@ -571,7 +571,13 @@ fn story(
         patterns: vec!["tap*".into()],
         interval: opts.interval,
         duration: None,
-        attach_mode: AttachMode::Auto,
+        // TCX where there is one: the lab asks the kernel whether tapwatch is attached to a
+        // new tap before the guest starts, and a few taps do not feel the attach cost.
+        attach_mode: if crate::probe::tcx_supported() {
+            AttachMode::Tcx
+        } else {
+            AttachMode::Clsact
+        },
         backend: crate::watch::BackendChoice::Ebpf,
         notices: false,
     };
