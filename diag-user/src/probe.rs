@@ -48,21 +48,24 @@ pub enum ProbeError {
 /// How programs are hooked to an interface.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum AttachMode {
-    /// clsact: the mode that is safe on a busy host (see `Tcx`).
+    /// TCX on kernels >= 6.6, clsact otherwise.
     Auto,
     /// TCX links (Linux >= 6.6): gone with the process even after SIGKILL. But the kernel
     /// waits for an RCU grace period under the rtnl lock for every link made or removed
     /// (about 12 ms each on the benchmark machine): 1000 taps take 25 s to attach, and
     /// meanwhile every other interface change on the host (a VM's new tap) waits.
     Tcx,
-    /// clsact qdisc + netlink filters, about 1 ms per tap; removed at exit, and a killed
-    /// run's filters are removed by the next run before it attaches.
+    /// clsact qdisc + netlink filters, about 1 ms per tap: for hosts with hundreds of taps.
+    /// Removed at exit; a killed run's filters are removed by the next run before it
+    /// attaches, which also removes those of another clsact run on the same tap (one
+    /// clsact run per tap).
     Clsact,
 }
 
 impl AttachMode {
     fn resolve(self) -> AttachMode {
         match self {
+            AttachMode::Auto if tcx_supported() => AttachMode::Tcx,
             AttachMode::Auto => AttachMode::Clsact,
             m => m,
         }

@@ -1,4 +1,5 @@
-//! Project tasks: `cargo xtask check` (formatting, lints, all tests).
+//! Project tasks: `cargo xtask check` (formatting, lints, all tests) and `cargo xtask bench`
+//! (tapwatch's cost and scale against the no-probe baseline and tcpdump; needs root).
 
 use std::process::{Command, ExitCode};
 
@@ -31,12 +32,23 @@ fn check() -> Result<()> {
     cargo(&["test", "--workspace", "--locked"])
 }
 
+/// The harness is a bench target of diag-user (built optimised, with the tapwatch binary it
+/// measures); options after `bench` go to it.
+fn bench(args: &[String]) -> Result<()> {
+    let mut all = vec!["bench", "-p", "diag-user", "--bench", "tapwatch", "--"];
+    all.extend(args.iter().map(String::as_str));
+    cargo(&all)
+}
+
 fn main() -> ExitCode {
-    let task = std::env::args().nth(1);
-    let result = match task.as_deref() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
         Some("check") => check(),
+        Some("bench") => bench(&args[1..]),
         _ => {
-            eprintln!("usage: cargo xtask check");
+            eprintln!(
+                "usage: cargo xtask check\n       cargo xtask bench [--quick] [--only throughput,flood,scale,render,latency] [--no-write]"
+            );
             return ExitCode::from(2);
         }
     };

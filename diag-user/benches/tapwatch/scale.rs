@@ -1,0 +1,239 @@
+//! 3. Many VMs: taps present at start all attached, then taps created and deleted at a
+//!    steady rate while tapwatch runs; every one followed, no descriptor or memory growth.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        mpsc, Arc,
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result};
+use diag_user::sandbox::{run as sh, Netns, VmTap};
+
+use crate::{
+    load::Tapwatch,
+    measure::{ms, ProcSample},
+    report::Report,
+    Settings,
+};
+
+const SECTION: &str = "3 scale";
+/// How long each churned tap lives, like a VM that boots and is deleted at once.
+const LIFETIME: Duration = Duration::from_secs(1);
+
+/// Both attach modes: TCX (the default on Linux >= 6.6) and clsact differ by far here.
+pub fn run(s: &Settings, report: &mut Report) -> Result<()> {
+    for mode in ["clsact", "tcx"] {
+        run_mode(s, report, mode)?;
+    }
+    Ok(())
+}
+
+fn run_mode(s: &Settings, report: &mut Report, mode: &str) -> Result<()> {
+    let ns = Netns::new("twbench-scale")?;
+    let n = s.scale_taps;
+    ns.enter(move || -> Result<()> {
+        for i in 0..n {
+            VmTap::open(&format!("bsc{i:04}"))?.persist()?;
+        }
+        Ok(())
+    })??;
+    let batch = std::env::temp_dir().join(format!("twbench-{}.ip", std::process::id()));
+    let lines: String = (0..n).map(|i| format!("link set bsc{i:04} up\n")).collect();
+    std::fs::write(&batch, lines)?;
+    let up = sh("ip", &["-n", ns.name(), "-batch", &batch.to_string_lossy()]);
+    let _ = std::fs::remove_file(&batch);
+    up?;
+
+    let mut tw = Tapwatch::json(
+        &ns,
+        &[
+            "--interval",
+            "1",
+            "--attach-mode",
+            mode,
+            "--iface",
+            "bsc*",
+            "--iface",
+            "bch*",
+        ],
+    )?;
+    let mut attached = 0;
+    let mut last = tw.start;
+    while attached < n {
+        let (at, v) = tw.next()?;
+        if v["type"] == "attached" {
+            attached += 1;
+            last = at;
+        }
+    }
+    let all = ms(last - tw.start);
+    report.target(
+        SECTION,
+        format!("{mode}: {n} taps present at start: all attached (from exec)"),
+        format!("{all:.0} ms"),
+        "< 3000 ms",
+        all < 3000.0,
+    );
+
+    // Let the first stats record and allocations settle before the baseline.
+    tw.wait_for(|v| v["type"] == "stats")?;
+    let before = ProcSample::of(tw.pid())?;
+    let churn = churn(&ns, s, &mut tw)?;
+    let after = ProcSample::of(tw.pid())?;
+
+    let total = churn.created;
+    let secs = s.churn_time.as_secs_f64();
+    let rate = churn.created as f64 / secs;
+    report.target(
+        SECTION,
+        format!("{mode}: churn: taps created / deleted in {secs:.0} s"),
+        format!("{} / {} ({rate:.0}/s)", churn.created, churn.deleted),
+        format!("{}/s", s.churn_per_s),
+        rate >= 0.95 * s.churn_per_s as f64 && churn.deleted == churn.created,
+    );
+    let once = |m: &HashMap<String, u32>| m.values().filter(|&&c| c == 1).count();
+    report.target(
+        SECTION,
+        format!("{mode}: churn: taps attached once / detached once"),
+        format!(
+            "{} / {} of {total}",
+            once(&churn.attached),
+            once(&churn.detached)
+        ),
+        "all",
+        once(&churn.attached) == total && once(&churn.detached) == total,
+    );
+    report.target(
+        SECTION,
+        format!("{mode}: churn: tapwatch descriptors before / after"),
+        format!("{} / {}", before.fds, after.fds),
+        "no growth",
+        after.fds <= before.fds,
+    );
+    report.info(
+        SECTION,
+        format!("{mode}: churn: tapwatch RSS before / after / highest sampled"),
+        format!(
+            "{:.1} / {:.1} / {:.1} MB",
+            mb(before.rss_kb),
+            mb(after.rss_kb),
+            mb(churn.max_rss_kb)
+        ),
+    );
+    report.target(
+        SECTION,
+        format!("{mode}: tapwatch peak RSS (VmHWM)"),
+        format!("{:.1} MB", mb(after.peak_rss_kb)),
+        "< 64 MB",
+        mb(after.peak_rss_kb) < 64.0,
+    );
+    report.info(
+        SECTION,
+        format!("{mode}: churn: tapwatch CPU"),
+        format!(
+            "{:.1}% of a core",
+            (after.cpu_s - before.cpu_s) / churn.secs * 100.0
+        ),
+    );
+    tw.stop()?;
+    Ok(())
+}
+
+fn mb(kb: u64) -> f64 {
+    kb as f64 / 1024.0
+}
+
+struct Churn {
+    created: usize,
+    deleted: usize,
+    secs: f64,
+    attached: HashMap<String, u32>,
+    detached: HashMap<String, u32>,
+    max_rss_kb: u64,
+}
+
+/// Creates `churn_per_s` taps a second for `churn_time`, each deleted `LIFETIME` later, while
+/// reading tapwatch's records and sampling its memory.
+fn churn(ns: &Netns, s: &Settings, tw: &mut Tapwatch) -> Result<Churn> {
+    let total = (s.churn_time.as_secs_f64() * s.churn_per_s as f64) as usize;
+    let step = Duration::from_secs_f64(1.0 / s.churn_per_s as f64);
+    let (tx, rx) = mpsc::channel::<(Instant, VmTap)>();
+    let start = Instant::now();
+    let made = Arc::new(AtomicUsize::new(0));
+    let made_by_creator = made.clone();
+    let end = start + s.churn_time;
+    let creator = ns.spawn(move || -> Result<usize> {
+        for i in 0..total {
+            let due = start + step * i as u32;
+            // Creating a tap waits for the kernel's rtnl lock: when the host is slower than
+            // the schedule, fewer taps are made, and the rate achieved is reported.
+            if due > end || Instant::now() > end {
+                break;
+            }
+            std::thread::sleep(due.saturating_duration_since(Instant::now()));
+            let tap = VmTap::open(&format!("bch{i:05}"))?;
+            made_by_creator.fetch_add(1, Ordering::Relaxed);
+            if tx.send((Instant::now() + LIFETIME, tap)).is_err() {
+                break;
+            }
+        }
+        Ok(made_by_creator.load(Ordering::Relaxed))
+    })?;
+    // Closing the last fd deletes a tap (as when QEMU exits).
+    let deleter = std::thread::spawn(move || {
+        let mut n = 0;
+        for (due, tap) in rx {
+            std::thread::sleep(due.saturating_duration_since(Instant::now()));
+            drop(tap);
+            n += 1;
+        }
+        n
+    });
+
+    let mut attached = HashMap::<String, u32>::new();
+    let mut detached = HashMap::<String, u32>::new();
+    let mut max_rss_kb = 0;
+    let mut next_sample = Instant::now();
+    let mut deadline = None;
+    loop {
+        if let Some((_, v)) = tw.next_within(Duration::from_millis(50))? {
+            let name = v["ifname"].as_str().unwrap_or_default();
+            if name.starts_with("bch") {
+                match v["type"].as_str() {
+                    Some("attached") => *attached.entry(name.into()).or_default() += 1,
+                    Some("detached") => *detached.entry(name.into()).or_default() += 1,
+                    _ => {}
+                }
+            }
+        }
+        if Instant::now() >= next_sample {
+            max_rss_kb = max_rss_kb.max(ProcSample::of(tw.pid())?.rss_kb);
+            next_sample += Duration::from_millis(250);
+        }
+        if deadline.is_none() && creator.is_finished() && deleter.is_finished() {
+            // Everything is gone from the kernel; give tapwatch a moment for the last
+            // notifications, ending early once it has reported them all.
+            deadline = Some(Instant::now() + Duration::from_secs(10));
+        }
+        if let Some(d) = deadline {
+            if detached.len() >= made.load(Ordering::Relaxed) || Instant::now() > d {
+                break;
+            }
+        }
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let created = creator.join().ok().context("creator")???;
+    let deleted = deleter.join().ok().context("deleter")?;
+    Ok(Churn {
+        created,
+        deleted,
+        secs,
+        attached,
+        detached,
+        max_rss_kb,
+    })
+}
