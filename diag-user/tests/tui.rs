@@ -3,79 +3,16 @@
 
 mod common;
 
-use std::{
-    process::Command,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use common::{require_root, GUEST, TAP_CALICO, TAP_LIBVIRT, TIMEOUT};
-use diag_user::sandbox::{frames, Netns, VmTap};
+use diag_user::sandbox::{frames, tmux::Tmux, Netns, VmTap};
 
-/// A detached tmux session, killed on drop.
-struct Tmux {
-    session: String,
-}
-
-impl Tmux {
-    fn start(cmd: &str) -> Self {
-        let session = format!("tw-tui-{}", std::process::id());
-        let ok = Command::new("tmux")
-            .args([
-                "new-session",
-                "-d",
-                "-s",
-                &session,
-                "-x",
-                "220",
-                "-y",
-                "50",
-                cmd,
-            ])
-            .status()
-            .expect("tmux is needed for this test (scripts/setup.sh installs it)");
-        assert!(ok.success());
-        Self { session }
-    }
-
-    fn screen(&self) -> String {
-        let out = Command::new("tmux")
-            .args(["capture-pane", "-p", "-t", &self.session])
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    /// Polls the screen until `pred` finds what it wants (the terminal has no other
-    /// readiness signal); returns that screen.
-    fn wait(&self, what: &str, pred: impl Fn(&str) -> bool) -> String {
-        let deadline = Instant::now() + TIMEOUT;
-        loop {
-            let s = self.screen();
-            if pred(&s) {
-                return s;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for {what}; screen:\n{s}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn keys(&self, keys: &str) {
-        Command::new("tmux")
-            .args(["send-keys", "-t", &self.session, keys])
-            .status()
-            .unwrap();
-    }
-}
-
-impl Drop for Tmux {
-    fn drop(&mut self) {
-        let _ = Command::new("tmux")
-            .args(["kill-session", "-t", &self.session])
-            .status();
-    }
+/// Waits for the screen `pred` accepts, polling every 50 ms; fails the test with the
+/// screen otherwise.
+fn wait(tmux: &Tmux, what: &str, pred: impl Fn(&str) -> bool) -> String {
+    tmux.wait(what, TIMEOUT, Duration::from_millis(50), pred)
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn row<'a>(screen: &'a str, tap: &str) -> Option<&'a str> {
@@ -104,15 +41,17 @@ fn stale_mac_story_on_screen() {
         ns.name(),
         env!("CARGO_BIN_EXE_tapwatch")
     );
-    let tmux = Tmux::start(&cmd);
-    tmux.wait("the tap's row", |s| {
+    let session = format!("tw-tui-{}", std::process::id());
+    let tmux = Tmux::start(&session, 220, 50, &cmd)
+        .expect("tmux is needed for this test (scripts/setup.sh installs it)");
+    wait(&tmux, "the tap's row", |s| {
         row(s, "tapvm1").is_some_and(|r| r.contains("OK"))
     });
 
     // Nova re-plugs the tap with the fixed port MAC; QEMU announces the VM.
     ns.ip(&["link", "set", "tapvm1", "address", &TAP_CALICO.to_string()])
         .unwrap();
-    tmux.wait("the MAC change", |s| {
+    wait(&tmux, "the MAC change", |s| {
         s.contains("00:61:fe:ed:ca:fe* (was fe:16:3e:aa:bb:cc)")
     });
     for _ in 0..5 {
@@ -127,7 +66,7 @@ fn stale_mac_story_on_screen() {
             .unwrap();
         std::thread::sleep(Duration::from_millis(20));
     }
-    let s = tmux.wait("BLACKOUT", |s| {
+    let s = wait(&tmux, "BLACKOUT", |s| {
         row(s, "tapvm1").is_some_and(|r| r.contains("BLACKOUT"))
     });
     assert!(s.contains("VM still sends to fe:16:3e:aa:bb:cc"), "{s}");
@@ -141,7 +80,7 @@ fn stale_mac_story_on_screen() {
     .unwrap();
     tap.send(&frames::udp(GUEST, TAP_CALICO, vm_ip, peer, 98))
         .unwrap();
-    let s = tmux.wait("RECOVERED", |s| {
+    let s = wait(&tmux, "RECOVERED", |s| {
         row(s, "tapvm1").is_some_and(|r| r.contains("RECOVERED"))
     });
     let ms = blackout_ms(row(&s, "tapvm1").unwrap()).expect("a measured blackout");
@@ -152,8 +91,8 @@ fn stale_mac_story_on_screen() {
     );
     assert!(s.contains(&format!("Blackout of {ms} ms")), "{s}");
 
-    tmux.keys("q");
-    let s = tmux.wait("exit", |s| s.contains("TAPWATCH-EXIT="));
+    tmux.keys("q").unwrap();
+    let s = wait(&tmux, "exit", |s| s.contains("TAPWATCH-EXIT="));
     assert!(s.contains("TAPWATCH-EXIT=0"), "{s}");
     assert!(
         s.contains("tapvm1 [tapvm1]: RECOVERED"),

@@ -471,6 +471,12 @@ fn many_taps_under_a_low_descriptor_limit() {
     assert_eq!(of_type(&recs, "attached").len(), 40, "{err}");
 }
 
+/// `tc filter show dev IF ingress|egress`: tapwatch's clsact filters.
+fn tc_filters(ns: &Netns, ifname: &str, dir: &str) -> String {
+    ns.exec("tc", &["filter", "show", "dev", ifname, dir])
+        .unwrap()
+}
+
 fn tcx_names(ns: &Netns, ifname: &str) -> Vec<String> {
     let ifname = ifname.to_string();
     ns.enter(move || diag_user::probe::tcx_program_names(&ifname).expect("query tcx"))
@@ -515,10 +521,7 @@ fn clsact_attach_counts_and_cleans_up() {
     require_root();
     let ns = Netns::new("tw-clsact").unwrap();
     let tap = VmTap::create(&ns, "tapcls", TAP_CALICO).unwrap();
-    let filters = |dir: &str| {
-        ns.exec("tc", &["filter", "show", "dev", "tapcls", dir])
-            .unwrap()
-    };
+    let filters = |dir: &str| tc_filters(&ns, "tapcls", dir);
     let mut tw = json_watch(&ns, &["--attach-mode", "clsact"]);
     tw.wait_attached("tapcls");
     assert!(
@@ -556,10 +559,7 @@ fn clsact_filters_of_a_killed_run_are_replaced() {
     require_root();
     let ns = Netns::new("tw-kill").unwrap();
     let tap = VmTap::create(&ns, "tapkill", TAP_LIBVIRT).unwrap();
-    let filters = |dir: &str| {
-        ns.exec("tc", &["filter", "show", "dev", "tapkill", dir])
-            .unwrap()
-    };
+    let filters = |dir: &str| tc_filters(&ns, "tapkill", dir);
     let mut tw = json_watch(&ns, &["--attach-mode", "clsact"]);
     tw.wait_attached("tapkill");
     let (status, _, _) = tw.stop(libc::SIGKILL);

@@ -3,13 +3,12 @@
 //!    cost, does the view still answer keys.
 
 use std::{
-    process::Command,
     sync::Arc,
     time::{Duration, Instant},
 };
 
-use anyhow::{bail, Context as _, Result};
-use diag_user::sandbox::{frames, Netns, VmTap};
+use anyhow::{Context as _, Result};
+use diag_user::sandbox::{frames, tmux::Tmux, Netns, VmTap};
 
 use crate::{
     load::{Generator, Tapwatch},
@@ -25,8 +24,8 @@ pub fn run(s: &Settings, report: &mut Report) -> Result<()> {
     let ns = Netns::new("twbench-flood")?;
     let tap = Arc::new(VmTap::create(&ns, "bflood0", crate::TAP_MAC)?);
     let tw = Tapwatch::json(&ns, &["--interval", "1", "--iface", "bflood0"])?;
-    let view = Tmux::start(&ns, &["watch", "--iface", "bflood0"])?;
-    view.wait(|s| s.contains("bflood0"))?;
+    let view = View::start(&ns, &["watch", "--iface", "bflood0"])?;
+    view.wait("the tap's row", |s| s.contains("bflood0"))?;
 
     let stale = frames::udp(
         GUEST,
@@ -114,14 +113,13 @@ pub fn run(s: &Settings, report: &mut Report) -> Result<()> {
 }
 
 /// The live view in a detached tmux terminal inside the namespace.
-struct Tmux {
-    session: String,
+struct View {
+    tmux: Tmux,
     pid: u32,
 }
 
-impl Tmux {
+impl View {
     fn start(ns: &Netns, args: &[&str]) -> Result<Self> {
-        let session = format!("twbench-{}", std::process::id());
         // `exec` so the pane's process is tapwatch itself (`ip netns exec` execs too).
         let cmd = format!(
             "exec ip netns exec {} {} {}",
@@ -129,74 +127,30 @@ impl Tmux {
             env!("CARGO_BIN_EXE_tapwatch"),
             args.join(" ")
         );
-        let ok = Command::new("tmux")
-            .args([
-                "new-session",
-                "-d",
-                "-s",
-                &session,
-                "-x",
-                "200",
-                "-y",
-                "50",
-                &cmd,
-            ])
-            .status()
-            .context("tmux (scripts/setup.sh installs it)")?;
-        if !ok.success() {
-            bail!("tmux new-session failed");
-        }
-        let mut t = Self { session, pid: 0 };
-        t.pid = t
-            .tmux(&["display", "-p", "-t", &t.session, "#{pane_pid}"])?
-            .trim()
-            .parse()?;
-        Ok(t)
+        let session = format!("twbench-{}", std::process::id());
+        let tmux = Tmux::start(&session, 200, 50, &cmd)
+            .context("the live view in tmux (scripts/setup.sh installs tmux)")?;
+        let pid = tmux.pane_pid()?;
+        Ok(Self { tmux, pid })
     }
 
-    fn tmux(&self, args: &[&str]) -> Result<String> {
-        let out = Command::new("tmux").args(args).output()?;
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    }
-
-    fn screen(&self) -> Result<String> {
-        self.tmux(&["capture-pane", "-p", "-t", &self.session])
-    }
-
-    /// Polls the screen (a terminal gives no other signal) until `pred` holds.
-    fn wait(&self, pred: impl Fn(&str) -> bool) -> Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if pred(&self.screen()?) {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "the view did not show what was expected:\n{}",
-                    self.screen()?
-                );
-            }
-        }
+    /// No sleep between polls: the time to the changed screen is what is measured.
+    fn wait(&self, what: &str, pred: impl Fn(&str) -> bool) -> Result<()> {
+        self.tmux
+            .wait(what, Duration::from_secs(20), Duration::ZERO, pred)?;
+        Ok(())
     }
 
     /// Opens and closes the help: milliseconds from each key to the changed screen
     /// (including tmux's own capture time, so an upper bound).
     fn help_round_trip(&self) -> Result<[f64; 2]> {
         let t = Instant::now();
-        self.tmux(&["send-keys", "-t", &self.session, "?"])?;
-        self.wait(|s| s.contains(HELP))?;
+        self.tmux.keys("?")?;
+        self.wait("the help", |s| s.contains(HELP))?;
         let open = ms(t.elapsed());
         let t = Instant::now();
-        self.tmux(&["send-keys", "-t", &self.session, "x"])?;
-        self.wait(|s| !s.contains(HELP))?;
+        self.tmux.keys("x")?;
+        self.wait("the help to close", |s| !s.contains(HELP))?;
         Ok([open, ms(t.elapsed())])
-    }
-}
-
-impl Drop for Tmux {
-    fn drop(&mut self) {
-        let _ = Command::new("tmux")
-            .args(["kill-session", "-t", &self.session])
-            .status();
     }
 }

@@ -6,6 +6,7 @@
 
 pub mod child;
 pub mod frames;
+pub mod tmux;
 
 use std::{
     fs::{File, OpenOptions},
@@ -28,6 +29,8 @@ pub enum SandboxError {
         #[source]
         source: io::Error,
     },
+    #[error("timed out waiting for {what}; screen:\n{screen}")]
+    Timeout { what: String, screen: String },
     #[error("{what}: {source}")]
     Io {
         what: String,
