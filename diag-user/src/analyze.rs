@@ -523,6 +523,8 @@ fn rec_ts(r: &Record) -> Ts {
         | Record::ModeChange { ts, .. }
         | Record::Stats { ts, .. }
         | Record::Summary { ts, .. }
+        | Record::Renamed { ts, .. }
+        | Record::Notice { ts, .. }
         | Record::Verdict { ts, .. } => *ts,
         Record::Frame(f) => f.ts,
         Record::Lab(l) => l.ts,

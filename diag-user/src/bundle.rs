@@ -1,23 +1,34 @@
 //! `--record DIR`: a bug-report bundle.
 //!
 //! ```text
-//! DIR/ (0700, new or empty)
+//! DIR/ (0700, new or empty, owned by the user running tapwatch)
 //!   events.ndjson   the --json stream, record for record
 //!   frames.pcapng   every notable frame, kernel timestamp, one interface block per tap
 //!   host.json       tool, kernel, host, taps, libvirt interface facts, start/end
 //!   summary.md      per VM: verdict, blackout, diagnosis, timeline
 //! ```
-//! Files are created 0600 with O_NOFOLLOW and O_EXCL; the directory must be new or empty
-//! and not a symlink. Everything is flushed after each batch of records, so a crash loses
-//! at most the last second. Past `max_bytes`, frames are skipped (and counted) while the
-//! records that carry the counters are still written.
+//! tapwatch usually runs as root and DIR may sit in a directory others can write to, so the
+//! directory is opened once, checked (a real directory, not a symlink under any spelling,
+//! owned by this user, empty), and every file is then created relative to that open
+//! directory with O_EXCL|O_NOFOLLOW, 0600; nothing is ever opened by path again. `--pack`
+//! packs from the descriptors and bytes tapwatch itself wrote.
+//!
+//! Everything is flushed after each batch of records, so a crash loses at most the last
+//! second. Past `max_bytes`, frames are skipped (and counted) while the records that carry
+//! the counters are still written. A reserve file keeps room for host.json and summary.md:
+//! when the disk fills up, the recording stops, and at the end the reserve is given back and
+//! the reports are written into the space it held.
 
 use std::{
     collections::BTreeMap,
-    fs::{self, File, OpenOptions},
-    io::{self, BufWriter, Write},
-    os::unix::fs::{DirBuilderExt, OpenOptionsExt},
-    path::{Path, PathBuf},
+    ffi::{CStr, CString, OsStr, OsString},
+    fs::File,
+    io::{self, BufWriter, Read, Seek, Write},
+    os::{
+        fd::{AsRawFd, FromRawFd, OwnedFd},
+        unix::ffi::OsStrExt,
+    },
+    path::{Component, Path, PathBuf},
     time::Duration,
 };
 
@@ -38,7 +49,7 @@ use crate::{
     libvirt::VmInterface,
     mac::MacAddr,
     output::{JsonSink, Record, Sink},
-    verdict::{Engine, EngineConfig, VmDirectory},
+    verdict::Engine,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +60,14 @@ pub enum BundleError {
     Symlink(PathBuf),
     #[error("{0}: exists and is not a directory")]
     NotADirectory(PathBuf),
+    #[error(
+        "{path}: owned by uid {owner}, not by this user (uid {me}): refusing to record into it, \
+         since its owner could swap the files tapwatch writes; give a directory of your own \
+         (e.g. one made by `mktemp -d`)"
+    )]
+    NotOwner { path: PathBuf, owner: u32, me: u32 },
+    #[error("{0}: give the bundle directory by its name (not `.`, `..` or `/`)")]
+    BadName(PathBuf),
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,
@@ -71,6 +90,10 @@ pub struct BundleOptions {
     /// Also pack the finished bundle into `DIR.tar.gz`.
     pub pack: bool,
 }
+
+/// Room kept for host.json and summary.md (about 2 KB per tap in summary.md).
+const RESERVE_BYTES: i64 = 4 << 20;
+const RESERVE: &str = ".reserve";
 
 /// Facts about one tap for host.json.
 #[derive(Clone, Debug, Default, Serialize)]
@@ -96,6 +119,12 @@ struct HostJson<'a> {
     frames_written: u64,
     frames_skipped: u64,
     max_bytes: u64,
+    /// Why the recording stopped before the end (a full disk), if it did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stopped: Option<&'a str>,
+    /// Whether room for the reports could be reserved at the start.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    no_reserve: bool,
 }
 
 /// Counts what goes through a writer, for the size cap.
@@ -115,18 +144,237 @@ impl<W: Write> Write for Counted<W> {
     }
 }
 
+/// The bundle directory, opened once and checked.
+struct Dir {
+    fd: OwnedFd,
+    parent: OwnedFd,
+    name: OsString,
+    path: PathBuf,
+}
+
+fn cstr(name: &OsStr) -> io::Result<CString> {
+    CString::new(name.as_bytes()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))
+}
+
+fn last_os(path: &Path) -> BundleError {
+    BundleError::Io {
+        path: path.to_path_buf(),
+        source: io::Error::last_os_error(),
+    }
+}
+
+impl Dir {
+    /// Opens (making it if needed) the directory `path` names, refusing symlinks under any
+    /// spelling (`DIR/`, `DIR/.`), directories of other users, and non-empty ones.
+    fn open(path: &Path) -> Result<Self, BundleError> {
+        let comps: Vec<Component> = path.components().collect();
+        let Some(Component::Normal(name)) = comps.last() else {
+            return Err(BundleError::BadName(path.into()));
+        };
+        let parent: PathBuf = comps[..comps.len() - 1].iter().collect();
+        let parent_path = if parent.as_os_str().is_empty() {
+            PathBuf::from(".")
+        } else {
+            parent
+        };
+        let display: PathBuf = comps.iter().collect();
+        let cparent = cstr(parent_path.as_os_str()).map_err(io_at(&parent_path))?;
+        // SAFETY: open(2) of a NUL-terminated path; the fd is owned right away.
+        let pfd = unsafe {
+            libc::open(
+                cparent.as_ptr(),
+                libc::O_DIRECTORY | libc::O_RDONLY | libc::O_CLOEXEC,
+            )
+        };
+        if pfd < 0 {
+            return Err(last_os(&parent_path));
+        }
+        // SAFETY: a fresh, valid fd.
+        let parent = unsafe { OwnedFd::from_raw_fd(pfd) };
+        let cname = cstr(name).map_err(io_at(&display))?;
+        // SAFETY: mkdirat relative to an open directory.
+        let created = unsafe { libc::mkdirat(parent.as_raw_fd(), cname.as_ptr(), 0o700) } == 0;
+        if !created && io::Error::last_os_error().raw_os_error() != Some(libc::EEXIST) {
+            return Err(last_os(&display));
+        }
+        // SAFETY: openat relative to an open directory; O_NOFOLLOW refuses a symlink.
+        let dfd = unsafe {
+            libc::openat(
+                parent.as_raw_fd(),
+                cname.as_ptr(),
+                libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_RDONLY | libc::O_CLOEXEC,
+            )
+        };
+        if dfd < 0 {
+            let err = io::Error::last_os_error();
+            let mut st: libc::stat = unsafe { std::mem::zeroed() };
+            // SAFETY: fstatat with a valid buffer, not following the last component.
+            let lst = unsafe {
+                libc::fstatat(
+                    parent.as_raw_fd(),
+                    cname.as_ptr(),
+                    &mut st,
+                    libc::AT_SYMLINK_NOFOLLOW,
+                )
+            };
+            return Err(if lst == 0 && st.st_mode & libc::S_IFMT == libc::S_IFLNK {
+                BundleError::Symlink(display)
+            } else if lst == 0 && st.st_mode & libc::S_IFMT != libc::S_IFDIR {
+                BundleError::NotADirectory(display)
+            } else {
+                BundleError::Io {
+                    path: display,
+                    source: err,
+                }
+            });
+        }
+        // SAFETY: a fresh, valid fd.
+        let fd = unsafe { OwnedFd::from_raw_fd(dfd) };
+        let dir = Self {
+            fd,
+            parent,
+            name: name.to_os_string(),
+            path: display,
+        };
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: fstat of our own fd with a valid buffer.
+        if unsafe { libc::fstat(dir.fd.as_raw_fd(), &mut st) } != 0 {
+            return Err(last_os(&dir.path));
+        }
+        // SAFETY: geteuid has no preconditions.
+        let me = unsafe { libc::geteuid() };
+        if st.st_uid != me {
+            return Err(BundleError::NotOwner {
+                path: dir.path,
+                owner: st.st_uid,
+                me,
+            });
+        }
+        if !created && !dir.is_empty()? {
+            return Err(BundleError::NotEmpty(dir.path));
+        }
+        // SAFETY: fchmod of our own fd.
+        if unsafe { libc::fchmod(dir.fd.as_raw_fd(), 0o700) } != 0 {
+            return Err(last_os(&dir.path));
+        }
+        Ok(dir)
+    }
+
+    fn is_empty(&self) -> Result<bool, BundleError> {
+        // SAFETY: dup of our own fd; fdopendir takes ownership of the copy.
+        let copy = unsafe { libc::dup(self.fd.as_raw_fd()) };
+        if copy < 0 {
+            return Err(last_os(&self.path));
+        }
+        // SAFETY: a valid directory fd.
+        let d = unsafe { libc::fdopendir(copy) };
+        if d.is_null() {
+            // SAFETY: fdopendir failed and left the fd to us.
+            unsafe { libc::close(copy) };
+            return Err(last_os(&self.path));
+        }
+        let mut empty = true;
+        loop {
+            // SAFETY: a valid DIR stream.
+            let e = unsafe { libc::readdir(d) };
+            if e.is_null() {
+                break;
+            }
+            // SAFETY: readdir returns a valid entry with a NUL-terminated name.
+            let name = unsafe { CStr::from_ptr((*e).d_name.as_ptr()) }.to_bytes();
+            if name != b"." && name != b".." {
+                empty = false;
+                break;
+            }
+        }
+        // SAFETY: closes the stream and the copied fd.
+        unsafe { libc::closedir(d) };
+        Ok(empty)
+    }
+
+    fn display(&self, name: &str) -> PathBuf {
+        self.path.join(name)
+    }
+
+    /// A new file in the directory: 0600, never through a symlink, never over a file.
+    fn create(&self, name: &str) -> Result<File, BundleError> {
+        create_at(&self.fd, name).map_err(io_at(&self.display(name)))
+    }
+
+    fn unlink(&self, name: &str) -> io::Result<()> {
+        let c = cstr(OsStr::new(name))?;
+        // SAFETY: unlinkat relative to our own directory fd.
+        if unsafe { libc::unlinkat(self.fd.as_raw_fd(), c.as_ptr(), 0) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// Replaces a report atomically: a crash leaves the old one or the new one, never half.
+    fn replace(&self, name: &str, bytes: &[u8]) -> Result<(), BundleError> {
+        let tmp = format!("{name}.tmp");
+        let _ = self.unlink(&tmp);
+        let mut f = self.create(&tmp)?;
+        f.write_all(bytes)
+            .and_then(|_| f.sync_data())
+            .map_err(io_at(&self.display(&tmp)))?;
+        let (from, to) = (
+            cstr(OsStr::new(&tmp)).map_err(io_at(&self.display(&tmp)))?,
+            cstr(OsStr::new(name)).map_err(io_at(&self.display(name)))?,
+        );
+        // SAFETY: renameat within our own directory fd.
+        let r = unsafe {
+            libc::renameat(
+                self.fd.as_raw_fd(),
+                from.as_ptr(),
+                self.fd.as_raw_fd(),
+                to.as_ptr(),
+            )
+        };
+        if r != 0 {
+            return Err(last_os(&self.display(name)));
+        }
+        Ok(())
+    }
+}
+
+fn create_at(dir: &OwnedFd, name: &str) -> io::Result<File> {
+    let c = cstr(OsStr::new(name))?;
+    // SAFETY: openat relative to an open directory; the fd is owned right away.
+    let fd = unsafe {
+        libc::openat(
+            dir.as_raw_fd(),
+            c.as_ptr(),
+            libc::O_RDWR | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+            0o600 as libc::c_uint,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a fresh, valid fd.
+    Ok(unsafe { File::from_raw_fd(fd) })
+}
+
 pub struct Bundle {
     opts: BundleOptions,
+    dir: Dir,
     events: JsonSink<Counted<BufWriter<File>>>,
     frames: PcapNgWriter<Counted<BufWriter<File>>>,
+    /// The same files, read back by `--pack`.
+    events_file: File,
+    frames_file: File,
     /// Interface block number of each tap name.
     interfaces: BTreeMap<String, u32>,
     taps: BTreeMap<String, TapFacts>,
-    engine: Engine,
     started: Option<Ts>,
     ended: Option<Ts>,
     frames_written: u64,
     frames_skipped: u64,
+    /// Why writing stopped (a full disk), once it has.
+    stopped: Option<String>,
+    /// Whether the reserve could be allocated (said in host.json when it could not).
+    reserved: bool,
 }
 
 fn io_at(path: &Path) -> impl FnOnce(io::Error) -> BundleError + '_ {
@@ -136,74 +384,55 @@ fn io_at(path: &Path) -> impl FnOnce(io::Error) -> BundleError + '_ {
     }
 }
 
-/// A new file, 0600, never through a symlink, never over an existing file.
-fn create_file(path: &Path) -> Result<File, BundleError> {
-    OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(path)
-        .map_err(io_at(path))
-}
-
-/// Makes `dir` (0700) or accepts it if it is an empty real directory.
-fn prepare_dir(dir: &Path) -> Result<(), BundleError> {
-    match fs::symlink_metadata(dir) {
-        Ok(m) if m.file_type().is_symlink() => Err(BundleError::Symlink(dir.into())),
-        Ok(m) if !m.is_dir() => Err(BundleError::NotADirectory(dir.into())),
-        Ok(_) => {
-            if fs::read_dir(dir).map_err(io_at(dir))?.next().is_some() {
-                return Err(BundleError::NotEmpty(dir.into()));
-            }
-            fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))
-                .map_err(io_at(dir))
-        }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => fs::DirBuilder::new()
-            .mode(0o700)
-            .create(dir)
-            .map_err(io_at(dir)),
-        Err(e) => Err(io_at(dir)(e)),
-    }
-}
-
 impl Bundle {
-    /// `vms` names the VMs in summary.md and host.json.
-    pub fn create(
-        opts: BundleOptions,
-        vms: Box<dyn VmDirectory + Send>,
-    ) -> Result<Self, BundleError> {
-        prepare_dir(&opts.dir)?;
-        let events_path = opts.dir.join("events.ndjson");
-        let frames_path = opts.dir.join("frames.pcapng");
+    pub fn create(opts: BundleOptions) -> Result<Self, BundleError> {
+        let dir = Dir::open(&opts.dir)?;
+        let reserved = {
+            let f = dir.create(RESERVE)?;
+            // SAFETY: fallocate on our own fd. Where the file system cannot (or the disk is
+            // already full), the bundle goes on without a reserve.
+            unsafe { libc::fallocate(f.as_raw_fd(), 0, 0, RESERVE_BYTES) == 0 }
+        };
+        let events_file = dir.create("events.ndjson")?;
+        let frames_file = dir.create("frames.pcapng")?;
+        let clone = |f: &File, name: &str| f.try_clone().map_err(io_at(&dir.display(name)));
         let events = JsonSink(Counted {
-            inner: BufWriter::new(create_file(&events_path)?),
+            inner: BufWriter::new(clone(&events_file, "events.ndjson")?),
             bytes: 0,
         });
-        let frames_file = Counted {
-            inner: BufWriter::new(create_file(&frames_path)?),
+        let frames_out = Counted {
+            inner: BufWriter::new(clone(&frames_file, "frames.pcapng")?),
             bytes: 0,
         };
-        let frames = PcapNgWriter::new(frames_file).map_err(|source| BundleError::Pcap {
-            path: frames_path,
+        let frames = PcapNgWriter::new(frames_out).map_err(|source| BundleError::Pcap {
+            path: dir.display("frames.pcapng"),
             source,
         })?;
         Ok(Self {
             opts,
+            dir,
             events,
             frames,
+            events_file,
+            frames_file,
             interfaces: BTreeMap::new(),
             taps: BTreeMap::new(),
-            engine: Engine::new(EngineConfig::default(), vms),
             started: None,
             ended: None,
             frames_written: 0,
             frames_skipped: 0,
+            stopped: None,
+            reserved,
         })
     }
 
     pub fn dir(&self) -> &Path {
-        &self.opts.dir
+        &self.dir.path
+    }
+
+    /// Why the recording stopped early, if it did.
+    pub fn stopped(&self) -> Option<&str> {
+        self.stopped.as_deref()
     }
 
     fn size(&self) -> u64 {
@@ -217,7 +446,7 @@ impl Bundle {
         let id = self.interfaces.len() as u32;
         let idb = InterfaceDescriptionBlock {
             linktype: DataLink::ETHERNET,
-            snaplen: diag_common::EVENT_SNAPLEN as u32 + 4,
+            snaplen: diag_common::EVENT_SNAPLEN as u32 + 8,
             options: vec![
                 InterfaceDescriptionOption::IfName(ifname.to_string().into()),
                 // pcap-file writes nanoseconds; say so, or readers assume microseconds.
@@ -293,13 +522,20 @@ impl Bundle {
                     t.master = master.clone();
                 }
             }
+            Record::Renamed {
+                ifname, old_ifname, ..
+            } => {
+                if let Some(t) = self.taps.remove(old_ifname) {
+                    self.taps.insert(ifname.clone(), t);
+                }
+            }
             _ => {}
         }
     }
 
-    /// Writes host.json and summary.md (again) from what is known now.
-    fn write_reports(&mut self) -> Result<(), BundleError> {
-        for t in &self.engine.taps {
+    /// host.json and summary.md from what is known now.
+    fn reports(&mut self, engine: &Engine) -> Result<(Vec<u8>, Vec<u8>), BundleError> {
+        for t in &engine.taps {
             if let (Some(facts), Some(vm)) = (self.taps.get_mut(&t.ifname), &t.vm) {
                 facts.libvirt = Some(vm.clone());
             }
@@ -315,18 +551,16 @@ impl Bundle {
             frames_written: self.frames_written,
             frames_skipped: self.frames_skipped,
             max_bytes: self.opts.max_bytes,
+            stopped: self.stopped.as_deref(),
+            no_reserve: !self.reserved,
         };
-        let json = serde_json::to_vec_pretty(&host).map_err(io::Error::from);
-        replace_file(
-            &self.opts.dir.join("host.json"),
-            &json.map_err(io_at(&self.opts.dir))?,
-        )?;
-        let md = self.summary_md();
-        replace_file(&self.opts.dir.join("summary.md"), md.as_bytes())
+        let json = serde_json::to_vec_pretty(&host)
+            .map_err(|e| io_at(&self.dir.path)(io::Error::from(e)))?;
+        Ok((json, self.summary_md(engine).into_bytes()))
     }
 
-    fn summary_md(&self) -> String {
-        let now = self.engine.now.or(self.ended).unwrap_or_default();
+    fn summary_md(&self, engine: &Engine) -> String {
+        let now = engine.now.or(self.ended).unwrap_or_default();
         let mut md = String::from("# tapwatch summary\n\n");
         md.push_str(&format!(
             "Recorded on {} (Linux {}) from {} to {}.\n",
@@ -339,13 +573,19 @@ impl Bundle {
                 .map(|t| t.to_string())
                 .unwrap_or_else(|| "(still running)".into()),
         ));
+        if let Some(why) = &self.stopped {
+            md.push_str(&format!(
+                "\n**The recording stopped early: {why}.** events.ndjson and frames.pcapng end \
+                 there; this summary covers the whole run.\n"
+            ));
+        }
         if self.frames_skipped > 0 {
             md.push_str(&format!(
                 "\n**{} frames were not written to frames.pcapng: the bundle reached its size cap of {} bytes.** The counters in events.ndjson are complete.\n",
                 self.frames_skipped, self.opts.max_bytes
             ));
         }
-        for t in &self.engine.taps {
+        for t in &engine.taps {
             md.push_str(&format!("\n## {} ({})\n\n", t.vm_name(), t.ifname));
             md.push_str(&format!(
                 "- State: **{}**\n- Blackout: {}\n- Tap MAC: {}{}\n- Mode: {}\n- dst-mismatch frames: {}, RARP: {}, GARP: {}\n\n",
@@ -367,16 +607,70 @@ impl Bundle {
         md
     }
 
-    /// Flushes everything and writes the reports; packs the bundle if asked. Returns the
-    /// path of what to attach to a ticket.
-    pub fn finish(mut self) -> Result<PathBuf, BundleError> {
-        let dir = self.opts.dir.clone();
-        self.flush().map_err(io_at(&dir))?;
-        self.write_reports()?;
-        if !self.opts.pack {
-            return Ok(dir);
+    /// Flushes everything and writes the reports from `engine` (the run's verdicts); packs
+    /// the bundle if asked. Returns the path of what to attach to a ticket.
+    pub fn finish(mut self, engine: &Engine) -> Result<PathBuf, BundleError> {
+        let dir_path = self.dir.path.clone();
+        if self.stopped.is_none() {
+            if let Err(e) = Sink::flush(&mut self) {
+                self.stopped = Some(e.to_string());
+            }
         }
-        pack(&dir)
+        // The reserve was kept for this moment: give it back before writing the reports.
+        let _ = self.dir.unlink(RESERVE);
+        let (host, summary) = self.reports(engine)?;
+        self.dir.replace("host.json", &host)?;
+        self.dir.replace("summary.md", &summary)?;
+        if !self.opts.pack {
+            return Ok(dir_path);
+        }
+        self.pack(&host, &summary)
+    }
+
+    /// Packs the bundle into `DIR.tar.gz` (0600) beside it, from tapwatch's own descriptors
+    /// and bytes: nothing anyone put in the directory meanwhile gets in.
+    fn pack(&mut self, host: &[u8], summary: &[u8]) -> Result<PathBuf, BundleError> {
+        let mut name = self.dir.name.clone();
+        name.push(".tar.gz");
+        let out_path = self.dir.path.with_file_name(&name);
+        let file =
+            create_at(&self.dir.parent, &name.to_string_lossy()).map_err(io_at(&out_path))?;
+        let gz = flate2::write::GzEncoder::new(file, flate2::Compression::default());
+        let mut tar = tar::Builder::new(gz);
+        let base = PathBuf::from(&self.dir.name);
+        let mtime = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let add = |tar: &mut tar::Builder<_>, file: &str, size: u64, data: &mut dyn Read| {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(size);
+            h.set_mode(0o600);
+            h.set_mtime(mtime);
+            h.set_entry_type(tar::EntryType::Regular);
+            tar.append_data(&mut h, base.join(file), data)
+        };
+        let err = io_at(&out_path);
+        let result = (|| -> io::Result<()> {
+            for (file, f) in [
+                ("events.ndjson", &mut self.events_file),
+                ("frames.pcapng", &mut self.frames_file),
+            ] {
+                let size = f.seek(io::SeekFrom::End(0))?;
+                f.seek(io::SeekFrom::Start(0))?;
+                add(&mut tar, file, size, &mut (&mut *f).take(size))?;
+            }
+            add(&mut tar, "host.json", host.len() as u64, &mut &host[..])?;
+            add(
+                &mut tar,
+                "summary.md",
+                summary.len() as u64,
+                &mut &summary[..],
+            )?;
+            let gz = tar.into_inner()?;
+            gz.finish()?.sync_all()
+        })();
+        result.map_err(err)?;
+        Ok(out_path)
     }
 }
 
@@ -388,48 +682,13 @@ fn pcap_io(e: pcap_file::PcapError) -> io::Error {
 }
 
 fn read_trim(path: &str) -> String {
-    fs::read_to_string(path)
+    std::fs::read_to_string(path)
         .map(|s| s.trim().to_string())
         .unwrap_or_default()
 }
 
-/// Replaces a report atomically: a crash leaves the old one or the new one, never half.
-fn replace_file(path: &Path, bytes: &[u8]) -> Result<(), BundleError> {
-    let tmp = path.with_extension("tmp");
-    let _ = fs::remove_file(&tmp);
-    let mut f = create_file(&tmp)?;
-    f.write_all(bytes)
-        .and_then(|_| f.sync_data())
-        .map_err(io_at(&tmp))?;
-    fs::rename(&tmp, path).map_err(io_at(path))
-}
-
-/// Packs `dir` into `dir.tar.gz` (0600), next to it.
-fn pack(dir: &Path) -> Result<PathBuf, BundleError> {
-    let mut name = dir.as_os_str().to_owned();
-    name.push(".tar.gz");
-    let out = PathBuf::from(name);
-    let file = create_file(&out)?;
-    let gz = flate2::write::GzEncoder::new(file, flate2::Compression::default());
-    let mut tar = tar::Builder::new(gz);
-    let base = dir
-        .file_name()
-        .map(PathBuf::from)
-        .unwrap_or_else(|| "bundle".into());
-    for f in ["events.ndjson", "frames.pcapng", "host.json", "summary.md"] {
-        tar.append_path_with_name(dir.join(f), base.join(f))
-            .map_err(io_at(&out))?;
-    }
-    let gz = tar.into_inner().map_err(io_at(&out))?;
-    gz.finish()
-        .and_then(|f| f.sync_all())
-        .map_err(io_at(&out))?;
-    Ok(out)
-}
-
-impl Sink for Bundle {
-    fn emit(&mut self, rec: &Record) -> io::Result<()> {
-        self.engine.apply(rec);
+impl Bundle {
+    fn write(&mut self, rec: &Record) -> io::Result<()> {
         self.note_tap(rec);
         match rec {
             Record::Frame(f) => {
@@ -446,43 +705,25 @@ impl Sink for Bundle {
         }
         self.events.emit(rec)
     }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.events.flush()?;
-        self.frames.get_mut().flush()
-    }
 }
 
-/// Sends every record to each sink in turn. A failing bundle is reported once and left
-/// behind, so a full disk never stops the live output.
-pub struct Tee<'a> {
-    pub primary: &'a mut dyn Sink,
-    pub bundle: Option<&'a mut Bundle>,
-    pub failed: bool,
-}
-
-impl Tee<'_> {
-    fn bundle_do(&mut self, f: impl FnOnce(&mut Bundle) -> io::Result<()>) {
-        if self.failed {
-            return;
-        }
-        if let Some(b) = self.bundle.as_deref_mut() {
-            if let Err(e) = f(b) {
-                eprintln!("tapwatch: the bundle in {} stopped: {e}", b.dir().display());
-                self.failed = true;
-            }
-        }
-    }
-}
-
-impl Sink for Tee<'_> {
+impl Sink for Bundle {
     fn emit(&mut self, rec: &Record) -> io::Result<()> {
-        self.bundle_do(|b| b.emit(rec));
-        self.primary.emit(rec)
+        if self.stopped.is_some() {
+            return Ok(());
+        }
+        self.write(rec).inspect_err(|e| {
+            self.stopped = Some(e.to_string());
+        })
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        self.bundle_do(|b| b.flush());
-        self.primary.flush()
+        if self.stopped.is_some() {
+            return Ok(());
+        }
+        self.events
+            .flush()
+            .and_then(|_| self.frames.get_mut().flush())
+            .inspect_err(|e| self.stopped = Some(e.to_string()))
     }
 }

@@ -1,10 +1,12 @@
-//! Up-front privilege check, so a missing capability is a sentence, not an errno.
+//! Up-front privilege check, so a missing capability is a sentence, not an errno; and the
+//! one way to say that the process ran out of file descriptors.
 
 use std::fs;
 
 const CAP_NET_ADMIN: u32 = 12;
-const CAP_SYS_ADMIN: u32 = 21;
 const CAP_NET_RAW: u32 = 13;
+const CAP_SYS_ADMIN: u32 = 21;
+const CAP_PERFMON: u32 = 38;
 const CAP_BPF: u32 = 39;
 
 /// Whether libpcap may open capture sockets (CAP_NET_RAW); true when it cannot be told.
@@ -14,9 +16,9 @@ pub fn has_raw_capture() -> bool {
 
 #[derive(Debug, thiserror::Error)]
 #[error(
-    "tapwatch needs the capabilities CAP_BPF and CAP_NET_ADMIN (or root) to load its eBPF \
-     programs and attach them to tap devices; missing: {missing}. Run it as root \
-     (sudo tapwatch …) or grant them once: sudo setcap cap_bpf,cap_net_admin+ep \"$(command -v tapwatch)\""
+    "tapwatch needs the capabilities CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN (or root) to load \
+     its eBPF programs and attach them to tap devices; missing: {missing}. Run it as root \
+     (sudo tapwatch …) or grant them once: sudo setcap cap_bpf,cap_perfmon,cap_net_admin+ep \"$(command -v tapwatch)\""
 )]
 pub struct MissingCapabilities {
     pub missing: String,
@@ -29,8 +31,10 @@ fn effective_caps() -> Option<u64> {
     u64::from_str_radix(line.trim_start_matches("CapEff:").trim(), 16).ok()
 }
 
-/// Checks for what attaching tc programs needs. CAP_SYS_ADMIN covers CAP_BPF on kernels
-/// older than 5.8, which do not know CAP_BPF.
+/// Checks for what loading and attaching the programs needs. The verifier refuses the
+/// programs' packet and map pointer arithmetic without CAP_PERFMON (it then answers a bare
+/// "Permission denied"). CAP_SYS_ADMIN covers CAP_BPF and CAP_PERFMON on kernels older than
+/// 5.8, which know neither.
 pub fn check() -> Result<(), MissingCapabilities> {
     let Some(eff) = effective_caps() else {
         // No /proc: let the kernel answer instead of guessing.
@@ -41,6 +45,9 @@ pub fn check() -> Result<(), MissingCapabilities> {
     if !has(CAP_BPF) && !has(CAP_SYS_ADMIN) {
         missing.push("CAP_BPF");
     }
+    if !has(CAP_PERFMON) && !has(CAP_SYS_ADMIN) {
+        missing.push("CAP_PERFMON");
+    }
     if !has(CAP_NET_ADMIN) {
         missing.push("CAP_NET_ADMIN");
     }
@@ -50,5 +57,48 @@ pub fn check() -> Result<(), MissingCapabilities> {
         Err(MissingCapabilities {
             missing: missing.join(", "),
         })
+    }
+}
+
+/// The process (EMFILE) or the whole host (ENFILE) has no file descriptor left.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "out of file descriptors while {doing} (the limit of this process is {limit}; every \
+     watched tap needs two): raise it, e.g. `ulimit -n 65536` before starting tapwatch or \
+     LimitNOFILE=65536 in its service unit{host}"
+)]
+pub struct OutOfDescriptors {
+    pub doing: String,
+    pub limit: u64,
+    host: &'static str,
+}
+
+impl OutOfDescriptors {
+    /// `Some` when `errno` says descriptors ran out.
+    pub fn from_errno(errno: Option<i32>, doing: impl Into<String>) -> Option<Self> {
+        let host = match errno? {
+            libc::EMFILE => "",
+            libc::ENFILE => "; the host as a whole is out of them too (fs.file-max)",
+            _ => return None,
+        };
+        Some(Self {
+            doing: doing.into(),
+            limit: fd_limit(),
+            host,
+        })
+    }
+}
+
+/// The soft limit on open files of this process.
+pub fn fd_limit() -> u64 {
+    let mut rlim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit with a valid pointer.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rlim) } == 0 {
+        rlim.rlim_cur
+    } else {
+        0
     }
 }

@@ -1,13 +1,22 @@
 //! Which interfaces exist, what they look like, and when that changes: an rtnetlink
 //! subscription to link notifications (no polling), plus glob selection of tap names.
 
-use futures::{channel::mpsc::UnboundedReceiver, StreamExt, TryStreamExt};
+use std::{
+    collections::HashMap,
+    os::fd::AsRawFd,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
 use netlink_packet_core::{NetlinkMessage, NetlinkPayload};
 use netlink_packet_route::{
     link::{LinkAttribute, LinkInfo, LinkMessage},
     RouteNetlinkMessage,
 };
-use netlink_sys::{AsyncSocket, SocketAddr};
+use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
 
 use crate::mac::MacAddr;
 
@@ -19,7 +28,7 @@ pub enum IfaceError {
     #[error("cannot open an rtnetlink socket to follow interfaces: {0}")]
     Socket(#[source] std::io::Error),
     #[error("cannot list interfaces over rtnetlink: {0}")]
-    Dump(#[source] rtnetlink::Error),
+    Dump(#[source] std::io::Error),
     #[error("bad interface pattern {pattern:?}: {source}")]
     Pattern {
         pattern: String,
@@ -67,7 +76,7 @@ impl Link {
         )
     }
 
-    fn from_message(msg: &LinkMessage) -> Option<Self> {
+    pub fn from_message(msg: &LinkMessage) -> Option<Self> {
         let mut link = Link {
             ifindex: msg.header.index,
             name: String::new(),
@@ -93,6 +102,20 @@ impl Link {
             }
         }
         (!link.name.is_empty()).then_some(link)
+    }
+}
+
+/// The link with `ifindex` now, if there is one.
+pub fn lookup(ifindex: u32) -> std::io::Result<Option<Link>> {
+    let mut msg = LinkMessage::default();
+    msg.header.index = ifindex;
+    match crate::nl::request(RouteNetlinkMessage::GetLink(msg), 0) {
+        Ok(answers) => Ok(answers.iter().find_map(|m| match m {
+            RouteNetlinkMessage::NewLink(l) => Link::from_message(l),
+            _ => None,
+        })),
+        Err(e) if e.raw_os_error() == Some(libc::ENODEV) => Ok(None),
+        Err(e) => Err(e),
     }
 }
 
@@ -124,59 +147,204 @@ pub enum LinkChange {
         ifindex: u32,
         name: String,
     },
+    /// Notifications were lost (the socket's buffer overflowed while tapwatch was busy);
+    /// the changes that follow come from a fresh dump of every link, so none is missed.
+    Resynced,
 }
 
-/// Follows link notifications. Subscribes before dumping, so no change between the two is
+/// Follows link notifications on a thread of its own, so a busy or blocked consumer never
+/// makes the kernel drop them. Subscribes before dumping, so no change between the two is
 /// missed; a change seen twice is harmless because consumers compare with what they know.
+/// If the socket overflows anyway (ENOBUFS), the thread dumps every link again and reports
+/// what differs from what it last passed on.
 pub struct LinkMonitor {
-    messages: UnboundedReceiver<(NetlinkMessage<RouteNetlinkMessage>, SocketAddr)>,
-    task: tokio::task::JoinHandle<()>,
+    events: tokio::sync::mpsc::UnboundedReceiver<LinkChange>,
+    stop: Arc<AtomicBool>,
 }
+
+/// Room for link notifications while the reader thread is descheduled: about 8000 of them.
+const RCVBUF: usize = 8 << 20;
+/// How often the reader thread looks at its stop flag.
+const RECV_TIMEOUT: Duration = Duration::from_millis(200);
 
 impl LinkMonitor {
-    pub async fn start() -> Result<(Self, Vec<Link>), IfaceError> {
-        let (mut conn, handle, messages) =
-            rtnetlink::new_connection().map_err(IfaceError::Socket)?;
-        conn.socket_mut()
-            .socket_mut()
-            .bind(&SocketAddr::new(0, RTMGRP_LINK))
+    pub fn start() -> Result<(Self, Vec<Link>), IfaceError> {
+        let mut sock = Socket::new(NETLINK_ROUTE).map_err(IfaceError::Socket)?;
+        sock.bind(&SocketAddr::new(0, RTMGRP_LINK))
             .map_err(IfaceError::Socket)?;
-        let task = tokio::spawn(conn);
-        let mut links = Vec::new();
-        let mut dump = handle.link().get().execute();
-        while let Some(msg) = dump.try_next().await.map_err(IfaceError::Dump)? {
-            links.extend(Link::from_message(&msg));
-        }
-        Ok((Self { messages, task }, links))
+        grow_rcvbuf(&sock);
+        set_recv_timeout(&sock, RECV_TIMEOUT).map_err(IfaceError::Socket)?;
+        let links: Vec<Link> = crate::nl::dump_links()
+            .map_err(IfaceError::Dump)?
+            .iter()
+            .filter_map(Link::from_message)
+            .collect();
+        let known = links.iter().map(|l| (l.ifindex, l.clone())).collect();
+        let (tx, events) = tokio::sync::mpsc::unbounded_channel();
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        std::thread::Builder::new()
+            .name("tapwatch-links".into())
+            .spawn(move || follow(sock, known, tx, &flag))
+            .map_err(IfaceError::Socket)?;
+        Ok((Self { events, stop }, links))
     }
 
-    /// The next change; `None` if the netlink connection ended.
+    /// The next change; `None` if the reader thread ended (it says why in an error).
     pub async fn next(&mut self) -> Option<LinkChange> {
-        loop {
-            let (msg, _) = self.messages.next().await?;
-            match msg.payload {
-                NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(m)) => {
-                    if let Some(link) = Link::from_message(&m) {
-                        return Some(LinkChange::Present(link));
-                    }
-                }
-                NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelLink(m)) => {
-                    let name = Link::from_message(&m).map(|l| l.name).unwrap_or_default();
-                    return Some(LinkChange::Removed {
-                        ifindex: m.header.index,
-                        name,
-                    });
-                }
-                _ => {}
-            }
-        }
+        self.events.recv().await
     }
 }
 
 impl Drop for LinkMonitor {
     fn drop(&mut self) {
-        self.task.abort();
+        self.stop.store(true, Ordering::Relaxed);
     }
+}
+
+fn grow_rcvbuf(sock: &Socket) {
+    let size = RCVBUF as libc::c_int;
+    // SAFETY: setsockopt with a valid int. SO_RCVBUFFORCE (root) goes past rmem_max; the
+    // fallback is capped by it, which is still better than the default.
+    unsafe {
+        let p = &size as *const libc::c_int as *const libc::c_void;
+        let n = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        if libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUFFORCE,
+            p,
+            n,
+        ) != 0
+        {
+            libc::setsockopt(sock.as_raw_fd(), libc::SOL_SOCKET, libc::SO_RCVBUF, p, n);
+        }
+    }
+}
+
+fn set_recv_timeout(sock: &Socket, t: Duration) -> std::io::Result<()> {
+    let tv = libc::timeval {
+        tv_sec: t.as_secs() as libc::time_t,
+        tv_usec: t.subsec_micros() as libc::suseconds_t,
+    };
+    // SAFETY: setsockopt with a valid timeval.
+    let r = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            &tv as *const libc::timeval as *const libc::c_void,
+            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+        )
+    };
+    if r != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The reader thread: passes every link notification on, and after an overflow a fresh
+/// dump's differences from what it passed on before.
+fn follow(
+    sock: Socket,
+    mut known: HashMap<u32, Link>,
+    tx: tokio::sync::mpsc::UnboundedSender<LinkChange>,
+    stop: &AtomicBool,
+) {
+    let mut buf: Vec<u8> = Vec::with_capacity(64 * 1024);
+    while !stop.load(Ordering::Relaxed) {
+        buf.clear();
+        match sock.recv(&mut buf, 0) {
+            Ok(_) => {}
+            Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
+                if resync(&mut known, &tx).is_err() {
+                    return;
+                }
+                continue;
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted
+                ) =>
+            {
+                continue
+            }
+            // Dropping the sender ends the consumer's stream: it reports the loss.
+            Err(_) => return,
+        }
+        let mut at = 0;
+        while at < buf.len() {
+            let Ok(msg) = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&buf[at..]) else {
+                break;
+            };
+            let len = msg.header.length as usize;
+            let change = match msg.payload {
+                NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(m)) => {
+                    Link::from_message(&m).map(|link| {
+                        known.insert(link.ifindex, link.clone());
+                        LinkChange::Present(link)
+                    })
+                }
+                NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelLink(m)) => {
+                    let name = known
+                        .remove(&m.header.index)
+                        .map(|l| l.name)
+                        .or_else(|| Link::from_message(&m).map(|l| l.name))
+                        .unwrap_or_default();
+                    Some(LinkChange::Removed {
+                        ifindex: m.header.index,
+                        name,
+                    })
+                }
+                _ => None,
+            };
+            if let Some(c) = change {
+                if tx.send(c).is_err() {
+                    return;
+                }
+            }
+            if len == 0 {
+                break;
+            }
+            at += (len + 3) & !3;
+        }
+    }
+}
+
+/// After lost notifications: dump every link and pass on what changed.
+fn resync(
+    known: &mut HashMap<u32, Link>,
+    tx: &tokio::sync::mpsc::UnboundedSender<LinkChange>,
+) -> Result<(), ()> {
+    let send = |c| tx.send(c).map_err(|_| ());
+    send(LinkChange::Resynced)?;
+    let Ok(msgs) = crate::nl::dump_links() else {
+        return Err(());
+    };
+    let now: HashMap<u32, Link> = msgs
+        .iter()
+        .filter_map(Link::from_message)
+        .map(|l| (l.ifindex, l))
+        .collect();
+    let gone: Vec<(u32, String)> = known
+        .iter()
+        .filter(|(i, _)| !now.contains_key(i))
+        .map(|(i, l)| (*i, l.name.clone()))
+        .collect();
+    for (ifindex, name) in gone {
+        known.remove(&ifindex);
+        send(LinkChange::Removed { ifindex, name })?;
+    }
+    let mut fresh: Vec<&Link> = now.values().collect();
+    fresh.sort_by_key(|l| l.ifindex);
+    for link in fresh {
+        if known.get(&link.ifindex) != Some(link) {
+            known.insert(link.ifindex, link.clone());
+            send(LinkChange::Present(link.clone()))?;
+        }
+    }
+    Ok(())
 }
 
 /// Interface selection by shell-style globs (`tap*`, `vnet[0-9]*`).

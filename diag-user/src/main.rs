@@ -1,21 +1,33 @@
-use std::{io, path::PathBuf, time::Duration};
+use std::{
+    io,
+    path::PathBuf,
+    process::ExitCode,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use diag_user::{
     analyze,
-    bundle::{Bundle, BundleOptions, Tee},
+    bundle::{Bundle, BundleOptions},
     ifaces::DEFAULT_PATTERNS,
-    lab::{self, LabOptions, LabVms, Scenario},
+    lab::{self, LabOptions, LabVms, Scenario, MAX_VMS},
     libvirt::{self, LibvirtDir},
     mac::MacAddr,
-    output::Record,
-    output::{JsonSink, Sink},
+    output::{JsonSink, Record, Sink},
+    pipeline::{Feed, Pipeline, Pusher, Writer},
     probe::AttachMode,
     tui,
-    verdict::{Engine, EngineConfig, VerdictSink},
-    watch::{self, BackendChoice, WatchOptions},
+    verdict::{Engine, EngineConfig, VmDirectory},
+    watch::{self, BackendChoice, Outcome, WatchOptions},
 };
+use tokio::sync::Notify;
+
+/// Exit status of a run that did its job but whose bundle is incomplete (a full disk).
+const EXIT_BUNDLE_INCOMPLETE: u8 = 3;
+/// Exit status of a run in which some matching taps could not be watched.
+const EXIT_UNWATCHED: u8 = 4;
 
 /// Per-VM view of frames on hypervisor tap devices: which frames a VM sends to a MAC its
 /// tap no longer has, and when QEMU's RARP and the guest's gratuitous ARP announced a
@@ -57,26 +69,26 @@ struct LabArgs {
     #[arg(long, value_enum, default_value = "stale-mac")]
     scenario: Scenario,
     /// How many VMs migrate at once.
-    #[arg(long, default_value_t = 1)]
-    vms: usize,
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=MAX_VMS as i64))]
+    vms: u16,
     /// Write NDJSON to stdout (lab steps, tapwatch's records, the truth last) instead of
     /// the full-screen view; ends by itself when the story is over.
     #[arg(long)]
     json: bool,
     /// Stop after this many seconds.
-    #[arg(long, value_name = "SECS", value_parser = parse_secs)]
+    #[arg(long, value_name = "SECS", value_parser = parse_duration)]
     duration: Option<Duration>,
     /// The guests' ARP reachable time (real guests: 15-45 s).
-    #[arg(long, value_name = "SECS", default_value = "8", value_parser = parse_secs)]
+    #[arg(long, value_name = "SECS", default_value = "8", value_parser = parse_lab_time)]
     reachable_time: Duration,
     /// Steady traffic before the migration.
-    #[arg(long, value_name = "SECS", default_value = "2", value_parser = parse_secs)]
+    #[arg(long, value_name = "SECS", default_value = "2", value_parser = parse_lab_time)]
     before: Duration,
     /// The guest also sends a gratuitous ARP when it resumes.
     #[arg(long)]
     garp: bool,
     /// Seconds between stats records.
-    #[arg(long, value_name = "SECS", default_value = "0.5", value_parser = parse_secs)]
+    #[arg(long, value_name = "SECS", default_value = "0.5", value_parser = parse_interval)]
     interval: Duration,
 }
 
@@ -88,11 +100,11 @@ struct WatchArgs {
     /// Interfaces to watch, by shell glob; repeatable. Default: tap* and vnet*.
     #[arg(long = "iface", value_name = "GLOB")]
     ifaces: Vec<String>,
-    /// Seconds between stats records.
-    #[arg(long, value_name = "SECS", default_value = "1", value_parser = parse_secs)]
+    /// Seconds between stats records (0.01 to 86400).
+    #[arg(long, value_name = "SECS", default_value = "1", value_parser = parse_interval)]
     interval: Duration,
-    /// Stop after this many seconds (default: run until SIGINT/SIGTERM).
-    #[arg(long, value_name = "SECS", value_parser = parse_secs)]
+    /// Stop after this many seconds (default: run until SIGINT/SIGTERM/SIGHUP).
+    #[arg(long, value_name = "SECS", value_parser = parse_duration)]
     duration: Option<Duration>,
     /// How to hook the tc programs.
     #[arg(long, value_enum, default_value = "auto")]
@@ -103,12 +115,12 @@ struct WatchArgs {
     /// Directory of libvirt's live domain XML, for VM names and guest MACs.
     #[arg(long, value_name = "DIR", default_value = libvirt::DEFAULT_DIR)]
     libvirt_dir: PathBuf,
-    /// Record a bug-report bundle into DIR (new or empty): events.ndjson, frames.pcapng,
-    /// host.json, summary.md.
+    /// Record a bug-report bundle into DIR (new or empty, yours): events.ndjson,
+    /// frames.pcapng, host.json, summary.md.
     #[arg(long, value_name = "DIR")]
     record: Option<PathBuf>,
     /// Stop writing frames to the bundle past this size (counters are always kept).
-    #[arg(long, value_name = "MB", default_value_t = 100)]
+    #[arg(long, value_name = "MB", default_value_t = 100, value_parser = clap::value_parser!(u64).range(0..=1 << 20))]
     record_max_mb: u64,
     /// Also pack the bundle into DIR.tar.gz when done.
     #[arg(long, requires = "record")]
@@ -132,27 +144,51 @@ impl Default for WatchArgs {
     }
 }
 
-fn parse_secs(s: &str) -> Result<Duration, String> {
+/// Seconds within `[min, max]`, with the range in the error.
+fn secs_in(s: &str, min: f64, max: f64) -> Result<Duration, String> {
     let v: f64 = s
+        .trim()
         .parse()
         .map_err(|_| format!("not a number of seconds: {s:?}"))?;
-    if !(v.is_finite() && v > 0.0) {
-        return Err(format!("must be a positive number of seconds: {s:?}"));
+    if !v.is_finite() || v < min || v > max {
+        return Err(format!("{s} is out of range: give {min} to {max} seconds"));
     }
-    Ok(Duration::from_secs_f64(v))
+    Duration::try_from_secs_f64(v).map_err(|e| format!("{s}: {e}"))
 }
 
-fn main() -> anyhow::Result<()> {
+fn parse_interval(s: &str) -> Result<Duration, String> {
+    secs_in(s, 0.01, 86_400.0)
+}
+
+/// Up to ten years: a run that long is "until stopped".
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    secs_in(s, 0.001, 315_360_000.0)
+}
+
+fn parse_lab_time(s: &str) -> Result<Duration, String> {
+    secs_in(s, 0.0, 3_600.0)
+}
+
+fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
-    match cli.command {
-        Some(Command::Watch(a)) => runtime.block_on(run_watch(a)),
-        None => runtime.block_on(run_watch(WatchArgs::default())),
-        Some(Command::Lab(a)) => run_lab(a, &runtime),
-        Some(Command::Analyze(a)) => run_analyze(a),
+    let result = (|| {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("starting the async runtime")?;
+        match cli.command {
+            Some(Command::Watch(a)) => runtime.block_on(run_watch(a)),
+            None => runtime.block_on(run_watch(WatchArgs::default())),
+            Some(Command::Lab(a)) => run_lab(a, &runtime),
+            Some(Command::Analyze(a)) => run_analyze(a).map(|()| ExitCode::SUCCESS),
+        }
+    })();
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("tapwatch: {e:#}");
+            ExitCode::FAILURE
+        }
     }
 }
 
@@ -178,90 +214,248 @@ fn run_analyze(args: AnalyzeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn run_lab(args: LabArgs, runtime: &tokio::runtime::Runtime) -> anyhow::Result<()> {
+/// The run's outputs: stdout (NDJSON) and the bundle, each written by its own thread.
+struct Outputs {
+    stdout: Option<Writer<JsonSink<io::BufWriter<io::Stdout>>>>,
+    /// Why stdout failed, if it did (a closed pipe ends the run quietly).
+    stdout_error: Arc<Mutex<Option<io::Error>>>,
+    bundle: Option<Writer<Bundle>>,
+}
+
+/// How long the end of a run waits for stdout to take the last records.
+const STDOUT_CLOSE: Duration = Duration::from_secs(5);
+/// How long it waits for the bundle's disk.
+const BUNDLE_CLOSE: Duration = Duration::from_secs(60);
+
+impl Outputs {
+    /// `json`: NDJSON on stdout. `stop` is notified when stdout fails, ending the run.
+    fn start(json: bool, bundle: Option<Bundle>, stop: &Arc<Notify>) -> anyhow::Result<Self> {
+        let stdout_error = Arc::new(Mutex::new(None));
+        let stdout = if json {
+            let (err, stop) = (stdout_error.clone(), stop.clone());
+            let sink = JsonSink(io::BufWriter::new(io::stdout()));
+            Some(
+                Writer::spawn("stdout", sink, move |e| {
+                    if let Ok(mut slot) = err.lock() {
+                        *slot = Some(io::Error::new(e.kind(), e.to_string()));
+                    }
+                    stop.notify_one();
+                })?
+                .0,
+            )
+        } else {
+            None
+        };
+        let bundle = match bundle {
+            Some(b) => {
+                let dir = b.dir().display().to_string();
+                Some(
+                    Writer::spawn("bundle", b, move |e| {
+                        // A full disk stops the bundle, never the live output.
+                        eprintln!("tapwatch: the bundle in {dir} stopped: {e}");
+                    })?
+                    .0,
+                )
+            }
+            None => None,
+        };
+        Ok(Self {
+            stdout,
+            stdout_error,
+            bundle,
+        })
+    }
+
+    fn pushers(&self) -> Vec<Pusher> {
+        let mut v = Vec::new();
+        if let Some(w) = &self.stdout {
+            v.push(w.pusher());
+        }
+        if let Some(w) = &self.bundle {
+            v.push(w.pusher());
+        }
+        v
+    }
+
+    /// Writes the rest: the bundle (its reports from the run's verdicts) first, then
+    /// stdout. Returns the exit status so far.
+    fn close(self, pipeline: &Pipeline) -> anyhow::Result<ExitCode> {
+        let mut code = ExitCode::SUCCESS;
+        if let Some(w) = self.bundle {
+            match w.close(BUNDLE_CLOSE) {
+                Ok(b) => {
+                    let incomplete = b.stopped().map(str::to_string);
+                    let path = b.finish(&pipeline.head().engine)?;
+                    match incomplete {
+                        Some(why) => {
+                            eprintln!(
+                                "tapwatch: bundle written to {} but incomplete: {why} (its \
+                                 summary.md and host.json cover the whole run)",
+                                path.display()
+                            );
+                            code = ExitCode::from(EXIT_BUNDLE_INCOMPLETE);
+                        }
+                        None => eprintln!("tapwatch: bundle written to {}", path.display()),
+                    }
+                }
+                Err(e) => {
+                    eprintln!("tapwatch: the bundle was not finished: {e}");
+                    code = ExitCode::from(EXIT_BUNDLE_INCOMPLETE);
+                }
+            }
+        }
+        if let Some(w) = self.stdout {
+            if let Err(e) = w.close(STDOUT_CLOSE) {
+                eprintln!("tapwatch: stdout: {e}");
+            }
+        }
+        let failed = self.stdout_error.lock().ok().and_then(|mut e| e.take());
+        if let Some(e) = failed {
+            // `tapwatch … | head`: a reader that has seen enough is not an error.
+            if e.kind() != io::ErrorKind::BrokenPipe {
+                eprintln!("tapwatch: cannot write output: {e}");
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+        Ok(code)
+    }
+}
+
+/// Says which matching taps could not be watched; a run with any fails.
+fn report_unwatched(outcome: &Outcome, code: ExitCode) -> ExitCode {
+    if outcome.unwatched.is_empty() {
+        return code;
+    }
+    for (name, why) in &outcome.unwatched {
+        eprintln!("tapwatch: {name} was not watched: {why}");
+    }
+    ExitCode::from(EXIT_UNWATCHED)
+}
+
+fn run_lab(args: LabArgs, runtime: &tokio::runtime::Runtime) -> anyhow::Result<ExitCode> {
     let opts = LabOptions {
         scenario: args.scenario,
-        vms: args.vms,
+        vms: args.vms as usize,
         reachable: args.reachable_time,
         before: args.before,
         duration: args.duration,
         garp: args.garp,
         interval: args.interval,
     };
+    let json = args.json || no_view();
     let engine = Engine::new(EngineConfig::default(), Box::new(LabVms::new(&opts)));
-    let mut lab = lab::start(opts, args.json)?;
-    if args.json {
-        let mut stdout = JsonSink(io::BufWriter::new(io::stdout().lock()));
-        let mut sink = VerdictSink {
-            engine,
-            inner: &mut stdout,
-        };
-        while let Some(rec) = lab.records.blocking_recv() {
-            // A closed stdout ends the output, not the lab's clean-up.
-            if sink.emit(&rec).and_then(|_| sink.flush()).is_err() {
-                break;
+    let stop = Arc::new(Notify::new());
+    let outputs = Outputs::start(json, None, &stop)?;
+    let pipeline = Pipeline::new(engine, outputs.pushers());
+    let lab = lab::start(opts, json, pipeline.clone())?;
+    let mut stop_lab = Some(lab.stop);
+    let shown = if json {
+        // A closed stdout ends the output and the lab, not the lab's clean-up.
+        runtime.block_on(async {
+            while !lab.handle.is_finished() {
+                tokio::select! {
+                    _ = stop.notified() => {
+                        if let Some(s) = stop_lab.take() {
+                            let _ = s.send(());
+                        }
+                    }
+                    _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+                }
             }
-        }
+        });
+        None
     } else {
-        let ending = runtime.block_on(tui::show(lab.records, lab.stop, engine))?;
-        tui::print_ending(&ending)?;
-    }
-    lab.handle
+        let quit = Mutex::new(stop_lab.take());
+        Some(runtime.block_on(tui::show(pipeline.clone(), || {
+            if let Some(s) = quit.lock().ok().and_then(|mut q| q.take()) {
+                let _ = s.send(());
+            }
+        })))
+    };
+    let joined = lab
+        .handle
         .join()
-        .map_err(|_| anyhow::anyhow!("the lab thread panicked"))??;
-    Ok(())
+        .map_err(|_| anyhow::anyhow!("the lab thread panicked"));
+    let code = outputs.close(&pipeline)?;
+    if let Some(shown) = shown {
+        let ending = shown?;
+        let _ = tui::print_ending(&ending);
+    }
+    joined??;
+    Ok(code)
 }
 
-async fn run_watch(args: WatchArgs) -> anyhow::Result<()> {
+/// The live view cannot run here: say so and fall back to NDJSON (as `--json`).
+fn no_view() -> bool {
+    match tui::unavailable() {
+        Some(why) => {
+            eprintln!(
+                "tapwatch: no terminal for the live view ({why}): writing NDJSON records \
+                 instead, as with --json"
+            );
+            true
+        }
+        None => false,
+    }
+}
+
+async fn run_watch(args: WatchArgs) -> anyhow::Result<ExitCode> {
     let patterns = if args.ifaces.is_empty() {
         DEFAULT_PATTERNS.iter().map(|s| s.to_string()).collect()
     } else {
         args.ifaces.clone()
     };
+    let json = args.json || no_view();
     let opts = WatchOptions {
         patterns,
         interval: args.interval,
         duration: args.duration,
         attach_mode: args.attach_mode,
         backend: args.backend,
-        notices: args.json,
+        // In the full-screen view, stderr would scribble over the screen.
+        notices: json,
     };
-    // In the full-screen view, stderr would scribble over the screen.
-    let vms = || Box::new(LibvirtDir::new(&args.libvirt_dir, args.json));
-    let mut bundle = match &args.record {
-        Some(dir) => {
-            let opts = BundleOptions {
-                dir: dir.clone(),
-                max_bytes: args.record_max_mb.saturating_mul(1 << 20),
-                pack: args.pack,
-            };
-            Some(Bundle::create(
-                opts,
-                Box::new(LibvirtDir::new(&args.libvirt_dir, false)),
-            )?)
-        }
+    let bundle = match &args.record {
+        Some(dir) => Some(Bundle::create(BundleOptions {
+            dir: dir.clone(),
+            max_bytes: args.record_max_mb.saturating_mul(1 << 20),
+            pack: args.pack,
+        })?),
         None => None,
     };
-    let engine = Engine::new(EngineConfig::default(), vms());
-    if args.json {
-        let mut stdout = JsonSink(io::BufWriter::new(io::stdout().lock()));
-        let mut tee = Tee {
-            primary: &mut stdout,
-            bundle: bundle.as_mut(),
-            failed: false,
-        };
-        let mut sink = VerdictSink {
-            engine,
-            inner: &mut tee,
-        };
-        watch::run(opts, &mut sink, std::future::pending()).await?;
+    let vms: Box<dyn VmDirectory + Send> = Box::new(LibvirtDir::new(&args.libvirt_dir, json));
+    let engine = Engine::new(EngineConfig::default(), vms);
+    let stop = Arc::new(Notify::new());
+    let outputs = Outputs::start(json, bundle, &stop)?;
+    let pipeline = Pipeline::new(engine, outputs.pushers());
+    if json && !args.json {
+        pipeline.emit(&Record::Notice {
+            ts: diag_user::clock::Ts(chrono::Utc::now()),
+            code: "no_terminal",
+            ifname: None,
+            message: "no terminal for the live view: NDJSON records instead".into(),
+        });
+    }
+    let result = if json {
+        let s = stop.clone();
+        let r = watch::run(opts, &mut Feed(pipeline.clone()), async move {
+            s.notified().await
+        })
+        .await;
+        pipeline.finish();
+        r.map(|o| (o, None)).map_err(anyhow::Error::from)
     } else {
-        let verdicts = Engine::new(EngineConfig::default(), vms());
-        tui::run(opts, engine, verdicts, bundle.as_mut()).await?;
+        tui::run(opts, pipeline.clone(), stop)
+            .await
+            .map(|(o, ending)| (o, Some(ending)))
+            .map_err(anyhow::Error::from)
+    };
+    // Whatever happened, the bundle is finished and stdout gets what it can take.
+    let code = outputs.close(&pipeline)?;
+    let (outcome, ending) = result?;
+    if let Some(ending) = ending {
+        // The terminal may be gone (SIGHUP): the bundle is what must survive.
+        let _ = tui::print_ending(&ending);
     }
-    if let Some(b) = bundle {
-        let path = b.finish()?;
-        eprintln!("tapwatch: bundle written to {}", path.display());
-    }
-    Ok(())
+    Ok(report_unwatched(&outcome, code))
 }

@@ -56,6 +56,25 @@ pub enum Record {
     },
     /// What `tapwatch lab` did and knows (its ground truth).
     Lab(LabRecord),
+    /// A watched tap got a new name that still matches the `--iface` globs: same tap, same
+    /// counters and verdict; later records use the new name.
+    Renamed {
+        ts: Ts,
+        ifname: String,
+        old_ifname: String,
+        ifindex: u32,
+    },
+    /// Something the reader of the stream should know about the run itself: lost
+    /// notifications re-read, an output that fell behind, a tap that cannot be watched.
+    Notice {
+        ts: Ts,
+        /// A stable name for the kind of notice (`netlink_overflow`, `output_behind`,
+        /// `attach_failed`, …).
+        code: &'static str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        ifname: Option<String>,
+        message: String,
+    },
     /// A VM's state changed (see `verdict::Engine`).
     Verdict {
         ts: Ts,
@@ -325,6 +344,13 @@ impl<W: Write> Sink for TextSink<W> {
                 writeln!(w, "{ts} {ifname}: {old_mode} -> {new_mode}")
             }
             Record::Stats { .. } => Ok(()),
+            Record::Renamed {
+                ts,
+                ifname,
+                old_ifname,
+                ..
+            } => writeln!(w, "{ts} {old_ifname}: renamed to {ifname}"),
+            Record::Notice { ts, message, .. } => writeln!(w, "{ts} notice: {message}"),
             Record::Lab(l) => writeln!(w, "{} lab: {}", l.ts, l.describe()),
             Record::Verdict { ts, ifname, fields } => {
                 let ms = fields
@@ -361,19 +387,5 @@ impl<W: Write> Sink for TextSink<W> {
     }
     fn flush(&mut self) -> io::Result<()> {
         self.0.flush()
-    }
-}
-
-/// Hands records to another task (the TUI) as they come.
-pub struct ChannelSink(pub tokio::sync::mpsc::UnboundedSender<Record>);
-
-impl Sink for ChannelSink {
-    fn emit(&mut self, rec: &Record) -> io::Result<()> {
-        self.0
-            .send(rec.clone())
-            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the view has closed"))
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
     }
 }

@@ -30,6 +30,19 @@ pub struct PcapError {
     pub reason: String,
 }
 
+impl PcapError {
+    /// EMFILE when libpcap ran out of descriptors: it only says so in words (strerror).
+    pub fn errno(&self) -> Option<i32> {
+        if self.reason.contains("Too many open files in system") {
+            Some(libc::ENFILE)
+        } else if self.reason.contains("Too many open files") {
+            Some(libc::EMFILE)
+        } else {
+            None
+        }
+    }
+}
+
 /// What the capture threads of one tap share.
 struct TapShared {
     counters: Mutex<TapCounters>,

@@ -42,7 +42,24 @@ pub enum ProbeError {
         source: aya::maps::MapError,
     },
     #[error("cannot attach to {ifname}: {reason}")]
-    Attach { ifname: String, reason: String },
+    Attach {
+        ifname: String,
+        reason: String,
+        /// The errno behind it, when there was one (EMFILE, ENODEV…).
+        errno: Option<i32>,
+    },
+    #[error(transparent)]
+    Descriptors(#[from] crate::caps::OutOfDescriptors),
+}
+
+impl ProbeError {
+    pub fn errno(&self) -> Option<i32> {
+        match self {
+            ProbeError::Attach { errno, .. } => *errno,
+            ProbeError::Descriptors(_) => Some(libc::EMFILE),
+            _ => None,
+        }
+    }
 }
 
 /// How programs are hooked to an interface.
@@ -89,13 +106,23 @@ pub struct Probe {
     windows: BpfHashMap<MapData, u32, TapWindow>,
     mode: AttachMode,
     attached: HashMap<u32, Attachment>,
+    orphans: Orphans,
 }
 
 impl Probe {
     /// Loads and verifies the programs; returns the probe and the ring buffer of events.
     pub fn load(mode: AttachMode) -> Result<(Self, RingBuf<MapData>), ProbeError> {
         raise_memlock_limit();
-        let mut ebpf = Ebpf::load(EBPF_OBJECT).map_err(ProbeError::Load)?;
+        let mut ebpf =
+            Ebpf::load(EBPF_OBJECT).map_err(
+                |e| match crate::caps::OutOfDescriptors::from_errno(
+                    chain_errno(&e),
+                    "loading the eBPF maps",
+                ) {
+                    Some(d) => ProbeError::Descriptors(d),
+                    None => ProbeError::Load(e),
+                },
+            )?;
         for name in [INGRESS, EGRESS] {
             let prog: &mut SchedClassifier = ebpf
                 .program_mut(name)
@@ -105,9 +132,19 @@ impl Probe {
                     name,
                     reason: describe(&e),
                 })?;
-            prog.load().map_err(|e| ProbeError::Program {
-                name,
-                reason: describe(&e),
+            prog.load().map_err(|e| {
+                let errno = match &e {
+                    ProgramError::LoadError { io_error, .. } => io_error.raw_os_error(),
+                    other => program_errno(other),
+                };
+                match crate::caps::OutOfDescriptors::from_errno(errno, "loading the eBPF programs")
+                {
+                    Some(d) => ProbeError::Descriptors(d),
+                    None => ProbeError::Program {
+                        name,
+                        reason: describe(&e),
+                    },
+                }
             })?;
         }
         let map = |ebpf: &mut Ebpf, name: &'static str| {
@@ -138,6 +175,7 @@ impl Probe {
                 windows,
                 mode: mode.resolve(),
                 attached: HashMap::new(),
+                orphans: Orphans::default(),
             },
             events,
         ))
@@ -150,39 +188,49 @@ impl Probe {
     /// Starts counting on `ifname` from zero. When this returns, every frame crossing the
     /// interface is counted.
     pub fn attach(&mut self, ifindex: u32, ifname: &str) -> Result<(), ProbeError> {
-        let fail = |reason: String| ProbeError::Attach {
+        let fail = |reason: String, errno: Option<i32>| ProbeError::Attach {
             ifname: ifname.to_string(),
             reason,
+            errno,
         };
         if self.attached.contains_key(&ifindex) {
             return Ok(());
         }
+        let zeroed = zeroed_per_cpu().map_err(|e| fail(e.to_string(), e.raw_os_error()))?;
         self.counters
-            .insert(
-                ifindex,
-                zeroed_per_cpu().map_err(|e| fail(e.to_string()))?,
-                0,
-            )
-            .map_err(|e| fail(format!("cannot add its counters: {e}")))?;
+            .insert(ifindex, zeroed, 0)
+            .map_err(|e| fail(format!("cannot add its counters: {e}"), map_errno(&e)))?;
         if let Err(e) = self.windows.insert(ifindex, TapWindow::default(), 0) {
             let _ = self.counters.remove(&ifindex);
-            return Err(fail(format!("cannot add its state: {e}")));
+            return Err(fail(format!("cannot add its state: {e}"), map_errno(&e)));
         }
-        let result = self.attach_programs(ifname);
+        let result = self.attach_programs(ifindex, ifname);
         match result {
             Ok(att) => {
                 self.attached.insert(ifindex, att);
                 Ok(())
             }
-            Err(e) => {
+            Err((reason, errno)) => {
                 let _ = self.counters.remove(&ifindex);
                 let _ = self.windows.remove(&ifindex);
-                Err(fail(e))
+                Err(fail(reason, errno))
             }
         }
     }
 
-    fn attach_programs(&mut self, ifname: &str) -> Result<Attachment, String> {
+    fn attach_programs(
+        &mut self,
+        ifindex: u32,
+        ifname: &str,
+    ) -> Result<Attachment, (String, Option<i32>)> {
+        // Filters of a killed clsact run stay attached and would count every frame again;
+        // whatever this run's mode, remove those whose owner is gone (never a live run's).
+        self.orphans.remove(ifindex).map_err(|e| {
+            (
+                format!("cannot look at its tc filters: {e}"),
+                e.raw_os_error(),
+            )
+        })?;
         let options = || match self.mode {
             AttachMode::Clsact => TcAttachOptions::Netlink(NlOptions::default()),
             _ => TcAttachOptions::TcxOrder(LinkOrder::default()),
@@ -192,23 +240,16 @@ impl Probe {
                 // EEXIST: the qdisc is already there (another tool, or an earlier run).
                 if !matches!(&e, tc::TcError::NetlinkError(n) if n.raw_os_error() == Some(libc::EEXIST))
                 {
-                    return Err(format!("cannot add a clsact qdisc: {e}"));
+                    return Err((format!("cannot add a clsact qdisc: {e}"), tc_errno(&e)));
                 }
-            }
-            // Filters of a run that was killed stay attached with clsact; remove them so
-            // frames are not counted twice.
-            for (ty, name) in [
-                (TcAttachType::Ingress, INGRESS),
-                (TcAttachType::Egress, EGRESS),
-            ] {
-                let _ = tc::qdisc_detach_program(ifname, ty, name);
             }
         }
         let (o1, o2) = (options(), options());
         let ingress = self
             .program(INGRESS)
             .attach_with_options(ifname, TcAttachType::Ingress, o1);
-        let ingress = ingress.map_err(|e| format!("ingress: {}", error_chain(&e)))?;
+        let ingress =
+            ingress.map_err(|e| (format!("ingress: {}", error_chain(&e)), program_errno(&e)))?;
         match self
             .program(EGRESS)
             .attach_with_options(ifname, TcAttachType::Egress, o2)
@@ -216,7 +257,7 @@ impl Probe {
             Ok(egress) => Ok(Attachment { ingress, egress }),
             Err(e) => {
                 let _ = self.program(INGRESS).detach(ingress);
-                Err(format!("egress: {}", error_chain(&e)))
+                Err((format!("egress: {}", error_chain(&e)), program_errno(&e)))
             }
         }
     }
@@ -295,6 +336,143 @@ fn describe(e: &ProgramError) -> String {
         }
         other => error_chain(other),
     }
+}
+
+/// The errno behind an aya program error (TCX link syscalls, clsact netlink requests).
+fn program_errno(e: &ProgramError) -> Option<i32> {
+    match e {
+        ProgramError::SyscallError(s) => s.io_error.raw_os_error(),
+        ProgramError::TcError(t) => tc_errno(t),
+        ProgramError::IOError(io) => io.raw_os_error(),
+        other => chain_errno(other),
+    }
+}
+
+fn tc_errno(e: &tc::TcError) -> Option<i32> {
+    match e {
+        tc::TcError::NetlinkError(n) => n.raw_os_error(),
+        tc::TcError::IoError(io) => io.raw_os_error(),
+        other => chain_errno(other),
+    }
+}
+
+fn map_errno(e: &aya::maps::MapError) -> Option<i32> {
+    match e {
+        aya::maps::MapError::SyscallError(s) => s.io_error.raw_os_error(),
+        other => chain_errno(other),
+    }
+}
+
+/// The first `io::Error` with an errno in an error's source chain.
+fn chain_errno(e: &(dyn std::error::Error + 'static)) -> Option<i32> {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if let Some(n) = err
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.raw_os_error())
+        {
+            return Some(n);
+        }
+        cur = err.source();
+    }
+    None
+}
+
+/// tapwatch's filters on a tap whose owning process is gone: a run killed with clsact
+/// filters attached. A filter's owner is alive while some process holds a descriptor of the
+/// filter's BPF program (every run holds its programs until it exits); the kernel says who
+/// does in /proc/PID/fdinfo. Where that cannot be read (no CAP_SYS_PTRACE), nothing is
+/// removed.
+#[derive(Default)]
+struct Orphans {
+    /// Program ids held by live processes, read when first needed and again whenever a
+    /// filter's program is not among them (it may belong to a run started since).
+    held: Option<std::collections::HashSet<u32>>,
+}
+
+/// Names of the filters tapwatch's programs make.
+const OUR_FILTERS: [&str; 2] = [INGRESS, EGRESS];
+
+impl Orphans {
+    /// Removes orphaned tapwatch filters from `ifindex`; how many were removed.
+    fn remove(&mut self, ifindex: u32) -> std::io::Result<usize> {
+        let mut removed = 0;
+        for parent in [crate::nl::CLSACT_INGRESS, crate::nl::CLSACT_EGRESS] {
+            let ours: Vec<crate::nl::BpfFilter> = crate::nl::bpf_filters(ifindex, parent)?
+                .into_iter()
+                .filter(|f| OUR_FILTERS.iter().any(|n| f.name.starts_with(n)))
+                .collect();
+            for f in ours {
+                if self.is_held(f.prog_id)? {
+                    continue;
+                }
+                match crate::nl::delete_filter(ifindex, &f) {
+                    Ok(()) => removed += 1,
+                    // Removed meanwhile by someone else.
+                    Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        Ok(removed)
+    }
+
+    fn is_held(&mut self, prog_id: u32) -> std::io::Result<bool> {
+        if let Some(held) = &self.held {
+            if held.contains(&prog_id) {
+                return Ok(true);
+            }
+        }
+        let held = held_program_ids()?;
+        let is = held.contains(&prog_id);
+        self.held = Some(held);
+        Ok(is)
+    }
+}
+
+/// Ids of every BPF program some process holds a descriptor of. Errs (and so removes
+/// nothing) if any process's descriptors cannot be read.
+fn held_program_ids() -> std::io::Result<std::collections::HashSet<u32>> {
+    let mut ids = std::collections::HashSet::new();
+    for proc_entry in std::fs::read_dir("/proc")? {
+        let Ok(proc_entry) = proc_entry else { continue };
+        let pid = proc_entry.file_name();
+        if !pid.to_string_lossy().bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        let fd_dir = proc_entry.path().join("fd");
+        let fds = match std::fs::read_dir(&fd_dir) {
+            Ok(f) => f,
+            // The process ended meanwhile.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => {
+                return Err(std::io::Error::new(
+                    e.kind(),
+                    format!("{}: {e} (deciding whether a tc filter's owner is alive needs CAP_SYS_PTRACE or root)", fd_dir.display()),
+                ))
+            }
+        };
+        for fd in fds.flatten() {
+            let Ok(target) = std::fs::read_link(fd.path()) else {
+                continue;
+            };
+            if target.as_os_str() != "anon_inode:bpf-prog" {
+                continue;
+            }
+            let info = proc_entry.path().join("fdinfo").join(fd.file_name());
+            let Ok(info) = std::fs::read_to_string(info) else {
+                continue;
+            };
+            if let Some(id) = info
+                .lines()
+                .find_map(|l| l.strip_prefix("prog_id:"))
+                .and_then(|v| v.trim().parse().ok())
+            {
+                ids.insert(id);
+            }
+        }
+    }
+    Ok(ids)
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {

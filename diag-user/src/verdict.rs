@@ -435,7 +435,22 @@ impl Engine {
                     }
                 }
             }
-            Record::Verdict { ts, .. } => self.now = Some(*ts),
+            Record::Renamed {
+                ts,
+                ifname,
+                old_ifname,
+                ..
+            } => {
+                self.now = Some(*ts);
+                if let Some(i) = self.live.remove(old_ifname) {
+                    let t = &mut self.taps[i];
+                    t.ifname = ifname.clone();
+                    t.counters.ifname = ifname.clone();
+                    t.note(*ts, format!("tap renamed from {old_ifname}"));
+                    self.live.insert(ifname.clone(), i);
+                }
+            }
+            Record::Verdict { ts, .. } | Record::Notice { ts, .. } => self.now = Some(*ts),
             Record::Lab(_) => {}
         }
         changes
@@ -615,34 +630,6 @@ impl Engine {
                 }
             }
         }
-    }
-}
-
-/// A [`crate::output::Sink`] adapter: forwards every record, adds `verdict` records on
-/// state changes, and the verdict fields to the summary.
-pub struct VerdictSink<'a> {
-    pub engine: Engine,
-    pub inner: &'a mut dyn crate::output::Sink,
-}
-
-impl crate::output::Sink for VerdictSink<'_> {
-    fn emit(&mut self, rec: &Record) -> std::io::Result<()> {
-        let changes = self.engine.apply(rec);
-        if matches!(rec, Record::Summary { .. }) {
-            let mut rec = rec.clone();
-            self.engine.annotate_summary(&mut rec);
-            self.inner.emit(&rec)?;
-        } else {
-            self.inner.emit(rec)?;
-        }
-        for v in &changes {
-            self.inner.emit(v)?;
-        }
-        Ok(())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.inner.flush()
     }
 }
 

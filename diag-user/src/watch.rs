@@ -1,7 +1,11 @@
 //! `tapwatch watch`: follows the selected taps, attaches the probe to each, and turns
 //! netlink changes, kernel events and counters into [`Record`]s for a [`Sink`].
 
-use std::{collections::HashMap, io, time::Duration};
+use std::{
+    collections::{BTreeMap, HashMap},
+    io,
+    time::Duration,
+};
 
 use aya::maps::{MapData, RingBuf};
 use diag_common::{FrameEvent, TapCounters};
@@ -58,6 +62,25 @@ pub enum WatchError {
     },
     #[error("cannot write output: {0}")]
     Output(#[source] io::Error),
+    #[error(transparent)]
+    Descriptors(#[from] crate::caps::OutOfDescriptors),
+}
+
+impl WatchError {
+    /// Out of descriptors, wherever it happened: a fallback would run out too.
+    fn descriptors(self) -> Self {
+        let errno = match &self {
+            WatchError::Probe(p) => p.errno(),
+            WatchError::Pcap(p) => p.errno(),
+            WatchError::Iface(IfaceError::Socket(e) | IfaceError::Dump(e)) => e.raw_os_error(),
+            WatchError::Setup { source, .. } => source.raw_os_error(),
+            _ => None,
+        };
+        match crate::caps::OutOfDescriptors::from_errno(errno, "starting up") {
+            Some(d) if !matches!(self, WatchError::Probe(ProbeError::Descriptors(_))) => d.into(),
+            _ => self,
+        }
+    }
 }
 
 /// Which datapath observes the taps.
@@ -83,14 +106,14 @@ impl Backend {
         }
     }
 
-    fn attach(&mut self, link: &Link) -> Result<(), String> {
+    fn attach(&mut self, link: &Link) -> Result<(), (String, Option<i32>)> {
         match self {
             Backend::Ebpf(p) => p
                 .attach(link.ifindex, &link.name)
-                .map_err(|e| e.to_string()),
+                .map_err(|e| (e.to_string(), e.errno())),
             Backend::Pcap(p) => p
                 .attach(link.ifindex, &link.name, link.mac)
-                .map_err(|e| e.to_string()),
+                .map_err(|e| (e.to_string(), e.errno())),
         }
     }
 
@@ -143,6 +166,18 @@ struct Watcher<'s> {
     names: HashMap<u32, String>,
     sink: &'s mut dyn Sink,
     notices: bool,
+    /// Taps that match but could not be attached, by ifindex: name and why. Retried at
+    /// every stats tick; those still here at the end make the run fail.
+    unwatched: BTreeMap<u32, (String, String)>,
+    /// When stderr last said that link notifications were lost.
+    overflow_said: Option<std::time::Instant>,
+}
+
+/// How a run ended, besides its records.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    /// Taps that matched but could not be watched to the end: name and why.
+    pub unwatched: Vec<(String, String)>,
 }
 
 impl Watcher<'_> {
@@ -159,20 +194,79 @@ impl Watcher<'_> {
             LinkChange::Present(link) => match self.live.get(&link.ifindex).copied() {
                 Some(i) => self.on_known_link(i, link),
                 None if self.selector.matches(&link.name) => self.attach(link),
-                None => Ok(()),
+                None => {
+                    self.unwatched.remove(&link.ifindex);
+                    Ok(())
+                }
             },
-            LinkChange::Removed { ifindex, .. } => self.detach(ifindex, "interface removed".into()),
+            LinkChange::Removed { ifindex, .. } => {
+                self.unwatched.remove(&ifindex);
+                self.detach(ifindex, "interface removed".into())
+            }
+            LinkChange::Resynced => {
+                let message = "link notifications were lost (the kernel's netlink buffer                                overflowed): re-read every interface, so no tap and no MAC                                change is missed"
+                    .to_string();
+                let quiet = self
+                    .overflow_said
+                    .is_some_and(|t| t.elapsed() < Duration::from_secs(60));
+                if self.notices && !quiet {
+                    eprintln!("tapwatch: {message}");
+                    self.overflow_said = Some(std::time::Instant::now());
+                }
+                self.notice("netlink_overflow", None, message)
+            }
         }
     }
 
+    fn notice(
+        &mut self,
+        code: &'static str,
+        ifname: Option<String>,
+        message: String,
+    ) -> io::Result<()> {
+        let ts = self.ts();
+        self.emit(Record::Notice {
+            ts,
+            code,
+            ifname,
+            message,
+        })
+    }
+
     fn attach(&mut self, link: Link) -> io::Result<()> {
-        if let Err(e) = self.backend.attach(&link) {
-            // Usually a tap deleted right after it appeared; its removal follows.
-            if self.notices {
-                eprintln!("tapwatch: {e}");
+        if let Err((reason, errno)) = self.backend.attach(&link) {
+            // A tap removed right after it appeared (libvirt re-creates and deletes taps
+            // within milliseconds while destroying a domain): its removal follows, and
+            // there is nothing to report.
+            if !link_exists(link.ifindex, &link.name) {
+                return Ok(());
             }
-            return Ok(());
+            let reason = match crate::caps::OutOfDescriptors::from_errno(
+                errno,
+                format!("attaching to {}", link.name),
+            ) {
+                Some(d) => d.to_string(),
+                None => reason,
+            };
+            let known = self
+                .unwatched
+                .get(&link.ifindex)
+                .is_some_and(|(_, r)| *r == reason);
+            self.unwatched
+                .insert(link.ifindex, (link.name.clone(), reason.clone()));
+            if known {
+                return Ok(());
+            }
+            if self.notices {
+                eprintln!("tapwatch: {} is not watched: {reason}", link.name);
+            }
+            return self.notice(
+                "attach_failed",
+                Some(link.name.clone()),
+                format!("{} is not watched: {reason}", link.name),
+            );
         }
+        self.unwatched.remove(&link.ifindex);
         let ts = self.ts();
         self.names.insert(link.ifindex, link.name.clone());
         self.live.insert(link.ifindex, self.taps.len());
@@ -200,7 +294,18 @@ impl Watcher<'_> {
             if !self.selector.matches(&link.name) {
                 return self.detach(ifindex, format!("renamed to {}", link.name));
             }
+            // Still watched: the same tap under a new name keeps its counters and verdict.
+            // Its events still in the ring buffer go out under the old name first.
+            let old_ifname = self.taps[i].link.name.clone();
             self.names.insert(ifindex, link.name.clone());
+            self.taps[i].link.name = link.name.clone();
+            let ts = self.ts();
+            self.emit(Record::Renamed {
+                ts,
+                ifname: link.name.clone(),
+                old_ifname,
+                ifindex,
+            })?;
         }
         let (old_mac, old_mode) = (self.taps[i].link.mac, self.taps[i].link.mode());
         let ts = self.ts();
@@ -286,6 +391,25 @@ impl Watcher<'_> {
         }
     }
 
+    /// Tries the taps that could not be attached again (descriptors freed, a transient
+    /// error gone).
+    fn retry_unwatched(&mut self) -> io::Result<()> {
+        let pending: Vec<u32> = self.unwatched.keys().copied().collect();
+        for ifindex in pending {
+            let Some((name, _)) = self.unwatched.get(&ifindex).cloned() else {
+                continue;
+            };
+            match crate::ifaces::lookup(ifindex) {
+                Ok(Some(link)) if link.name == name => self.attach(link)?,
+                Ok(_) => {
+                    self.unwatched.remove(&ifindex);
+                }
+                Err(_) => {}
+            }
+        }
+        Ok(())
+    }
+
     fn stats(&mut self) -> io::Result<()> {
         let mut live: Vec<usize> = self.live.values().copied().collect();
         live.sort_unstable();
@@ -331,17 +455,18 @@ pub async fn run(
     opts: WatchOptions,
     sink: &mut dyn Sink,
     stop: impl std::future::Future<Output = ()>,
-) -> Result<(), WatchError> {
+) -> Result<Outcome, WatchError> {
     let selector = Selector::new(&opts.patterns)?;
     raise_fd_limit();
-    let mut sigint = signal(SignalKind::interrupt()).map_err(setup("SIGINT handler"))?;
-    let mut sigterm = signal(SignalKind::terminate()).map_err(setup("SIGTERM handler"))?;
+    let mut signals = Signals::new()?;
     let clock = WallClock::new();
     let (backend, mut src) = match opts.backend {
-        BackendChoice::Ebpf => load_ebpf(opts.attach_mode)?,
-        BackendChoice::Pcap => load_pcap(clock)?,
-        BackendChoice::Auto => match load_ebpf(opts.attach_mode) {
+        BackendChoice::Ebpf => load_ebpf(opts.attach_mode).map_err(WatchError::descriptors)?,
+        BackendChoice::Pcap => load_pcap(clock).map_err(WatchError::descriptors)?,
+        BackendChoice::Auto => match load_ebpf(opts.attach_mode).map_err(WatchError::descriptors) {
             Ok(b) => b,
+            Err(e @ WatchError::Descriptors(_)) => return Err(e),
+            Err(e @ WatchError::Probe(ProbeError::Descriptors(_))) => return Err(e),
             Err(e) => match load_pcap(clock) {
                 Ok(b) => {
                     eprintln!(
@@ -356,7 +481,8 @@ pub async fn run(
             },
         },
     };
-    let (mut monitor, links) = LinkMonitor::start().await?;
+    let (mut monitor, links) =
+        LinkMonitor::start().map_err(|e| WatchError::from(e).descriptors())?;
 
     let mut w = Watcher {
         backend,
@@ -367,6 +493,8 @@ pub async fn run(
         names: HashMap::new(),
         sink,
         notices: opts.notices,
+        unwatched: BTreeMap::new(),
+        overflow_said: None,
     };
     let result = watch_loop(
         &mut w,
@@ -375,8 +503,7 @@ pub async fn run(
         &mut monitor,
         &links,
         &opts,
-        &mut sigint,
-        &mut sigterm,
+        &mut signals,
     )
     .await;
     // Whatever ended the loop, report what was counted; an output error only stops output.
@@ -384,11 +511,55 @@ pub async fn run(
         .drain(&mut src)
         .and_then(|_| w.summary())
         .and_then(|_| w.sink.flush());
+    let outcome = Outcome {
+        unwatched: std::mem::take(&mut w.unwatched)
+            .into_iter()
+            .filter(|(i, (name, _))| link_exists(*i, name))
+            .map(|(_, v)| v)
+            .collect(),
+    };
     match (result, end) {
         (Err(e), _) => Err(e),
         (Ok(()), Err(e)) if e.kind() != io::ErrorKind::BrokenPipe => Err(WatchError::Output(e)),
-        _ => Ok(()),
+        _ => Ok(outcome),
     }
+}
+
+/// The signals that end a run the way SIGTERM does: Ctrl-C, a dropped ssh session or closed
+/// terminal (SIGHUP), SIGQUIT, and SIGUSR1/2 (which would otherwise kill the process and
+/// leave the summary, the bundle and clsact filters behind).
+pub struct Signals(Vec<tokio::signal::unix::Signal>);
+
+impl Signals {
+    pub fn new() -> Result<Self, WatchError> {
+        [
+            SignalKind::interrupt(),
+            SignalKind::terminate(),
+            SignalKind::hangup(),
+            SignalKind::quit(),
+            SignalKind::user_defined1(),
+            SignalKind::user_defined2(),
+        ]
+        .into_iter()
+        .map(|k| signal(k).map_err(setup("signal handlers")))
+        .collect::<Result<_, _>>()
+        .map(Self)
+    }
+
+    /// Waits for any of them.
+    pub async fn recv(&mut self) {
+        let waits = self.0.iter_mut().map(|s| Box::pin(s.recv()));
+        futures::future::select_all(waits).await;
+    }
+}
+
+/// Whether `ifindex` still names a link called `name` in this namespace.
+fn link_exists(ifindex: u32, name: &str) -> bool {
+    let Ok(c) = std::ffi::CString::new(name) else {
+        return false;
+    };
+    // SAFETY: a valid NUL-terminated string.
+    unsafe { libc::if_nametoindex(c.as_ptr()) == ifindex }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -399,8 +570,7 @@ async fn watch_loop(
     monitor: &mut LinkMonitor,
     initial: &[Link],
     opts: &WatchOptions,
-    sigint: &mut tokio::signal::unix::Signal,
-    sigterm: &mut tokio::signal::unix::Signal,
+    signals: &mut Signals,
 ) -> Result<(), WatchError> {
     let out = |r: io::Result<()>| -> Result<bool, WatchError> {
         match r {
@@ -415,7 +585,7 @@ async fn watch_loop(
             return Ok(());
         }
     }
-    if w.live.is_empty() && w.notices {
+    if w.live.is_empty() && w.unwatched.is_empty() && w.notices {
         eprintln!(
             "tapwatch: no interface matches {}; watching for new ones",
             w.selector.describe()
@@ -430,9 +600,8 @@ async fn watch_loop(
     let deadline = opts.duration.map(|d| start + d);
     loop {
         let step = tokio::select! {
-            _ = sigint.recv() => return Ok(()),
+            _ = signals.recv() => return Ok(()),
             _ = stop.as_mut() => return Ok(()),
-            _ = sigterm.recv() => return Ok(()),
             _ = async { sleep_until(deadline.unwrap_or(start)).await }, if deadline.is_some() => return Ok(()),
             change = monitor.next() => match change {
                 Some(change) => {
@@ -450,7 +619,10 @@ async fn watch_loop(
                 Ready::Event(Some(ev)) => w.on_event(&ev),
                 Ready::Event(None) => Ok(()),
             },
-            _ = tick.tick() => w.drain(src).and_then(|_| w.stats()),
+            _ = tick.tick() => w
+                .drain(src)
+                .and_then(|_| w.retry_unwatched())
+                .and_then(|_| w.stats()),
         };
         if !out(step.and_then(|_| w.sink.flush()))? {
             return Ok(());

@@ -41,9 +41,10 @@ fn stats(t: Ts, round: u64) -> Record {
 
 pub fn run(_: &Settings, report: &mut Report) -> Result<()> {
     let t0 = chrono::Utc::now();
-    let mut app = App::new(Engine::new(EngineConfig::default(), Box::new(NoVms)));
+    let mut app = App::new();
+    let mut engine = Engine::new(EngineConfig::default(), Box::new(NoVms));
     for i in 0..TAPS {
-        app.apply(&Record::Attached {
+        engine.apply(&Record::Attached {
             ts: Ts(t0),
             ifname: format!("tap{i:04}"),
             ifindex: i as u32 + 10,
@@ -64,17 +65,17 @@ pub fn run(_: &Settings, report: &mut Report) -> Result<()> {
     for k in 1..=FRAMES {
         let rec = stats(at(k), k as u64);
         let t = Instant::now();
-        app.apply(&rec);
+        engine.apply(&rec);
         apply.push(ms(t.elapsed()));
         // Every few frames the selection moves, as when an engineer scrolls.
         if k % 10 == 0 {
-            app.move_selection(1);
+            app.move_selection(&engine, 1);
         }
         let t = Instant::now();
-        test.draw(|f| ui::draw(f, &app, at(k)))?;
+        test.draw(|f| ui::draw(f, &app, &engine, at(k)))?;
         widgets.push(ms(t.elapsed()));
         let t = Instant::now();
-        term.draw(|f| ui::draw(f, &app, at(k)))?;
+        term.draw(|f| ui::draw(f, &app, &engine, at(k)))?;
         full.push(ms(t.elapsed()));
     }
     let p = |v: &mut Vec<f64>| (percentile(v, 50.0), percentile(v, 99.0));

@@ -22,13 +22,14 @@ use std::{
     time::{Duration, Instant},
 };
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 use crate::{
     caps,
     clock::{monotonic_ns, Ts, WallClock},
     mac::MacAddr,
-    output::{ChannelSink, LabRecord, Record},
+    output::{LabRecord, Record},
+    pipeline::{Feed, Pipeline},
     probe::AttachMode,
     sandbox::{frames, run, Netns, SandboxError, VmTap},
     watch::{self, WatchError, WatchOptions},
@@ -293,12 +294,12 @@ struct Lab {
     vms: Vec<LabVm>,
     clock: WallClock,
     opts: LabOptions,
-    records: mpsc::UnboundedSender<Record>,
+    pipeline: Arc<Pipeline>,
 }
 
 impl Lab {
     fn lab_record(&self, event: &'static str, vm: Option<&str>, detail: Option<String>) {
-        let _ = self.records.send(Record::Lab(LabRecord {
+        self.pipeline.emit(&Record::Lab(LabRecord {
             ts: Ts(self.clock.now()),
             event,
             vm: vm.map(str::to_string),
@@ -531,27 +532,33 @@ impl crate::verdict::VmDirectory for LabVms {
 
 /// How a lab run ends.
 pub struct LabRun {
-    /// Records: lab steps, tapwatch's own records, and last the truth.
-    pub records: mpsc::UnboundedReceiver<Record>,
     /// Asks the lab to stop (the view's quit key).
     pub stop: oneshot::Sender<()>,
-    /// The lab itself; join it after the records end.
+    /// The lab itself: lab steps, tapwatch's own records, and last the truth go into the
+    /// pipeline; the pipeline is finished when it ends.
     pub handle: JoinHandle<Result<(), LabError>>,
 }
 
 /// Builds the lab and starts the story on background threads; tapwatch watches the
-/// destination hypervisor. `headless` runs end by themselves once the story is over.
-pub fn start(opts: LabOptions, headless: bool) -> Result<LabRun, LabError> {
+/// destination hypervisor and feeds `pipeline`. `headless` runs end by themselves once the
+/// story is over.
+pub fn start(
+    opts: LabOptions,
+    headless: bool,
+    pipeline: Arc<Pipeline>,
+) -> Result<LabRun, LabError> {
     caps::check()?;
     if opts.vms == 0 || opts.vms > MAX_VMS {
         return Err(LabError::TooManyVms { max: MAX_VMS });
     }
     clean_leftovers();
-    let (tx, rx) = mpsc::unbounded_channel();
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
-    let handle = std::thread::spawn(move || story(opts, headless, tx, stop_rx));
+    let handle = std::thread::spawn(move || {
+        let r = story(opts, headless, pipeline.clone(), stop_rx);
+        pipeline.finish();
+        r
+    });
     Ok(LabRun {
-        records: rx,
         stop: stop_tx,
         handle,
     })
@@ -560,7 +567,7 @@ pub fn start(opts: LabOptions, headless: bool) -> Result<LabRun, LabError> {
 fn story(
     opts: LabOptions,
     headless: bool,
-    tx: mpsc::UnboundedSender<Record>,
+    pipeline: Arc<Pipeline>,
     mut stop: oneshot::Receiver<()>,
 ) -> Result<(), LabError> {
     let started = Instant::now();
@@ -581,30 +588,32 @@ fn story(
         backend: crate::watch::BackendChoice::Ebpf,
         notices: false,
     };
-    let wtx = tx.clone();
-    let watcher = topo.dst.spawn(move || -> Result<(), WatchError> {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|source| WatchError::Setup {
-                what: "the watcher's runtime",
-                source,
-            })?;
-        rt.block_on(async move {
-            let mut sink = ChannelSink(wtx);
-            watch::run(watch_opts, &mut sink, async {
-                let _ = watch_stop_rx.await;
+    let wpipe = pipeline.clone();
+    let watcher = topo
+        .dst
+        .spawn(move || -> Result<watch::Outcome, WatchError> {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|source| WatchError::Setup {
+                    what: "the watcher's runtime",
+                    source,
+                })?;
+            rt.block_on(async move {
+                let mut sink = Feed(wpipe);
+                watch::run(watch_opts, &mut sink, async {
+                    let _ = watch_stop_rx.await;
+                })
+                .await
             })
-            .await
-        })
-    })?;
+        })?;
 
     let mut lab = Lab {
         topo,
         vms: Vec::new(),
         clock: WallClock::new(),
         opts: opts.clone(),
-        records: tx.clone(),
+        pipeline: pipeline.clone(),
     };
     let stopped = |stop: &mut oneshot::Receiver<()>| {
         !matches!(stop.try_recv(), Err(oneshot::error::TryRecvError::Empty))
@@ -650,7 +659,7 @@ fn story(
                 // The live view shows the truth as soon as it is known.
                 if !headless {
                     for t in lab.truths() {
-                        let _ = tx.send(t);
+                        pipeline.emit(&t);
                     }
                 }
             }
@@ -666,7 +675,7 @@ fn story(
     })?;
     // The truth comes last, after tapwatch's summary.
     for t in lab.truths() {
-        let _ = tx.send(t);
+        pipeline.emit(&t);
     }
     drop(lab);
     result?;

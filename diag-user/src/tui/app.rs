@@ -1,16 +1,19 @@
-//! What the view shows: the verdict engine's taps plus selection, filter, sort, pause.
+//! What the view shows besides the engine's taps: selection, filter, sort, pause.
+//!
+//! The taps themselves are the run's one verdict engine (see `pipeline`); the view reads
+//! them while it draws and never keeps its own copy, except while paused.
 
 use std::collections::HashMap;
 
 use crate::{
     clock::Ts,
-    output::Record,
     verdict::{Engine, State, TapView},
 };
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum SortBy {
     /// Worst first: BLACKOUT, RECOVERED, QUIET, OK, GONE; then by name.
+    #[default]
     State,
     Name,
     Mismatches,
@@ -43,10 +46,11 @@ fn severity(s: State) -> u8 {
     }
 }
 
+#[derive(Default)]
 pub struct App {
-    pub engine: Engine,
-    /// Name of the selected tap (stable across re-sorting).
-    pub selected: Option<String>,
+    /// ifindex and name of the selected tap (stable across re-sorting; the ifindex keeps
+    /// it across a rename).
+    pub selected: Option<(u32, String)>,
     pub filter: String,
     /// Typing a filter after `/`.
     pub editing_filter: bool,
@@ -55,7 +59,7 @@ pub struct App {
     pub paused: Option<Vec<TapView>>,
     pub show_detail: bool,
     pub show_help: bool,
-    /// Counters at the last `c`, subtracted from what is shown.
+    /// Counters at the last `c`, by tap name, subtracted from what is shown.
     pub baseline: HashMap<String, u64>,
     /// Set when the watcher has ended (SIGTERM, --duration).
     pub finished: bool,
@@ -63,36 +67,17 @@ pub struct App {
 }
 
 impl App {
-    pub fn new(engine: Engine) -> Self {
-        Self {
-            engine,
-            selected: None,
-            filter: String::new(),
-            editing_filter: false,
-            sort: SortBy::State,
-            paused: None,
-            show_detail: false,
-            show_help: false,
-            baseline: HashMap::new(),
-            finished: false,
-            status: String::new(),
-        }
+    pub fn new() -> Self {
+        Self::default()
     }
 
-    pub fn apply(&mut self, rec: &Record) {
-        if let Record::Lab(l) = rec {
-            self.status = format!("lab: {}", l.describe());
-        }
-        self.engine.apply(rec);
+    /// The taps to show: the engine's, or the frozen copy while paused.
+    pub fn taps<'a>(&'a self, engine: &'a Engine) -> &'a [TapView] {
+        self.paused.as_deref().unwrap_or(&engine.taps)
     }
 
-    pub fn taps(&self) -> &[TapView] {
-        self.paused.as_deref().unwrap_or(&self.engine.taps)
-    }
-
-    /// Indices into `taps()` of the rows to show, filtered and sorted.
-    pub fn rows(&self) -> Vec<usize> {
-        let taps = self.taps();
+    /// Indices into `taps` of the rows to show, filtered and sorted.
+    pub fn rows(&self, taps: &[TapView]) -> Vec<usize> {
         let f = self.filter.to_lowercase();
         let mut idx: Vec<usize> = (0..taps.len())
             .filter(|&i| {
@@ -121,44 +106,45 @@ impl App {
     }
 
     /// Position of the selected row in `rows`, selecting the first row if none is.
-    pub fn selected_pos(&self, rows: &[usize]) -> Option<usize> {
-        let taps = self.taps();
+    pub fn selected_pos(&self, taps: &[TapView], rows: &[usize]) -> Option<usize> {
         match &self.selected {
-            Some(name) => rows
+            Some((ifindex, name)) => rows
                 .iter()
-                .position(|&i| &taps[i].ifname == name)
+                .position(|&i| taps[i].ifindex == *ifindex && taps[i].ifname == *name)
+                .or_else(|| rows.iter().position(|&i| taps[i].ifindex == *ifindex))
                 .or(if rows.is_empty() { None } else { Some(0) }),
             None if rows.is_empty() => None,
             None => Some(0),
         }
     }
 
-    pub fn selected_tap(&self) -> Option<&TapView> {
-        let rows = self.rows();
-        let pos = self.selected_pos(&rows)?;
-        Some(&self.taps()[rows[pos]])
+    pub fn selected_tap<'a>(&self, taps: &'a [TapView]) -> Option<&'a TapView> {
+        let rows = self.rows(taps);
+        let pos = self.selected_pos(taps, &rows)?;
+        Some(&taps[rows[pos]])
     }
 
-    pub fn move_selection(&mut self, delta: isize) {
-        let rows = self.rows();
+    pub fn move_selection(&mut self, engine: &Engine, delta: isize) {
+        let taps = self.taps(engine);
+        let rows = self.rows(taps);
         if rows.is_empty() {
             return;
         }
-        let pos = self.selected_pos(&rows).unwrap_or(0) as isize;
+        let pos = self.selected_pos(taps, &rows).unwrap_or(0) as isize;
         let new = (pos + delta).clamp(0, rows.len() as isize - 1) as usize;
-        self.selected = Some(self.taps()[rows[new]].ifname.clone());
+        let t = &taps[rows[new]];
+        self.selected = Some((t.ifindex, t.ifname.clone()));
     }
 
-    pub fn toggle_pause(&mut self) {
+    pub fn toggle_pause(&mut self, engine: &Engine) {
         self.paused = match self.paused {
             Some(_) => None,
-            None => Some(self.engine.taps.clone()),
+            None => Some(engine.taps.clone()),
         };
     }
 
-    pub fn clear_counters(&mut self) {
-        self.baseline = self
-            .engine
+    pub fn clear_counters(&mut self, engine: &Engine) {
+        self.baseline = engine
             .taps
             .iter()
             .map(|t| (t.ifname.clone(), t.counters.dst_mismatch_frames))
@@ -167,7 +153,7 @@ impl App {
     }
 
     /// The time the view is "at": now, or the last record's time if later (replays).
-    pub fn now(&self, wall: Ts) -> Ts {
-        self.engine.now.map_or(wall, |n| n.max(wall))
+    pub fn now(&self, engine: &Engine, wall: Ts) -> Ts {
+        engine.now.map_or(wall, |n| n.max(wall))
     }
 }

@@ -3,6 +3,7 @@
 use crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
 
 use super::app::App;
+use crate::verdict::Engine;
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum Action {
@@ -10,7 +11,7 @@ pub enum Action {
     Quit,
 }
 
-pub fn on_key(app: &mut App, key: KeyEvent) -> Action {
+pub fn on_key(app: &mut App, engine: &Engine, key: KeyEvent) -> Action {
     if key.kind == KeyEventKind::Release {
         return Action::Continue;
     }
@@ -40,18 +41,18 @@ pub fn on_key(app: &mut App, key: KeyEvent) -> Action {
         KeyCode::Char('q') => return Action::Quit,
         KeyCode::Esc if app.show_detail => app.show_detail = false,
         KeyCode::Esc => return Action::Quit,
-        KeyCode::Up | KeyCode::Char('k') => app.move_selection(-1),
-        KeyCode::Down | KeyCode::Char('j') => app.move_selection(1),
-        KeyCode::PageUp => app.move_selection(-20),
-        KeyCode::PageDown => app.move_selection(20),
+        KeyCode::Up | KeyCode::Char('k') => app.move_selection(engine, -1),
+        KeyCode::Down | KeyCode::Char('j') => app.move_selection(engine, 1),
+        KeyCode::PageUp => app.move_selection(engine, -20),
+        KeyCode::PageDown => app.move_selection(engine, 20),
         KeyCode::Enter => app.show_detail = !app.show_detail,
         KeyCode::Char('/') => {
             app.editing_filter = true;
             app.filter.clear();
         }
         KeyCode::Char('s') => app.sort = app.sort.next(),
-        KeyCode::Char('p') => app.toggle_pause(),
-        KeyCode::Char('c') => app.clear_counters(),
+        KeyCode::Char('p') => app.toggle_pause(engine),
+        KeyCode::Char('c') => app.clear_counters(engine),
         KeyCode::Char('?') => app.show_help = true,
         _ => {}
     }

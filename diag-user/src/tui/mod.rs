@@ -1,28 +1,26 @@
 //! The live full-screen view: `tapwatch watch` without `--json`.
 //!
-//! The watcher runs beside the view in the same task and hands it records over a channel;
-//! the view feeds them to the verdict engine and redraws ten times a second. The terminal
-//! is restored on every way out: quit keys, SIGINT/SIGTERM (they end the watcher), a
-//! watcher error, and panics (ratatui's hook).
+//! The watcher runs on a thread of its own and feeds the run's pipeline; the view reads the
+//! pipeline's verdict engine while it draws, ten times a second, so a slow terminal never
+//! holds the watcher up. The terminal is restored on every way out: quit keys, the signals
+//! that end a run (they end the watcher), a watcher error, and panics (ratatui's hook).
 
 pub mod app;
 pub mod event;
 pub mod handler;
 pub mod ui;
 
-use std::{io, time::Duration};
+use std::{io, io::IsTerminal, sync::Arc, time::Duration};
 
 use chrono::Utc;
 use ratatui::DefaultTerminal;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::Notify;
 
 use crate::{
-    bundle::{Bundle, Tee},
     clock::Ts,
-    output::{ChannelSink, Record, Sink, TextSink},
-    verdict::Engine,
-    verdict::VerdictSink,
-    watch::{self, WatchError, WatchOptions},
+    output::{Record, Sink, TextSink},
+    pipeline::{Ending, Feed, Pipeline},
+    watch::{self, Outcome, WatchError, WatchOptions},
 };
 use app::App;
 use event::{Events, UiEvent};
@@ -34,67 +32,70 @@ pub enum TuiError {
     Watch(#[from] WatchError),
     #[error("terminal: {0}")]
     Terminal(#[from] io::Error),
+    #[error("the watcher thread panicked")]
+    Panicked,
 }
 
 const REDRAW: Duration = Duration::from_millis(100);
 
-/// Runs the watcher and the view until the user quits or the watcher stops; then prints
-/// the final verdicts on the normal screen so they stay in the scrollback.
-///
-/// `verdicts` adds verdict records to what goes to `bundle`, so a bundle recorded under the
-/// view holds the same stream as one recorded with `--json`.
+/// Why the live view cannot run here, if it cannot: it needs a terminal on stdout and a
+/// controlling terminal for keys.
+pub fn unavailable() -> Option<&'static str> {
+    if !io::stdout().is_terminal() {
+        return Some("stdout is not a terminal");
+    }
+    if std::fs::File::open("/dev/tty").is_err() {
+        return Some("there is no controlling terminal for keys");
+    }
+    None
+}
+
+/// Runs the watcher (on its own thread) and the view until the user quits or the watcher
+/// stops. `stop` ends the watcher; the view fires it on a quit key.
 pub async fn run(
     opts: WatchOptions,
-    engine: Engine,
-    verdicts: Engine,
-    bundle: Option<&mut Bundle>,
-) -> Result<(), TuiError> {
-    let (tx, rx) = mpsc::unbounded_channel();
-    let (stop_tx, stop_rx) = oneshot::channel::<()>();
-    let watcher = async move {
-        let mut channel = ChannelSink(tx);
-        let mut tee = Tee {
-            primary: &mut channel,
-            bundle,
-            failed: false,
-        };
-        let mut sink = VerdictSink {
-            engine: verdicts,
-            inner: &mut tee,
-        };
-        watch::run(opts, &mut sink, async {
-            let _ = stop_rx.await;
-        })
-        .await
-    };
-    let (watched, shown) = tokio::join!(watcher, show(rx, stop_tx, engine));
-    watched?;
-    print_ending(&shown?)
+    pipeline: Arc<Pipeline>,
+    stop: Arc<Notify>,
+) -> Result<(Outcome, Ending), TuiError> {
+    let (p, s) = (pipeline.clone(), stop.clone());
+    let watcher = std::thread::Builder::new()
+        .name("tapwatch-watch".into())
+        .spawn(move || -> Result<Outcome, WatchError> {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|source| WatchError::Setup {
+                    what: "the watcher's runtime",
+                    source,
+                })?;
+            let r = rt.block_on(watch::run(opts, &mut Feed(p.clone()), async move {
+                s.notified().await
+            }));
+            p.finish();
+            r
+        })?;
+    let shown = show(pipeline, || stop.notify_one()).await;
+    // The view may have failed on its own (a terminal gone): the watcher must still end
+    // cleanly, with its summary and nothing left attached.
+    stop.notify_one();
+    let watched = watcher.join().map_err(|_| TuiError::Panicked)?;
+    let outcome = watched?;
+    Ok((outcome, shown?))
 }
 
-/// What is left when the view closes: the summary (with verdicts) and lab findings.
-#[derive(Default)]
-pub struct Ending {
-    pub summary: Option<Record>,
-    pub lab: Vec<crate::output::LabRecord>,
-}
-
-/// Shows records from a watcher running elsewhere (another task or thread) until they
-/// end; a quit key fires `stop`.
-pub async fn show(
-    records: mpsc::UnboundedReceiver<Record>,
-    stop: oneshot::Sender<()>,
-    engine: Engine,
-) -> Result<Ending, TuiError> {
-    let mut terminal = ratatui::init();
-    let mut app = App::new(engine);
-    let shown = view(&mut terminal, &mut app, records, stop).await;
+/// Shows the pipeline's verdicts until its producer is done; a quit key calls `stop`.
+pub async fn show(pipeline: Arc<Pipeline>, stop: impl Fn()) -> Result<Ending, TuiError> {
+    let mut terminal = ratatui::try_init()?;
+    let mut app = App::new();
+    let shown = view(&mut terminal, &mut app, &pipeline, stop).await;
     ratatui::restore();
-    shown
+    shown?;
+    let ending = pipeline.head().ending.clone();
+    Ok(ending)
 }
 
 /// Prints the ending as text on stdout, where it stays in the scrollback.
-pub fn print_ending(ending: &Ending) -> Result<(), TuiError> {
+pub fn print_ending(ending: &Ending) -> io::Result<()> {
     let mut out = TextSink(io::stdout().lock());
     if let Some(summary) = &ending.summary {
         out.emit(summary)?;
@@ -102,58 +103,40 @@ pub fn print_ending(ending: &Ending) -> Result<(), TuiError> {
     for l in &ending.lab {
         out.emit(&Record::Lab(l.clone()))?;
     }
-    out.flush()?;
-    Ok(())
+    out.flush()
 }
 
 async fn view(
     terminal: &mut DefaultTerminal,
     app: &mut App,
-    mut records: mpsc::UnboundedReceiver<Record>,
-    stop: oneshot::Sender<()>,
-) -> Result<Ending, TuiError> {
+    pipeline: &Pipeline,
+    stop: impl Fn(),
+) -> Result<(), TuiError> {
     let mut events = Events::new(REDRAW);
-    let mut stop = Some(stop);
-    let mut ending = Ending::default();
     loop {
-        tokio::select! {
-            rec = records.recv() => match rec {
-                Some(rec) => {
-                    match &rec {
-                        Record::Summary { .. } => ending.summary = Some(rec.clone()),
-                        Record::Lab(l) if l.event == "truth" => {
-                            ending.lab.retain(|t| t.vm != l.vm);
-                            ending.lab.push(l.clone());
-                        }
-                        _ => {}
-                    }
-                    app.apply(&rec);
-                    continue;
+        match events.next().await {
+            UiEvent::Key(key) => {
+                let head = pipeline.head();
+                if handler::on_key(app, &head.engine, key) == Action::Quit {
+                    stop();
                 }
-                // The watcher ended: SIGINT, SIGTERM, --duration, or our stop.
-                None => break,
-            },
-            ev = events.next() => match ev {
-                UiEvent::Key(key) => {
-                    if handler::on_key(app, key) == Action::Quit {
-                        if let Some(s) = stop.take() {
-                            let _ = s.send(());
-                        }
-                    }
-                }
-                UiEvent::Tick => {}
-                UiEvent::InputClosed => {
-                    if let Some(s) = stop.take() {
-                        let _ = s.send(());
-                    }
-                }
-            },
+            }
+            UiEvent::Tick => {}
+            UiEvent::InputClosed => stop(),
         }
-        terminal.draw(|f| ui::draw(f, app, Ts(Utc::now())))?;
+        // The watcher ended: SIGINT, SIGTERM, SIGHUP, --duration, or our stop.
+        if pipeline.is_finished() {
+            break;
+        }
+        terminal.draw(|f| {
+            // Held only while the frame is built, not while the terminal writes it.
+            let head = pipeline.head();
+            if app.status.is_empty() || app.status.starts_with("lab: ") {
+                app.status.clone_from(&head.status);
+            }
+            ui::draw(f, app, &head.engine, Ts(Utc::now()))
+        })?;
     }
     app.finished = true;
-    if let Some(s) = ending.summary.as_mut() {
-        app.engine.annotate_summary(s);
-    }
-    Ok(ending)
+    Ok(())
 }

@@ -12,7 +12,7 @@ use super::app::App;
 use crate::{
     clock::Ts,
     mac::MacAddr,
-    verdict::{State, TapView},
+    verdict::{Engine, State, TapView},
 };
 
 const HEADER: [&str; 13] = [
@@ -116,8 +116,9 @@ fn row<'a>(app: &App, t: &'a TapView, now: Ts) -> Row<'a> {
     Row::new(cells).style(style)
 }
 
-pub fn draw(f: &mut Frame, app: &App, now: Ts) {
-    let now = app.now(now);
+/// Draws the view of `engine`'s taps as `app` says.
+pub fn draw(f: &mut Frame, app: &App, engine: &Engine, now: Ts) {
+    let now = app.now(engine, now);
     let detail_h = if app.show_detail { 14 } else { 0 };
     let [title, table, detail, diag, footer] = Layout::vertical([
         Constraint::Length(1),
@@ -128,8 +129,8 @@ pub fn draw(f: &mut Frame, app: &App, now: Ts) {
     ])
     .areas(f.area());
 
-    let taps = app.taps();
-    let rows = app.rows();
+    let taps = app.taps(engine);
+    let rows = app.rows(taps);
     let blackouts = taps.iter().filter(|t| t.state == State::Blackout).count();
     let mut head = vec![
         Span::styled("tapwatch", Style::default().add_modifier(Modifier::BOLD)),
@@ -154,8 +155,8 @@ pub fn draw(f: &mut Frame, app: &App, now: Ts) {
     }
     f.render_widget(Paragraph::new(Line::from(head)), title);
 
-    draw_table(f, app, &rows, now, table);
-    let selected = app.selected_tap();
+    draw_table(f, app, taps, &rows, now, table);
+    let selected = app.selected_tap(taps);
     if app.show_detail {
         if let Some(t) = selected {
             draw_detail(f, t, detail);
@@ -188,11 +189,10 @@ pub fn draw(f: &mut Frame, app: &App, now: Ts) {
     }
 }
 
-fn draw_table(f: &mut Frame, app: &App, rows: &[usize], now: Ts, area: Rect) {
-    let taps = app.taps();
+fn draw_table(f: &mut Frame, app: &App, taps: &[TapView], rows: &[usize], now: Ts, area: Rect) {
     // Only the visible window is built: smooth with thousands of taps.
     let height = area.height.saturating_sub(3) as usize;
-    let sel = app.selected_pos(rows);
+    let sel = app.selected_pos(taps, rows);
     let offset = match sel {
         Some(s) if height > 0 && s >= height => s + 1 - height,
         _ => 0,
@@ -324,24 +324,42 @@ mod tests {
     use super::*;
     use crate::{
         output::Record,
-        tui::{
-            app::App,
-            handler::{on_key, Action},
-        },
+        tui::handler::{on_key, Action},
         verdict::{fixtures::*, Engine, EngineConfig, NoVms},
     };
 
-    fn app(recs: &[Record]) -> App {
-        let mut app = App::new(Engine::new(EngineConfig::default(), Box::new(NoVms)));
-        for r in recs {
-            app.apply(r);
-        }
-        app
+    /// The view's state and the engine it shows, as in a run.
+    struct View {
+        app: App,
+        engine: Engine,
     }
 
-    fn screen(app: &App, now: Ts, w: u16, h: u16) -> String {
+    impl View {
+        fn apply(&mut self, rec: &Record) {
+            self.engine.apply(rec);
+        }
+        fn selected_tap(&self) -> Option<&crate::verdict::TapView> {
+            self.app.selected_tap(self.app.taps(&self.engine))
+        }
+        fn rows(&self) -> Vec<usize> {
+            self.app.rows(self.app.taps(&self.engine))
+        }
+    }
+
+    fn app(recs: &[Record]) -> View {
+        let mut engine = Engine::new(EngineConfig::default(), Box::new(NoVms));
+        for r in recs {
+            engine.apply(r);
+        }
+        View {
+            app: App::new(),
+            engine,
+        }
+    }
+
+    fn screen(v: &View, now: Ts, w: u16, h: u16) -> String {
         let mut term = Terminal::new(TestBackend::new(w, h)).unwrap();
-        term.draw(|f| draw(f, app, now)).unwrap();
+        term.draw(|f| draw(f, &v.app, &v.engine, now)).unwrap();
         let buf = term.backend().buffer();
         (0..h)
             .map(|y| {
@@ -364,8 +382,12 @@ mod tests {
             .unwrap_or_else(|| panic!("no row for {tap} in\n{screen}"))
     }
 
-    fn key(app: &mut App, code: KeyCode) -> Action {
-        on_key(app, KeyEvent::new(code, KeyModifiers::NONE))
+    fn key(v: &mut View, code: KeyCode) -> Action {
+        on_key(
+            &mut v.app,
+            &v.engine,
+            KeyEvent::new(code, KeyModifiers::NONE),
+        )
     }
 
     fn story(upto: usize) -> Vec<Record> {
@@ -480,7 +502,7 @@ mod tests {
             Action::Continue,
             "Esc closes the details first"
         );
-        assert!(!a.show_detail);
+        assert!(!a.app.show_detail);
         assert_eq!(key(&mut a, KeyCode::Char('q')), Action::Quit);
     }
 
@@ -496,7 +518,7 @@ mod tests {
         key(&mut a, KeyCode::Down);
         assert_eq!(a.selected_tap().unwrap().ifname, "tapB");
         key(&mut a, KeyCode::Char('s'));
-        assert_eq!(a.sort, crate::tui::app::SortBy::Name);
+        assert_eq!(a.app.sort, crate::tui::app::SortBy::Name);
         key(&mut a, KeyCode::Char('/'));
         for c in "vnet".chars() {
             key(&mut a, KeyCode::Char(c));
@@ -522,7 +544,7 @@ mod tests {
         assert!(screen(&a, at(1000), 200, 30).contains("GONE"));
         key(&mut a, KeyCode::Char('c'));
         let t = a.engine.tap("tapA").unwrap().clone();
-        assert_eq!(a.mismatches(&t), 0);
+        assert_eq!(a.app.mismatches(&t), 0);
         key(&mut a, KeyCode::Char('?'));
         let s = screen(&a, at(1000), 200, 30);
         assert!(
@@ -530,7 +552,7 @@ mod tests {
             "{s}"
         );
         key(&mut a, KeyCode::Char('x'));
-        assert!(!a.show_help);
+        assert!(!a.app.show_help);
     }
 
     #[test]
