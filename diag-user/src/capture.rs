@@ -31,6 +31,14 @@ pub enum CaptureError {
     Corrupt { offset: usize, what: String },
     #[error("link type {0:?} is not supported: capture on the tap (Ethernet) or with -i any (Linux cooked)")]
     LinkType(DataLink),
+    #[error("damaged capture at byte offset {offset}: it ends in the middle of a block (cut short: a full disk, a crash, or the capture was still being written)")]
+    Truncated { offset: u64 },
+    #[error("cannot read at byte offset {offset}: {source}")]
+    Read {
+        offset: u64,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// One captured frame.
@@ -62,92 +70,237 @@ fn ts_of(d: Duration) -> Ts {
     Ts(DateTime::from_timestamp(d.as_secs() as i64, d.subsec_nanos()).unwrap_or_default())
 }
 
-/// Reads a whole capture.
-pub fn read(bytes: &[u8]) -> Result<Vec<Packet>, CaptureError> {
-    match bytes.get(..4) {
-        Some([0x0a, 0x0d, 0x0d, 0x0a]) => read_pcapng(bytes),
-        Some(
-            [0xd4, 0xc3, 0xb2, 0xa1]
-            | [0xa1, 0xb2, 0xc3, 0xd4]
-            | [0x4d, 0x3c, 0xb2, 0xa1]
-            | [0xa1, 0xb2, 0x3c, 0x4d],
-        ) => read_pcap(bytes),
-        _ => Err(CaptureError::NotACapture(
-            bytes.iter().take(4).copied().collect(),
-        )),
-    }
+/// The longest block or record a reader accepts: far past any real snap length, and the
+/// most memory one block may take.
+pub const MAX_BLOCK: usize = 16 << 20;
+
+/// Which file format, and its parser's state.
+enum Format {
+    Pcap(PcapParser),
+    PcapNg(PcapNgParser),
 }
 
-fn read_pcap(bytes: &[u8]) -> Result<Vec<Packet>, CaptureError> {
-    let (mut rest, parser) = PcapParser::new(bytes).map_err(|e| corrupt(0, e))?;
-    let link = parser.header().datalink;
-    let mut out = Vec::new();
-    while !rest.is_empty() {
-        let offset = bytes.len() - rest.len();
-        let (next, pkt) = parser.next_packet(rest).map_err(|e| corrupt(offset, e))?;
-        let p = decode(link, &pkt.data, "capture", offset)?;
-        out.extend(p.map(|(data, ifname, direction, pkttype)| Packet {
-            ts: ts_of(pkt.timestamp),
-            ifname,
-            data,
-            orig_len: pkt.orig_len,
-            direction,
-            pkttype,
-        }));
-        rest = next;
-    }
-    Ok(out)
+/// Reads a capture block by block from any `Read`, holding at most one block (plus a read
+/// chunk) in memory whatever the file's size.
+pub struct CaptureReader<R> {
+    src: R,
+    buf: Vec<u8>,
+    /// Bytes of `buf` already parsed.
+    pos: usize,
+    /// File offset of `buf[0]`.
+    base: u64,
+    eof: bool,
+    format: Format,
 }
 
-fn read_pcapng(bytes: &[u8]) -> Result<Vec<Packet>, CaptureError> {
-    let (mut rest, mut parser) = PcapNgParser::new(bytes).map_err(|e| corrupt(0, e))?;
-    let mut out = Vec::new();
-    while !rest.is_empty() {
-        let offset = bytes.len() - rest.len();
-        let (next, block) = parser.next_block(rest).map_err(|e| corrupt(offset, e))?;
-        rest = next;
-        let Block::EnhancedPacket(epb) = block else {
-            continue;
+const CHUNK: usize = 64 * 1024;
+
+impl<R: std::io::Read> CaptureReader<R> {
+    /// Reads the file header; errs when it is not a pcap or pcapng capture.
+    pub fn new(src: R) -> Result<Self, CaptureError> {
+        let mut r = Self {
+            src,
+            buf: Vec::new(),
+            pos: 0,
+            base: 0,
+            eof: false,
+            format: Format::Pcap(PcapParser::new(&PCAP_STUB).expect("a valid header").1),
         };
-        let Some(idb) = parser.packet_interface(&epb) else {
-            return Err(CaptureError::Corrupt {
-                offset,
-                what: format!("packet of unknown interface {}", epb.interface_id),
-            });
+        // Enough for either file header.
+        while r.buf.len() < 4 && !r.eof {
+            r.fill()?;
+        }
+        let format = loop {
+            let head = &r.buf[..];
+            let parsed = match head.get(..4) {
+                Some([0x0a, 0x0d, 0x0d, 0x0a]) => PcapNgParser::new(head)
+                    .map(|(rest, p)| (head.len() - rest.len(), Format::PcapNg(p))),
+                Some(
+                    [0xd4, 0xc3, 0xb2, 0xa1]
+                    | [0xa1, 0xb2, 0xc3, 0xd4]
+                    | [0x4d, 0x3c, 0xb2, 0xa1]
+                    | [0xa1, 0xb2, 0x3c, 0x4d],
+                ) => PcapParser::new(head)
+                    .map(|(rest, p)| (head.len() - rest.len(), Format::Pcap(p))),
+                _ => {
+                    return Err(CaptureError::NotACapture(
+                        head.iter().take(4).copied().collect(),
+                    ))
+                }
+            };
+            match parsed {
+                Ok((used, f)) => {
+                    r.pos = used;
+                    break f;
+                }
+                Err(PcapError::IncompleteBuffer) if !r.eof && r.buf.len() < MAX_BLOCK => {
+                    r.fill()?
+                }
+                Err(PcapError::IncompleteBuffer) => {
+                    return Err(CaptureError::Truncated { offset: 0 })
+                }
+                Err(e) => return Err(corrupt(0, e)),
+            }
         };
-        let mut ifname = format!("if{}", epb.interface_id);
-        // Timestamps count units of 10^-tsresol s (default microseconds); the parser hands
-        // the raw count over as if it were nanoseconds.
-        let mut resol = 6u32;
-        for o in &idb.options {
-            match o {
-                InterfaceDescriptionOption::IfName(n) => ifname = n.to_string(),
-                InterfaceDescriptionOption::IfTsResol(r) if *r <= 9 => resol = *r as u32,
-                _ => {}
+        r.format = format;
+        Ok(r)
+    }
+
+    /// Offset in the file of the next byte to parse.
+    pub fn offset(&self) -> u64 {
+        self.base + self.pos as u64
+    }
+
+    fn fill(&mut self) -> Result<(), CaptureError> {
+        if self.pos > 0 && self.pos >= self.buf.len() / 2 {
+            self.buf.drain(..self.pos);
+            self.base += self.pos as u64;
+            self.pos = 0;
+        }
+        let old = self.buf.len();
+        self.buf.resize(old + CHUNK, 0);
+        let n = loop {
+            match self.src.read(&mut self.buf[old..]) {
+                Ok(n) => break n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    self.buf.truncate(old);
+                    return Err(CaptureError::Read {
+                        offset: self.base + old as u64,
+                        source: e,
+                    });
+                }
+            }
+        };
+        self.buf.truncate(old + n);
+        if n == 0 {
+            self.eof = true;
+        }
+        Ok(())
+    }
+
+    /// The next frame; `None` at the end. A block cut short by the end of the file is
+    /// [`CaptureError::Truncated`]; everything before it has been returned.
+    pub fn next_packet(&mut self) -> Result<Option<Packet>, CaptureError> {
+        loop {
+            if self.pos == self.buf.len() {
+                if self.eof {
+                    return Ok(None);
+                }
+                self.fill()?;
+                continue;
+            }
+            let offset = self.offset() as usize;
+            let avail = &self.buf[self.pos..];
+            let step = match &mut self.format {
+                Format::Pcap(parser) => parser.next_packet(avail).map(|(rest, pkt)| {
+                    let used = avail.len() - rest.len();
+                    let link = parser.header().datalink;
+                    let p = decode(link, &pkt.data, "capture", offset).map(|d| {
+                        d.map(|(data, ifname, direction, pkttype)| Packet {
+                            ts: ts_of(pkt.timestamp),
+                            ifname,
+                            data,
+                            orig_len: pkt.orig_len,
+                            direction,
+                            pkttype,
+                        })
+                    });
+                    (used, p)
+                }),
+                Format::PcapNg(parser) => parser.next_block(avail).map(|(rest, block)| {
+                    let used = avail.len() - rest.len();
+                    (used, pcapng_packet(parser, block, offset))
+                }),
+            };
+            match step {
+                Ok((used, p)) => {
+                    self.pos += used;
+                    if let Some(p) = p? {
+                        return Ok(Some(p));
+                    }
+                }
+                Err(PcapError::IncompleteBuffer) => {
+                    if self.eof {
+                        return Err(CaptureError::Truncated {
+                            offset: offset as u64,
+                        });
+                    }
+                    if self.buf.len() - self.pos >= MAX_BLOCK {
+                        return Err(CaptureError::Corrupt {
+                            offset,
+                            what: format!("a block longer than {MAX_BLOCK} bytes"),
+                        });
+                    }
+                    self.fill()?;
+                }
+                Err(e) => return Err(corrupt(offset, e)),
             }
         }
-        let ns = epb
-            .timestamp
-            .as_nanos()
-            .saturating_mul(10u128.pow(9 - resol));
-        let ts = ts_of(Duration::from_nanos(ns.min(u64::MAX as u128) as u64));
-        let flag_dir = epb.options.iter().find_map(|o| match o {
-            EnhancedPacketOption::Flags(f) if f & 3 == 1 => Some(Direction::FromVm),
-            EnhancedPacketOption::Flags(f) if f & 3 == 2 => Some(Direction::ToVm),
-            _ => None,
+    }
+}
+
+/// A pcap file header, for the placeholder parser before the real header is read.
+const PCAP_STUB: [u8; 24] = [
+    0xd4, 0xc3, 0xb2, 0xa1, 2, 0, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0, 0, 1, 0, 0, 0,
+];
+
+/// The frame of a pcapng block, if it is a packet.
+fn pcapng_packet(
+    parser: &PcapNgParser,
+    block: Block<'_>,
+    offset: usize,
+) -> Result<Option<Packet>, CaptureError> {
+    let Block::EnhancedPacket(epb) = block else {
+        return Ok(None);
+    };
+    let Some(idb) = parser.packet_interface(&epb) else {
+        return Err(CaptureError::Corrupt {
+            offset,
+            what: format!("packet of unknown interface {}", epb.interface_id),
         });
-        if let Some((data, name, direction, pkttype)) =
-            decode(idb.linktype, &epb.data, &ifname, offset)?
-        {
-            out.push(Packet {
+    };
+    let mut ifname = format!("if{}", epb.interface_id);
+    // Timestamps count units of 10^-tsresol s (default microseconds); the parser hands
+    // the raw count over as if it were nanoseconds.
+    let mut resol = 6u32;
+    for o in &idb.options {
+        match o {
+            InterfaceDescriptionOption::IfName(n) => ifname = n.to_string(),
+            InterfaceDescriptionOption::IfTsResol(r) if *r <= 9 => resol = *r as u32,
+            _ => {}
+        }
+    }
+    let ns = epb
+        .timestamp
+        .as_nanos()
+        .saturating_mul(10u128.pow(9 - resol));
+    let ts = ts_of(Duration::from_nanos(ns.min(u64::MAX as u128) as u64));
+    let flag_dir = epb.options.iter().find_map(|o| match o {
+        EnhancedPacketOption::Flags(f) if f & 3 == 1 => Some(Direction::FromVm),
+        EnhancedPacketOption::Flags(f) if f & 3 == 2 => Some(Direction::ToVm),
+        _ => None,
+    });
+    Ok(
+        decode(idb.linktype, &epb.data, &ifname, offset)?.map(
+            |(data, name, direction, pkttype)| Packet {
                 ts,
                 ifname: name,
                 data,
                 orig_len: epb.original_len,
                 direction: direction.or(flag_dir),
                 pkttype,
-            });
-        }
+            },
+        ),
+    )
+}
+
+/// Reads a whole capture in memory (tests and small inputs).
+pub fn read(bytes: &[u8]) -> Result<Vec<Packet>, CaptureError> {
+    let mut r = CaptureReader::new(bytes)?;
+    let mut out = Vec::new();
+    while let Some(p) = r.next_packet()? {
+        out.push(p);
     }
     Ok(out)
 }

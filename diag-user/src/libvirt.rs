@@ -6,17 +6,20 @@
 use std::{
     collections::HashMap,
     fs,
+    os::unix::fs::OpenOptionsExt,
     path::{Path, PathBuf},
 };
 
-use serde::Serialize;
+use futures::FutureExt;
+
+use serde::{Deserialize, Serialize};
 
 use crate::mac::MacAddr;
 
 pub const DEFAULT_DIR: &str = "/run/libvirt/qemu";
 
 /// What libvirt says about the VM behind one tap.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VmInterface {
     /// libvirt domain name (`instance-0000002a` under Nova).
     pub domain: String,
@@ -31,14 +34,29 @@ pub struct VmInterface {
     pub iface_type: String,
     /// `<target managed=…>`; `None` when absent (libvirt then manages the tap).
     pub managed: Option<bool>,
-    /// `<source bridge=…>` when the interface is on a bridge.
+    /// `<source bridge=…>` when the interface is on a bridge (under `<actual>` for a
+    /// `type='network'` interface).
     pub bridge: Option<String>,
+    /// Why the domain is running, from the status file's `<domstatus reason=…>`:
+    /// `booted` (started here), `migrated` (came in by live migration), …
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 impl VmInterface {
     /// The name to show: Nova's instance name, else the domain name.
     pub fn display_name(&self) -> &str {
         self.nova_name.as_deref().unwrap_or(&self.domain)
+    }
+
+    /// Whether the VM came to this host by live migration: `Some(false)` when libvirt says
+    /// it was started here, `None` when it does not say.
+    pub fn migrated_in(&self) -> Option<bool> {
+        match self.reason.as_deref()? {
+            "migrated" => Some(true),
+            "booted" => Some(false),
+            _ => None,
+        }
     }
 
     /// The tap MAC libvirt sets when it manages the tap: the guest MAC with its first
@@ -93,6 +111,12 @@ pub fn parse_domain(xml: &str, path: &Path) -> Result<Vec<VmInterface>, LibvirtE
             path: path.to_path_buf(),
         })?;
     let name = text(child(domain, "name")).unwrap_or_default();
+    // A live status file wraps the domain: `<domstatus state='running' reason='migrated'>`.
+    let reason = domain
+        .parent_element()
+        .filter(|p| p.has_tag_name("domstatus"))
+        .and_then(|p| p.attribute("reason"))
+        .map(str::to_string);
     let uuid = text(child(domain, "uuid"));
     let nova_name = child(domain, "metadata")
         .and_then(|m| {
@@ -123,7 +147,14 @@ pub fn parse_domain(xml: &str, path: &Path) -> Result<Vec<VmInterface>, LibvirtE
                 managed: target.attribute("managed").map(|m| m == "yes"),
                 bridge: child(iface, "source")
                     .and_then(|s| s.attribute("bridge"))
+                    .or_else(|| {
+                        // type='network': the bridge libvirt chose is only under <actual>.
+                        child(iface, "actual")
+                            .and_then(|a| child(a, "source"))
+                            .and_then(|s| s.attribute("bridge"))
+                    })
                     .map(str::to_string),
+                reason: reason.clone(),
             })
         })
         .collect();
@@ -134,77 +165,228 @@ pub fn parse_domain(xml: &str, path: &Path) -> Result<Vec<VmInterface>, LibvirtE
 /// (no libvirt here) is an empty map; unreadable or malformed files are reported in the
 /// second value and skipped.
 pub fn scan_dir(dir: &Path) -> (HashMap<String, VmInterface>, Vec<LibvirtError>) {
-    let mut taps = HashMap::new();
-    let mut errors = Vec::new();
-    let Ok(entries) = fs::read_dir(dir) else {
-        return (taps, errors);
-    };
-    let mut paths: Vec<PathBuf> = entries
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "xml"))
-        .collect();
-    paths.sort();
-    for path in paths {
-        let xml = match fs::read_to_string(&path) {
-            Ok(x) => x,
-            Err(source) => {
-                errors.push(LibvirtError::Read { path, source });
-                continue;
-            }
-        };
-        match parse_domain(&xml, &path) {
-            Ok(ifaces) => taps.extend(ifaces.into_iter().map(|i| (i.tap.clone(), i))),
-            Err(e) => errors.push(e),
-        }
-    }
-    (taps, errors)
+    let mut d = LibvirtDir::unwatched(dir);
+    let errors = d.rescan();
+    (d.taps, errors)
 }
 
-/// VM identities from a libvirt directory, re-read when an unknown tap shows up (its
-/// domain XML may be written just after the tap), at most every two seconds.
+/// Where VM identities come from: libvirt's status directory, or a fixed table (the lab).
+pub trait VmDirectory: Send {
+    /// The VM behind `tap` now.
+    fn lookup(&self, tap: &str) -> Option<VmInterface>;
+}
+
+/// VM identities that follow libvirt's status directory as it changes: a domain's file
+/// appears (a VM started or migrating in; the tap may already exist), is rewritten, or goes
+/// (the domain was destroyed or left), and the taps it names change VM with it.
 pub struct LibvirtDir {
     dir: PathBuf,
+    /// What each `*.xml` file named, by file name.
+    files: HashMap<PathBuf, Vec<VmInterface>>,
+    /// Derived from `files`: the VM behind each tap.
     taps: HashMap<String, VmInterface>,
-    last_scan: Option<std::time::Instant>,
+    /// inotify on `dir`, once it exists.
+    events: Option<inotify::EventStream<Vec<u8>>>,
+    /// Errors already reported (a bad file is reported once, not at every rewrite).
     reported: std::collections::HashSet<String>,
-    /// Unreadable or malformed files, each reported once; printed to stderr if set.
-    pub report: bool,
+}
+
+impl VmDirectory for LibvirtDir {
+    fn lookup(&self, tap: &str) -> Option<VmInterface> {
+        self.taps.get(tap).cloned()
+    }
 }
 
 impl LibvirtDir {
-    pub fn new(dir: impl Into<PathBuf>, report: bool) -> Self {
+    fn unwatched(dir: &Path) -> Self {
         Self {
-            dir: dir.into(),
+            dir: dir.to_path_buf(),
+            files: HashMap::new(),
             taps: HashMap::new(),
-            last_scan: None,
+            events: None,
             reported: Default::default(),
-            report,
         }
     }
 
-    fn rescan(&mut self) {
-        let (taps, errors) = scan_dir(&self.dir);
-        self.taps = taps;
-        self.last_scan = Some(std::time::Instant::now());
-        for e in errors {
-            let msg = e.to_string();
-            if self.report && self.reported.insert(msg.clone()) {
-                eprintln!("tapwatch: skipping libvirt domain file {msg}");
+    /// Reads `dir` and starts following it (if it exists yet; see [`LibvirtDir::retry`]).
+    /// Returns the files that could not be read, each once.
+    pub fn open(dir: &Path) -> (Self, Vec<LibvirtError>) {
+        let mut d = Self::unwatched(dir);
+        let errors = d.retry();
+        (d, errors)
+    }
+
+    /// Starts following the directory if that has not worked yet (libvirt not running when
+    /// tapwatch started); reads it all when it does.
+    pub fn retry(&mut self) -> Vec<LibvirtError> {
+        if self.events.is_some() {
+            return Vec::new();
+        }
+        self.events = watch_dir(&self.dir);
+        let errors = self.rescan();
+        self.fresh(errors)
+    }
+
+    /// Waits until the directory changes and reads what changed. Pending forever when the
+    /// directory is not followed.
+    pub async fn changed(&mut self) -> Vec<LibvirtError> {
+        use futures::StreamExt;
+        let Some(events) = self.events.as_mut() else {
+            return std::future::pending().await;
+        };
+        let mut names = Vec::new();
+        let mut overflow = false;
+        let mut gone = false;
+        // The first event, then whatever else is already queued.
+        let first = events.next().await;
+        let mut batch = vec![first];
+        while let Some(more) = events.next().now_or_never() {
+            batch.push(more);
+        }
+        for ev in batch {
+            match ev {
+                Some(Ok(ev)) => {
+                    if ev.mask.contains(inotify::EventMask::Q_OVERFLOW) {
+                        overflow = true;
+                    }
+                    if ev.mask.intersects(
+                        inotify::EventMask::DELETE_SELF
+                            | inotify::EventMask::MOVE_SELF
+                            | inotify::EventMask::IGNORED,
+                    ) {
+                        gone = true;
+                    }
+                    if let Some(n) = ev.name {
+                        names.push(PathBuf::from(n));
+                    }
+                }
+                // The stream ended or failed: stop following, read it all again.
+                Some(Err(_)) | None => gone = true,
+            }
+        }
+        if gone {
+            self.events = None;
+            let errors = self.retry();
+            return errors;
+        }
+        let errors = if overflow {
+            self.rescan()
+        } else {
+            let mut errors = Vec::new();
+            for n in names {
+                if n.extension().is_some_and(|x| x == "xml") {
+                    errors.extend(self.reread(&n));
+                }
+            }
+            self.derive();
+            errors
+        };
+        self.fresh(errors)
+    }
+
+    /// Errors not reported before.
+    fn fresh(&mut self, errors: Vec<LibvirtError>) -> Vec<LibvirtError> {
+        errors
+            .into_iter()
+            .filter(|e| self.reported.insert(e.to_string()))
+            .collect()
+    }
+
+    /// Reads every `*.xml` file again.
+    fn rescan(&mut self) -> Vec<LibvirtError> {
+        self.files.clear();
+        let mut errors = Vec::new();
+        if let Ok(entries) = fs::read_dir(&self.dir) {
+            let mut names: Vec<PathBuf> = entries
+                .filter_map(|e| e.ok().map(|e| PathBuf::from(e.file_name())))
+                .filter(|p| p.extension().is_some_and(|x| x == "xml"))
+                .collect();
+            names.sort();
+            for n in names {
+                errors.extend(self.reread(&n));
+            }
+        }
+        self.derive();
+        errors
+    }
+
+    /// Reads one file again: gone (the domain was destroyed) forgets what it named.
+    fn reread(&mut self, name: &Path) -> Option<LibvirtError> {
+        let path = self.dir.join(name);
+        let xml = match read_regular(&path) {
+            Ok(x) => x,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                self.files.remove(name);
+                return None;
+            }
+            Err(source) => {
+                self.files.remove(name);
+                return Some(LibvirtError::Read { path, source });
+            }
+        };
+        match parse_domain(&xml, &path) {
+            Ok(ifaces) => {
+                self.files.insert(name.to_path_buf(), ifaces);
+                None
+            }
+            Err(e) => {
+                self.files.remove(name);
+                Some(e)
             }
         }
     }
+
+    /// The tap map from the files, in file-name order (a tap named twice, as while a
+    /// domain is being replaced, goes to the later file).
+    fn derive(&mut self) {
+        let mut names: Vec<&PathBuf> = self.files.keys().collect();
+        names.sort();
+        self.taps = names
+            .into_iter()
+            .flat_map(|n| self.files[n].iter())
+            .map(|i| (i.tap.clone(), i.clone()))
+            .collect();
+    }
 }
 
-impl crate::verdict::VmDirectory for LibvirtDir {
-    fn lookup(&mut self, tap: &str) -> Option<VmInterface> {
-        let stale = self
-            .last_scan
-            .is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(2));
-        if !self.taps.contains_key(tap) && stale {
-            self.rescan();
-        }
-        self.taps.get(tap).cloned()
+/// Status files are small; anything else (a FIFO, a huge file) is not libvirt's.
+const MAX_STATUS_FILE: u64 = 16 << 20;
+
+fn read_regular(path: &Path) -> std::io::Result<String> {
+    use std::io::Read;
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW)
+        .open(path)?;
+    let meta = f.metadata()?;
+    if !meta.is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a regular file",
+        ));
     }
+    let mut s = String::new();
+    f.take(MAX_STATUS_FILE).read_to_string(&mut s)?;
+    Ok(s)
+}
+
+fn watch_dir(dir: &Path) -> Option<inotify::EventStream<Vec<u8>>> {
+    use inotify::{Inotify, WatchMask};
+    let ino = Inotify::init().ok()?;
+    ino.watches()
+        .add(
+            dir,
+            WatchMask::CLOSE_WRITE
+                | WatchMask::MOVED_TO
+                | WatchMask::MOVED_FROM
+                | WatchMask::DELETE
+                | WatchMask::CREATE
+                | WatchMask::DELETE_SELF
+                | WatchMask::MOVE_SELF
+                | WatchMask::ONLYDIR,
+        )
+        .ok()?;
+    ino.into_event_stream(vec![0u8; 64 * 1024]).ok()
 }
 
 #[cfg(test)]

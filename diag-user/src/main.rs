@@ -12,15 +12,15 @@ use diag_user::{
     analyze,
     bundle::{Bundle, BundleOptions},
     ifaces::DEFAULT_PATTERNS,
-    lab::{self, LabOptions, LabVms, Scenario, MAX_VMS},
-    libvirt::{self, LibvirtDir},
+    lab::{self, LabOptions, Scenario, MAX_VMS},
+    libvirt,
     mac::MacAddr,
-    output::{JsonSink, Record, Sink},
+    output::{JsonSink, NoticePrinter, Record, Sink},
     pipeline::{Feed, Pipeline, Pusher, Writer},
     probe::AttachMode,
     tui,
-    verdict::{Engine, EngineConfig, VmDirectory},
-    watch::{self, BackendChoice, Outcome, WatchOptions},
+    verdict::{Engine, EngineConfig},
+    watch::{self, BackendChoice, IdentitySource, Outcome, WatchOptions},
 };
 use tokio::sync::Notify;
 
@@ -180,7 +180,7 @@ fn main() -> ExitCode {
             Some(Command::Watch(a)) => runtime.block_on(run_watch(a)),
             None => runtime.block_on(run_watch(WatchArgs::default())),
             Some(Command::Lab(a)) => run_lab(a, &runtime),
-            Some(Command::Analyze(a)) => run_analyze(a).map(|()| ExitCode::SUCCESS),
+            Some(Command::Analyze(a)) => run_analyze(a),
         }
     })();
     match result {
@@ -192,31 +192,44 @@ fn main() -> ExitCode {
     }
 }
 
-fn run_analyze(args: AnalyzeArgs) -> anyhow::Result<()> {
-    let a = analyze::analyze_path(&args.path, args.tap_mac)?;
+fn run_analyze(args: AnalyzeArgs) -> anyhow::Result<ExitCode> {
     let mut out = io::BufWriter::new(io::stdout().lock());
+    let a = if args.json {
+        // Verdicts as they come, then the summary.
+        let mut sink = JsonSink(&mut out);
+        let mut print = |r: &Record| match r {
+            Record::Verdict { .. } | Record::Summary { .. } => sink.emit(r),
+            _ => Ok(()),
+        };
+        let a = analyze::analyze_path(&args.path, args.tap_mac, &mut print)?;
+        sink.flush()?;
+        a
+    } else {
+        let a = analyze::analyze_path(&args.path, args.tap_mac, &mut |_| Ok(()))?;
+        io::Write::write_all(&mut out, analyze::table(&a).as_bytes())?;
+        a
+    };
+    io::Write::flush(&mut out)?;
     if args.json {
         for n in &a.notes {
             eprintln!("tapwatch: {n}");
         }
-        let mut sink = JsonSink(&mut out);
-        for r in a
-            .records
-            .iter()
-            .filter(|r| matches!(r, Record::Verdict { .. } | Record::Summary { .. }))
-        {
-            sink.emit(r)?;
-        }
-        sink.flush()?;
-    } else {
-        io::Write::write_all(&mut out, analyze::table(&a).as_bytes())?;
     }
-    Ok(())
+    // A damaged capture: the verdicts above cover what came before the damage.
+    match a.damaged {
+        Some(e) => {
+            eprintln!("tapwatch: {e}");
+            Ok(ExitCode::FAILURE)
+        }
+        None => Ok(ExitCode::SUCCESS),
+    }
 }
 
 /// The run's outputs: stdout (NDJSON) and the bundle, each written by its own thread.
 struct Outputs {
     stdout: Option<Writer<JsonSink<io::BufWriter<io::Stdout>>>>,
+    /// Notices on stderr, when there is no full-screen view to show them.
+    notices: Option<Writer<NoticePrinter<io::Stderr>>>,
     /// Why stdout failed, if it did (a closed pipe ends the run quietly).
     stdout_error: Arc<Mutex<Option<io::Error>>>,
     bundle: Option<Writer<Bundle>>,
@@ -246,6 +259,11 @@ impl Outputs {
         } else {
             None
         };
+        let notices = if json {
+            Some(Writer::spawn("notices", NoticePrinter(io::stderr()), |_| {})?.0)
+        } else {
+            None
+        };
         let bundle = match bundle {
             Some(b) => {
                 let dir = b.dir().display().to_string();
@@ -261,6 +279,7 @@ impl Outputs {
         };
         Ok(Self {
             stdout,
+            notices,
             stdout_error,
             bundle,
         })
@@ -269,6 +288,9 @@ impl Outputs {
     fn pushers(&self) -> Vec<Pusher> {
         let mut v = Vec::new();
         if let Some(w) = &self.stdout {
+            v.push(w.pusher());
+        }
+        if let Some(w) = &self.notices {
             v.push(w.pusher());
         }
         if let Some(w) = &self.bundle {
@@ -309,6 +331,9 @@ impl Outputs {
                 eprintln!("tapwatch: stdout: {e}");
             }
         }
+        if let Some(w) = self.notices {
+            let _ = w.close(STDOUT_CLOSE);
+        }
         let failed = self.stdout_error.lock().ok().and_then(|mut e| e.take());
         if let Some(e) = failed {
             // `tapwatch … | head`: a reader that has seen enough is not an error.
@@ -343,7 +368,7 @@ fn run_lab(args: LabArgs, runtime: &tokio::runtime::Runtime) -> anyhow::Result<E
         interval: args.interval,
     };
     let json = args.json || no_view();
-    let engine = Engine::new(EngineConfig::default(), Box::new(LabVms::new(&opts)));
+    let engine = Engine::new(EngineConfig::default());
     let stop = Arc::new(Notify::new());
     let outputs = Outputs::start(json, None, &stop)?;
     let pipeline = Pipeline::new(engine, outputs.pushers());
@@ -412,8 +437,7 @@ async fn run_watch(args: WatchArgs) -> anyhow::Result<ExitCode> {
         duration: args.duration,
         attach_mode: args.attach_mode,
         backend: args.backend,
-        // In the full-screen view, stderr would scribble over the screen.
-        notices: json,
+        identities: IdentitySource::Libvirt(args.libvirt_dir.clone()),
     };
     let bundle = match &args.record {
         Some(dir) => Some(Bundle::create(BundleOptions {
@@ -423,8 +447,7 @@ async fn run_watch(args: WatchArgs) -> anyhow::Result<ExitCode> {
         })?),
         None => None,
     };
-    let vms: Box<dyn VmDirectory + Send> = Box::new(LibvirtDir::new(&args.libvirt_dir, json));
-    let engine = Engine::new(EngineConfig::default(), vms);
+    let engine = Engine::new(EngineConfig::default());
     let stop = Arc::new(Notify::new());
     let outputs = Outputs::start(json, bundle, &stop)?;
     let pipeline = Pipeline::new(engine, outputs.pushers());

@@ -64,6 +64,15 @@ pub enum Record {
         old_ifname: String,
         ifindex: u32,
     },
+    /// What libvirt says about the VM behind a tap: before its `attached` record when known
+    /// then, and again whenever the domain's status file changes (a VM started or migrated
+    /// in while tapwatch runs, a tap name reused by another domain, a destroyed domain:
+    /// `libvirt` null).
+    Identity {
+        ts: Ts,
+        ifname: String,
+        libvirt: Option<crate::libvirt::VmInterface>,
+    },
     /// Something the reader of the stream should know about the run itself: lost
     /// notifications re-read, an output that fell behind, a tap that cannot be watched.
     Notice {
@@ -351,6 +360,14 @@ impl<W: Write> Sink for TextSink<W> {
                 ..
             } => writeln!(w, "{ts} {old_ifname}: renamed to {ifname}"),
             Record::Notice { ts, message, .. } => writeln!(w, "{ts} notice: {message}"),
+            Record::Identity {
+                ts,
+                ifname,
+                libvirt,
+            } => match libvirt {
+                Some(vm) => writeln!(w, "{ts} {ifname}: VM {}", vm.display_name()),
+                None => writeln!(w, "{ts} {ifname}: no VM known"),
+            },
             Record::Lab(l) => writeln!(w, "{} lab: {}", l.ts, l.describe()),
             Record::Verdict { ts, ifname, fields } => {
                 let ms = fields
@@ -383,6 +400,22 @@ impl<W: Write> Sink for TextSink<W> {
                 }
                 Ok(())
             }
+        }
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.0.flush()
+    }
+}
+
+/// Prints `notice` records on stderr, one line each, for a terminal user; the rest goes
+/// elsewhere.
+pub struct NoticePrinter<W: Write>(pub W);
+
+impl<W: Write> Sink for NoticePrinter<W> {
+    fn emit(&mut self, rec: &Record) -> io::Result<()> {
+        match rec {
+            Record::Notice { message, .. } => writeln!(self.0, "tapwatch: {message}"),
+            _ => Ok(()),
         }
     }
     fn flush(&mut self) -> io::Result<()> {

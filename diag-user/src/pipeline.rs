@@ -296,6 +296,10 @@ impl Pipeline {
                 annotated = r;
                 &annotated
             }
+            Record::Notice { message, .. } => {
+                h.status.clone_from(message);
+                rec
+            }
             Record::Lab(l) => {
                 h.status = format!("lab: {}", l.describe());
                 if l.event == "truth" {
@@ -340,7 +344,7 @@ impl Sink for Feed {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::verdict::{fixtures::*, EngineConfig, NoVms};
+    use crate::verdict::{fixtures::*, EngineConfig};
 
     /// A sink that blocks until released, like a pager nobody scrolls.
     struct Gate {
@@ -372,10 +376,7 @@ mod tests {
             got: got.clone(),
         };
         let (writer, pusher) = Writer::spawn("test", gate, |_| {}).unwrap();
-        let p = Pipeline::new(
-            Engine::new(EngineConfig::default(), Box::new(NoVms)),
-            vec![pusher],
-        );
+        let p = Pipeline::new(Engine::new(EngineConfig::default()), vec![pusher]);
         let started = Instant::now();
         p.emit(&attached(0, "tapA", NEW, "routed"));
         // Far more than the budget: must return at once, keeping the attach records.

@@ -230,10 +230,14 @@ impl TapView {
                     }
                     _ => String::new(),
                 };
+                let to = if b.stale_mac == MacAddr::default() {
+                    "a MAC that was not the tap's".to_string()
+                } else {
+                    b.stale_mac.to_string()
+                };
                 s.push(format!(
-                    "Blackout of {} ms: the VM sent to {} from {} until {}{rearp}.",
+                    "Blackout of {} ms: the VM sent to {to} from {} until {}{rearp}.",
                     b.ms(end),
-                    b.stale_mac,
                     b.start.clock(),
                     end.clock()
                 ));
@@ -253,8 +257,14 @@ impl TapView {
                 self.counters.dst_mismatch_frames
             ));
         }
+        let booted_here = self.vm.as_ref().and_then(|v| v.migrated_in()) == Some(false);
         match self.last_rarp {
             Some(t) => s.push(format!("RARP announce seen at {}.", t.clock())),
+            // A VM started on this host has nothing to announce.
+            None if booted_here => s.push(
+                "No RARP: the VM was started on this host (libvirt: booted), not migrated in."
+                    .into(),
+            ),
             None if self.counters.from_vm_frames > 0 => s.push(
                 "No RARP since the tap appeared, yet the VM is sending: QEMU's announce-self \
                  did not run here, so switches and OVN (activation-strategy=rarp) were not told \
@@ -291,37 +301,24 @@ impl Default for EngineConfig {
     }
 }
 
-/// Source of VM identities by tap name (libvirt's XML, or nothing).
-pub trait VmDirectory {
-    fn lookup(&mut self, tap: &str) -> Option<VmInterface>;
-}
-
-/// No libvirt: VMs are known by their tap names.
-pub struct NoVms;
-
-impl VmDirectory for NoVms {
-    fn lookup(&mut self, _: &str) -> Option<VmInterface> {
-        None
-    }
-}
-
 pub struct Engine {
     config: EngineConfig,
-    vms: Box<dyn VmDirectory + Send>,
     /// Every tap seen, in order of attachment.
     pub taps: Vec<TapView>,
     live: HashMap<String, usize>,
+    /// Identities said before their tap's `attached` record.
+    pending: HashMap<String, Option<VmInterface>>,
     /// Time of the newest record: "now" for a replay as for a live run.
     pub now: Option<Ts>,
 }
 
 impl Engine {
-    pub fn new(config: EngineConfig, vms: Box<dyn VmDirectory + Send>) -> Self {
+    pub fn new(config: EngineConfig) -> Self {
         Self {
             config,
-            vms,
             taps: Vec::new(),
             live: HashMap::new(),
+            pending: HashMap::new(),
             now: None,
         }
     }
@@ -352,7 +349,7 @@ impl Engine {
                     Mode::Routed
                 };
                 let mut view = TapView::new(ifname, *ifindex, *mac, mode, *ts);
-                view.vm = self.vms.lookup(ifname);
+                view.vm = self.pending.remove(ifname).flatten();
                 view.note(*ts, format!("tap attached, MAC {}", show(*mac, "none")));
                 self.live.insert(ifname.clone(), self.taps.len());
                 self.taps.push(view);
@@ -450,6 +447,31 @@ impl Engine {
                     self.live.insert(ifname.clone(), i);
                 }
             }
+            Record::Identity {
+                ts,
+                ifname,
+                libvirt,
+            } => {
+                self.now = Some(*ts);
+                match self.live.get(ifname) {
+                    Some(&i) => {
+                        let t = &mut self.taps[i];
+                        if t.vm != *libvirt {
+                            let was = t.vm_name().to_string();
+                            t.vm = libvirt.clone();
+                            let now = t.vm_name().to_string();
+                            if now != was {
+                                t.note(*ts, format!("VM is {now} (libvirt)"));
+                            }
+                            // Consumers keyed by VM learn the name with a verdict record.
+                            changes.push(self.verdict(i, *ts));
+                        }
+                    }
+                    None => {
+                        self.pending.insert(ifname.clone(), libvirt.clone());
+                    }
+                }
+            }
             Record::Verdict { ts, .. } | Record::Notice { ts, .. } => self.now = Some(*ts),
             Record::Lab(_) => {}
         }
@@ -507,23 +529,28 @@ impl Engine {
                     end: None,
                     stale_mac: f.dst_mac,
                 });
-                t.note(
-                    f.ts,
-                    format!("first frame to {} (not the tap's MAC): blackout", f.dst_mac),
-                );
+                let what = if f.dst_mac == MacAddr::default() {
+                    // A cooked capture: the kernel said "not mine", not to whom.
+                    "first frame to a MAC that is not the tap's: blackout".to_string()
+                } else {
+                    format!("first frame to {} (not the tap's MAC): blackout", f.dst_mac)
+                };
+                t.note(f.ts, what);
                 self.set_state(i, State::Blackout, f.ts, changes);
             }
         } else if f.kind == "dst_match" && t.state == State::Blackout {
             if let Some(b) = t.blackout.as_mut() {
                 b.end = Some(f.ts);
                 let ms = b.ms(f.ts);
-                t.note(
-                    f.ts,
+                let what = if f.dst_mac == MacAddr::default() {
+                    format!("first frame the tap accepted: recovered after {ms} ms")
+                } else {
                     format!(
                         "first frame to the tap's MAC {}: recovered after {ms} ms",
                         f.dst_mac
-                    ),
-                );
+                    )
+                };
+                t.note(f.ts, what);
             }
             self.set_state(i, State::Recovered, f.ts, changes);
         }
@@ -735,7 +762,7 @@ mod tests {
     }
 
     fn engine() -> Engine {
-        Engine::new(EngineConfig::default(), Box::new(NoVms))
+        Engine::new(EngineConfig::default())
     }
 
     #[test]
@@ -901,13 +928,6 @@ mod tests {
         assert_eq!(verdicts.last().unwrap().1, "BLACKOUT");
     }
 
-    struct Fixed(VmInterface);
-    impl VmDirectory for Fixed {
-        fn lookup(&mut self, tap: &str) -> Option<VmInterface> {
-            (tap == self.0.tap).then(|| self.0.clone())
-        }
-    }
-
     #[test]
     fn libvirt_identity_and_unusual_tap_mac() {
         let vm = VmInterface {
@@ -919,9 +939,17 @@ mod tests {
             iface_type: "ethernet".into(),
             managed: Some(false),
             bridge: None,
+            reason: None,
         };
-        let mut e = Engine::new(EngineConfig::default(), Box::new(Fixed(vm)));
-        let mut recs = vec![attached(0, "tapA", OLD, "routed")];
+        let mut e = Engine::new(EngineConfig::default());
+        let mut recs = vec![
+            Record::Identity {
+                ts: at(0),
+                ifname: "tapA".into(),
+                libvirt: Some(vm),
+            },
+            attached(0, "tapA", OLD, "routed"),
+        ];
         recs.extend(stale_mac_story("tapA", 0).into_iter().take(7));
         let mut out = Vec::new();
         for r in &recs {

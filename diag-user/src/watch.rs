@@ -21,6 +21,7 @@ use crate::{
     caps,
     clock::{Ts, WallClock},
     ifaces::{IfaceError, Link, LinkChange, LinkMonitor, Selector},
+    libvirt::{LibvirtDir, LibvirtError, VmDirectory, VmInterface},
     output::{FrameRecord, MacHistoryEntry, Record, Sink, SummaryRow, TapRow},
     pcap_backend::{PcapBackend, PcapError},
     probe::{parse_event, AttachMode, Probe, ProbeError},
@@ -33,9 +34,83 @@ pub struct WatchOptions {
     pub duration: Option<Duration>,
     pub attach_mode: AttachMode,
     pub backend: BackendChoice,
-    /// Print notices (no matching tap, a tap that vanished before attach) to stderr; off
-    /// under the full-screen view, which shows them itself.
-    pub notices: bool,
+    /// Where VM names and guest MACs come from.
+    pub identities: IdentitySource,
+}
+
+/// Where a run learns which VM is behind a tap.
+#[derive(Clone)]
+pub enum IdentitySource {
+    None,
+    /// libvirt's status directory (`/run/libvirt/qemu`), followed as it changes.
+    Libvirt(std::path::PathBuf),
+    /// A fixed table (the lab's simulated VMs).
+    Fixed(std::sync::Arc<dyn VmDirectory + Sync>),
+}
+
+impl std::fmt::Debug for IdentitySource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            IdentitySource::None => f.write_str("None"),
+            IdentitySource::Libvirt(d) => write!(f, "Libvirt({})", d.display()),
+            IdentitySource::Fixed(_) => f.write_str("Fixed"),
+        }
+    }
+}
+
+/// The identity source of a running watcher.
+enum Identities {
+    None,
+    Libvirt(std::path::PathBuf, Option<Box<LibvirtDir>>),
+    Fixed(std::sync::Arc<dyn VmDirectory + Sync>),
+}
+
+impl From<&IdentitySource> for Identities {
+    fn from(s: &IdentitySource) -> Self {
+        match s {
+            IdentitySource::None => Identities::None,
+            IdentitySource::Libvirt(d) => Identities::Libvirt(d.clone(), None),
+            IdentitySource::Fixed(t) => Identities::Fixed(t.clone()),
+        }
+    }
+}
+
+impl Identities {
+    /// Reads the source once and starts following it; the files it could not read.
+    fn start(&mut self) -> Vec<LibvirtError> {
+        match self {
+            Identities::Libvirt(dir, slot @ None) => {
+                let (d, errors) = LibvirtDir::open(dir);
+                *slot = Some(Box::new(d));
+                errors
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    fn lookup(&self, tap: &str) -> Option<VmInterface> {
+        match self {
+            Identities::None | Identities::Libvirt(_, None) => None,
+            Identities::Libvirt(_, Some(d)) => d.lookup(tap),
+            Identities::Fixed(t) => t.lookup(tap),
+        }
+    }
+
+    /// Waits until the source changes; never, for a fixed one.
+    async fn changed(&mut self) -> Vec<LibvirtError> {
+        match self {
+            Identities::Libvirt(_, Some(d)) => d.changed().await,
+            _ => std::future::pending().await,
+        }
+    }
+
+    /// Follows the directory once it exists (libvirt started after tapwatch).
+    fn retry(&mut self) -> Vec<LibvirtError> {
+        match self {
+            Identities::Libvirt(_, Some(d)) => d.retry(),
+            _ => Vec::new(),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -165,12 +240,14 @@ struct Watcher<'s> {
     /// ifindex -> last known name, also of taps already gone, for late ring buffer events.
     names: HashMap<u32, String>,
     sink: &'s mut dyn Sink,
-    notices: bool,
     /// Taps that match but could not be attached, by ifindex: name and why. Retried at
     /// every stats tick; those still here at the end make the run fail.
     unwatched: BTreeMap<u32, (String, String)>,
-    /// When stderr last said that link notifications were lost.
+    /// When a notice last said that link notifications were lost.
     overflow_said: Option<std::time::Instant>,
+    identities: Identities,
+    /// The identity last said of each live tap, by ifindex.
+    vm_said: HashMap<u32, Option<VmInterface>>,
 }
 
 /// How a run ended, besides its records.
@@ -204,16 +281,21 @@ impl Watcher<'_> {
                 self.detach(ifindex, "interface removed".into())
             }
             LinkChange::Resynced => {
-                let message = "link notifications were lost (the kernel's netlink buffer                                overflowed): re-read every interface, so no tap and no MAC                                change is missed"
-                    .to_string();
-                let quiet = self
+                // Said at most once a minute, in words and as a record.
+                if self
                     .overflow_said
-                    .is_some_and(|t| t.elapsed() < Duration::from_secs(60));
-                if self.notices && !quiet {
-                    eprintln!("tapwatch: {message}");
-                    self.overflow_said = Some(std::time::Instant::now());
+                    .is_some_and(|t| t.elapsed() < Duration::from_secs(60))
+                {
+                    return Ok(());
                 }
-                self.notice("netlink_overflow", None, message)
+                self.overflow_said = Some(std::time::Instant::now());
+                self.notice(
+                    "netlink_overflow",
+                    None,
+                    "link notifications were lost (the kernel's netlink buffer overflowed): \
+                     re-read every interface, so no tap and no MAC change is missed"
+                        .into(),
+                )
             }
         }
     }
@@ -257,9 +339,6 @@ impl Watcher<'_> {
             if known {
                 return Ok(());
             }
-            if self.notices {
-                eprintln!("tapwatch: {} is not watched: {reason}", link.name);
-            }
             return self.notice(
                 "attach_failed",
                 Some(link.name.clone()),
@@ -267,6 +346,17 @@ impl Watcher<'_> {
             );
         }
         self.unwatched.remove(&link.ifindex);
+        // The VM's identity comes first, so the tap's first verdict already names it.
+        let vm = self.identities.lookup(&link.name);
+        if vm.is_some() {
+            let ts = self.ts();
+            self.emit(Record::Identity {
+                ts,
+                ifname: link.name.clone(),
+                libvirt: vm.clone(),
+            })?;
+        }
+        self.vm_said.insert(link.ifindex, vm);
         let ts = self.ts();
         self.names.insert(link.ifindex, link.name.clone());
         self.live.insert(link.ifindex, self.taps.len());
@@ -306,6 +396,7 @@ impl Watcher<'_> {
                 old_ifname,
                 ifindex,
             })?;
+            self.follow_identity(ifindex, &link.name)?;
         }
         let (old_mac, old_mode) = (self.taps[i].link.mac, self.taps[i].link.mode());
         let ts = self.ts();
@@ -341,6 +432,7 @@ impl Watcher<'_> {
         let Some(i) = self.live.remove(&ifindex) else {
             return Ok(());
         };
+        self.vm_said.remove(&ifindex);
         self.taps[i].final_counters = Some(self.backend.detach(ifindex).unwrap_or_default());
         let rec = Record::Detached {
             ts: self.ts(),
@@ -389,6 +481,46 @@ impl Watcher<'_> {
             Some(c) => c,
             None => self.backend.counters(tap.link.ifindex).unwrap_or_default(),
         }
+    }
+
+    /// Says the identity of a live tap if it changed since it was last said.
+    fn follow_identity(&mut self, ifindex: u32, name: &str) -> io::Result<()> {
+        let vm = self.identities.lookup(name);
+        if self.vm_said.get(&ifindex) == Some(&vm) {
+            return Ok(());
+        }
+        self.vm_said.insert(ifindex, vm.clone());
+        let ts = self.ts();
+        self.emit(Record::Identity {
+            ts,
+            ifname: name.to_string(),
+            libvirt: vm,
+        })
+    }
+
+    /// The identity source changed: say what changed for the live taps.
+    fn on_identities(&mut self, errors: Vec<LibvirtError>) -> io::Result<()> {
+        self.libvirt_notices(errors)?;
+        let live: Vec<(u32, String)> = self
+            .live
+            .iter()
+            .map(|(&i, &t)| (i, self.taps[t].link.name.clone()))
+            .collect();
+        for (ifindex, name) in live {
+            self.follow_identity(ifindex, &name)?;
+        }
+        Ok(())
+    }
+
+    fn libvirt_notices(&mut self, errors: Vec<LibvirtError>) -> io::Result<()> {
+        for e in errors {
+            self.notice(
+                "libvirt_file",
+                None,
+                format!("skipping libvirt domain file {e}"),
+            )?;
+        }
+        Ok(())
     }
 
     /// Tries the taps that could not be attached again (descriptors freed, a transient
@@ -460,6 +592,7 @@ pub async fn run(
     raise_fd_limit();
     let mut signals = Signals::new()?;
     let clock = WallClock::new();
+    let mut fallback = None;
     let (backend, mut src) = match opts.backend {
         BackendChoice::Ebpf => load_ebpf(opts.attach_mode).map_err(WatchError::descriptors)?,
         BackendChoice::Pcap => load_pcap(clock).map_err(WatchError::descriptors)?,
@@ -469,11 +602,11 @@ pub async fn run(
             Err(e @ WatchError::Probe(ProbeError::Descriptors(_))) => return Err(e),
             Err(e) => match load_pcap(clock) {
                 Ok(b) => {
-                    eprintln!(
-                        "tapwatch: eBPF is not available here ({e}); capturing with libpcap instead \
+                    fallback = Some(format!(
+                        "eBPF is not available here ({e}); capturing with libpcap instead \
                          (--backend pcap): same records, more CPU per frame, and dst mismatches \
                          judged against the tap MAC tapwatch last saw"
-                    );
+                    ));
                     b
                 }
                 // Neither: the eBPF reason says most (privileges, kernel).
@@ -492,10 +625,17 @@ pub async fn run(
         live: HashMap::new(),
         names: HashMap::new(),
         sink,
-        notices: opts.notices,
         unwatched: BTreeMap::new(),
         overflow_said: None,
+        identities: Identities::from(&opts.identities),
+        vm_said: HashMap::new(),
     };
+    if let Some(message) = fallback {
+        w.notice("fallback", None, message)
+            .map_err(WatchError::Output)?;
+    }
+    let errors = w.identities.start();
+    w.libvirt_notices(errors).map_err(WatchError::Output)?;
     let result = watch_loop(
         &mut w,
         std::pin::pin!(stop),
@@ -585,11 +725,14 @@ async fn watch_loop(
             return Ok(());
         }
     }
-    if w.live.is_empty() && w.unwatched.is_empty() && w.notices {
-        eprintln!(
-            "tapwatch: no interface matches {}; watching for new ones",
+    if w.live.is_empty() && w.unwatched.is_empty() {
+        let message = format!(
+            "no interface matches {}; watching for new ones",
             w.selector.describe()
         );
+        if !out(w.notice("no_match", None, message))? {
+            return Ok(());
+        }
     }
     if !out(w.sink.flush())? {
         return Ok(());
@@ -619,10 +762,14 @@ async fn watch_loop(
                 Ready::Event(Some(ev)) => w.on_event(&ev),
                 Ready::Event(None) => Ok(()),
             },
-            _ = tick.tick() => w
-                .drain(src)
-                .and_then(|_| w.retry_unwatched())
-                .and_then(|_| w.stats()),
+            errors = w.identities.changed() => w.on_identities(errors),
+            _ = tick.tick() => {
+                let errors = w.identities.retry();
+                w.drain(src)
+                    .and_then(|_| w.retry_unwatched())
+                    .and_then(|_| w.on_identities(errors))
+                    .and_then(|_| w.stats())
+            }
         };
         if !out(step.and_then(|_| w.sink.flush()))? {
             return Ok(());

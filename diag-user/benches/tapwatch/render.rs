@@ -8,7 +8,7 @@ use diag_user::{
     clock::Ts,
     output::{Record, TapRow},
     tui::{app::App, ui},
-    verdict::{Engine, EngineConfig, NoVms},
+    verdict::{Engine, EngineConfig},
 };
 use ratatui::{backend::CrosstermBackend, backend::TestBackend, Terminal};
 
@@ -42,7 +42,7 @@ fn stats(t: Ts, round: u64) -> Record {
 pub fn run(_: &Settings, report: &mut Report) -> Result<()> {
     let t0 = chrono::Utc::now();
     let mut app = App::new();
-    let mut engine = Engine::new(EngineConfig::default(), Box::new(NoVms));
+    let mut engine = Engine::new(EngineConfig::default());
     for i in 0..TAPS {
         engine.apply(&Record::Attached {
             ts: Ts(t0),

@@ -510,8 +510,8 @@ impl LabVms {
     }
 }
 
-impl crate::verdict::VmDirectory for LabVms {
-    fn lookup(&mut self, tap: &str) -> Option<crate::libvirt::VmInterface> {
+impl crate::libvirt::VmDirectory for LabVms {
+    fn lookup(&self, tap: &str) -> Option<crate::libvirt::VmInterface> {
         let spec = (0..self.count).map(VmSpec::new).find(|v| v.tap == tap)?;
         Some(crate::libvirt::VmInterface {
             domain: spec.name.clone(),
@@ -526,6 +526,7 @@ impl crate::verdict::VmDirectory for LabVms {
             },
             managed: (!self.scenario.bridged()).then_some(self.scenario != Scenario::StaleMac),
             bridge: self.scenario.bridged().then(|| "br0".into()),
+            reason: Some("migrated".into()),
         })
     }
 }
@@ -586,7 +587,7 @@ fn story(
             AttachMode::Clsact
         },
         backend: crate::watch::BackendChoice::Ebpf,
-        notices: false,
+        identities: crate::watch::IdentitySource::Fixed(Arc::new(LabVms::new(&opts))),
     };
     let wpipe = pipeline.clone();
     let watcher = topo

@@ -325,7 +325,7 @@ mod tests {
     use crate::{
         output::Record,
         tui::handler::{on_key, Action},
-        verdict::{fixtures::*, Engine, EngineConfig, NoVms},
+        verdict::{fixtures::*, Engine, EngineConfig},
     };
 
     /// The view's state and the engine it shows, as in a run.
@@ -347,7 +347,7 @@ mod tests {
     }
 
     fn app(recs: &[Record]) -> View {
-        let mut engine = Engine::new(EngineConfig::default(), Box::new(NoVms));
+        let mut engine = Engine::new(EngineConfig::default());
         for r in recs {
             engine.apply(r);
         }
