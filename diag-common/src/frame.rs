@@ -4,7 +4,7 @@
 //! frame) with constant offsets only, so the same code passes the BPF verifier and serves
 //! userspace.
 
-use crate::{Direction, FrameKind, ETH_P_8021Q, ETH_P_ARP, ETH_P_RARP};
+use crate::{Direction, FrameKind, ETH_P_8021AD, ETH_P_8021Q, ETH_P_ARP, ETH_P_RARP};
 
 pub const ARP_OP_REQUEST: u16 = 1;
 pub const ARP_OP_REPLY: u16 = 2;
@@ -15,14 +15,17 @@ const ETH_HLEN: usize = 14;
 const VLAN_HLEN: usize = 4;
 const ARP_BODY_LEN: usize = 28;
 
-/// The Ethernet header of a frame, with at most one 802.1Q tag looked through.
+/// The Ethernet header of a frame, with up to two VLAN tags looked through: an outer
+/// 802.1ad service tag (or the outer of two 802.1Q tags) and an inner 802.1Q tag.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct EthernetView {
     pub dst: [u8; 6],
     pub src: [u8; 6],
-    /// The VLAN id of the one 802.1Q tag, if there was one.
+    /// The VLAN id of the (inner, customer) 802.1Q tag, if there was one.
     pub vlan: Option<u16>,
-    /// The ethertype after the tag.
+    /// The VLAN id of an outer tag (QinQ), if there was one.
+    pub outer_vlan: Option<u16>,
+    /// The ethertype after the tags.
     pub ethertype: u16,
     /// Offset of the layer-3 header.
     pub l3_offset: usize,
@@ -65,24 +68,35 @@ fn array<const N: usize>(b: &[u8], at: usize) -> Option<[u8; N]> {
     Some(out)
 }
 
-/// Parses the Ethernet header; `None` for a runt shorter than a header.
+/// Parses the Ethernet header; `None` for a runt shorter than a header (tags included).
 #[inline(always)]
 pub fn parse_ethernet(frame: &[u8]) -> Option<EthernetView> {
-    let outer = be16(frame, 12)?;
-    let (vlan, ethertype, l3_offset) = if outer == ETH_P_8021Q {
-        let tci = be16(frame, ETH_HLEN)?;
-        (
-            Some(tci & 0x0fff),
-            be16(frame, ETH_HLEN + 2)?,
-            ETH_HLEN + VLAN_HLEN,
-        )
-    } else {
-        (None, outer, ETH_HLEN)
-    };
+    let first = be16(frame, 12)?;
+    let (mut vlan, mut outer_vlan, mut ethertype, mut l3_offset) = (None, None, first, ETH_HLEN);
+    if first == ETH_P_8021AD || first == ETH_P_8021Q {
+        let tci = be16(frame, ETH_HLEN)? & 0x0fff;
+        let next = be16(frame, ETH_HLEN + 2)?;
+        if next == ETH_P_8021Q {
+            // QinQ: a service tag (or an outer 802.1Q tag), then the customer's tag.
+            outer_vlan = Some(tci);
+            vlan = Some(be16(frame, ETH_HLEN + VLAN_HLEN)? & 0x0fff);
+            ethertype = be16(frame, ETH_HLEN + VLAN_HLEN + 2)?;
+            l3_offset = ETH_HLEN + 2 * VLAN_HLEN;
+        } else {
+            if first == ETH_P_8021AD {
+                outer_vlan = Some(tci);
+            } else {
+                vlan = Some(tci);
+            }
+            ethertype = next;
+            l3_offset = ETH_HLEN + VLAN_HLEN;
+        }
+    }
     Some(EthernetView {
         dst: array(frame, 0)?,
         src: array(frame, 6)?,
         vlan,
+        outer_vlan,
         ethertype,
         l3_offset,
     })
@@ -120,6 +134,7 @@ pub struct Classification {
     /// ARP opcode 1 or 2 (0 when not an ARP request/reply).
     pub arp_op: u16,
     pub vlan: Option<u16>,
+    pub outer_vlan: Option<u16>,
 }
 
 /// Classifies one frame.
@@ -145,10 +160,12 @@ pub fn classify(frame: &[u8], foreign_unicast: bool, direction: Direction) -> Cl
     if !needs_body(eth.ethertype) {
         return Classification {
             vlan: eth.vlan,
+            outer_vlan: eth.outer_vlan,
             ..classify_header_only(c.dst_mismatch)
         };
     }
     c.vlan = eth.vlan;
+    c.outer_vlan = eth.outer_vlan;
     if eth.ethertype == ETH_P_RARP {
         c.rarp = true;
         c.kind = Some(FrameKind::Rarp);
@@ -174,11 +191,14 @@ pub fn classify(frame: &[u8], foreign_unicast: bool, direction: Direction) -> Cl
 }
 
 /// Whether frames of this ethertype (after any VLAN tag) are judged by more than their
-/// Ethernet header: only ARP and RARP bodies matter, and a second tag hides the ethertype.
+/// Ethernet header: only ARP and RARP bodies matter, and a further tag hides the ethertype.
 /// The eBPF path reads no frame bytes at all for the others (most traffic).
 #[inline(always)]
 pub fn needs_body(ethertype: u16) -> bool {
-    matches!(ethertype, ETH_P_ARP | ETH_P_RARP | ETH_P_8021Q)
+    matches!(
+        ethertype,
+        ETH_P_ARP | ETH_P_RARP | ETH_P_8021Q | ETH_P_8021AD
+    )
 }
 
 /// [`classify`] of a whole Ethernet frame whose ethertype does not [`needs_body`];
@@ -229,7 +249,7 @@ mod tests {
                 }
             }
         }
-        for ethertype in [ETH_P_ARP, ETH_P_RARP, ETH_P_8021Q] {
+        for ethertype in [ETH_P_ARP, ETH_P_RARP, ETH_P_8021Q, ETH_P_8021AD] {
             assert!(needs_body(ethertype));
         }
     }
@@ -238,6 +258,7 @@ mod tests {
     const TAP_OLD: [u8; 6] = [0xfe, 0x16, 0x3e, 0xaa, 0xbb, 0xcc];
     const TAP_NEW: [u8; 6] = [0x00, 0x61, 0xfe, 0xed, 0xca, 0xfe];
     const BCAST: [u8; 6] = [0xff; 6];
+    use crate::CLASSIFY_LEN;
 
     fn eth(dst: [u8; 6], src: [u8; 6], vlan: Option<u16>, ethertype: u16) -> Vec<u8> {
         let mut f = Vec::new();
@@ -381,6 +402,34 @@ mod tests {
         // The priority bits of the TCI are not part of the VLAN id.
         let c = classify(&qemu_rarp(Some(0xe000 | 7)), false, Direction::FromVm);
         assert_eq!(c.vlan, Some(7));
+    }
+
+    #[test]
+    fn qinq_rarp_and_arp() {
+        // 802.1ad service tag 300, customer tag 12, QEMU's RARP inside.
+        let mut f = eth(BCAST, GUEST, None, ETH_P_8021AD);
+        f.extend_from_slice(&300u16.to_be_bytes());
+        f.extend_from_slice(&ETH_P_8021Q.to_be_bytes());
+        f.extend_from_slice(&12u16.to_be_bytes());
+        f.extend_from_slice(&ETH_P_RARP.to_be_bytes());
+        f.extend(arp_body(ARP_OP_RARP_REQUEST, GUEST, [0; 4], GUEST, [0; 4]));
+        let c = classify(&f, false, Direction::FromVm);
+        assert_eq!(c.kind, Some(FrameKind::Rarp));
+        assert_eq!((c.outer_vlan, c.vlan), (Some(300), Some(12)));
+        assert_eq!(
+            f.len(),
+            CLASSIFY_LEN,
+            "the longest frame the classifier reads"
+        );
+        // A lone service tag: outer only.
+        let mut g = eth(BCAST, GUEST, None, ETH_P_8021AD);
+        g.extend_from_slice(&7u16.to_be_bytes());
+        g.extend_from_slice(&ETH_P_ARP.to_be_bytes());
+        let ip = [10, 0, 0, 5];
+        g.extend(arp_body(ARP_OP_REQUEST, GUEST, ip, [0; 6], ip));
+        let c = classify(&g, false, Direction::FromVm);
+        assert_eq!(c.kind, Some(FrameKind::Garp));
+        assert_eq!((c.outer_vlan, c.vlan), (Some(7), None));
     }
 
     #[test]

@@ -16,9 +16,9 @@ pub use frame::{
 /// MAC is not the receiving device's own address.
 pub const PACKET_OTHERHOST: u32 = 3;
 
-/// Bytes of a frame the classifier needs at most: Ethernet (14) + one 802.1Q tag (4) +
-/// an Ethernet/IPv4 ARP body (28).
-pub const CLASSIFY_LEN: usize = 46;
+/// Bytes of a frame the classifier needs at most: Ethernet (14) + two VLAN tags (8) + an
+/// Ethernet/IPv4 ARP body (28).
+pub const CLASSIFY_LEN: usize = 50;
 
 /// Bytes of a notable frame copied into its event.
 pub const EVENT_SNAPLEN: usize = 128;
@@ -39,6 +39,8 @@ pub const EVENT_RING_BYTES: u32 = 1 << 20;
 pub const ETH_P_ARP: u16 = 0x0806;
 pub const ETH_P_RARP: u16 = 0x8035;
 pub const ETH_P_8021Q: u16 = 0x8100;
+/// 802.1ad: the outer (service) tag of QinQ.
+pub const ETH_P_8021AD: u16 = 0x88a8;
 
 /// Which way a frame crossed the tap, seen from the VM.
 #[repr(u8)]
@@ -234,8 +236,12 @@ impl TapWindow {
     }
 }
 
-/// `FrameEvent::flags` bit: the frame carried one 802.1Q tag.
+/// `FrameEvent::flags` bit: the frame carried an 802.1Q tag that the kernel moved out of
+/// the bytes into metadata; its id is in `vlan`.
 pub const EVENT_FLAG_VLAN: u8 = 1;
+/// `FrameEvent::flags` bit: the frame carried an outer (QinQ) tag that the kernel moved out
+/// of the bytes into metadata; its id is in `outer_vlan`.
+pub const EVENT_FLAG_OUTER_VLAN: u8 = 4;
 /// `FrameEvent::flags` bit: the frame was also a dst mismatch (e.g. a unicast ARP probe to
 /// a MAC the tap no longer has).
 pub const EVENT_FLAG_DST_MISMATCH: u8 = 2;
@@ -256,6 +262,8 @@ pub struct FrameEvent {
     pub flags: u8,
     pub _pad: u8,
     pub vlan: u16,
+    pub outer_vlan: u16,
+    pub _pad2: [u8; 6],
     pub data: [u8; EVENT_SNAPLEN],
 }
 
@@ -271,6 +279,8 @@ impl FrameEvent {
             flags: 0,
             _pad: 0,
             vlan: 0,
+            outer_vlan: 0,
+            _pad2: [0; 6],
             data: [0; EVENT_SNAPLEN],
         }
     }

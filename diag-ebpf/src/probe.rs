@@ -7,8 +7,8 @@ use aya_ebpf::{
 };
 use diag_common::{
     classify, classify_header_only, needs_body, Direction, FrameEvent, FrameKind, TapCounters,
-    TapWindow, CLASSIFY_LEN, EVENT_FLAG_DST_MISMATCH, EVENT_FLAG_VLAN, EVENT_RING_BYTES, MAX_TAPS,
-    PACKET_HOST, PACKET_OTHERHOST,
+    TapWindow, CLASSIFY_LEN, ETH_P_8021AD, EVENT_FLAG_DST_MISMATCH, EVENT_FLAG_OUTER_VLAN,
+    EVENT_FLAG_VLAN, EVENT_RING_BYTES, MAX_TAPS, PACKET_HOST, PACKET_OTHERHOST,
 };
 
 /// Counters of the selected taps, keyed by ifindex. Userspace inserts a zeroed entry before
@@ -45,13 +45,14 @@ pub fn tap_egress(ctx: TcContext) -> i32 {
 fn observe(ctx: &TcContext, direction: Direction) {
     // TcContext has no accessor for pkt_type or ifindex; the fields are in __sk_buff.
     let skb = ctx.skb.skb as *const __sk_buff;
-    let (ifindex, skb_len, pkt_type, vlan_present, vlan_tci, protocol) = unsafe {
+    let (ifindex, skb_len, pkt_type, vlan_present, vlan_tci, vlan_proto, protocol) = unsafe {
         (
             (*skb).ifindex,
             (*skb).len,
             (*skb).pkt_type,
             (*skb).vlan_present,
             (*skb).vlan_tci,
+            (*skb).vlan_proto,
             (*skb).protocol,
         )
     };
@@ -83,12 +84,24 @@ fn observe(ctx: &TcContext, direction: Direction) {
         let n = load_prefix(skb, head, skb_len);
         classify(&head[..n], foreign, direction)
     };
-    // The stack moves an 802.1Q tag out of the frame into skb metadata before tc sees it
-    // (skb_vlan_untag); count the frame as the VM wrote it, tag included.
+    // The stack moves the outermost VLAN tag out of the frame into skb metadata before tc
+    // sees it (skb_vlan_untag); count the frame as the VM wrote it, tag included. The tag
+    // was an outer one when it was a service tag or when the bytes still hold another.
     let mut frame_len = skb_len;
-    if vlan_present != 0 && class.vlan.is_none() {
-        class.vlan = Some((vlan_tci & 0x0fff) as u16);
+    let mut stripped = 0;
+    if vlan_present != 0 {
         frame_len += VLAN_HLEN;
+        let id = Some((vlan_tci & 0x0fff) as u16);
+        if u16::from_be(vlan_proto as u16) == ETH_P_8021AD
+            || class.vlan.is_some()
+            || class.outer_vlan.is_some()
+        {
+            class.outer_vlan = id;
+            stripped = EVENT_FLAG_OUTER_VLAN;
+        } else {
+            class.vlan = id;
+            stripped = EVENT_FLAG_VLAN;
+        }
     }
     counters.record(&class, direction, frame_len as u64);
 
@@ -124,6 +137,7 @@ fn observe(ctx: &TcContext, direction: Direction) {
         frame_len,
         direction,
         now,
+        stripped,
     };
     emit(skb, counters, &class, kind, &seen);
 }
@@ -162,6 +176,8 @@ struct Seen {
     frame_len: u32,
     direction: Direction,
     now: u64,
+    /// `EVENT_FLAG_VLAN` or `EVENT_FLAG_OUTER_VLAN`: the tag the kernel took out of the bytes.
+    stripped: u8,
 }
 
 #[inline(always)]
@@ -184,17 +200,15 @@ fn emit(
         (*ev).frame_len = seen.frame_len;
         (*ev).direction = seen.direction as u8;
         (*ev).kind = kind as u8;
-        (*ev).flags = (if class.vlan.is_some() {
-            EVENT_FLAG_VLAN
-        } else {
-            0
-        }) | (if class.dst_mismatch {
-            EVENT_FLAG_DST_MISMATCH
-        } else {
-            0
-        });
+        (*ev).flags = seen.stripped
+            | (if class.dst_mismatch {
+                EVENT_FLAG_DST_MISMATCH
+            } else {
+                0
+            });
         (*ev)._pad = 0;
         (*ev).vlan = class.vlan.unwrap_or(0);
+        (*ev).outer_vlan = class.outer_vlan.unwrap_or(0);
         // Bytes past `captured` are left as they are: userspace reads only `captured`.
         (*ev).captured = load_prefix(skb, &mut (*ev).data, seen.skb_len) as u16;
     }

@@ -74,11 +74,14 @@ pub struct OutOfDescriptors {
 }
 
 impl OutOfDescriptors {
-    /// `Some` when `errno` says descriptors ran out.
+    /// `Some` when `errno` says descriptors ran out, or when the process is at its limit
+    /// anyway: some paths report the failure of a call they made for the descriptor as
+    /// another errno (glibc's if_nametoindex opens a socket, and then "no such device").
     pub fn from_errno(errno: Option<i32>, doing: impl Into<String>) -> Option<Self> {
-        let host = match errno? {
-            libc::EMFILE => "",
-            libc::ENFILE => "; the host as a whole is out of them too (fs.file-max)",
+        let host = match errno {
+            Some(libc::ENFILE) => "; the host as a whole is out of them too (fs.file-max)",
+            Some(libc::EMFILE) => "",
+            _ if at_fd_limit() => "",
             _ => return None,
         };
         Some(Self {
@@ -86,6 +89,15 @@ impl OutOfDescriptors {
             limit: fd_limit(),
             host,
         })
+    }
+}
+
+/// Whether this process has (nearly) as many descriptors open as it may.
+fn at_fd_limit() -> bool {
+    match fs::read_dir("/proc/self/fd") {
+        Ok(d) => d.count() as u64 + 2 >= fd_limit(),
+        // Listing them needs a descriptor too.
+        Err(e) => e.raw_os_error() == Some(libc::EMFILE),
     }
 }
 

@@ -169,11 +169,7 @@ const RECV_TIMEOUT: Duration = Duration::from_millis(200);
 
 impl LinkMonitor {
     pub fn start() -> Result<(Self, Vec<Link>), IfaceError> {
-        let mut sock = Socket::new(NETLINK_ROUTE).map_err(IfaceError::Socket)?;
-        sock.bind(&SocketAddr::new(0, RTMGRP_LINK))
-            .map_err(IfaceError::Socket)?;
-        grow_rcvbuf(&sock);
-        set_recv_timeout(&sock, RECV_TIMEOUT).map_err(IfaceError::Socket)?;
+        let sock = subscribe().map_err(IfaceError::Socket)?;
         let links: Vec<Link> = crate::nl::dump_links()
             .map_err(IfaceError::Dump)?
             .iter()
@@ -194,12 +190,26 @@ impl LinkMonitor {
     pub async fn next(&mut self) -> Option<LinkChange> {
         self.events.recv().await
     }
+
+    /// A change already read, if any; never waits.
+    pub fn try_next(&mut self) -> Option<LinkChange> {
+        self.events.try_recv().ok()
+    }
 }
 
 impl Drop for LinkMonitor {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
     }
+}
+
+/// A socket subscribed to link notifications.
+fn subscribe() -> std::io::Result<Socket> {
+    let mut sock = Socket::new(NETLINK_ROUTE)?;
+    sock.bind(&SocketAddr::new(0, RTMGRP_LINK))?;
+    grow_rcvbuf(&sock);
+    set_recv_timeout(&sock, RECV_TIMEOUT)?;
+    Ok(sock)
 }
 
 fn grow_rcvbuf(sock: &Socket) {
@@ -246,7 +256,7 @@ fn set_recv_timeout(sock: &Socket, t: Duration) -> std::io::Result<()> {
 /// The reader thread: passes every link notification on, and after an overflow a fresh
 /// dump's differences from what it passed on before.
 fn follow(
-    sock: Socket,
+    mut sock: Socket,
     mut known: HashMap<u32, Link>,
     tx: tokio::sync::mpsc::UnboundedSender<LinkChange>,
     stop: &AtomicBool,
@@ -257,6 +267,12 @@ fn follow(
         match sock.recv(&mut buf, 0) {
             Ok(_) => {}
             Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
+                // What is still queued is of unknown age: a fresh socket, subscribed before
+                // the dump, gets only what happens from now on.
+                sock = match subscribe() {
+                    Ok(s) => s,
+                    Err(_) => return,
+                };
                 if resync(&mut known, &tx).is_err() {
                     return;
                 }
@@ -385,6 +401,46 @@ impl Selector {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// After lost notifications, the fresh dump is compared with what was passed on: only
+    /// the differences go out, removals included.
+    #[test]
+    fn a_resync_passes_on_only_the_differences() {
+        let now: Vec<Link> = crate::nl::dump_links()
+            .unwrap()
+            .iter()
+            .filter_map(Link::from_message)
+            .collect();
+        let mut known: HashMap<u32, Link> = now.iter().map(|l| (l.ifindex, l.clone())).collect();
+        let gone = Link {
+            ifindex: 999_999,
+            name: "tapgone".into(),
+            mac: None,
+            master: None,
+            mtu: None,
+            kind: None,
+        };
+        known.insert(gone.ifindex, gone);
+        let changed = now[0].clone();
+        known.get_mut(&changed.ifindex).unwrap().mtu = Some(1);
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        resync(&mut known, &tx).unwrap();
+        let mut got = Vec::new();
+        while let Ok(c) = rx.try_recv() {
+            got.push(c);
+        }
+        assert_eq!(
+            got,
+            [
+                LinkChange::Resynced,
+                LinkChange::Removed {
+                    ifindex: 999_999,
+                    name: "tapgone".into()
+                },
+                LinkChange::Present(changed),
+            ]
+        );
+    }
 
     #[test]
     fn globs() {

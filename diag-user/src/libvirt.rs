@@ -372,6 +372,8 @@ fn read_regular(path: &Path) -> std::io::Result<String> {
 
 fn watch_dir(dir: &Path) -> Option<inotify::EventStream<Vec<u8>>> {
     use inotify::{Inotify, WatchMask};
+    // The stream registers with the async runtime; without one the directory is read once.
+    tokio::runtime::Handle::try_current().ok()?;
     let ino = Inotify::init().ok()?;
     ino.watches()
         .add(
@@ -455,6 +457,110 @@ mod tests {
         assert!(msgs
             .iter()
             .any(|m| m.contains("truncated.xml") && m.contains("not valid XML")));
+    }
+
+    fn status_fixtures() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/libvirt-status")
+    }
+
+    /// Status files written by a real libvirtd 9.0.0: `<domstatus>` around the domain,
+    /// `<devices>` and `<cpu>` of its own before it.
+    #[test]
+    fn real_status_files() {
+        let (taps, errors) = scan_dir(&status_fixtures());
+        assert!(errors.is_empty(), "{errors:?}");
+        let nova = &taps["tap1234abcd-56"];
+        assert_eq!(nova.display_name(), "web-1");
+        assert_eq!(nova.domain, "instance-0000002b");
+        assert_eq!(nova.managed, Some(false));
+        assert_eq!(nova.guest_mac, Some("fa:16:3e:aa:bb:cc".parse().unwrap()));
+        assert_eq!(nova.migrated_in(), Some(false), "reason='booted'");
+        assert_eq!(taps["vnet0"].bridge.as_deref(), Some("brtw0"));
+        let managed = &taps["tapmanaged-01"];
+        assert_eq!(
+            (managed.iface_type.as_str(), managed.managed),
+            ("ethernet", None)
+        );
+        // type='network': the bridge is only under <actual>.
+        let net = &taps["vnet1"];
+        assert_eq!(net.iface_type, "network");
+        assert_eq!(net.bridge.as_deref(), Some("virbrtw0"));
+        let all = serde_json::to_string(&taps).unwrap();
+        assert!(!all.contains("REDACTED") && !all.contains("passwd"));
+    }
+
+    #[test]
+    fn migrated_in_from_the_status_reason() {
+        let xml = std::fs::read_to_string(status_fixtures().join("instance-0000002b.xml"))
+            .unwrap()
+            .replace("reason='booted'", "reason='migrated'");
+        let ifaces = parse_domain(&xml, Path::new("x.xml")).unwrap();
+        assert_eq!(ifaces[0].migrated_in(), Some(true));
+        let plain = parse_domain(
+            "<domain><name>d</name><devices><interface type='bridge'><target dev='vnet9'/></interface></devices></domain>",
+            Path::new("y.xml"),
+        )
+        .unwrap();
+        assert_eq!(
+            plain[0].migrated_in(),
+            None,
+            "a plain domain XML does not say"
+        );
+    }
+
+    /// The directory as libvirt changes it: a domain appears after its tap, a tap name is
+    /// taken over by another domain, a domain is destroyed.
+    #[test]
+    fn identities_follow_the_files() {
+        let dir = std::env::temp_dir().join(format!("tw-libvirt-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let write = |name: &str, xml: &str| {
+            // As libvirt does: a new file renamed into place.
+            let tmp = dir.join(format!("{name}.new"));
+            std::fs::write(&tmp, xml).unwrap();
+            std::fs::rename(&tmp, dir.join(name)).unwrap();
+        };
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let _runtime = rt.enter();
+        let (mut d, errors) = LibvirtDir::open(&dir);
+        assert!(errors.is_empty() && d.lookup("tap1234abcd-56").is_none());
+        let xml = std::fs::read_to_string(status_fixtures().join("instance-0000002b.xml")).unwrap();
+        write("instance-0000002b.xml", &xml);
+        let wait = |d: &mut LibvirtDir, want: Option<&str>| {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while d
+                .lookup("tap1234abcd-56")
+                .map(|v| v.display_name().to_string())
+                .as_deref()
+                != want
+            {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "never became {want:?}"
+                );
+                rt.block_on(async {
+                    let _ =
+                        tokio::time::timeout(std::time::Duration::from_millis(200), d.changed())
+                            .await;
+                });
+            }
+        };
+        wait(&mut d, Some("web-1"));
+        // The Neutron port (and so the tap name) reused by a new instance.
+        std::fs::remove_file(dir.join("instance-0000002b.xml")).unwrap();
+        write(
+            "instance-0000002c.xml",
+            &xml.replace("web-1", "web-2")
+                .replace("instance-0000002b", "instance-0000002c"),
+        );
+        wait(&mut d, Some("web-2"));
+        std::fs::remove_file(dir.join("instance-0000002c.xml")).unwrap();
+        wait(&mut d, None);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

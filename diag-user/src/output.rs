@@ -156,6 +156,9 @@ pub struct FrameRecord {
     pub target_ip: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub vlan: Option<u16>,
+    /// The outer (802.1ad service) tag's VLAN id of a QinQ frame.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub outer_vlan: Option<u16>,
     /// Also addressed to a MAC the tap does not have (e.g. a unicast ARP to the old MAC).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub dst_mismatch: bool,
@@ -178,6 +181,8 @@ impl FrameRecord {
             _ => parse_arp(frame, eth.l3_offset),
         };
         let ip = |b: [u8; 4]| std::net::Ipv4Addr::from(b).to_string();
+        let outer_stripped = ev.flags & diag_common::EVENT_FLAG_OUTER_VLAN != 0;
+        let vlan_stripped = ev.flags & diag_common::EVENT_FLAG_VLAN != 0 && eth.vlan.is_none();
         Some(Self {
             ts,
             ifname: ifname.to_string(),
@@ -190,37 +195,39 @@ impl FrameRecord {
             dst_mac: MacAddr(eth.dst),
             sender_ip: arp.map(|a| ip(a.sender_ip)),
             target_ip: arp.map(|a| ip(a.target_ip)),
-            // The kernel usually strips the tag into metadata before tc sees the frame.
-            vlan: eth
-                .vlan
-                .or((ev.flags & diag_common::EVENT_FLAG_VLAN != 0).then_some(ev.vlan)),
+            // The kernel usually strips the outer tag into metadata before tc sees the frame.
+            vlan: eth.vlan.or(vlan_stripped.then_some(ev.vlan)),
+            outer_vlan: eth.outer_vlan.or(outer_stripped.then_some(ev.outer_vlan)),
             dst_mismatch: ev.flags & diag_common::EVENT_FLAG_DST_MISMATCH != 0,
             len: ev.frame_len,
-            data: with_vlan_tag(
+            data: with_vlan_tags(
                 frame,
-                eth.vlan
-                    .is_none()
-                    .then_some(ev.vlan)
-                    .filter(|_| ev.flags & diag_common::EVENT_FLAG_VLAN != 0),
+                outer_stripped.then_some(ev.outer_vlan),
+                vlan_stripped.then_some(ev.vlan),
             ),
         })
     }
 }
 
-/// The frame with an 802.1Q tag for `vlan` put back after the MAC addresses (the kernel
-/// moves it into metadata before tc sees the frame).
-fn with_vlan_tag(frame: &[u8], vlan: Option<u16>) -> Vec<u8> {
-    match vlan {
-        Some(id) if frame.len() >= 12 => {
-            let mut f = Vec::with_capacity(frame.len() + 4);
-            f.extend_from_slice(&frame[..12]);
-            f.extend_from_slice(&diag_common::ETH_P_8021Q.to_be_bytes());
-            f.extend_from_slice(&id.to_be_bytes());
-            f.extend_from_slice(&frame[12..]);
-            f
-        }
-        _ => frame.to_vec(),
+/// The frame with the tags the kernel moved into metadata put back after the MAC
+/// addresses, as the VM wrote it: an outer 802.1ad tag, then an 802.1Q tag.
+fn with_vlan_tags(frame: &[u8], outer: Option<u16>, vlan: Option<u16>) -> Vec<u8> {
+    if frame.len() < 12 || (outer.is_none() && vlan.is_none()) {
+        return frame.to_vec();
     }
+    let mut f = Vec::with_capacity(frame.len() + 8);
+    f.extend_from_slice(&frame[..12]);
+    for (tpid, id) in [
+        (diag_common::ETH_P_8021AD, outer),
+        (diag_common::ETH_P_8021Q, vlan),
+    ] {
+        if let Some(id) = id {
+            f.extend_from_slice(&tpid.to_be_bytes());
+            f.extend_from_slice(&id.to_be_bytes());
+        }
+    }
+    f.extend_from_slice(&frame[12..]);
+    f
 }
 
 /// Counters of one tap, cumulative since it was attached.

@@ -17,7 +17,7 @@ use std::{
 
 use diag_common::{
     classify, frame::is_foreign_unicast, Direction, FrameEvent, TapCounters, TapWindow,
-    EVENT_FLAG_DST_MISMATCH, EVENT_FLAG_VLAN, EVENT_SNAPLEN,
+    EVENT_FLAG_DST_MISMATCH, EVENT_SNAPLEN,
 };
 use tokio::sync::mpsc;
 
@@ -246,15 +246,13 @@ fn observe(
     ev.frame_len = len;
     ev.direction = dir as u8;
     ev.kind = kind as u8;
-    ev.flags = (if class.vlan.is_some() {
-        EVENT_FLAG_VLAN
-    } else {
-        0
-    }) | (if class.dst_mismatch {
+    // libpcap puts the tags the kernel took out back into the bytes: nothing is stripped.
+    ev.flags = if class.dst_mismatch {
         EVENT_FLAG_DST_MISMATCH
     } else {
         0
-    });
+    };
     ev.vlan = class.vlan.unwrap_or(0);
+    ev.outer_vlan = class.outer_vlan.unwrap_or(0);
     Some(ev)
 }

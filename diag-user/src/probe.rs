@@ -107,6 +107,8 @@ pub struct Probe {
     mode: AttachMode,
     attached: HashMap<u32, Attachment>,
     orphans: Orphans,
+    /// Things worth a notice that did not stop an attach.
+    warnings: Vec<String>,
 }
 
 impl Probe {
@@ -176,6 +178,7 @@ impl Probe {
                 mode: mode.resolve(),
                 attached: HashMap::new(),
                 orphans: Orphans::default(),
+                warnings: Vec::new(),
             },
             events,
         ))
@@ -223,14 +226,23 @@ impl Probe {
         ifindex: u32,
         ifname: &str,
     ) -> Result<Attachment, (String, Option<i32>)> {
-        // Filters of a killed clsact run stay attached and would count every frame again;
-        // whatever this run's mode, remove those whose owner is gone (never a live run's).
-        self.orphans.remove(ifindex).map_err(|e| {
-            (
-                format!("cannot look at its tc filters: {e}"),
-                e.raw_os_error(),
-            )
-        })?;
+        // Filters of a killed clsact run stay attached and cost every frame; whatever this
+        // run's mode, remove those whose owner is gone (never a live run's). Best effort:
+        // they do not touch this run's counters.
+        match self.orphans.remove(ifindex) {
+            Ok(0) => {}
+            Ok(n) => self.warnings.push(format!(
+                "removed {n} tc filter(s) of a tapwatch run that was killed from {ifname}"
+            )),
+            Err(e) if !self.orphans.said => {
+                self.orphans.said = true;
+                self.warnings.push(format!(
+                    "cannot tell whether tc filters left on {ifname} by another tapwatch run \
+                     belong to a live run: {e}; they are left in place"
+                ));
+            }
+            Err(_) => {}
+        }
         let options = || match self.mode {
             AttachMode::Clsact => TcAttachOptions::Netlink(NlOptions::default()),
             _ => TcAttachOptions::TcxOrder(LinkOrder::default()),
@@ -289,6 +301,11 @@ impl Probe {
         let _ = self.counters.remove(&ifindex);
         let _ = self.windows.remove(&ifindex);
         last
+    }
+
+    /// What happened on the way that the user should hear of.
+    pub fn take_warnings(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.warnings)
     }
 
     pub fn is_attached(&self, ifindex: u32) -> bool {
@@ -388,6 +405,8 @@ struct Orphans {
     /// Program ids held by live processes, read when first needed and again whenever a
     /// filter's program is not among them (it may belong to a run started since).
     held: Option<std::collections::HashSet<u32>>,
+    /// Whether a failure to tell has been reported (once per run).
+    said: bool,
 }
 
 /// Names of the filters tapwatch's programs make.

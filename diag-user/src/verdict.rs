@@ -708,6 +708,7 @@ pub(crate) mod fixtures {
             sender_ip: arp.then(|| "10.65.0.2".into()),
             target_ip: arp.then(|| "10.65.0.1".into()),
             vlan: None,
+            outer_vlan: None,
             dst_mismatch: false,
             len: 98,
             data: Vec::new(),
@@ -926,6 +927,74 @@ mod tests {
         ];
         let verdicts = run(&mut e, &recs);
         assert_eq!(verdicts.last().unwrap().1, "BLACKOUT");
+    }
+
+    fn vm(reason: &str) -> VmInterface {
+        VmInterface {
+            domain: "instance-0000002b".into(),
+            uuid: None,
+            nova_name: Some("web-1".into()),
+            tap: "tapA".into(),
+            guest_mac: Some(GUEST),
+            iface_type: "ethernet".into(),
+            managed: Some(false),
+            bridge: None,
+            reason: Some(reason.into()),
+        }
+    }
+
+    #[test]
+    fn a_vm_booted_here_is_not_told_its_announce_failed() {
+        for (reason, complains) in [("booted", false), ("migrated", true)] {
+            let mut e = engine();
+            let recs = [
+                Record::Identity {
+                    ts: at(0),
+                    ifname: "tapA".into(),
+                    libvirt: Some(vm(reason)),
+                },
+                attached(0, "tapA", NEW, "routed"),
+                stats(1000, "tapA", 10, 0),
+            ];
+            run(&mut e, &recs);
+            let d = e.tap("tapA").unwrap().diagnosis(at(1000));
+            assert_eq!(
+                d.contains("announce-self did not run"),
+                complains,
+                "{reason}: {d}"
+            );
+            assert_eq!(
+                d.contains("started on this host"),
+                !complains,
+                "{reason}: {d}"
+            );
+        }
+    }
+
+    /// A domain that appears, changes or goes while the tap is watched renames its row, and
+    /// a verdict record says so.
+    #[test]
+    fn identities_that_change_while_watched() {
+        let mut e = engine();
+        let mut recs = vec![attached(0, "tapA", NEW, "routed")];
+        let mut web2 = vm("migrated");
+        web2.nova_name = Some("web-2".into());
+        for (ms, v) in [(100, Some(vm("migrated"))), (200, Some(web2)), (300, None)] {
+            recs.push(Record::Identity {
+                ts: at(ms),
+                ifname: "tapA".into(),
+                libvirt: v,
+            });
+        }
+        let mut names = Vec::new();
+        for r in &recs {
+            for v in e.apply(r) {
+                if let Record::Verdict { fields, .. } = v {
+                    names.push(fields.vm);
+                }
+            }
+        }
+        assert_eq!(names, ["tapA", "web-1", "web-2", "tapA"]);
     }
 
     #[test]

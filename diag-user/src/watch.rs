@@ -316,7 +316,13 @@ impl Watcher<'_> {
     }
 
     fn attach(&mut self, link: Link) -> io::Result<()> {
-        if let Err((reason, errno)) = self.backend.attach(&link) {
+        let attached = self.backend.attach(&link);
+        if let Backend::Ebpf(p) = &mut self.backend {
+            for w in p.take_warnings() {
+                self.notice("leftover_filters", Some(link.name.clone()), w)?;
+            }
+        }
+        if let Err((reason, errno)) = attached {
             // A tap removed right after it appeared (libvirt re-creates and deletes taps
             // within milliseconds while destroying a domain): its removal follows, and
             // there is nothing to report.
@@ -330,10 +336,8 @@ impl Watcher<'_> {
                 Some(d) => d.to_string(),
                 None => reason,
             };
-            let known = self
-                .unwatched
-                .get(&link.ifindex)
-                .is_some_and(|(_, r)| *r == reason);
+            // Said once per tap, however often the retries fail.
+            let known = self.unwatched.contains_key(&link.ifindex);
             self.unwatched
                 .insert(link.ifindex, (link.name.clone(), reason.clone()));
             if known {
@@ -646,9 +650,15 @@ pub async fn run(
         &mut signals,
     )
     .await;
-    // Whatever ended the loop, report what was counted; an output error only stops output.
-    let end = w
-        .drain(&mut src)
+    // Whatever ended the loop, report what was counted, with the link changes already read
+    // (the summary's MACs and names are the last ones known); an output error only stops
+    // output.
+    let mut pending = Ok(());
+    while let (Some(change), Ok(())) = (monitor.try_next(), &pending) {
+        pending = w.drain(&mut src).and_then(|_| w.on_link(change));
+    }
+    let end = pending
+        .and_then(|_| w.drain(&mut src))
         .and_then(|_| w.summary())
         .and_then(|_| w.sink.flush());
     let outcome = Outcome {
