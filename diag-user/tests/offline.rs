@@ -1,0 +1,447 @@
+//! What needs no kernel and no root: `tapwatch analyze` on hostile, huge, cut and cooked
+//! inputs, and the command line's numbers. Runs as a normal user.
+
+use std::{
+    fs::File,
+    io::{BufWriter, Read, Write},
+    path::{Path, PathBuf},
+    process::{Command, Output, Stdio},
+    time::{Duration, Instant},
+};
+
+use diag_user::{
+    bundle::{Bundle, BundleOptions},
+    clock::Ts,
+    mac::MacAddr,
+    output::{FrameRecord, Record, TapRow},
+    pipeline::{Feed, Pipeline, Writer},
+    sandbox::frames,
+    verdict::{Engine, EngineConfig},
+};
+use pcap_file::{
+    pcap::{PcapHeader, PcapPacket, PcapWriter},
+    DataLink,
+};
+use serde_json::Value;
+
+const GUEST: MacAddr = MacAddr([0xfa, 0x16, 0x3e, 0xaa, 0xbb, 0xcc]);
+const OLD: MacAddr = MacAddr([0xfe, 0x16, 0x3e, 0xaa, 0xbb, 0xcc]);
+const NEW: MacAddr = MacAddr([0x00, 0x61, 0xfe, 0xed, 0xca, 0xfe]);
+
+fn tw() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_tapwatch"))
+}
+
+/// A scratch directory, removed on drop.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(name: &str) -> Self {
+        let p = std::env::temp_dir().join(format!("tw-off-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        Self(p)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Runs a command to its end; returns its output and its peak memory (KiB).
+fn run_measured(cmd: &mut Command, limit: Duration) -> (Output, i64) {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (mut out, mut err) = (child.stdout.take().unwrap(), child.stderr.take().unwrap());
+    let o = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        out.read_to_end(&mut v).unwrap();
+        v
+    });
+    let e = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        err.read_to_end(&mut v).unwrap();
+        v
+    });
+    let started = Instant::now();
+    let pid = child.id() as libc::pid_t;
+    let (status, rss) = loop {
+        let mut st = 0;
+        // SAFETY: wait4 on our own child with valid pointers.
+        let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+        let r = unsafe { libc::wait4(pid, &mut st, libc::WNOHANG, &mut ru) };
+        if r == pid {
+            break (st, ru.ru_maxrss);
+        }
+        assert!(started.elapsed() < limit, "still running after {limit:?}");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    use std::os::unix::process::ExitStatusExt;
+    (
+        Output {
+            status: std::process::ExitStatus::from_raw(status),
+            stdout: o.join().unwrap(),
+            stderr: e.join().unwrap(),
+        },
+        rss,
+    )
+}
+
+fn summary_of(out: &Output) -> Value {
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .find(|v| v["type"] == "summary")
+        .unwrap_or_else(|| {
+            panic!(
+                "no summary; stderr: {}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })
+}
+
+#[test]
+fn analyze_refuses_what_is_not_a_file() {
+    let s = Scratch::new("nonfile");
+    let fifo = s.0.join("fifo");
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: mkfifo with a valid path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let zero = s.0.join("zero.pcap");
+    std::os::unix::fs::symlink("/dev/zero", &zero).unwrap();
+    for (path, says) in [(&fifo, "a FIFO"), (&zero, "a character device")] {
+        let (out, _) = run_measured(tw().arg("analyze").arg(path), Duration::from_secs(10));
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(says) && err.contains("not a regular file"),
+            "{err}"
+        );
+    }
+}
+
+/// A 1 MB .tar.gz that expands to 1 GiB: refused in bounded memory, quickly.
+#[test]
+fn analyze_refuses_a_decompression_bomb() {
+    let s = Scratch::new("bomb");
+    let path = s.0.join("bundle.tar.gz");
+    {
+        let gz = flate2::write::GzEncoder::new(
+            BufWriter::new(File::create(&path).unwrap()),
+            flate2::Compression::best(),
+        );
+        let mut tar = tar::Builder::new(gz);
+        let mut h = tar::Header::new_gnu();
+        h.set_size(1 << 30);
+        h.set_mode(0o600);
+        tar.append_data(
+            &mut h,
+            "b/events.ndjson",
+            std::io::repeat(b' ').take(1 << 30),
+        )
+        .unwrap();
+        tar.into_inner().unwrap().finish().unwrap();
+    }
+    let size = std::fs::metadata(&path).unwrap().len();
+    assert!(size < 4 << 20, "{size} bytes");
+    let (out, rss_kib) = run_measured(
+        tw().args(["analyze", "--json"]).arg(&path),
+        Duration::from_secs(120),
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("expands to more than"), "{err}");
+    assert!(rss_kib < 150 * 1024, "peak memory {rss_kib} KiB");
+}
+
+/// Writes a pcap of `frames` (Ethernet), `gap` apart from a fixed start.
+fn write_pcap(path: &Path, frames: impl Iterator<Item = Vec<u8>>, gap: Duration) -> u64 {
+    let mut w = PcapWriter::with_header(
+        BufWriter::new(File::create(path).unwrap()),
+        PcapHeader {
+            datalink: DataLink::ETHERNET,
+            ts_correction: 0,
+            ..PcapHeader::default()
+        },
+    )
+    .unwrap();
+    let t0 = Duration::from_secs(1_790_000_000);
+    let mut n = 0;
+    for (i, f) in frames.enumerate() {
+        w.write_packet(&PcapPacket::new(t0 + gap * i as u32, f.len() as u32, &f))
+            .unwrap();
+        n += 1;
+    }
+    w.into_writer().flush().unwrap();
+    n
+}
+
+fn ip(last: u8) -> std::net::Ipv4Addr {
+    std::net::Ipv4Addr::new(10, 65, 0, last)
+}
+
+/// The stale-MAC story as the VM's side of a `tcpdump -i tapX` capture: QEMU's RARP, frames
+/// to the old MAC, a re-ARP, frames to the new one. The host sent nothing in it.
+fn vm_story(stale: usize, fresh: usize, len: usize) -> impl Iterator<Item = Vec<u8>> {
+    let to = move |mac| frames::udp(GUEST, mac, ip(2), ip(9), len);
+    std::iter::once(frames::rarp_announce(GUEST, None))
+        .chain(std::iter::repeat_with(move || to(OLD)).take(stale))
+        .chain(std::iter::once(frames::arp_request(GUEST, ip(2), ip(1))))
+        .chain(std::iter::repeat_with(move || to(NEW)).take(fresh))
+}
+
+/// A 76 MB capture: the verdict and exact counts, in bounded memory.
+#[test]
+fn analyze_streams_a_large_capture() {
+    let s = Scratch::new("large");
+    let path = s.0.join("big.pcap");
+    let (stale, fresh) = (60_000, 60_000);
+    write_pcap(
+        &path,
+        vm_story(stale, fresh, 630),
+        Duration::from_micros(250),
+    );
+    let size = std::fs::metadata(&path).unwrap().len();
+    assert!(size > 75_000_000, "{size}");
+    let (out, rss_kib) = run_measured(
+        tw().args(["analyze", "--json", "--tap-mac", &NEW.to_string()])
+            .arg(&path),
+        Duration::from_secs(300),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let row = &summary_of(&out)["taps"][0];
+    assert_eq!(row["state"], "RECOVERED", "{row:#}");
+    assert_eq!(row["dst_mismatch_frames"], stale as u64);
+    assert_eq!(row["from_vm_frames"], (stale + fresh + 2) as u64);
+    assert_eq!(row["rarp_frames"], 1);
+    // 60,000 frames 250 us apart.
+    let ms = row["blackout_ms"].as_u64().unwrap();
+    assert!((15_000..15_002).contains(&ms), "{ms}");
+    assert!(
+        rss_kib < 100 * 1024,
+        "peak memory {rss_kib} KiB for {size} bytes"
+    );
+}
+
+/// With the host silent, the tap's MAC is inferred from where the VM's traffic settled,
+/// and the analysis says how sure it is.
+#[test]
+fn the_tap_mac_inference_says_how_sure_it_is() {
+    let s = Scratch::new("infer");
+    let moved = s.0.join("moved.pcap");
+    write_pcap(&moved, vm_story(50, 20, 98), Duration::from_millis(20));
+    let out = tw()
+        .args(["analyze", "--json"])
+        .arg(&moved)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains(&format!("{NEW} is taken as the tap's MAC")),
+        "{err}"
+    );
+    assert!(err.contains("fairly sure"), "{err}");
+    let row = &summary_of(&out)["taps"][0];
+    assert_eq!(row["state"], "RECOVERED", "{row:#}");
+    assert_eq!(row["dst_mismatch_frames"], 50);
+    let d = row["diagnosis"].as_str().unwrap();
+    assert!(d.contains(&format!("the VM sent to {OLD}")), "{d}");
+
+    // Only ever the one destination: said to be unsure, and how to be sure.
+    let stuck = s.0.join("stuck.pcap");
+    write_pcap(&stuck, vm_story(50, 0, 98), Duration::from_millis(20));
+    let out = tw()
+        .args(["analyze", "--json"])
+        .arg(&stuck)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("not sure") && err.contains("--tap-mac"),
+        "{err}"
+    );
+    let out = tw()
+        .args(["analyze", "--json", "--tap-mac", &NEW.to_string()])
+        .arg(&stuck)
+        .output()
+        .unwrap();
+    assert_eq!(summary_of(&out)["taps"][0]["state"], "BLACKOUT");
+}
+
+/// `tcpdump -i any` keeps the kernel's verdict but not the destination MAC: the diagnosis
+/// never names 00:00:00:00:00:00.
+#[test]
+fn cooked_captures_never_name_an_unknown_mac() {
+    let s = Scratch::new("cooked");
+    let path = s.0.join("any.pcap");
+    let mut w = PcapWriter::with_header(
+        BufWriter::new(File::create(&path).unwrap()),
+        PcapHeader {
+            datalink: DataLink::LINUX_SLL2,
+            ..PcapHeader::default()
+        },
+    )
+    .unwrap();
+    // SLL2: protocol, reserved, ifindex 7, hatype 1, pkttype, halen 6, the source MAC.
+    let sll2 = |pkttype: u8, proto: [u8; 2], payload: &[u8]| {
+        let mut f = vec![proto[0], proto[1], 0, 0, 0, 0, 0, 7, 0, 1, pkttype, 6];
+        f.extend_from_slice(&GUEST.0);
+        f.extend_from_slice(&[0, 0]);
+        f.extend_from_slice(payload);
+        f
+    };
+    let udp = frames::udp(GUEST, OLD, ip(2), ip(9), 98);
+    let mut t = Duration::from_secs(1_790_000_000);
+    let rarp = frames::rarp_announce(GUEST, None);
+    let mut all = vec![sll2(1, [0x80, 0x35], &rarp[14..])];
+    all.extend((0..5).map(|_| sll2(3, [0x08, 0x00], &udp[14..])));
+    all.extend((0..3).map(|_| sll2(0, [0x08, 0x00], &udp[14..])));
+    for f in &all {
+        t += Duration::from_millis(100);
+        w.write_packet(&PcapPacket::new(t, f.len() as u32, f))
+            .unwrap();
+    }
+    w.into_writer().flush().unwrap();
+    let out = tw()
+        .args(["analyze", "--json"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    let all_out = String::from_utf8_lossy(&out.stdout);
+    assert!(!all_out.contains("00:00:00:00:00:00"), "{all_out}");
+    let row = &summary_of(&out)["taps"][0];
+    assert_eq!(row["state"], "RECOVERED", "{row:#}");
+    assert_eq!(
+        (&row["dst_mismatch_frames"], &row["blackout_ms"]),
+        (&5.into(), &500.into())
+    );
+}
+
+fn at(ms: i64) -> Ts {
+    Ts(chrono::DateTime::from_timestamp_millis(1_790_000_000_000 + ms).unwrap())
+}
+
+/// A bundle cut short (a full disk, a crash) in the middle of a line and of a block: read
+/// up to the cut, said where and why, and the verdicts given.
+#[test]
+fn a_cut_bundle_is_read_up_to_the_cut() {
+    let s = Scratch::new("cut");
+    let dir = s.0.join("b");
+    let bundle = Bundle::create(BundleOptions {
+        dir: dir.clone(),
+        max_bytes: 1 << 30,
+        pack: false,
+    })
+    .unwrap();
+    let (writer, pusher) = Writer::spawn("bundle", bundle, |_| {}).unwrap();
+    let pipeline = Pipeline::new(Engine::new(EngineConfig::default()), vec![pusher]);
+    let mut feed = Feed(pipeline.clone());
+    let frame = |ms: i64, kind: &'static str, dst: MacAddr| {
+        let bytes = frames::udp(GUEST, dst, ip(2), ip(9), 98);
+        Record::Frame(FrameRecord {
+            ts: at(ms),
+            ifname: "tapcut".into(),
+            direction: "from_vm",
+            kind,
+            src_mac: GUEST,
+            dst_mac: dst,
+            sender_ip: None,
+            target_ip: None,
+            vlan: None,
+            outer_vlan: None,
+            dst_mismatch: false,
+            len: 98,
+            data: bytes,
+        })
+    };
+    use diag_user::output::Sink;
+    feed.emit(&Record::Attached {
+        ts: at(0),
+        ifname: "tapcut".into(),
+        ifindex: 7,
+        mac: Some(OLD),
+        mode: "routed",
+        backend: "ebpf",
+        mtu: Some(1500),
+        master: None,
+    })
+    .unwrap();
+    feed.emit(&Record::MacChange {
+        ts: at(10),
+        ifname: "tapcut".into(),
+        old_mac: Some(OLD),
+        new_mac: Some(NEW),
+    })
+    .unwrap();
+    for i in 0..20 {
+        feed.emit(&frame(100 + i * 100, "dst_mismatch", OLD))
+            .unwrap();
+        feed.emit(&Record::Stats {
+            ts: at(150 + i * 100),
+            taps: vec![TapRow {
+                ifname: "tapcut".into(),
+                from_vm_frames: i as u64 + 1,
+                dst_mismatch_frames: i as u64 + 1,
+                ..TapRow::default()
+            }],
+        })
+        .unwrap();
+    }
+    let b = writer.close(Duration::from_secs(10)).unwrap();
+    drop(b); // as a crash would: no reports, files as they are
+             // Cut both files in the middle of their last line and block.
+    for (f, cut) in [("events.ndjson", 40), ("frames.pcapng", 30)] {
+        let p = dir.join(f);
+        let len = std::fs::metadata(&p).unwrap().len();
+        let file = std::fs::OpenOptions::new().write(true).open(&p).unwrap();
+        file.set_len(len - cut).unwrap();
+    }
+    let out = tw().args(["analyze", "--json"]).arg(&dir).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("ends with an incomplete line"), "{err}");
+    assert!(err.contains("frames.pcapng stops early"), "{err}");
+    let row = &summary_of(&out)["taps"][0];
+    assert_eq!(row["state"], "BLACKOUT", "{row:#}");
+    assert_eq!(
+        row["dst_mismatch_frames"], 19,
+        "the last complete stats line"
+    );
+}
+
+#[test]
+fn command_line_numbers_are_checked() {
+    for args in [
+        &["watch", "--duration", "1e30"][..],
+        &["watch", "--interval", "1e-12"],
+        &["watch", "--interval", "0"],
+        &["watch", "--duration", "NaN"],
+        &["watch", "--duration=-1"],
+        &["watch", "--record-max-mb", "99999999999"],
+        &["lab", "--vms", "0"],
+        &["lab", "--vms", "1000"],
+        &["lab", "--reachable-time", "1e300"],
+    ] {
+        let out = tw().args(args).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+        assert!(
+            err.contains("out of range") || err.contains("not in") || err.contains("invalid value"),
+            "{args:?}: {err}"
+        );
+    }
+}
