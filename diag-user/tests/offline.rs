@@ -82,6 +82,8 @@ fn run_measured(cmd: &mut Command, limit: Duration) -> (Output, i64) {
         assert!(started.elapsed() < limit, "still running after {limit:?}");
         std::thread::sleep(Duration::from_millis(10));
     };
+    // Reaped by wait4 above (for its rusage); this only settles the handle.
+    let _ = child.wait();
     use std::os::unix::process::ExitStatusExt;
     (
         Output {
