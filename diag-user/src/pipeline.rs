@@ -48,9 +48,13 @@ struct Queue {
     dropped_since: Option<Ts>,
     /// The writer stopped: its output failed.
     failed: Option<io::ErrorKind>,
+    /// The writer is writing a batch it took.
+    busy: bool,
 }
 
 struct Shared {
+    /// Records the writer has taken so far: progress, for `close`.
+    taken: std::sync::atomic::AtomicU64,
     queue: Mutex<Queue>,
     cv: Condvar,
     /// The writer has written everything it was given (or given up).
@@ -113,8 +117,8 @@ pub struct Writer<S> {
 /// Why closing an output did not get everything written.
 #[derive(Debug, thiserror::Error)]
 pub enum CloseError {
-    #[error("the output did not take the last records within {0:?}")]
-    Timeout(Duration),
+    #[error("the output took nothing for {0:?}: {1} records were not written")]
+    Timeout(Duration, usize),
     #[error("the output's writer thread panicked")]
     Panicked,
 }
@@ -128,6 +132,7 @@ impl<S: Sink + Send + 'static> Writer<S> {
         on_fail: impl FnOnce(&io::Error) + Send + 'static,
     ) -> io::Result<(Self, Pusher)> {
         let shared = Arc::new(Shared {
+            taken: std::sync::atomic::AtomicU64::new(0),
             queue: Mutex::new(Queue::default()),
             cv: Condvar::new(),
             idle: Condvar::new(),
@@ -146,23 +151,31 @@ impl<S: Sink + Send + 'static> Writer<S> {
         ))
     }
 
-    /// Waits (at most `timeout`) until everything queued is written, then stops the thread
-    /// and returns the sink. A sink whose output hangs is left behind, and said so.
+    /// Waits until everything queued is written, then stops the thread and returns the
+    /// sink. A slow output gets all the time it needs while it makes progress; one that
+    /// takes nothing for `timeout` (a pager nobody scrolls) is left behind, and said so.
     pub fn close(mut self, timeout: Duration) -> Result<S, CloseError> {
-        let deadline = Instant::now() + timeout;
+        let mut deadline = Instant::now() + timeout;
+        let mut taken = self.shared.taken.load(Ordering::Relaxed);
         {
             let mut q = self.shared.lock();
             q.closed = true;
             self.shared.cv.notify_all();
-            while !q.items.is_empty() && q.failed.is_none() {
+            while (!q.items.is_empty() || q.busy) && q.failed.is_none() {
+                let now_taken = self.shared.taken.load(Ordering::Relaxed);
+                if now_taken != taken {
+                    taken = now_taken;
+                    deadline = Instant::now() + timeout;
+                }
                 let left = deadline.saturating_duration_since(Instant::now());
                 if left.is_zero() {
-                    return Err(CloseError::Timeout(timeout));
+                    return Err(CloseError::Timeout(timeout, q.items.len()));
                 }
+                // Wakes at least every 100 ms to see whether the writer got on.
                 q = self
                     .shared
                     .idle
-                    .wait_timeout(q, left)
+                    .wait_timeout(q, left.min(Duration::from_millis(100)))
                     .unwrap_or_else(|e| e.into_inner())
                     .0;
             }
@@ -171,7 +184,7 @@ impl<S: Sink + Send + 'static> Writer<S> {
         // The queue is empty and closed: the thread is at most finishing a flush.
         while !thread.is_finished() {
             if Instant::now() >= deadline {
-                return Err(CloseError::Timeout(timeout));
+                return Err(CloseError::Timeout(timeout, 0));
             }
             std::thread::sleep(Duration::from_millis(2));
         }
@@ -199,6 +212,7 @@ fn write_loop<S: Sink>(
             }
             let batch = std::mem::take(&mut q.items);
             q.bytes = 0;
+            q.busy = true;
             let notice = q.dropped_since.take().map(|since| {
                 let n = (q.dropped_frames, q.dropped_stats);
                 q.dropped_frames = 0;
@@ -219,9 +233,13 @@ fn write_loop<S: Sink>(
         let result = notice
             .iter()
             .chain(batch.iter())
-            .try_for_each(|r| sink.emit(r))
+            .try_for_each(|r| {
+                shared.taken.fetch_add(1, Ordering::Relaxed);
+                sink.emit(r)
+            })
             .and_then(|_| sink.flush());
         let mut q = shared.lock();
+        q.busy = false;
         if let Err(e) = result {
             q.failed = Some(e.kind());
             q.items.clear();
