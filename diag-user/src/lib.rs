@@ -1,24 +1,21 @@
 //! tapwatch: per-VM visibility of frames on hypervisor tap devices.
 //!
-//! `diag_common` holds the shared types and the one frame classifier; this crate loads the
-//! eBPF probe ([`probe`]), follows interfaces over rtnetlink ([`ifaces`]), and turns what it
-//! sees into [`output::Record`]s ([`watch`]).
+//! A frame's path through the crate follows its folders:
+//!
+//! - [`collect`]: where facts come from. The kernel (the eBPF datapath and libpcap, both
+//!   through `diag_common`'s one observe step), rtnetlink (which taps exist, their MACs)
+//!   and libvirt (which VM is behind a tap) become [`model::Record`]s.
+//! - [`verdict`]: the one verdict engine: per VM, OK / BLACKOUT / RECOVERED / QUIET / GONE,
+//!   the measured blackout and a diagnosis in words; VM identities.
+//! - [`report`]: one pipeline per run feeds the engine and every output from it: NDJSON,
+//!   the bug-report bundle, the live view, text.
+//! - [`offline`]: `tapwatch analyze`: bundles and captures replayed through the same steps.
+//! - [`lab`]: a simulated migration between two simulated hypervisors.
+//! - [`model`]: the records (the JSON contract) and the types they are made of.
 
-pub mod analyze;
-pub mod bundle;
-pub mod caps;
-pub mod capture;
-pub mod clock;
-pub mod ifaces;
+pub mod collect;
 pub mod lab;
-pub mod libvirt;
-pub mod mac;
-pub mod nl;
-pub mod output;
-pub mod pcap_backend;
-pub mod pipeline;
-pub mod probe;
-pub mod sandbox;
-pub mod tui;
+pub mod model;
+pub mod offline;
+pub mod report;
 pub mod verdict;
-pub mod watch;

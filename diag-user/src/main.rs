@@ -9,18 +9,21 @@ use std::{
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use diag_user::{
-    analyze,
-    bundle::{Bundle, BundleOptions},
-    ifaces::DEFAULT_PATTERNS,
+    collect::{
+        self, ebpf::AttachMode, links::DEFAULT_PATTERNS, BackendChoice, IdentitySource, Outcome,
+        WatchOptions,
+    },
     lab::{self, LabOptions, Scenario, MAX_VMS},
-    libvirt,
-    mac::MacAddr,
-    output::{JsonSink, NoticePrinter, Record, Sink},
-    pipeline::{Feed, Pipeline, Pusher, Writer},
-    probe::AttachMode,
-    tui,
-    verdict::{Engine, EngineConfig},
-    watch::{self, BackendChoice, IdentitySource, Outcome, WatchOptions},
+    model::{mac::MacAddr, Record, Sink},
+    offline as analyze,
+    report::{
+        bundle::{Bundle, BundleOptions},
+        json::JsonSink,
+        pipeline::{Feed, Pipeline, Pusher, Writer},
+        text::NoticePrinter,
+        tui,
+    },
+    verdict::{libvirt, Engine, EngineConfig},
 };
 use tokio::sync::Notify;
 
@@ -453,7 +456,7 @@ async fn run_watch(args: WatchArgs) -> anyhow::Result<ExitCode> {
     let pipeline = Pipeline::new(engine, outputs.pushers());
     if json && !args.json {
         pipeline.emit(&Record::Notice {
-            ts: diag_user::clock::Ts(chrono::Utc::now()),
+            ts: diag_user::model::clock::Ts(chrono::Utc::now()),
             code: "no_terminal",
             ifname: None,
             message: "no terminal for the live view: NDJSON records instead".into(),
@@ -461,7 +464,7 @@ async fn run_watch(args: WatchArgs) -> anyhow::Result<ExitCode> {
     }
     let result = if json {
         let s = stop.clone();
-        let r = watch::run(opts, &mut Feed(pipeline.clone()), async move {
+        let r = collect::run(opts, &mut Feed(pipeline.clone()), async move {
             s.notified().await
         })
         .await;

@@ -10,7 +10,10 @@ use std::{
 };
 
 use common::*;
-use diag_user::sandbox::{frames, Netns, VmTap};
+use diag_user::lab::{
+    frames,
+    netns::{Netns, VmTap},
+};
 
 const PEER: Ipv4Addr = Ipv4Addr::new(10, 65, 9, 9);
 

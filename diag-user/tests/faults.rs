@@ -15,8 +15,11 @@ use std::{
 
 use common::*;
 use diag_user::{
-    mac::MacAddr,
-    sandbox::{frames, Netns, VmTap},
+    lab::{
+        frames,
+        netns::{Netns, VmTap},
+    },
+    model::mac::MacAddr,
 };
 use serde_json::Value;
 

@@ -10,12 +10,12 @@ use std::{
 };
 
 use diag_user::{
-    bundle::{Bundle, BundleOptions},
-    clock::Ts,
-    mac::MacAddr,
-    output::{FrameRecord, Record, TapRow},
-    pipeline::{Feed, Pipeline, Writer},
-    sandbox::frames,
+    lab::frames,
+    model::clock::Ts,
+    model::mac::MacAddr,
+    model::{FrameRecord, Record, TapRow},
+    report::bundle::{Bundle, BundleOptions},
+    report::pipeline::{Feed, Pipeline, Writer},
     verdict::{Engine, EngineConfig},
 };
 use pcap_file::{
@@ -369,7 +369,7 @@ fn a_cut_bundle_is_read_up_to_the_cut() {
             data: bytes,
         })
     };
-    use diag_user::output::Sink;
+    use diag_user::model::Sink;
     feed.emit(&Record::Attached {
         ts: at(0),
         ifname: "tapcut".into(),

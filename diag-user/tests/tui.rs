@@ -6,7 +6,11 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{require_root, GUEST, TAP_CALICO, TAP_LIBVIRT, TIMEOUT};
-use diag_user::sandbox::{frames, tmux::Tmux, Netns, VmTap};
+use diag_testkit::tmux::Tmux;
+use diag_user::lab::{
+    frames,
+    netns::{Netns, VmTap},
+};
 
 /// Waits for the screen `pred` accepts, polling every 50 ms; fails the test with the
 /// screen otherwise.

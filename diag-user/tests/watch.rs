@@ -7,8 +7,11 @@ use std::{net::Ipv4Addr, time::Duration};
 
 use common::*;
 use diag_user::{
-    mac::MacAddr,
-    sandbox::{frames, Netns, VmTap},
+    lab::{
+        frames,
+        netns::{Netns, VmTap},
+    },
+    model::mac::MacAddr,
 };
 
 const HOST_IP: Ipv4Addr = Ipv4Addr::new(10, 65, 0, 1);
@@ -479,7 +482,7 @@ fn tc_filters(ns: &Netns, ifname: &str, dir: &str) -> String {
 
 fn tcx_names(ns: &Netns, ifname: &str) -> Vec<String> {
     let ifname = ifname.to_string();
-    ns.enter(move || diag_user::probe::tcx_program_names(&ifname).expect("query tcx"))
+    ns.enter(move || diag_user::collect::ebpf::tcx_program_names(&ifname).expect("query tcx"))
         .unwrap()
 }
 

@@ -8,7 +8,11 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
-use diag_user::sandbox::{frames, tmux::Tmux, Netns, VmTap};
+use diag_testkit::tmux::Tmux;
+use diag_user::lab::{
+    frames,
+    netns::{Netns, VmTap},
+};
 
 use crate::{
     load::{Generator, Tapwatch},

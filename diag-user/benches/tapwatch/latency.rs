@@ -8,8 +8,11 @@ use std::{
 
 use anyhow::Result;
 use diag_user::{
-    mac::MacAddr,
-    sandbox::{frames, Netns, VmTap},
+    lab::{
+        frames,
+        netns::{Netns, VmTap},
+    },
+    model::mac::MacAddr,
 };
 
 use crate::{

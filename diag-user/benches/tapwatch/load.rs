@@ -13,7 +13,8 @@ use std::{
 };
 
 use anyhow::{bail, Context as _, Result};
-use diag_user::sandbox::{child::Spawned, Netns, VmTap};
+use diag_testkit::child::Spawned;
+use diag_user::lab::netns::{Netns, VmTap};
 use serde_json::Value;
 
 use crate::measure::ProcSample;
@@ -225,7 +226,7 @@ impl Tapwatch {
         let mut argv = vec![env!("CARGO_BIN_EXE_tapwatch"), "watch", "--json"];
         argv.extend_from_slice(args);
         let start = Instant::now();
-        let proc = Spawned::start(ns, &argv)?;
+        let proc = Spawned::start(ns.name(), &argv)?;
         let mut t = Self { proc, start };
         if let Some(ifname) = args.windows(2).find(|w| w[0] == "--iface").map(|w| w[1]) {
             if !ifname.contains('*') {

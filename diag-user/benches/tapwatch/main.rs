@@ -17,7 +17,7 @@ mod throughput;
 use std::{path::Path, process::ExitCode, time::Duration};
 
 use anyhow::{bail, Result};
-use diag_user::mac::MacAddr;
+use diag_user::model::mac::MacAddr;
 
 pub const GUEST: MacAddr = MacAddr([0xfa, 0x16, 0x3e, 0xaa, 0xbb, 0xcc]);
 pub const TAP_MAC: MacAddr = MacAddr([0xfe, 0x16, 0x3e, 0xaa, 0xbb, 0xcc]);

@@ -3,7 +3,7 @@
 use std::{fs, time::Duration};
 
 use anyhow::{Context as _, Result};
-use diag_user::sandbox::Netns;
+use diag_user::lab::netns::Netns;
 use serde_json::Value;
 
 fn clk_tck() -> f64 {

@@ -5,9 +5,9 @@ use std::time::Instant;
 
 use anyhow::Result;
 use diag_user::{
-    clock::Ts,
-    output::{Record, TapRow},
-    tui::{app::App, ui},
+    model::clock::Ts,
+    model::{Record, TapRow},
+    report::tui::{app::App, ui},
     verdict::{Engine, EngineConfig},
 };
 use ratatui::{backend::CrosstermBackend, backend::TestBackend, Terminal};

@@ -11,7 +11,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
-use diag_user::sandbox::{run as sh, Netns, VmTap};
+use diag_user::lab::netns::{run as sh, Netns, VmTap};
 
 use crate::{
     load::Tapwatch,

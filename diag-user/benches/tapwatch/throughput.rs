@@ -5,8 +5,11 @@ use std::{sync::Arc, time::Instant};
 
 use anyhow::Result;
 use diag_user::{
-    mac::MacAddr,
-    sandbox::{frames, Netns, VmTap},
+    lab::{
+        frames,
+        netns::{Netns, VmTap},
+    },
+    model::mac::MacAddr,
 };
 
 use crate::{

@@ -11,7 +11,7 @@ use std::{
     time::Duration,
 };
 
-use crate::clock::monotonic_ns;
+use crate::model::clock::monotonic_ns;
 
 pub const PING_EVERY: Duration = Duration::from_millis(20);
 

@@ -15,11 +15,7 @@ use diag_common::{
 };
 use etherparse::{Icmpv4Type, SlicedPacket, TransportSlice};
 
-use crate::{
-    clock::monotonic_ns,
-    mac::MacAddr,
-    sandbox::{frames, VmTap},
-};
+use crate::{lab::frames, lab::netns::VmTap, model::clock::monotonic_ns, model::mac::MacAddr};
 
 #[derive(Clone, Debug)]
 pub struct GuestConfig {

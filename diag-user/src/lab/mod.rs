@@ -13,7 +13,9 @@
 //! bridge where the VM went.
 
 pub mod client;
+pub mod frames;
 pub mod guest;
+pub mod netns;
 
 use std::{
     net::Ipv4Addr,
@@ -25,14 +27,14 @@ use std::{
 use tokio::sync::oneshot;
 
 use crate::{
-    caps,
-    clock::{monotonic_ns, Ts, WallClock},
-    mac::MacAddr,
-    output::{LabRecord, Record},
-    pipeline::{Feed, Pipeline},
-    probe::AttachMode,
-    sandbox::{frames, run, Netns, SandboxError, VmTap},
-    watch::{self, WatchError, WatchOptions},
+    collect::caps,
+    collect::ebpf::AttachMode,
+    collect::{self, WatchError, WatchOptions},
+    lab::netns::{run, Netns, SandboxError, VmTap},
+    model::clock::{monotonic_ns, Ts, WallClock},
+    model::mac::MacAddr,
+    model::{LabRecord, Record},
+    report::pipeline::{Feed, Pipeline},
 };
 use client::Pings;
 use guest::{Guest, GuestConfig};
@@ -483,7 +485,7 @@ fn wait_attached(ns: &Netns, tap: &str) {
     let deadline = Instant::now() + Duration::from_secs(5);
     while Instant::now() < deadline {
         let name = tap.to_string();
-        match ns.enter(move || crate::probe::tcx_program_names(&name)) {
+        match ns.enter(move || crate::collect::ebpf::tcx_program_names(&name)) {
             Ok(Ok(names)) if names.iter().any(|n| n == "tap_ingress") => return,
             Ok(Ok(_)) => std::thread::sleep(Duration::from_millis(5)),
             _ => {
@@ -510,10 +512,10 @@ impl LabVms {
     }
 }
 
-impl crate::libvirt::VmDirectory for LabVms {
-    fn lookup(&self, tap: &str) -> Option<crate::libvirt::VmInterface> {
+impl crate::verdict::libvirt::VmDirectory for LabVms {
+    fn lookup(&self, tap: &str) -> Option<crate::verdict::libvirt::VmInterface> {
         let spec = (0..self.count).map(VmSpec::new).find(|v| v.tap == tap)?;
-        Some(crate::libvirt::VmInterface {
+        Some(crate::verdict::libvirt::VmInterface {
             domain: spec.name.clone(),
             uuid: None,
             nova_name: None,
@@ -581,18 +583,18 @@ fn story(
         duration: None,
         // TCX where there is one: the lab asks the kernel whether tapwatch is attached to a
         // new tap before the guest starts, and a few taps do not feel the attach cost.
-        attach_mode: if crate::probe::tcx_supported() {
+        attach_mode: if crate::collect::ebpf::tcx_supported() {
             AttachMode::Tcx
         } else {
             AttachMode::Clsact
         },
-        backend: crate::watch::BackendChoice::Ebpf,
-        identities: crate::watch::IdentitySource::Fixed(Arc::new(LabVms::new(&opts))),
+        backend: crate::collect::BackendChoice::Ebpf,
+        identities: crate::collect::IdentitySource::Fixed(Arc::new(LabVms::new(&opts))),
     };
     let wpipe = pipeline.clone();
     let watcher = topo
         .dst
-        .spawn(move || -> Result<watch::Outcome, WatchError> {
+        .spawn(move || -> Result<collect::Outcome, WatchError> {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
@@ -602,7 +604,7 @@ fn story(
                 })?;
             rt.block_on(async move {
                 let mut sink = Feed(wpipe);
-                watch::run(watch_opts, &mut sink, async {
+                collect::run(watch_opts, &mut sink, async {
                     let _ = watch_stop_rx.await;
                 })
                 .await

@@ -8,10 +8,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use diag_user::{
-    mac::MacAddr,
-    sandbox::{child::Spawned, Netns},
-};
+use diag_testkit::child::Spawned;
+use diag_user::{lab::netns::Netns, model::mac::MacAddr};
 
 pub const GUEST: MacAddr = MacAddr([0xfa, 0x16, 0x3e, 0xaa, 0xbb, 0xcc]);
 /// libvirt's tap MAC for that guest (managed='yes').
@@ -52,7 +50,7 @@ impl Tapwatch {
         argv.push(env!("CARGO_BIN_EXE_tapwatch"));
         argv.extend_from_slice(args);
         Self {
-            proc: Spawned::start(ns, &argv).expect("spawn tapwatch"),
+            proc: Spawned::start(ns.name(), &argv).expect("spawn tapwatch"),
             seen: Vec::new(),
         }
     }

@@ -49,7 +49,7 @@ pub enum ProbeError {
         errno: Option<i32>,
     },
     #[error(transparent)]
-    Descriptors(#[from] crate::caps::OutOfDescriptors),
+    Descriptors(#[from] crate::collect::caps::OutOfDescriptors),
 }
 
 impl ProbeError {
@@ -115,16 +115,15 @@ impl Probe {
     /// Loads and verifies the programs; returns the probe and the ring buffer of events.
     pub fn load(mode: AttachMode) -> Result<(Self, RingBuf<MapData>), ProbeError> {
         raise_memlock_limit();
-        let mut ebpf =
-            Ebpf::load(EBPF_OBJECT).map_err(
-                |e| match crate::caps::OutOfDescriptors::from_errno(
-                    chain_errno(&e),
-                    "loading the eBPF maps",
-                ) {
-                    Some(d) => ProbeError::Descriptors(d),
-                    None => ProbeError::Load(e),
-                },
-            )?;
+        let mut ebpf = Ebpf::load(EBPF_OBJECT).map_err(|e| {
+            match crate::collect::caps::OutOfDescriptors::from_errno(
+                chain_errno(&e),
+                "loading the eBPF maps",
+            ) {
+                Some(d) => ProbeError::Descriptors(d),
+                None => ProbeError::Load(e),
+            }
+        })?;
         for name in [INGRESS, EGRESS] {
             let prog: &mut SchedClassifier = ebpf
                 .program_mut(name)
@@ -139,8 +138,10 @@ impl Probe {
                     ProgramError::LoadError { io_error, .. } => io_error.raw_os_error(),
                     other => program_errno(other),
                 };
-                match crate::caps::OutOfDescriptors::from_errno(errno, "loading the eBPF programs")
-                {
+                match crate::collect::caps::OutOfDescriptors::from_errno(
+                    errno,
+                    "loading the eBPF programs",
+                ) {
                     Some(d) => ProbeError::Descriptors(d),
                     None => ProbeError::Program {
                         name,
@@ -416,16 +417,20 @@ impl Orphans {
     /// Removes orphaned tapwatch filters from `ifindex`; how many were removed.
     fn remove(&mut self, ifindex: u32) -> std::io::Result<usize> {
         let mut removed = 0;
-        for parent in [crate::nl::CLSACT_INGRESS, crate::nl::CLSACT_EGRESS] {
-            let ours: Vec<crate::nl::BpfFilter> = crate::nl::bpf_filters(ifindex, parent)?
-                .into_iter()
-                .filter(|f| OUR_FILTERS.iter().any(|n| f.name.starts_with(n)))
-                .collect();
+        for parent in [
+            crate::collect::netlink::CLSACT_INGRESS,
+            crate::collect::netlink::CLSACT_EGRESS,
+        ] {
+            let ours: Vec<crate::collect::netlink::BpfFilter> =
+                crate::collect::netlink::bpf_filters(ifindex, parent)?
+                    .into_iter()
+                    .filter(|f| OUR_FILTERS.iter().any(|n| f.name.starts_with(n)))
+                    .collect();
             for f in ours {
                 if self.is_held(f.prog_id)? {
                     continue;
                 }
-                match crate::nl::delete_filter(ifindex, &f) {
+                match crate::collect::netlink::delete_filter(ifindex, &f) {
                     Ok(()) => removed += 1,
                     // Removed meanwhile by someone else.
                     Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}

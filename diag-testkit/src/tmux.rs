@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use super::{run, SandboxError};
+use super::{run, HarnessError};
 
 /// A tmux session, killed on drop.
 pub struct Tmux {
@@ -12,7 +12,7 @@ pub struct Tmux {
 
 impl Tmux {
     /// Starts `cmd` (a shell command line) in a new `width`x`height` session.
-    pub fn start(session: &str, width: u16, height: u16, cmd: &str) -> Result<Self, SandboxError> {
+    pub fn start(session: &str, width: u16, height: u16, cmd: &str) -> Result<Self, HarnessError> {
         let (w, h) = (width.to_string(), height.to_string());
         run(
             "tmux",
@@ -23,21 +23,21 @@ impl Tmux {
         })
     }
 
-    pub fn screen(&self) -> Result<String, SandboxError> {
+    pub fn screen(&self) -> Result<String, HarnessError> {
         run("tmux", &["capture-pane", "-p", "-t", &self.session])
     }
 
-    pub fn keys(&self, keys: &str) -> Result<(), SandboxError> {
+    pub fn keys(&self, keys: &str) -> Result<(), HarnessError> {
         run("tmux", &["send-keys", "-t", &self.session, keys]).map(|_| ())
     }
 
     /// The process in the pane (the command itself when it was started with `exec`).
-    pub fn pane_pid(&self) -> Result<u32, SandboxError> {
+    pub fn pane_pid(&self) -> Result<u32, HarnessError> {
         let out = run(
             "tmux",
             &["display", "-p", "-t", &self.session, "#{pane_pid}"],
         )?;
-        out.trim().parse().map_err(|_| SandboxError::Command {
+        out.trim().parse().map_err(|_| HarnessError::Command {
             cmd: "tmux display #{pane_pid}".into(),
             stderr: format!("not a pid: {out:?}"),
         })
@@ -51,7 +51,7 @@ impl Tmux {
         timeout: Duration,
         poll: Duration,
         pred: impl Fn(&str) -> bool,
-    ) -> Result<String, SandboxError> {
+    ) -> Result<String, HarnessError> {
         let deadline = Instant::now() + timeout;
         loop {
             let screen = self.screen()?;
@@ -59,7 +59,7 @@ impl Tmux {
                 return Ok(screen);
             }
             if Instant::now() >= deadline {
-                return Err(SandboxError::Timeout {
+                return Err(HarnessError::Timeout {
                     what: what.to_string(),
                     screen,
                 });

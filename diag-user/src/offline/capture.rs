@@ -17,7 +17,7 @@ use pcap_file::{
     DataLink, PcapError,
 };
 
-use crate::clock::Ts;
+use crate::model::clock::Ts;
 use diag_common::Direction;
 
 /// `sll_pkttype` of a frame the host sent (to the VM, on a tap).
@@ -375,8 +375,8 @@ mod tests {
     fn tiny_pcap() -> Vec<u8> {
         use pcap_file::pcap::{PcapHeader, PcapPacket, PcapWriter};
         let mut w = PcapWriter::with_header(Vec::new(), PcapHeader::default()).unwrap();
-        let frame = crate::sandbox::frames::rarp_announce(
-            crate::mac::MacAddr([0xfa, 0x16, 0x3e, 1, 2, 3]),
+        let frame = crate::lab::frames::rarp_announce(
+            crate::model::mac::MacAddr([0xfa, 0x16, 0x3e, 1, 2, 3]),
             None,
         );
         w.write_packet(&PcapPacket::new(

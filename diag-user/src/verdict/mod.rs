@@ -4,16 +4,18 @@
 //! A pure state machine over [`Record`]s: the live JSON stream, the TUI and offline
 //! analysis all feed it the same records, so they reach the same verdicts.
 
+pub mod libvirt;
+
 use std::{collections::HashMap, collections::VecDeque, time::Duration};
 
 use serde::Serialize;
 
 use crate::{
-    clock::Ts,
-    ifaces::Mode,
-    libvirt::VmInterface,
-    mac::{show, MacAddr},
-    output::{FrameRecord, Record, TapRow, VerdictFields},
+    collect::links::Mode,
+    model::clock::Ts,
+    model::mac::{show, MacAddr},
+    model::{FrameRecord, Record, TapRow, VerdictFields},
+    verdict::libvirt::VmInterface,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -665,7 +667,7 @@ pub(crate) mod fixtures {
     use chrono::{DateTime, Utc};
 
     use super::*;
-    use crate::output::FrameRecord;
+    use crate::model::FrameRecord;
 
     pub const GUEST: MacAddr = MacAddr([0xfa, 0x16, 0x3e, 0xaa, 0xbb, 0xcc]);
     pub const OLD: MacAddr = MacAddr([0xfe, 0x16, 0x3e, 0xaa, 0xbb, 0xcc]);

@@ -20,8 +20,8 @@ use std::{
 };
 
 use crate::{
-    clock::{Ts, WallClock},
-    output::{LabRecord, Record, Sink},
+    model::clock::{Ts, WallClock},
+    model::{LabRecord, Record, Sink},
     verdict::Engine,
 };
 

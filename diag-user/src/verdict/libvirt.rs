@@ -14,7 +14,7 @@ use futures::FutureExt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::mac::MacAddr;
+use crate::model::mac::MacAddr;
 
 pub const DEFAULT_DIR: &str = "/run/libvirt/qemu";
 

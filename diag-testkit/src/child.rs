@@ -12,7 +12,7 @@ use std::{
 
 use serde_json::Value;
 
-use super::{io_err, Netns, SandboxError};
+use super::HarnessError;
 
 /// One line of output: when it was read and what it said (or the text, if not JSON).
 #[derive(Debug)]
@@ -28,16 +28,20 @@ pub struct Spawned {
 }
 
 impl Spawned {
-    /// Starts `<argv…>` inside `ns` with stdout and stderr piped.
-    pub fn start<S: AsRef<OsStr>>(ns: &Netns, argv: &[S]) -> Result<Self, SandboxError> {
+    /// Starts `<argv…>` inside the network namespace `ns` (`ip netns exec`) with stdout and
+    /// stderr piped.
+    pub fn start<S: AsRef<OsStr>>(ns: &str, argv: &[S]) -> Result<Self, HarnessError> {
         let mut child = Command::new("ip")
-            .args(["netns", "exec", ns.name()])
+            .args(["netns", "exec", ns])
             .args(argv)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .map_err(io_err(format!("start a process in {}", ns.name())))?;
+            .map_err(|source| HarnessError::Spawn {
+                cmd: format!("a process in {ns}"),
+                source,
+            })?;
         let stdout = child.stdout.take().expect("piped");
         let mut stderr = child.stderr.take().expect("piped");
         let (tx, lines) = mpsc::channel();

@@ -18,7 +18,7 @@ use netlink_packet_route::{
 };
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
 
-use crate::mac::MacAddr;
+use crate::model::mac::MacAddr;
 
 /// rtnetlink multicast group of link notifications (`RTMGRP_LINK`).
 const RTMGRP_LINK: u32 = 1;
@@ -109,7 +109,7 @@ impl Link {
 pub fn lookup(ifindex: u32) -> std::io::Result<Option<Link>> {
     let mut msg = LinkMessage::default();
     msg.header.index = ifindex;
-    match crate::nl::request(RouteNetlinkMessage::GetLink(msg), 0) {
+    match crate::collect::netlink::request(RouteNetlinkMessage::GetLink(msg), 0) {
         Ok(answers) => Ok(answers.iter().find_map(|m| match m {
             RouteNetlinkMessage::NewLink(l) => Link::from_message(l),
             _ => None,
@@ -170,7 +170,7 @@ const RECV_TIMEOUT: Duration = Duration::from_millis(200);
 impl LinkMonitor {
     pub fn start() -> Result<(Self, Vec<Link>), IfaceError> {
         let sock = subscribe().map_err(IfaceError::Socket)?;
-        let links: Vec<Link> = crate::nl::dump_links()
+        let links: Vec<Link> = crate::collect::netlink::dump_links()
             .map_err(IfaceError::Dump)?
             .iter()
             .filter_map(Link::from_message)
@@ -335,7 +335,7 @@ fn resync(
 ) -> Result<(), ()> {
     let send = |c| tx.send(c).map_err(|_| ());
     send(LinkChange::Resynced)?;
-    let Ok(msgs) = crate::nl::dump_links() else {
+    let Ok(msgs) = crate::collect::netlink::dump_links() else {
         return Err(());
     };
     let now: HashMap<u32, Link> = msgs
@@ -406,7 +406,7 @@ mod tests {
     /// the differences go out, removals included.
     #[test]
     fn a_resync_passes_on_only_the_differences() {
-        let now: Vec<Link> = crate::nl::dump_links()
+        let now: Vec<Link> = crate::collect::netlink::dump_links()
             .unwrap()
             .iter()
             .filter_map(Link::from_message)

@@ -45,10 +45,11 @@ use pcap_file::{
 use serde::Serialize;
 
 use crate::{
-    clock::Ts,
-    libvirt::VmInterface,
-    mac::MacAddr,
-    output::{JsonSink, Record, Sink},
+    model::clock::Ts,
+    model::mac::MacAddr,
+    model::{Record, Sink},
+    report::json::JsonSink,
+    verdict::libvirt::VmInterface,
     verdict::Engine,
 };
 
@@ -458,7 +459,7 @@ impl Bundle {
         Ok(id)
     }
 
-    fn write_frame(&mut self, f: &crate::output::FrameRecord) -> io::Result<()> {
+    fn write_frame(&mut self, f: &crate::model::FrameRecord) -> io::Result<()> {
         let interface_id = self.interface(&f.ifname)?;
         let since_epoch = f.ts.0.timestamp_nanos_opt().unwrap_or(0).max(0) as u64;
         let epb = EnhancedPacketBlock {
@@ -591,8 +592,8 @@ impl Bundle {
                 "- State: **{}**\n- Blackout: {}\n- Tap MAC: {}{}\n- Mode: {}\n- dst-mismatch frames: {}, RARP: {}, GARP: {}\n\n",
                 t.state.as_str(),
                 t.blackout_ms(now).map(|m| format!("{m} ms")).unwrap_or_else(|| "none".into()),
-                crate::mac::show(t.mac, "none"),
-                t.prev_mac.map(|(p, _)| format!(" (was {})", crate::mac::show(p, "none"))).unwrap_or_default(),
+                crate::model::mac::show(t.mac, "none"),
+                t.prev_mac.map(|(p, _)| format!(" (was {})", crate::model::mac::show(p, "none"))).unwrap_or_default(),
                 t.mode.as_str(),
                 t.counters.dst_mismatch_frames,
                 t.counters.rarp_frames,

@@ -4,10 +4,6 @@
 //! frames written to it arrive as ingress on the host side of the tap, frames the host
 //! sends leave through it. Everything here cleans up on drop, also when a test panics.
 
-pub mod child;
-pub mod frames;
-pub mod tmux;
-
 use std::{
     fs::{File, OpenOptions},
     io,
@@ -17,7 +13,7 @@ use std::{
     time::Duration,
 };
 
-use crate::mac::MacAddr;
+use crate::model::mac::MacAddr;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SandboxError {

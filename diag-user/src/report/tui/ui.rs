@@ -10,8 +10,8 @@ use ratatui::{
 
 use super::app::App;
 use crate::{
-    clock::Ts,
-    mac::MacAddr,
+    model::clock::Ts,
+    model::mac::MacAddr,
     verdict::{Engine, State, TapView},
 };
 
@@ -81,7 +81,7 @@ pub fn duration_ms(ms: Option<u64>) -> String {
 }
 
 fn mac(m: Option<MacAddr>) -> String {
-    crate::mac::show(m, "-")
+    crate::model::mac::show(m, "-")
 }
 
 /// The tap's MAC, marked with `*` and the previous one when it changed.
@@ -323,8 +323,8 @@ mod tests {
 
     use super::*;
     use crate::{
-        output::Record,
-        tui::handler::{on_key, Action},
+        model::Record,
+        report::tui::handler::{on_key, Action},
         verdict::{fixtures::*, Engine, EngineConfig},
     };
 
@@ -518,7 +518,7 @@ mod tests {
         key(&mut a, KeyCode::Down);
         assert_eq!(a.selected_tap().unwrap().ifname, "tapB");
         key(&mut a, KeyCode::Char('s'));
-        assert_eq!(a.app.sort, crate::tui::app::SortBy::Name);
+        assert_eq!(a.app.sort, crate::report::tui::app::SortBy::Name);
         key(&mut a, KeyCode::Char('/'));
         for c in "vnet".chars() {
             key(&mut a, KeyCode::Char(c));

@@ -1,5 +1,13 @@
-//! `tapwatch watch`: follows the selected taps, attaches the probe to each, and turns
-//! netlink changes, kernel events and counters into [`Record`]s for a [`Sink`].
+//! Where facts come from: `tapwatch watch` follows the selected taps ([`links`]), attaches a
+//! datapath to each ([`ebpf`], or [`pcap`] where eBPF cannot load), follows the VM behind
+//! each tap, and turns link changes, kernel events and counters into [`Record`]s for a
+//! [`Sink`].
+
+pub mod caps;
+pub mod ebpf;
+pub mod links;
+pub mod netlink;
+pub mod pcap;
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -10,21 +18,22 @@ use std::{
 use aya::maps::{MapData, RingBuf};
 use diag_common::{FrameEvent, TapCounters};
 
-use crate::mac::MacAddr;
+use crate::model::mac::MacAddr;
 use tokio::{
     io::{unix::AsyncFd, Interest},
     signal::unix::{signal, SignalKind},
     time::{interval_at, sleep_until, Instant, MissedTickBehavior},
 };
 
+use self::{
+    ebpf::{parse_event, AttachMode, Probe, ProbeError},
+    links::{IfaceError, Link, LinkChange, LinkMonitor, Selector},
+    pcap::{PcapBackend, PcapError},
+};
 use crate::{
-    caps,
-    clock::{Ts, WallClock},
-    ifaces::{IfaceError, Link, LinkChange, LinkMonitor, Selector},
-    libvirt::{LibvirtDir, LibvirtError, VmDirectory, VmInterface},
-    output::{FrameRecord, MacHistoryEntry, Record, Sink, SummaryRow, TapRow},
-    pcap_backend::{PcapBackend, PcapError},
-    probe::{parse_event, AttachMode, Probe, ProbeError},
+    model::clock::{Ts, WallClock},
+    model::{FrameRecord, MacHistoryEntry, Record, Sink, SummaryRow, TapRow},
+    verdict::libvirt::{LibvirtDir, LibvirtError, VmDirectory, VmInterface},
 };
 
 #[derive(Clone, Debug)]
@@ -138,7 +147,7 @@ pub enum WatchError {
     #[error("cannot write output: {0}")]
     Output(#[source] io::Error),
     #[error(transparent)]
-    Descriptors(#[from] crate::caps::OutOfDescriptors),
+    Descriptors(#[from] crate::collect::caps::OutOfDescriptors),
 }
 
 impl WatchError {
@@ -151,7 +160,7 @@ impl WatchError {
             WatchError::Setup { source, .. } => source.raw_os_error(),
             _ => None,
         };
-        match crate::caps::OutOfDescriptors::from_errno(errno, "starting up") {
+        match crate::collect::caps::OutOfDescriptors::from_errno(errno, "starting up") {
             Some(d) if !matches!(self, WatchError::Probe(ProbeError::Descriptors(_))) => d.into(),
             _ => self,
         }
@@ -329,7 +338,7 @@ impl Watcher<'_> {
             if !link_exists(link.ifindex, &link.name) {
                 return Ok(());
             }
-            let reason = match crate::caps::OutOfDescriptors::from_errno(
+            let reason = match crate::collect::caps::OutOfDescriptors::from_errno(
                 errno,
                 format!("attaching to {}", link.name),
             ) {
@@ -535,7 +544,7 @@ impl Watcher<'_> {
             let Some((name, _)) = self.unwatched.get(&ifindex).cloned() else {
                 continue;
             };
-            match crate::ifaces::lookup(ifindex) {
+            match crate::collect::links::lookup(ifindex) {
                 Ok(Some(link)) if link.name == name => self.attach(link)?,
                 Ok(_) => {
                     self.unwatched.remove(&ifindex);

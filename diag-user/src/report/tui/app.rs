@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 
 use crate::{
-    clock::Ts,
+    model::clock::Ts,
     verdict::{Engine, State, TapView},
 };
 

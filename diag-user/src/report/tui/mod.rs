@@ -17,10 +17,11 @@ use ratatui::DefaultTerminal;
 use tokio::sync::Notify;
 
 use crate::{
-    clock::Ts,
-    output::{Record, Sink, TextSink},
-    pipeline::{Ending, Feed, Pipeline},
-    watch::{self, Outcome, WatchError, WatchOptions},
+    collect::{self, Outcome, WatchError, WatchOptions},
+    model::clock::Ts,
+    model::{Record, Sink},
+    report::pipeline::{Ending, Feed, Pipeline},
+    report::text::TextSink,
 };
 use app::App;
 use event::{Events, UiEvent};
@@ -68,7 +69,7 @@ pub async fn run(
                     what: "the watcher's runtime",
                     source,
                 })?;
-            let r = rt.block_on(watch::run(opts, &mut Feed(p.clone()), async move {
+            let r = rt.block_on(collect::run(opts, &mut Feed(p.clone()), async move {
                 s.notified().await
             }));
             p.finish();

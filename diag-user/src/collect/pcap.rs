@@ -21,7 +21,7 @@ use diag_common::{
 };
 use tokio::sync::mpsc;
 
-use crate::{clock::WallClock, mac::MacAddr};
+use crate::{model::clock::WallClock, model::mac::MacAddr};
 
 #[derive(Debug, thiserror::Error)]
 #[error("cannot capture on {ifname} with libpcap: {reason}")]

@@ -5,7 +5,7 @@ use std::net::Ipv4Addr;
 use diag_common::{frame::ARP_OP_RARP_REQUEST, ETH_P_8021Q, ETH_P_ARP, ETH_P_RARP};
 use etherparse::PacketBuilder;
 
-use crate::mac::MacAddr;
+use crate::model::mac::MacAddr;
 
 pub const BROADCAST: MacAddr = MacAddr([0xff; 6]);
 

@@ -1,12 +1,16 @@
-//! What `tapwatch watch` reports: one record type per line of `--json` output. The field
-//! names are a contract documented in docs/json.md; add fields, never rename them.
+//! The records of a run: one type per line of `--json` output, and the internal bus between
+//! the collectors, the verdict engine and the outputs. The field names are a contract
+//! documented in docs/json.md; add fields, never rename them.
 
-use std::io::{self, Write};
+pub mod clock;
+pub mod mac;
+
+use std::io;
 
 use diag_common::{parse_arp, parse_ethernet, Direction, FrameEvent, TapCounters};
 use serde::Serialize;
 
-use crate::{clock::Ts, mac::MacAddr};
+use self::{clock::Ts, mac::MacAddr};
 
 #[derive(Clone, Debug, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -71,7 +75,7 @@ pub enum Record {
     Identity {
         ts: Ts,
         ifname: String,
-        libvirt: Option<crate::libvirt::VmInterface>,
+        libvirt: Option<crate::verdict::libvirt::VmInterface>,
     },
     /// Something the reader of the stream should know about the run itself: lost
     /// notifications re-read, an output that fell behind, a tap that cannot be watched.
@@ -288,144 +292,4 @@ pub struct SummaryRow {
 pub trait Sink {
     fn emit(&mut self, rec: &Record) -> io::Result<()>;
     fn flush(&mut self) -> io::Result<()>;
-}
-
-/// NDJSON: one object a line.
-pub struct JsonSink<W: Write>(pub W);
-
-impl<W: Write> Sink for JsonSink<W> {
-    fn emit(&mut self, rec: &Record) -> io::Result<()> {
-        serde_json::to_writer(&mut self.0, rec)?;
-        self.0.write_all(b"\n")
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        self.0.flush()
-    }
-}
-
-/// One readable line per record, for a terminal without the full-screen view.
-pub struct TextSink<W: Write>(pub W);
-
-impl<W: Write> Sink for TextSink<W> {
-    fn emit(&mut self, rec: &Record) -> io::Result<()> {
-        let w = &mut self.0;
-        match rec {
-            Record::Attached {
-                ts,
-                ifname,
-                mac,
-                mode,
-                ..
-            } => {
-                writeln!(
-                    w,
-                    "{ts} {ifname}: attached ({mode}, mac {})",
-                    crate::mac::show(*mac, "none")
-                )
-            }
-            Record::Detached { ts, ifname, reason } => {
-                writeln!(w, "{ts} {ifname}: detached ({reason})")
-            }
-            Record::MacChange {
-                ts,
-                ifname,
-                old_mac,
-                new_mac,
-            } => {
-                writeln!(
-                    w,
-                    "{ts} {ifname}: MAC changed {} -> {}",
-                    crate::mac::show(*old_mac, "none"),
-                    crate::mac::show(*new_mac, "none")
-                )
-            }
-            Record::Frame(f) => {
-                let arp = match (&f.sender_ip, &f.target_ip) {
-                    (Some(s), Some(t)) => format!(" {s} -> {t}"),
-                    _ => String::new(),
-                };
-                writeln!(
-                    w,
-                    "{} {}: {} {} {} -> {}{arp}",
-                    f.ts, f.ifname, f.direction, f.kind, f.src_mac, f.dst_mac
-                )
-            }
-            Record::ModeChange {
-                ts,
-                ifname,
-                old_mode,
-                new_mode,
-                ..
-            } => {
-                writeln!(w, "{ts} {ifname}: {old_mode} -> {new_mode}")
-            }
-            Record::Stats { .. } => Ok(()),
-            Record::Renamed {
-                ts,
-                ifname,
-                old_ifname,
-                ..
-            } => writeln!(w, "{ts} {old_ifname}: renamed to {ifname}"),
-            Record::Notice { ts, message, .. } => writeln!(w, "{ts} notice: {message}"),
-            Record::Identity {
-                ts,
-                ifname,
-                libvirt,
-            } => match libvirt {
-                Some(vm) => writeln!(w, "{ts} {ifname}: VM {}", vm.display_name()),
-                None => writeln!(w, "{ts} {ifname}: no VM known"),
-            },
-            Record::Lab(l) => writeln!(w, "{} lab: {}", l.ts, l.describe()),
-            Record::Verdict { ts, ifname, fields } => {
-                let ms = fields
-                    .blackout_ms
-                    .map(|m| format!(" ({m} ms)"))
-                    .unwrap_or_default();
-                writeln!(
-                    w,
-                    "{ts} {ifname} [{}]: {}{ms} — {}",
-                    fields.vm, fields.state, fields.diagnosis
-                )
-            }
-            Record::Summary { ts, taps } => {
-                writeln!(w, "{ts} summary:")?;
-                for t in taps {
-                    if let Some(v) = &t.verdict {
-                        writeln!(
-                            w,
-                            "  {} [{}]: {} — {}",
-                            t.counters.ifname, v.vm, v.state, v.diagnosis
-                        )?;
-                    }
-                    let c = &t.counters;
-                    writeln!(
-                        w,
-                        "  {}: from_vm {} frames, to_vm {} frames, dst_mismatch {}, rarp {}, garp {}, arp req {} / rep {}, events lost {}",
-                        c.ifname, c.from_vm_frames, c.to_vm_frames, c.dst_mismatch_frames,
-                        c.rarp_frames, c.garp_frames, c.arp_requests, c.arp_replies, c.events_lost
-                    )?;
-                }
-                Ok(())
-            }
-        }
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        self.0.flush()
-    }
-}
-
-/// Prints `notice` records on stderr, one line each, for a terminal user; the rest goes
-/// elsewhere.
-pub struct NoticePrinter<W: Write>(pub W);
-
-impl<W: Write> Sink for NoticePrinter<W> {
-    fn emit(&mut self, rec: &Record) -> io::Result<()> {
-        match rec {
-            Record::Notice { message, .. } => writeln!(self.0, "tapwatch: {message}"),
-            _ => Ok(()),
-        }
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        self.0.flush()
-    }
 }

@@ -7,6 +7,8 @@
 //! replay it). A bundle cut short (a full disk, a crash) is read up to the cut, and the
 //! analysis says where and why it stopped.
 
+pub mod capture;
+
 use std::{
     cmp::Reverse,
     collections::{BTreeMap, BinaryHeap, HashMap},
@@ -27,10 +29,10 @@ use diag_common::{
 use serde_json::Value;
 
 use crate::{
-    capture::{CaptureError, CaptureReader, Packet},
-    clock::Ts,
-    mac::MacAddr,
-    output::{FrameRecord, MacHistoryEntry, Record, SummaryRow, TapRow},
+    model::clock::Ts,
+    model::mac::MacAddr,
+    model::{FrameRecord, MacHistoryEntry, Record, SummaryRow, TapRow},
+    offline::capture::{CaptureError, CaptureReader, Packet},
     verdict::{Engine, EngineConfig},
 };
 

@@ -1,0 +1,9 @@
+//! Where the run's records go: one pipeline per run ([`pipeline`]) feeds the verdict engine
+//! and hands its results to every output: NDJSON ([`json`]), text and tables ([`text`]),
+//! the bug-report bundle ([`bundle`]) and the live view ([`tui`]).
+
+pub mod bundle;
+pub mod json;
+pub mod pipeline;
+pub mod text;
+pub mod tui;

@@ -1,0 +1,132 @@
+//! Text for people: one line per record, notices on stderr.
+
+use std::io::{self, Write};
+
+use crate::model::{Record, Sink};
+
+/// One readable line per record, for a terminal without the full-screen view.
+pub struct TextSink<W: Write>(pub W);
+
+impl<W: Write> Sink for TextSink<W> {
+    fn emit(&mut self, rec: &Record) -> io::Result<()> {
+        let w = &mut self.0;
+        match rec {
+            Record::Attached {
+                ts,
+                ifname,
+                mac,
+                mode,
+                ..
+            } => {
+                writeln!(
+                    w,
+                    "{ts} {ifname}: attached ({mode}, mac {})",
+                    crate::model::mac::show(*mac, "none")
+                )
+            }
+            Record::Detached { ts, ifname, reason } => {
+                writeln!(w, "{ts} {ifname}: detached ({reason})")
+            }
+            Record::MacChange {
+                ts,
+                ifname,
+                old_mac,
+                new_mac,
+            } => {
+                writeln!(
+                    w,
+                    "{ts} {ifname}: MAC changed {} -> {}",
+                    crate::model::mac::show(*old_mac, "none"),
+                    crate::model::mac::show(*new_mac, "none")
+                )
+            }
+            Record::Frame(f) => {
+                let arp = match (&f.sender_ip, &f.target_ip) {
+                    (Some(s), Some(t)) => format!(" {s} -> {t}"),
+                    _ => String::new(),
+                };
+                writeln!(
+                    w,
+                    "{} {}: {} {} {} -> {}{arp}",
+                    f.ts, f.ifname, f.direction, f.kind, f.src_mac, f.dst_mac
+                )
+            }
+            Record::ModeChange {
+                ts,
+                ifname,
+                old_mode,
+                new_mode,
+                ..
+            } => {
+                writeln!(w, "{ts} {ifname}: {old_mode} -> {new_mode}")
+            }
+            Record::Stats { .. } => Ok(()),
+            Record::Renamed {
+                ts,
+                ifname,
+                old_ifname,
+                ..
+            } => writeln!(w, "{ts} {old_ifname}: renamed to {ifname}"),
+            Record::Notice { ts, message, .. } => writeln!(w, "{ts} notice: {message}"),
+            Record::Identity {
+                ts,
+                ifname,
+                libvirt,
+            } => match libvirt {
+                Some(vm) => writeln!(w, "{ts} {ifname}: VM {}", vm.display_name()),
+                None => writeln!(w, "{ts} {ifname}: no VM known"),
+            },
+            Record::Lab(l) => writeln!(w, "{} lab: {}", l.ts, l.describe()),
+            Record::Verdict { ts, ifname, fields } => {
+                let ms = fields
+                    .blackout_ms
+                    .map(|m| format!(" ({m} ms)"))
+                    .unwrap_or_default();
+                writeln!(
+                    w,
+                    "{ts} {ifname} [{}]: {}{ms} — {}",
+                    fields.vm, fields.state, fields.diagnosis
+                )
+            }
+            Record::Summary { ts, taps } => {
+                writeln!(w, "{ts} summary:")?;
+                for t in taps {
+                    if let Some(v) = &t.verdict {
+                        writeln!(
+                            w,
+                            "  {} [{}]: {} — {}",
+                            t.counters.ifname, v.vm, v.state, v.diagnosis
+                        )?;
+                    }
+                    let c = &t.counters;
+                    writeln!(
+                        w,
+                        "  {}: from_vm {} frames, to_vm {} frames, dst_mismatch {}, rarp {}, garp {}, arp req {} / rep {}, events lost {}",
+                        c.ifname, c.from_vm_frames, c.to_vm_frames, c.dst_mismatch_frames,
+                        c.rarp_frames, c.garp_frames, c.arp_requests, c.arp_replies, c.events_lost
+                    )?;
+                }
+                Ok(())
+            }
+        }
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.0.flush()
+    }
+}
+
+/// Prints `notice` records on stderr, one line each, for a terminal user; the rest goes
+/// elsewhere.
+pub struct NoticePrinter<W: Write>(pub W);
+
+impl<W: Write> Sink for NoticePrinter<W> {
+    fn emit(&mut self, rec: &Record) -> io::Result<()> {
+        match rec {
+            Record::Notice { message, .. } => writeln!(self.0, "tapwatch: {message}"),
+            _ => Ok(()),
+        }
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.0.flush()
+    }
+}
