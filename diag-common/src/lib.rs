@@ -42,9 +42,14 @@ pub const ETH_P_8021Q: u16 = 0x8100;
 /// 802.1ad: the outer (service) tag of QinQ.
 pub const ETH_P_8021AD: u16 = 0x88a8;
 
-/// Which way a frame crossed the tap, seen from the VM.
+/// Which way a frame crossed the tap, seen from the VM. In JSON: `from_vm`, `to_vm`.
 #[repr(u8)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(
+    feature = "user",
+    derive(serde::Serialize, serde::Deserialize),
+    serde(rename_all = "snake_case")
+)]
 pub enum Direction {
     /// Written by the VM (QEMU) into the tap: tc ingress on the host side.
     FromVm = 0,
@@ -53,6 +58,14 @@ pub enum Direction {
 }
 
 impl Direction {
+    /// The name used in JSON output.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::FromVm => "from_vm",
+            Self::ToVm => "to_vm",
+        }
+    }
+
     pub fn from_u8(v: u8) -> Option<Self> {
         match v {
             0 => Some(Self::FromVm),
@@ -63,9 +76,15 @@ impl Direction {
 }
 
 /// Why a frame is notable. One frame has one kind; a gratuitous ARP is `Garp`, not also a
-/// request or reply event (it still counts in the request/reply counters).
+/// request or reply event (it still counts in the request/reply counters). In JSON: the
+/// `snake_case` name (`dst_mismatch`, `rarp`, …).
 #[repr(u8)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(
+    feature = "user",
+    derive(serde::Serialize, serde::Deserialize),
+    serde(rename_all = "snake_case")
+)]
 pub enum FrameKind {
     DstMismatch = 1,
     Rarp = 2,

@@ -14,13 +14,13 @@ use diag_user::{
         WatchOptions,
     },
     lab::{self, LabOptions, Scenario, MAX_VMS},
-    model::{mac::MacAddr, Record, Sink},
+    model::{mac::MacAddr, NoticeCode, Record, Sink},
     offline as analyze,
     report::{
         bundle::{Bundle, BundleOptions},
         json::JsonSink,
         pipeline::{Feed, Pipeline, Pusher, Writer},
-        text::NoticePrinter,
+        text::{self, NoticePrinter},
         tui,
     },
     verdict::{libvirt, Engine, EngineConfig},
@@ -209,7 +209,7 @@ fn run_analyze(args: AnalyzeArgs) -> anyhow::Result<ExitCode> {
         a
     } else {
         let a = analyze::analyze_path(&args.path, args.tap_mac, &mut |_| Ok(()))?;
-        io::Write::write_all(&mut out, analyze::table(&a).as_bytes())?;
+        io::Write::write_all(&mut out, text::table(&a).as_bytes())?;
         a
     };
     io::Write::flush(&mut out)?;
@@ -457,7 +457,7 @@ async fn run_watch(args: WatchArgs) -> anyhow::Result<ExitCode> {
     if json && !args.json {
         pipeline.emit(&Record::Notice {
             ts: diag_user::model::clock::Ts(chrono::Utc::now()),
-            code: "no_terminal",
+            code: NoticeCode::NoTerminal,
             ifname: None,
             message: "no terminal for the live view: NDJSON records instead".into(),
         });

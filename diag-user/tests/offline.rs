@@ -13,7 +13,7 @@ use diag_user::{
     lab::frames,
     model::clock::Ts,
     model::mac::MacAddr,
-    model::{FrameRecord, Record, TapRow},
+    model::{Backend, Direction, FrameKind, FrameRecord, Mode, Record, TapRow},
     report::bundle::{Bundle, BundleOptions},
     report::pipeline::{Feed, Pipeline, Writer},
     verdict::{Engine, EngineConfig},
@@ -351,12 +351,12 @@ fn a_cut_bundle_is_read_up_to_the_cut() {
     let (writer, pusher) = Writer::spawn("bundle", bundle, |_| {}).unwrap();
     let pipeline = Pipeline::new(Engine::new(EngineConfig::default()), vec![pusher]);
     let mut feed = Feed(pipeline.clone());
-    let frame = |ms: i64, kind: &'static str, dst: MacAddr| {
+    let frame = |ms: i64, kind: FrameKind, dst: MacAddr| {
         let bytes = frames::udp(GUEST, dst, ip(2), ip(9), 98);
         Record::Frame(FrameRecord {
             ts: at(ms),
             ifname: "tapcut".into(),
-            direction: "from_vm",
+            direction: Direction::FromVm,
             kind,
             src_mac: GUEST,
             dst_mac: dst,
@@ -375,8 +375,8 @@ fn a_cut_bundle_is_read_up_to_the_cut() {
         ifname: "tapcut".into(),
         ifindex: 7,
         mac: Some(OLD),
-        mode: "routed",
-        backend: "ebpf",
+        mode: Mode::Routed,
+        backend: Backend::Ebpf,
         mtu: Some(1500),
         master: None,
     })
@@ -389,7 +389,7 @@ fn a_cut_bundle_is_read_up_to_the_cut() {
     })
     .unwrap();
     for i in 0..20 {
-        feed.emit(&frame(100 + i * 100, "dst_mismatch", OLD))
+        feed.emit(&frame(100 + i * 100, FrameKind::DstMismatch, OLD))
             .unwrap();
         feed.emit(&Record::Stats {
             ts: at(150 + i * 100),
@@ -445,5 +445,40 @@ fn command_line_numbers_are_checked() {
             err.contains("out of range") || err.contains("not in") || err.contains("invalid value"),
             "{args:?}: {err}"
         );
+    }
+}
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+/// A bundle written by tapwatch 0.1, before records were typed: every line reads into the
+/// typed records and writes back to the very same bytes, and analyze gives its verdicts.
+#[test]
+fn a_bundle_written_before_the_typed_records_replays() {
+    let dir = fixture("bundle-v1");
+    let events = std::fs::read_to_string(dir.join("events.ndjson")).unwrap();
+    for line in events.lines() {
+        let rec: Record = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert_eq!(serde_json::to_string(&rec).unwrap(), line);
+    }
+    let out = tw().args(["analyze", "--json"]).arg(&dir).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let row = &summary_of(&out)["taps"][0];
+    assert_eq!(row["state"], "RECOVERED", "{row:#}");
+    assert_eq!(row["blackout_ms"], 546);
+    for (field, n) in [
+        ("rarp_frames", 5),
+        ("garp_frames", 2),
+        ("dst_mismatch_frames", 5),
+        ("from_vm_frames", 14),
+    ] {
+        assert_eq!(row[field], n, "{field}");
     }
 }

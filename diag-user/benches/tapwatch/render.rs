@@ -49,8 +49,8 @@ pub fn run(_: &Settings, report: &mut Report) -> Result<()> {
             ifname: format!("tap{i:04}"),
             ifindex: i as u32 + 10,
             mac: Some(TAP_MAC),
-            mode: "routed",
-            backend: "ebpf",
+            mode: diag_user::model::Mode::Routed,
+            backend: diag_user::model::Backend::Ebpf,
             mtu: Some(1500),
             master: None,
         });

@@ -18,7 +18,7 @@ use netlink_packet_route::{
 };
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
 
-use crate::model::mac::MacAddr;
+use crate::model::{mac::MacAddr, Mode};
 
 /// rtnetlink multicast group of link notifications (`RTMGRP_LINK`).
 const RTMGRP_LINK: u32 = 1;
@@ -116,26 +116,6 @@ pub fn lookup(ifindex: u32) -> std::io::Result<Option<Link>> {
         })),
         Err(e) if e.raw_os_error() == Some(libc::ENODEV) => Ok(None),
         Err(e) => Err(e),
-    }
-}
-
-/// How frames leave a tap on the host side, which decides whether a dst mismatch is a drop.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Mode {
-    /// No master: the host routes (Calico, /32 routes); a frame to a foreign MAC is dropped
-    /// as PACKET_OTHERHOST in ip_rcv.
-    Routed,
-    /// Enslaved to a bridge or OVS: frames to other MACs are normal switched traffic.
-    Bridged,
-}
-
-impl Mode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Mode::Routed => "routed",
-            Mode::Bridged => "bridged",
-        }
     }
 }
 

@@ -32,7 +32,7 @@ use self::{
 };
 use crate::{
     model::clock::{Ts, WallClock},
-    model::{FrameRecord, MacHistoryEntry, Record, Sink, SummaryRow, TapRow},
+    model::{FrameRecord, MacHistoryEntry, NoticeCode, Record, Sink, SummaryRow, TapRow},
     verdict::libvirt::{LibvirtDir, LibvirtError, VmDirectory, VmInterface},
 };
 
@@ -183,10 +183,10 @@ pub enum Backend {
 }
 
 impl Backend {
-    pub fn name(&self) -> &'static str {
+    pub fn kind(&self) -> crate::model::Backend {
         match self {
-            Backend::Ebpf(_) => "ebpf",
-            Backend::Pcap(_) => "pcap",
+            Backend::Ebpf(_) => crate::model::Backend::Ebpf,
+            Backend::Pcap(_) => crate::model::Backend::Pcap,
         }
     }
 
@@ -299,7 +299,7 @@ impl Watcher<'_> {
                 }
                 self.overflow_said = Some(std::time::Instant::now());
                 self.notice(
-                    "netlink_overflow",
+                    NoticeCode::NetlinkOverflow,
                     None,
                     "link notifications were lost (the kernel's netlink buffer overflowed): \
                      re-read every interface, so no tap and no MAC change is missed"
@@ -311,7 +311,7 @@ impl Watcher<'_> {
 
     fn notice(
         &mut self,
-        code: &'static str,
+        code: NoticeCode,
         ifname: Option<String>,
         message: String,
     ) -> io::Result<()> {
@@ -328,7 +328,7 @@ impl Watcher<'_> {
         let attached = self.backend.attach(&link);
         if let Backend::Ebpf(p) = &mut self.backend {
             for w in p.take_warnings() {
-                self.notice("leftover_filters", Some(link.name.clone()), w)?;
+                self.notice(NoticeCode::LeftoverFilters, Some(link.name.clone()), w)?;
             }
         }
         if let Err((reason, errno)) = attached {
@@ -353,7 +353,7 @@ impl Watcher<'_> {
                 return Ok(());
             }
             return self.notice(
-                "attach_failed",
+                NoticeCode::AttachFailed,
                 Some(link.name.clone()),
                 format!("{} is not watched: {reason}", link.name),
             );
@@ -378,8 +378,8 @@ impl Watcher<'_> {
             ifname: link.name.clone(),
             ifindex: link.ifindex,
             mac: link.mac,
-            mode: link.mode().as_str(),
-            backend: self.backend.name(),
+            mode: link.mode(),
+            backend: self.backend.kind(),
             mtu: link.mtu,
             master: link.master_name(),
         };
@@ -433,8 +433,8 @@ impl Watcher<'_> {
             self.emit(Record::ModeChange {
                 ts,
                 ifname,
-                old_mode: old_mode.as_str(),
-                new_mode: new_mode.as_str(),
+                old_mode,
+                new_mode,
                 master: tap_master,
             })?;
         }
@@ -528,7 +528,7 @@ impl Watcher<'_> {
     fn libvirt_notices(&mut self, errors: Vec<LibvirtError>) -> io::Result<()> {
         for e in errors {
             self.notice(
-                "libvirt_file",
+                NoticeCode::LibvirtFile,
                 None,
                 format!("skipping libvirt domain file {e}"),
             )?;
@@ -576,7 +576,7 @@ impl Watcher<'_> {
             .map(|t| SummaryRow {
                 counters: TapRow::new(&t.link.name, &self.current(t)),
                 ifindex: t.link.ifindex,
-                mode: t.link.mode().as_str(),
+                mode: t.link.mode(),
                 mac_history: t.mac_history.clone(),
                 detached: t.final_counters.is_some(),
                 verdict: None,
@@ -644,7 +644,7 @@ pub async fn run(
         vm_said: HashMap::new(),
     };
     if let Some(message) = fallback {
-        w.notice("fallback", None, message)
+        w.notice(NoticeCode::Fallback, None, message)
             .map_err(WatchError::Output)?;
     }
     let errors = w.identities.start();
@@ -749,7 +749,7 @@ async fn watch_loop(
             "no interface matches {}; watching for new ones",
             w.selector.describe()
         );
-        if !out(w.notice("no_match", None, message))? {
+        if !out(w.notice(NoticeCode::NoMatch, None, message))? {
             return Ok(());
         }
     }

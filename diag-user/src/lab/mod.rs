@@ -33,34 +33,20 @@ use crate::{
     lab::netns::{run, Netns, SandboxError, VmTap},
     model::clock::{monotonic_ns, Ts, WallClock},
     model::mac::MacAddr,
-    model::{LabRecord, Record},
+    model::{LabEvent, LabRecord, Record},
     report::pipeline::{Feed, Pipeline},
 };
 use client::Pings;
 use guest::{Guest, GuestConfig};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum Scenario {
-    /// The destination tap gets the fixed MAC 00:61:fe:ed:ca:fe (managed='no' with
-    /// networking-calico): blackout until the guest's ARP entry expires.
-    StaleMac,
-    /// The destination tap gets fe:+guest MAC, as libvirt sets it: only the switch-over gap.
-    Clean,
-    /// Taps on Linux bridges: frames to other MACs are normal; no false alarm.
-    Bridged,
-    /// A clean migration without QEMU's RARP announce: flagged.
-    NoAnnounce,
+pub use crate::model::Scenario;
+
+/// Whether the scenario puts the taps on bridges.
+trait Bridged {
+    fn bridged(self) -> bool;
 }
 
-impl Scenario {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Scenario::StaleMac => "stale-mac",
-            Scenario::Clean => "clean",
-            Scenario::Bridged => "bridged",
-            Scenario::NoAnnounce => "no-announce",
-        }
-    }
+impl Bridged for Scenario {
     fn bridged(self) -> bool {
         self == Scenario::Bridged
     }
@@ -300,12 +286,12 @@ struct Lab {
 }
 
 impl Lab {
-    fn lab_record(&self, event: &'static str, vm: Option<&str>, detail: Option<String>) {
+    fn lab_record(&self, event: LabEvent, vm: Option<&str>, detail: Option<String>) {
         self.pipeline.emit(&Record::Lab(LabRecord {
             ts: Ts(self.clock.now()),
             event,
             vm: vm.map(str::to_string),
-            scenario: Some(self.opts.scenario.as_str()),
+            scenario: Some(self.opts.scenario),
             detail,
             ..LabRecord::default()
         }));
@@ -382,7 +368,7 @@ impl Lab {
             let tap = self.topo.plug(&self.topo.dst, &vm.spec, mac, scenario)?;
             wait_attached(&self.topo.dst, &vm.spec.tap);
             self.lab_record(
-                "dst_tap",
+                LabEvent::DstTap,
                 Some(&vm.spec.name),
                 Some(format!("{} with MAC {mac}", vm.spec.tap)),
             );
@@ -393,7 +379,7 @@ impl Lab {
             let name = self.vms[i].spec.name.clone();
             self.vms[i].guest.pause();
             self.vms[i].switchover_ns = Some(monotonic_ns());
-            self.lab_record("switchover", Some(&name), None);
+            self.lab_record(LabEvent::Switchover, Some(&name), None);
             self.topo.src.ip(&["link", "del", &self.vms[i].spec.tap])?;
             if !scenario.bridged() {
                 self.topo.route_to(true, &self.vms[i].spec)?;
@@ -401,7 +387,7 @@ impl Lab {
             // QEMU's final stop-and-copy.
             std::thread::sleep(Duration::from_millis(50));
             self.vms[i].guest.resume_on(tap, mac);
-            self.lab_record("resume", Some(&name), None);
+            self.lab_record(LabEvent::Resume, Some(&name), None);
             if self.opts.garp {
                 self.vms[i].guest.send_garp();
             }
@@ -418,7 +404,11 @@ impl Lab {
                     let _ = tap.send(&frames::rarp_announce(*mac, None));
                 }
             }
-            self.lab_record("announce", None, Some("QEMU sent 5 RARP rounds".into()));
+            self.lab_record(
+                LabEvent::Announce,
+                None,
+                Some("QEMU sent 5 RARP rounds".into()),
+            );
         }
         Ok(())
     }
@@ -452,9 +442,9 @@ impl Lab {
                     .unwrap_or(0);
                 Record::Lab(LabRecord {
                     ts: Ts(self.clock.now()),
-                    event: "truth",
+                    event: LabEvent::Truth,
                     vm: Some(vm.spec.name.clone()),
-                    scenario: Some(self.opts.scenario.as_str()),
+                    scenario: Some(self.opts.scenario),
                     stale_window_ms: Some(stale),
                     client_outage_ms: Some(vm.pings.outage_ms(since, now)),
                     detail: None,
@@ -627,7 +617,7 @@ fn story(
     let result = (|| -> Result<(), LabError> {
         lab.start_vms()?;
         lab.lab_record(
-            "ready",
+            LabEvent::Ready,
             None,
             Some(format!(
                 "{} VM(s) on the source, pinged every 20 ms",

@@ -87,6 +87,15 @@ impl std::fmt::Display for Ts {
     }
 }
 
+impl<'de> serde::Deserialize<'de> for Ts {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        DateTime::parse_from_rfc3339(&s)
+            .map(|t| Ts(t.to_utc()))
+            .map_err(|e| serde::de::Error::custom(format!("ts {s:?}: {e}")))
+    }
+}
+
 impl serde::Serialize for Ts {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&rfc3339(self.0))

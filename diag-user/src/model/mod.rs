@@ -1,32 +1,176 @@
 //! The records of a run: one type per line of `--json` output, and the internal bus between
-//! the collectors, the verdict engine and the outputs. The field names are a contract
-//! documented in docs/json.md; add fields, never rename them.
+//! the collectors, the verdict engine and the outputs. The field names and values are a
+//! contract documented in docs/json.md (and checked against it by a test): add fields,
+//! never rename them. Every kind, direction, mode and state is a typed enum here and a
+//! `snake_case` (states: upper-case) string in JSON, and records read back with serde.
 
 pub mod clock;
 pub mod mac;
 
 use std::io;
 
-use diag_common::{parse_arp, parse_ethernet, Direction, FrameEvent, TapCounters};
-use serde::Serialize;
+use diag_common::{parse_arp, parse_ethernet, FrameEvent, TapCounters};
+pub use diag_common::{Direction, FrameKind};
+use serde::{Deserialize, Serialize};
 
 use self::{clock::Ts, mac::MacAddr};
 
-#[derive(Clone, Debug, Serialize)]
+/// The record format's version, written as `schema` on every line. Lines without it were
+/// written by tapwatch 0.1 (version 1), whose records this version reads unchanged.
+pub const SCHEMA_VERSION: u32 = 2;
+
+/// How frames leave a tap on the host side, which decides whether a dst mismatch is a drop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// No master: the host routes (Calico, /32 routes); a frame to a foreign MAC is dropped
+    /// as PACKET_OTHERHOST in ip_rcv.
+    Routed,
+    /// Enslaved to a bridge or OVS: frames to other MACs are normal switched traffic.
+    Bridged,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Routed => "routed",
+            Mode::Bridged => "bridged",
+        }
+    }
+}
+
+impl std::fmt::Display for Mode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Which capture mechanism saw a tap's frames.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Backend {
+    Ebpf,
+    Pcap,
+}
+
+/// A VM's state (see `verdict::Engine`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum State {
+    Ok,
+    Blackout,
+    Recovered,
+    Quiet,
+    Gone,
+}
+
+impl std::fmt::Display for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// So a state compares with its JSON name, as in `state == "BLACKOUT"`.
+impl PartialEq<&str> for State {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+impl State {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Ok => "OK",
+            State::Blackout => "BLACKOUT",
+            State::Recovered => "RECOVERED",
+            State::Quiet => "QUIET",
+            State::Gone => "GONE",
+        }
+    }
+}
+
+/// What a `notice` is about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NoticeCode {
+    /// No interface matches the globs (yet).
+    NoMatch,
+    /// The kernel dropped link notifications; every link was read again.
+    NetlinkOverflow,
+    /// An output could not keep up; how many frame and stats records it did not get.
+    OutputBehind,
+    /// A matching tap cannot be watched, and why.
+    AttachFailed,
+    /// tc filters of a killed run were removed from a tap, or could not be judged.
+    LeftoverFilters,
+    /// A libvirt status file could not be read.
+    LibvirtFile,
+    /// eBPF could not load; libpcap is used, and why.
+    Fallback,
+    /// No terminal for the live view: NDJSON instead.
+    NoTerminal,
+}
+
+/// A step or finding of the built-in lab.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LabEvent {
+    /// The VMs answer pings on the source hypervisor.
+    #[default]
+    Ready,
+    /// Nova plugged the destination tap.
+    DstTap,
+    /// The guest paused; the source tap went; the route moved.
+    Switchover,
+    /// The guest runs again on the destination.
+    Resume,
+    /// QEMU sent its RARP rounds.
+    Announce,
+    /// The lab's ground truth.
+    Truth,
+}
+
+/// What the lab's migration does to the VM's network.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Scenario {
+    /// The destination tap gets the fixed MAC 00:61:fe:ed:ca:fe (managed='no' with
+    /// networking-calico): blackout until the guest's ARP entry expires.
+    StaleMac,
+    /// The destination tap gets fe:+guest MAC, as libvirt sets it: only the switch-over gap.
+    Clean,
+    /// Taps on Linux bridges: frames to other MACs are normal; no false alarm.
+    Bridged,
+    /// A clean migration without QEMU's RARP announce: flagged.
+    NoAnnounce,
+}
+
+impl Scenario {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scenario::StaleMac => "stale-mac",
+            Scenario::Clean => "clean",
+            Scenario::Bridged => "bridged",
+            Scenario::NoAnnounce => "no-announce",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Record {
     Attached {
         ts: Ts,
         ifname: String,
         ifindex: u32,
-        #[serde(skip_serializing_if = "Option::is_none")]
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         mac: Option<MacAddr>,
-        mode: &'static str,
-        backend: &'static str,
-        #[serde(skip_serializing_if = "Option::is_none")]
+        mode: Mode,
+        backend: Backend,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         mtu: Option<u32>,
         /// The bridge (or other master device) the tap is on.
-        #[serde(skip_serializing_if = "Option::is_none")]
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         master: Option<String>,
     },
     Detached {
@@ -44,9 +188,9 @@ pub enum Record {
     ModeChange {
         ts: Ts,
         ifname: String,
-        old_mode: &'static str,
-        new_mode: &'static str,
-        #[serde(skip_serializing_if = "Option::is_none")]
+        old_mode: Mode,
+        new_mode: Mode,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         master: Option<String>,
     },
     Frame(FrameRecord),
@@ -81,10 +225,8 @@ pub enum Record {
     /// notifications re-read, an output that fell behind, a tap that cannot be watched.
     Notice {
         ts: Ts,
-        /// A stable name for the kind of notice (`netlink_overflow`, `output_behind`,
-        /// `attach_failed`, …).
-        code: &'static str,
-        #[serde(skip_serializing_if = "Option::is_none")]
+        code: NoticeCode,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         ifname: Option<String>,
         message: String,
     },
@@ -98,22 +240,21 @@ pub enum Record {
 }
 
 /// One step or finding of the built-in lab.
-#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct LabRecord {
     pub ts: Ts,
-    /// `ready`, `dst_tap`, `switchover`, `resume`, `announce`, `truth`.
-    pub event: &'static str,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    pub event: LabEvent,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vm: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub scenario: Option<&'static str>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scenario: Option<Scenario>,
     /// Truth: how long the guest sent to a MAC its tap did not have (0 if never).
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stale_window_ms: Option<u64>,
     /// Truth: the longest time the client's pings went unanswered.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_outage_ms: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
 }
 
@@ -128,43 +269,47 @@ impl LabRecord {
         match (self.stale_window_ms, self.client_outage_ms) {
             (Some(w), Some(o)) => format!(
                 "{vm}truth ({}): guest sent to a MAC its tap did not have for {w} ms; client outage {o} ms",
-                self.scenario.unwrap_or("?")
+                self.scenario.map_or("?", Scenario::as_str)
             ),
-            _ => format!("{vm}{}{}", self.event, self.detail.as_deref().map(|d| format!(": {d}")).unwrap_or_default()),
+            _ => format!(
+                "{vm}{}{}",
+                serde_json::to_value(self.event).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default(),
+                self.detail.as_deref().map(|d| format!(": {d}")).unwrap_or_default()
+            ),
         }
     }
 }
 
 /// The verdict on one VM, in `verdict` records and summary rows.
-#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct VerdictFields {
     /// VM name from libvirt (Nova's instance name first), else the tap name.
     pub vm: String,
-    pub state: &'static str,
+    pub state: State,
     /// Measured blackout (or so far, while it lasts); null when there was none.
     pub blackout_ms: Option<u64>,
     pub diagnosis: String,
 }
 
-#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct FrameRecord {
     pub ts: Ts,
     pub ifname: String,
-    pub direction: &'static str,
-    pub kind: &'static str,
+    pub direction: Direction,
+    pub kind: FrameKind,
     pub src_mac: MacAddr,
     pub dst_mac: MacAddr,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sender_ip: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target_ip: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vlan: Option<u16>,
     /// The outer (802.1ad service) tag's VLAN id of a QinQ frame.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outer_vlan: Option<u16>,
     /// Also addressed to a MAC the tap does not have (e.g. a unicast ARP to the old MAC).
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub dst_mismatch: bool,
     /// Length of the whole frame.
     pub len: u32,
@@ -190,11 +335,8 @@ impl FrameRecord {
         Some(Self {
             ts,
             ifname: ifname.to_string(),
-            direction: match Direction::from_u8(ev.direction)? {
-                Direction::FromVm => "from_vm",
-                Direction::ToVm => "to_vm",
-            },
-            kind: kind.as_str(),
+            direction: Direction::from_u8(ev.direction)?,
+            kind,
             src_mac: MacAddr(eth.src),
             dst_mac: MacAddr(eth.dst),
             sender_ip: arp.map(|a| ip(a.sender_ip)),
@@ -235,7 +377,7 @@ fn with_vlan_tags(frame: &[u8], outer: Option<u16>, vlan: Option<u16>) -> Vec<u8
 }
 
 /// Counters of one tap, cumulative since it was attached.
-#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct TapRow {
     pub ifname: String,
     pub from_vm_frames: u64,
@@ -268,24 +410,39 @@ impl TapRow {
     }
 }
 
-#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct MacHistoryEntry {
     pub ts: Ts,
     pub mac: Option<MacAddr>,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct SummaryRow {
     #[serde(flatten)]
     pub counters: TapRow,
     pub ifindex: u32,
-    pub mode: &'static str,
+    pub mode: Mode,
     /// The tap's MAC when attached, then every change, with the time it was seen.
     pub mac_history: Vec<MacHistoryEntry>,
     /// Whether the tap went away before tapwatch stopped.
     pub detached: bool,
-    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    #[serde(flatten, default, skip_serializing_if = "Option::is_none")]
     pub verdict: Option<VerdictFields>,
+}
+
+/// One line of NDJSON: a record and the format's version.
+#[derive(Serialize)]
+pub struct Line<'a> {
+    #[serde(flatten)]
+    pub record: &'a Record,
+    pub schema: u32,
+}
+
+/// The version a line says it was written in (1: before lines said so).
+pub fn schema_of(line: &serde_json::Value) -> u32 {
+    line.get("schema")
+        .and_then(|v| v.as_u64())
+        .map_or(1, |v| v.min(u32::MAX as u64) as u32)
 }
 
 /// Where records go.

@@ -47,7 +47,7 @@ use serde::Serialize;
 use crate::{
     model::clock::Ts,
     model::mac::MacAddr,
-    model::{Record, Sink},
+    model::{Direction, Mode, Record, Sink},
     report::json::JsonSink,
     verdict::libvirt::VmInterface,
     verdict::Engine,
@@ -101,7 +101,7 @@ const RESERVE: &str = ".reserve";
 struct TapFacts {
     ifindex: u32,
     mac: Option<MacAddr>,
-    mode: &'static str,
+    mode: Option<Mode>,
     master: Option<String>,
     mtu: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -469,11 +469,9 @@ impl Bundle {
             data: f.data.as_slice().into(),
             // epb_flags direction: the host received it from the VM (inbound) or sent it
             // to the VM (outbound), so offline analysis need not guess.
-            options: vec![EnhancedPacketOption::Flags(if f.direction == "to_vm" {
-                2
-            } else {
-                1
-            })],
+            options: vec![EnhancedPacketOption::Flags(
+                if f.direction == Direction::ToVm { 2 } else { 1 },
+            )],
         };
         self.frames.write_pcapng_block(epb).map_err(pcap_io)?;
         self.frames_written += 1;
@@ -498,7 +496,7 @@ impl Bundle {
                     TapFacts {
                         ifindex: *ifindex,
                         mac: *mac,
-                        mode,
+                        mode: Some(*mode),
                         master: master.clone(),
                         mtu: *mtu,
                         libvirt: None,
@@ -519,7 +517,7 @@ impl Bundle {
                 ..
             } => {
                 if let Some(t) = self.taps.get_mut(ifname) {
-                    t.mode = new_mode;
+                    t.mode = Some(*new_mode);
                     t.master = master.clone();
                 }
             }

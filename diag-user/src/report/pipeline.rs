@@ -21,7 +21,7 @@ use std::{
 
 use crate::{
     model::clock::{Ts, WallClock},
-    model::{LabRecord, Record, Sink},
+    model::{LabEvent, LabRecord, NoticeCode, Record, Sink},
     verdict::Engine,
 };
 
@@ -219,7 +219,7 @@ fn write_loop<S: Sink>(
                 q.dropped_stats = 0;
                 Record::Notice {
                     ts: Ts(shared.clock.now()),
-                    code: "output_behind",
+                    code: NoticeCode::OutputBehind,
                     ifname: None,
                     message: format!(
                         "this output did not keep up: {} frame and {} stats records since {since} \
@@ -320,7 +320,7 @@ impl Pipeline {
             }
             Record::Lab(l) => {
                 h.status = format!("lab: {}", l.describe());
-                if l.event == "truth" {
+                if l.event == LabEvent::Truth {
                     h.ending.lab.retain(|t| t.vm != l.vm);
                     h.ending.lab.push(l.clone());
                 }
@@ -425,7 +425,7 @@ mod tests {
                 _ => None,
             })
             .expect("a notice that stats records were left out");
-        assert_eq!(notice.0, "output_behind");
+        assert_eq!(notice.0, NoticeCode::OutputBehind);
         assert!(notice.1.contains("stats records"), "{}", notice.1);
     }
 

@@ -2,7 +2,10 @@
 
 use std::io::{self, Write};
 
-use crate::model::{Record, Sink};
+use crate::{
+    model::{Record, Sink},
+    offline::Analysis,
+};
 
 /// One readable line per record, for a terminal without the full-screen view.
 pub struct TextSink<W: Write>(pub W);
@@ -48,7 +51,12 @@ impl<W: Write> Sink for TextSink<W> {
                 writeln!(
                     w,
                     "{} {}: {} {} {} -> {}{arp}",
-                    f.ts, f.ifname, f.direction, f.kind, f.src_mac, f.dst_mac
+                    f.ts,
+                    f.ifname,
+                    f.direction.as_str(),
+                    f.kind.as_str(),
+                    f.src_mac,
+                    f.dst_mac
                 )
             }
             Record::ModeChange {
@@ -129,4 +137,39 @@ impl<W: Write> Sink for NoticePrinter<W> {
     fn flush(&mut self) -> io::Result<()> {
         self.0.flush()
     }
+}
+
+/// The analysis as a table: one line per VM, then its diagnosis.
+pub fn table(a: &Analysis) -> String {
+    let mut out = String::new();
+    for n in &a.notes {
+        out.push_str(&format!("note: {n}\n"));
+    }
+    let Some(Record::Summary { taps, .. }) = &a.summary else {
+        return out;
+    };
+    out.push_str(&format!(
+        "\n{:<22} {:<16} {:<8} {:<10} {:>10} {:>9} {:>5} {:>5}\n",
+        "VM", "TAP", "MODE", "STATE", "BLACKOUT", "MISMATCH", "RARP", "GARP"
+    ));
+    for t in taps {
+        let v = t.verdict.as_ref();
+        out.push_str(&format!(
+            "{:<22} {:<16} {:<8} {:<10} {:>10} {:>9} {:>5} {:>5}\n",
+            v.map(|v| v.vm.as_str()).unwrap_or(&t.counters.ifname),
+            t.counters.ifname,
+            t.mode,
+            v.map(|v| v.state.as_str()).unwrap_or("-"),
+            v.and_then(|v| v.blackout_ms)
+                .map(|m| format!("{m} ms"))
+                .unwrap_or_else(|| "-".into()),
+            t.counters.dst_mismatch_frames,
+            t.counters.rarp_frames,
+            t.counters.garp_frames,
+        ));
+        if let Some(v) = v {
+            out.push_str(&format!("  {}\n", v.diagnosis));
+        }
+    }
+    out
 }

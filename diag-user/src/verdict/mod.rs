@@ -1,293 +1,26 @@
 //! Per-VM verdicts: OK, BLACKOUT, RECOVERED, QUIET, GONE, with the measured blackout and a
 //! diagnosis in plain words.
 //!
-//! A pure state machine over [`Record`]s: the live JSON stream, the TUI and offline
-//! analysis all feed it the same records, so they reach the same verdicts.
+//! One pure state machine over [`Record`]s ([`Engine`]), run once per run at the head of the
+//! pipeline: the live JSON stream, the live view, bundles and offline analysis all read its
+//! results. [`state`] holds what it knows per tap, [`diagnosis`] turns that into words,
+//! [`libvirt`] says which VM is behind a tap.
 
+mod diagnosis;
 pub mod libvirt;
+pub mod state;
 
-use std::{collections::HashMap, collections::VecDeque, time::Duration};
+use std::{collections::HashMap, time::Duration};
 
-use serde::Serialize;
+pub use state::{Blackout, State, TapView, TimelineEntry, SERIES_LEN};
 
 use crate::{
-    collect::links::Mode,
-    model::clock::Ts,
-    model::mac::{show, MacAddr},
-    model::{FrameRecord, Record, TapRow, VerdictFields},
+    model::{
+        clock::Ts, mac::show, mac::MacAddr, Direction, FrameKind, FrameRecord, Mode, Record,
+        TapRow, VerdictFields,
+    },
     verdict::libvirt::VmInterface,
 };
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-pub enum State {
-    #[serde(rename = "OK")]
-    Ok,
-    #[serde(rename = "BLACKOUT")]
-    Blackout,
-    #[serde(rename = "RECOVERED")]
-    Recovered,
-    #[serde(rename = "QUIET")]
-    Quiet,
-    #[serde(rename = "GONE")]
-    Gone,
-}
-
-impl State {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            State::Ok => "OK",
-            State::Blackout => "BLACKOUT",
-            State::Recovered => "RECOVERED",
-            State::Quiet => "QUIET",
-            State::Gone => "GONE",
-        }
-    }
-}
-
-/// A stretch of time in which the VM sent to a MAC its tap did not have.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Blackout {
-    /// Kernel time of the first dst-mismatch frame.
-    pub start: Ts,
-    /// Kernel time of the first frame to the tap's MAC after it (`dst_match`).
-    pub end: Option<Ts>,
-    /// The MAC the VM kept sending to.
-    pub stale_mac: MacAddr,
-}
-
-impl Blackout {
-    /// Measured length: to the end, or to `now` while it lasts.
-    pub fn ms(&self, now: Ts) -> u64 {
-        self.end.unwrap_or(now).ms_since(self.start).max(0) as u64
-    }
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct TimelineEntry {
-    pub ts: Ts,
-    pub what: String,
-}
-
-/// Seconds of per-second mismatch counts kept for the sparkline.
-pub const SERIES_LEN: usize = 120;
-const TIMELINE_MAX: usize = 256;
-
-/// Everything known about one tap and the VM behind it.
-#[derive(Clone, Debug)]
-pub struct TapView {
-    pub ifname: String,
-    pub ifindex: u32,
-    pub vm: Option<VmInterface>,
-    pub mode: Mode,
-    pub mac: Option<MacAddr>,
-    /// The MAC before the last change and when it changed.
-    pub prev_mac: Option<(Option<MacAddr>, Ts)>,
-    /// Every MAC the tap had while watched, with the time it got it.
-    pub mac_history: Vec<(Ts, Option<MacAddr>)>,
-    pub attached_at: Ts,
-    pub counters: TapRow,
-    pub from_vm_fps: f64,
-    pub to_vm_fps: f64,
-    pub mismatch_ps: f64,
-    pub last_stats: Option<Ts>,
-    pub last_rarp: Option<Ts>,
-    pub last_garp: Option<Ts>,
-    pub first_announce: Option<Ts>,
-    pub last_guest_arp: Option<Ts>,
-    pub last_from_vm: Ts,
-    pub first_mismatch: Option<Ts>,
-    pub last_mismatch: Option<Ts>,
-    pub state: State,
-    /// The state QUIET interrupted, to return to when the VM speaks again.
-    pub before_quiet: State,
-    pub blackout: Option<Blackout>,
-    pub gone_at: Option<Ts>,
-    pub timeline: Vec<TimelineEntry>,
-    /// dst-mismatch frames per second, oldest first.
-    pub mismatch_series: VecDeque<u64>,
-}
-
-impl TapView {
-    fn new(ifname: &str, ifindex: u32, mac: Option<MacAddr>, mode: Mode, ts: Ts) -> Self {
-        Self {
-            ifname: ifname.to_string(),
-            ifindex,
-            vm: None,
-            mode,
-            mac,
-            prev_mac: None,
-            mac_history: vec![(ts, mac)],
-            attached_at: ts,
-            counters: TapRow {
-                ifname: ifname.to_string(),
-                ..TapRow::default()
-            },
-            from_vm_fps: 0.0,
-            to_vm_fps: 0.0,
-            mismatch_ps: 0.0,
-            last_stats: None,
-            last_rarp: None,
-            last_garp: None,
-            first_announce: None,
-            last_guest_arp: None,
-            last_from_vm: ts,
-            first_mismatch: None,
-            last_mismatch: None,
-            state: State::Ok,
-            before_quiet: State::Ok,
-            blackout: None,
-            gone_at: None,
-            timeline: Vec::new(),
-            mismatch_series: VecDeque::new(),
-        }
-    }
-
-    /// The VM's name: Nova's instance name, the libvirt domain, or the tap.
-    pub fn vm_name(&self) -> &str {
-        self.vm
-            .as_ref()
-            .map(|v| v.display_name())
-            .unwrap_or(&self.ifname)
-    }
-
-    pub fn guest_mac(&self) -> Option<MacAddr> {
-        self.vm.as_ref().and_then(|v| v.guest_mac)
-    }
-
-    /// The tap's MAC is not the one libvirt would have set (fe: + guest MAC).
-    pub fn tap_mac_unusual(&self) -> bool {
-        match (self.vm.as_ref().and_then(|v| v.libvirt_tap_mac()), self.mac) {
-            (Some(expected), Some(mac)) => expected != mac,
-            _ => false,
-        }
-    }
-
-    /// Blackout length to show: measured, or so far.
-    pub fn blackout_ms(&self, now: Ts) -> Option<u64> {
-        let until = self.gone_at.unwrap_or(now);
-        self.blackout.map(|b| b.ms(until))
-    }
-
-    /// Until when `mac` was the tap's MAC, if it ever was while watched.
-    fn mac_until(&self, mac: MacAddr) -> Option<Ts> {
-        let i = self
-            .mac_history
-            .iter()
-            .rposition(|(_, m)| *m == Some(mac))?;
-        self.mac_history.get(i + 1).map(|(t, _)| *t)
-    }
-
-    fn note(&mut self, ts: Ts, what: String) {
-        if self.timeline.len() == TIMELINE_MAX {
-            self.timeline.remove(0);
-        }
-        self.timeline.push(TimelineEntry { ts, what });
-    }
-
-    /// The diagnosis in plain words, as of `now`.
-    pub fn diagnosis(&self, now: Ts) -> String {
-        let mut s = Vec::new();
-        match (self.state, self.blackout) {
-            (State::Blackout, Some(b)) | (State::Gone, Some(b @ Blackout { end: None, .. })) => {
-                let was = match self.mac_until(b.stale_mac) {
-                    Some(t) => format!(
-                        " (the tap's MAC until {}, now {})",
-                        t.clock(),
-                        show(self.mac, "none")
-                    ),
-                    None => format!(" (not the tap's MAC, {})", show(self.mac, "none")),
-                };
-                if b.stale_mac == MacAddr::default() {
-                    // A cooked capture or lost samples: the kernel said "not mine", not to whom.
-                    s.push(format!(
-                        "VM sends to a MAC that is not the tap's ({}); the kernel drops these frames as PACKET_OTHERHOST.",
-                        show(self.mac, "none")
-                    ));
-                } else {
-                    s.push(format!(
-                        "VM still sends to {}{was}; the kernel drops these frames as PACKET_OTHERHOST.",
-                        b.stale_mac
-                    ));
-                }
-                if self.tap_mac_unusual() {
-                    s.push(
-                        "The tap MAC is not fe:+guest MAC, as happens with interface managed='no' \
-                         and a fixed port MAC."
-                            .into(),
-                    );
-                }
-                if self.state == State::Gone {
-                    s.push(format!(
-                        "The tap was removed {} ms into the blackout.",
-                        self.blackout_ms(now).unwrap_or(0)
-                    ));
-                } else {
-                    s.push("The blackout ends when the guest re-ARPs.".into());
-                }
-            }
-            (_, Some(b @ Blackout { end: Some(end), .. })) => {
-                let rearp = match self.last_guest_arp {
-                    Some(t) if t >= b.start && t <= end => {
-                        format!(", after the guest re-ARPed at {}", t.clock())
-                    }
-                    _ => String::new(),
-                };
-                let to = if b.stale_mac == MacAddr::default() {
-                    "a MAC that was not the tap's".to_string()
-                } else {
-                    b.stale_mac.to_string()
-                };
-                s.push(format!(
-                    "Blackout of {} ms: the VM sent to {to} from {} until {}{rearp}.",
-                    b.ms(end),
-                    b.start.clock(),
-                    end.clock()
-                ));
-                if self.tap_mac_unusual() {
-                    s.push(
-                        "The tap MAC is not fe:+guest MAC, as happens with interface managed='no' \
-                         and a fixed port MAC."
-                            .into(),
-                    );
-                }
-            }
-            _ => {}
-        }
-        if self.mode == Mode::Bridged && self.counters.dst_mismatch_frames > 0 {
-            s.push(format!(
-                "{} frames to other MACs: normal on a bridged tap, not drops.",
-                self.counters.dst_mismatch_frames
-            ));
-        }
-        let booted_here = self.vm.as_ref().and_then(|v| v.migrated_in()) == Some(false);
-        match self.last_rarp {
-            Some(t) => s.push(format!("RARP announce seen at {}.", t.clock())),
-            // A VM started on this host has nothing to announce.
-            None if booted_here => s.push(
-                "No RARP: the VM was started on this host (libvirt: booted), not migrated in."
-                    .into(),
-            ),
-            None if self.counters.from_vm_frames > 0 => s.push(
-                "No RARP since the tap appeared, yet the VM is sending: QEMU's announce-self \
-                 did not run here, so switches and OVN (activation-strategy=rarp) were not told \
-                 where the VM went."
-                    .into(),
-            ),
-            None => s.push("No RARP since the tap appeared.".into()),
-        }
-        match self.last_garp {
-            Some(t) => s.push(format!("GARP seen at {}.", t.clock())),
-            None => s.push("No GARP seen.".into()),
-        }
-        if self.state == State::Quiet || self.counters.from_vm_frames == 0 {
-            s.push(format!(
-                "The guest has sent nothing for {} s.",
-                now.ms_since(self.last_from_vm) / 1000
-            ));
-        }
-        s.join(" ")
-    }
-}
 
 #[derive(Clone, Debug)]
 pub struct EngineConfig {
@@ -345,12 +78,7 @@ impl Engine {
                 ..
             } => {
                 self.now = Some(*ts);
-                let mode = if *mode == "bridged" {
-                    Mode::Bridged
-                } else {
-                    Mode::Routed
-                };
-                let mut view = TapView::new(ifname, *ifindex, *mac, mode, *ts);
+                let mut view = TapView::new(ifname, *ifindex, *mac, *mode, *ts);
                 view.vm = self.pending.remove(ifname).flatten();
                 view.note(*ts, format!("tap attached, MAC {}", show(*mac, "none")));
                 self.live.insert(ifname.clone(), self.taps.len());
@@ -399,10 +127,10 @@ impl Engine {
             } => {
                 self.now = Some(*ts);
                 if let Some(&i) = self.live.get(ifname) {
-                    let bridged = *new_mode == "bridged";
+                    let bridged = *new_mode == Mode::Bridged;
                     let t = &mut self.taps[i];
-                    t.mode = if bridged { Mode::Bridged } else { Mode::Routed };
-                    t.note(*ts, format!("tap is now {new_mode}"));
+                    t.mode = *new_mode;
+                    t.note(*ts, format!("tap is now {}", new_mode.as_str()));
                     // On a bridge, frames to other MACs are switched, not dropped: an open
                     // blackout ends here (its frames before this were real drops).
                     if bridged && t.state == State::Blackout {
@@ -485,7 +213,7 @@ impl Engine {
         let Some(&i) = self.live.get(&f.ifname) else {
             return;
         };
-        let from_vm = f.direction == "from_vm";
+        let from_vm = f.direction == Direction::FromVm;
         if from_vm {
             self.taps[i].last_from_vm = f.ts;
             self.wake(i, f.ts, changes);
@@ -496,24 +224,24 @@ impl Engine {
             _ => ("?", "?"),
         };
         match f.kind {
-            "rarp" => {
+            FrameKind::Rarp => {
                 t.last_rarp = Some(f.ts);
                 t.first_announce.get_or_insert(f.ts);
                 t.note(f.ts, format!("RARP announce from {}", f.src_mac));
             }
-            "garp" => {
+            FrameKind::Garp => {
                 t.last_garp = Some(f.ts);
                 t.first_announce.get_or_insert(f.ts);
                 t.note(f.ts, format!("GARP {} is-at {}", ips.0, f.src_mac));
             }
-            "arp_request" => {
+            FrameKind::ArpRequest => {
                 if from_vm {
                     t.last_guest_arp = Some(f.ts);
                 }
                 let who = if from_vm { "guest" } else { "host" };
                 t.note(f.ts, format!("{who} ARP: who has {} tell {}", ips.1, ips.0));
             }
-            "arp_reply" => {
+            FrameKind::ArpReply => {
                 let who = if from_vm { "guest" } else { "host" };
                 t.note(
                     f.ts,
@@ -522,7 +250,7 @@ impl Engine {
             }
             _ => {}
         }
-        if from_vm && (f.kind == "dst_mismatch" || f.dst_mismatch) {
+        if from_vm && (f.kind == FrameKind::DstMismatch || f.dst_mismatch) {
             t.first_mismatch.get_or_insert(f.ts);
             t.last_mismatch = Some(f.ts);
             if t.mode == Mode::Routed && t.state != State::Blackout {
@@ -540,7 +268,7 @@ impl Engine {
                 t.note(f.ts, what);
                 self.set_state(i, State::Blackout, f.ts, changes);
             }
-        } else if f.kind == "dst_match" && t.state == State::Blackout {
+        } else if f.kind == FrameKind::DstMatch && t.state == State::Blackout {
             if let Some(b) = t.blackout.as_mut() {
                 b.end = Some(f.ts);
                 let ms = b.ms(f.ts);
@@ -639,7 +367,7 @@ impl Engine {
     pub fn fields(&self, t: &TapView, now: Ts) -> VerdictFields {
         VerdictFields {
             vm: t.vm_name().to_string(),
-            state: t.state.as_str(),
+            state: t.state,
             blackout_ms: t.blackout_ms(now),
             diagnosis: t.diagnosis(now),
         }
@@ -679,14 +407,19 @@ pub(crate) mod fixtures {
         Ts(DateTime::<Utc>::from_timestamp_millis(1_790_000_000_000 + ms).unwrap())
     }
 
+    /// A JSON name as the typed value it names.
+    pub fn named<T: serde::de::DeserializeOwned>(name: &str) -> T {
+        serde_json::from_value(serde_json::Value::String(name.into())).unwrap()
+    }
+
     pub fn attached(ms: i64, tap: &str, mac: MacAddr, mode: &'static str) -> Record {
         Record::Attached {
             ts: at(ms),
             ifname: tap.into(),
             ifindex: 7,
             mac: Some(mac),
-            mode,
-            backend: "ebpf",
+            mode: named(mode),
+            backend: crate::model::Backend::Ebpf,
             mtu: Some(1500),
             master: None,
         }
@@ -703,8 +436,8 @@ pub(crate) mod fixtures {
         Record::Frame(FrameRecord {
             ts: at(ms),
             ifname: tap.into(),
-            direction: dir,
-            kind,
+            direction: named(dir),
+            kind: named(kind),
             src_mac: GUEST,
             dst_mac: dst,
             sender_ip: arp.then(|| "10.65.0.2".into()),
@@ -757,7 +490,7 @@ mod tests {
         for r in recs {
             for v in engine.apply(r) {
                 if let Record::Verdict { ifname, fields, .. } = v {
-                    out.push((ifname, fields.state, fields.blackout_ms));
+                    out.push((ifname, fields.state.as_str(), fields.blackout_ms));
                 }
             }
         }
@@ -844,8 +577,8 @@ mod tests {
             Record::ModeChange {
                 ts: at(40),
                 ifname: "vnet5".into(),
-                old_mode: "routed",
-                new_mode: "bridged",
+                old_mode: Mode::Routed,
+                new_mode: Mode::Bridged,
                 master: Some("br0".into()),
             },
             frame(50, "vnet5", "from_vm", "dst_mismatch", OLD),
