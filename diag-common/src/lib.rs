@@ -6,11 +6,13 @@
 #![no_std]
 
 pub mod frame;
+pub mod observe;
 
 pub use frame::{
     classify, classify_header_only, needs_body, parse_arp, parse_ethernet, ArpView, Classification,
     EthernetView,
 };
+pub use observe::{event_flags, observe, Admitted, Observed};
 
 /// `skb->pkt_type` the kernel's `eth_type_trans()` gives a unicast frame whose destination
 /// MAC is not the receiving device's own address.

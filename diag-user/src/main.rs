@@ -38,6 +38,10 @@ const EXIT_UNWATCHED: u8 = 4;
 #[derive(Parser)]
 #[command(name = "tapwatch", version, about)]
 struct Cli {
+    /// Log what tapwatch and its kernel programs do on stderr (-v: debug, -vv: trace);
+    /// RUST_LOG sets finer filters.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -174,6 +178,16 @@ fn parse_lab_time(s: &str) -> Result<Duration, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Before anything loads: the kernel programs' log level is set from it at load.
+    // tapwatch's own records and its kernel programs' (target `diag`), not its libraries'.
+    let default = match cli.verbose {
+        0 => "off",
+        1 => "warn,netlink_packet_route=error,diag=debug,diag_user=debug,tapwatch=debug",
+        _ => "warn,netlink_packet_route=error,diag=trace,diag_user=trace,tapwatch=trace",
+    };
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default))
+        .format_timestamp_micros()
+        .init();
     let result = (|| {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()

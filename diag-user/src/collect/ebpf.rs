@@ -9,7 +9,7 @@ use aya::{
         tc::{self, NlOptions, SchedClassifierLinkId, TcAttachOptions},
         LinkOrder, ProgramError, SchedClassifier, TcAttachType,
     },
-    Ebpf, EbpfError,
+    Ebpf, EbpfError, EbpfLoader,
 };
 use diag_common::{FrameEvent, TapCounters, TapWindow};
 
@@ -109,21 +109,35 @@ pub struct Probe {
     orphans: Orphans,
     /// Things worth a notice that did not stop an attach.
     warnings: Vec<String>,
+    /// The programs' log, when the user asked for it (RUST_LOG, -v).
+    logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
 }
 
 impl Probe {
     /// Loads and verifies the programs; returns the probe and the ring buffer of events.
     pub fn load(mode: AttachMode) -> Result<(Self, RingBuf<MapData>), ProbeError> {
         raise_memlock_limit();
-        let mut ebpf = Ebpf::load(EBPF_OBJECT).map_err(|e| {
-            match crate::collect::caps::OutOfDescriptors::from_errno(
-                chain_errno(&e),
-                "loading the eBPF maps",
-            ) {
-                Some(d) => ProbeError::Descriptors(d),
-                None => ProbeError::Load(e),
-            }
-        })?;
+        // The programs' log statements are patched off unless the user asked for them:
+        // then a log statement costs one global load and a compare.
+        let level = kernel_log_level();
+        let mut ebpf = EbpfLoader::new()
+            .override_global(aya_log::LEVEL, &level, true)
+            .load(EBPF_OBJECT)
+            .map_err(|e| {
+                match crate::collect::caps::OutOfDescriptors::from_errno(
+                    chain_errno(&e),
+                    "loading the eBPF maps",
+                ) {
+                    Some(d) => ProbeError::Descriptors(d),
+                    None => ProbeError::Load(e),
+                }
+            })?;
+        // A logger only where there is something to log.
+        let logger = if level > 0 {
+            aya_log::EbpfLogger::init(&mut ebpf).ok()
+        } else {
+            None
+        };
         for name in [INGRESS, EGRESS] {
             let prog: &mut SchedClassifier = ebpf
                 .program_mut(name)
@@ -180,6 +194,7 @@ impl Probe {
                 attached: HashMap::new(),
                 orphans: Orphans::default(),
                 warnings: Vec::new(),
+                logger,
             },
             events,
         ))
@@ -302,6 +317,19 @@ impl Probe {
         let _ = self.counters.remove(&ifindex);
         let _ = self.windows.remove(&ifindex);
         last
+    }
+
+    /// Hands the programs' log records (if any) to the process's logger.
+    pub fn flush_log(&mut self) {
+        if let Some(l) = self.logger.as_mut() {
+            l.flush();
+        }
+    }
+
+    /// The descriptor that becomes readable when the programs logged something.
+    pub fn log_fd(&self) -> Option<std::os::fd::RawFd> {
+        use std::os::fd::AsRawFd;
+        self.logger.as_ref().map(|l| l.as_raw_fd())
     }
 
     /// What happened on the way that the user should hear of.
@@ -508,6 +536,19 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         cur = inner.source();
     }
     s
+}
+
+/// The level the programs log at: the process's log level (`RUST_LOG`, `-v`), 0 for off.
+fn kernel_log_level() -> u8 {
+    use aya_log::Level;
+    match log::max_level() {
+        log::LevelFilter::Off => 0,
+        log::LevelFilter::Error => Level::Error as u8,
+        log::LevelFilter::Warn => Level::Warn as u8,
+        log::LevelFilter::Info => Level::Info as u8,
+        log::LevelFilter::Debug => Level::Debug as u8,
+        log::LevelFilter::Trace => Level::Trace as u8,
+    }
 }
 
 /// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK; lift it so the ring buffer fits.

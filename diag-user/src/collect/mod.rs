@@ -467,6 +467,9 @@ impl Watcher<'_> {
     }
 
     fn drain(&mut self, src: &mut EventSource) -> io::Result<()> {
+        if let Backend::Ebpf(p) = &mut self.backend {
+            p.flush_log();
+        }
         match src {
             EventSource::Ring(ring) => self.drain_ring(ring.get_mut()),
             EventSource::Channel(rx) => {

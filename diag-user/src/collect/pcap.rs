@@ -16,8 +16,8 @@ use std::{
 };
 
 use diag_common::{
-    classify, frame::is_foreign_unicast, Direction, FrameEvent, TapCounters, TapWindow,
-    EVENT_FLAG_DST_MISMATCH, EVENT_SNAPLEN,
+    classify, frame::is_foreign_unicast, Direction, FrameEvent, Observed, TapCounters, TapWindow,
+    EVENT_SNAPLEN,
 };
 use tokio::sync::mpsc;
 
@@ -214,8 +214,9 @@ fn capture_loop(
     }
 }
 
-/// The userspace twin of the kernel program's `observe()`: the same classification,
-/// counting, window and sampling, with the tap's MAC in place of the kernel's pkt_type.
+/// A captured frame through the shared classifier and observe step, with the tap's MAC
+/// in place of the kernel's pkt_type. libpcap puts the tags the kernel took out back into
+/// the bytes, so nothing counts as stripped.
 fn observe(
     shared: &TapShared,
     data: &[u8],
@@ -226,33 +227,20 @@ fn observe(
     let mac = shared.mac();
     let foreign = dir == Direction::FromVm && mac.is_some_and(|m| is_foreign_unicast(data, &m));
     let class = classify(data, foreign, dir);
-    let mut counters = shared.counters.lock().unwrap_or_else(|e| e.into_inner());
-    counters.record(&class, dir, len as u64);
-    let to_own = mac.is_some_and(|m| data.get(..6) == Some(&m[..]));
-    let kind = shared
-        .window
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .follow(&class, to_own, dir, now.max(1));
-    let kind = kind?;
-    if !counters.admit_event(kind, now) {
-        return None;
-    }
-    let mut ev = FrameEvent::zeroed();
-    let n = data.len().min(EVENT_SNAPLEN);
-    ev.data[..n].copy_from_slice(&data[..n]);
-    ev.captured = n as u16;
-    ev.ts_ns = now;
-    ev.frame_len = len;
-    ev.direction = dir as u8;
-    ev.kind = kind as u8;
-    // libpcap puts the tags the kernel took out back into the bytes: nothing is stripped.
-    ev.flags = if class.dst_mismatch {
-        EVENT_FLAG_DST_MISMATCH
-    } else {
-        0
+    let seen = Observed {
+        direction: dir,
+        to_own_mac: mac.is_some_and(|m| data.get(..6) == Some(&m[..])),
+        frame_len: len as u64,
+        sampled: true,
     };
-    ev.vlan = class.vlan.unwrap_or(0);
-    ev.outer_vlan = class.outer_vlan.unwrap_or(0);
-    Some(ev)
+    let mut counters = shared.counters.lock().unwrap_or_else(|e| e.into_inner());
+    let mut window = shared.window.lock().unwrap_or_else(|e| e.into_inner());
+    let admitted = diag_common::observe(
+        &mut counters,
+        || Some(&mut *window),
+        &class,
+        &seen,
+        &mut || now.max(1),
+    )?;
+    Some(FrameEvent::of(data, &admitted, 0, &seen, &class))
 }

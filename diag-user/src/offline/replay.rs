@@ -9,8 +9,8 @@ use std::{
 };
 
 use diag_common::{
-    classify, frame::is_foreign_unicast, Direction, FrameKind, TapCounters, TapWindow, PACKET_HOST,
-    PACKET_OTHERHOST,
+    classify, frame::is_foreign_unicast, Direction, FrameEvent, Observed, TapCounters, TapWindow,
+    PACKET_HOST, PACKET_OTHERHOST,
 };
 
 use super::{capture::Packet, AnalyzeError, MAX_TAPS};
@@ -368,13 +368,24 @@ impl<'a> Replayer<'a> {
             },
         };
         let class = classify(&p.data, foreign, direction);
-        if !self.from_bundle {
-            tap.counters.record(&class, direction, p.orig_len as u64);
-        }
+        let seen = Observed {
+            direction,
+            to_own_mac,
+            frame_len: p.orig_len as u64,
+            // A bundle's frames were chosen live already; a capture's are all there.
+            sampled: !self.from_bundle,
+        };
         let now = p.ts.0.timestamp_nanos_opt().unwrap_or(1).max(1) as u64;
-        let kind = tap.window.follow(&class, to_own_mac, direction, now);
-        if let Some(kind) = kind {
-            let ev = event_of(&p, kind, direction, class.dst_mismatch);
+        // A bundle's counters are its stats records; these count a capture.
+        let admitted = diag_common::observe(
+            &mut tap.counters,
+            || Some(&mut tap.window),
+            &class,
+            &seen,
+            &mut || now,
+        );
+        if let Some(admitted) = admitted {
+            let ev = FrameEvent::of(&p.data, &admitted, 0, &seen, &class);
             if let Some(f) = FrameRecord::from_event(&ev, &p.ifname, p.ts) {
                 self.emit(Record::Frame(f))?;
             }
@@ -455,26 +466,4 @@ pub(super) fn rec_ts(r: &Record) -> Ts {
         Record::Frame(f) => f.ts,
         Record::Lab(l) => l.ts,
     }
-}
-
-/// A frame as the kernel would have reported it, so the one decoder makes its record.
-fn event_of(
-    p: &Packet,
-    kind: FrameKind,
-    direction: Direction,
-    dst_mismatch: bool,
-) -> diag_common::FrameEvent {
-    let mut ev = diag_common::FrameEvent::zeroed();
-    let n = p.data.len().min(diag_common::EVENT_SNAPLEN);
-    ev.data[..n].copy_from_slice(&p.data[..n]);
-    ev.captured = n as u16;
-    ev.frame_len = p.orig_len;
-    ev.direction = direction as u8;
-    ev.kind = kind as u8;
-    ev.flags = if dst_mismatch {
-        diag_common::EVENT_FLAG_DST_MISMATCH
-    } else {
-        0
-    };
-    ev
 }

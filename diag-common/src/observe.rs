@@ -1,0 +1,236 @@
+//! The one step every datapath takes for each frame it sees, after [`crate::classify`]:
+//! count it, follow the tap's mismatch window, and decide whether it goes out as an event.
+//! The eBPF program, the libpcap datapath and offline replay all call [`observe`], so a
+//! frame is counted, timed and sampled the same way wherever it is seen.
+
+use crate::{
+    Classification, Direction, FrameEvent, FrameKind, TapCounters, TapWindow,
+    EVENT_FLAG_DST_MISMATCH,
+};
+
+/// A frame the step decided to report: its kind, and when (from the datapath's clock).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Admitted {
+    pub kind: FrameKind,
+    pub ts_ns: u64,
+}
+
+/// What a datapath knows of a frame besides its classification.
+#[derive(Clone, Copy, Debug)]
+pub struct Observed {
+    pub direction: Direction,
+    /// Addressed to the tap's own MAC: the kernel's PACKET_HOST, or a MAC comparison.
+    pub to_own_mac: bool,
+    /// Length as the VM or host wrote it (tags the kernel moved into metadata included).
+    pub frame_len: u64,
+    /// Rate-limit mismatch events (live datapaths); off when replaying frames that were
+    /// already chosen.
+    pub sampled: bool,
+}
+
+/// Counts a classified frame into `counters`, follows the tap's mismatch window (looked up
+/// by `window` only when the frame can change it) and says whether the frame goes out as
+/// an event. `clock` is read only when needed: in a VM it costs as much as the rest.
+#[inline(always)]
+pub fn observe<'w>(
+    counters: &mut TapCounters,
+    window: impl FnOnce() -> Option<&'w mut TapWindow>,
+    class: &Classification,
+    seen: &Observed,
+    clock: &mut impl FnMut() -> u64,
+) -> Option<Admitted> {
+    counters.record(class, seen.direction, seen.frame_len);
+    let mut now = 0;
+    let mut kind = class.kind;
+    // Only frames from the VM to a unicast MAC can open or close a window; broadcasts
+    // (ARP, RARP) and frames to the VM never touch it.
+    if seen.direction == Direction::FromVm && (class.dst_mismatch || seen.to_own_mac) {
+        if let Some(w) = window() {
+            // A correctly addressed frame can only end an open window.
+            if class.dst_mismatch || w.is_open() {
+                now = clock();
+                kind = w.follow(class, seen.to_own_mac, seen.direction, now);
+            }
+        }
+    }
+    let kind = kind?;
+    if now == 0 {
+        now = clock();
+    }
+    if seen.sampled && !counters.admit_event(kind, now) {
+        return None;
+    }
+    Some(Admitted { kind, ts_ns: now })
+}
+
+/// `FrameEvent::flags` for a frame: `stripped` (`EVENT_FLAG_VLAN` or
+/// `EVENT_FLAG_OUTER_VLAN` for a tag the kernel moved into metadata, else 0) and whether it
+/// was also a mismatch.
+#[inline(always)]
+pub fn event_flags(class: &Classification, stripped: u8) -> u8 {
+    stripped
+        | if class.dst_mismatch {
+            EVENT_FLAG_DST_MISMATCH
+        } else {
+            0
+        }
+}
+
+impl FrameEvent {
+    /// Writes everything of an event but its bytes (`captured`, `data`) through `ev`, which
+    /// may point at uninitialised memory (a ring buffer slot).
+    ///
+    /// # Safety
+    /// `ev` must be valid for writes of a whole `FrameEvent`.
+    #[inline(always)]
+    pub unsafe fn write_header(
+        ev: *mut FrameEvent,
+        admitted: &Admitted,
+        ifindex: u32,
+        seen: &Observed,
+        class: &Classification,
+        stripped: u8,
+    ) {
+        // SAFETY: the caller guarantees `ev` is valid for writes; fields are written through
+        // raw places, never through a reference to uninitialised memory.
+        unsafe {
+            core::ptr::addr_of_mut!((*ev).ts_ns).write(admitted.ts_ns);
+            core::ptr::addr_of_mut!((*ev).ifindex).write(ifindex);
+            core::ptr::addr_of_mut!((*ev).frame_len).write(seen.frame_len as u32);
+            core::ptr::addr_of_mut!((*ev).direction).write(seen.direction as u8);
+            core::ptr::addr_of_mut!((*ev).kind).write(admitted.kind as u8);
+            core::ptr::addr_of_mut!((*ev).flags).write(event_flags(class, stripped));
+            core::ptr::addr_of_mut!((*ev)._pad).write(0);
+            core::ptr::addr_of_mut!((*ev).vlan).write(class.vlan.unwrap_or(0));
+            core::ptr::addr_of_mut!((*ev).outer_vlan).write(class.outer_vlan.unwrap_or(0));
+            core::ptr::addr_of_mut!((*ev)._pad2).write([0; 6]);
+        }
+    }
+
+    /// A whole event of `frame`'s first bytes (userspace datapaths and replay).
+    pub fn of(
+        frame: &[u8],
+        admitted: &Admitted,
+        ifindex: u32,
+        seen: &Observed,
+        class: &Classification,
+    ) -> Self {
+        let mut ev = FrameEvent::zeroed();
+        // SAFETY: `ev` is a whole, initialised event.
+        unsafe { FrameEvent::write_header(&mut ev, admitted, ifindex, seen, class, 0) };
+        let n = frame.len().min(crate::EVENT_SNAPLEN);
+        ev.data[..n].copy_from_slice(&frame[..n]);
+        ev.captured = n as u16;
+        ev
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{classify, MISMATCH_SAMPLE_INTERVAL_NS};
+
+    fn udp_to(dst: [u8; 6]) -> [u8; 60] {
+        let mut f = [0u8; 60];
+        f[..6].copy_from_slice(&dst);
+        f[6..12].copy_from_slice(&[0xfa, 0x16, 0x3e, 0xaa, 0xbb, 0xcc]);
+        f[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
+        f
+    }
+
+    const OLD: [u8; 6] = [0xfe, 0x16, 0x3e, 0xaa, 0xbb, 0xcc];
+    const NEW: [u8; 6] = [0x00, 0x61, 0xfe, 0xed, 0xca, 0xfe];
+
+    fn from_vm(to_own_mac: bool, sampled: bool) -> Observed {
+        Observed {
+            direction: Direction::FromVm,
+            to_own_mac,
+            frame_len: 60,
+            sampled,
+        }
+    }
+
+    /// The stale-MAC story through the one step: counted, the window opened at the first
+    /// mismatch and closed (DstMatch) by the first frame to the tap's MAC, the clock read
+    /// only when it matters, mismatches sampled.
+    #[test]
+    fn the_stale_mac_story() {
+        let (mut c, mut w) = (TapCounters::default(), TapWindow::default());
+        let reads = core::cell::Cell::new(0);
+        let step = |dst, own: bool, at: u64, c: &mut TapCounters, w: &mut TapWindow| {
+            let f = udp_to(dst);
+            let class = classify(&f, !own, Direction::FromVm);
+            let mut clock = || {
+                reads.set(reads.get() + 1);
+                at
+            };
+            observe(c, || Some(w), &class, &from_vm(own, true), &mut clock)
+        };
+        // Healthy traffic: counted, no event, no clock read.
+        assert_eq!(step(NEW, true, 1, &mut c, &mut w), None);
+        assert_eq!(c.from_vm_frames, 1);
+        let first = step(OLD, false, 100, &mut c, &mut w).unwrap();
+        assert_eq!(
+            first,
+            Admitted {
+                kind: FrameKind::DstMismatch,
+                ts_ns: 100
+            }
+        );
+        assert_eq!(w.mismatch_since_ns, 100);
+        // Sampled: the next mismatches within the interval are counted, not reported.
+        assert_eq!(step(OLD, false, 200, &mut c, &mut w), None);
+        let later = 100 + MISMATCH_SAMPLE_INTERVAL_NS;
+        assert!(step(OLD, false, later, &mut c, &mut w).is_some());
+        let end = step(NEW, true, later + 5, &mut c, &mut w).unwrap();
+        assert_eq!(
+            end,
+            Admitted {
+                kind: FrameKind::DstMatch,
+                ts_ns: later + 5
+            }
+        );
+        assert!(!w.is_open());
+        assert_eq!((c.from_vm_frames, c.dst_mismatch_frames), (5, 3));
+        assert_eq!(
+            reads.get(),
+            4,
+            "the clock was read only for the window and events"
+        );
+    }
+
+    #[test]
+    fn replay_reports_every_chosen_frame() {
+        let (mut c, mut w) = (TapCounters::default(), TapWindow::default());
+        let f = udp_to(OLD);
+        let class = classify(&f, true, Direction::FromVm);
+        for at in [10, 11, 12] {
+            let admitted = observe(
+                &mut c,
+                || Some(&mut w),
+                &class,
+                &from_vm(false, false),
+                &mut || at,
+            );
+            assert!(admitted.is_some(), "unsampled: every frame at {at}");
+        }
+    }
+
+    #[test]
+    fn an_event_says_what_it_is() {
+        let f = udp_to(OLD);
+        let class = classify(&f, true, Direction::FromVm);
+        let seen = from_vm(false, true);
+        let a = Admitted {
+            kind: FrameKind::DstMismatch,
+            ts_ns: 42,
+        };
+        let ev = FrameEvent::of(&f, &a, 7, &seen, &class);
+        assert_eq!(
+            (ev.ts_ns, ev.ifindex, ev.frame_len, ev.kind),
+            (42, 7, 60, 1)
+        );
+        assert_eq!(ev.flags, EVENT_FLAG_DST_MISMATCH);
+        assert_eq!(ev.frame(), &f[..]);
+    }
+}
