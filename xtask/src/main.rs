@@ -17,7 +17,11 @@ fn cargo(args: &[&str]) -> Result<()> {
     Ok(())
 }
 
-/// What CI checks, after `scripts/setup.sh` has installed the toolchain.
+/// The tests and benchmarks that need root and a BPF-capable kernel.
+const ROOT_TESTS: &str = "diag-user/root-tests";
+
+/// What CI checks, after `scripts/setup.sh` has installed the toolchain: everything, the
+/// kernel tests included (as root).
 fn check() -> Result<()> {
     cargo(&["fmt", "--all", "--", "--check"])?;
     cargo(&[
@@ -25,17 +29,28 @@ fn check() -> Result<()> {
         "--workspace",
         "--all-targets",
         "--locked",
+        "--features",
+        ROOT_TESTS,
         "--",
         "-D",
         "warnings",
     ])?;
-    cargo(&["test", "--workspace", "--locked"])
+    cargo(&["test", "--workspace", "--locked", "--features", ROOT_TESTS])
 }
 
 /// The harness is a bench target of diag-user (built optimised, with the tapwatch binary it
 /// measures); options after `bench` go to it.
 fn bench(args: &[String]) -> Result<()> {
-    let mut all = vec!["bench", "-p", "diag-user", "--bench", "tapwatch", "--"];
+    let mut all = vec![
+        "bench",
+        "-p",
+        "diag-user",
+        "--features",
+        ROOT_TESTS,
+        "--bench",
+        "tapwatch",
+        "--",
+    ];
     all.extend(args.iter().map(String::as_str));
     cargo(&all)
 }

@@ -726,3 +726,74 @@ impl Sink for Bundle {
             .inspect_err(|e| self.stopped = Some(e.to_string()))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    struct Scratch(PathBuf);
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn scratch(name: &str) -> Scratch {
+        let p = std::env::temp_dir().join(format!("tw-dir-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        Scratch(p)
+    }
+
+    /// The directory's checks, which need no root: every spelling of a symlink, a file,
+    /// a non-empty directory, names that are not names.
+    #[test]
+    fn the_bundle_directory_is_checked_once_and_strictly() {
+        let s = scratch("checks");
+        let target = s.0.join("target");
+        std::fs::create_dir(&target).unwrap();
+        std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let link = s.0.join("link");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        for spelling in [
+            link.clone(),
+            PathBuf::from(format!("{}/", link.display())),
+            PathBuf::from(format!("{}/.", link.display())),
+        ] {
+            let e = Dir::open(&spelling).err().expect("refused");
+            assert!(matches!(e, BundleError::Symlink(_)), "{spelling:?}: {e}");
+        }
+        assert_eq!(
+            std::fs::metadata(&target).unwrap().permissions().mode() & 0o777,
+            0o755,
+            "the target was not touched"
+        );
+        let file = s.0.join("file");
+        std::fs::write(&file, "x").unwrap();
+        assert!(matches!(Dir::open(&file), Err(BundleError::NotADirectory(_))));
+        let full = s.0.join("full");
+        std::fs::create_dir(&full).unwrap();
+        std::fs::write(full.join("keep"), "x").unwrap();
+        assert!(matches!(Dir::open(&full), Err(BundleError::NotEmpty(_))));
+        for bad in ["/", ".", "..", "a/.."] {
+            assert!(
+                matches!(Dir::open(Path::new(bad)), Err(BundleError::BadName(_))),
+                "{bad}"
+            );
+        }
+        let fresh = s.0.join("new");
+        let d = Dir::open(&fresh).unwrap();
+        assert_eq!(
+            std::fs::metadata(&fresh).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
+        // Files only through the open directory, never over an existing one.
+        d.create("events.ndjson").unwrap();
+        assert!(d.create("events.ndjson").is_err());
+        // An existing, empty directory of our own is fine too.
+        std::fs::create_dir(s.0.join("empty")).unwrap();
+        Dir::open(&s.0.join("empty/")).unwrap();
+    }
+}
