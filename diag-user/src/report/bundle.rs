@@ -772,7 +772,10 @@ mod tests {
         );
         let file = s.0.join("file");
         std::fs::write(&file, "x").unwrap();
-        assert!(matches!(Dir::open(&file), Err(BundleError::NotADirectory(_))));
+        assert!(matches!(
+            Dir::open(&file),
+            Err(BundleError::NotADirectory(_))
+        ));
         let full = s.0.join("full");
         std::fs::create_dir(&full).unwrap();
         std::fs::write(full.join("keep"), "x").unwrap();

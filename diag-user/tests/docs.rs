@@ -1,0 +1,219 @@
+//! docs/json.md checked against the types: every example reads into a typed record and
+//! writes back unchanged, every record type has an example, and every field the types can
+//! write is named on the page. Root-free.
+
+use std::collections::BTreeSet;
+
+use diag_user::{
+    model::{
+        clock::Ts, mac::MacAddr, Backend, Direction, FrameKind, FrameRecord, LabEvent, LabRecord,
+        Line, MacHistoryEntry, Mode, NoticeCode, Record, Scenario, State, SummaryRow, TapRow,
+        VerdictFields, SCHEMA_VERSION,
+    },
+    verdict::libvirt::VmInterface,
+};
+use serde_json::Value;
+
+fn doc() -> String {
+    std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/json.md")).unwrap()
+}
+
+/// The lines of every ```json block.
+fn examples(doc: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut inside = false;
+    for line in doc.lines() {
+        match line.trim() {
+            "```json" => inside = true,
+            "```" => inside = false,
+            l if inside && !l.is_empty() => out.push(l.to_string()),
+            _ => {}
+        }
+    }
+    out
+}
+
+fn line(rec: &Record) -> Value {
+    serde_json::to_value(Line {
+        record: rec,
+        schema: SCHEMA_VERSION,
+    })
+    .unwrap()
+}
+
+#[test]
+fn every_example_reads_into_the_types_and_writes_back() {
+    let doc = doc();
+    let examples = examples(&doc);
+    assert!(examples.len() >= 12, "{} examples", examples.len());
+    for e in &examples {
+        let v: Value =
+            serde_json::from_str(e).unwrap_or_else(|err| panic!("not JSON ({err}): {e}"));
+        let rec: Record =
+            serde_json::from_value(v.clone()).unwrap_or_else(|err| panic!("{err}: {e}"));
+        assert_eq!(line(&rec), v, "the types write this example otherwise: {e}");
+    }
+}
+
+/// One of each record, every optional field set: all that the types can write.
+fn samples() -> Vec<Record> {
+    let ts = Ts(chrono::DateTime::from_timestamp_millis(1_790_000_000_000).unwrap());
+    let mac = MacAddr([0xfa, 0x16, 0x3e, 0xaa, 0xbb, 0xcc]);
+    let row = TapRow {
+        ifname: "tapA".into(),
+        ..TapRow::default()
+    };
+    let verdict = VerdictFields {
+        vm: "web-1".into(),
+        state: State::Recovered,
+        blackout_ms: Some(1),
+        diagnosis: "d".into(),
+    };
+    let vm = VmInterface {
+        domain: "d".into(),
+        uuid: Some("u".into()),
+        nova_name: Some("n".into()),
+        tap: "tapA".into(),
+        guest_mac: Some(mac),
+        iface_type: "ethernet".into(),
+        managed: Some(false),
+        bridge: Some("br0".into()),
+        reason: Some("migrated".into()),
+    };
+    vec![
+        Record::Attached {
+            ts,
+            ifname: "tapA".into(),
+            ifindex: 1,
+            mac: Some(mac),
+            mode: Mode::Bridged,
+            backend: Backend::Pcap,
+            mtu: Some(1500),
+            master: Some("br0".into()),
+        },
+        Record::Detached {
+            ts,
+            ifname: "tapA".into(),
+            reason: "r".into(),
+        },
+        Record::Renamed {
+            ts,
+            ifname: "tapB".into(),
+            old_ifname: "tapA".into(),
+            ifindex: 1,
+        },
+        Record::Identity {
+            ts,
+            ifname: "tapA".into(),
+            libvirt: Some(vm),
+        },
+        Record::Notice {
+            ts,
+            code: NoticeCode::NetlinkOverflow,
+            ifname: Some("tapA".into()),
+            message: "m".into(),
+        },
+        Record::MacChange {
+            ts,
+            ifname: "tapA".into(),
+            old_mac: Some(mac),
+            new_mac: Some(mac),
+        },
+        Record::ModeChange {
+            ts,
+            ifname: "tapA".into(),
+            old_mode: Mode::Routed,
+            new_mode: Mode::Bridged,
+            master: Some("br0".into()),
+        },
+        Record::Frame(FrameRecord {
+            ts,
+            ifname: "tapA".into(),
+            direction: Direction::ToVm,
+            kind: FrameKind::ArpReply,
+            src_mac: mac,
+            dst_mac: mac,
+            sender_ip: Some("10.0.0.1".into()),
+            target_ip: Some("10.0.0.2".into()),
+            vlan: Some(1),
+            outer_vlan: Some(2),
+            dst_mismatch: true,
+            len: 60,
+            data: Vec::new(),
+        }),
+        Record::Stats {
+            ts,
+            taps: vec![row.clone()],
+        },
+        Record::Verdict {
+            ts,
+            ifname: "tapA".into(),
+            fields: verdict.clone(),
+        },
+        Record::Summary {
+            ts,
+            taps: vec![SummaryRow {
+                counters: row,
+                ifindex: 1,
+                mode: Mode::Routed,
+                mac_history: vec![MacHistoryEntry { ts, mac: Some(mac) }],
+                detached: true,
+                verdict: Some(verdict),
+            }],
+        },
+        Record::Lab(LabRecord {
+            ts,
+            event: LabEvent::Truth,
+            vm: Some("lab-vm-1".into()),
+            scenario: Some(Scenario::StaleMac),
+            stale_window_ms: Some(1),
+            client_outage_ms: Some(1),
+            detail: Some("d".into()),
+        }),
+    ]
+}
+
+fn keys(v: &Value, out: &mut BTreeSet<String>) {
+    match v {
+        Value::Object(m) => {
+            for (k, v) in m {
+                out.insert(k.clone());
+                keys(v, out);
+            }
+        }
+        Value::Array(a) => a.iter().for_each(|v| keys(v, out)),
+        _ => {}
+    }
+}
+
+#[test]
+fn every_record_type_has_an_example_and_every_field_is_named() {
+    let doc = doc();
+    let documented: BTreeSet<String> = examples(&doc)
+        .iter()
+        .map(|e| {
+            serde_json::from_str::<Value>(e).unwrap()["type"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    let mut fields = BTreeSet::new();
+    for rec in samples() {
+        let v = line(&rec);
+        let ty = v["type"].as_str().unwrap().to_string();
+        assert!(
+            documented.contains(&ty),
+            "no example of `{ty}` in docs/json.md"
+        );
+        keys(&v, &mut fields);
+    }
+    let missing: Vec<&String> = fields
+        .iter()
+        .filter(|f| !doc.contains(&format!("`{f}`")))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "fields written but not named in docs/json.md: {missing:?}"
+    );
+}
