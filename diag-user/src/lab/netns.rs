@@ -219,26 +219,6 @@ impl VmTap {
         buf.truncate(n as usize);
         Ok(Some(buf))
     }
-
-    /// Waits up to `timeout` for a frame to the VM that `pred` accepts, skipping others.
-    pub fn recv_matching(
-        &self,
-        timeout: Duration,
-        pred: impl Fn(&[u8]) -> bool,
-    ) -> Result<Option<Vec<u8>>, SandboxError> {
-        let deadline = std::time::Instant::now() + timeout;
-        loop {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            if left.is_zero() {
-                return Ok(None);
-            }
-            match self.recv(left)? {
-                Some(f) if pred(&f) => return Ok(Some(f)),
-                Some(_) => continue,
-                None => return Ok(None),
-            }
-        }
-    }
 }
 
 impl VmTap {

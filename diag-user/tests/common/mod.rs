@@ -160,3 +160,34 @@ pub fn u(v: &Value, field: &str) -> u64 {
         .as_u64()
         .unwrap_or_else(|| panic!("{field} missing in {v}"))
 }
+
+/// Reading what the host sends to a VM, for tests.
+pub trait RecvMatching {
+    /// Waits up to `timeout` for a frame to the VM that `pred` accepts, skipping others.
+    fn recv_matching(
+        &self,
+        timeout: Duration,
+        pred: impl Fn(&[u8]) -> bool,
+    ) -> Result<Option<Vec<u8>>, diag_user::lab::netns::SandboxError>;
+}
+
+impl RecvMatching for diag_user::lab::netns::VmTap {
+    fn recv_matching(
+        &self,
+        timeout: Duration,
+        pred: impl Fn(&[u8]) -> bool,
+    ) -> Result<Option<Vec<u8>>, diag_user::lab::netns::SandboxError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Ok(None);
+            }
+            match self.recv(left)? {
+                Some(f) if pred(&f) => return Ok(Some(f)),
+                Some(_) => continue,
+                None => return Ok(None),
+            }
+        }
+    }
+}
