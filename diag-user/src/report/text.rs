@@ -173,3 +173,59 @@ pub fn table(a: &Analysis) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        model::{Mode, State, SummaryRow, TapRow, VerdictFields},
+        verdict::fixtures::at,
+    };
+
+    /// The table's columns line up whatever the values (typed modes and states pad).
+    #[test]
+    fn the_table_lines_up() {
+        let row = |name: &str, mode, state, ms| SummaryRow {
+            counters: TapRow {
+                ifname: name.into(),
+                ..TapRow::default()
+            },
+            ifindex: 1,
+            mode,
+            mac_history: Vec::new(),
+            detached: false,
+            verdict: Some(VerdictFields {
+                vm: format!("vm-{name}"),
+                state,
+                blackout_ms: ms,
+                diagnosis: "d".into(),
+            }),
+        };
+        let a = Analysis {
+            summary: Some(Record::Summary {
+                ts: at(0),
+                taps: vec![
+                    row("tapA", Mode::Routed, State::Recovered, Some(546)),
+                    row("vnet12", Mode::Bridged, State::Ok, None),
+                ],
+            }),
+            ..Analysis::default()
+        };
+        let t = table(&a);
+        let lines: Vec<&str> = t.lines().filter(|l| l.starts_with("vm-")).collect();
+        assert_eq!(lines.len(), 2, "{t}");
+        for word in ["routed", "RECOVERED"] {
+            assert_eq!(
+                lines[0].find(word).unwrap(),
+                t.lines()
+                    .nth(1)
+                    .unwrap()
+                    .find(if word == "routed" { "MODE" } else { "STATE" })
+                    .unwrap(),
+                "{t}"
+            );
+        }
+        assert_eq!(lines[1].find("bridged"), lines[0].find("routed"), "{t}");
+        assert_eq!(lines[1].find("OK"), lines[0].find("RECOVERED"), "{t}");
+    }
+}
