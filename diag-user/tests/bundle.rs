@@ -2,12 +2,7 @@
 
 mod common;
 
-use std::{
-    net::Ipv4Addr,
-    os::unix::fs::PermissionsExt,
-    path::{Path, PathBuf},
-    process::Command,
-};
+use std::{net::Ipv4Addr, os::unix::fs::PermissionsExt, path::Path, process::Command};
 
 use common::*;
 use diag_user::lab::{
@@ -16,24 +11,6 @@ use diag_user::lab::{
 };
 
 const PEER: Ipv4Addr = Ipv4Addr::new(10, 65, 9, 9);
-
-/// A scratch directory under the system temp dir, removed on drop.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(name: &str) -> Self {
-        let p = std::env::temp_dir().join(format!("tw-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap();
-        Self(p)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 fn tshark(file: &Path, filter: &str, fields: &[&str]) -> Vec<Vec<String>> {
     let mut args = vec![

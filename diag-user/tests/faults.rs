@@ -276,7 +276,7 @@ fn lost_link_notifications_are_read_again() {
 fn a_renamed_tap_keeps_its_counters_and_verdict() {
     require_root();
     let ns = Netns::new("tw-rename").unwrap();
-    let scratch = scratch_dir("rename");
+    let scratch = Scratch::new("rename");
     let dir = scratch.join("b");
     let tap = VmTap::create(&ns, "tapren0", TAP_LIBVIRT).unwrap();
     let mut tw = Tapwatch::start(
@@ -339,14 +339,6 @@ fn a_renamed_tap_keeps_its_counters_and_verdict() {
     drop(tap);
 }
 
-/// A scratch directory under the system temp dir (removed first).
-fn scratch_dir(name: &str) -> PathBuf {
-    let p = std::env::temp_dir().join(format!("tw-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&p);
-    std::fs::create_dir_all(&p).unwrap();
-    p
-}
-
 /// Writes a file the way libvirt does: a new file renamed over the old.
 fn libvirt_write(dir: &Path, name: &str, xml: &str) {
     let tmp = dir.join(format!("{name}.new"));
@@ -370,7 +362,7 @@ fn status_fixture(name: &str) -> String {
 fn vms_are_named_as_libvirt_writes_their_files() {
     require_root();
     let ns = Netns::new("tw-virt").unwrap();
-    let scratch = scratch_dir("virt");
+    let scratch = Scratch::new("virt");
     let (libvirt, bundle) = (scratch.join("qemu"), scratch.join("b"));
     std::fs::create_dir(&libvirt).unwrap();
     let tap = VmTap::create(&ns, "tap1234abcd-56", TAP_CALICO).unwrap();
@@ -439,7 +431,6 @@ fn vms_are_named_as_libvirt_writes_their_files() {
     let (status, _, _) = tw.stop(libc::SIGINT);
     assert!(status.success());
     drop(tap);
-    std::fs::remove_dir_all(&scratch).unwrap();
 }
 
 /// libvirt re-creates and deletes a tap within milliseconds while destroying a domain:
@@ -557,7 +548,7 @@ fn leftovers_of_a_killed_run_go_in_every_mode() {
 fn every_ending_signal_finishes_the_run() {
     require_root();
     let ns = Netns::new("tw-sig").unwrap();
-    let scratch = scratch_dir("sig");
+    let scratch = Scratch::new("sig");
     let tap = VmTap::create(&ns, "tapsig", TAP_LIBVIRT).unwrap();
     for (sig, name) in [
         (libc::SIGHUP, "hup"),
@@ -589,7 +580,6 @@ fn every_ending_signal_finishes_the_run() {
         assert_eq!(our_filters(&ns, "tapsig"), 0, "{name}");
     }
     drop(tap);
-    std::fs::remove_dir_all(&scratch).unwrap();
 }
 
 /// A tmpfs, unmounted on drop (also when the test fails).
@@ -621,7 +611,8 @@ impl Drop for SmallDisk {
 fn a_full_disk_leaves_an_analyzable_bundle() {
     require_root();
     let ns = Netns::new("tw-full").unwrap();
-    let disk = SmallDisk::new(scratch_dir("full").join("disk"), "6m");
+    let scratch = Scratch::new("full");
+    let disk = SmallDisk::new(scratch.join("disk"), "6m");
     let dir = disk.0.join("b");
     let tap = VmTap::create(&ns, "tapfull", TAP_LIBVIRT).unwrap();
     let mut tw = Tapwatch::start(
@@ -692,7 +683,7 @@ fn a_full_disk_leaves_an_analyzable_bundle() {
 fn bundle_directories_cannot_be_turned_against_root() {
     require_root();
     let ns = Netns::new("tw-hostile").unwrap();
-    let scratch = scratch_dir("hostile");
+    let scratch = Scratch::new("hostile");
     let run = |dir: &Path| {
         Command::new("ip")
             .args(["netns", "exec", ns.name(), tw_bin()])
@@ -729,7 +720,6 @@ fn bundle_directories_cannot_be_turned_against_root() {
         0o755
     );
     assert_eq!(std::fs::read_dir(&target).unwrap().count(), 0);
-    std::fs::remove_dir_all(&scratch).unwrap();
 }
 
 /// `--pack` packs what tapwatch wrote, from its own descriptors: a file swapped for a
@@ -738,7 +728,7 @@ fn bundle_directories_cannot_be_turned_against_root() {
 fn pack_packs_only_what_it_wrote() {
     require_root();
     let ns = Netns::new("tw-pack").unwrap();
-    let scratch = scratch_dir("pack");
+    let scratch = Scratch::new("pack");
     let secret = scratch.join("secret");
     std::fs::write(&secret, "SECRET-OF-ROOT").unwrap();
     let dir = scratch.join("b");
@@ -777,7 +767,6 @@ fn pack_packs_only_what_it_wrote() {
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
     assert_eq!(packed, recs, "the stream it wrote");
-    std::fs::remove_dir_all(&scratch).unwrap();
 }
 
 /// No terminal for the live view: NDJSON, said on stderr and in a notice; the bundle whole.
@@ -785,7 +774,7 @@ fn pack_packs_only_what_it_wrote() {
 fn the_view_without_a_terminal_falls_back_to_json() {
     require_root();
     let ns = Netns::new("tw-notty").unwrap();
-    let scratch = scratch_dir("notty");
+    let scratch = Scratch::new("notty");
     let dir = scratch.join("b");
     let _tap = VmTap::create(&ns, "tapnotty", TAP_LIBVIRT).unwrap();
     let out = Command::new("setsid")
@@ -811,7 +800,6 @@ fn the_view_without_a_terminal_falls_back_to_json() {
     assert_eq!(recs[0]["code"], "no_terminal");
     assert_eq!(summary_row(&recs, "tapnotty")["state"], "OK");
     assert!(dir.join("summary.md").exists() && dir.join("host.json").exists());
-    std::fs::remove_dir_all(&scratch).unwrap();
 }
 
 /// Out of descriptors: said per tap with the fix, never as "no interface matches" or a
@@ -908,7 +896,7 @@ fn the_capabilities_named_are_the_ones_needed() {
 fn qinq_frames_are_counted_whole_and_reported() {
     require_root();
     let ns = Netns::new("tw-qinq").unwrap();
-    let scratch = scratch_dir("qinq");
+    let scratch = Scratch::new("qinq");
     let dir = scratch.join("b");
     let tap = VmTap::create(&ns, "tapqinq", TAP_LIBVIRT).unwrap();
     let mut tw = Tapwatch::start(
@@ -969,5 +957,4 @@ fn qinq_frames_are_counted_whole_and_reported() {
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains(&format!("300\t12\t{}", rarp.len())), "{text}");
-    std::fs::remove_dir_all(&scratch).unwrap();
 }

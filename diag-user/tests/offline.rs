@@ -1,6 +1,8 @@
 //! What needs no kernel and no root: `tapwatch analyze` on hostile, huge, cut and cooked
 //! inputs, and the command line's numbers. Runs as a normal user.
 
+mod common;
+
 use std::{
     fs::File,
     io::{BufWriter, Read, Write},
@@ -9,6 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use common::Scratch;
 use diag_user::{
     lab::frames,
     model::clock::Ts,
@@ -30,24 +33,6 @@ const NEW: MacAddr = MacAddr([0x00, 0x61, 0xfe, 0xed, 0xca, 0xfe]);
 
 fn tw() -> Command {
     Command::new(env!("CARGO_BIN_EXE_tapwatch"))
-}
-
-/// A scratch directory, removed on drop.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(name: &str) -> Self {
-        let p = std::env::temp_dir().join(format!("tw-off-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap();
-        Self(p)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 /// Runs a command to its end; returns its output and its peak memory (KiB).
