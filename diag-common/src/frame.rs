@@ -216,13 +216,21 @@ pub fn classify_header_only(dst_mismatch: bool) -> Classification {
     }
 }
 
-/// Userspace's version of the kernel's `PACKET_OTHERHOST` test: unicast destination that is
-/// not `own_mac`. Used where no kernel verdict exists (pcap backend, offline captures).
+/// The kernel's `PACKET_OTHERHOST` test: unicast destination that is not `own_mac`. Used
+/// where the frame's `pkt_type` is not at hand (the drop program, the pcap backend, offline
+/// captures).
+#[inline(always)]
 pub fn is_foreign_unicast(frame: &[u8], own_mac: &[u8; 6]) -> bool {
-    match frame.get(0..6) {
-        Some(dst) => dst[0] & 1 == 0 && dst != own_mac,
+    match array::<6>(frame, 0) {
+        Some(dst) => dst[0] & 1 == 0 && !mac_eq(&dst, own_mac),
         None => false,
     }
+}
+
+/// Compared byte by byte: a slice comparison can become a call of `bcmp`, which BPF lacks.
+#[inline(always)]
+pub fn mac_eq(a: &[u8; 6], b: &[u8; 6]) -> bool {
+    a[0] == b[0] && a[1] == b[1] && a[2] == b[2] && a[3] == b[3] && a[4] == b[4] && a[5] == b[5]
 }
 
 #[cfg(test)]
@@ -482,7 +490,7 @@ mod tests {
         let c = classify(&f, true, Direction::FromVm);
         assert_eq!(c.kind, Some(FrameKind::DstMismatch));
         let mut counters = crate::TapCounters::default();
-        counters.record(&c, Direction::FromVm, f.len() as u64);
+        counters.record(&c, Direction::FromVm, f.len() as u64, true);
         assert_eq!((counters.from_vm_frames, counters.from_vm_bytes), (1, 9000));
     }
 
@@ -515,7 +523,7 @@ mod tests {
             (ipv4_to(TAP_OLD, 100), true, Direction::FromVm),
         ] {
             let c = classify(&f, mismatch, dir);
-            t.record(&c, dir, f.len() as u64);
+            t.record(&c, dir, f.len() as u64, true);
         }
         assert_eq!(t.from_vm_frames, 3);
         assert_eq!(t.from_vm_bytes, 60 + 60 + 100);

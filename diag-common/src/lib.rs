@@ -6,12 +6,14 @@
 #![no_std]
 
 pub mod frame;
+pub mod kernel;
 pub mod observe;
 
 pub use frame::{
     classify, classify_header_only, needs_body, parse_arp, parse_ethernet, ArpView, Classification,
     EthernetView,
 };
+pub use kernel::{DropKey, KernelLayout, TapConfig, TapMode};
 pub use observe::{event_flags, observe, Admitted, Observed};
 
 /// `skb->pkt_type` the kernel's `eth_type_trans()` gives a unicast frame whose destination
@@ -145,17 +147,21 @@ pub struct TapCounters {
 }
 
 impl TapCounters {
-    /// Counts one frame of `len` bytes.
+    /// Counts one frame of `len` bytes: in the frame and byte totals only when `totals`
+    /// (datapaths that see every frame; the kernel's take totals from the link's own
+    /// statistics and see only the frames that matter).
     #[inline(always)]
-    pub fn record(&mut self, class: &Classification, direction: Direction, len: u64) {
-        match direction {
-            Direction::FromVm => {
-                self.from_vm_frames += 1;
-                self.from_vm_bytes += len;
-            }
-            Direction::ToVm => {
-                self.to_vm_frames += 1;
-                self.to_vm_bytes += len;
+    pub fn record(&mut self, class: &Classification, direction: Direction, len: u64, totals: bool) {
+        if totals {
+            match direction {
+                Direction::FromVm => {
+                    self.from_vm_frames += 1;
+                    self.from_vm_bytes += len;
+                }
+                Direction::ToVm => {
+                    self.to_vm_frames += 1;
+                    self.to_vm_bytes += len;
+                }
             }
         }
         self.dst_mismatch_frames += class.dst_mismatch as u64;
@@ -319,4 +325,7 @@ mod pod {
     unsafe impl aya::Pod for super::TapCounters {}
     unsafe impl aya::Pod for super::FrameEvent {}
     unsafe impl aya::Pod for super::TapWindow {}
+    unsafe impl aya::Pod for super::TapConfig {}
+    unsafe impl aya::Pod for super::DropKey {}
+    unsafe impl aya::Pod for super::KernelLayout {}
 }

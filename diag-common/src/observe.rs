@@ -26,6 +26,10 @@ pub struct Observed {
     /// Rate-limit mismatch events (live datapaths); off when replaying frames that were
     /// already chosen.
     pub sampled: bool,
+    /// Count the frame in the frame and byte totals: the datapath sees every frame. The
+    /// kernel's programs see only frames that matter and take totals from the link's
+    /// statistics.
+    pub totals: bool,
 }
 
 /// Counts a classified frame into `counters`, follows the tap's mismatch window (looked up
@@ -39,7 +43,7 @@ pub fn observe<'w>(
     seen: &Observed,
     clock: &mut impl FnMut() -> u64,
 ) -> Option<Admitted> {
-    counters.record(class, seen.direction, seen.frame_len);
+    counters.record(class, seen.direction, seen.frame_len, seen.totals);
     let mut now = 0;
     let mut kind = class.kind;
     // Only frames from the VM to a unicast MAC can open or close a window; broadcasts
@@ -147,6 +151,7 @@ mod tests {
             to_own_mac,
             frame_len: 60,
             sampled,
+            totals: true,
         }
     }
 

@@ -10,8 +10,8 @@ use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use diag_user::{
     collect::{
-        self, ebpf::AttachMode, links::DEFAULT_PATTERNS, BackendChoice, IdentitySource, Outcome,
-        WatchOptions,
+        self, ebpf::AttachMode, links::DEFAULT_PATTERNS, BackendChoice, DatapathChoice,
+        IdentitySource, Outcome, WatchOptions,
     },
     lab::{self, LabOptions, Scenario, MAX_VMS},
     model::{mac::MacAddr, NoticeCode, Record, Sink},
@@ -56,6 +56,9 @@ enum Command {
     /// Build a lab of two simulated hypervisors, live-migrate a simulated VM between
     /// them, and watch the destination as on-call would.
     Lab(LabArgs),
+    /// Internal: removes a killed run's tc filters (started by `watch` itself).
+    #[command(name = "cleanup-helper", hide = true)]
+    CleanupHelper,
 }
 
 #[derive(Args, Clone)]
@@ -113,12 +116,21 @@ struct WatchArgs {
     /// Stop after this many seconds (default: run until SIGINT/SIGTERM/SIGHUP).
     #[arg(long, value_name = "SECS", value_parser = parse_duration)]
     duration: Option<Duration>,
-    /// How to hook the tc programs.
+    /// How to hook the per-frame tc probe where a tap carries it.
     #[arg(long, value_enum, default_value = "auto")]
     attach_mode: AttachMode,
-    /// The datapath: eBPF, libpcap, or eBPF with a libpcap fallback (saying why).
+    /// How frames are seen: the kernel's drops (one hook for all taps), the per-frame tc
+    /// probe on every tap, or libpcap; auto picks the first the kernel supports and says
+    /// why.
     #[arg(long, value_enum, default_value = "auto")]
-    backend: BackendChoice,
+    datapath: DatapathChoice,
+    /// Older spelling: ebpf (auto without libpcap), pcap, auto.
+    #[arg(long, value_enum, conflicts_with = "datapath")]
+    backend: Option<BackendChoice>,
+    /// Seconds a tap keeps the per-frame probe it got for stale frames after the last one
+    /// (0 to 86400).
+    #[arg(long, value_name = "SECS", default_value = "60", value_parser = parse_linger)]
+    probe_linger: Duration,
     /// Directory of libvirt's live domain XML, for VM names and guest MACs.
     #[arg(long, value_name = "DIR", default_value = libvirt::DEFAULT_DIR)]
     libvirt_dir: PathBuf,
@@ -142,7 +154,9 @@ impl Default for WatchArgs {
             interval: Duration::from_secs(1),
             duration: None,
             attach_mode: AttachMode::Auto,
-            backend: BackendChoice::Auto,
+            datapath: DatapathChoice::Auto,
+            backend: None,
+            probe_linger: Duration::from_secs(60),
             libvirt_dir: PathBuf::from(libvirt::DEFAULT_DIR),
             record: None,
             record_max_mb: 100,
@@ -172,6 +186,10 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     secs_in(s, 0.001, 315_360_000.0)
 }
 
+fn parse_linger(s: &str) -> Result<Duration, String> {
+    secs_in(s, 0.0, 86_400.0)
+}
+
 fn parse_lab_time(s: &str) -> Result<Duration, String> {
     secs_in(s, 0.0, 3_600.0)
 }
@@ -198,6 +216,7 @@ fn main() -> ExitCode {
             None => runtime.block_on(run_watch(WatchArgs::default())),
             Some(Command::Lab(a)) => run_lab(a, &runtime),
             Some(Command::Analyze(a)) => run_analyze(a),
+            Some(Command::CleanupHelper) => collect::ebpf::reaper::run(),
         }
     })();
     match result {
@@ -453,7 +472,8 @@ async fn run_watch(args: WatchArgs) -> anyhow::Result<ExitCode> {
         interval: args.interval,
         duration: args.duration,
         attach_mode: args.attach_mode,
-        backend: args.backend,
+        datapath: args.backend.map_or(args.datapath, DatapathChoice::from),
+        probe_linger: args.probe_linger,
         identities: IdentitySource::Libvirt(args.libvirt_dir.clone()),
     };
     let bundle = match &args.record {

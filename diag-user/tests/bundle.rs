@@ -142,6 +142,10 @@ fn record_story_captured(
     for _ in 0..5 {
         tap.send(&frames::rarp_announce(GUEST, None)).unwrap();
     }
+    // As after a real resume, the guest goes on once the migration was announced (the
+    // drop-driven datapath puts its per-frame probe on the tap at the first RARP, before
+    // the RARP's record goes out).
+    tw.wait_for("rarp", |v| v["type"] == "frame" && v["kind"] == "rarp");
     tap.send(&frames::garp(GUEST, VM_IP)).unwrap();
     tap.send(&frames::garp(GUEST, VM_IP)).unwrap();
     for _ in 0..5 {

@@ -88,6 +88,7 @@ fn samples() -> Vec<Record> {
             mac: Some(mac),
             mode: Mode::Bridged,
             backend: Backend::Pcap,
+            datapath: Some(diag_user::model::DatapathKind::Pcap),
             mtu: Some(1500),
             master: Some("br0".into()),
         },

@@ -153,6 +153,9 @@ fn a_stalled_stdout_loses_no_tap_and_no_mac_change() {
             "--json",
             "--interval",
             "0.02",
+            // The per-frame probe on every tap: its filters are the kernel's evidence.
+            "--datapath",
+            "tc",
             "--attach-mode",
             "clsact",
             "--iface",
@@ -463,76 +466,98 @@ fn taps_gone_before_attach_are_not_errors() {
     );
 }
 
-/// Two clsact runs on one tap both count exactly; stopping one does not touch the other.
+/// Runs on one tap in every way (two clsact runs, a TCX run, two drop-driven runs) all
+/// count exactly, stale frames included; stopping one does not touch the others.
 #[test]
 fn runs_side_by_side_never_disturb_each_other() {
     require_root();
     let ns = Netns::new("tw-pair").unwrap();
-    let tap = VmTap::create(&ns, "tappair", TAP_LIBVIRT).unwrap();
-    let args = [
-        "watch",
-        "--json",
-        "--interval",
-        "0.1",
-        "--attach-mode",
-        "clsact",
-    ];
-    let mut a = Tapwatch::start(&ns, &args);
-    a.wait_attached("tappair");
-    let mut b = Tapwatch::start(&ns, &args);
-    b.wait_attached("tappair");
-    let mut c = Tapwatch::start(
-        &ns,
-        &[
-            "watch",
-            "--json",
-            "--interval",
-            "0.1",
-            "--attach-mode",
-            "tcx",
-        ],
-    );
-    c.wait_attached("tappair");
+    let tap = VmTap::create(&ns, "tappair", TAP_CALICO).unwrap();
+    let run = |extra: &[&str]| {
+        let mut args = vec!["watch", "--json", "--interval", "0.1"];
+        args.extend_from_slice(extra);
+        let mut t = Tapwatch::start(&ns, &args);
+        t.wait_attached("tappair");
+        t
+    };
+    let clsact = ["--datapath", "tc", "--attach-mode", "clsact"];
+    let mut a = run(&clsact);
+    let mut b = run(&clsact);
+    let mut c = run(&["--datapath", "tc", "--attach-mode", "tcx"]);
+    let mut d = run(&["--datapath", "drops"]);
+    let mut e = run(&["--datapath", "drops"]);
     assert_eq!(our_filters(&ns, "tappair"), 4, "both clsact runs' filters");
+    let stale = frames::udp(GUEST, TAP_LIBVIRT, VM_IP, HOST_IP, 64);
     for _ in 0..3 {
         tap.send(&frames::rarp_announce(GUEST, None)).unwrap();
+        tap.send(&stale).unwrap();
     }
-    for t in [&mut a, &mut b, &mut c] {
-        t.wait_stats("tappair", |t| u(t, "rarp_frames") == 3);
+    let counted =
+        |n: u64| move |t: &Value| u(t, "rarp_frames") == n && u(t, "dst_mismatch_frames") == n;
+    for t in [&mut a, &mut b, &mut c, &mut d, &mut e] {
+        t.wait_stats("tappair", counted(3));
     }
     let (status, recs, _) = b.stop(libc::SIGTERM);
     assert!(status.success());
     assert_eq!(u(summary_row(&recs, "tappair"), "rarp_frames"), 3);
-    assert_eq!(
-        our_filters(&ns, "tappair"),
-        2,
-        "only the stopped run's filters went"
+    let (status, recs, _) = d.stop(libc::SIGTERM);
+    assert!(status.success());
+    assert_eq!(u(summary_row(&recs, "tappair"), "dst_mismatch_frames"), 3);
+    // The drop-driven runs' per-frame probes (RARP, stale frames) are TCX or clsact
+    // filters of their own; only the stopped runs' went.
+    let assist = |ns: &Netns| our_filters(ns, "tappair");
+    assert!(
+        assist(&ns) >= 2,
+        "the clsact run still attached keeps its filters"
     );
     for _ in 0..2 {
         tap.send(&frames::rarp_announce(GUEST, None)).unwrap();
+        tap.send(&stale).unwrap();
     }
-    for t in [&mut a, &mut c] {
-        t.wait_stats("tappair", |t| u(t, "rarp_frames") == 5);
+    for t in [&mut a, &mut c, &mut e] {
+        t.wait_stats("tappair", counted(5));
     }
-    let (_, recs_a, _) = a.stop(libc::SIGTERM);
-    let (_, recs_c, _) = c.stop(libc::SIGTERM);
-    assert_eq!(u(summary_row(&recs_a, "tappair"), "rarp_frames"), 5);
-    assert_eq!(u(summary_row(&recs_c, "tappair"), "rarp_frames"), 5);
+    for t in [a, c, e] {
+        let (status, recs, _) = t.stop(libc::SIGTERM);
+        assert!(status.success());
+        let row = summary_row(&recs, "tappair");
+        assert_eq!(
+            (u(row, "rarp_frames"), u(row, "dst_mismatch_frames")),
+            (5, 5)
+        );
+        assert_eq!(u(row, "from_vm_frames"), 10);
+    }
     assert_eq!(our_filters(&ns, "tappair"), 0);
 }
 
-/// A killed clsact run's filters are removed by the next run in the default mode too.
+/// A killed run's cleanup helper removes its clsact filters; when the helper was killed
+/// too, the next run removes them, in the default datapath too.
 #[test]
 fn leftovers_of_a_killed_run_go_in_every_mode() {
     require_root();
     let ns = Netns::new("tw-leftover").unwrap();
     let tap = VmTap::create(&ns, "tapleft", TAP_LIBVIRT).unwrap();
-    let mut killed = Tapwatch::start(&ns, &["watch", "--json", "--attach-mode", "clsact"]);
+    let mut killed = Tapwatch::start(
+        &ns,
+        &[
+            "watch",
+            "--json",
+            "--datapath",
+            "tc",
+            "--attach-mode",
+            "clsact",
+        ],
+    );
     killed.wait_attached("tapleft");
+    let helper = cleanup_helper_of(killed.pid()).expect("a cleanup helper");
+    // SAFETY: kill(2) of a process of this test.
+    unsafe { libc::kill(helper as libc::pid_t, libc::SIGKILL) };
+    wait_gone(helper);
     let _ = killed.stop(libc::SIGKILL);
     assert_eq!(our_filters(&ns, "tapleft"), 2);
     let mut tw = Tapwatch::start(&ns, &["watch", "--json", "--interval", "0.1"]);
-    tw.wait_attached("tapleft");
+    let att = tw.wait_attached("tapleft");
+    assert_eq!(att["datapath"], "drops");
     assert_eq!(our_filters(&ns, "tapleft"), 0, "removed before counting");
     tap.send(&frames::garp(GUEST, VM_IP)).unwrap();
     tw.wait_stats("tapleft", |t| u(t, "garp_frames") == 1);
@@ -821,7 +846,17 @@ fn running_out_of_descriptors_is_said_and_fails_the_run() {
             "--",
         ])
         .arg(tw_bin())
-        .args(["watch", "--json", "--duration", "1", "--attach-mode", "tcx"])
+        // Each tap's TCX links are descriptors (the drop-driven datapath needs none).
+        .args([
+            "watch",
+            "--json",
+            "--duration",
+            "1",
+            "--datapath",
+            "tc",
+            "--attach-mode",
+            "tcx",
+        ])
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
@@ -862,19 +897,28 @@ fn the_capabilities_named_are_the_ones_needed() {
             format!("--ambient-caps=-all,{caps}"),
         ]
     };
-    let named = with("+bpf,+perfmon,+net_admin");
-    let wrapper: Vec<&str> = named.iter().map(String::as_str).collect();
-    let mut tw = Tapwatch::start_via(
-        &ns,
-        &wrapper,
-        &["watch", "--json", "--interval", "0.1", "--backend", "ebpf"],
-    );
-    let att = tw.wait_attached("tapcaps");
-    assert_eq!(att["backend"], "ebpf");
-    tap.send(&frames::rarp_announce(GUEST, None)).unwrap();
-    tw.wait_stats("tapcaps", |t| u(t, "rarp_frames") == 1);
-    let (status, _, err) = tw.stop(libc::SIGINT);
-    assert!(status.success(), "{err}");
+    let run = |caps: &str| {
+        let named = with(caps);
+        let wrapper: Vec<&str> = named.iter().map(String::as_str).collect();
+        let mut tw = Tapwatch::start_via(
+            &ns,
+            &wrapper,
+            &["watch", "--json", "--interval", "0.1", "--backend", "ebpf"],
+        );
+        let att = tw.wait_attached("tapcaps");
+        assert_eq!(att["backend"], "ebpf");
+        tap.send(&frames::rarp_announce(GUEST, None)).unwrap();
+        tw.wait_stats("tapcaps", |t| u(t, "rarp_frames") == 1);
+        let (status, _, err) = tw.stop(libc::SIGINT);
+        assert!(status.success(), "{err}");
+        (att["datapath"].as_str().unwrap().to_string(), err)
+    };
+    let (datapath, _) = run("+bpf,+perfmon,+net_admin,+net_raw");
+    assert_eq!(datapath, "drops");
+    // Without CAP_NET_RAW (the ARP sockets), the per-frame probe, saying why.
+    let (datapath, err) = run("+bpf,+perfmon,+net_admin");
+    assert_eq!(datapath, "tc");
+    assert!(err.contains("CAP_NET_RAW"), "{err}");
 
     let fewer = with("+bpf,+net_admin");
     let out = Command::new("ip")
@@ -887,7 +931,10 @@ fn the_capabilities_named_are_the_ones_needed() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(err.contains("missing: CAP_PERFMON"), "{err}");
-    assert!(err.contains("cap_bpf,cap_perfmon,cap_net_admin"), "{err}");
+    assert!(
+        err.contains("cap_bpf,cap_perfmon,cap_net_admin,cap_net_raw"),
+        "{err}"
+    );
 }
 
 /// QinQ: the outer 802.1ad tag the kernel moves into metadata is counted in bytes and
@@ -906,8 +953,10 @@ fn qinq_frames_are_counted_whole_and_reported() {
             "--json",
             "--interval",
             "0.1",
-            "--backend",
-            "ebpf",
+            // Tags are seen by a per-frame probe: on a routed tap the kernel takes them off
+            // before anything else sees the frame.
+            "--datapath",
+            "tc",
             "--record",
             dir.to_str().unwrap(),
         ],

@@ -377,6 +377,7 @@ fn a_cut_bundle_is_read_up_to_the_cut() {
         mac: Some(OLD),
         mode: Mode::Routed,
         backend: Backend::Ebpf,
+        datapath: Some(diag_user::model::DatapathKind::Drops),
         mtu: Some(1500),
         master: None,
     })

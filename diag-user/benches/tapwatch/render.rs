@@ -51,6 +51,7 @@ pub fn run(_: &Settings, report: &mut Report) -> Result<()> {
             mac: Some(TAP_MAC),
             mode: diag_user::model::Mode::Routed,
             backend: diag_user::model::Backend::Ebpf,
+            datapath: Some(diag_user::model::DatapathKind::Drops),
             mtu: Some(1500),
             master: None,
         });

@@ -17,8 +17,9 @@ pub fn has_raw_capture() -> bool {
 #[derive(Debug, thiserror::Error)]
 #[error(
     "tapwatch needs the capabilities CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN (or root) to load \
-     its eBPF programs and attach them to tap devices; missing: {missing}. Run it as root \
-     (sudo tapwatch …) or grant them once: sudo setcap cap_bpf,cap_perfmon,cap_net_admin+ep \"$(command -v tapwatch)\""
+     its eBPF programs and attach them to tap devices, and CAP_NET_RAW for its default \
+     drop-driven datapath; missing: {missing}. Run it as root (sudo tapwatch …) or grant \
+     them once: sudo setcap cap_bpf,cap_perfmon,cap_net_admin,cap_net_raw+ep \"$(command -v tapwatch)\""
 )]
 pub struct MissingCapabilities {
     pub missing: String,

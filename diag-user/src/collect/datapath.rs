@@ -1,11 +1,13 @@
 //! The datapaths behind one interface: what the watcher asks of eBPF and libpcap alike.
 
+use std::collections::BTreeMap;
+
 use aya::maps::{MapData, RingBuf};
 use diag_common::{FrameEvent, TapCounters};
 use tokio::io::unix::AsyncFd;
 
-use super::{ebpf::Probe, links::Link, pcap::PcapBackend};
-use crate::model::{mac::MacAddr, Backend};
+use super::{ebpf::Probe, links::Link, netlink::LinkTotals, pcap::PcapBackend};
+use crate::model::{Backend, DatapathKind, NoticeCode};
 
 /// Why a tap could not be attached, and the errno behind it if there was one.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -14,19 +16,43 @@ pub struct AttachFailure {
     pub errno: Option<i32>,
 }
 
+/// What a datapath counted on one tap since it was attached.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TapCounts {
+    pub counters: TapCounters,
+    /// Frames the kernel dropped on the tap, by reason (the drop-driven datapath).
+    pub kernel_drops: BTreeMap<String, u64>,
+}
+
+/// Something a datapath did or met that the user should hear of.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DatapathNotice {
+    pub code: NoticeCode,
+    pub ifname: Option<String>,
+    pub message: String,
+}
+
 /// A way of seeing a tap's frames: attach and detach per tap, counters per tap.
 pub trait Datapath: Send {
     /// Which capture mechanism this is, for `attached` records.
     fn kind(&self) -> Backend;
+    /// How one attached tap is watched, for its `attached` record.
+    fn datapath_of(&self, ifindex: u32) -> DatapathKind;
     /// Starts counting on the tap from zero; when this returns, its frames are counted.
     fn attach(&mut self, link: &Link) -> Result<(), AttachFailure>;
-    /// Stops counting; the final counters.
-    fn detach(&mut self, ifindex: u32) -> Option<TapCounters>;
-    fn counters(&self, ifindex: u32) -> Option<TapCounters>;
-    /// The tap's MAC changed (the kernel knows by itself; libpcap compares with this).
-    fn set_mac(&mut self, _ifindex: u32, _mac: Option<MacAddr>) {}
+    /// Stops counting; the final counters. `totals`: the link's statistics as it went away,
+    /// when it did.
+    fn detach(&mut self, ifindex: u32, totals: Option<LinkTotals>) -> Option<TapCounts>;
+    fn counters(&self, ifindex: u32) -> Option<TapCounts>;
+    /// The tap changed (MAC, bridge, name): the kernel knows the MAC by itself, libpcap
+    /// compares with it; the eBPF datapath follows bridges.
+    fn update(&mut self, _link: &Link) {}
+    /// A frame event, before its record goes out.
+    fn on_event(&mut self, _ev: &FrameEvent) {}
+    /// Once an interval, before counters are read.
+    fn refresh(&mut self) {}
     /// What happened on the way that the user should hear of.
-    fn take_warnings(&mut self) -> Vec<String> {
+    fn take_notices(&mut self) -> Vec<DatapathNotice> {
         Vec::new()
     }
     /// Hands the kernel programs' log records, if any, to the process's logger.
@@ -37,20 +63,32 @@ impl Datapath for Probe {
     fn kind(&self) -> Backend {
         Backend::Ebpf
     }
+    fn datapath_of(&self, ifindex: u32) -> DatapathKind {
+        Probe::datapath_of(self, ifindex)
+    }
     fn attach(&mut self, link: &Link) -> Result<(), AttachFailure> {
-        Probe::attach(self, link.ifindex, &link.name).map_err(|e| AttachFailure {
+        Probe::attach(self, link).map_err(|e| AttachFailure {
             reason: e.to_string(),
             errno: e.errno(),
         })
     }
-    fn detach(&mut self, ifindex: u32) -> Option<TapCounters> {
-        Probe::detach(self, ifindex)
+    fn detach(&mut self, ifindex: u32, totals: Option<LinkTotals>) -> Option<TapCounts> {
+        Probe::detach(self, ifindex, totals)
     }
-    fn counters(&self, ifindex: u32) -> Option<TapCounters> {
+    fn counters(&self, ifindex: u32) -> Option<TapCounts> {
         Probe::counters(self, ifindex)
     }
-    fn take_warnings(&mut self) -> Vec<String> {
-        Probe::take_warnings(self)
+    fn update(&mut self, link: &Link) {
+        Probe::update(self, link)
+    }
+    fn on_event(&mut self, ev: &FrameEvent) {
+        Probe::on_event(self, ev)
+    }
+    fn refresh(&mut self) {
+        Probe::refresh(self)
+    }
+    fn take_notices(&mut self) -> Vec<DatapathNotice> {
+        Probe::take_notices(self)
     }
     fn flush_log(&mut self) {
         Probe::flush_log(self)
@@ -61,20 +99,29 @@ impl Datapath for PcapBackend {
     fn kind(&self) -> Backend {
         Backend::Pcap
     }
+    fn datapath_of(&self, _ifindex: u32) -> DatapathKind {
+        DatapathKind::Pcap
+    }
     fn attach(&mut self, link: &Link) -> Result<(), AttachFailure> {
         PcapBackend::attach(self, link.ifindex, &link.name, link.mac).map_err(|e| AttachFailure {
             reason: e.to_string(),
             errno: e.errno(),
         })
     }
-    fn detach(&mut self, ifindex: u32) -> Option<TapCounters> {
-        PcapBackend::detach(self, ifindex)
+    fn detach(&mut self, ifindex: u32, _totals: Option<LinkTotals>) -> Option<TapCounts> {
+        PcapBackend::detach(self, ifindex).map(|counters| TapCounts {
+            counters,
+            ..TapCounts::default()
+        })
     }
-    fn counters(&self, ifindex: u32) -> Option<TapCounters> {
-        PcapBackend::counters(self, ifindex)
+    fn counters(&self, ifindex: u32) -> Option<TapCounts> {
+        PcapBackend::counters(self, ifindex).map(|counters| TapCounts {
+            counters,
+            ..TapCounts::default()
+        })
     }
-    fn set_mac(&mut self, ifindex: u32, mac: Option<MacAddr>) {
-        PcapBackend::set_mac(self, ifindex, mac)
+    fn update(&mut self, link: &Link) {
+        PcapBackend::set_mac(self, link.ifindex, link.mac)
     }
 }
 

@@ -126,6 +126,9 @@ pub enum LinkChange {
     Removed {
         ifindex: u32,
         name: String,
+        /// The link's statistics as it went (the kernel's removal notice carries them):
+        /// its last frames, which no later request could read.
+        totals: Option<crate::collect::netlink::LinkTotals>,
     },
     /// Notifications were lost (the socket's buffer overflowed while tapwatch was busy);
     /// the changes that follow come from a fresh dump of every link, so none is missed.
@@ -288,9 +291,16 @@ fn follow(
                         .map(|l| l.name)
                         .or_else(|| Link::from_message(&m).map(|l| l.name))
                         .unwrap_or_default();
+                    let totals = m.attributes.iter().find_map(|a| match a {
+                        LinkAttribute::Stats64(s) => {
+                            Some(crate::collect::netlink::LinkTotals::from_stats64(s))
+                        }
+                        _ => None,
+                    });
                     Some(LinkChange::Removed {
                         ifindex: m.header.index,
                         name,
+                        totals,
                     })
                 }
                 _ => None,
@@ -330,7 +340,11 @@ fn resync(
         .collect();
     for (ifindex, name) in gone {
         known.remove(&ifindex);
-        send(LinkChange::Removed { ifindex, name })?;
+        send(LinkChange::Removed {
+            ifindex,
+            name,
+            totals: None,
+        })?;
     }
     let mut fresh: Vec<&Link> = now.values().collect();
     fresh.sort_by_key(|l| l.ifindex);
@@ -415,7 +429,8 @@ mod tests {
                 LinkChange::Resynced,
                 LinkChange::Removed {
                     ifindex: 999_999,
-                    name: "tapgone".into()
+                    name: "tapgone".into(),
+                    totals: None,
                 },
                 LinkChange::Present(changed),
             ]

@@ -24,7 +24,7 @@ use tokio::{
 
 use self::{
     datapath::{Datapath, EventSource},
-    ebpf::{AttachMode, Probe, ProbeError},
+    ebpf::{AttachMode, KernelPath, Probe, ProbeError, ProbeOptions},
     identity::Identities,
     links::{IfaceError, Link, LinkChange, LinkMonitor, Selector},
     pcap::{PcapBackend, PcapError},
@@ -39,7 +39,9 @@ pub struct WatchOptions {
     pub interval: Duration,
     pub duration: Option<Duration>,
     pub attach_mode: AttachMode,
-    pub backend: BackendChoice,
+    pub datapath: DatapathChoice,
+    /// How long a tap keeps the per-frame probe it got for stale frames once they stopped.
+    pub probe_linger: Duration,
     /// Where VM names and guest MACs come from.
     pub identities: IdentitySource,
 }
@@ -89,13 +91,43 @@ impl WatchError {
     }
 }
 
-/// Which datapath observes the taps.
+/// Which datapath observes the taps (see docs/architecture.md).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum DatapathChoice {
+    /// The drop-driven datapath where the kernel supports it, else the per-frame tc probe,
+    /// else libpcap; the run says what it chose and why.
+    Auto,
+    /// The kernel's drops (one tracepoint for all taps) and the links' own statistics; a
+    /// per-frame tc probe only on taps with stale frames, and on bridged taps.
+    Drops,
+    /// The per-frame tc probe on every tap.
+    Tc,
+    /// libpcap: no eBPF.
+    Pcap,
+    /// eBPF, whichever kind the kernel supports, never libpcap (`--backend ebpf`).
+    #[value(skip)]
+    Ebpf,
+}
+
+/// `--backend`, kept for scripts written before `--datapath`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum BackendChoice {
-    /// eBPF, or libpcap when eBPF cannot load (saying why).
+    /// Same as `--datapath auto`.
     Auto,
+    /// eBPF only: `--datapath auto` without the libpcap fallback.
     Ebpf,
+    /// Same as `--datapath pcap`.
     Pcap,
+}
+
+impl From<BackendChoice> for DatapathChoice {
+    fn from(b: BackendChoice) -> Self {
+        match b {
+            BackendChoice::Auto => DatapathChoice::Auto,
+            BackendChoice::Ebpf => DatapathChoice::Ebpf,
+            BackendChoice::Pcap => DatapathChoice::Pcap,
+        }
+    }
 }
 
 fn setup(what: &'static str) -> impl FnOnce(io::Error) -> WatchError {
@@ -113,28 +145,38 @@ pub async fn run(
     raise_fd_limit();
     let mut signals = Signals::new()?;
     let clock = WallClock::new();
-    let mut fallback = None;
-    let (datapath, mut src) = match opts.backend {
-        BackendChoice::Ebpf => load_ebpf(opts.attach_mode).map_err(WatchError::descriptors)?,
-        BackendChoice::Pcap => load_pcap(clock).map_err(WatchError::descriptors)?,
-        BackendChoice::Auto => match load_ebpf(opts.attach_mode).map_err(WatchError::descriptors) {
-            Ok(b) => b,
-            Err(e @ WatchError::Descriptors(_)) => return Err(e),
-            Err(e @ WatchError::Probe(ProbeError::Descriptors(_))) => return Err(e),
-            Err(e) => match load_pcap(clock) {
-                Ok(b) => {
-                    fallback = Some(format!(
-                        "eBPF is not available here ({e}); capturing with libpcap instead \
-                         (--backend pcap): same records, more CPU per frame, and dst mismatches \
-                         judged against the tap MAC tapwatch last saw"
-                    ));
-                    b
-                }
-                // Neither: the eBPF reason says most (privileges, kernel).
-                Err(_) => return Err(e),
-            },
-        },
+    let mut said = None;
+    let probe = |path| ProbeOptions {
+        path,
+        attach_mode: opts.attach_mode,
+        linger: opts.probe_linger,
     };
+    let (datapath, mut src) = match opts.datapath {
+        DatapathChoice::Drops => load_ebpf(&probe(KernelPath::Drops), &mut said),
+        DatapathChoice::Tc => load_ebpf(&probe(KernelPath::Tc), &mut said),
+        DatapathChoice::Ebpf => load_ebpf(&probe(KernelPath::Auto), &mut said),
+        DatapathChoice::Pcap => load_pcap(clock),
+        DatapathChoice::Auto => {
+            match load_ebpf(&probe(KernelPath::Auto), &mut said).map_err(WatchError::descriptors) {
+                Ok(b) => Ok(b),
+                Err(e @ WatchError::Descriptors(_)) => return Err(e),
+                Err(e @ WatchError::Probe(ProbeError::Descriptors(_))) => return Err(e),
+                Err(e) => match load_pcap(clock) {
+                    Ok(b) => {
+                        said = Some(format!(
+                            "datapath pcap: eBPF is not available here ({e}); capturing with \
+                         libpcap instead: same records, more CPU per frame, and dst \
+                         mismatches judged against the tap MAC tapwatch last saw"
+                        ));
+                        Ok(b)
+                    }
+                    // Neither: the eBPF reason says most (privileges, kernel).
+                    Err(_) => return Err(e),
+                },
+            }
+        }
+    }
+    .map_err(WatchError::descriptors)?;
     let (mut monitor, links) =
         LinkMonitor::start().map_err(|e| WatchError::from(e).descriptors())?;
 
@@ -146,9 +188,13 @@ pub async fn run(
         sink,
     );
     w.clock = clock;
-    if let Some(message) = fallback {
-        w.notice(NoticeCode::Fallback, None, message)
-            .map_err(WatchError::Output)?;
+    if let Some(message) = said {
+        let code = if w.datapath.kind() == crate::model::Backend::Pcap {
+            NoticeCode::Fallback
+        } else {
+            NoticeCode::Datapath
+        };
+        w.notice(code, None, message).map_err(WatchError::Output)?;
     }
     let errors = w.identities.start();
     w.libvirt_notices(errors).map_err(WatchError::Output)?;
@@ -301,9 +347,25 @@ fn raise_fd_limit() {
     }
 }
 
-fn load_ebpf(mode: AttachMode) -> Result<(Box<dyn Datapath>, EventSource), WatchError> {
+/// Loads the eBPF datapath; `said` gets what it chose and why, when there was a choice.
+fn load_ebpf(
+    opts: &ProbeOptions,
+    said: &mut Option<String>,
+) -> Result<(Box<dyn Datapath>, EventSource), WatchError> {
     caps::check()?;
-    let (probe, ring) = Probe::load(mode)?;
+    let (probe, ring) = Probe::load(opts)?;
+    if opts.path == KernelPath::Auto {
+        *said = Some(match probe.fallback() {
+            None => "datapath drops: the kernel reports drops with their reasons (skb:kfree_skb, \
+                     BTF): one hook for every tap, frame totals from the links' statistics, \
+                     and a per-frame probe only on taps with stale frames and on bridged taps"
+                .to_string(),
+            Some(why) => format!(
+                "datapath tc: the per-frame probe on every tap, because the drop-driven \
+                 datapath cannot run here: {why}"
+            ),
+        });
+    }
     // SAFETY: the ring buffer owns its map fd and lives inside the AsyncFd until both drop.
     let ring =
         unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }.map_err(|e| {

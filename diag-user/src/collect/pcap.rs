@@ -232,6 +232,7 @@ fn observe(
         to_own_mac: mac.is_some_and(|m| data.get(..6) == Some(&m[..])),
         frame_len: len as u64,
         sampled: true,
+        totals: true,
     };
     let mut counters = shared.counters.lock().unwrap_or_else(|e| e.into_inner());
     let mut window = shared.window.lock().unwrap_or_else(|e| e.into_inner());

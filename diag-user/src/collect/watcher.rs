@@ -9,10 +9,10 @@ use std::{
 };
 
 use aya::maps::{MapData, RingBuf};
-use diag_common::{FrameEvent, TapCounters};
+use diag_common::FrameEvent;
 
 use super::{
-    datapath::{AttachFailure, Datapath, EventSource},
+    datapath::{AttachFailure, Datapath, EventSource, TapCounts},
     ebpf::parse_event,
     identity::Identities,
     links::{Link, LinkChange, Selector},
@@ -28,7 +28,7 @@ pub(super) struct Tap {
     link: Link,
     mac_history: Vec<MacHistoryEntry>,
     /// Counters read when the tap went away.
-    final_counters: Option<TapCounters>,
+    final_counters: Option<TapCounts>,
 }
 
 /// State of a watch run, independent of where its records go.
@@ -133,9 +133,11 @@ impl<'s> Watcher<'s> {
                     Ok(())
                 }
             },
-            LinkChange::Removed { ifindex, .. } => {
+            LinkChange::Removed {
+                ifindex, totals, ..
+            } => {
                 self.unwatched.remove(&ifindex);
-                self.detach(ifindex, "interface removed".into())
+                self.detach_with(ifindex, "interface removed".into(), totals)
             }
             LinkChange::Resynced => {
                 // Said at most once a minute, in words and as a record.
@@ -172,11 +174,17 @@ impl<'s> Watcher<'s> {
         })
     }
 
+    /// Says what the datapath did or met.
+    pub(super) fn datapath_notices(&mut self) -> io::Result<()> {
+        for n in self.datapath.take_notices() {
+            self.notice(n.code, n.ifname, n.message)?;
+        }
+        Ok(())
+    }
+
     pub(super) fn attach(&mut self, link: Link) -> io::Result<()> {
         let attached = self.datapath.attach(&link);
-        for w in self.datapath.take_warnings() {
-            self.notice(NoticeCode::LeftoverFilters, Some(link.name.clone()), w)?;
-        }
+        self.datapath_notices()?;
         if let Err(AttachFailure { reason, errno }) = attached {
             // A tap removed right after it appeared (libvirt re-creates and deletes taps
             // within milliseconds while destroying a domain): its removal follows, and
@@ -226,6 +234,7 @@ impl<'s> Watcher<'s> {
             mac: link.mac,
             mode: link.mode(),
             backend: self.datapath.kind(),
+            datapath: Some(self.datapath.datapath_of(link.ifindex)),
             mtu: link.mtu,
             master: link.master_name(),
         };
@@ -258,6 +267,10 @@ impl<'s> Watcher<'s> {
             self.follow_identity(ifindex, &link.name)?;
         }
         let (old_mac, old_mode) = (self.taps[i].link.mac, self.taps[i].link.mode());
+        let old = &self.taps[i].link;
+        if (old.mac, old.master, &old.name) != (link.mac, link.master, &link.name) {
+            self.datapath.update(&link);
+        }
         let ts = self.ts();
         let tap = &mut self.taps[i];
         tap.link = link;
@@ -265,8 +278,6 @@ impl<'s> Watcher<'s> {
         let (new_mac, new_mode) = (tap.link.mac, tap.link.mode());
         let tap_master = tap.link.master_name();
         if new_mac != old_mac {
-            self.datapath.set_mac(tap.link.ifindex, new_mac);
-            let tap = &mut self.taps[i];
             tap.mac_history.push(MacHistoryEntry { ts, mac: new_mac });
             self.emit(Record::MacChange {
                 ts,
@@ -284,15 +295,26 @@ impl<'s> Watcher<'s> {
                 master: tap_master,
             })?;
         }
-        Ok(())
+        self.datapath_notices()
     }
 
     pub(super) fn detach(&mut self, ifindex: u32, reason: String) -> io::Result<()> {
+        self.detach_with(ifindex, reason, None)
+    }
+
+    fn detach_with(
+        &mut self,
+        ifindex: u32,
+        reason: String,
+        totals: Option<super::netlink::LinkTotals>,
+    ) -> io::Result<()> {
         let Some(i) = self.live.remove(&ifindex) else {
             return Ok(());
         };
         self.vm_said.remove(&ifindex);
-        self.taps[i].final_counters = Some(self.datapath.detach(ifindex).unwrap_or_default());
+        self.taps[i].final_counters =
+            Some(self.datapath.detach(ifindex, totals).unwrap_or_default());
+        self.datapath_notices()?;
         let rec = Record::Detached {
             ts: self.ts(),
             ifname: self.taps[i].link.name.clone(),
@@ -302,6 +324,9 @@ impl<'s> Watcher<'s> {
     }
 
     pub(super) fn on_event(&mut self, ev: &FrameEvent) -> io::Result<()> {
+        // The datapath may add a probe first: once the record is out, the probe is there.
+        self.datapath.on_event(ev);
+        self.datapath_notices()?;
         let name = match self.names.get(&ev.ifindex) {
             Some(n) => n.clone(),
             None => format!("if{}", ev.ifindex),
@@ -336,11 +361,16 @@ impl<'s> Watcher<'s> {
         Ok(())
     }
 
-    pub(super) fn current(&self, tap: &Tap) -> TapCounters {
-        match tap.final_counters {
-            Some(c) => c,
+    pub(super) fn current(&self, tap: &Tap) -> TapCounts {
+        match &tap.final_counters {
+            Some(c) => c.clone(),
             None => self.datapath.counters(tap.link.ifindex).unwrap_or_default(),
         }
+    }
+
+    fn row(&self, tap: &Tap) -> TapRow {
+        let c = self.current(tap);
+        TapRow::new(&tap.link.name, &c.counters).with_kernel_drops(c.kernel_drops)
     }
 
     /// Says the identity of a live tap if it changed since it was last said.
@@ -403,12 +433,11 @@ impl<'s> Watcher<'s> {
     }
 
     pub(super) fn stats(&mut self) -> io::Result<()> {
+        self.datapath.refresh();
+        self.datapath_notices()?;
         let mut live: Vec<usize> = self.live.values().copied().collect();
         live.sort_unstable();
-        let taps = live
-            .into_iter()
-            .map(|i| TapRow::new(&self.taps[i].link.name, &self.current(&self.taps[i])))
-            .collect();
+        let taps = live.into_iter().map(|i| self.row(&self.taps[i])).collect();
         let rec = Record::Stats {
             ts: self.ts(),
             taps,
@@ -417,11 +446,13 @@ impl<'s> Watcher<'s> {
     }
 
     pub(super) fn summary(&mut self) -> io::Result<()> {
+        self.datapath.refresh();
+        self.datapath_notices()?;
         let taps = self
             .taps
             .iter()
             .map(|t| SummaryRow {
-                counters: TapRow::new(&t.link.name, &self.current(t)),
+                counters: self.row(t),
                 ifindex: t.link.ifindex,
                 mode: t.link.mode(),
                 mac_history: t.mac_history.clone(),
@@ -462,9 +493,9 @@ mod tests {
     /// A datapath that counts what the test says, and fails attaches it is told to.
     #[derive(Default)]
     struct Fake {
-        counters: HashMap<u32, TapCounters>,
+        counters: HashMap<u32, TapCounts>,
         refuse: Option<(String, Option<i32>)>,
-        /// Every `set_mac` the watcher made, shared with the test.
+        /// Every `update` the watcher made (ifindex, MAC), shared with the test.
         macs: Arc<Mutex<MacCalls>>,
     }
 
@@ -479,17 +510,24 @@ mod tests {
                     errno: *errno,
                 });
             }
-            self.counters.insert(link.ifindex, TapCounters::default());
+            self.counters.insert(link.ifindex, TapCounts::default());
             Ok(())
         }
-        fn detach(&mut self, ifindex: u32) -> Option<TapCounters> {
+        fn detach(
+            &mut self,
+            ifindex: u32,
+            _totals: Option<crate::collect::netlink::LinkTotals>,
+        ) -> Option<TapCounts> {
             self.counters.remove(&ifindex)
         }
-        fn counters(&self, ifindex: u32) -> Option<TapCounters> {
-            self.counters.get(&ifindex).copied()
+        fn counters(&self, ifindex: u32) -> Option<TapCounts> {
+            self.counters.get(&ifindex).cloned()
         }
-        fn set_mac(&mut self, ifindex: u32, mac: Option<MacAddr>) {
-            self.macs.lock().unwrap().push((ifindex, mac));
+        fn datapath_of(&self, _ifindex: u32) -> crate::model::DatapathKind {
+            crate::model::DatapathKind::Drops
+        }
+        fn update(&mut self, link: &Link) {
+            self.macs.lock().unwrap().push((link.ifindex, link.mac));
         }
     }
 

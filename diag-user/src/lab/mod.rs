@@ -279,6 +279,8 @@ struct LabVm {
 /// Everything the lab runs, torn down in order on drop.
 struct Lab {
     topo: Topology,
+    /// Taps the watcher said it attached to.
+    attached: Attached,
     vms: Vec<LabVm>,
     clock: WallClock,
     opts: LabOptions,
@@ -366,7 +368,7 @@ impl Lab {
                 vm.spec.libvirt_tap_mac()
             };
             let tap = self.topo.plug(&self.topo.dst, &vm.spec, mac, scenario)?;
-            wait_attached(&self.topo.dst, &vm.spec.tap);
+            self.attached.wait(&vm.spec.tap);
             self.lab_record(
                 LabEvent::DstTap,
                 Some(&vm.spec.name),
@@ -469,20 +471,59 @@ impl Drop for Lab {
     }
 }
 
-/// Waits until tapwatch's programs are on `tap` (the kernel's answer), so the story's
-/// frames are all seen. Without TCX there is no such query: a short grace period instead.
-fn wait_attached(ns: &Netns, tap: &str) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while Instant::now() < deadline {
-        let name = tap.to_string();
-        match ns.enter(move || crate::collect::ebpf::tcx_program_names(&name)) {
-            Ok(Ok(names)) if names.iter().any(|n| n == "tap_ingress") => return,
-            Ok(Ok(_)) => std::thread::sleep(Duration::from_millis(5)),
-            _ => {
-                std::thread::sleep(Duration::from_millis(500));
+/// Taps the watcher has said `attached` for: the story waits for its tap there before the
+/// guest starts, so all its frames are seen.
+#[derive(Clone, Default)]
+struct Attached(
+    Arc<(
+        std::sync::Mutex<std::collections::HashSet<String>>,
+        std::sync::Condvar,
+    )>,
+);
+
+impl Attached {
+    fn add(&self, ifname: &str) {
+        let (set, cv) = &*self.0;
+        set.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(ifname.to_string());
+        cv.notify_all();
+    }
+
+    /// Waits (at most 5 s: a tap that cannot be watched is reported by the watcher) until
+    /// `ifname` is attached.
+    fn wait(&self, ifname: &str) {
+        let (set, cv) = &*self.0;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut guard = set.lock().unwrap_or_else(|e| e.into_inner());
+        while !guard.contains(ifname) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
                 return;
             }
+            guard = cv
+                .wait_timeout(guard, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
         }
+    }
+}
+
+/// The watcher's records into the pipeline, noting each tap it attached to.
+struct Watched {
+    feed: Feed,
+    attached: Attached,
+}
+
+impl crate::model::Sink for Watched {
+    fn emit(&mut self, rec: &Record) -> std::io::Result<()> {
+        if let Record::Attached { ifname, .. } = rec {
+            self.attached.add(ifname);
+        }
+        self.feed.emit(rec)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.feed.flush()
     }
 }
 
@@ -571,17 +612,16 @@ fn story(
         patterns: vec!["tap*".into()],
         interval: opts.interval,
         duration: None,
-        // TCX where there is one: the lab asks the kernel whether tapwatch is attached to a
-        // new tap before the guest starts, and a few taps do not feel the attach cost.
-        attach_mode: if crate::collect::ebpf::tcx_supported() {
-            AttachMode::Tcx
-        } else {
-            AttachMode::Clsact
-        },
-        backend: crate::collect::BackendChoice::Ebpf,
+        attach_mode: AttachMode::Auto,
+        // The datapath an operator gets by default, without the libpcap fallback: the lab
+        // is about the kernel's view.
+        datapath: crate::collect::DatapathChoice::Ebpf,
+        probe_linger: Duration::from_secs(60),
         identities: crate::collect::IdentitySource::Fixed(Arc::new(LabVms::new(&opts))),
     };
+    let attached = Attached::default();
     let wpipe = pipeline.clone();
+    let wattached = attached.clone();
     let watcher = topo
         .dst
         .spawn(move || -> Result<collect::Outcome, WatchError> {
@@ -593,7 +633,10 @@ fn story(
                     source,
                 })?;
             rt.block_on(async move {
-                let mut sink = Feed(wpipe);
+                let mut sink = Watched {
+                    feed: Feed(wpipe),
+                    attached: wattached,
+                };
                 collect::run(watch_opts, &mut sink, async {
                     let _ = watch_stop_rx.await;
                 })
@@ -603,6 +646,7 @@ fn story(
 
     let mut lab = Lab {
         topo,
+        attached,
         vms: Vec::new(),
         clock: WallClock::new(),
         opts: opts.clone(),

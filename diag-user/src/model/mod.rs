@@ -54,6 +54,32 @@ pub enum Backend {
     Pcap,
 }
 
+/// How tapwatch sees one tap's frames (see docs/architecture.md): the kernel's drops and
+/// the link's statistics, the per-frame tc probe, or libpcap.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DatapathKind {
+    Drops,
+    Tc,
+    Pcap,
+}
+
+impl DatapathKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DatapathKind::Drops => "drops",
+            DatapathKind::Tc => "tc",
+            DatapathKind::Pcap => "pcap",
+        }
+    }
+}
+
+impl std::fmt::Display for DatapathKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
 /// A VM's state (see `verdict::Engine`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "UPPERCASE")]
@@ -110,6 +136,14 @@ pub enum NoticeCode {
     Fallback,
     /// No terminal for the live view: NDJSON instead.
     NoTerminal,
+    /// Which datapath the run uses, and why (`--datapath auto`).
+    Datapath,
+    /// A tap got the per-frame tc probe (stale frames, a RARP, a bridge).
+    ProbeAdded,
+    /// A tap lost its per-frame tc probe (calm again, left its bridge).
+    ProbeRemoved,
+    /// The helper that removes clsact filters of a killed run could not start or ended.
+    CleanupHelper,
 }
 
 /// A step or finding of the built-in lab.
@@ -168,6 +202,9 @@ pub enum Record {
         mac: Option<MacAddr>,
         mode: Mode,
         backend: Backend,
+        /// How the tap's frames are seen (absent in records of older versions).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        datapath: Option<DatapathKind>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         mtu: Option<u32>,
         /// The bridge (or other master device) the tap is on.
@@ -391,6 +428,10 @@ pub struct TapRow {
     pub arp_requests: u64,
     pub arp_replies: u64,
     pub events_lost: u64,
+    /// Frames the kernel dropped on the tap, by reason (`OTHERHOST`, `UNHANDLED_PROTO`,
+    /// `FULL_RING`…): the drop-driven datapath only.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub kernel_drops: std::collections::BTreeMap<String, u64>,
 }
 
 impl TapRow {
@@ -407,6 +448,14 @@ impl TapRow {
             arp_requests: c.arp_requests,
             arp_replies: c.arp_replies,
             events_lost: c.events_lost,
+            kernel_drops: Default::default(),
+        }
+    }
+
+    pub fn with_kernel_drops(self, kernel_drops: std::collections::BTreeMap<String, u64>) -> Self {
+        Self {
+            kernel_drops,
+            ..self
         }
     }
 }

@@ -195,6 +195,7 @@ pub(super) fn infer_taps(
             mac: macs.first().map(|(_, m)| *m),
             mode: Mode::Routed,
             backend: Backend::Pcap,
+            datapath: Some(crate::model::DatapathKind::Pcap),
             mtu: None,
             master: None,
         });
@@ -374,6 +375,7 @@ impl<'a> Replayer<'a> {
             frame_len: p.orig_len as u64,
             // A bundle's frames were chosen live already; a capture's are all there.
             sampled: !self.from_bundle,
+            totals: true,
         };
         let now = p.ts.0.timestamp_nanos_opt().unwrap_or(1).max(1) as u64;
         // A bundle's counters are its stats records; these count a capture.

@@ -420,6 +420,8 @@ pub(crate) mod fixtures {
             mac: Some(mac),
             mode: named(mode),
             backend: crate::model::Backend::Ebpf,
+            // As tapwatch 0.1 wrote it.
+            datapath: None,
             mtu: Some(1500),
             master: None,
         }

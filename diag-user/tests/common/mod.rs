@@ -130,6 +130,39 @@ impl Tapwatch {
     }
 }
 
+/// The pid of a process's child that runs `cleanup-helper` (tapwatch's helper that removes
+/// clsact filters when a run is killed), if it has one.
+pub fn cleanup_helper_of(pid: u32) -> Option<u32> {
+    let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).ok()?;
+    children
+        .split_whitespace()
+        .filter_map(|c| c.parse().ok())
+        .find(|c: &u32| {
+            std::fs::read(format!("/proc/{c}/cmdline"))
+                .is_ok_and(|cmd| cmd.split(|&b| b == 0).any(|a| a == b"cleanup-helper"))
+        })
+}
+
+/// Waits until process `pid` (not necessarily our child) has ended: a pidfd becomes
+/// readable when it does. Panics after TIMEOUT.
+pub fn wait_gone(pid: u32) {
+    // SAFETY: pidfd_open(2) with a plain pid; the fd is closed below.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) } as i32;
+    if fd < 0 {
+        // ESRCH: already gone.
+        return;
+    }
+    let mut p = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: poll(2) on one valid pollfd; close(2) of the fd opened above.
+    let n = unsafe { libc::poll(&mut p, 1, TIMEOUT.as_millis() as i32) };
+    unsafe { libc::close(fd) };
+    assert_eq!(n, 1, "process {pid} did not end within {TIMEOUT:?}");
+}
+
 /// The summary row of `ifname`.
 pub fn summary_row<'a>(records: &'a [Value], ifname: &str) -> &'a Value {
     let summary = records

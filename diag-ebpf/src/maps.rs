@@ -1,0 +1,170 @@
+//! The maps and globals every program shares, and the one way an event leaves the kernel.
+
+use aya_ebpf::{
+    helpers::bpf_ktime_get_ns,
+    macros::map,
+    maps::{HashMap, PerCpuHashMap, RingBuf},
+    EbpfContext,
+};
+use aya_log_ebpf::{debug, warn};
+use diag_common::{
+    kernel::MAX_DROP_KEYS, observe, Admitted, Classification, DropKey, FrameEvent, FrameKind,
+    KernelLayout, Observed, TapConfig, TapCounters, TapWindow, EVENT_RING_BYTES, EVENT_SNAPLEN,
+    MAX_TAPS,
+};
+
+/// Taps tapwatch watches, keyed by ifindex, and how. Userspace inserts a tap before it
+/// says the tap is attached; a frame or drop on any other interface costs one lookup.
+#[map]
+pub static TAPS: HashMap<u32, TapConfig> = HashMap::with_max_entries(MAX_TAPS, 0);
+
+/// Counters of the watched taps, keyed by ifindex, made by userspace with the `TAPS` entry.
+#[map]
+pub static TAP_COUNTERS: PerCpuHashMap<u32, TapCounters> =
+    PerCpuHashMap::with_max_entries(MAX_TAPS, 0);
+
+/// Mismatch windows per tap, shared by all CPUs; entries made by userspace with the counters.
+#[map]
+pub static TAP_WINDOWS: HashMap<u32, TapWindow> = HashMap::with_max_entries(MAX_TAPS, 0);
+
+/// Kernel drops on watched taps by reason. Allocated as pairs appear (a few per tap), so
+/// the map costs nothing per CPU until it is used.
+#[map]
+pub static DROPS: PerCpuHashMap<DropKey, u64> =
+    PerCpuHashMap::with_max_entries(MAX_DROP_KEYS, BPF_F_NO_PREALLOC);
+
+#[map]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(EVENT_RING_BYTES, 0);
+
+const BPF_F_NO_PREALLOC: u32 = 1;
+
+/// Written by userspace before loading (see `KernelLayout`); read-only data, so the
+/// verifier sees its fields as constants.
+#[unsafe(no_mangle)]
+pub static KERNEL_LAYOUT: KernelLayout = KernelLayout::UNSET;
+
+/// The layout as loaded. Read through a volatile load: a plain read of an immutable static
+/// is folded to its build-time value.
+#[inline(always)]
+pub fn layout() -> KernelLayout {
+    // SAFETY: a valid, aligned static.
+    unsafe { core::ptr::read_volatile(&KERNEL_LAYOUT) }
+}
+
+/// The tap's counters.
+#[inline(always)]
+pub fn counters(ifindex: u32) -> Option<&'static mut TapCounters> {
+    let c = TAP_COUNTERS.get_ptr_mut(&ifindex)?;
+    // SAFETY: a per-CPU map value: only this CPU's program runs touch it, and a program
+    // run is not preempted by another on the same CPU, so the reference is exclusive.
+    Some(unsafe { &mut *c })
+}
+
+/// The tap's mismatch window.
+#[inline(always)]
+pub fn window(ifindex: u32) -> Option<&'static mut TapWindow> {
+    let w = TAP_WINDOWS.get_ptr_mut(&ifindex)?;
+    // SAFETY: a map value pointer, valid for this program run. The map is shared by all
+    // CPUs: two CPUs may update one window at once, which at worst reports one window's end
+    // twice (TapWindow says so); no other memory is reachable through it.
+    Some(unsafe { &mut *w })
+}
+
+/// Whether the tap has an open mismatch window: only then can a correctly addressed frame
+/// matter.
+#[inline(always)]
+pub fn window_open(ifindex: u32) -> bool {
+    match TAP_WINDOWS.get_ptr(&ifindex) {
+        // SAFETY: a map value pointer, valid for this program run; a plain read.
+        Some(w) => unsafe { (*w).is_open() },
+        None => false,
+    }
+}
+
+/// The kernel side of the one observe step: counts the frame, follows the tap's window
+/// (reading the clock only when needed), logs the window's changes, and writes the event
+/// when the step admits one; `fill` copies the frame's first bytes into it.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+pub fn observe_frame<C: EbpfContext>(
+    ctx: &C,
+    ifindex: u32,
+    counters: &mut TapCounters,
+    class: &Classification,
+    seen: &Observed,
+    stripped: u8,
+    fill: impl FnOnce(&mut [u8; EVENT_SNAPLEN]) -> usize,
+) {
+    let was_open = core::cell::Cell::new(false);
+    let window = || {
+        let w = window(ifindex)?;
+        was_open.set(w.is_open());
+        Some(w)
+    };
+    // SAFETY: a helper without arguments that only reads the clock.
+    let mut clock = || unsafe { bpf_ktime_get_ns() };
+    let admitted = observe(counters, window, class, seen, &mut clock);
+    log_window(
+        ctx,
+        ifindex,
+        class.dst_mismatch && !was_open.get(),
+        admitted.map(|a| a.kind),
+    );
+    if let Some(admitted) = admitted {
+        emit(
+            ctx, ifindex, counters, class, seen, &admitted, stripped, fill,
+        );
+    }
+}
+
+/// Logs the window's changes (rare: aya-log costs a little even when off).
+#[inline(always)]
+fn log_window<C: EbpfContext>(ctx: &C, ifindex: u32, opened: bool, kind: Option<FrameKind>) {
+    if opened {
+        debug!(
+            ctx,
+            "tapwatch: mismatch window opened on ifindex {}", ifindex
+        );
+    } else if kind == Some(FrameKind::DstMatch) {
+        debug!(
+            ctx,
+            "tapwatch: mismatch window closed on ifindex {}", ifindex
+        );
+    }
+}
+
+/// Writes one event into the ring; `fill` copies the frame's first bytes and returns how
+/// many. An event that does not fit is counted as lost.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn emit<C: EbpfContext>(
+    ctx: &C,
+    ifindex: u32,
+    counters: &mut TapCounters,
+    class: &Classification,
+    seen: &Observed,
+    admitted: &Admitted,
+    stripped: u8,
+    fill: impl FnOnce(&mut [u8; EVENT_SNAPLEN]) -> usize,
+) {
+    let Some(mut entry) = EVENTS.reserve::<FrameEvent>(0) else {
+        if counters.events_lost == 0 {
+            warn!(
+                ctx,
+                "tapwatch: the event ring is full on ifindex {}: events are counted as lost",
+                ifindex
+            );
+        }
+        counters.events_lost += 1;
+        return;
+    };
+    let ev = entry.as_mut_ptr();
+    // SAFETY: `ev` points at a reserved ring buffer slot of a whole FrameEvent, owned by
+    // this program run until it is submitted.
+    unsafe {
+        FrameEvent::write_header(ev, admitted, ifindex, seen, class, stripped);
+        // Bytes past `captured` are left as they are: userspace reads only `captured`.
+        (*ev).captured = fill(&mut (*ev).data) as u16;
+    }
+    entry.submit(0);
+}

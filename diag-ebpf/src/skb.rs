@@ -1,0 +1,133 @@
+//! What the programs that see a frame's `__sk_buff` (the tc probes and the ARP socket
+//! filter) share: reading the skb, classifying the frame with `diag_common`, and the one
+//! observe step. Everything here is what only the kernel side can do: read `__sk_buff`,
+//! copy bytes, read the clock.
+
+use aya_ebpf::{bindings::__sk_buff, helpers::generated::bpf_skb_load_bytes, EbpfContext};
+use diag_common::{
+    classify, classify_header_only, needs_body, Classification, Direction, Observed, ETH_P_8021AD,
+    EVENT_FLAG_OUTER_VLAN, EVENT_FLAG_VLAN, PACKET_HOST,
+};
+
+use crate::maps;
+
+const VLAN_HLEN: u32 = 4;
+const ETH_HLEN: usize = 14;
+
+/// What the programs read of the `__sk_buff`: the contexts have no accessor for pkt_type,
+/// ifindex or the VLAN metadata.
+pub struct Skb {
+    pub ptr: *const __sk_buff,
+    pub ifindex: u32,
+    pub len: u32,
+    pub pkt_type: u32,
+    pub vlan_present: bool,
+    pub vlan_tci: u32,
+    pub vlan_proto: u16,
+    /// The ethertype after any tag the stack stripped.
+    pub protocol: u16,
+}
+
+impl Skb {
+    #[inline(always)]
+    pub fn read(skb: *const __sk_buff) -> Self {
+        // SAFETY: `skb` is the context pointer the kernel handed this program (tc or socket
+        // filter); these are plain reads of fields the verifier allows both to read.
+        unsafe {
+            Self {
+                ptr: skb,
+                ifindex: (*skb).ifindex,
+                len: (*skb).len,
+                pkt_type: (*skb).pkt_type,
+                vlan_present: (*skb).vlan_present != 0,
+                vlan_tci: (*skb).vlan_tci,
+                vlan_proto: u16::from_be((*skb).vlan_proto as u16),
+                protocol: u16::from_be((*skb).protocol as u16),
+            }
+        }
+    }
+
+    /// Whether the frame can be judged from its ethertype and `pkt_type` alone: most frames
+    /// (IP), whose bytes the programs never read.
+    #[inline(always)]
+    pub fn header_only(&self) -> bool {
+        !needs_body(self.protocol)
+    }
+}
+
+/// Counts, follows and reports one frame of a watched tap. `foreign`: addressed to a
+/// unicast MAC the tap does not have, as far as this hook can tell.
+#[inline(always)]
+pub fn on_frame<C: EbpfContext>(ctx: &C, skb: &Skb, direction: Direction, foreign: bool) {
+    let Some(counters) = maps::counters(skb.ifindex) else {
+        return;
+    };
+    let mut class = classify_frame(skb, foreign, direction);
+    // The stack moves the outermost VLAN tag out of the frame into skb metadata before tc
+    // sees it (skb_vlan_untag); count the frame as the VM wrote it, tag included. The tag
+    // was an outer one when it was a service tag or when the bytes still hold another.
+    let mut frame_len = skb.len;
+    let mut stripped = 0;
+    if skb.vlan_present {
+        frame_len += VLAN_HLEN;
+        let id = Some((skb.vlan_tci & 0x0fff) as u16);
+        if skb.vlan_proto == ETH_P_8021AD || class.vlan.is_some() || class.outer_vlan.is_some() {
+            class.outer_vlan = id;
+            stripped = EVENT_FLAG_OUTER_VLAN;
+        } else {
+            class.vlan = id;
+            stripped = EVENT_FLAG_VLAN;
+        }
+    }
+
+    let seen = Observed {
+        direction,
+        to_own_mac: skb.pkt_type == PACKET_HOST,
+        frame_len: frame_len as u64,
+        sampled: true,
+        totals: false,
+    };
+    maps::observe_frame(
+        ctx,
+        skb.ifindex,
+        counters,
+        &class,
+        &seen,
+        stripped,
+        |data| load_prefix(skb.ptr, data, skb.len),
+    );
+}
+
+/// Most frames (IP) are judged by the kernel's pkt_type and the ethertype alone: reading
+/// and parsing their bytes was most of the program's cost.
+#[inline(always)]
+fn classify_frame(skb: &Skb, foreign: bool, direction: Direction) -> Classification {
+    if skb.len as usize >= ETH_HLEN && skb.header_only() {
+        return classify_header_only(foreign && direction == Direction::FromVm);
+    }
+    let head = head_buf!(words);
+    let n = load_prefix(skb.ptr, head, skb.len);
+    // The stack marks a tagged frame OTHERHOST on a tap without a VLAN device whatever its
+    // MAC (the socket filter sees it so): a broadcast is never foreign.
+    let unicast = head[0] & 1 == 0;
+    classify(&head[..n], foreign && unicast, direction)
+}
+
+/// Copies the first `min(len, N)` bytes of the frame into `buf`; returns how many.
+///
+/// Shaped for the verifier, which must see the helper's length as a constant or a range
+/// within 1..=N: N is a power of two, so a short frame's length is masked. `black_box`
+/// stops LLVM from merging the checks into a form the verifier cannot follow.
+#[inline(always)]
+pub fn load_prefix<const N: usize>(skb: *const __sk_buff, buf: &mut [u8; N], len: u32) -> usize {
+    let Some(n) = crate::bounded_len::<N>(len) else {
+        return 0;
+    };
+    // SAFETY: `buf` has room for N >= n bytes; the helper bounds-checks the skb side.
+    let ret = unsafe { bpf_skb_load_bytes(skb as *const _, 0, buf.as_mut_ptr() as *mut _, n) };
+    if ret == 0 {
+        n as usize
+    } else {
+        0
+    }
+}

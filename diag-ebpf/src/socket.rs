@@ -1,0 +1,42 @@
+//! ARP and RARP the host receives from the VMs on taps of the drop-driven datapath. The
+//! program filters two packet sockets bound to those ethertypes (so it runs for nothing
+//! else, ARP being rare); it counts and reports through the same observe step as the tc
+//! probes and always returns 0: the sockets never queue a frame, and the frame goes on to
+//! the kernel's own ARP handling untouched.
+
+use aya_ebpf::{bindings::__sk_buff, macros::socket_filter, programs::SkBuffContext};
+use diag_common::{Direction, TapMode, PACKET_OTHERHOST};
+
+use crate::{
+    maps,
+    skb::{on_frame, Skb},
+};
+
+/// `pkt_type` of a frame the host sends: protocol sockets do not see them, but say so.
+const PACKET_OUTGOING: u32 = 4;
+
+#[socket_filter]
+pub fn tap_arp(ctx: SkBuffContext) -> i64 {
+    let skb = Skb::read(ctx.skb.skb as *const __sk_buff);
+    if skb.pkt_type == PACKET_OUTGOING {
+        return 0;
+    }
+    let drops_mode = match maps::TAPS.get_ptr(&skb.ifindex) {
+        // SAFETY: a map value pointer, valid for this program run; a plain read.
+        Some(cfg) => unsafe { (*cfg).is(TapMode::Drops) },
+        None => false,
+    };
+    // Taps with the full tc probe count their ARP there.
+    if drops_mode {
+        // By now the stack has taken a VLAN tag off (its id is gone) and marked a tagged
+        // frame OTHERHOST on a tap without a VLAN device; `on_frame` still checks the
+        // destination is unicast.
+        on_frame(
+            &ctx,
+            &skb,
+            Direction::FromVm,
+            skb.pkt_type == PACKET_OTHERHOST,
+        );
+    }
+    0
+}

@@ -1,0 +1,119 @@
+//! The drop-driven datapath's kernel attachments, made once per run whatever the number
+//! of taps: the `tap_drops` program on the `skb:kfree_skb` tracepoint, and the `tap_arp`
+//! socket filter on two packet sockets bound to ARP and RARP in tapwatch's namespace.
+
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+use aya::{
+    programs::{BtfTracePoint, SocketFilter},
+    Btf, Ebpf,
+};
+
+use super::{describe, layout::Layout, ProbeError};
+
+pub(super) const DROPS_PROG: &str = "tap_drops";
+pub(super) const ARP_PROG: &str = "tap_arp";
+
+/// The attachments; they go when this (the sockets) and the `Ebpf` (the tracepoint's
+/// link) are dropped, also when the process is killed.
+pub(super) struct DropHook {
+    pub layout: Layout,
+    _sockets: Vec<OwnedFd>,
+}
+
+fn failed(what: &str, why: impl std::fmt::Display) -> ProbeError {
+    ProbeError::Drops(format!("{what}: {why}"))
+}
+
+impl DropHook {
+    /// Attaches both; on an error nothing stays attached.
+    pub fn start(ebpf: &mut Ebpf, layout: Layout) -> Result<Self, ProbeError> {
+        let filter: &mut SocketFilter = ebpf
+            .program_mut(ARP_PROG)
+            .ok_or(ProbeError::Missing(ARP_PROG))?
+            .try_into()
+            .map_err(|e| failed("the ARP program", describe(&e)))?;
+        filter
+            .load()
+            .map_err(|e| failed("the kernel refused the ARP program", describe(&e)))?;
+        let mut sockets = Vec::new();
+        for ethertype in [diag_common::ETH_P_ARP, diag_common::ETH_P_RARP] {
+            let sock = packet_socket().map_err(|e| failed("cannot open a packet socket", e))?;
+            filter
+                .attach(&sock)
+                .map_err(|e| failed("cannot filter the packet socket", describe(&e)))?;
+            // Bound only once filtered: the socket never holds a frame.
+            bind(&sock, ethertype).map_err(|e| failed("cannot bind the packet socket", e))?;
+            sockets.push(sock);
+        }
+        // Last: once attached it runs for every drop on the host.
+        let btf = Btf::from_sys_fs().map_err(|e| failed("the kernel's BTF", e))?;
+        let tp: &mut BtfTracePoint = ebpf
+            .program_mut(DROPS_PROG)
+            .ok_or(ProbeError::Missing(DROPS_PROG))?
+            .try_into()
+            .map_err(|e| failed("the drop program", describe(&e)))?;
+        tp.load("kfree_skb", &btf)
+            .map_err(|e| failed("the kernel refused the drop program", describe(&e)))?;
+        tp.attach()
+            .map_err(|e| failed("cannot attach to skb:kfree_skb", describe(&e)))?;
+
+        Ok(Self {
+            layout,
+            _sockets: sockets,
+        })
+    }
+}
+
+/// A packet socket that receives nothing yet (protocol 0 until bound).
+fn packet_socket() -> std::io::Result<OwnedFd> {
+    // SAFETY: socket(2) with constant arguments; the fd is owned at once.
+    let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        let e = std::io::Error::last_os_error();
+        return Err(if e.raw_os_error() == Some(libc::EPERM) {
+            std::io::Error::new(
+                e.kind(),
+                format!("{e} (ARP and RARP are seen through packet sockets: CAP_NET_RAW)"),
+            )
+        } else {
+            e
+        });
+    }
+    // SAFETY: a fresh descriptor nobody else owns.
+    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+    // Nothing is ever queued (the filter keeps no frame): the smallest buffer will do.
+    let size: libc::c_int = 0;
+    // SAFETY: setsockopt with a valid int; failure only leaves the default size.
+    unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            (&size as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    Ok(sock)
+}
+
+/// Binds to `ethertype` on every interface of the namespace.
+fn bind(sock: &OwnedFd, ethertype: u16) -> std::io::Result<()> {
+    // SAFETY: a zeroed sockaddr_ll is valid; the fields set are plain integers.
+    let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    addr.sll_family = libc::AF_PACKET as u16;
+    addr.sll_protocol = ethertype.to_be();
+    addr.sll_ifindex = 0;
+    // SAFETY: bind(2) with a valid sockaddr_ll and its size.
+    let r = unsafe {
+        libc::bind(
+            sock.as_raw_fd(),
+            (&addr as *const libc::sockaddr_ll).cast(),
+            std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+        )
+    };
+    if r != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
