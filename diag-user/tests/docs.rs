@@ -61,6 +61,7 @@ fn samples() -> Vec<Record> {
     let mac = MacAddr([0xfa, 0x16, 0x3e, 0xaa, 0xbb, 0xcc]);
     let row = TapRow {
         ifname: "tapA".into(),
+        kernel_drops: [("OTHERHOST".to_string(), 1)].into(),
         ..TapRow::default()
     };
     let verdict = VerdictFields {

@@ -14,7 +14,7 @@ use std::{
 use netlink_packet_core::{NetlinkMessage, NetlinkPayload};
 use netlink_packet_route::{
     link::{LinkAttribute, LinkInfo, LinkMessage},
-    RouteNetlinkMessage,
+    AddressFamily, RouteNetlinkMessage,
 };
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
 
@@ -279,6 +279,11 @@ fn follow(
             };
             let len = msg.header.length as usize;
             let change = match msg.payload {
+                // A bridge's own notices about its ports (AF_BRIDGE): a tap leaving a
+                // bridge gets an RTM_DELLINK of this family, yet the tap stays.
+                NetlinkPayload::InnerMessage(
+                    RouteNetlinkMessage::NewLink(m) | RouteNetlinkMessage::DelLink(m),
+                ) if m.header.interface_family == AddressFamily::Bridge => None,
                 NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(m)) => {
                     Link::from_message(&m).map(|link| {
                         known.insert(link.ifindex, link.clone());

@@ -16,8 +16,8 @@ pub use state::{Blackout, State, TapView, TimelineEntry, SERIES_LEN};
 
 use crate::{
     model::{
-        clock::Ts, mac::show, mac::MacAddr, Direction, FrameKind, FrameRecord, Mode, Record,
-        TapRow, VerdictFields,
+        clock::Ts, mac::show, mac::MacAddr, DatapathKind, Direction, FrameKind, FrameRecord, Mode,
+        NoticeCode, Record, TapRow, VerdictFields,
     },
     verdict::libvirt::VmInterface,
 };
@@ -75,10 +75,13 @@ impl Engine {
                 ifindex,
                 mac,
                 mode,
+                datapath,
                 ..
             } => {
                 self.now = Some(*ts);
                 let mut view = TapView::new(ifname, *ifindex, *mac, *mode, *ts);
+                view.datapath = *datapath;
+                view.probe = *datapath == Some(DatapathKind::Tc);
                 view.vm = self.pending.remove(ifname).flatten();
                 view.note(*ts, format!("tap attached, MAC {}", show(*mac, "none")));
                 self.live.insert(ifname.clone(), self.taps.len());
@@ -200,6 +203,22 @@ impl Engine {
                     None => {
                         self.pending.insert(ifname.clone(), libvirt.clone());
                     }
+                }
+            }
+            Record::Notice {
+                ts,
+                code: code @ (NoticeCode::ProbeAdded | NoticeCode::ProbeRemoved),
+                ifname: Some(ifname),
+                message,
+            } => {
+                self.now = Some(*ts);
+                if let Some(&i) = self.live.get(ifname) {
+                    let t = &mut self.taps[i];
+                    t.probe = *code == NoticeCode::ProbeAdded;
+                    let what = message
+                        .strip_prefix(&format!("{ifname}: "))
+                        .unwrap_or(message);
+                    t.note(*ts, what.to_string());
                 }
             }
             Record::Verdict { ts, .. } | Record::Notice { ts, .. } => self.now = Some(*ts),

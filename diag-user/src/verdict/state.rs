@@ -44,6 +44,10 @@ pub struct TapView {
     pub ifindex: u32,
     pub vm: Option<VmInterface>,
     pub mode: Mode,
+    /// How the tap's frames are seen (unknown in records of older versions).
+    pub datapath: Option<crate::model::DatapathKind>,
+    /// Whether the tap carries the drop-driven datapath's per-frame probe now.
+    pub probe: bool,
     pub mac: Option<MacAddr>,
     /// The MAC before the last change and when it changed.
     pub prev_mac: Option<(Option<MacAddr>, Ts)>,
@@ -85,6 +89,8 @@ impl TapView {
             ifindex,
             vm: None,
             mode,
+            datapath: None,
+            probe: false,
             mac,
             prev_mac: None,
             mac_history: vec![(ts, mac)],

@@ -141,6 +141,9 @@ pub fn draw(f: &mut Frame, app: &App, engine: &Engine, now: Ts) {
             app.sort.label()
         )),
     ];
+    if let Some(dp) = datapath_line(taps) {
+        head.push(Span::raw(format!("  {dp}")));
+    }
     if !app.filter.is_empty() {
         head.push(Span::raw(format!("  filter: {}", app.filter)));
     }
@@ -187,6 +190,38 @@ pub fn draw(f: &mut Frame, app: &App, engine: &Engine, now: Ts) {
     if app.show_help {
         draw_help(f);
     }
+}
+
+/// How the live taps are watched: `datapath drops (2 with a per-frame probe)`, or each
+/// datapath with its count when they differ.
+pub fn datapath_line(taps: &[TapView]) -> Option<String> {
+    let live: Vec<&TapView> = taps.iter().filter(|t| t.gone_at.is_none()).collect();
+    let mut kinds: Vec<crate::model::DatapathKind> =
+        live.iter().filter_map(|t| t.datapath).collect();
+    kinds.sort_by_key(|k| k.as_str());
+    kinds.dedup();
+    let name = match kinds.as_slice() {
+        [] => return None,
+        [one] => one.as_str().to_string(),
+        many => many
+            .iter()
+            .map(|k| {
+                let n = live.iter().filter(|t| t.datapath == Some(*k)).count();
+                format!("{k} ×{n}")
+            })
+            .collect::<Vec<_>>()
+            .join(", "),
+    };
+    let drops = live
+        .iter()
+        .filter(|t| t.datapath == Some(crate::model::DatapathKind::Drops))
+        .count();
+    let probes = live.iter().filter(|t| t.probe).count();
+    Some(if drops > 0 {
+        format!("datapath {name} ({probes} with a per-frame probe)")
+    } else {
+        format!("datapath {name}")
+    })
 }
 
 fn draw_table(f: &mut Frame, app: &App, taps: &[TapView], rows: &[usize], now: Ts, area: Rect) {
@@ -394,6 +429,47 @@ mod tests {
         let mut v = vec![attached(0, "tapA", OLD, "routed")];
         v.extend(stale_mac_story("tapA", 0).into_iter().take(upto));
         v
+    }
+
+    /// The title says how the taps are watched, and which carry the per-frame probe.
+    #[test]
+    fn datapath_in_the_title() {
+        let with = |datapath| {
+            let mut rec = attached(0, "tapA", NEW, "routed");
+            if let Record::Attached { datapath: d, .. } = &mut rec {
+                *d = datapath;
+            }
+            rec
+        };
+        let probe = |ms, code: &str| Record::Notice {
+            ts: at(ms),
+            code: named(code),
+            ifname: Some("tapA".into()),
+            message: "tapA: RARP (a migration's announce): a per-frame probe now times the end"
+                .into(),
+        };
+        let title = |recs: &[Record]| {
+            let s = screen(&app(recs), at(2000), 160, 20);
+            s.lines().next().unwrap().to_string()
+        };
+        let drops = Some(crate::model::DatapathKind::Drops);
+        assert!(
+            title(&[with(drops)]).contains("datapath drops (0 with a per-frame probe)"),
+            "{}",
+            title(&[with(drops)])
+        );
+        let t = title(&[with(drops), probe(10, "probe_added")]);
+        assert!(t.contains("(1 with a per-frame probe)"), "{t}");
+        let t = title(&[
+            with(drops),
+            probe(10, "probe_added"),
+            probe(20, "probe_removed"),
+        ]);
+        assert!(t.contains("(0 with a per-frame probe)"), "{t}");
+        let t = title(&[with(Some(crate::model::DatapathKind::Pcap))]);
+        assert!(t.contains("datapath pcap") && !t.contains("probe"), "{t}");
+        // Records of older versions say nothing of it.
+        assert!(!title(&[with(None)]).contains("datapath"));
     }
 
     #[test]
