@@ -18,7 +18,7 @@ use aya_ebpf::{
 };
 use diag_common::{
     classify, frame::is_foreign_unicast, kernel::MAC_HEADER_UNSET, Direction, DropKey,
-    KernelLayout, Observed, TapMode,
+    KernelLayout, Observed, TapCounters, TapMode,
 };
 
 use crate::maps;
@@ -65,12 +65,22 @@ fn on_drop(ctx: &BtfTracePointContext, skb: *const u8, reason: u32) {
     let Some(cfg) = maps::TAPS.get_ptr(&ifindex) else {
         return;
     };
-    count_drop(ifindex, reason);
     // SAFETY: a map value pointer, valid for this program run; a plain read.
     let drops_mode = unsafe { (*cfg).is(TapMode::Drops) };
-    if drops_mode && (reason == l.reason_otherhost || reason == l.reason_unhandled_proto) {
-        dropped_frame(ctx, &l, skb, dev, ifindex);
+    let otherhost = reason == l.reason_otherhost;
+    if !(drops_mode && (otherhost || reason == l.reason_unhandled_proto)) {
+        count_drop(ifindex, reason);
+        return;
     }
+    let Some(counters) = maps::counters(ifindex) else {
+        return;
+    };
+    if otherhost {
+        counters.otherhost_drops += 1;
+    } else {
+        counters.unhandled_proto_drops += 1;
+    }
+    dropped_frame(ctx, &l, skb, dev, ifindex, counters);
 }
 
 #[inline(always)]
@@ -103,6 +113,7 @@ fn dropped_frame(
     skb: *const u8,
     dev: *const u8,
     ifindex: u32,
+    counters: &mut TapCounters,
 ) {
     // SAFETY (the `field` reads): typed pointers and offsets from the layout.
     let mac: u16 = unsafe { field(skb, l.skb_mac_header) };
@@ -132,9 +143,6 @@ fn dropped_frame(
     if class.kind.is_none() {
         return;
     }
-    let Some(counters) = maps::counters(ifindex) else {
-        return;
-    };
     let seen = Observed {
         direction: Direction::FromVm,
         to_own_mac: false,

@@ -3,14 +3,14 @@
 use aya_ebpf::{
     helpers::bpf_ktime_get_ns,
     macros::map,
-    maps::{HashMap, PerCpuHashMap, RingBuf},
+    maps::{Array, HashMap, PerCpuHashMap, RingBuf},
     EbpfContext,
 };
 use aya_log_ebpf::{debug, warn};
 use diag_common::{
-    kernel::MAX_DROP_KEYS, observe, Admitted, Classification, DropKey, FrameEvent, FrameKind,
-    KernelLayout, Observed, TapConfig, TapCounters, TapWindow, EVENT_RING_BYTES, EVENT_SNAPLEN,
-    MAX_TAPS,
+    kernel::{hint_slot, MAX_DROP_KEYS, WINDOW_HINT_SLOTS},
+    observe, Admitted, Classification, DropKey, FrameEvent, FrameKind, KernelLayout, Observed,
+    TapConfig, TapCounters, TapWindow, EVENT_RING_BYTES, EVENT_SNAPLEN, MAX_TAPS,
 };
 
 /// Taps tapwatch watches, keyed by ifindex, and how. Userspace inserts a tap before it
@@ -32,6 +32,11 @@ pub static TAP_WINDOWS: HashMap<u32, TapWindow> = HashMap::with_max_entries(MAX_
 #[map]
 pub static DROPS: PerCpuHashMap<DropKey, u64> =
     PerCpuHashMap::with_max_entries(MAX_DROP_KEYS, BPF_F_NO_PREALLOC);
+
+/// Whether a tap's mismatch window may be open, by `hint_slot(ifindex)`: an array lookup
+/// costs almost nothing (the verifier inlines it), a hash lookup on every frame does.
+#[map]
+pub static WINDOW_HINTS: Array<u32> = Array::with_max_entries(WINDOW_HINT_SLOTS, 0);
 
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(EVENT_RING_BYTES, 0);
@@ -71,9 +76,19 @@ pub fn window(ifindex: u32) -> Option<&'static mut TapWindow> {
 }
 
 /// Whether the tap has an open mismatch window: only then can a correctly addressed frame
-/// matter.
+/// matter. The hint first; the window map only when the hint says it may be.
 #[inline(always)]
 pub fn window_open(ifindex: u32) -> bool {
+    let may_be = match WINDOW_HINTS.get_ptr(hint_slot(ifindex)) {
+        // SAFETY: an array value pointer, valid for this program run; a plain read.
+        Some(h) => unsafe { core::ptr::read_volatile(h) != 0 },
+        None => true,
+    };
+    may_be && window_lookup(ifindex)
+}
+
+#[inline(always)]
+fn window_lookup(ifindex: u32) -> bool {
     match TAP_WINDOWS.get_ptr(&ifindex) {
         // SAFETY: a map value pointer, valid for this program run; a plain read.
         Some(w) => unsafe { (*w).is_open() },
@@ -104,6 +119,14 @@ pub fn observe_frame<C: EbpfContext>(
     // SAFETY: a helper without arguments that only reads the clock.
     let mut clock = || unsafe { bpf_ktime_get_ns() };
     let admitted = observe(counters, window, class, seen, &mut clock);
+    if class.dst_mismatch {
+        // After the window is open: a probe that reads the hint then finds it so.
+        if let Some(h) = WINDOW_HINTS.get_ptr_mut(hint_slot(ifindex)) {
+            // SAFETY: an array value pointer, valid for this program run; the store of a
+            // constant, so CPUs racing on it agree.
+            unsafe { core::ptr::write_volatile(h, 1) };
+        }
+    }
     log_window(
         ctx,
         ifindex,

@@ -1,5 +1,5 @@
-//! Frame generators (a VM writing into its tap; a host sending through a veth) and the
-//! observers compared: nothing, tapwatch, tcpdump.
+//! The frame generator (a VM writing into its tap) and the observers compared: nothing,
+//! an empty tc program, tapwatch (by default and with its tc probe), tcpdump.
 
 use std::{
     io::{BufRead, BufReader},
@@ -17,7 +17,7 @@ use diag_testkit::child::Spawned;
 use diag_user::lab::netns::{Netns, VmTap};
 use serde_json::Value;
 
-use crate::measure::ProcSample;
+use crate::{floor::EmptyProgram, measure::ProcSample};
 
 /// Writer threads pushing one frame over and over until stopped; each returns its count.
 pub struct Generator {
@@ -49,39 +49,6 @@ impl Generator {
         Self { stop, threads }
     }
 
-    /// `writers` threads in `ns` sending `frame` out of `ifname` with a packet socket, in
-    /// batches of 64 (sendmmsg) and past the qdisc, as fast as the kernel takes them.
-    pub fn packet_socket(ns: &Netns, ifname: &str, frame: &[u8], writers: usize) -> Result<Self> {
-        let stop = Arc::new(AtomicBool::new(false));
-        let mut threads = Vec::new();
-        for _ in 0..writers {
-            let (ifname, frame, stop) = (ifname.to_string(), frame.to_vec(), stop.clone());
-            let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-            let handle = ns.spawn(move || {
-                let sock = match PacketSocket::open(&ifname) {
-                    Ok(s) => {
-                        let _ = ready_tx.send(Ok(()));
-                        s
-                    }
-                    Err(e) => {
-                        let _ = ready_tx.send(Err(e));
-                        return 0;
-                    }
-                };
-                let mut n = 0u64;
-                while !stop.load(Ordering::Relaxed) {
-                    n += sock.send_batch(&frame);
-                }
-                n
-            })?;
-            ready_rx.recv().context("sender thread")??;
-            threads.push(std::thread::spawn(move || {
-                handle.join().ok().and_then(|r| r.ok()).unwrap_or(0)
-            }));
-        }
-        Ok(Self { stop, threads })
-    }
-
     pub fn finish(self) -> u64 {
         self.stop.store(true, Ordering::Relaxed);
         self.threads
@@ -91,83 +58,34 @@ impl Generator {
     }
 }
 
-struct PacketSocket(std::os::fd::OwnedFd);
-
-impl PacketSocket {
-    const BATCH: usize = 64;
-
-    fn open(ifname: &str) -> Result<Self> {
-        use std::os::fd::FromRawFd;
-        let c = std::ffi::CString::new(ifname)?;
-        // SAFETY: plain syscalls with valid arguments; the fd is owned right away.
-        unsafe {
-            let ifindex = libc::if_nametoindex(c.as_ptr());
-            if ifindex == 0 {
-                bail!("no interface {ifname}");
-            }
-            // Protocol 0: this socket sends only, so the receive path never sees it.
-            let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0);
-            if fd < 0 {
-                bail!("packet socket: {}", std::io::Error::last_os_error());
-            }
-            let sock = Self(std::os::fd::OwnedFd::from_raw_fd(fd));
-            let one: libc::c_int = 1;
-            libc::setsockopt(
-                fd,
-                libc::SOL_PACKET,
-                libc::PACKET_QDISC_BYPASS,
-                (&one as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as u32,
-            );
-            let mut sll: libc::sockaddr_ll = std::mem::zeroed();
-            sll.sll_family = libc::AF_PACKET as u16;
-            sll.sll_ifindex = ifindex as i32;
-            if libc::bind(
-                fd,
-                (&sll as *const libc::sockaddr_ll).cast(),
-                std::mem::size_of::<libc::sockaddr_ll>() as u32,
-            ) != 0
-            {
-                bail!("bind to {ifname}: {}", std::io::Error::last_os_error());
-            }
-            Ok(sock)
-        }
-    }
-
-    fn send_batch(&self, frame: &[u8]) -> u64 {
-        use std::os::fd::AsRawFd;
-        let mut iov = libc::iovec {
-            iov_base: frame.as_ptr() as *mut _,
-            iov_len: frame.len(),
-        };
-        // SAFETY: every header points at the one iovec, which outlives the call.
-        unsafe {
-            let mut hdrs: [libc::mmsghdr; Self::BATCH] = std::mem::zeroed();
-            for h in hdrs.iter_mut() {
-                h.msg_hdr.msg_iov = &mut iov;
-                h.msg_hdr.msg_iovlen = 1;
-            }
-            let n = libc::sendmmsg(self.0.as_raw_fd(), hdrs.as_mut_ptr(), Self::BATCH as u32, 0);
-            n.max(0) as u64
-        }
-    }
-}
-
 /// What watches the interface during a measurement.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Observer {
     Nothing,
+    /// An empty tc program: the floor of any per-frame hook.
+    Floor,
+    /// `tapwatch` as it starts by default (the drop-driven datapath).
     Tapwatch,
+    /// `tapwatch --datapath tc`: the per-frame probe on the tap.
+    TapwatchTc,
     Tcpdump,
 }
 
 impl Observer {
-    pub const ALL: [Observer; 3] = [Observer::Nothing, Observer::Tapwatch, Observer::Tcpdump];
+    pub const ALL: [Observer; 5] = [
+        Observer::Nothing,
+        Observer::Floor,
+        Observer::Tapwatch,
+        Observer::TapwatchTc,
+        Observer::Tcpdump,
+    ];
 
     pub fn label(self) -> &'static str {
         match self {
             Observer::Nothing => "no probe",
-            Observer::Tapwatch => "tapwatch",
+            Observer::Floor => "empty tc program (floor)",
+            Observer::Tapwatch => "tapwatch (default: drops)",
+            Observer::TapwatchTc => "tapwatch --datapath tc",
             Observer::Tcpdump => "tcpdump -w /dev/null",
         }
     }
@@ -175,24 +93,30 @@ impl Observer {
 
 pub enum Running {
     Nothing,
+    Floor(EmptyProgram),
     Tapwatch(Tapwatch),
     Tcpdump(Tcpdump),
 }
 
 impl Running {
     pub fn start(obs: Observer, ns: &Netns, ifname: &str) -> Result<Self> {
+        let tapwatch = |extra: &[&str]| {
+            let mut args = vec!["--interval", "1", "--iface", ifname];
+            args.extend_from_slice(extra);
+            Tapwatch::json(ns, &args).map(Running::Tapwatch)
+        };
         Ok(match obs {
             Observer::Nothing => Running::Nothing,
-            Observer::Tapwatch => {
-                Running::Tapwatch(Tapwatch::json(ns, &["--interval", "1", "--iface", ifname])?)
-            }
+            Observer::Floor => Running::Floor(EmptyProgram::attach(ns, ifname)?),
+            Observer::Tapwatch => tapwatch(&[])?,
+            Observer::TapwatchTc => tapwatch(&["--datapath", "tc"])?,
             Observer::Tcpdump => Running::Tcpdump(Tcpdump::start(ns, ifname)?),
         })
     }
 
     pub fn pid(&self) -> Option<u32> {
         match self {
-            Running::Nothing => None,
+            Running::Nothing | Running::Floor(_) => None,
             Running::Tapwatch(t) => Some(t.pid()),
             Running::Tcpdump(t) => Some(t.child.id()),
         }
@@ -204,11 +128,13 @@ impl Running {
             .map_or(0.0, |s| s.cpu_s)
     }
 
-    pub fn stop(self) -> Result<()> {
+    /// Stops the observer; tapwatch's last records (the summary last).
+    pub fn stop(self) -> Result<Vec<Value>> {
         match self {
-            Running::Nothing => Ok(()),
-            Running::Tapwatch(t) => t.stop().map(|_| ()),
-            Running::Tcpdump(t) => t.stop(),
+            Running::Nothing => Ok(Vec::new()),
+            Running::Floor(p) => p.stop().map(|_| Vec::new()),
+            Running::Tapwatch(t) => t.stop(),
+            Running::Tcpdump(t) => t.stop().map(|_| Vec::new()),
         }
     }
 }
@@ -266,7 +192,13 @@ impl Tapwatch {
     }
 
     /// SIGINT; returns every record not read yet, the summary last.
-    pub fn stop(mut self) -> Result<Vec<Value>> {
+    pub fn stop(self) -> Result<Vec<Value>> {
+        self.stop_timed().map(|(records, _)| records)
+    }
+
+    /// As `stop`, and the time from the signal to the process's exit.
+    pub fn stop_timed(mut self) -> Result<(Vec<Value>, Duration)> {
+        let t0 = Instant::now();
         self.proc.signal(libc::SIGINT);
         let mut rest = Vec::new();
         loop {
@@ -278,7 +210,7 @@ impl Tapwatch {
             }
         }
         self.proc.wait_timeout(TIMEOUT)?;
-        Ok(rest)
+        Ok((rest, t0.elapsed()))
     }
 
     pub fn pid(&self) -> u32 {

@@ -6,6 +6,7 @@
 //! throughput, flood, scale, render, latency), `--no-write` (leave the docs alone).
 
 mod flood;
+mod floor;
 mod latency;
 mod load;
 mod measure;
@@ -53,8 +54,8 @@ impl Settings {
             }
         } else {
             Self {
-                run_time: Duration::from_secs(3),
-                rounds: 3,
+                run_time: Duration::from_secs(2),
+                rounds: 9,
                 writers: cpus,
                 flood_time: Duration::from_secs(10),
                 scale_taps: 1000,

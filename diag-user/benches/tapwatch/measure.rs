@@ -71,9 +71,8 @@ impl ProcSample {
     }
 }
 
-/// `ip -s -s -j link show`: received frames and the kernel's `otherhost` drops.
+/// `ip -s -s -j link show`: the kernel's `otherhost` drops.
 pub struct LinkStats {
-    pub rx_packets: u64,
     pub otherhost: u64,
 }
 
@@ -82,7 +81,6 @@ pub fn link_stats(ns: &Netns, ifname: &str) -> Result<LinkStats> {
     let v: Value = serde_json::from_str(&out).context("ip -j output")?;
     let rx = &v[0]["stats64"]["rx"];
     Ok(LinkStats {
-        rx_packets: rx["packets"].as_u64().context("no rx packets")?,
         // Printed only on kernels that count it (>= 6.0); zero until the first such frame.
         otherhost: rx["otherhost"].as_u64().unwrap_or(0),
     })
@@ -104,4 +102,81 @@ pub fn median(v: &mut [f64]) -> f64 {
 
 pub fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
+}
+
+/// The kernel's run statistics of BPF programs, on while this is held.
+pub struct RunStats(#[allow(dead_code)] std::os::fd::OwnedFd);
+
+impl RunStats {
+    pub fn enable() -> Result<Self> {
+        let fd = aya::sys::enable_stats(aya::sys::Stats::RunTime)
+            .context("enabling the kernel's BPF run statistics")?;
+        Ok(Self(fd))
+    }
+}
+
+/// How often one program ran and for how long, by its kernel id.
+#[derive(Clone, Debug)]
+pub struct ProgRun {
+    pub id: u32,
+    pub name: String,
+    pub runs: u64,
+    pub ns: u64,
+}
+
+impl ProgRun {
+    /// What each program did between two readings.
+    pub fn since(after: &[ProgRun], before: &[ProgRun]) -> Vec<ProgRun> {
+        after
+            .iter()
+            .map(|a| {
+                let b = before.iter().find(|b| b.id == a.id);
+                ProgRun {
+                    runs: a.runs - b.map_or(0, |b| b.runs),
+                    ns: a.ns - b.map_or(0, |b| b.ns),
+                    ..a.clone()
+                }
+            })
+            .collect()
+    }
+
+    pub fn ns_per_run(&self) -> f64 {
+        self.ns as f64 / self.runs.max(1) as f64
+    }
+}
+
+fn loaded(keep: impl Fn(&aya::programs::ProgramInfo) -> bool) -> Vec<ProgRun> {
+    aya::programs::loaded_programs()
+        .flatten()
+        .filter(|p| keep(p))
+        .map(|p| ProgRun {
+            id: p.id(),
+            name: p.name_as_str().unwrap_or("?").to_string(),
+            runs: p.run_count(),
+            ns: p.run_time().as_nanos() as u64,
+        })
+        .collect()
+}
+
+/// The programs called `name`.
+pub fn programs_named(name: &str) -> Vec<ProgRun> {
+    loaded(|p| p.name_as_str() == Some(name))
+}
+
+/// The programs process `pid` holds (a tapwatch run's).
+pub fn programs_of(pid: u32) -> Vec<ProgRun> {
+    let mut ids = std::collections::HashSet::new();
+    if let Ok(fds) = fs::read_dir(format!("/proc/{pid}/fdinfo")) {
+        for fd in fds.flatten() {
+            let info = fs::read_to_string(fd.path()).unwrap_or_default();
+            if let Some(id) = info
+                .lines()
+                .find_map(|l| l.strip_prefix("prog_id:"))
+                .and_then(|v| v.trim().parse::<u32>().ok())
+            {
+                ids.insert(id);
+            }
+        }
+    }
+    loaded(|p| ids.contains(&p.id()))
 }

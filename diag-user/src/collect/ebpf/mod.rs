@@ -26,8 +26,8 @@ use aya::{
     Ebpf, EbpfError, EbpfLoader,
 };
 use diag_common::{
-    DropKey, FrameEvent, FrameKind, KernelLayout, TapConfig, TapCounters, TapMode, TapWindow,
-    EVENT_FLAG_DST_MISMATCH,
+    kernel::hint_slot, DropKey, FrameEvent, FrameKind, KernelLayout, TapConfig, TapCounters,
+    TapMode, TapWindow, EVENT_FLAG_DST_MISMATCH,
 };
 
 use self::{
@@ -53,6 +53,7 @@ const EVENTS_MAP: &str = "EVENTS";
 const WINDOWS_MAP: &str = "TAP_WINDOWS";
 const TAPS_MAP: &str = "TAPS";
 const DROPS_MAP: &str = "DROPS";
+const HINTS_MAP: &str = "WINDOW_HINTS";
 
 /// The object built from `diag-ebpf` by build.rs. Aligned because the ELF parser reads it
 /// in place.
@@ -155,6 +156,7 @@ pub struct Probe {
     windows: BpfHashMap<MapData, u32, TapWindow>,
     taps_map: BpfHashMap<MapData, u32, TapConfig>,
     drops_map: PerCpuHashMap<MapData, DropKey, u64>,
+    hints: aya::maps::Array<MapData, u32>,
     /// Present when the drop-driven datapath runs.
     drop_hook: Option<DropHook>,
     /// Why the drop-driven datapath does not run, when it was asked for by `auto`.
@@ -250,6 +252,8 @@ impl Probe {
             BpfHashMap::try_from(take_map(&mut ebpf, TAPS_MAP)?).map_err(map_error(TAPS_MAP))?;
         let drops_map = PerCpuHashMap::try_from(take_map(&mut ebpf, DROPS_MAP)?)
             .map_err(map_error(DROPS_MAP))?;
+        let hints = aya::maps::Array::try_from(take_map(&mut ebpf, HINTS_MAP)?)
+            .map_err(map_error(HINTS_MAP))?;
         let events =
             RingBuf::try_from(take_map(&mut ebpf, EVENTS_MAP)?).map_err(map_error(EVENTS_MAP))?;
         let drop_hook = match layout {
@@ -271,6 +275,7 @@ impl Probe {
                 windows,
                 taps_map,
                 drops_map,
+                hints,
                 drop_hook,
                 fallback,
                 hooks: TcHooks::new(opts.attach_mode, programs),
@@ -583,6 +588,7 @@ impl Probe {
             }
         }
         self.read_drops(None);
+        let open = self.open_windows();
         let drops_taps: Vec<u32> = self
             .taps
             .iter()
@@ -590,11 +596,7 @@ impl Probe {
             .map(|(i, _)| *i)
             .collect();
         for ifindex in drops_taps {
-            let open = self
-                .windows
-                .get(&ifindex, 0)
-                .is_ok_and(|w: TapWindow| w.is_open());
-            if open {
+            if open.contains(&ifindex) {
                 // Also where an event was lost (a full ring): the window is the truth.
                 self.trouble(ifindex, "frames to a MAC it does not have");
                 continue;
@@ -620,6 +622,40 @@ impl Probe {
                 );
             }
         }
+    }
+
+    /// The taps whose mismatch window is open now. Also clears the window hint of every
+    /// slot whose taps all have their windows closed, so their probes skip the window map
+    /// again. A window opened between the read and the clear is found by the read after it
+    /// and its hint set again: at worst one frame to the tap's MAC, in those microseconds,
+    /// does not end it (the next one does).
+    fn open_windows(&mut self) -> std::collections::HashSet<u32> {
+        let mut by_slot: HashMap<u32, Vec<u32>> = HashMap::new();
+        for &ifindex in self.taps.keys() {
+            by_slot.entry(hint_slot(ifindex)).or_default().push(ifindex);
+        }
+        let is_open = |w: &BpfHashMap<MapData, u32, TapWindow>, i: &u32| {
+            w.get(i, 0).is_ok_and(|w: TapWindow| w.is_open())
+        };
+        let mut open = std::collections::HashSet::new();
+        for (slot, taps) in by_slot {
+            if !self.hints.get(&slot, 0).is_ok_and(|h| h != 0) {
+                continue;
+            }
+            let now: Vec<u32> = taps
+                .iter()
+                .copied()
+                .filter(|i| is_open(&self.windows, i))
+                .collect();
+            if now.is_empty() {
+                let _ = self.hints.set(slot, 0, 0);
+                if taps.iter().any(|i| is_open(&self.windows, i)) {
+                    let _ = self.hints.set(slot, 1, 0);
+                }
+            }
+            open.extend(now);
+        }
+        open
     }
 
     /// Reads the drop counters into the taps (`only`: one tap, whose entries are then
@@ -669,9 +705,25 @@ impl Probe {
         c.from_vm_bytes = t.rx_bytes;
         c.to_vm_frames = t.tx_packets;
         c.to_vm_bytes = t.tx_bytes;
+        // The drop program counts the hot reasons of the drop-driven datapath with the
+        // tap's counters; the others by reason.
+        let mut kernel_drops = tap.kernel_drops.clone();
+        if let Some(h) = &self.drop_hook {
+            let k = &h.layout.kernel;
+            for (n, reason) in [
+                (c.otherhost_drops, k.reason_otherhost),
+                (c.unhandled_proto_drops, k.reason_unhandled_proto),
+            ] {
+                if n > 0 {
+                    *kernel_drops
+                        .entry(h.layout.reason_name(reason))
+                        .or_default() += n;
+                }
+            }
+        }
         Some(TapCounts {
             counters: c,
-            kernel_drops: tap.kernel_drops.clone(),
+            kernel_drops,
         })
     }
 
