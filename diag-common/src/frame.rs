@@ -135,6 +135,9 @@ pub struct Classification {
     pub arp_op: u16,
     pub vlan: Option<u16>,
     pub outer_vlan: Option<u16>,
+    /// A unicast frame other than ARP, RARP and IPv6 neighbour discovery: what the VM's
+    /// peers send it (only when the frame's bytes were read).
+    pub data: bool,
 }
 
 /// Classifies one frame.
@@ -161,6 +164,7 @@ pub fn classify(frame: &[u8], foreign_unicast: bool, direction: Direction) -> Cl
         return Classification {
             vlan: eth.vlan,
             outer_vlan: eth.outer_vlan,
+            data: eth.dst[0] & 1 == 0 && !is_neighbour_discovery(frame, &eth),
             ..classify_header_only(c.dst_mismatch)
         };
     }
@@ -188,6 +192,22 @@ pub fn classify(frame: &[u8], foreign_unicast: bool, direction: Direction) -> Cl
         c.kind = Some(FrameKind::DstMismatch);
     }
     c
+}
+
+const ETH_P_IPV6: u16 = 0x86dd;
+const IPPROTO_ICMPV6: u8 = 58;
+
+/// IPv6 neighbour discovery (router/neighbour solicitation and advertisement, redirect:
+/// ICMPv6 types 133 to 137), which the host sends whether or not traffic flows. An IPv6
+/// header with extension headers before ICMPv6 is not looked through.
+#[inline(always)]
+fn is_neighbour_discovery(frame: &[u8], eth: &EthernetView) -> bool {
+    if eth.ethertype != ETH_P_IPV6 {
+        return false;
+    }
+    let next_header = frame.get(eth.l3_offset + 6).copied();
+    let icmp_type = frame.get(eth.l3_offset + 40).copied();
+    next_header == Some(IPPROTO_ICMPV6) && matches!(icmp_type, Some(133..=137))
 }
 
 /// Whether frames of this ethertype (after any VLAN tag) are judged by more than their
@@ -253,7 +273,16 @@ mod tests {
                     f.resize(60, 0);
                     let full = classify(&f, foreign, dir);
                     let quick = classify_header_only(foreign && dir == Direction::FromVm);
-                    assert_eq!(full, Classification { vlan, ..quick });
+                    // Only the bytes say whether it is data (unicast, not neighbour
+                    // discovery): the header-only path never needs to know.
+                    assert_eq!(
+                        full,
+                        Classification {
+                            vlan,
+                            data: full.data,
+                            ..quick
+                        }
+                    );
                 }
             }
         }
@@ -383,7 +412,13 @@ mod tests {
         let c = classify(&f, true, Direction::ToVm);
         assert_eq!((c.kind, c.dst_mismatch), (None, false));
         let c = classify(&f, false, Direction::FromVm);
-        assert_eq!(c, Classification::default());
+        assert_eq!(
+            c,
+            Classification {
+                data: true,
+                ..Classification::default()
+            }
+        );
     }
 
     #[test]
@@ -424,11 +459,7 @@ mod tests {
         let c = classify(&f, false, Direction::FromVm);
         assert_eq!(c.kind, Some(FrameKind::Rarp));
         assert_eq!((c.outer_vlan, c.vlan), (Some(300), Some(12)));
-        assert_eq!(
-            f.len(),
-            CLASSIFY_LEN,
-            "the longest frame the classifier reads"
-        );
+        assert!(f.len() <= CLASSIFY_LEN, "a QinQ RARP is read whole");
         // A lone service tag: outer only.
         let mut g = eth(BCAST, GUEST, None, ETH_P_8021AD);
         g.extend_from_slice(&7u16.to_be_bytes());
@@ -566,5 +597,63 @@ mod tests {
         );
         assert!(t.admit_event(FrameKind::DstMismatch, 5 + step));
         assert!(!t.admit_event(FrameKind::DstMismatch, 5 + step + 1));
+    }
+
+    /// What the VM's peers send it is data; ARP and neighbour discovery (which the host
+    /// sends whether or not traffic flows) and broadcasts are not, also behind tags.
+    #[test]
+    fn data_frames_and_neighbour_discovery() {
+        let v6 = |dst: [u8; 6], vlan: Option<u16>, next: u8, icmp_type: u8| {
+            let mut f = eth(dst, TAP_NEW, vlan, ETH_P_IPV6);
+            let mut ip = [0u8; 40];
+            ip[0] = 0x60;
+            ip[6] = next;
+            f.extend_from_slice(&ip);
+            f.push(icmp_type);
+            pad60(f)
+        };
+        let data = |f: &[u8]| classify(f, false, Direction::ToVm).data;
+        assert!(data(&ipv4_to(GUEST, 98)));
+        assert!(!data(&ipv4_to(BCAST, 98)), "a broadcast");
+        assert!(!data(&arp(
+            ARP_OP_REPLY,
+            GUEST,
+            [10, 0, 0, 1],
+            [10, 0, 0, 5],
+            None
+        )));
+        for t in 133..=137 {
+            assert!(!data(&v6(GUEST, None, IPPROTO_ICMPV6, t)), "ND type {t}");
+            assert!(
+                !data(&v6(GUEST, Some(5), IPPROTO_ICMPV6, t)),
+                "tagged ND {t}"
+            );
+        }
+        assert!(
+            data(&v6(GUEST, None, IPPROTO_ICMPV6, 128)),
+            "an echo request"
+        );
+        assert!(data(&v6(GUEST, None, 6, 135)), "TCP, whatever its bytes");
+        // Cut before the ICMPv6 type: data (the classifier cannot tell).
+        let mut cut = v6(GUEST, None, IPPROTO_ICMPV6, 135);
+        cut.truncate(14 + 40);
+        assert!(data(&cut));
+        let qinq_nd = {
+            let mut f = eth(GUEST, TAP_NEW, Some(12), ETH_P_IPV6);
+            f.splice(12..12, [0x88, 0xa8, 0x01, 0x2c]);
+            let mut ip = [0u8; 40];
+            ip[6] = IPPROTO_ICMPV6;
+            f.extend_from_slice(&ip);
+            f.push(135);
+            f
+        };
+        assert_eq!(qinq_nd.len(), 63);
+        assert!(
+            qinq_nd.len() <= CLASSIFY_LEN,
+            "the longest frame the classifier reads"
+        );
+        assert!(!data(&qinq_nd));
+        // The header-only path (IP frames in the kernel) never claims data.
+        assert!(!classify_header_only(false).data);
     }
 }

@@ -21,8 +21,9 @@ pub use observe::{event_flags, observe, Admitted, Observed};
 pub const PACKET_OTHERHOST: u32 = 3;
 
 /// Bytes of a frame the classifier needs at most: Ethernet (14) + two VLAN tags (8) + an
-/// Ethernet/IPv4 ARP body (28).
-pub const CLASSIFY_LEN: usize = 50;
+/// IPv6 header (40) + the ICMPv6 type (1), to tell neighbour discovery from data; an ARP
+/// body needs less (28 after the tags).
+pub const CLASSIFY_LEN: usize = 64;
 
 /// Bytes of a notable frame copied into its event.
 pub const EVENT_SNAPLEN: usize = 128;
@@ -98,6 +99,9 @@ pub enum FrameKind {
     /// The first frame from the VM addressed to the tap's own MAC after dst-mismatch frames:
     /// the end of a blackout, timed by the kernel.
     DstMatch = 6,
+    /// The first unicast frame other than ARP and neighbour discovery delivered to the VM
+    /// after its RARP: the network delivers to it again, timed by the kernel.
+    Inbound = 7,
 }
 
 impl FrameKind {
@@ -109,6 +113,7 @@ impl FrameKind {
             4 => Some(Self::ArpRequest),
             5 => Some(Self::ArpReply),
             6 => Some(Self::DstMatch),
+            7 => Some(Self::Inbound),
             _ => None,
         }
     }
@@ -122,6 +127,7 @@ impl FrameKind {
             Self::ArpRequest => "arp_request",
             Self::ArpReply => "arp_reply",
             Self::DstMatch => "dst_match",
+            Self::Inbound => "inbound",
         }
     }
 }
@@ -218,6 +224,9 @@ pub struct TapWindow {
     /// Monotonic time of the first dst-mismatch frame since the last correctly addressed
     /// one; 0 when the VM's frames reach the tap's MAC.
     pub mismatch_since_ns: u64,
+    /// Monotonic time of the RARP (a migration's announce) since which no data frame has
+    /// been delivered to the VM; 0 when none is awaited.
+    pub inbound_armed_ns: u64,
 }
 
 impl TapWindow {
@@ -251,6 +260,13 @@ impl TapWindow {
     #[inline(always)]
     pub fn is_open(&self) -> bool {
         self.mismatch_since_ns != 0
+    }
+
+    /// Whether a frame can still change this tap's state: a mismatch window is open, or
+    /// the first data frame to the VM after a RARP is awaited. The window hints say this.
+    #[inline(always)]
+    pub fn pending(&self) -> bool {
+        self.mismatch_since_ns != 0 || self.inbound_armed_ns != 0
     }
 
     #[inline(always)]

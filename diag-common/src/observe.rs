@@ -46,14 +46,35 @@ pub fn observe<'w>(
     counters.record(class, seen.direction, seen.frame_len, seen.totals);
     let mut now = 0;
     let mut kind = class.kind;
-    // Only frames from the VM to a unicast MAC can open or close a window; broadcasts
-    // (ARP, RARP) and frames to the VM never touch it.
-    if seen.direction == Direction::FromVm && (class.dst_mismatch || seen.to_own_mac) {
+    let from_vm = seen.direction == Direction::FromVm;
+    // Only frames from the VM to a unicast MAC can open or close a window, a RARP from the
+    // VM arm the inbound watch, and a data frame to the VM end it; nothing else touches
+    // the window.
+    let touches = if from_vm {
+        class.dst_mismatch || seen.to_own_mac || class.rarp
+    } else {
+        class.data
+    };
+    if touches {
         if let Some(w) = window() {
-            // A correctly addressed frame can only end an open window.
-            if class.dst_mismatch || w.is_open() {
+            if from_vm {
+                // A correctly addressed frame can only end an open window.
+                if class.dst_mismatch || w.is_open() {
+                    now = clock();
+                    kind = w.follow(class, seen.to_own_mac, seen.direction, now);
+                }
+                // The migration's announce: from now on the first data frame delivered to
+                // the VM says when the network reaches it again.
+                if class.rarp && w.inbound_armed_ns == 0 {
+                    if now == 0 {
+                        now = clock();
+                    }
+                    w.inbound_armed_ns = now;
+                }
+            } else if w.inbound_armed_ns != 0 {
                 now = clock();
-                kind = w.follow(class, seen.to_own_mac, seen.direction, now);
+                w.inbound_armed_ns = 0;
+                kind = Some(FrameKind::Inbound);
             }
         }
     }
@@ -202,6 +223,49 @@ mod tests {
             4,
             "the clock was read only for the window and events"
         );
+    }
+
+    /// After a RARP from the VM, the first data frame delivered to it is `inbound`, once;
+    /// ARP to the VM does not count, and nothing is armed without a RARP.
+    #[test]
+    fn the_first_data_frame_to_the_vm_after_its_rarp() {
+        let (mut c, mut w) = (TapCounters::default(), TapWindow::default());
+        let to_vm = Observed {
+            direction: Direction::ToVm,
+            ..from_vm(false, true)
+        };
+        let mut to_guest = udp_to([0xfa, 0x16, 0x3e, 0xaa, 0xbb, 0xcc]);
+        to_guest[6..12].copy_from_slice(&NEW);
+        let data = classify(&to_guest, false, Direction::ToVm);
+        assert!(data.data);
+        let step =
+            |class: &Classification,
+             seen: &Observed,
+             at,
+             c: &mut TapCounters,
+             w: &mut TapWindow| { observe(c, || Some(w), class, seen, &mut || at) };
+        assert_eq!(step(&data, &to_vm, 5, &mut c, &mut w), None, "not armed");
+        let mut rarp = [0u8; 60];
+        rarp[..6].copy_from_slice(&[0xff; 6]);
+        rarp[12..14].copy_from_slice(&crate::ETH_P_RARP.to_be_bytes());
+        let rarp = classify(&rarp, false, Direction::FromVm);
+        let announced = step(&rarp, &from_vm(false, true), 10, &mut c, &mut w).unwrap();
+        assert_eq!(announced.kind, FrameKind::Rarp);
+        assert_eq!(w.inbound_armed_ns, 10);
+        assert!(w.pending() && !w.is_open());
+        // A second RARP does not move the start.
+        step(&rarp, &from_vm(false, true), 20, &mut c, &mut w);
+        assert_eq!(w.inbound_armed_ns, 10);
+        let first = step(&data, &to_vm, 30, &mut c, &mut w).unwrap();
+        assert_eq!(
+            first,
+            Admitted {
+                kind: FrameKind::Inbound,
+                ts_ns: 30
+            }
+        );
+        assert!(!w.pending());
+        assert_eq!(step(&data, &to_vm, 40, &mut c, &mut w), None, "once");
     }
 
     #[test]

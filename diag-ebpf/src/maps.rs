@@ -9,8 +9,8 @@ use aya_ebpf::{
 use aya_log_ebpf::{debug, warn};
 use diag_common::{
     kernel::{hint_slot, MAX_DROP_KEYS, WINDOW_HINT_SLOTS},
-    observe, Admitted, Classification, DropKey, FrameEvent, FrameKind, KernelLayout, Observed,
-    TapConfig, TapCounters, TapWindow, EVENT_RING_BYTES, EVENT_SNAPLEN, MAX_TAPS,
+    observe, Admitted, Classification, Direction, DropKey, FrameEvent, FrameKind, KernelLayout,
+    Observed, TapConfig, TapCounters, TapWindow, EVENT_RING_BYTES, EVENT_SNAPLEN, MAX_TAPS,
 };
 
 /// Taps tapwatch watches, keyed by ifindex, and how. Userspace inserts a tap before it
@@ -75,16 +75,22 @@ pub fn window(ifindex: u32) -> Option<&'static mut TapWindow> {
     Some(unsafe { &mut *w })
 }
 
+/// Whether the tap's slot says something may be pending (an open window, an armed
+/// inbound watch): an inlined array lookup, no hash.
+#[inline(always)]
+pub fn hinted(ifindex: u32) -> bool {
+    match WINDOW_HINTS.get_ptr(hint_slot(ifindex)) {
+        // SAFETY: an array value pointer, valid for this program run; a plain read.
+        Some(h) => unsafe { core::ptr::read_volatile(h) != 0 },
+        None => true,
+    }
+}
+
 /// Whether the tap has an open mismatch window: only then can a correctly addressed frame
 /// matter. The hint first; the window map only when the hint says it may be.
 #[inline(always)]
 pub fn window_open(ifindex: u32) -> bool {
-    let may_be = match WINDOW_HINTS.get_ptr(hint_slot(ifindex)) {
-        // SAFETY: an array value pointer, valid for this program run; a plain read.
-        Some(h) => unsafe { core::ptr::read_volatile(h) != 0 },
-        None => true,
-    };
-    may_be && window_lookup(ifindex)
+    hinted(ifindex) && window_lookup(ifindex)
 }
 
 #[inline(always)]
@@ -119,8 +125,9 @@ pub fn observe_frame<C: EbpfContext>(
     // SAFETY: a helper without arguments that only reads the clock.
     let mut clock = || unsafe { bpf_ktime_get_ns() };
     let admitted = observe(counters, window, class, seen, &mut clock);
-    if class.dst_mismatch {
-        // After the window is open: a probe that reads the hint then finds it so.
+    if class.dst_mismatch || (class.rarp && seen.direction == Direction::FromVm) {
+        // After the window is open (or the inbound watch armed): a probe that reads the
+        // hint then finds it so.
         if let Some(h) = WINDOW_HINTS.get_ptr_mut(hint_slot(ifindex)) {
             // SAFETY: an array value pointer, valid for this program run; the store of a
             // constant, so CPUs racing on it agree.

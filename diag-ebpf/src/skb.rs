@@ -56,13 +56,20 @@ impl Skb {
 }
 
 /// Counts, follows and reports one frame of a watched tap. `foreign`: addressed to a
-/// unicast MAC the tap does not have, as far as this hook can tell.
+/// unicast MAC the tap does not have, as far as this hook can tell; `whole`: read and
+/// classify the frame's bytes even where its ethertype alone would do.
 #[inline(always)]
-pub fn on_frame<C: EbpfContext>(ctx: &C, skb: &Skb, direction: Direction, foreign: bool) {
+pub fn on_frame<C: EbpfContext>(
+    ctx: &C,
+    skb: &Skb,
+    direction: Direction,
+    foreign: bool,
+    whole: bool,
+) {
     let Some(counters) = maps::counters(skb.ifindex) else {
         return;
     };
-    let mut class = classify_frame(skb, foreign, direction);
+    let mut class = classify_frame(skb, foreign, direction, whole);
     // The stack moves the outermost VLAN tag out of the frame into skb metadata before tc
     // sees it (skb_vlan_untag); count the frame as the VM wrote it, tag included. The tag
     // was an outer one when it was a service tag or when the bytes still hold another.
@@ -101,8 +108,8 @@ pub fn on_frame<C: EbpfContext>(ctx: &C, skb: &Skb, direction: Direction, foreig
 /// Most frames (IP) are judged by the kernel's pkt_type and the ethertype alone: reading
 /// and parsing their bytes was most of the program's cost.
 #[inline(always)]
-fn classify_frame(skb: &Skb, foreign: bool, direction: Direction) -> Classification {
-    if skb.len as usize >= ETH_HLEN && skb.header_only() {
+fn classify_frame(skb: &Skb, foreign: bool, direction: Direction, whole: bool) -> Classification {
+    if !whole && skb.len as usize >= ETH_HLEN && skb.header_only() {
         return classify_header_only(foreign && direction == Direction::FromVm);
     }
     let head = head_buf!(words);

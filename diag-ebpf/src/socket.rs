@@ -36,6 +36,7 @@ pub fn tap_arp(ctx: SkBuffContext) -> i64 {
             &skb,
             Direction::FromVm,
             skb.pkt_type == PACKET_OTHERHOST,
+            false,
         );
     }
     0

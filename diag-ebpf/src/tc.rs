@@ -28,18 +28,20 @@ pub fn tap_ingress(ctx: TcContext) -> i32 {
         || foreign
         || (skb.pkt_type == PACKET_HOST && maps::window_open(skb.ifindex));
     if matters {
-        on_frame(&ctx, &skb, Direction::FromVm, foreign);
+        on_frame(&ctx, &skb, Direction::FromVm, foreign, false);
     }
     TC_ACT_UNSPEC
 }
 
-/// Frames the host sends to the VM (tc egress on the host side): only ARP, RARP and tagged
-/// frames can be notable.
+/// Frames the host sends to the VM (tc egress on the host side): ARP, RARP and tagged
+/// frames can be notable, and after a RARP from the VM the first data frame (read whole,
+/// to tell data from neighbour discovery) while the tap's hint says one is awaited.
 #[classifier]
 pub fn tap_egress(ctx: TcContext) -> i32 {
     let skb = Skb::read(ctx.skb.skb as *const __sk_buff);
-    if !skb.header_only() {
-        on_frame(&ctx, &skb, Direction::ToVm, false);
+    let awaited = maps::hinted(skb.ifindex);
+    if !skb.header_only() || awaited {
+        on_frame(&ctx, &skb, Direction::ToVm, false, awaited);
     }
     TC_ACT_UNSPEC
 }
@@ -52,7 +54,7 @@ pub fn tap_egress(ctx: TcContext) -> i32 {
 pub fn tap_ingress_assist(ctx: TcContext) -> i32 {
     let skb = Skb::read(ctx.skb.skb as *const __sk_buff);
     if skb.pkt_type == PACKET_HOST && skb.header_only() && maps::window_open(skb.ifindex) {
-        on_frame(&ctx, &skb, Direction::FromVm, false);
+        on_frame(&ctx, &skb, Direction::FromVm, false, false);
     }
     TC_ACT_UNSPEC
 }

@@ -68,6 +68,9 @@ fn samples() -> Vec<Record> {
         vm: "web-1".into(),
         state: State::Recovered,
         blackout_ms: Some(1),
+        switchover_ts: Some(Some(ts)),
+        inbound_gap_ms: Some(Some(3900)),
+        outbound_gap_ms: Some(Some(30_100)),
         diagnosis: "d".into(),
     };
     let vm = VmInterface {
@@ -90,6 +93,7 @@ fn samples() -> Vec<Record> {
             mode: Mode::Bridged,
             backend: Backend::Pcap,
             datapath: Some(diag_user::model::DatapathKind::Pcap),
+            appeared: true,
             mtu: Some(1500),
             master: Some("br0".into()),
         },

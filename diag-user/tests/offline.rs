@@ -378,6 +378,7 @@ fn a_cut_bundle_is_read_up_to_the_cut() {
         mode: Mode::Routed,
         backend: Backend::Ebpf,
         datapath: Some(diag_user::model::DatapathKind::Drops),
+        appeared: false,
         mtu: Some(1500),
         master: None,
     })

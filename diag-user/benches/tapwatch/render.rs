@@ -52,6 +52,7 @@ pub fn run(_: &Settings, report: &mut Report) -> Result<()> {
             mode: diag_user::model::Mode::Routed,
             backend: diag_user::model::Backend::Ebpf,
             datapath: Some(diag_user::model::DatapathKind::Drops),
+            appeared: false,
             mtu: Some(1500),
             master: None,
         });

@@ -278,6 +278,7 @@ async fn watch_loop(
             return Ok(());
         }
     }
+    w.started = true;
     if w.live.is_empty() && w.unwatched.is_empty() {
         let message = format!(
             "no interface matches {}; watching for new ones",

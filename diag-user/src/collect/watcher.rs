@@ -54,6 +54,8 @@ pub(super) struct Watcher<'s> {
     pub(super) identities: Identities,
     /// The identity last said of each live tap, by ifindex.
     pub(super) vm_said: HashMap<u32, Option<VmInterface>>,
+    /// Past the first look at the host: taps attached from now on appeared while watched.
+    pub(super) started: bool,
 }
 
 /// How a run ended, besides its records.
@@ -100,6 +102,7 @@ impl<'s> Watcher<'s> {
             overflow_said: None,
             identities,
             vm_said: HashMap::new(),
+            started: false,
         }
     }
 
@@ -235,6 +238,7 @@ impl<'s> Watcher<'s> {
             mode: link.mode(),
             backend: self.datapath.kind(),
             datapath: Some(self.datapath.datapath_of(link.ifindex)),
+            appeared: self.started,
             mtu: link.mtu,
             master: link.master_name(),
         };

@@ -205,6 +205,10 @@ pub enum Record {
         /// How the tap's frames are seen (absent in records of older versions).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         datapath: Option<DatapathKind>,
+        /// The tap appeared while tapwatch ran (a VM plugged or migrating in), rather than
+        /// being there when it started.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        appeared: bool,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         mtu: Option<u32>,
         /// The bridge (or other master device) the tap is on.
@@ -326,7 +330,37 @@ pub struct VerdictFields {
     pub state: State,
     /// Measured blackout (or so far, while it lasts); null when there was none.
     pub blackout_ms: Option<u64>,
+    /// The migration's anatomy (see docs/json.md): when the VM came up on this tap, how
+    /// long until the network delivered to it again, how long until the host accepted what
+    /// it sent. Null while unknown; absent in records of older versions.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "present"
+    )]
+    pub switchover_ts: Option<Option<Ts>>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "present"
+    )]
+    pub inbound_gap_ms: Option<Option<u64>>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "present"
+    )]
+    pub outbound_gap_ms: Option<Option<u64>>,
     pub diagnosis: String,
+}
+
+/// A field that is present (`Some`), possibly `null` (`Some(None)`); absent is `None`.
+fn present<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(d).map(Some)
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]

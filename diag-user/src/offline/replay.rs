@@ -196,6 +196,7 @@ pub(super) fn infer_taps(
             mode: Mode::Routed,
             backend: Backend::Pcap,
             datapath: Some(crate::model::DatapathKind::Pcap),
+            appeared: false,
             mtu: None,
             master: None,
         });

@@ -198,6 +198,9 @@ mod tests {
                 vm: format!("vm-{name}"),
                 state,
                 blackout_ms: ms,
+                switchover_ts: Some(None),
+                inbound_gap_ms: Some(None),
+                outbound_gap_ms: Some(None),
                 diagnosis: "d".into(),
             }),
         };

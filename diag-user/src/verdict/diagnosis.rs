@@ -83,32 +83,95 @@ impl TapView {
                 self.counters.dst_mismatch_frames
             ));
         }
-        let booted_here = self.vm.as_ref().and_then(|v| v.migrated_in()) == Some(false);
-        match self.last_rarp {
+        if let Some(words) = self.anatomy() {
+            s.push(words);
+        }
+        let migrated_in = self.vm.as_ref().and_then(|v| v.migrated_in());
+        // Only a VM that came here (its tap appeared while watched, or libvirt says it
+        // migrated in) should have announced itself.
+        let arrived = migrated_in == Some(true) || (self.appeared && migrated_in.is_none());
+        match self.first_rarp {
+            Some(t) if self.rarps > 1 => s.push(format!(
+                "RARP announce seen at {} ({} in all).",
+                t.clock(),
+                self.rarps
+            )),
             Some(t) => s.push(format!("RARP announce seen at {}.", t.clock())),
             // A VM started on this host has nothing to announce.
-            None if booted_here => s.push(
+            None if migrated_in == Some(false) => s.push(
                 "No RARP: the VM was started on this host (libvirt: booted), not migrated in."
                     .into(),
             ),
-            None if self.counters.from_vm_frames > 0 => s.push(
+            None if arrived && self.first_from_vm.is_some() => s.push(
                 "No RARP since the tap appeared, yet the VM is sending: QEMU's announce-self \
                  did not run here, so switches and OVN (activation-strategy=rarp) were not told \
                  where the VM went."
                     .into(),
             ),
-            None => s.push("No RARP since the tap appeared.".into()),
+            None if self.appeared => s.push("No RARP since the tap appeared.".into()),
+            None => s.push("No RARP seen.".into()),
         }
         match self.last_garp {
             Some(t) => s.push(format!("GARP seen at {}.", t.clock())),
             None => s.push("No GARP seen.".into()),
         }
-        if self.state == State::Quiet || self.counters.from_vm_frames == 0 {
+        if self.first_from_vm.is_none() {
+            s.push(
+                "Waiting for the VM: nothing from it on this tap yet (a tap plugged ahead of \
+                 a migration waits for the VM to resume here)."
+                    .into(),
+            );
+        } else if self.state == State::Quiet {
             s.push(format!(
                 "The guest has sent nothing for {} s.",
                 now.ms_since(self.last_from_vm) / 1000
             ));
         }
         s.join(" ")
+    }
+
+    /// The outage in its parts, in plain words, once the switch-over and a gap are known:
+    /// the network's part (until it delivers to the VM again) and the guest's (until the
+    /// host accepts what it sends), the longer one named first.
+    fn anatomy(&self) -> Option<String> {
+        let sw = self.switchover()?;
+        let (inbound, outbound) = (self.inbound_gap_ms(), self.outbound_gap_ms());
+        let secs = |ms: u64| {
+            if ms >= 10_000 {
+                format!("{} s", (ms + 500) / 1000)
+            } else {
+                format!("{:.1} s", ms as f64 / 1000.0)
+            }
+        };
+        let from = format!("From the switch-over at {}", sw.clock());
+        Some(match (inbound, outbound) {
+            (Some(i), Some(o)) if o > i => format!(
+                "{from}, the network took {} to deliver to the VM again; the guest's stale \
+                 gateway MAC kept its replies dropped for {} more.",
+                secs(i),
+                secs(o - i)
+            ),
+            (Some(i), Some(0)) => format!(
+                "{from}, the network took {} to deliver to the VM again: all of the outage; \
+                 the host accepted the guest's frames at once.",
+                secs(i)
+            ),
+            (Some(i), Some(o)) => format!(
+                "{from}, the network took {} to deliver to the VM again: the longer part; \
+                 the host accepted the guest's frames after {}.",
+                secs(i),
+                secs(o)
+            ),
+            (Some(i), None) => format!(
+                "{from}, the network took {} to deliver to the VM again.",
+                secs(i)
+            ),
+            (None, Some(o)) if o > 0 => format!(
+                "{from}, the host accepted the guest's frames after {}; nothing delivered to \
+                 the VM was seen yet.",
+                secs(o)
+            ),
+            _ => return None,
+        })
     }
 }

@@ -76,11 +76,13 @@ impl Engine {
                 mac,
                 mode,
                 datapath,
+                appeared,
                 ..
             } => {
                 self.now = Some(*ts);
                 let mut view = TapView::new(ifname, *ifindex, *mac, *mode, *ts);
                 view.datapath = *datapath;
+                view.appeared = *appeared;
                 view.probe = *datapath == Some(DatapathKind::Tc);
                 view.vm = self.pending.remove(ifname).flatten();
                 view.note(*ts, format!("tap attached, MAC {}", show(*mac, "none")));
@@ -234,7 +236,12 @@ impl Engine {
         };
         let from_vm = f.direction == Direction::FromVm;
         if from_vm {
-            self.taps[i].last_from_vm = f.ts;
+            let t = &mut self.taps[i];
+            t.last_from_vm = f.ts;
+            if t.first_from_vm.is_none() || t.first_from_vm_approx {
+                t.first_from_vm = Some(t.first_from_vm.map_or(f.ts, |a| a.min(f.ts)));
+                t.first_from_vm_approx = false;
+            }
             self.wake(i, f.ts, changes);
         }
         let t = &mut self.taps[i];
@@ -245,8 +252,19 @@ impl Engine {
         match f.kind {
             FrameKind::Rarp => {
                 t.last_rarp = Some(f.ts);
+                t.first_rarp.get_or_insert(f.ts);
+                t.rarps += 1;
                 t.first_announce.get_or_insert(f.ts);
                 t.note(f.ts, format!("RARP announce from {}", f.src_mac));
+            }
+            FrameKind::Inbound
+                if t.first_inbound.is_none() && t.switchover().is_some_and(|sw| f.ts >= sw) =>
+            {
+                t.first_inbound = Some(f.ts);
+                t.note(
+                    f.ts,
+                    format!("first frame delivered to the VM (from {})", f.src_mac),
+                );
             }
             FrameKind::Garp => {
                 t.last_garp = Some(f.ts);
@@ -326,6 +344,11 @@ impl Engine {
             }
         }
         t.last_stats = Some(ts);
+        if row.from_vm_frames > 0 && t.first_from_vm.is_none() {
+            // Only counted (no frame of it was reported): known to the interval.
+            t.first_from_vm = Some(ts);
+            t.first_from_vm_approx = true;
+        }
         if row.from_vm_frames > prev.from_vm_frames {
             t.last_from_vm = t.last_from_vm.max(ts);
             self.wake(i, ts, changes);
@@ -350,7 +373,10 @@ impl Engine {
             self.set_state(i, State::Blackout, ts, changes);
         }
         let t = &self.taps[i];
+        // A tap whose VM has not sent anything yet (plugged ahead of a migration) is
+        // waiting for it, not quiet.
         if matches!(t.state, State::Ok | State::Recovered)
+            && t.first_from_vm.is_some()
             && ts.ms_since(t.last_from_vm) >= quiet_after.as_millis() as i64
         {
             let before = t.state;
@@ -388,6 +414,9 @@ impl Engine {
             vm: t.vm_name().to_string(),
             state: t.state,
             blackout_ms: t.blackout_ms(now),
+            switchover_ts: Some(t.switchover()),
+            inbound_gap_ms: Some(t.inbound_gap_ms()),
+            outbound_gap_ms: Some(t.outbound_gap_ms()),
             diagnosis: t.diagnosis(now),
         }
     }
@@ -441,6 +470,7 @@ pub(crate) mod fixtures {
             backend: crate::model::Backend::Ebpf,
             // As tapwatch 0.1 wrote it.
             datapath: None,
+            appeared: false,
             mtu: Some(1500),
             master: None,
         }
@@ -520,6 +550,105 @@ mod tests {
 
     fn engine() -> Engine {
         Engine::new(EngineConfig::default())
+    }
+
+    /// The incident's two parts on one clock: the network delivers to the VM 3.9 s after
+    /// its first RARP, the guest's stale gateway MAC keeps its frames dropped until 30.1 s;
+    /// the diagnosis names the longer part first, and the summary row carries the gaps.
+    #[test]
+    fn the_outage_in_its_parts() {
+        let mut e = engine();
+        let mut recs = vec![attached(0, "tapA", NEW, "routed")];
+        // A stale frame a moment before QEMU's first RARP is still this migration's.
+        recs.push(frame(995, "tapA", "from_vm", "dst_mismatch", OLD));
+        recs.extend((0..5).map(|i| frame(1000 + i * 150, "tapA", "from_vm", "rarp", BCAST)));
+        recs.push(frame(1200, "tapA", "from_vm", "dst_mismatch", OLD));
+        recs.push(frame(4900, "tapA", "to_vm", "inbound", GUEST));
+        // Only the first delivered frame counts.
+        recs.push(frame(5900, "tapA", "to_vm", "inbound", GUEST));
+        let before = e.apply(&recs[0]);
+        assert_eq!(before.len(), 1);
+        for r in &recs[1..] {
+            e.apply(r);
+        }
+        let t = e.tap("tapA").unwrap();
+        assert_eq!(t.switchover(), Some(at(1000)));
+        assert_eq!(t.inbound_gap_ms(), Some(3900));
+        assert_eq!(t.outbound_gap_ms(), None, "the stale frames go on");
+        let f = e.fields(t, at(6000));
+        assert_eq!(
+            (f.switchover_ts, f.inbound_gap_ms, f.outbound_gap_ms),
+            (Some(Some(at(1000))), Some(Some(3900)), Some(None))
+        );
+        let v = e.apply(&frame(31_100, "tapA", "from_vm", "dst_match", NEW));
+        let Record::Verdict { fields, .. } = &v[0] else {
+            panic!("{v:?}")
+        };
+        assert_eq!(fields.state, State::Recovered);
+        assert_eq!(fields.outbound_gap_ms, Some(Some(30_100)));
+        assert!(
+            fields.diagnosis.contains(
+                "the network took 3.9 s to deliver to the VM again; the guest's stale \
+                 gateway MAC kept its replies dropped for 26 s more"
+            ),
+            "{}",
+            fields.diagnosis
+        );
+        assert!(
+            fields.diagnosis.contains("RARP announce seen at")
+                && fields.diagnosis.contains("(5 in all)"),
+            "{}",
+            fields.diagnosis
+        );
+        let json = serde_json::to_value(fields).unwrap();
+        assert_eq!(json["inbound_gap_ms"], 3900);
+        assert_eq!(json["outbound_gap_ms"], 30_100);
+        assert_eq!(
+            json["switchover_ts"],
+            serde_json::to_value(at(1000)).unwrap()
+        );
+    }
+
+    /// Without a RARP, a tap that appeared while watched switches over at the VM's first
+    /// frame; without stale frames the host accepted the VM at once (0); a tap that was
+    /// there from the start, with a running VM, saw no migration at all.
+    #[test]
+    fn without_an_announce_the_first_frame_is_the_switch_over() {
+        let mut e = engine();
+        let mut new_tap = attached(0, "tapN", NEW, "routed");
+        if let Record::Attached { appeared, .. } = &mut new_tap {
+            *appeared = true;
+        }
+        run(
+            &mut e,
+            &[
+                new_tap,
+                attached(0, "tapO", NEW, "routed"),
+                frame(700, "tapN", "from_vm", "arp_request", BCAST),
+                stats(1000, "tapO", 10, 0),
+            ],
+        );
+        let n = e.tap("tapN").unwrap();
+        assert_eq!(n.switchover(), Some(at(700)));
+        assert_eq!((n.inbound_gap_ms(), n.outbound_gap_ms()), (None, Some(0)));
+        let o = e.tap("tapO").unwrap();
+        assert_eq!((o.switchover(), o.outbound_gap_ms()), (None, None));
+        assert!(o.diagnosis(at(1000)).contains("No RARP seen."));
+        let empty = engine();
+        assert!(empty.taps.is_empty());
+    }
+
+    /// Records of older versions read back without the anatomy and write back without it.
+    #[test]
+    fn older_verdicts_keep_their_bytes() {
+        let line = r#"{"vm":"v","state":"OK","blackout_ms":null,"diagnosis":"d"}"#;
+        let f: VerdictFields = serde_json::from_str(line).unwrap();
+        assert_eq!(f.inbound_gap_ms, None);
+        assert_eq!(serde_json::to_string(&f).unwrap(), line);
+        let line = r#"{"vm":"v","state":"OK","blackout_ms":null,"switchover_ts":null,"inbound_gap_ms":null,"outbound_gap_ms":null,"diagnosis":"d"}"#;
+        let f: VerdictFields = serde_json::from_str(line).unwrap();
+        assert_eq!(f.inbound_gap_ms, Some(None));
+        assert_eq!(serde_json::to_string(&f).unwrap(), line);
     }
 
     #[test]

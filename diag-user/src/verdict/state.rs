@@ -48,6 +48,17 @@ pub struct TapView {
     pub datapath: Option<crate::model::DatapathKind>,
     /// Whether the tap carries the drop-driven datapath's per-frame probe now.
     pub probe: bool,
+    /// The tap appeared while tapwatch ran (not in its first look at the host).
+    pub appeared: bool,
+    /// The first RARP from the VM, and how many came.
+    pub first_rarp: Option<Ts>,
+    pub rarps: u32,
+    /// The first frame from the VM seen (a record, or else the stats record that first
+    /// counted one: then `first_from_vm_approx`).
+    pub first_from_vm: Option<Ts>,
+    pub first_from_vm_approx: bool,
+    /// The first data frame delivered to the VM after its switch-over (`inbound`).
+    pub first_inbound: Option<Ts>,
     pub mac: Option<MacAddr>,
     /// The MAC before the last change and when it changed.
     pub prev_mac: Option<(Option<MacAddr>, Ts)>,
@@ -91,6 +102,12 @@ impl TapView {
             mode,
             datapath: None,
             probe: false,
+            appeared: false,
+            first_rarp: None,
+            rarps: 0,
+            first_from_vm: None,
+            first_from_vm_approx: false,
+            first_inbound: None,
             mac,
             prev_mac: None,
             mac_history: vec![(ts, mac)],
@@ -136,6 +153,42 @@ impl TapView {
         match (self.vm.as_ref().and_then(|v| v.libvirt_tap_mac()), self.mac) {
             (Some(expected), Some(mac)) => expected != mac,
             _ => false,
+        }
+    }
+
+    /// When the VM came up on this tap: its first RARP (QEMU's announce at resume); without
+    /// one, its first frame on a tap that appeared while watched, unless libvirt says the
+    /// VM was started here (a boot is no migration).
+    pub fn switchover(&self) -> Option<Ts> {
+        if self.first_rarp.is_some() {
+            return self.first_rarp;
+        }
+        let booted_here = self.vm.as_ref().and_then(|v| v.migrated_in()) == Some(false);
+        if self.appeared && !booted_here {
+            self.first_from_vm
+        } else {
+            None
+        }
+    }
+
+    /// From the switch-over to the first data frame delivered to the VM: the network's
+    /// part (routes, flows, bridge learning moving to this host).
+    pub fn inbound_gap_ms(&self) -> Option<u64> {
+        let (sw, inbound) = (self.switchover()?, self.first_inbound?);
+        Some(inbound.ms_since(sw).max(0) as u64)
+    }
+
+    /// From the switch-over to the first frame from the VM the host accepted: the end of
+    /// the stale frames (the guest's part), 0 when there were none, unknown while they
+    /// last or before the VM sent anything.
+    pub fn outbound_gap_ms(&self) -> Option<u64> {
+        let sw = self.switchover()?;
+        match self.blackout {
+            // A blackout that reaches past the switch-over is this migration's (its first
+            // stale frame may come a moment before QEMU's first RARP).
+            Some(b) if b.end.is_none_or(|e| e >= sw) => b.end.map(|e| e.ms_since(sw).max(0) as u64),
+            _ if self.mode == Mode::Bridged => None,
+            _ => self.first_from_vm.map(|_| 0),
         }
     }
 

@@ -597,7 +597,9 @@ impl Probe {
             .collect();
         for ifindex in drops_taps {
             if open.contains(&ifindex) {
-                // Also where an event was lost (a full ring): the window is the truth.
+                // Also where an event was lost (a full ring): the window is the truth. An
+                // armed inbound watch keeps the probe too: its egress times the first
+                // data frame delivered to the VM.
                 self.trouble(ifindex, "frames to a MAC it does not have");
                 continue;
             }
@@ -624,9 +626,9 @@ impl Probe {
         }
     }
 
-    /// The taps whose mismatch window is open now. Also clears the window hint of every
-    /// slot whose taps all have their windows closed, so their probes skip the window map
-    /// again. A window opened between the read and the clear is found by the read after it
+    /// The taps with something pending now (an open mismatch window, or the first data
+    /// frame to the VM awaited after its RARP). Also clears the window hint of every slot
+    /// whose taps have nothing pending, so their probes skip the window map again. A window opened between the read and the clear is found by the read after it
     /// and its hint set again: at worst one frame to the tap's MAC, in those microseconds,
     /// does not end it (the next one does).
     fn open_windows(&mut self) -> std::collections::HashSet<u32> {
@@ -635,7 +637,7 @@ impl Probe {
             by_slot.entry(hint_slot(ifindex)).or_default().push(ifindex);
         }
         let is_open = |w: &BpfHashMap<MapData, u32, TapWindow>, i: &u32| {
-            w.get(i, 0).is_ok_and(|w: TapWindow| w.is_open())
+            w.get(i, 0).is_ok_and(|w: TapWindow| w.pending())
         };
         let mut open = std::collections::HashSet::new();
         for (slot, taps) in by_slot {

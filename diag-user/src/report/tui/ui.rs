@@ -516,16 +516,27 @@ mod tests {
         assert!(s.contains("Blackout of 19910 ms"), "{s}");
     }
 
+    /// A VM that went silent is QUIET; a tap whose VM never sent anything (plugged ahead of
+    /// a migration) is waiting for it, not quiet.
     #[test]
     fn quiet_row() {
         let a = app(&[
             attached(0, "tapQ", NEW, "routed"),
-            stats(1000, "tapQ", 0, 0),
-            stats(6000, "tapQ", 0, 0),
+            stats(1000, "tapQ", 4, 0),
+            stats(7000, "tapQ", 4, 0),
         ]);
-        let s = screen(&a, at(6000), 200, 30);
+        let s = screen(&a, at(7000), 200, 30);
         assert!(row_of(&s, "tapQ").contains("QUIET"), "{s}");
-        assert!(s.contains("The guest has sent nothing for 6 s."), "{s}");
+        assert!(s.contains("sent nothing for 6 s."), "{s}");
+        let a = app(&[
+            attached(0, "tapW", NEW, "routed"),
+            stats(1000, "tapW", 0, 0),
+            stats(9000, "tapW", 0, 0),
+        ]);
+        let s = screen(&a, at(9000), 200, 30);
+        assert!(row_of(&s, "tapW").contains("OK"), "{s}");
+        assert!(s.contains("Waiting for the VM"), "{s}");
+        assert!(!s.contains("sent nothing"), "{s}");
     }
 
     #[test]
