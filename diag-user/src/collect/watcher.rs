@@ -478,7 +478,13 @@ pub(super) fn link_exists(ifindex: u32, name: &str) -> bool {
         return false;
     };
     // SAFETY: a valid NUL-terminated string.
-    unsafe { libc::if_nametoindex(c.as_ptr()) == ifindex }
+    match unsafe { libc::if_nametoindex(c.as_ptr()) } {
+        // Only "no such device" says it is gone; when the question itself fails (out of
+        // descriptors for its socket) the tap is taken as present, so the attach failure
+        // is reported instead of passing for a tap that vanished.
+        0 => io::Error::last_os_error().raw_os_error() != Some(libc::ENODEV),
+        i => i == ifindex,
+    }
 }
 
 #[cfg(test)]
