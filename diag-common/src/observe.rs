@@ -73,8 +73,12 @@ pub fn observe<'w>(
                 }
             } else if w.inbound_armed_ns != 0 {
                 now = clock();
-                w.inbound_armed_ns = 0;
-                kind = Some(FrameKind::Inbound);
+                // Only a frame timed after the RARP: the libpcap datapath reads the two
+                // directions from two handles, so an older frame to the VM can come after.
+                if now >= w.inbound_armed_ns {
+                    w.inbound_armed_ns = 0;
+                    kind = Some(FrameKind::Inbound);
+                }
             }
         }
     }
@@ -256,6 +260,9 @@ mod tests {
         // A second RARP does not move the start.
         step(&rarp, &from_vm(false, true), 20, &mut c, &mut w);
         assert_eq!(w.inbound_armed_ns, 10);
+        // A frame timed before the RARP (read late from another capture handle) is not it.
+        assert_eq!(step(&data, &to_vm, 9, &mut c, &mut w), None, "older");
+        assert!(w.pending());
         let first = step(&data, &to_vm, 30, &mut c, &mut w).unwrap();
         assert_eq!(
             first,

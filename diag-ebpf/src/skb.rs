@@ -109,7 +109,12 @@ pub fn on_frame<C: EbpfContext>(
 /// and parsing their bytes was most of the program's cost.
 #[inline(always)]
 fn classify_frame(skb: &Skb, foreign: bool, direction: Direction, whole: bool) -> Classification {
-    if !whole && skb.len as usize >= ETH_HLEN && skb.header_only() {
+    // A runt has no Ethernet header: nothing to judge (its bytes count in the link's
+    // totals).
+    if (skb.len as usize) < ETH_HLEN {
+        return Classification::default();
+    }
+    if !whole && skb.header_only() {
         return classify_header_only(foreign && direction == Direction::FromVm);
     }
     let head = head_buf!(words);

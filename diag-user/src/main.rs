@@ -51,7 +51,8 @@ enum Command {
     /// Attach to VM taps and report live (the default command).
     Watch(WatchArgs),
     /// Run the verdicts offline on a bundle (directory or .tar.gz) or a pcap/pcapng capture
-    /// of tap traffic (`tcpdump -i tapX -w x.pcap`, or `-i any`).
+    /// of tap traffic (`tcpdump -i tapX -w x.pcap`, or `-i any`); given a source and a
+    /// destination bundle of one migration, tell it from both hosts.
     Analyze(AnalyzeArgs),
     /// Build a lab of two simulated hypervisors, live-migrate a simulated VM between
     /// them, and watch the destination as on-call would.
@@ -63,8 +64,10 @@ enum Command {
 
 #[derive(Args, Clone)]
 struct AnalyzeArgs {
-    /// A bundle directory, a .tar.gz bundle, or a pcap/pcapng capture.
-    path: PathBuf,
+    /// A bundle directory, a .tar.gz bundle, or a pcap/pcapng capture; or two bundles, the
+    /// source hypervisor's then the destination's (SRC DST).
+    #[arg(value_name = "PATH", num_args = 1..=2, required = true)]
+    paths: Vec<PathBuf>,
     /// Print NDJSON (verdict records, then the summary) instead of a table.
     #[arg(long)]
     json: bool,
@@ -94,12 +97,21 @@ struct LabArgs {
     /// Steady traffic before the migration.
     #[arg(long, value_name = "SECS", default_value = "2", value_parser = parse_lab_time)]
     before: Duration,
-    /// The guest also sends a gratuitous ARP when it resumes.
+    /// The guest also sends a gratuitous ARP the moment it resumes, before QEMU's announce
+    /// (it always sends one after each RARP round, as virtio's guest announce does).
     #[arg(long)]
     garp: bool,
     /// Seconds between stats records.
     #[arg(long, value_name = "SECS", default_value = "0.5", value_parser = parse_interval)]
     interval: Duration,
+    /// Seconds the network keeps delivering the VM's traffic to the source after it
+    /// resumed on the destination: the SDN's switch-over (BGP, OVN).
+    #[arg(long, value_name = "SECS", default_value = "0", value_parser = parse_lab_time)]
+    sdn_delay: Duration,
+    /// Record a bundle per hypervisor: DIR/src/ and DIR/dst/ (DIR new or empty, yours),
+    /// for `tapwatch analyze DIR/src DIR/dst`.
+    #[arg(long, value_name = "DIR")]
+    record: Option<PathBuf>,
 }
 
 #[derive(Args, Clone)]
@@ -229,6 +241,10 @@ fn main() -> ExitCode {
 }
 
 fn run_analyze(args: AnalyzeArgs) -> anyhow::Result<ExitCode> {
+    if let [src, dst] = &args.paths[..] {
+        return run_merge(src, dst, args.json);
+    }
+    let path = &args.paths[0];
     let mut out = io::BufWriter::new(io::stdout().lock());
     let a = if args.json {
         // Verdicts as they come, then the summary.
@@ -237,11 +253,11 @@ fn run_analyze(args: AnalyzeArgs) -> anyhow::Result<ExitCode> {
             Record::Verdict { .. } | Record::Summary { .. } => sink.emit(r),
             _ => Ok(()),
         };
-        let a = analyze::analyze_path(&args.path, args.tap_mac, &mut print)?;
+        let a = analyze::analyze_path(path, args.tap_mac, &mut print)?;
         sink.flush()?;
         a
     } else {
-        let a = analyze::analyze_path(&args.path, args.tap_mac, &mut |_| Ok(()))?;
+        let a = analyze::analyze_path(path, args.tap_mac, &mut |_| Ok(()))?;
         io::Write::write_all(&mut out, text::table(&a).as_bytes())?;
         a
     };
@@ -259,6 +275,41 @@ fn run_analyze(args: AnalyzeArgs) -> anyhow::Result<ExitCode> {
         }
         None => Ok(ExitCode::SUCCESS),
     }
+}
+
+/// `analyze SRC DST`: one `migration` record per VM found in both (NDJSON), then the
+/// destination's verdicts and summary; or the same for people.
+fn run_merge(src: &std::path::Path, dst: &std::path::Path, json: bool) -> anyhow::Result<ExitCode> {
+    let merged = analyze::merge::merge(src, dst)?;
+    let mut out = io::BufWriter::new(io::stdout().lock());
+    if merged.migrations.is_empty() {
+        eprintln!(
+            "tapwatch: no VM of {} is in {}: give the source's bundle first, then the \
+             destination's, of the same migration",
+            dst.display(),
+            src.display()
+        );
+    }
+    if json {
+        let mut sink = JsonSink(&mut out);
+        for (m, _) in &merged.migrations {
+            sink.emit(&Record::Migration(m.clone()))?;
+        }
+        for r in &merged.dst_records {
+            sink.emit(r)?;
+        }
+        sink.flush()?;
+    } else {
+        for (m, all) in &merged.migrations {
+            io::Write::write_all(&mut out, text::migration_report(m, all).as_bytes())?;
+        }
+    }
+    io::Write::flush(&mut out)?;
+    Ok(if merged.migrations.is_empty() {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 /// The run's outputs: stdout (NDJSON) and the bundle, each written by its own thread.
@@ -402,13 +453,43 @@ fn run_lab(args: LabArgs, runtime: &tokio::runtime::Runtime) -> anyhow::Result<E
         duration: args.duration,
         garp: args.garp,
         interval: args.interval,
+        sdn_delay: args.sdn_delay,
     };
     let json = args.json || no_view();
+    // --record: a bundle for each hypervisor, the destination's beside the run's outputs,
+    // the source's on a pipeline of its own.
+    let (dst_bundle, src) = match &args.record {
+        Some(dir) => {
+            make_record_dir(dir)?;
+            let bundle = |side: &str| {
+                Bundle::create(BundleOptions {
+                    dir: dir.join(side),
+                    max_bytes: 100 << 20,
+                    pack: false,
+                })
+            };
+            let src_bundle = bundle("src")?;
+            let dst_bundle = bundle("dst")?;
+            let dir = src_bundle.dir().display().to_string();
+            let (writer, _) = Writer::spawn("src bundle", src_bundle, move |e| {
+                eprintln!("tapwatch: the bundle in {dir} stopped: {e}");
+            })?;
+            let pipeline =
+                Pipeline::new(Engine::new(EngineConfig::default()), vec![writer.pusher()]);
+            (Some(dst_bundle), Some((writer, pipeline)))
+        }
+        None => (None, None),
+    };
     let engine = Engine::new(EngineConfig::default());
     let stop = Arc::new(Notify::new());
-    let outputs = Outputs::start(json, None, &stop)?;
+    let outputs = Outputs::start(json, dst_bundle, &stop)?;
     let pipeline = Pipeline::new(engine, outputs.pushers());
-    let lab = lab::start(opts, json, pipeline.clone())?;
+    let lab = lab::start(
+        opts,
+        json,
+        pipeline.clone(),
+        src.as_ref().map(|(_, p)| p.clone()),
+    )?;
     let mut stop_lab = Some(lab.stop);
     let shown = if json {
         // A closed stdout ends the output and the lab, not the lab's clean-up.
@@ -437,6 +518,15 @@ fn run_lab(args: LabArgs, runtime: &tokio::runtime::Runtime) -> anyhow::Result<E
         .handle
         .join()
         .map_err(|_| anyhow::anyhow!("the lab thread panicked"));
+    if let Some((writer, src_pipeline)) = src {
+        match writer.close(BUNDLE_CLOSE) {
+            Ok(b) => {
+                let path = b.finish(&src_pipeline.head().engine)?;
+                eprintln!("tapwatch: bundle written to {}", path.display());
+            }
+            Err(e) => eprintln!("tapwatch: the source's bundle was not finished: {e}"),
+        }
+    }
     let code = outputs.close(&pipeline)?;
     if let Some(shown) = shown {
         let ending = shown?;
@@ -444,6 +534,28 @@ fn run_lab(args: LabArgs, runtime: &tokio::runtime::Runtime) -> anyhow::Result<E
     }
     joined??;
     Ok(code)
+}
+
+/// `lab --record DIR`: DIR is made (0700) when missing; if it exists it must be a
+/// directory of the caller's, and its `src/` and `dst/` are checked as any bundle directory
+/// is (new or empty, the caller's, no symlink).
+fn make_record_dir(dir: &std::path::Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    match std::fs::symlink_metadata(dir) {
+        Ok(m) if !m.is_dir() => anyhow::bail!("{}: not a directory", dir.display()),
+        // SAFETY: geteuid has no preconditions.
+        Ok(m) if m.uid() != unsafe { libc::geteuid() } => anyhow::bail!(
+            "{}: owned by uid {}, not by this user: choose a directory of your own",
+            dir.display(),
+            m.uid()
+        ),
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(dir)
+            .with_context(|| format!("creating {}", dir.display())),
+        Err(e) => Err(e).with_context(|| dir.display().to_string()),
+    }
 }
 
 /// The live view cannot run here: say so and fall back to NDJSON (as `--json`).

@@ -6,9 +6,9 @@ use std::collections::BTreeSet;
 
 use diag_user::{
     model::{
-        clock::Ts, mac::MacAddr, Backend, Direction, FrameKind, FrameRecord, LabEvent, LabRecord,
-        Line, MacHistoryEntry, Mode, NoticeCode, Record, Scenario, State, SummaryRow, TapRow,
-        VerdictFields, SCHEMA_VERSION,
+        clock::Ts, mac::MacAddr, Backend, Direction, FrameKind, FrameRecord, HostFact, LabEvent,
+        LabRecord, Line, MacHistoryEntry, MigrationRecord, Mode, NoticeCode, Record, Scenario,
+        State, SummaryRow, TapRow, VerdictFields, SCHEMA_VERSION,
     },
     verdict::libvirt::VmInterface,
 };
@@ -83,6 +83,12 @@ fn samples() -> Vec<Record> {
         managed: Some(false),
         bridge: Some("br0".into()),
         reason: Some("migrated".into()),
+        state: Some("running".into()),
+        cpu: Some(diag_user::verdict::libvirt::GuestCpu {
+            mode: Some("custom".into()),
+            model: Some("qemu64".into()),
+            features: vec!["lahf_lm".into()],
+        }),
     };
     vec![
         Record::Attached {
@@ -174,7 +180,30 @@ fn samples() -> Vec<Record> {
             scenario: Some(Scenario::StaleMac),
             stale_window_ms: Some(1),
             client_outage_ms: Some(1),
+            inbound_gap_ms: Some(1),
+            outbound_gap_ms: Some(1),
+            downtime_ms: Some(1),
             detail: Some("d".into()),
+        }),
+        Record::Migration(MigrationRecord {
+            ts,
+            vm: "web-1".into(),
+            src_ifname: "tapA".into(),
+            dst_ifname: "tapA".into(),
+            pause_ts: Some(ts),
+            pause_from: "libvirt".into(),
+            resume_ts: Some(ts),
+            downtime_ms: Some(1),
+            clock_uncertainty_ms: Some(1.0),
+            inbound_gap_ms: Some(1),
+            outbound_gap_ms: Some(1),
+            blackout_ms: Some(1),
+            host_diff: vec![HostFact {
+                fact: "tap MAC".into(),
+                src: "a".into(),
+                dst: "b".into(),
+            }],
+            notes: vec!["n".into()],
         }),
     ]
 }

@@ -93,9 +93,124 @@ fn stale_mac_blackout_agrees_with_the_truth() {
         "tapwatch {measured} ms vs truth {window} ms"
     );
     assert_eq!(row["rarp_frames"], 5);
+    // virtio's guest announce: a GARP after each RARP.
+    assert_eq!(row["garp_frames"], 5);
     let d = row["diagnosis"].as_str().unwrap();
     assert!(d.contains("managed='no'"), "{d}");
+    assert!(d.contains("(5 in all). GARP seen at"), "{d}");
     assert_eq!(blackouts(&recs), 1);
+    // Without an SDN delay the network delivers to the VM as soon as it resumes.
+    assert_gaps_agree(row, truth);
+}
+
+/// The verdict's two gaps against the lab's ground truth: both are kernel timestamps of the
+/// same frames the lab timed with its own clock when it sent or received them.
+fn assert_gaps_agree(row: &Value, truth: &Value) {
+    for gap in ["inbound_gap_ms", "outbound_gap_ms"] {
+        let (measured, real) = (row[gap].as_u64(), truth[gap].as_u64());
+        let (Some(measured), Some(real)) = (measured, real) else {
+            panic!("{gap}: tapwatch {} vs truth {}", row[gap], truth[gap]);
+        };
+        assert!(
+            measured.abs_diff(real) <= 10,
+            "{gap}: tapwatch {measured} ms vs truth {real} ms"
+        );
+    }
+}
+
+/// The incident's two parts: the SDN's switch-over (`--sdn-delay`) and the guest's stale
+/// cache, each measured on its own; then the two hypervisors' bundles merged into one
+/// migration.
+#[test]
+fn the_outage_in_its_parts_on_one_host_and_across_two() {
+    require_root();
+    let dir = common::Scratch::new("lab-record");
+    let record = dir.join("mig");
+    let recs = lab(&[
+        "--scenario",
+        "stale-mac",
+        "--sdn-delay",
+        "2",
+        "--record",
+        record.to_str().unwrap(),
+    ]);
+    let truth = truths(&recs)[0];
+    let row = &summary_rows(&recs)[0];
+    assert_eq!(row["state"], "RECOVERED");
+    assert_gaps_agree(row, truth);
+    let inbound = row["inbound_gap_ms"].as_u64().unwrap();
+    assert!((2000..2500).contains(&inbound), "inbound {inbound} ms");
+    let d = row["diagnosis"].as_str().unwrap();
+    assert!(
+        d.contains("the network took 2.0 s to deliver to the VM again"),
+        "{d}"
+    );
+    assert!(
+        recs.iter()
+            .any(|r| r["type"] == "lab" && r["event"] == "route"),
+        "the route record"
+    );
+
+    let src = record.join("src");
+    let dst = record.join("dst");
+    let out = Command::new(env!("CARGO_BIN_EXE_tapwatch"))
+        .args(["analyze", "--json"])
+        .args([&src, &dst])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let merged: Vec<Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let m = &merged[0];
+    assert_eq!(
+        (&m["type"], &m["vm"]),
+        (&"migration".into(), &"lab-vm-1".into())
+    );
+    // The source's libvirt status file said when the VM paused for the migration.
+    assert_eq!(m["pause_from"], "libvirt");
+    let (downtime, real) = (
+        m["downtime_ms"].as_u64().unwrap(),
+        truth["downtime_ms"].as_u64().unwrap(),
+    );
+    assert!(
+        downtime.abs_diff(real) <= 10,
+        "downtime: merge {downtime} ms vs truth {real} ms"
+    );
+    for gap in ["inbound_gap_ms", "outbound_gap_ms", "blackout_ms"] {
+        assert_eq!(m[gap], row[gap], "{gap}");
+    }
+    let diff = m["host_diff"].as_array().unwrap();
+    let mac = diff
+        .iter()
+        .find(|f| f["fact"] == "tap MAC")
+        .unwrap_or_else(|| panic!("no tap MAC in {diff:?}"));
+    assert_eq!(
+        (&mac["src"], &mac["dst"]),
+        (&"fe:16:3e:aa:bb:cc".into(), &"00:61:fe:ed:ca:fe".into())
+    );
+    // Same machine: the kernels agree, so they are not a difference.
+    assert!(diff.iter().all(|f| f["fact"] != "kernel"), "{diff:?}");
+    // Then the destination's own verdicts and summary, as `analyze DST` gives them.
+    assert!(merged[1..].iter().any(|r| r["type"] == "summary"));
+
+    let text = Command::new(env!("CARGO_BIN_EXE_tapwatch"))
+        .arg("analyze")
+        .args([&src, &dst])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.contains(&format!("downtime                   {downtime} ms")),
+        "{text}"
+    );
+    assert!(text.contains("≠ tap MAC "), "{text}");
 }
 
 #[test]

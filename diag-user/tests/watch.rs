@@ -72,7 +72,8 @@ every_datapath!(
     counts_every_kind_exactly,
     mac_change_turns_frames_to_the_old_mac_into_mismatches,
     follows_taps_that_appear_and_disappear,
-    traffic_is_untouched
+    traffic_is_untouched,
+    inbound_is_timed_from_the_rarp
 );
 
 fn counts_every_kind_exactly(datapath: &str) {
@@ -399,25 +400,33 @@ fn follows_taps_that_appear_and_disappear(datapath: &str) {
     drop(first);
 }
 
-/// The probe observes only: the host answers exactly as without it.
-fn traffic_is_untouched(datapath: &str) {
-    require_root();
-    let ns = Netns::new("tw-ping").unwrap();
-    let tap = VmTap::create(&ns, "tapping", TAP_LIBVIRT).unwrap();
-    ns.ip(&["addr", "add", "10.65.0.1/24", "dev", "tapping"])
+/// A tap whose host side answers the VM: the host's address on it and the VM's MAC known,
+/// as a routed VM's tap has them.
+fn answering_tap(ns: &Netns, name: &str) -> VmTap {
+    let tap = VmTap::create(ns, name, TAP_LIBVIRT).unwrap();
+    ns.ip(&["addr", "add", "10.65.0.1/24", "dev", name])
         .unwrap();
+    let guest = GUEST.to_string();
     ns.ip(&[
         "neigh",
         "replace",
         "10.65.0.2",
         "lladdr",
-        &GUEST.to_string(),
+        &guest,
         "dev",
-        "tapping",
+        name,
         "nud",
         "permanent",
     ])
     .unwrap();
+    tap
+}
+
+/// The probe observes only: the host answers exactly as without it.
+fn traffic_is_untouched(datapath: &str) {
+    require_root();
+    let ns = Netns::new("tw-ping").unwrap();
+    let tap = answering_tap(&ns, "tapping");
 
     // One round: a ping to the tap's MAC, one to a MAC it does not have, an ARP request.
     let round = |seq: u16| {
@@ -749,4 +758,98 @@ fn clsact_tolerates_an_existing_qdisc() {
     let (status, _, stderr) = tw.stop(libc::SIGTERM);
     assert!(status.success(), "{stderr}");
     assert!(!stderr.contains("cannot"), "{stderr}");
+}
+
+/// The whole milliseconds between two records' timestamps as the engine computes them from
+/// nanoseconds: the JSON has microseconds, so either neighbour of the truncated value.
+fn ms_between(from: &serde_json::Value, to: &serde_json::Value) -> std::ops::RangeInclusive<u64> {
+    let us = |v: &serde_json::Value| {
+        chrono::DateTime::parse_from_rfc3339(v["ts"].as_str().unwrap())
+            .unwrap()
+            .timestamp_micros()
+    };
+    let d = (us(to) - us(from)) * 1000;
+    ((d - 999).max(0) / 1_000_000) as u64..=((d + 999) / 1_000_000) as u64
+}
+
+/// The blackout's anatomy on the kernel's clock: after the VM's RARP, the first data frame
+/// delivered to it (not ARP) is reported once as `inbound`, and `inbound_gap_ms` is the
+/// time between the two frames' kernel timestamps; data before the RARP and ARP after it do
+/// not count.
+fn inbound_is_timed_from_the_rarp(datapath: &str) {
+    require_root();
+    let ns = Netns::new("tw-inb").unwrap();
+    let tap = answering_tap(&ns, "tapinb0");
+    let is_reply = |seq: u16| {
+        move |f: &[u8]| f.len() >= 42 && f[23] == 1 && f[34] == 0 && f[40..42] == seq.to_be_bytes()
+    };
+    let ping = |seq: u16| {
+        tap.send(&frames::icmp_echo_request(
+            GUEST,
+            TAP_LIBVIRT,
+            VM_IP,
+            HOST_IP,
+            7,
+            seq,
+            b"tapwatch",
+        ))
+        .unwrap();
+        tap.recv_matching(Duration::from_secs(2), is_reply(seq))
+            .unwrap()
+            .expect("echo reply");
+    };
+    let mut tw = json_watch_with(&ns, datapath, &[]);
+    tw.wait_attached("tapinb0");
+    // Data to the VM before any announce: not a migration's.
+    ping(1);
+    tap.send(&frames::rarp_announce(GUEST, None)).unwrap();
+    // In the drop-driven datapath the RARP brings the per-frame probe that sees frames to
+    // the VM; it is on before the RARP's record goes out.
+    tw.wait_for("the RARP", |v| v["kind"] == "rarp");
+    // The host's ARP reply to the VM is not the network delivering to it.
+    tap.send(&frames::arp_request(GUEST, VM_IP, HOST_IP))
+        .unwrap();
+    tap.recv_matching(Duration::from_secs(2), |f| {
+        f.len() >= 22 && f[12..14] == [8, 6] && f[21] == 2
+    })
+    .unwrap()
+    .expect("arp reply");
+    ping(2);
+    ping(3);
+    let inbound = tw.wait_for("inbound", |v| v["kind"] == "inbound");
+    tw.wait_stats("tapinb0", |t| u(t, "from_vm_frames") == 5);
+    let (status, recs, _) = tw.stop(libc::SIGINT);
+    assert!(status.success(), "{status:?}");
+
+    let all = frames(&recs, "tapinb0", "inbound");
+    assert_eq!(all.len(), 1, "reported once: {all:#?}");
+    assert_eq!(
+        (
+            &inbound["direction"],
+            &inbound["src_mac"],
+            &inbound["dst_mac"]
+        ),
+        (
+            &"to_vm".into(),
+            &"fe:16:3e:aa:bb:cc".into(),
+            &"fa:16:3e:aa:bb:cc".into()
+        )
+    );
+    assert_eq!(inbound["len"], 50);
+    let rarp = &frames(&recs, "tapinb0", "rarp")[0];
+    let arp_reply = &frames(&recs, "tapinb0", "arp_reply")[0];
+    assert!(
+        arp_reply["ts"].as_str() < inbound["ts"].as_str(),
+        "{arp_reply} {inbound}"
+    );
+    let row = summary_row(&recs, "tapinb0");
+    assert_eq!(row["switchover_ts"], rarp["ts"]);
+    let gap = row["inbound_gap_ms"].as_u64().unwrap();
+    assert!(
+        ms_between(rarp, &inbound).contains(&gap),
+        "inbound_gap_ms {gap} vs {:?}",
+        ms_between(rarp, &inbound)
+    );
+    // No stale frame: the host accepted the VM's frames from the switch-over on.
+    assert_eq!(row["outbound_gap_ms"], 0);
 }

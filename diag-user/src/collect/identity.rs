@@ -61,10 +61,17 @@ impl Identities {
         }
     }
 
-    /// Waits until the source changes; never, for a fixed one.
+    /// Waits until the source changes; never, for a table that does not.
     pub(super) async fn changed(&mut self) -> Vec<LibvirtError> {
         match self {
             Identities::Libvirt(_, Some(d)) => d.changed().await,
+            Identities::Fixed(t) => match t.changes() {
+                Some(n) => {
+                    n.notified().await;
+                    Vec::new()
+                }
+                None => std::future::pending().await,
+            },
             _ => std::future::pending().await,
         }
     }

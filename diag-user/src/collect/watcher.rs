@@ -734,6 +734,8 @@ mod tests {
             managed: None,
             bridge: None,
             reason: None,
+            state: None,
+            cpu: None,
         };
         let table = Arc::new(Table(Mutex::new(HashMap::from([(
             "tapA".to_string(),

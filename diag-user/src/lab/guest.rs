@@ -1,5 +1,8 @@
 //! A small guest behind a tap, as QEMU runs one: answers ARP and ping, sends its own
-//! traffic to its gateway, keeps an ARP cache that expires, and re-ARPs.
+//! traffic to its gateway, and keeps its gateway's neighbour entry as Linux does:
+//! REACHABLE for a randomised reachable time, then STALE (still used), DELAY for 5 s at the
+//! next use, PROBE (3 unicast ARP requests to the cached MAC, 1 s apart, the entry still
+//! used), then broadcast requests until answered.
 //!
 //! It also keeps the lab's ground truth: for every frame it sends it knows the MAC its tap
 //! really has, so it knows exactly when it sent to a MAC the tap did not have.
@@ -26,7 +29,8 @@ pub struct GuestConfig {
     pub gateway: Ipv4Addr,
     /// Its own traffic goes to this address, every 100 ms.
     pub peer: Ipv4Addr,
-    /// How long an ARP entry stays usable before the guest asks again.
+    /// The base reachable time of its neighbour entries: each confirmation makes the entry
+    /// REACHABLE for a random time between half of it and one and a half times it.
     pub reachable: Duration,
     /// A frame to a MAC other than the tap's is a stale frame (routed); on a bridge it is
     /// normal traffic and never stale.
@@ -40,6 +44,27 @@ pub struct Window {
     pub end_ns: Option<u64>,
 }
 
+/// The gateway's neighbour entry, as Linux's NUD states.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+enum Nud {
+    /// Nothing known: broadcast requests, every second, until answered.
+    #[default]
+    Incomplete,
+    /// Confirmed; usable until `until_ns`.
+    Reachable { until_ns: u64 },
+    /// Past its reachable time, still used; the next use starts a DELAY.
+    Stale,
+    /// Used while stale: in `until_ns` the entry is probed, unless confirmed meanwhile.
+    Delay { until_ns: u64 },
+    /// Unicast requests to the cached MAC: `sent` so far, the next at `next_ns`.
+    Probe { sent: u32, next_ns: u64 },
+}
+
+/// Linux's defaults: delay_first_probe_time, retrans_time, ucast_solicit.
+const DELAY_NS: u64 = 5_000_000_000;
+const RETRANS_NS: u64 = 1_000_000_000;
+const UCAST_PROBES: u32 = 3;
+
 #[derive(Default)]
 struct State {
     tap: Option<Arc<VmTap>>,
@@ -47,13 +72,19 @@ struct State {
     tap_mac: Option<MacAddr>,
     paused: bool,
     stop: bool,
-    /// The gateway's MAC and when it was learned.
-    arp: Option<(MacAddr, u64)>,
+    /// The gateway's MAC (kept while STALE, DELAY and PROBE) and its entry's state.
+    arp: Option<MacAddr>,
+    nud: Nud,
     last_arp_request_ns: u64,
     next_own_ns: u64,
     /// Truth is kept only after the switch-over (before it the tap had the right MAC).
     judging: bool,
     windows: Vec<Window>,
+    /// When the guest resumed, the first frame it sent and the first data frame it
+    /// received after that (truth).
+    resumed_ns: Option<u64>,
+    first_sent_ns: Option<u64>,
+    first_inbound_ns: Option<u64>,
 }
 
 /// Handle to a running guest; the guest itself runs on its own thread.
@@ -64,7 +95,6 @@ pub struct Guest {
 }
 
 const OWN_TRAFFIC_EVERY_NS: u64 = 100_000_000;
-const ARP_RETRY_NS: u64 = 1_000_000_000;
 
 impl Guest {
     pub fn start(
@@ -102,6 +132,19 @@ impl Guest {
         s.tap_mac = Some(tap_mac);
         s.paused = false;
         s.judging = true;
+        s.resumed_ns = Some(monotonic_ns());
+        s.first_sent_ns = None;
+        s.first_inbound_ns = None;
+    }
+
+    /// The first frame the guest sent after it resumed (truth).
+    pub fn first_sent_ns(&self) -> Option<u64> {
+        self.lock().first_sent_ns
+    }
+
+    /// The first data frame (not ARP) the guest received after it resumed (truth).
+    pub fn first_inbound_ns(&self) -> Option<u64> {
+        self.lock().first_inbound_ns
     }
 
     pub fn stop(&self) {
@@ -121,11 +164,21 @@ impl Guest {
         self.lock().windows.clone()
     }
 
-    /// A gratuitous ARP for its own address, as a guest may send after resuming.
+    /// A gratuitous ARP for its own address, as a guest sends after resuming (virtio's
+    /// guest announce answers each of QEMU's RARP rounds with one).
     pub fn send_garp(&self) {
         let f = frames::garp(self.config.mac, self.config.ip);
-        if let Some(tap) = self.tap() {
+        let mut s = self.lock();
+        if let Some(tap) = s.tap.clone().filter(|_| !s.paused) {
+            Self::sent(&mut s);
             let _ = tap.send(&f);
+        }
+    }
+
+    /// Keeps the truth of the first frame sent after the resume.
+    fn sent(s: &mut State) {
+        if s.judging && s.first_sent_ns.is_none() {
+            s.first_sent_ns = Some(monotonic_ns());
         }
     }
 
@@ -157,28 +210,27 @@ impl Guest {
 
     fn housekeeping(&self, tap: &VmTap) {
         let now = monotonic_ns();
-        let reachable = self.config.reachable.as_nanos() as u64;
-        let (need_arp, own) = {
+        let (request, own) = {
             let mut s = self.lock();
-            let expired = s
-                .arp
-                .is_none_or(|(_, at)| now.saturating_sub(at) >= reachable);
-            let need_arp = expired && now.saturating_sub(s.last_arp_request_ns) >= ARP_RETRY_NS;
-            if need_arp {
-                s.last_arp_request_ns = now;
-            }
+            let request = self.neighbour_step(&mut s, now);
             let own = now >= s.next_own_ns;
             if own {
                 s.next_own_ns = now + OWN_TRAFFIC_EVERY_NS;
+                // Using the entry: a stale one is validated after DELAY_NS.
+                if s.nud == Nud::Stale {
+                    s.nud = Nud::Delay {
+                        until_ns: now + DELAY_NS,
+                    };
+                }
             }
-            (need_arp, own)
+            (request, own)
         };
-        if need_arp {
-            let _ = tap.send(&frames::arp_request(
-                self.config.mac,
-                self.config.ip,
-                self.config.gateway,
-            ));
+        if let Some(dst) = request {
+            let mut f = frames::arp_request(self.config.mac, self.config.ip, self.config.gateway);
+            // A probe goes to the cached MAC (the kernel's "unicast solicit").
+            f[..6].copy_from_slice(&dst.0);
+            Self::sent(&mut self.lock());
+            let _ = tap.send(&f);
         }
         if own {
             if let Some(gw) = self.gateway_mac() {
@@ -188,9 +240,56 @@ impl Guest {
         }
     }
 
+    /// Moves the gateway's entry along its states; an ARP request to send now, to this
+    /// destination (the cached MAC while probing, else broadcast).
+    fn neighbour_step(&self, s: &mut State, now: u64) -> Option<MacAddr> {
+        match s.nud {
+            Nud::Reachable { until_ns } if now >= until_ns => s.nud = Nud::Stale,
+            Nud::Delay { until_ns } if now >= until_ns => {
+                s.nud = Nud::Probe {
+                    sent: 0,
+                    next_ns: now,
+                }
+            }
+            _ => {}
+        }
+        match s.nud {
+            Nud::Probe { sent, next_ns } if now >= next_ns => {
+                if sent >= UCAST_PROBES {
+                    // Unanswered: forget the MAC and ask everyone.
+                    s.arp = None;
+                    s.nud = Nud::Incomplete;
+                    s.last_arp_request_ns = now;
+                    return Some(frames::BROADCAST);
+                }
+                s.nud = Nud::Probe {
+                    sent: sent + 1,
+                    next_ns: now + RETRANS_NS,
+                };
+                s.arp
+            }
+            Nud::Incomplete if now.saturating_sub(s.last_arp_request_ns) >= RETRANS_NS => {
+                s.last_arp_request_ns = now;
+                Some(frames::BROADCAST)
+            }
+            _ => None,
+        }
+    }
+
+    /// A reachable time drawn as Linux does: uniformly between half and one and a half
+    /// times the base.
+    fn reachable_ns(&self) -> u64 {
+        use std::hash::{BuildHasher, Hasher};
+        let base = self.config.reachable.as_nanos() as u64;
+        let r = std::collections::hash_map::RandomState::new()
+            .build_hasher()
+            .finish();
+        base / 2 + r % base.max(1)
+    }
+
     /// The cached gateway MAC: used while stale too, as Linux does while it re-validates.
     fn gateway_mac(&self) -> Option<MacAddr> {
-        self.lock().arp.map(|(m, _)| m)
+        self.lock().arp
     }
 
     fn on_frame(&self, tap: &VmTap, frame: &[u8]) {
@@ -200,6 +299,12 @@ impl Guest {
         let me = self.config.mac;
         if eth.dst != me.0 && eth.dst != [0xff; 6] {
             return;
+        }
+        if eth.dst == me.0 && eth.ethertype != ETH_P_ARP {
+            let mut s = self.lock();
+            if s.judging && s.first_inbound_ns.is_none() {
+                s.first_inbound_ns = Some(monotonic_ns());
+            }
         }
         if eth.ethertype == ETH_P_ARP {
             let Some(arp) = parse_arp(frame, eth.l3_offset) else {
@@ -216,9 +321,13 @@ impl Guest {
                     Ipv4Addr::from(arp.sender_ip),
                     None,
                 );
+                Self::sent(&mut self.lock());
                 let _ = tap.send(&reply);
             } else if arp.op == ARP_OP_REPLY && arp.sender_ip == self.config.gateway.octets() {
-                self.lock().arp = Some((MacAddr(arp.sender_mac), monotonic_ns()));
+                let until_ns = monotonic_ns() + self.reachable_ns();
+                let mut s = self.lock();
+                s.arp = Some(MacAddr(arp.sender_mac));
+                s.nud = Nud::Reachable { until_ns };
             }
             return;
         }
@@ -257,6 +366,7 @@ impl Guest {
     /// Sends a frame to `dst` and keeps the truth: was `dst` the tap's MAC right now?
     fn send_unicast(&self, tap: &VmTap, frame: &[u8], dst: MacAddr) {
         let mut s = self.lock();
+        Self::sent(&mut s);
         let now = monotonic_ns();
         if s.judging && self.config.routed {
             let stale = Some(dst) != s.tap_mac;
@@ -275,5 +385,70 @@ impl Guest {
         // Sent under the lock: the truth's timestamp and the write are not reordered
         // against a switch-over.
         let _ = tap.send(frame);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn guest(reachable_s: u64) -> Guest {
+        Guest {
+            config: GuestConfig {
+                name: "g".into(),
+                mac: MacAddr([0xfa, 0x16, 0x3e, 0, 0, 1]),
+                ip: Ipv4Addr::new(10, 65, 0, 2),
+                gateway: Ipv4Addr::new(169, 254, 1, 1),
+                peer: Ipv4Addr::new(10, 0, 0, 1),
+                reachable: Duration::from_secs(reachable_s),
+                routed: true,
+            },
+            state: Arc::new(Mutex::new(State::default())),
+        }
+    }
+
+    const S: u64 = 1_000_000_000;
+    const OLD: MacAddr = MacAddr([0xfe, 0x16, 0x3e, 0, 0, 1]);
+
+    /// Linux's neighbour states on the clock: REACHABLE until its time, STALE, DELAY 5 s
+    /// from the first use, three unicast probes to the cached MAC 1 s apart, then broadcast.
+    #[test]
+    fn a_stale_gateway_is_probed_as_linux_does() {
+        let g = guest(8);
+        let mut s = State {
+            arp: Some(OLD),
+            nud: Nud::Reachable { until_ns: 10 * S },
+            ..State::default()
+        };
+        assert_eq!(g.neighbour_step(&mut s, 9 * S), None);
+        assert_eq!(g.neighbour_step(&mut s, 10 * S), None);
+        assert_eq!(s.nud, Nud::Stale);
+        // The next use starts the delay (housekeeping does this when it sends).
+        s.nud = Nud::Delay {
+            until_ns: 11 * S + DELAY_NS,
+        };
+        assert_eq!(g.neighbour_step(&mut s, 15 * S), None, "still in DELAY");
+        let mut probes = Vec::new();
+        for t in 16..=19 {
+            if let Some(dst) = g.neighbour_step(&mut s, t * S) {
+                probes.push((t, dst));
+            }
+        }
+        assert_eq!(
+            probes,
+            [(16, OLD), (17, OLD), (18, OLD), (19, frames::BROADCAST)],
+            "three unicast probes to the old MAC, then broadcast"
+        );
+        assert_eq!(s.arp, None, "an unanswered entry is dropped");
+        assert_eq!(g.neighbour_step(&mut s, 20 * S), Some(frames::BROADCAST));
+    }
+
+    #[test]
+    fn reachable_times_are_drawn_around_the_base() {
+        let g = guest(8);
+        for _ in 0..50 {
+            let r = g.reachable_ns();
+            assert!((4 * S..12 * S).contains(&r), "{r}");
+        }
     }
 }

@@ -65,6 +65,9 @@ pub struct LabOptions {
     /// The guest also sends a gratuitous ARP when it resumes.
     pub garp: bool,
     pub interval: Duration,
+    /// How long after the resume the network (the fabric's route, BGP) keeps delivering
+    /// the VM's traffic to the source: the SDN's switch-over.
+    pub sdn_delay: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -254,13 +257,28 @@ impl Topology {
     /// Routes traffic for `vm` to hypervisor `hv` (Calico: the /32 route on the host and
     /// the fabric's route, which BGP would move).
     fn route_to(&self, hv_is_dst: bool, vm: &VmSpec) -> Result<(), SandboxError> {
-        let (hv, via) = if hv_is_dst {
-            (&self.dst, "192.168.20.2")
-        } else {
-            (&self.src, "192.168.10.2")
-        };
+        let hv = if hv_is_dst { &self.dst } else { &self.src };
         let ip = format!("{}/32", vm.ip);
         hv.ip(&["route", "replace", &ip, "dev", &vm.tap])?;
+        self.client_route(hv_is_dst, vm)
+    }
+
+    /// The destination host's /32 route to the VM via its tap (what Calico's agent sets
+    /// when the tap is plugged and the VM is there).
+    fn host_route(&self, vm: &VmSpec) -> Result<(), SandboxError> {
+        let ip = format!("{}/32", vm.ip);
+        self.dst.ip(&["route", "replace", &ip, "dev", &vm.tap])?;
+        Ok(())
+    }
+
+    /// The fabric's route to the VM (the client's): to the source or the destination.
+    fn client_route(&self, to_dst: bool, vm: &VmSpec) -> Result<(), SandboxError> {
+        let via = if to_dst {
+            "192.168.20.2"
+        } else {
+            "192.168.10.2"
+        };
+        let ip = format!("{}/32", vm.ip);
         self.client.ip(&["route", "replace", &ip, "via", via])?;
         Ok(())
     }
@@ -274,6 +292,12 @@ struct LabVm {
     pings: Pings,
     pinger: Option<JoinHandle<Result<std::io::Result<()>, SandboxError>>>,
     switchover_ns: Option<u64>,
+    /// When the guest paused and resumed, and when QEMU's first RARP went (truth).
+    paused_ns: Option<u64>,
+    resumed_ns: Option<u64>,
+    first_rarp_ns: Option<u64>,
+    /// When the fabric's route moves to the destination (after `--sdn-delay`).
+    route_due: Option<Instant>,
 }
 
 /// Everything the lab runs, torn down in order on drop.
@@ -281,6 +305,11 @@ struct Lab {
     topo: Topology,
     /// Taps the watcher said it attached to.
     attached: Attached,
+    /// Taps the source's watcher attached to (with --record).
+    src_attached: Option<Attached>,
+    /// What libvirt says on each side (the watchers read it).
+    src_vms: Arc<LabVms>,
+    dst_vms: Arc<LabVms>,
     vms: Vec<LabVm>,
     clock: WallClock,
     opts: LabOptions,
@@ -306,6 +335,10 @@ impl Lab {
             let tap = self
                 .topo
                 .plug(&self.topo.src, &spec, spec.libvirt_tap_mac(), scenario)?;
+            if let Some(a) = &self.src_attached {
+                // Recorded from its first frame on the source.
+                a.wait(&spec.tap);
+            }
             if !scenario.bridged() {
                 self.topo.route_to(false, &spec)?;
             }
@@ -341,6 +374,10 @@ impl Lab {
                 pings,
                 pinger: Some(pinger),
                 switchover_ns: None,
+                paused_ns: None,
+                resumed_ns: None,
+                first_rarp_ns: None,
+                route_due: None,
             });
         }
         // Readiness: every guest has resolved its gateway and the client hears back.
@@ -376,41 +413,70 @@ impl Lab {
             );
             dst_taps.push((tap, mac));
         }
-        // Switch-over: the guest stops, the source tap goes, the route moves.
+        // Switch-over: the guest stops (libvirt marks it paused for the migration), the
+        // source tap goes, the host's route moves; the fabric's route follows after the
+        // SDN's delay.
         for (i, (tap, mac)) in dst_taps.into_iter().enumerate() {
             let name = self.vms[i].spec.name.clone();
             self.vms[i].guest.pause();
-            self.vms[i].switchover_ns = Some(monotonic_ns());
+            let now = monotonic_ns();
+            self.vms[i].switchover_ns = Some(now);
+            self.vms[i].paused_ns = Some(now);
+            self.src_vms.switch(&name);
             self.lab_record(LabEvent::Switchover, Some(&name), None);
             self.topo.src.ip(&["link", "del", &self.vms[i].spec.tap])?;
             if !scenario.bridged() {
-                self.topo.route_to(true, &self.vms[i].spec)?;
+                self.topo.host_route(&self.vms[i].spec)?;
             }
             // QEMU's final stop-and-copy.
             std::thread::sleep(Duration::from_millis(50));
             self.vms[i].guest.resume_on(tap, mac);
+            self.vms[i].resumed_ns = Some(monotonic_ns());
+            self.dst_vms.switch(&name);
             self.lab_record(LabEvent::Resume, Some(&name), None);
+            if !scenario.bridged() {
+                self.vms[i].route_due = Some(Instant::now() + self.opts.sdn_delay);
+            }
             if self.opts.garp {
                 self.vms[i].guest.send_garp();
             }
+            self.move_due_routes()?;
         }
         if scenario != Scenario::NoAnnounce {
-            let announcers: Vec<_> = self
-                .vms
-                .iter()
-                .filter_map(|vm| vm.guest.tap().map(|t| (t, vm.spec.mac)))
-                .collect();
             for gap in std::iter::once(0).chain(ANNOUNCE_GAPS_MS) {
                 std::thread::sleep(Duration::from_millis(gap));
-                for (tap, mac) in &announcers {
-                    let _ = tap.send(&frames::rarp_announce(*mac, None));
+                for vm in self.vms.iter_mut() {
+                    let Some(tap) = vm.guest.tap() else { continue };
+                    let _ = tap.send(&frames::rarp_announce(vm.spec.mac, None));
+                    vm.first_rarp_ns.get_or_insert_with(monotonic_ns);
+                    // virtio's guest announce: the guest answers each round with a GARP.
+                    vm.guest.send_garp();
                 }
+                self.move_due_routes()?;
             }
             self.lab_record(
                 LabEvent::Announce,
                 None,
-                Some("QEMU sent 5 RARP rounds".into()),
+                Some("QEMU sent 5 RARP rounds, the guest a GARP after each".into()),
             );
+        }
+        Ok(())
+    }
+
+    /// Moves the fabric's route to the destination for every VM whose SDN delay is over.
+    fn move_due_routes(&mut self) -> Result<(), LabError> {
+        let now = Instant::now();
+        for i in 0..self.vms.len() {
+            if self.vms[i].route_due.is_some_and(|due| now >= due) {
+                self.vms[i].route_due = None;
+                self.topo.client_route(true, &self.vms[i].spec)?;
+                let name = self.vms[i].spec.name.clone();
+                self.lab_record(
+                    LabEvent::Route,
+                    Some(&name),
+                    Some("the fabric's route to the VM now leads to the destination".into()),
+                );
+            }
         }
         Ok(())
     }
@@ -436,12 +502,20 @@ impl Lab {
             .iter()
             .map(|vm| {
                 let since = vm.switchover_ns.unwrap_or(now);
-                let stale: u64 = vm
-                    .guest
-                    .windows()
+                let windows = vm.guest.windows();
+                let stale: u64 = windows
                     .first()
                     .map(|w| w.end_ns.unwrap_or(now).saturating_sub(w.start_ns) / 1_000_000)
                     .unwrap_or(0);
+                // The switch-over as tapwatch sees it: QEMU's first RARP, else the guest's
+                // first frame after it resumed.
+                let sw = vm.first_rarp_ns.or(vm.guest.first_sent_ns());
+                let ms = |a: u64, b: u64| a.saturating_sub(b) / 1_000_000;
+                let inbound = sw.zip(vm.guest.first_inbound_ns()).map(|(s, i)| ms(i, s));
+                let outbound = sw.and_then(|s| match windows.first() {
+                    Some(w) => w.end_ns.map(|e| ms(e, s)),
+                    None => vm.guest.first_sent_ns().map(|_| 0),
+                });
                 Record::Lab(LabRecord {
                     ts: Ts(self.clock.now()),
                     event: LabEvent::Truth,
@@ -449,6 +523,9 @@ impl Lab {
                     scenario: Some(self.opts.scenario),
                     stale_window_ms: Some(stale),
                     client_outage_ms: Some(vm.pings.outage_ms(since, now)),
+                    inbound_gap_ms: inbound,
+                    outbound_gap_ms: outbound,
+                    downtime_ms: vm.paused_ns.zip(vm.resumed_ns).map(|(p, r)| ms(r, p)),
                     detail: None,
                 })
             })
@@ -527,25 +604,62 @@ impl crate::model::Sink for Watched {
     }
 }
 
+/// Which simulated hypervisor a table of VMs describes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Side {
+    Src,
+    Dst,
+}
+
 /// The lab's VMs as libvirt would describe them (Nova-style `ethernet` interfaces, or
-/// bridged ones), so tapwatch names them and knows their guest MACs.
+/// bridged ones) on one hypervisor, so tapwatch names them and knows their guest MACs, and
+/// their domain state as libvirt's status files say it: on the source running (booted)
+/// until libvirt pauses it for the final stop-and-copy; on the destination paused (the
+/// incoming migration) until it resumes there.
 pub struct LabVms {
     scenario: Scenario,
     count: usize,
+    side: Side,
+    /// VMs past their switch-over (paused on the source, resumed on the destination).
+    switched: std::sync::Mutex<std::collections::HashSet<String>>,
+    changes: Arc<tokio::sync::Notify>,
 }
 
 impl LabVms {
-    pub fn new(opts: &LabOptions) -> Self {
+    pub fn new(opts: &LabOptions, side: Side) -> Self {
         Self {
             scenario: opts.scenario,
             count: opts.vms,
+            side,
+            switched: Default::default(),
+            changes: Default::default(),
         }
+    }
+
+    /// libvirt's status file changes for `vm`: paused for the migration (source), resumed
+    /// (destination).
+    pub fn switch(&self, vm: &str) {
+        self.switched
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(vm.to_string());
+        self.changes.notify_one();
     }
 }
 
 impl crate::verdict::libvirt::VmDirectory for LabVms {
     fn lookup(&self, tap: &str) -> Option<crate::verdict::libvirt::VmInterface> {
         let spec = (0..self.count).map(VmSpec::new).find(|v| v.tap == tap)?;
+        let switched = self
+            .switched
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&spec.name);
+        let (state, reason) = match (self.side, switched) {
+            (Side::Src, false) => ("running", "booted"),
+            (Side::Src, true) | (Side::Dst, false) => ("paused", "migration"),
+            (Side::Dst, true) => ("running", "migrated"),
+        };
         Some(crate::verdict::libvirt::VmInterface {
             domain: spec.name.clone(),
             uuid: None,
@@ -559,8 +673,18 @@ impl crate::verdict::libvirt::VmDirectory for LabVms {
             },
             managed: (!self.scenario.bridged()).then_some(self.scenario != Scenario::StaleMac),
             bridge: self.scenario.bridged().then(|| "br0".into()),
-            reason: Some("migrated".into()),
+            reason: Some(reason.into()),
+            state: Some(state.into()),
+            cpu: Some(crate::verdict::libvirt::GuestCpu {
+                mode: Some("custom".into()),
+                model: Some("qemu64".into()),
+                features: vec!["hypervisor".into(), "lahf_lm".into()],
+            }),
         })
+    }
+
+    fn changes(&self) -> Option<Arc<tokio::sync::Notify>> {
+        Some(self.changes.clone())
     }
 }
 
@@ -580,6 +704,7 @@ pub fn start(
     opts: LabOptions,
     headless: bool,
     pipeline: Arc<Pipeline>,
+    src_pipeline: Option<Arc<Pipeline>>,
 ) -> Result<LabRun, LabError> {
     caps::check()?;
     if opts.vms == 0 || opts.vms > MAX_VMS {
@@ -588,7 +713,16 @@ pub fn start(
     clean_leftovers();
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let handle = std::thread::spawn(move || {
-        let r = story(opts, headless, pipeline.clone(), stop_rx);
+        let r = story(
+            opts,
+            headless,
+            pipeline.clone(),
+            src_pipeline.clone(),
+            stop_rx,
+        );
+        if let Some(p) = src_pipeline {
+            p.finish();
+        }
         pipeline.finish();
         r
     });
@@ -598,33 +732,35 @@ pub fn start(
     })
 }
 
-fn story(
-    opts: LabOptions,
-    headless: bool,
-    pipeline: Arc<Pipeline>,
-    mut stop: oneshot::Receiver<()>,
-) -> Result<(), LabError> {
-    let started = Instant::now();
-    let topo = Topology::build(opts.scenario)?;
-    // tapwatch, as the on-call engineer runs it: on the destination hypervisor.
-    let (watch_stop_tx, watch_stop_rx) = oneshot::channel::<()>();
-    let watch_opts = WatchOptions {
-        patterns: vec!["tap*".into()],
-        interval: opts.interval,
-        duration: None,
-        attach_mode: AttachMode::Auto,
-        // The datapath an operator gets by default, without the libpcap fallback: the lab
-        // is about the kernel's view.
-        datapath: crate::collect::DatapathChoice::Ebpf,
-        probe_linger: Duration::from_secs(60),
-        identities: crate::collect::IdentitySource::Fixed(Arc::new(LabVms::new(&opts))),
-    };
-    let attached = Attached::default();
-    let wpipe = pipeline.clone();
-    let wattached = attached.clone();
-    let watcher = topo
-        .dst
-        .spawn(move || -> Result<collect::Outcome, WatchError> {
+/// A watcher running in one of the lab's namespaces.
+struct LabWatcher {
+    handle: JoinHandle<Result<Result<collect::Outcome, WatchError>, SandboxError>>,
+    stop: oneshot::Sender<()>,
+}
+
+impl LabWatcher {
+    /// `tapwatch watch` as the on-call engineer runs it, on hypervisor `ns`, with libvirt's
+    /// view `vms`, into `pipeline`; `attached` hears of every tap it attaches to.
+    fn start(
+        ns: &Netns,
+        opts: &LabOptions,
+        vms: Arc<LabVms>,
+        pipeline: Arc<Pipeline>,
+        attached: Attached,
+    ) -> Result<Self, SandboxError> {
+        let (stop, stop_rx) = oneshot::channel::<()>();
+        let watch_opts = WatchOptions {
+            patterns: vec!["tap*".into()],
+            interval: opts.interval,
+            duration: None,
+            attach_mode: AttachMode::Auto,
+            // The datapath an operator gets by default, without the libpcap fallback: the
+            // lab is about the kernel's view.
+            datapath: crate::collect::DatapathChoice::Ebpf,
+            probe_linger: Duration::from_secs(60),
+            identities: crate::collect::IdentitySource::Fixed(vms),
+        };
+        let handle = ns.spawn(move || -> Result<collect::Outcome, WatchError> {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
@@ -634,19 +770,71 @@ fn story(
                 })?;
             rt.block_on(async move {
                 let mut sink = Watched {
-                    feed: Feed(wpipe),
-                    attached: wattached,
+                    feed: Feed(pipeline),
+                    attached,
                 };
                 collect::run(watch_opts, &mut sink, async {
-                    let _ = watch_stop_rx.await;
+                    let _ = stop_rx.await;
                 })
                 .await
             })
         })?;
+        Ok(Self { handle, stop })
+    }
+
+    fn is_finished(&self) -> bool {
+        self.handle.is_finished()
+    }
+
+    fn stop(self) -> Result<collect::Outcome, LabError> {
+        let _ = self.stop.send(());
+        let r = self.handle.join().map_err(|_| LabError::Thread {
+            what: "watcher",
+            detail: "panicked".into(),
+        })?;
+        Ok(r??)
+    }
+}
+
+fn story(
+    opts: LabOptions,
+    headless: bool,
+    pipeline: Arc<Pipeline>,
+    src_pipeline: Option<Arc<Pipeline>>,
+    mut stop: oneshot::Receiver<()>,
+) -> Result<(), LabError> {
+    let started = Instant::now();
+    let topo = Topology::build(opts.scenario)?;
+    let src_vms = Arc::new(LabVms::new(&opts, Side::Src));
+    let dst_vms = Arc::new(LabVms::new(&opts, Side::Dst));
+    // tapwatch, as the on-call engineer runs it: on the destination hypervisor; with
+    // --record, on the source too, into a bundle of its own.
+    let attached = Attached::default();
+    let watcher = LabWatcher::start(
+        &topo.dst,
+        &opts,
+        dst_vms.clone(),
+        pipeline.clone(),
+        attached.clone(),
+    )?;
+    let src_attached = Attached::default();
+    let src_watcher = match &src_pipeline {
+        Some(p) => Some(LabWatcher::start(
+            &topo.src,
+            &opts,
+            src_vms.clone(),
+            p.clone(),
+            src_attached.clone(),
+        )?),
+        None => None,
+    };
 
     let mut lab = Lab {
         topo,
         attached,
+        src_attached: src_watcher.as_ref().map(|_| src_attached),
+        src_vms,
+        dst_vms,
         vms: Vec::new(),
         clock: WallClock::new(),
         opts: opts.clone(),
@@ -681,13 +869,15 @@ fn story(
         }
         lab.migrate()?;
         // The story goes on until it is over (headless), the deadline, or the user quits.
-        let give_up = Instant::now() + opts.reachable * 3 + Duration::from_secs(10);
+        let give_up =
+            Instant::now() + opts.reachable * 3 + opts.sdn_delay + Duration::from_secs(15);
         let mut told = false;
         loop {
             // SIGINT and SIGTERM end the watcher; the lab follows.
             if stopped(&mut stop) || past_deadline() || watcher.is_finished() {
                 break;
             }
+            lab.move_due_routes()?;
             if !told && (lab.story_over() || Instant::now() > give_up) {
                 told = true;
                 if headless && deadline.is_none() {
@@ -705,17 +895,18 @@ fn story(
         Ok(())
     })();
 
-    let _ = watch_stop_tx.send(());
-    let watched = watcher.join().map_err(|_| LabError::Thread {
-        what: "watcher",
-        detail: "panicked".into(),
-    })?;
+    let watched = watcher.stop();
+    let src_watched = src_watcher.map(LabWatcher::stop).transpose();
     // The truth comes last, after tapwatch's summary.
     for t in lab.truths() {
         pipeline.emit(&t);
+        if let Some(p) = &src_pipeline {
+            p.emit(&t);
+        }
     }
     drop(lab);
     result?;
-    watched??;
+    watched?;
+    src_watched?;
     Ok(())
 }

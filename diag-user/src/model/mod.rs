@@ -5,6 +5,7 @@
 //! `snake_case` (states: upper-case) string in JSON, and records read back with serde.
 
 pub mod clock;
+pub mod host;
 pub mod mac;
 
 use std::io;
@@ -155,10 +156,12 @@ pub enum LabEvent {
     Ready,
     /// Nova plugged the destination tap.
     DstTap,
-    /// The guest paused; the source tap went; the route moved.
+    /// The guest paused; the source tap went; the host's route moved.
     Switchover,
     /// The guest runs again on the destination.
     Resume,
+    /// The fabric's route to the VM moved to the destination (after `--sdn-delay`).
+    Route,
     /// QEMU sent its RARP rounds.
     Announce,
     /// The lab's ground truth.
@@ -279,6 +282,49 @@ pub enum Record {
         #[serde(flatten)]
         fields: VerdictFields,
     },
+    /// One VM's migration from a source bundle to a destination bundle
+    /// (`tapwatch analyze SRC DST`).
+    Migration(MigrationRecord),
+}
+
+/// One VM's migration told from both hosts' bundles.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct MigrationRecord {
+    /// When the VM resumed on the destination (else when it paused on the source).
+    pub ts: Ts,
+    pub vm: String,
+    /// The VM's tap on each host.
+    pub src_ifname: String,
+    pub dst_ifname: String,
+    /// When the VM stopped on the source (the stop-and-copy): libvirt's status file
+    /// saying it paused for the migration, else its last frame seen there, else the
+    /// stats record after its last counted frame (`pause_from` says which).
+    pub pause_ts: Option<Ts>,
+    pub pause_from: String,
+    /// When it resumed on the destination: its first RARP there (`switchover_ts`).
+    pub resume_ts: Option<Ts>,
+    /// `resume_ts - pause_ts`, across the two hosts' clocks (`clock_uncertainty_ms`).
+    pub downtime_ms: Option<u64>,
+    /// The two clocks' estimated errors together, when both hosts say they are
+    /// synchronised; null when either does not (then the times cannot be compared better
+    /// than their NTP state allows).
+    pub clock_uncertainty_ms: Option<f64>,
+    pub inbound_gap_ms: Option<u64>,
+    pub outbound_gap_ms: Option<u64>,
+    pub blackout_ms: Option<u64>,
+    /// The facts that matter for migrations that differ between the hosts.
+    pub host_diff: Vec<HostFact>,
+    /// What the merge had to assume, in words.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
+}
+
+/// One fact as each host has it.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct HostFact {
+    pub fact: String,
+    pub src: String,
+    pub dst: String,
 }
 
 /// One step or finding of the built-in lab.
@@ -296,6 +342,17 @@ pub struct LabRecord {
     /// Truth: the longest time the client's pings went unanswered.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_outage_ms: Option<u64>,
+    /// Truth: from the switch-over (the first RARP, else the guest's first frame after it
+    /// resumed) to the first data frame the guest received.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inbound_gap_ms: Option<u64>,
+    /// Truth: from the switch-over to the first frame the guest sent to its tap's real MAC
+    /// after stale ones (0 when it sent none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outbound_gap_ms: Option<u64>,
+    /// Truth: how long the guest was really paused (the stop-and-copy).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub downtime_ms: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
 }
@@ -309,14 +366,28 @@ impl LabRecord {
             .map(|v| format!("{v}: "))
             .unwrap_or_default();
         match (self.stale_window_ms, self.client_outage_ms) {
-            (Some(w), Some(o)) => format!(
-                "{vm}truth ({}): guest sent to a MAC its tap did not have for {w} ms; client outage {o} ms",
-                self.scenario.map_or("?", Scenario::as_str)
-            ),
+            (Some(w), Some(o)) => {
+                let ms = |v: Option<u64>| v.map_or("-".to_string(), |v| format!("{v} ms"));
+                format!(
+                    "{vm}truth ({}): guest sent to a MAC its tap did not have for {w} ms; client \
+                     outage {o} ms; paused {}; from the switch-over, delivered to after {}, \
+                     accepted from after {}",
+                    self.scenario.map_or("?", Scenario::as_str),
+                    ms(self.downtime_ms),
+                    ms(self.inbound_gap_ms),
+                    ms(self.outbound_gap_ms),
+                )
+            }
             _ => format!(
                 "{vm}{}{}",
-                serde_json::to_value(self.event).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default(),
-                self.detail.as_deref().map(|d| format!(": {d}")).unwrap_or_default()
+                serde_json::to_value(self.event)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_default(),
+                self.detail
+                    .as_deref()
+                    .map(|d| format!(": {d}"))
+                    .unwrap_or_default()
             ),
         }
     }

@@ -200,6 +200,7 @@ impl EventLines {
                     | "renamed"
                     | "identity"
                     | "stats"
+                    | "summary"
             )
         );
         if !wanted {

@@ -9,6 +9,7 @@
 
 mod bundle;
 pub mod capture;
+pub mod merge;
 mod replay;
 
 use std::{
@@ -118,6 +119,46 @@ fn open_input(path: &Path) -> Result<Input, AnalyzeError> {
 enum Input {
     Dir,
     File(File, u64),
+}
+
+/// A bundle's host.json (a directory's, or a `.tar.gz`'s entry); `None` when it has none
+/// (a capture, a bundle cut before its end).
+pub fn read_host_json(path: &Path) -> Result<Option<crate::model::host::HostJson>, AnalyzeError> {
+    // host.json holds a few KB per tap; more is not a bundle's.
+    const MAX: u64 = 64 << 20;
+    let name = path.display().to_string();
+    let err = |source| AnalyzeError::Read {
+        path: format!("{name}/host.json"),
+        source,
+    };
+    let reader: Box<dyn Read> = match open_input(path)? {
+        Input::Dir => match open_input(&path.join("host.json")) {
+            Ok(Input::File(f, _)) => Box::new(f),
+            Ok(Input::Dir) => return Ok(None),
+            Err(AnalyzeError::Read { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
+                return Ok(None)
+            }
+            Err(e) => return Err(e),
+        },
+        Input::File(f, size) => {
+            let tripped = Arc::new(AtomicBool::new(false));
+            let capped = Capped {
+                inner: flate2::read::GzDecoder::new(BufReader::new(f)),
+                left: size.saturating_mul(64).max(256 << 20),
+                tripped,
+            };
+            match tar_entry(capped, "host.json") {
+                Ok(Some(e)) => e,
+                // Not a bundle archive (a capture): no host facts.
+                Ok(None) | Err(_) => return Ok(None),
+            }
+        }
+    };
+    let mut bytes = Vec::new();
+    reader.take(MAX).read_to_end(&mut bytes).map_err(err)?;
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        .map_err(|e| err(io::Error::new(io::ErrorKind::InvalidData, e)))
 }
 
 /// Analyzes a bundle directory, a `.tar.gz` bundle, or a pcap/pcapng capture, handing

@@ -343,6 +343,16 @@ impl<'a> Replayer<'a> {
                     }
                 }
             }
+            // The recorded summary has the final counters (after the last stats record);
+            // the analysis writes its own summary from them at the end.
+            Record::Summary { taps, .. } => {
+                for row in taps {
+                    if let Some(tap) = self.taps.get_mut(&row.counters.ifname) {
+                        tap.last_row = Some(row.counters.clone());
+                    }
+                }
+                return Ok(());
+            }
             _ => {}
         }
         self.emit(rec)
@@ -468,5 +478,6 @@ pub(super) fn rec_ts(r: &Record) -> Ts {
         | Record::Verdict { ts, .. } => *ts,
         Record::Frame(f) => f.ts,
         Record::Lab(l) => l.ts,
+        Record::Migration(m) => m.ts,
     }
 }

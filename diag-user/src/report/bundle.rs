@@ -32,6 +32,13 @@ use std::{
     time::Duration,
 };
 
+use crate::{
+    model::clock::Ts,
+    model::host::{tap_mac_derivation, HostFacts, HostJson, TapFacts},
+    model::{Direction, Record, Sink},
+    report::json::JsonSink,
+    verdict::Engine,
+};
 use pcap_file::{
     pcapng::{
         blocks::{
@@ -41,16 +48,6 @@ use pcap_file::{
         PcapNgWriter,
     },
     DataLink,
-};
-use serde::Serialize;
-
-use crate::{
-    model::clock::Ts,
-    model::mac::MacAddr,
-    model::{Direction, Mode, Record, Sink},
-    report::json::JsonSink,
-    verdict::libvirt::VmInterface,
-    verdict::Engine,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -95,38 +92,6 @@ pub struct BundleOptions {
 /// Room kept for host.json and summary.md (about 2 KB per tap in summary.md).
 const RESERVE_BYTES: i64 = 4 << 20;
 const RESERVE: &str = ".reserve";
-
-/// Facts about one tap for host.json.
-#[derive(Clone, Debug, Default, Serialize)]
-struct TapFacts {
-    ifindex: u32,
-    mac: Option<MacAddr>,
-    mode: Option<Mode>,
-    master: Option<String>,
-    mtu: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    libvirt: Option<VmInterface>,
-}
-
-#[derive(Serialize)]
-struct HostJson<'a> {
-    tool: &'static str,
-    version: &'static str,
-    kernel_release: String,
-    hostname: String,
-    started: Option<Ts>,
-    ended: Option<Ts>,
-    taps: &'a BTreeMap<String, TapFacts>,
-    frames_written: u64,
-    frames_skipped: u64,
-    max_bytes: u64,
-    /// Why the recording stopped before the end (a full disk), if it did.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    stopped: Option<&'a str>,
-    /// Whether room for the reports could be reserved at the start.
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    no_reserve: bool,
-}
 
 /// Counts what goes through a writer, for the size cap.
 struct Counted<W> {
@@ -499,6 +464,7 @@ impl Bundle {
                         mode: Some(*mode),
                         master: master.clone(),
                         mtu: *mtu,
+                        mac_derivation: None,
                         libvirt: None,
                     },
                 );
@@ -535,22 +501,24 @@ impl Bundle {
     /// host.json and summary.md from what is known now.
     fn reports(&mut self, engine: &Engine) -> Result<(Vec<u8>, Vec<u8>), BundleError> {
         for t in &engine.taps {
-            if let (Some(facts), Some(vm)) = (self.taps.get_mut(&t.ifname), &t.vm) {
-                facts.libvirt = Some(vm.clone());
+            if let Some(facts) = self.taps.get_mut(&t.ifname) {
+                if let Some(vm) = &t.vm {
+                    facts.libvirt = Some(vm.clone());
+                }
+                facts.mac_derivation = Some(tap_mac_derivation(t.vm.as_ref(), facts.mac));
             }
         }
         let host = HostJson {
-            tool: "tapwatch",
-            version: env!("CARGO_PKG_VERSION"),
-            kernel_release: read_trim("/proc/sys/kernel/osrelease"),
-            hostname: read_trim("/proc/sys/kernel/hostname"),
+            tool: "tapwatch".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            host: HostFacts::gather(),
             started: self.started,
             ended: self.ended,
-            taps: &self.taps,
+            taps: self.taps.clone(),
             frames_written: self.frames_written,
             frames_skipped: self.frames_skipped,
             max_bytes: self.opts.max_bytes,
-            stopped: self.stopped.as_deref(),
+            stopped: self.stopped.clone(),
             no_reserve: !self.reserved,
         };
         let json = serde_json::to_vec_pretty(&host)
@@ -586,6 +554,15 @@ impl Bundle {
         }
         for t in &engine.taps {
             md.push_str(&format!("\n## {} ({})\n\n", t.vm_name(), t.ifname));
+            let gap = |v: Option<u64>| v.map(|m| format!("{m} ms")).unwrap_or_else(|| "-".into());
+            if let Some(sw) = t.switchover() {
+                md.push_str(&format!(
+                    "- Switch-over: {} (first RARP, else the VM's first frame)\n- Inbound gap (the network delivers to the VM again): {}\n- Outbound gap (the host accepts the VM's frames): {}\n",
+                    sw,
+                    gap(t.inbound_gap_ms()),
+                    gap(t.outbound_gap_ms()),
+                ));
+            }
             md.push_str(&format!(
                 "- State: **{}**\n- Blackout: {}\n- Tap MAC: {}{}\n- Mode: {}\n- dst-mismatch frames: {}, RARP: {}, GARP: {}\n\n",
                 t.state.as_str(),

@@ -85,6 +85,7 @@ impl<W: Write> Sink for TextSink<W> {
                 None => writeln!(w, "{ts} {ifname}: no VM known"),
             },
             Record::Lab(l) => writeln!(w, "{} lab: {}", l.ts, l.describe()),
+            Record::Migration(m) => writeln!(w, "{}", migration_line(m)),
             Record::Verdict { ts, ifname, fields } => {
                 let ms = fields
                     .blackout_ms
@@ -139,6 +140,79 @@ impl<W: Write> Sink for NoticePrinter<W> {
     }
 }
 
+/// A duration for people, or `-` when unknown.
+fn ms(v: Option<u64>) -> String {
+    v.map(|m| format!("{m} ms")).unwrap_or_else(|| "-".into())
+}
+
+/// One migration in a line.
+pub fn migration_line(m: &crate::model::MigrationRecord) -> String {
+    format!(
+        "{}: paused {} ({}), resumed {}: downtime {}, then the network delivered to it after \
+         {}, the host accepted from it after {} (blackout {})",
+        m.vm,
+        m.pause_ts.map_or("-".into(), |t| t.to_string()),
+        m.pause_from,
+        m.resume_ts.map_or("-".into(), |t| t.to_string()),
+        ms(m.downtime_ms),
+        ms(m.inbound_gap_ms),
+        ms(m.outbound_gap_ms),
+        ms(m.blackout_ms)
+    )
+}
+
+/// One VM's migration for people: the outage in its parts on one clock, and the two hosts'
+/// facts side by side (`≠` where they differ).
+pub fn migration_report(
+    m: &crate::model::MigrationRecord,
+    facts: &[crate::model::HostFact],
+) -> String {
+    let at = |t: Option<crate::model::clock::Ts>| t.map_or("-".into(), |t| t.to_string());
+    let mut out = format!("{} ({} -> {})\n", m.vm, m.src_ifname, m.dst_ifname);
+    let clock = m
+        .clock_uncertainty_ms
+        .map_or(" (the hosts' clocks are not known to agree)".into(), |u| {
+            format!(" (± {u:.1} ms between the hosts' clocks)")
+        });
+    let lines = [
+        (
+            "paused on the source",
+            format!("{} ({})", at(m.pause_ts), m.pause_from),
+        ),
+        ("resumed (first RARP)", at(m.resume_ts)),
+        ("downtime", format!("{}{clock}", ms(m.downtime_ms))),
+        (
+            "network delivers again",
+            format!("{} after the resume (inbound gap)", ms(m.inbound_gap_ms)),
+        ),
+        (
+            "host accepts the VM again",
+            format!("{} after the resume (outbound gap)", ms(m.outbound_gap_ms)),
+        ),
+        ("blackout (stale MAC)", ms(m.blackout_ms)),
+    ];
+    for (label, value) in lines {
+        out.push_str(&format!("  {label:<26} {value}\n"));
+    }
+    for n in &m.notes {
+        out.push_str(&format!("  note: {n}\n"));
+    }
+    out.push_str(&format!("\n  {:<32} {:<40} destination\n", "", "source"));
+    for f in facts {
+        let mark = if f.src != f.dst { "≠" } else { " " };
+        if f.src.chars().count() > 40 {
+            // Too long for the column: one line per host.
+            out.push_str(&format!("{mark} {}\n", f.fact));
+            out.push_str(&format!("    {:<30} {}\n", "source", f.src));
+            out.push_str(&format!("    {:<30} {}\n", "destination", f.dst));
+        } else {
+            out.push_str(&format!("{mark} {:<32} {:<40} {}\n", f.fact, f.src, f.dst));
+        }
+    }
+    out.push('\n');
+    out
+}
+
 /// The analysis as a table: one line per VM, then its diagnosis.
 pub fn table(a: &Analysis) -> String {
     let mut out = String::new();
@@ -149,20 +223,20 @@ pub fn table(a: &Analysis) -> String {
         return out;
     };
     out.push_str(&format!(
-        "\n{:<22} {:<16} {:<8} {:<10} {:>10} {:>9} {:>5} {:>5}\n",
-        "VM", "TAP", "MODE", "STATE", "BLACKOUT", "MISMATCH", "RARP", "GARP"
+        "\n{:<22} {:<16} {:<8} {:<10} {:>10} {:>10} {:>10} {:>9} {:>5} {:>5}\n",
+        "VM", "TAP", "MODE", "STATE", "BLACKOUT", "INBOUND", "OUTBOUND", "MISMATCH", "RARP", "GARP"
     ));
     for t in taps {
         let v = t.verdict.as_ref();
         out.push_str(&format!(
-            "{:<22} {:<16} {:<8} {:<10} {:>10} {:>9} {:>5} {:>5}\n",
+            "{:<22} {:<16} {:<8} {:<10} {:>10} {:>10} {:>10} {:>9} {:>5} {:>5}\n",
             v.map(|v| v.vm.as_str()).unwrap_or(&t.counters.ifname),
             t.counters.ifname,
             t.mode,
             v.map(|v| v.state.as_str()).unwrap_or("-"),
-            v.and_then(|v| v.blackout_ms)
-                .map(|m| format!("{m} ms"))
-                .unwrap_or_else(|| "-".into()),
+            ms(v.and_then(|v| v.blackout_ms)),
+            ms(v.and_then(|v| v.inbound_gap_ms.flatten())),
+            ms(v.and_then(|v| v.outbound_gap_ms.flatten())),
             t.counters.dst_mismatch_frames,
             t.counters.rarp_frames,
             t.counters.garp_frames,

@@ -111,7 +111,12 @@ impl TapView {
             None if self.appeared => s.push("No RARP since the tap appeared.".into()),
             None => s.push("No RARP seen.".into()),
         }
-        match self.last_garp {
+        match self.first_garp {
+            Some(t) if self.garps > 1 => s.push(format!(
+                "GARP seen at {} ({} in all).",
+                t.clock(),
+                self.garps
+            )),
             Some(t) => s.push(format!("GARP seen at {}.", t.clock())),
             None => s.push("No GARP seen.".into()),
         }

@@ -19,7 +19,7 @@ use crate::model::mac::MacAddr;
 pub const DEFAULT_DIR: &str = "/run/libvirt/qemu";
 
 /// What libvirt says about the VM behind one tap.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VmInterface {
     /// libvirt domain name (`instance-0000002a` under Nova).
     pub domain: String,
@@ -37,16 +37,42 @@ pub struct VmInterface {
     /// `<source bridge=…>` when the interface is on a bridge (under `<actual>` for a
     /// `type='network'` interface).
     pub bridge: Option<String>,
-    /// Why the domain is running, from the status file's `<domstatus reason=…>`:
-    /// `booted` (started here), `migrated` (came in by live migration), …
+    /// Why the domain is in its state, from the status file's `<domstatus reason=…>`:
+    /// running: `booted` (started here), `migrated` (came in by live migration); paused:
+    /// `migration` (the final stop-and-copy of a migration away), …
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// The domain's state, from `<domstatus state=…>`: `running`, `paused`, …
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<String>,
+    /// The guest's CPU as the domain defines it: what a destination host must offer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<GuestCpu>,
+}
+
+/// `<cpu mode=…><model>…</model><feature policy='require' name='…'/></cpu>`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct GuestCpu {
+    /// `host-passthrough` (the guest sees the host's CPU: it depends on all its flags),
+    /// `host-model`, `custom`, …
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// Features the guest requires (`policy='require'` or `'force'`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub features: Vec<String>,
 }
 
 impl VmInterface {
     /// The name to show: Nova's instance name, else the domain name.
     pub fn display_name(&self) -> &str {
         self.nova_name.as_deref().unwrap_or(&self.domain)
+    }
+
+    /// Whether libvirt paused the domain for a migration away (the stop-and-copy).
+    pub fn paused_for_migration(&self) -> bool {
+        self.state.as_deref() == Some("paused") && self.reason.as_deref() == Some("migration")
     }
 
     /// Whether the VM came to this host by live migration: `Some(false)` when libvirt says
@@ -112,11 +138,25 @@ pub fn parse_domain(xml: &str, path: &Path) -> Result<Vec<VmInterface>, LibvirtE
         })?;
     let name = text(child(domain, "name")).unwrap_or_default();
     // A live status file wraps the domain: `<domstatus state='running' reason='migrated'>`.
-    let reason = domain
+    let status = domain
         .parent_element()
-        .filter(|p| p.has_tag_name("domstatus"))
+        .filter(|p| p.has_tag_name("domstatus"));
+    let reason = status
         .and_then(|p| p.attribute("reason"))
         .map(str::to_string);
+    let state = status
+        .and_then(|p| p.attribute("state"))
+        .map(str::to_string);
+    let cpu = child(domain, "cpu").map(|c| GuestCpu {
+        mode: c.attribute("mode").map(str::to_string),
+        model: text(child(c, "model")),
+        features: c
+            .children()
+            .filter(|f| f.has_tag_name("feature"))
+            .filter(|f| matches!(f.attribute("policy"), Some("require" | "force") | None))
+            .filter_map(|f| f.attribute("name").map(str::to_string))
+            .collect(),
+    });
     let uuid = text(child(domain, "uuid"));
     let nova_name = child(domain, "metadata")
         .and_then(|m| {
@@ -155,6 +195,8 @@ pub fn parse_domain(xml: &str, path: &Path) -> Result<Vec<VmInterface>, LibvirtE
                     })
                     .map(str::to_string),
                 reason: reason.clone(),
+                state: state.clone(),
+                cpu: cpu.clone(),
             })
         })
         .collect();
@@ -174,6 +216,11 @@ pub fn scan_dir(dir: &Path) -> (HashMap<String, VmInterface>, Vec<LibvirtError>)
 pub trait VmDirectory: Send {
     /// The VM behind `tap` now.
     fn lookup(&self, tap: &str) -> Option<VmInterface>;
+    /// Notified when what `lookup` answers may have changed; `None` for a table that never
+    /// changes.
+    fn changes(&self) -> Option<std::sync::Arc<tokio::sync::Notify>> {
+        None
+    }
 }
 
 /// VM identities that follow libvirt's status directory as it changes: a domain's file
@@ -475,6 +522,15 @@ mod tests {
         assert_eq!(nova.managed, Some(false));
         assert_eq!(nova.guest_mac, Some("fa:16:3e:aa:bb:cc".parse().unwrap()));
         assert_eq!(nova.migrated_in(), Some(false), "reason='booted'");
+        assert_eq!(nova.state.as_deref(), Some("running"));
+        assert!(!nova.paused_for_migration());
+        // The domain's own <cpu>, not the one libvirt keeps beside it in <domstatus>.
+        let cpu = nova.cpu.as_ref().unwrap();
+        assert_eq!(
+            (cpu.mode.as_deref(), cpu.model.as_deref()),
+            (Some("custom"), Some("qemu64"))
+        );
+        assert_eq!(cpu.features, ["hypervisor", "lahf_lm"]);
         assert_eq!(taps["vnet0"].bridge.as_deref(), Some("brtw0"));
         let managed = &taps["tapmanaged-01"];
         assert_eq!(

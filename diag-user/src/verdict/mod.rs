@@ -86,6 +86,8 @@ impl Engine {
                 view.probe = *datapath == Some(DatapathKind::Tc);
                 view.vm = self.pending.remove(ifname).flatten();
                 view.note(*ts, format!("tap attached, MAC {}", show(*mac, "none")));
+                let vm = view.vm.clone();
+                view.follow_libvirt_state(*ts, vm.as_ref());
                 self.live.insert(ifname.clone(), self.taps.len());
                 self.taps.push(view);
                 changes.push(self.verdict(self.taps.len() - 1, *ts));
@@ -191,6 +193,7 @@ impl Engine {
                 match self.live.get(ifname) {
                     Some(&i) => {
                         let t = &mut self.taps[i];
+                        t.follow_libvirt_state(*ts, libvirt.as_ref());
                         if t.vm != *libvirt {
                             let was = t.vm_name().to_string();
                             t.vm = libvirt.clone();
@@ -224,7 +227,7 @@ impl Engine {
                 }
             }
             Record::Verdict { ts, .. } | Record::Notice { ts, .. } => self.now = Some(*ts),
-            Record::Lab(_) => {}
+            Record::Lab(_) | Record::Migration(_) => {}
         }
         changes
     }
@@ -268,6 +271,8 @@ impl Engine {
             }
             FrameKind::Garp => {
                 t.last_garp = Some(f.ts);
+                t.first_garp.get_or_insert(f.ts);
+                t.garps += 1;
                 t.first_announce.get_or_insert(f.ts);
                 t.note(f.ts, format!("GARP {} is-at {}", ips.0, f.src_mac));
             }
@@ -609,6 +614,36 @@ mod tests {
         );
     }
 
+    /// The destination's timeline has libvirt's pause and resume, also when the paused
+    /// domain was known before its tap's `attached` record.
+    #[test]
+    fn libvirt_pause_and_resume_in_the_timeline() {
+        let mut e = engine();
+        let vm = |state: &str, reason: &str| VmInterface {
+            domain: "d".into(),
+            tap: "tapA".into(),
+            state: Some(state.into()),
+            reason: Some(reason.into()),
+            ..VmInterface::default()
+        };
+        let identity = |ms, vm| Record::Identity {
+            ts: at(ms),
+            ifname: "tapA".into(),
+            libvirt: Some(vm),
+        };
+        e.apply(&identity(0, vm("paused", "migration")));
+        e.apply(&attached(1, "tapA", NEW, "routed"));
+        e.apply(&identity(70, vm("running", "migrated")));
+        let t = e.tap("tapA").unwrap();
+        assert_eq!((t.paused_at, t.resumed_at), (Some(at(1)), Some(at(70))));
+        let notes: Vec<&str> = t.timeline.iter().map(|e| e.what.as_str()).collect();
+        assert!(
+            notes.contains(&"libvirt: the VM is paused for a migration")
+                && notes.contains(&"libvirt: the VM runs again"),
+            "{notes:?}"
+        );
+    }
+
     /// Without a RARP, a tap that appeared while watched switches over at the VM's first
     /// frame; without stale frames the host accepted the VM at once (0); a tap that was
     /// there from the start, with a running VM, saw no migration at all.
@@ -825,6 +860,8 @@ mod tests {
             managed: Some(false),
             bridge: None,
             reason: Some(reason.into()),
+            state: None,
+            cpu: None,
         }
     }
 
@@ -894,6 +931,8 @@ mod tests {
             managed: Some(false),
             bridge: None,
             reason: None,
+            state: None,
+            cpu: None,
         };
         let mut e = Engine::new(EngineConfig::default());
         let mut recs = vec![

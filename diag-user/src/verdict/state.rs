@@ -59,6 +59,10 @@ pub struct TapView {
     pub first_from_vm_approx: bool,
     /// The first data frame delivered to the VM after its switch-over (`inbound`).
     pub first_inbound: Option<Ts>,
+    /// When libvirt's status file first said the domain was paused for a migration (on a
+    /// source: the stop-and-copy), and running again after that (on a destination).
+    pub paused_at: Option<Ts>,
+    pub resumed_at: Option<Ts>,
     pub mac: Option<MacAddr>,
     /// The MAC before the last change and when it changed.
     pub prev_mac: Option<(Option<MacAddr>, Ts)>,
@@ -72,6 +76,8 @@ pub struct TapView {
     pub last_stats: Option<Ts>,
     pub last_rarp: Option<Ts>,
     pub last_garp: Option<Ts>,
+    pub first_garp: Option<Ts>,
+    pub garps: u32,
     pub first_announce: Option<Ts>,
     pub last_guest_arp: Option<Ts>,
     pub last_from_vm: Ts,
@@ -108,6 +114,8 @@ impl TapView {
             first_from_vm: None,
             first_from_vm_approx: false,
             first_inbound: None,
+            paused_at: None,
+            resumed_at: None,
             mac,
             prev_mac: None,
             mac_history: vec![(ts, mac)],
@@ -122,6 +130,8 @@ impl TapView {
             last_stats: None,
             last_rarp: None,
             last_garp: None,
+            first_garp: None,
+            garps: 0,
             first_announce: None,
             last_guest_arp: None,
             last_from_vm: ts,
@@ -207,10 +217,30 @@ impl TapView {
         self.mac_history.get(i + 1).map(|(t, _)| *t)
     }
 
+    /// libvirt's state of the domain as its status file changes: paused for a migration
+    /// (the stop-and-copy on a source, waiting for the memory on a destination), then
+    /// running again.
+    pub(super) fn follow_libvirt_state(&mut self, ts: Ts, vm: Option<&VmInterface>) {
+        let Some(vm) = vm else { return };
+        if vm.paused_for_migration() && self.paused_at.is_none() {
+            self.paused_at = Some(ts);
+            self.note(ts, "libvirt: the VM is paused for a migration".into());
+        } else if self.paused_at.is_some()
+            && self.resumed_at.is_none()
+            && vm.state.as_deref() == Some("running")
+        {
+            self.resumed_at = Some(ts);
+            self.note(ts, "libvirt: the VM runs again".into());
+        }
+    }
+
     pub(super) fn note(&mut self, ts: Ts, what: String) {
         if self.timeline.len() == TIMELINE_MAX {
             self.timeline.remove(0);
         }
-        self.timeline.push(TimelineEntry { ts, what });
+        // Kernel-timed frames and notices timed when they were written arrive a little out
+        // of order: the timeline reads in time order.
+        let at = self.timeline.partition_point(|e| e.ts <= ts);
+        self.timeline.insert(at, TimelineEntry { ts, what });
     }
 }

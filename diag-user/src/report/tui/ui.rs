@@ -287,7 +287,7 @@ fn draw_detail(f: &mut Frame, t: &TapView, area: Rect) {
         .skip(skip)
         .map(|(ts, what)| Line::from(format!("{:>10}  {what}", rel(ts))))
         .collect();
-    let title = match origin {
+    let mut title = match origin {
         Some(o) => format!(
             "timeline of {} (times from the first announce, {})",
             t.vm_name(),
@@ -295,6 +295,18 @@ fn draw_detail(f: &mut Frame, t: &TapView, area: Rect) {
         ),
         None => format!("timeline of {} (no announce seen)", t.vm_name()),
     };
+    if t.switchover().is_some() {
+        let gap = |v: Option<u64>| {
+            v.map_or("…".to_string(), |ms| {
+                format!("+{:.1}s", ms as f64 / 1000.0)
+            })
+        };
+        title.push_str(&format!(
+            " · delivered to {} · accepted from {}",
+            gap(t.inbound_gap_ms()),
+            gap(t.outbound_gap_ms())
+        ));
+    }
     f.render_widget(
         Paragraph::new(entries).block(Block::default().borders(Borders::ALL).title(title)),
         left,

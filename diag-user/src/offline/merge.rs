@@ -1,0 +1,396 @@
+//! `tapwatch analyze SRC DST`: one migration told from both hosts' bundles. The source's
+//! bundle says when the VM stopped there (libvirt's status file, else its last frame);
+//! the destination's when it resumed (its first RARP) and how the outage went on (the
+//! gaps, the blackout); host.json of each says what the hosts differ in that matters to a
+//! migration. The two clocks are compared with their uncertainty stated.
+
+use std::{collections::HashMap, io, path::Path};
+
+use super::{analyze_path, read_host_json, AnalyzeError};
+use crate::{
+    model::{
+        clock::Ts,
+        host::{cpuinfo_flag, HostJson, TapFacts},
+        FrameKind, HostFact, MigrationRecord, Record, SummaryRow,
+    },
+    verdict::libvirt::VmInterface,
+};
+
+/// What the source's records say of one tap.
+#[derive(Clone, Debug, Default)]
+struct SrcTap {
+    vm: Option<VmInterface>,
+    /// libvirt said the domain paused for a migration.
+    paused: Option<Ts>,
+    /// The last frame from the VM reported.
+    last_frame: Option<Ts>,
+    /// The first stats record after the VM's last counted frame, and the one before it.
+    counted_until: Option<(Ts, Ts)>,
+    last_count: u64,
+    prev_stats: Option<Ts>,
+}
+
+/// The merge: one record per VM found on both sides, and every compared fact per VM (the
+/// record keeps those that differ).
+pub struct Merge {
+    pub migrations: Vec<(MigrationRecord, Vec<HostFact>)>,
+    /// The destination's own analysis (its verdicts and summary), as `analyze DST` gives.
+    pub dst_records: Vec<Record>,
+}
+
+/// Merges a source and a destination bundle (directories or `.tar.gz`).
+pub fn merge(src: &Path, dst: &Path) -> Result<Merge, AnalyzeError> {
+    let mut taps: HashMap<String, SrcTap> = HashMap::new();
+    let mut follow = |r: &Record| -> io::Result<()> {
+        match r {
+            Record::Identity {
+                ts,
+                ifname,
+                libvirt,
+            } => {
+                let t = taps.entry(ifname.clone()).or_default();
+                if let Some(vm) = libvirt {
+                    if vm.paused_for_migration() && t.paused.is_none() {
+                        t.paused = Some(*ts);
+                    }
+                    t.vm = Some(vm.clone());
+                }
+            }
+            Record::Frame(f) if f.direction == crate::model::Direction::FromVm => {
+                taps.entry(f.ifname.clone()).or_default().last_frame = Some(f.ts);
+            }
+            Record::Stats { ts, taps: rows } => {
+                for row in rows {
+                    let t = taps.entry(row.ifname.clone()).or_default();
+                    if row.from_vm_frames > t.last_count {
+                        t.last_count = row.from_vm_frames;
+                        t.counted_until = t.prev_stats.map(|p| (p, *ts));
+                    }
+                    t.prev_stats = Some(*ts);
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    };
+    analyze_path(src, None, &mut follow)?;
+    let mut dst_records = Vec::new();
+    let mut dst_inbound: HashMap<String, Ts> = HashMap::new();
+    let dst_analysis = analyze_path(dst, None, &mut |r: &Record| {
+        match r {
+            Record::Verdict { .. } | Record::Summary { .. } => dst_records.push(r.clone()),
+            Record::Frame(f) if f.kind == FrameKind::Inbound => {
+                dst_inbound.entry(f.ifname.clone()).or_insert(f.ts);
+            }
+            _ => {}
+        }
+        Ok(())
+    })?;
+    let src_host = read_host_json(src)?.unwrap_or_default();
+    let dst_host = read_host_json(dst)?.unwrap_or_default();
+    let rows: Vec<SummaryRow> = match dst_analysis.summary {
+        Some(Record::Summary { taps, .. }) => taps,
+        _ => Vec::new(),
+    };
+    let mut migrations = Vec::new();
+    for row in &rows {
+        let Some(v) = &row.verdict else { continue };
+        let dst_ifname = &row.counters.ifname;
+        let dst_facts = dst_host.taps.get(dst_ifname);
+        let dst_vm = dst_facts.and_then(|f| f.libvirt.as_ref());
+        let Some((src_ifname, src_tap)) = find_src(&taps, &src_host, dst_ifname, dst_vm) else {
+            continue;
+        };
+        let resume = v.switchover_ts.flatten();
+        let (pause, pause_from) = match (src_tap.paused, src_tap.last_frame, src_tap.counted_until)
+        {
+            (Some(p), _, _) => (Some(p), "libvirt"),
+            (None, Some(f), _) => (Some(f), "frames"),
+            (None, None, Some((before, _))) => (Some(before), "stats"),
+            _ => (None, "unknown"),
+        };
+        let mut notes = Vec::new();
+        match pause_from {
+            "frames" => notes.push(
+                "the pause is the VM's last frame reported on the source (libvirt's status \
+                 file did not say when it paused): a lower bound of the pause"
+                    .into(),
+            ),
+            "stats" => notes.push(format!(
+                "the pause is known only to the source's stats interval: the VM's last frame \
+                 came between {} and {}",
+                src_tap
+                    .counted_until
+                    .map_or("-".into(), |c| c.0.to_string()),
+                src_tap
+                    .counted_until
+                    .map_or("-".into(), |c| c.1.to_string())
+            )),
+            "unknown" => notes.push("the source's bundle does not say when the VM paused".into()),
+            _ => {}
+        }
+        let clock = match (src_host.host.clock, dst_host.host.clock) {
+            (Some(a), Some(b)) => a
+                .uncertainty_ms()
+                .zip(b.uncertainty_ms())
+                .map(|(a, b)| a + b),
+            _ => None,
+        };
+        if clock.is_none() {
+            notes.push(
+                "one host's clock is not known to be synchronised (NTP): the times of the two \
+                 hosts may be off by more than the downtime"
+                    .into(),
+            );
+        }
+        let downtime = match (pause, resume) {
+            (Some(p), Some(r)) => {
+                let ms = r.ms_since(p);
+                if ms < 0 {
+                    notes.push(format!(
+                        "the destination's resume comes {} ms before the source's pause on the \
+                         two clocks: they disagree by at least that much",
+                        -ms
+                    ));
+                }
+                Some(ms.max(0) as u64)
+            }
+            _ => None,
+        };
+        let src_facts = src_host.taps.get(&src_ifname);
+        let all = facts(
+            &src_host,
+            &dst_host,
+            src_facts,
+            dst_facts,
+            dst_vm.or(src_tap.vm.as_ref()),
+        );
+        let host_diff: Vec<HostFact> = all.iter().filter(|f| f.src != f.dst).cloned().collect();
+        let record = MigrationRecord {
+            ts: resume.or(pause).unwrap_or_default(),
+            vm: v.vm.clone(),
+            src_ifname: src_ifname.clone(),
+            dst_ifname: dst_ifname.clone(),
+            pause_ts: pause,
+            pause_from: pause_from.into(),
+            resume_ts: resume,
+            downtime_ms: downtime,
+            clock_uncertainty_ms: clock,
+            inbound_gap_ms: v.inbound_gap_ms.flatten(),
+            outbound_gap_ms: v.outbound_gap_ms.flatten(),
+            blackout_ms: v.blackout_ms,
+            host_diff,
+            notes,
+        };
+        migrations.push((record, all));
+    }
+    Ok(Merge {
+        migrations,
+        dst_records,
+    })
+}
+
+/// The source tap of the VM behind the destination's `dst_ifname`: the same libvirt
+/// domain (uuid, name) or guest MAC, else the same tap name (Nova keeps it).
+fn find_src<'a>(
+    taps: &'a HashMap<String, SrcTap>,
+    src_host: &'a HostJson,
+    dst_ifname: &str,
+    dst_vm: Option<&VmInterface>,
+) -> Option<(String, SrcTap)> {
+    let vm_of = |name: &str, t: &SrcTap| {
+        t.vm.clone()
+            .or_else(|| src_host.taps.get(name).and_then(|f| f.libvirt.clone()))
+    };
+    let same = |a: &VmInterface, b: &VmInterface| {
+        (a.uuid.is_some() && a.uuid == b.uuid)
+            || (!a.domain.is_empty() && a.domain == b.domain)
+            || (a.guest_mac.is_some() && a.guest_mac == b.guest_mac)
+    };
+    let mut names: Vec<&String> = taps.keys().collect();
+    names.sort();
+    if let Some(d) = dst_vm {
+        for name in &names {
+            let t = &taps[*name];
+            if vm_of(name, t).is_some_and(|s| same(&s, d)) {
+                return Some(((*name).clone(), t.clone()));
+            }
+        }
+    }
+    taps.get(dst_ifname)
+        .map(|t| (dst_ifname.to_string(), t.clone()))
+}
+
+/// Every fact compared, as each host has it.
+fn facts(
+    src: &HostJson,
+    dst: &HostJson,
+    src_tap: Option<&TapFacts>,
+    dst_tap: Option<&TapFacts>,
+    vm: Option<&VmInterface>,
+) -> Vec<HostFact> {
+    let or_unknown = |v: Option<&str>| v.map_or_else(|| "unknown".to_string(), str::to_string);
+    let mut out = vec![
+        HostFact {
+            fact: "kernel".into(),
+            src: or_unknown(
+                Some(&src.host.kernel_release)
+                    .filter(|s| !s.is_empty())
+                    .map(|s| s.as_str()),
+            ),
+            dst: or_unknown(
+                Some(&dst.host.kernel_release)
+                    .filter(|s| !s.is_empty())
+                    .map(|s| s.as_str()),
+            ),
+        },
+        HostFact {
+            fact: "libvirt".into(),
+            src: or_unknown(src.host.libvirt_version.as_deref()),
+            dst: or_unknown(dst.host.libvirt_version.as_deref()),
+        },
+        HostFact {
+            fact: "QEMU".into(),
+            src: or_unknown(src.host.qemu_version.as_deref()),
+            dst: or_unknown(dst.host.qemu_version.as_deref()),
+        },
+        HostFact {
+            fact: "CPU model".into(),
+            src: or_unknown(src.host.cpu_model.as_deref()),
+            dst: or_unknown(dst.host.cpu_model.as_deref()),
+        },
+    ];
+    let tap = |t: Option<&TapFacts>, f: &dyn Fn(&TapFacts) -> Option<String>| {
+        t.and_then(f).unwrap_or_else(|| "unknown".into())
+    };
+    out.push(HostFact {
+        fact: "tap MAC".into(),
+        src: tap(src_tap, &|t| t.mac.map(|m| m.to_string())),
+        dst: tap(dst_tap, &|t| t.mac.map(|m| m.to_string())),
+    });
+    out.push(HostFact {
+        fact: "tap MAC derivation".into(),
+        src: tap(src_tap, &|t| t.mac_derivation.clone()),
+        dst: tap(dst_tap, &|t| t.mac_derivation.clone()),
+    });
+    out.push(HostFact {
+        fact: "MTU".into(),
+        src: tap(src_tap, &|t| t.mtu.map(|m| m.to_string())),
+        dst: tap(dst_tap, &|t| t.mtu.map(|m| m.to_string())),
+    });
+    if let Some(cpu) = vm.and_then(|v| v.cpu.as_ref()) {
+        // What the guest's CPU depends on: the features its definition requires, or all of
+        // the source's flags when it sees the host's CPU as it is.
+        let needed: Vec<String> = if cpu.mode.as_deref() == Some("host-passthrough") {
+            src.host.cpu_flags.clone()
+        } else {
+            cpu.features.iter().map(|f| cpuinfo_flag(f)).collect()
+        };
+        let missing = |flags: &[String]| {
+            if flags.is_empty() {
+                return "unknown (no CPU flags recorded)".to_string();
+            }
+            let gone: Vec<&str> = needed
+                .iter()
+                .filter(|n| !flags.contains(n))
+                .map(String::as_str)
+                .collect();
+            if gone.is_empty() {
+                format!("all {} present", needed.len())
+            } else {
+                format!("missing: {}", gone.join(", "))
+            }
+        };
+        out.push(HostFact {
+            fact: format!(
+                "guest CPU flags ({} {})",
+                cpu.mode.as_deref().unwrap_or("?"),
+                cpu.model.as_deref().unwrap_or("")
+            )
+            .trim_end()
+            .to_string(),
+            src: missing(&src.host.cpu_flags),
+            dst: missing(&dst.host.cpu_flags),
+        });
+    }
+    let clock = |h: &HostJson| match h.host.clock {
+        Some(c) if c.synchronised => format!(
+            "synchronised, estimated error {:.1} ms",
+            c.estimated_error_us as f64 / 1000.0
+        ),
+        Some(_) => "not synchronised".into(),
+        None => "unknown".into(),
+    };
+    out.push(HostFact {
+        fact: "clock".into(),
+        src: clock(src),
+        dst: clock(dst),
+    });
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        model::host::{ClockFacts, HostFacts},
+        verdict::libvirt::GuestCpu,
+    };
+
+    fn host(flags: &[&str], libvirt: &str) -> HostJson {
+        HostJson {
+            host: HostFacts {
+                kernel_release: "6.8.0-45-generic".into(),
+                libvirt_version: Some(libvirt.into()),
+                cpu_flags: flags.iter().map(|s| s.to_string()).collect(),
+                clock: Some(ClockFacts {
+                    synchronised: true,
+                    estimated_error_us: 500,
+                    maximum_error_us: 9000,
+                }),
+                ..HostFacts::default()
+            },
+            ..HostJson::default()
+        }
+    }
+
+    /// A guest whose CPU needs avx512f cannot go to a host without it: named; the libvirt
+    /// versions either side of 9.5.0 show, and facts that agree are not a difference.
+    #[test]
+    fn the_facts_that_differ_are_named() {
+        let vm = VmInterface {
+            cpu: Some(GuestCpu {
+                mode: Some("custom".into()),
+                model: Some("Cascadelake-Server".into()),
+                features: vec!["avx512f".into(), "sse4.2".into()],
+            }),
+            ..VmInterface::default()
+        };
+        let src = host(&["avx512f", "sse4_2"], "libvirtd (libvirt) 8.0.0");
+        let dst = host(&["sse4_2"], "libvirtd (libvirt) 10.0.0");
+        let all = facts(&src, &dst, None, None, Some(&vm));
+        let get = |name: &str| all.iter().find(|f| f.fact.starts_with(name)).unwrap();
+        let cpu = get("guest CPU flags");
+        assert_eq!(
+            (cpu.src.as_str(), cpu.dst.as_str()),
+            ("all 2 present", "missing: avx512f")
+        );
+        assert_ne!(get("libvirt").src, get("libvirt").dst);
+        assert_eq!(get("kernel").src, get("kernel").dst);
+        assert_eq!(get("clock").src, "synchronised, estimated error 0.5 ms");
+        // host-passthrough: the guest depends on every flag of the source.
+        let passthrough = VmInterface {
+            cpu: Some(GuestCpu {
+                mode: Some("host-passthrough".into()),
+                ..GuestCpu::default()
+            }),
+            ..VmInterface::default()
+        };
+        let all = facts(&src, &dst, None, None, Some(&passthrough));
+        let cpu = all
+            .iter()
+            .find(|f| f.fact.starts_with("guest CPU"))
+            .unwrap();
+        assert_eq!(cpu.dst, "missing: avx512f");
+    }
+}
