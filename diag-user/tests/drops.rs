@@ -332,3 +332,65 @@ fn a_bridged_tap_gets_the_full_probe() {
     );
     drop(tap);
 }
+
+/// A tap that appears while watched (a VM arriving, perhaps by migration) has its
+/// per-frame probe before its `attached` record goes out: the RARP and a frame delivered to
+/// the VM a moment later are both kernel-timed, with no time for a probe added on the
+/// RARP. Once its VM has sent and been calm for --probe-linger, the probe goes.
+#[test]
+fn a_tap_that_appears_while_watched_is_timed_from_its_first_frame() {
+    require_root();
+    let ns = Netns::new("twd-new").unwrap();
+    // A tap there from the start: once it is attached, the first look is over.
+    let _there = VmTap::create(&ns, "tapdf9", TAP_LIBVIRT).unwrap();
+    let mut tw = watch(&ns, &["--probe-linger", "0.3"]);
+    tw.wait_attached("tapdf9");
+    let tap = VmTap::create(&ns, "tapdf0", TAP_LIBVIRT).unwrap();
+    ns.ip(&["addr", "add", "10.65.0.1/24", "dev", "tapdf0"])
+        .unwrap();
+    let guest = GUEST.to_string();
+    ns.ip(&[
+        "neigh",
+        "replace",
+        "10.65.0.2",
+        "lladdr",
+        &guest,
+        "dev",
+        "tapdf0",
+        "nud",
+        "permanent",
+    ])
+    .unwrap();
+    let added = tw.wait_for("probe_added", |v| v["code"] == "probe_added");
+    assert_eq!(added["ifname"], "tapdf0");
+    let att = tw.wait_attached("tapdf0");
+    assert_eq!(att["appeared"], true);
+    assert_eq!(filters(&ns, "tapdf0"), 2, "ingress and egress");
+    // QEMU's RARP and, at once, a frame the host answers: its reply is the first data
+    // delivered to the VM.
+    tap.send(&frames::rarp_announce(GUEST, None)).unwrap();
+    tap.send(&frames::icmp_echo_request(
+        GUEST,
+        TAP_LIBVIRT,
+        VM_IP,
+        HOST_IP,
+        9,
+        1,
+        b"tapwatch",
+    ))
+    .unwrap();
+    let inbound = tw.wait_for("inbound", |v| v["kind"] == "inbound");
+    let removed = tw.wait_for("probe_removed", |v| v["code"] == "probe_removed");
+    assert_eq!(removed["ifname"], "tapdf0");
+    assert_eq!(filters(&ns, "tapdf0"), 0);
+    let (status, recs, _) = tw.stop(libc::SIGINT);
+    assert!(status.success());
+    let rarp = &frames(&recs, "tapdf0", "rarp")[0];
+    let row = summary_row(&recs, "tapdf0");
+    assert_eq!(row["switchover_ts"], rarp["ts"]);
+    assert_eq!(u(row, "rarp_frames"), 1);
+    let gap = row["inbound_gap_ms"].as_u64().unwrap();
+    let between = ts_micros(&inbound) - ts_micros(rarp);
+    assert!((0..=10_000).contains(&between), "{between} µs");
+    assert_eq!(gap, (between / 1000) as u64, "{rarp} {inbound}");
+}

@@ -38,8 +38,12 @@ pub trait Datapath: Send {
     fn kind(&self) -> Backend;
     /// How one attached tap is watched, for its `attached` record.
     fn datapath_of(&self, ifindex: u32) -> DatapathKind;
+    /// The run's datapath: how a tap is watched unless it needs more.
+    fn run_kind(&self) -> DatapathKind;
     /// Starts counting on the tap from zero; when this returns, its frames are counted.
-    fn attach(&mut self, link: &Link) -> Result<(), AttachFailure>;
+    /// `appeared`: the tap was created while this run watched (a VM arriving, perhaps by
+    /// migration).
+    fn attach(&mut self, link: &Link, appeared: bool) -> Result<(), AttachFailure>;
     /// Stops counting; the final counters. `totals`: the link's statistics as it went away,
     /// when it did.
     fn detach(&mut self, ifindex: u32, totals: Option<LinkTotals>) -> Option<TapCounts>;
@@ -66,8 +70,15 @@ impl Datapath for Probe {
     fn datapath_of(&self, ifindex: u32) -> DatapathKind {
         Probe::datapath_of(self, ifindex)
     }
-    fn attach(&mut self, link: &Link) -> Result<(), AttachFailure> {
-        Probe::attach(self, link).map_err(|e| AttachFailure {
+    fn run_kind(&self) -> DatapathKind {
+        if self.drops() {
+            DatapathKind::Drops
+        } else {
+            DatapathKind::Tc
+        }
+    }
+    fn attach(&mut self, link: &Link, appeared: bool) -> Result<(), AttachFailure> {
+        Probe::attach(self, link, appeared).map_err(|e| AttachFailure {
             reason: e.to_string(),
             errno: e.errno(),
         })
@@ -102,7 +113,10 @@ impl Datapath for PcapBackend {
     fn datapath_of(&self, _ifindex: u32) -> DatapathKind {
         DatapathKind::Pcap
     }
-    fn attach(&mut self, link: &Link) -> Result<(), AttachFailure> {
+    fn run_kind(&self) -> DatapathKind {
+        DatapathKind::Pcap
+    }
+    fn attach(&mut self, link: &Link, _appeared: bool) -> Result<(), AttachFailure> {
         PcapBackend::attach(self, link.ifindex, &link.name, link.mac).map_err(|e| AttachFailure {
             reason: e.to_string(),
             errno: e.errno(),

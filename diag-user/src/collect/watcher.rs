@@ -29,6 +29,8 @@ pub(super) struct Tap {
     mac_history: Vec<MacHistoryEntry>,
     /// Counters read when the tap went away.
     final_counters: Option<TapCounts>,
+    /// When it went away, for forgetting it (`serve`).
+    gone_at: Option<std::time::Instant>,
 }
 
 /// State of a watch run, independent of where its records go.
@@ -186,7 +188,7 @@ impl<'s> Watcher<'s> {
     }
 
     pub(super) fn attach(&mut self, link: Link) -> io::Result<()> {
-        let attached = self.datapath.attach(&link);
+        let attached = self.datapath.attach(&link, self.started);
         self.datapath_notices()?;
         if let Err(AttachFailure { reason, errno }) = attached {
             // A tap removed right after it appeared (libvirt re-creates and deletes taps
@@ -246,6 +248,7 @@ impl<'s> Watcher<'s> {
             mac_history: vec![MacHistoryEntry { ts, mac: link.mac }],
             link,
             final_counters: None,
+            gone_at: None,
         });
         self.emit(rec)
     }
@@ -318,6 +321,7 @@ impl<'s> Watcher<'s> {
         self.vm_said.remove(&ifindex);
         self.taps[i].final_counters =
             Some(self.datapath.detach(ifindex, totals).unwrap_or_default());
+        self.taps[i].gone_at = Some(std::time::Instant::now());
         self.datapath_notices()?;
         let rec = Record::Detached {
             ts: self.ts(),
@@ -436,6 +440,27 @@ impl<'s> Watcher<'s> {
         Ok(())
     }
 
+    /// Forgets the taps that went away more than `grace` ago: a run of weeks keeps what
+    /// its live taps need, not every tap it ever saw.
+    pub(super) fn forget_gone(&mut self, grace: std::time::Duration) {
+        let before = self.taps.len();
+        self.taps
+            .retain(|t| t.gone_at.is_none_or(|g| g.elapsed() < grace));
+        if self.taps.len() == before {
+            return;
+        }
+        self.live = self
+            .taps
+            .iter()
+            .enumerate()
+            .filter(|(_, t)| t.gone_at.is_none())
+            .map(|(i, t)| (t.link.ifindex, i))
+            .collect();
+        let kept: std::collections::HashSet<u32> =
+            self.taps.iter().map(|t| t.link.ifindex).collect();
+        self.names.retain(|ifindex, _| kept.contains(ifindex));
+    }
+
     pub(super) fn stats(&mut self) -> io::Result<()> {
         self.datapath.refresh();
         self.datapath_notices()?;
@@ -513,7 +538,7 @@ mod tests {
         fn kind(&self) -> Backend {
             Backend::Ebpf
         }
-        fn attach(&mut self, link: &Link) -> Result<(), AttachFailure> {
+        fn attach(&mut self, link: &Link, _appeared: bool) -> Result<(), AttachFailure> {
             if let Some((reason, errno)) = &self.refuse {
                 return Err(AttachFailure {
                     reason: reason.clone(),
@@ -534,6 +559,9 @@ mod tests {
             self.counters.get(&ifindex).cloned()
         }
         fn datapath_of(&self, _ifindex: u32) -> crate::model::DatapathKind {
+            crate::model::DatapathKind::Drops
+        }
+        fn run_kind(&self) -> crate::model::DatapathKind {
             crate::model::DatapathKind::Drops
         }
         fn update(&mut self, link: &Link) {
@@ -595,6 +623,37 @@ mod tests {
                     .to_string()
             })
             .collect()
+    }
+
+    /// A run of weeks (`serve`): taps that went away are forgotten after the grace
+    /// period, live ones never; the summary then has the live ones.
+    #[test]
+    fn departed_taps_are_forgotten() {
+        let mut out = Records::default();
+        let mut w = watcher(Fake::default(), GONE, &mut out);
+        for i in 0..100 {
+            w.on_link(LinkChange::Present(link(
+                100 + i,
+                &format!("tap{i}"),
+                Some(MAC),
+            )))
+            .unwrap();
+        }
+        for i in 0..99 {
+            w.detach(100 + i, "deleted".into()).unwrap();
+        }
+        w.forget_gone(std::time::Duration::from_secs(3600));
+        assert_eq!(w.taps.len(), 100, "within the grace period");
+        w.forget_gone(std::time::Duration::ZERO);
+        assert_eq!(w.taps.len(), 1);
+        assert_eq!(w.names.len(), 1);
+        assert_eq!(w.live.get(&199), Some(&0), "the live tap's index follows");
+        w.summary().unwrap();
+        let Some(Record::Summary { taps, .. }) = out.0.last() else {
+            panic!("no summary")
+        };
+        assert_eq!(taps.len(), 1);
+        assert_eq!(taps[0].counters.ifname, "tap99");
     }
 
     #[test]

@@ -130,11 +130,17 @@ enum Hook {
     Tc(TcLinks),
 }
 
-/// The per-frame probe of a tap with stale frames.
+/// The per-frame probe of a tap with stale frames, or of a tap that appeared while
+/// watched.
 struct Assist {
     links: TcLinks,
     /// When the tap last showed trouble (a stale frame, a RARP, an open window).
     last_trouble: Instant,
+    /// A tap that appeared while watched keeps the probe until its VM has sent (and then
+    /// for the linger): a migrating VM's RARP and the first frames delivered to it come
+    /// within a millisecond of its resume, sooner than a probe added on the RARP could be
+    /// there.
+    until_sent: bool,
 }
 
 struct Tap {
@@ -308,7 +314,7 @@ impl Probe {
 
     /// Starts counting on the tap from zero. When this returns, every frame crossing the
     /// interface is counted.
-    pub fn attach(&mut self, link: &Link) -> Result<(), ProbeError> {
+    pub fn attach(&mut self, link: &Link, appeared: bool) -> Result<(), ProbeError> {
         let (ifindex, ifname) = (link.ifindex, link.name.as_str());
         let fail = |reason: String, errno: Option<i32>| ProbeError::Attach {
             ifname: ifname.to_string(),
@@ -380,6 +386,13 @@ impl Probe {
                 assist_failure_said: false,
             },
         );
+        if appeared && matches!(self.taps[&ifindex].hook, Hook::Drops { .. }) {
+            self.add_assist(
+                ifindex,
+                "it appeared while watched (a VM arriving, perhaps by migration)",
+                true,
+            );
+        }
         Ok(())
     }
 
@@ -518,12 +531,12 @@ impl Probe {
             Hook::Drops {
                 assist: Some(assist),
             } => assist.last_trouble = Instant::now(),
-            Hook::Drops { assist: None } => self.add_assist(ifindex, why),
+            Hook::Drops { assist: None } => self.add_assist(ifindex, why, false),
             Hook::Tc(_) => {}
         }
     }
 
-    fn add_assist(&mut self, ifindex: u32, why: &str) {
+    fn add_assist(&mut self, ifindex: u32, why: &str, until_sent: bool) {
         let Some(tap) = self.taps.get(&ifindex) else {
             return;
         };
@@ -550,15 +563,18 @@ impl Probe {
                     assist: Some(Assist {
                         links,
                         last_trouble: Instant::now(),
+                        until_sent,
                     }),
+                };
+                let what = if until_sent {
+                    "its VM's RARP and the first frames to and from it"
+                } else {
+                    "the end of its stale frames"
                 };
                 self.notice(
                     NoticeCode::ProbeAdded,
                     Some(&name),
-                    format!(
-                        "{name}: {why}: a per-frame probe now times the end of its stale \
-                         frames to the frame"
-                    ),
+                    format!("{name}: {why}: a per-frame probe now times {what} to the frame"),
                 );
             }
             Err((reason, _)) if !tap.assist_failure_said => {
@@ -605,6 +621,22 @@ impl Probe {
             }
             let linger = self.linger;
             let tap = self.taps.get_mut(&ifindex).expect("listed above");
+            let sent = tap.latest.since(&tap.base).rx_packets > 0;
+            if let Hook::Drops {
+                assist:
+                    Some(
+                        a @ Assist {
+                            until_sent: true, ..
+                        },
+                    ),
+            } = &mut tap.hook
+            {
+                if !sent {
+                    continue;
+                }
+                a.until_sent = false;
+                a.last_trouble = Instant::now();
+            }
             let calm = matches!(&tap.hook, Hook::Drops { assist: Some(a) } if a.last_trouble.elapsed() >= linger);
             if calm {
                 let name = tap.name.clone();
