@@ -12,11 +12,14 @@ fi
 
 # Debian's own Rust builds the eBPF crate (it ships the matching core source for
 # -Z build-std); LLVM 22 is what both that rustc and bpf-linker use. The rest serves the
-# pcap backend and the tests (tcpdump/tshark check captures, tmux drives the TUI).
+# pcap backend and the tests (tcpdump/tshark check captures, tmux drives the TUI,
+# Prometheus scrapes `tapwatch serve` and promtool checks its metrics and alert rules,
+# systemd-analyze checks the service unit).
 PACKAGES=(
     rustc-web cargo-web rust-web-src
     llvm-22-dev libpolly-22-dev zlib1g-dev libzstd-dev libxml2-dev
-    libpcap-dev tcpdump tshark bpftool iproute2 tmux procps
+    libpcap0.8 tcpdump tshark bpftool iproute2 tmux procps
+    prometheus systemd
 )
 
 missing=()
@@ -30,6 +33,11 @@ if [ ${#missing[@]} -gt 0 ]; then
     echo "wireshark-common wireshark-common/install-setuid boolean false" | debconf-set-selections
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    # The tests run their own Prometheus in a namespace; a system one that this script
+    # just installed is not wanted running.
+    if [[ " ${missing[*]} " == *" prometheus "* ]] && [ -d /run/systemd/system ]; then
+        systemctl disable --now prometheus >/dev/null 2>&1 || true
+    fi
 fi
 
 CARGO_BIN="${CARGO_HOME:-$HOME/.cargo}/bin"

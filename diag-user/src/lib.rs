@@ -19,3 +19,4 @@ pub mod model;
 pub mod offline;
 pub mod report;
 pub mod verdict;
+pub mod version;

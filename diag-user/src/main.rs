@@ -1,213 +1,41 @@
 use std::{
     io,
-    path::PathBuf,
     process::ExitCode,
     sync::{Arc, Mutex},
     time::Duration,
 };
 
 use anyhow::Context as _;
-use clap::{Args, Parser, Subcommand};
 use diag_user::{
-    collect::{
-        self, ebpf::AttachMode, links::DEFAULT_PATTERNS, BackendChoice, DatapathChoice,
-        IdentitySource, Outcome, WatchOptions,
-    },
-    lab::{self, LabOptions, Scenario, MAX_VMS},
-    model::{mac::MacAddr, NoticeCode, Record, Sink},
+    collect::{self, Outcome},
+    lab::{self, LabOptions},
+    model::{NoticeCode, Record, Sink},
     offline as analyze,
     report::{
         bundle::{Bundle, BundleOptions},
+        http::{self, HttpServer},
         json::JsonSink,
+        metrics::{Health, Metrics, MetricsUpdater},
         pipeline::{Feed, Pipeline, Pusher, Writer},
-        text::{self, NoticePrinter},
+        recorder::{Recorder, RecorderOptions},
+        text::{self, NoticePrinter, ServiceLog},
         tui,
     },
-    verdict::{libvirt, Engine, EngineConfig},
+    verdict::{Engine, EngineConfig},
 };
 use tokio::sync::Notify;
 
 /// Exit status of a run that did its job but whose bundle is incomplete (a full disk).
+mod cli;
+
+use cli::{AnalyzeArgs, Command, LabArgs, ServeArgs, WatchArgs};
+
 const EXIT_BUNDLE_INCOMPLETE: u8 = 3;
 /// Exit status of a run in which some matching taps could not be watched.
 const EXIT_UNWATCHED: u8 = 4;
 
-/// Per-VM view of frames on hypervisor tap devices: which frames a VM sends to a MAC its
-/// tap no longer has, and when QEMU's RARP and the guest's gratuitous ARP announced a
-/// migration.
-#[derive(Parser)]
-#[command(name = "tapwatch", version, about)]
-struct Cli {
-    /// Log what tapwatch and its kernel programs do on stderr (-v: debug, -vv: trace);
-    /// RUST_LOG sets finer filters.
-    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
-    verbose: u8,
-    #[command(subcommand)]
-    command: Option<Command>,
-}
-
-#[derive(Subcommand)]
-enum Command {
-    /// Attach to VM taps and report live (the default command).
-    Watch(WatchArgs),
-    /// Run the verdicts offline on a bundle (directory or .tar.gz) or a pcap/pcapng capture
-    /// of tap traffic (`tcpdump -i tapX -w x.pcap`, or `-i any`); given a source and a
-    /// destination bundle of one migration, tell it from both hosts.
-    Analyze(AnalyzeArgs),
-    /// Build a lab of two simulated hypervisors, live-migrate a simulated VM between
-    /// them, and watch the destination as on-call would.
-    Lab(LabArgs),
-    /// Internal: removes a killed run's tc filters (started by `watch` itself).
-    #[command(name = "cleanup-helper", hide = true)]
-    CleanupHelper,
-}
-
-#[derive(Args, Clone)]
-struct AnalyzeArgs {
-    /// A bundle directory, a .tar.gz bundle, or a pcap/pcapng capture; or two bundles, the
-    /// source hypervisor's then the destination's (SRC DST).
-    #[arg(value_name = "PATH", num_args = 1..=2, required = true)]
-    paths: Vec<PathBuf>,
-    /// Print NDJSON (verdict records, then the summary) instead of a table.
-    #[arg(long)]
-    json: bool,
-    /// The tap's MAC, for a raw capture (otherwise inferred, and said so).
-    #[arg(long, value_name = "MAC")]
-    tap_mac: Option<MacAddr>,
-}
-
-#[derive(Args, Clone)]
-struct LabArgs {
-    /// What the migration does to the VM's network.
-    #[arg(long, value_enum, default_value = "stale-mac")]
-    scenario: Scenario,
-    /// How many VMs migrate at once.
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=MAX_VMS as i64))]
-    vms: u16,
-    /// Write NDJSON to stdout (lab steps, tapwatch's records, the truth last) instead of
-    /// the full-screen view; ends by itself when the story is over.
-    #[arg(long)]
-    json: bool,
-    /// Stop after this many seconds.
-    #[arg(long, value_name = "SECS", value_parser = parse_duration)]
-    duration: Option<Duration>,
-    /// The guests' ARP reachable time (real guests: 15-45 s).
-    #[arg(long, value_name = "SECS", default_value = "8", value_parser = parse_lab_time)]
-    reachable_time: Duration,
-    /// Steady traffic before the migration.
-    #[arg(long, value_name = "SECS", default_value = "2", value_parser = parse_lab_time)]
-    before: Duration,
-    /// The guest also sends a gratuitous ARP the moment it resumes, before QEMU's announce
-    /// (it always sends one after each RARP round, as virtio's guest announce does).
-    #[arg(long)]
-    garp: bool,
-    /// Seconds between stats records.
-    #[arg(long, value_name = "SECS", default_value = "0.5", value_parser = parse_interval)]
-    interval: Duration,
-    /// Seconds the network keeps delivering the VM's traffic to the source after it
-    /// resumed on the destination: the SDN's switch-over (BGP, OVN).
-    #[arg(long, value_name = "SECS", default_value = "0", value_parser = parse_lab_time)]
-    sdn_delay: Duration,
-    /// Record a bundle per hypervisor: DIR/src/ and DIR/dst/ (DIR new or empty, yours),
-    /// for `tapwatch analyze DIR/src DIR/dst`.
-    #[arg(long, value_name = "DIR")]
-    record: Option<PathBuf>,
-}
-
-#[derive(Args, Clone)]
-struct WatchArgs {
-    /// Write NDJSON (one object a line) to stdout instead of the full-screen view.
-    #[arg(long)]
-    json: bool,
-    /// Interfaces to watch, by shell glob; repeatable. Default: tap* and vnet*.
-    #[arg(long = "iface", value_name = "GLOB")]
-    ifaces: Vec<String>,
-    /// Seconds between stats records (0.01 to 86400).
-    #[arg(long, value_name = "SECS", default_value = "1", value_parser = parse_interval)]
-    interval: Duration,
-    /// Stop after this many seconds (default: run until SIGINT/SIGTERM/SIGHUP).
-    #[arg(long, value_name = "SECS", value_parser = parse_duration)]
-    duration: Option<Duration>,
-    /// How to hook the per-frame tc probe where a tap carries it.
-    #[arg(long, value_enum, default_value = "auto")]
-    attach_mode: AttachMode,
-    /// How frames are seen: the kernel's drops (one hook for all taps), the per-frame tc
-    /// probe on every tap, or libpcap; auto picks the first the kernel supports and says
-    /// why.
-    #[arg(long, value_enum, default_value = "auto")]
-    datapath: DatapathChoice,
-    /// Older spelling: ebpf (auto without libpcap), pcap, auto.
-    #[arg(long, value_enum, conflicts_with = "datapath")]
-    backend: Option<BackendChoice>,
-    /// Seconds a tap keeps the per-frame probe it got for stale frames after the last one
-    /// (0 to 86400).
-    #[arg(long, value_name = "SECS", default_value = "60", value_parser = parse_linger)]
-    probe_linger: Duration,
-    /// Directory of libvirt's live domain XML, for VM names and guest MACs.
-    #[arg(long, value_name = "DIR", default_value = libvirt::DEFAULT_DIR)]
-    libvirt_dir: PathBuf,
-    /// Record a bug-report bundle into DIR (new or empty, yours): events.ndjson,
-    /// frames.pcapng, host.json, summary.md.
-    #[arg(long, value_name = "DIR")]
-    record: Option<PathBuf>,
-    /// Stop writing frames to the bundle past this size (counters are always kept).
-    #[arg(long, value_name = "MB", default_value_t = 100, value_parser = clap::value_parser!(u64).range(0..=1 << 20))]
-    record_max_mb: u64,
-    /// Also pack the bundle into DIR.tar.gz when done.
-    #[arg(long, requires = "record")]
-    pack: bool,
-}
-
-impl Default for WatchArgs {
-    fn default() -> Self {
-        Self {
-            json: false,
-            ifaces: Vec::new(),
-            interval: Duration::from_secs(1),
-            duration: None,
-            attach_mode: AttachMode::Auto,
-            datapath: DatapathChoice::Auto,
-            backend: None,
-            probe_linger: Duration::from_secs(60),
-            libvirt_dir: PathBuf::from(libvirt::DEFAULT_DIR),
-            record: None,
-            record_max_mb: 100,
-            pack: false,
-        }
-    }
-}
-
-/// Seconds within `[min, max]`, with the range in the error.
-fn secs_in(s: &str, min: f64, max: f64) -> Result<Duration, String> {
-    let v: f64 = s
-        .trim()
-        .parse()
-        .map_err(|_| format!("not a number of seconds: {s:?}"))?;
-    if !v.is_finite() || v < min || v > max {
-        return Err(format!("{s} is out of range: give {min} to {max} seconds"));
-    }
-    Duration::try_from_secs_f64(v).map_err(|e| format!("{s}: {e}"))
-}
-
-fn parse_interval(s: &str) -> Result<Duration, String> {
-    secs_in(s, 0.01, 86_400.0)
-}
-
-/// Up to ten years: a run that long is "until stopped".
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    secs_in(s, 0.001, 315_360_000.0)
-}
-
-fn parse_linger(s: &str) -> Result<Duration, String> {
-    secs_in(s, 0.0, 86_400.0)
-}
-
-fn parse_lab_time(s: &str) -> Result<Duration, String> {
-    secs_in(s, 0.0, 3_600.0)
-}
-
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = cli::parse();
     // Before anything loads: the kernel programs' log level is set from it at load.
     // tapwatch's own records and its kernel programs' (target `diag`), not its libraries'.
     let default = match cli.verbose {
@@ -227,6 +55,7 @@ fn main() -> ExitCode {
             Some(Command::Watch(a)) => runtime.block_on(run_watch(a)),
             None => runtime.block_on(run_watch(WatchArgs::default())),
             Some(Command::Lab(a)) => run_lab(a, &runtime),
+            Some(Command::Serve(a)) => runtime.block_on(run_serve(a)),
             Some(Command::Analyze(a)) => run_analyze(a),
             Some(Command::CleanupHelper) => collect::ebpf::reaper::run(),
         }
@@ -573,21 +402,8 @@ fn no_view() -> bool {
 }
 
 async fn run_watch(args: WatchArgs) -> anyhow::Result<ExitCode> {
-    let patterns = if args.ifaces.is_empty() {
-        DEFAULT_PATTERNS.iter().map(|s| s.to_string()).collect()
-    } else {
-        args.ifaces.clone()
-    };
     let json = args.json || no_view();
-    let opts = WatchOptions {
-        patterns,
-        interval: args.interval,
-        duration: args.duration,
-        attach_mode: args.attach_mode,
-        datapath: args.backend.map_or(args.datapath, DatapathChoice::from),
-        probe_linger: args.probe_linger,
-        identities: IdentitySource::Libvirt(args.libvirt_dir.clone()),
-    };
+    let opts = args.taps.options(args.duration);
     let bundle = match &args.record {
         Some(dir) => Some(Bundle::create(BundleOptions {
             dir: dir.clone(),
@@ -630,4 +446,75 @@ async fn run_watch(args: WatchArgs) -> anyhow::Result<ExitCode> {
         let _ = tui::print_ending(&ending);
     }
     Ok(report_unwatched(&outcome, code))
+}
+
+async fn run_serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    // Everything that can be refused is, before anything is attached.
+    let listeners = http::bind(&args.listen)?;
+    let recorder = match &args.record_dir {
+        Some(dir) => Some(Recorder::new(RecorderOptions {
+            dir: dir.clone(),
+            max_bundle_bytes: args.record_max_mb.saturating_mul(1 << 20),
+            max_total_bytes: args.record_total_mb.saturating_mul(1 << 20),
+            keep: args.record_keep as usize,
+        })?),
+        None => None,
+    };
+    let metrics = Metrics::new()?;
+    let health = Health::new(args.taps.interval);
+    let chosen = Arc::new(std::sync::OnceLock::new());
+    let mut opts = args.taps.options(args.duration);
+    opts.forget_after = Some(args.forget_after);
+    opts.chosen = Some(chosen.clone());
+
+    let (log, _) = Writer::spawn("log", ServiceLog::new(io::stderr()), |_| {})?;
+    let recorder = match recorder {
+        Some(r) => Some(
+            Writer::spawn("recorder", r, |e| {
+                eprintln!("tapwatch: blackout bundles stopped: {e}");
+            })?
+            .0,
+        ),
+        None => None,
+    };
+    let mut outputs = vec![log.pusher()];
+    outputs.extend(recorder.as_ref().map(Writer::pusher));
+    let engine = Engine::new(EngineConfig {
+        forget_after: Some(args.forget_after),
+        ..EngineConfig::default()
+    });
+    let pipeline = Pipeline::new(engine, outputs);
+    pipeline.set_metrics(MetricsUpdater::new(
+        metrics.clone(),
+        health.clone(),
+        args.forget_after,
+        Some(chosen),
+    ));
+    let server = HttpServer::start(listeners, metrics, health.clone())?;
+    for addr in server.addrs() {
+        eprintln!("tapwatch: serving /metrics and /healthz on http://{addr}");
+    }
+    let result = collect::run(
+        opts,
+        &mut Feed(pipeline.clone()),
+        std::future::pending::<()>(),
+    )
+    .await;
+    if let Err(e) = &result {
+        health.fail(e.to_string());
+    }
+    pipeline.finish();
+    server.stop();
+    let mut code = ExitCode::SUCCESS;
+    if let Some(w) = recorder {
+        match w.close(BUNDLE_CLOSE) {
+            Ok(r) => r.finish_all(),
+            Err(e) => {
+                eprintln!("tapwatch: blackout bundles were not finished: {e}");
+                code = ExitCode::from(EXIT_BUNDLE_INCOMPLETE);
+            }
+        }
+    }
+    let _ = log.close(STDOUT_CLOSE);
+    Ok(report_unwatched(&result?, code))
 }

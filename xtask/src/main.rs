@@ -62,7 +62,7 @@ fn main() -> ExitCode {
         Some("bench") => bench(&args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask check\n       cargo xtask bench [--quick] [--only throughput,flood,scale,render,latency] [--no-write]"
+                "usage: cargo xtask check\n       cargo xtask bench [--quick] [--only throughput,flood,scale,render,latency,serve] [--no-write]"
             );
             return ExitCode::from(2);
         }

@@ -3,7 +3,7 @@
 //! it into docs/benchmarks.md. Needs root, like the integration tests.
 //!
 //! Options: `--quick` (short runs, to try the harness), `--only LIST` (comma-separated:
-//! throughput, flood, scale, render, latency), `--no-write` (leave the docs alone).
+//! throughput, flood, scale, render, latency, serve), `--no-write` (leave the docs alone).
 
 mod flood;
 mod floor;
@@ -13,6 +13,7 @@ mod measure;
 mod render;
 mod report;
 mod scale;
+mod serve;
 mod throughput;
 
 use std::{path::Path, process::ExitCode, time::Duration};
@@ -67,7 +68,7 @@ impl Settings {
     }
 }
 
-const PHASES: [&str; 5] = ["throughput", "flood", "scale", "render", "latency"];
+const PHASES: [&str; 6] = ["throughput", "flood", "scale", "render", "latency", "serve"];
 
 fn read(path: &str) -> String {
     std::fs::read_to_string(path)
@@ -149,6 +150,7 @@ fn run() -> Result<()> {
             "flood" => flood::run(&s, &mut report),
             "scale" => scale::run(&s, &mut report),
             "render" => render::run(&s, &mut report),
+            "serve" => serve::run(&s, &mut report),
             _ => latency::run(&s, &mut report),
         };
         if let Err(e) = r {

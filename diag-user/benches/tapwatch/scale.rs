@@ -167,13 +167,13 @@ fn run_mode(
     Ok(())
 }
 
-fn mb(kb: u64) -> f64 {
+pub fn mb(kb: u64) -> f64 {
     kb as f64 / 1024.0
 }
 
-struct Churn {
-    created: usize,
-    deleted: usize,
+pub struct Churn {
+    pub created: usize,
+    pub deleted: usize,
     secs: f64,
     attached: HashMap<String, u32>,
     detached: HashMap<String, u32>,
@@ -182,7 +182,7 @@ struct Churn {
 
 /// Creates `churn_per_s` taps a second for `churn_time`, each deleted `LIFETIME` later, while
 /// reading tapwatch's records and sampling its memory (when it runs).
-fn churn(ns: &Netns, s: &Settings, mut tw: Option<&mut Tapwatch>) -> Result<Churn> {
+pub fn churn(ns: &Netns, s: &Settings, mut tw: Option<&mut Tapwatch>) -> Result<Churn> {
     let total = (s.churn_time.as_secs_f64() * s.churn_per_s as f64) as usize;
     let step = Duration::from_secs_f64(1.0 / s.churn_per_s as f64);
     let (tx, rx) = mpsc::channel::<(Instant, VmTap)>();

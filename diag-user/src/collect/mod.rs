@@ -7,6 +7,7 @@ pub mod caps;
 pub mod datapath;
 pub mod ebpf;
 mod identity;
+pub mod libpcap;
 pub mod links;
 pub mod netlink;
 pub mod pcap;
@@ -44,6 +45,11 @@ pub struct WatchOptions {
     pub probe_linger: Duration,
     /// Where VM names and guest MACs come from.
     pub identities: IdentitySource,
+    /// Forget taps this long after they went away (`serve`); `None` keeps them for the
+    /// summary.
+    pub forget_after: Option<Duration>,
+    /// Set to the datapath the run chose, once it has loaded.
+    pub chosen: Option<std::sync::Arc<std::sync::OnceLock<crate::model::DatapathKind>>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -188,6 +194,9 @@ pub async fn run(
         sink,
     );
     w.clock = clock;
+    if let Some(chosen) = &opts.chosen {
+        let _ = chosen.set(w.datapath.run_kind());
+    }
     if let Some(message) = said {
         let code = if w.datapath.kind() == crate::model::Backend::Pcap {
             NoticeCode::Fallback
@@ -319,6 +328,9 @@ async fn watch_loop(
             errors = w.identities.changed() => w.on_identities(errors),
             _ = tick.tick() => {
                 let errors = w.identities.retry();
+                if let Some(grace) = opts.forget_after {
+                    w.forget_gone(grace);
+                }
                 w.drain(src)
                     .and_then(|_| w.retry_unwatched())
                     .and_then(|_| w.on_identities(errors))

@@ -21,6 +21,7 @@ use diag_common::{
 };
 use tokio::sync::mpsc;
 
+use super::libpcap::{Capture, Next};
 use crate::{model::clock::WallClock, model::mac::MacAddr};
 
 #[derive(Debug, thiserror::Error)]
@@ -119,23 +120,11 @@ impl PcapBackend {
             reason,
         };
         let mut threads = Vec::new();
-        for (dir, pdir) in [
-            (Direction::FromVm, pcap::Direction::In),
-            (Direction::ToVm, pcap::Direction::Out),
-        ] {
-            let cap = pcap::Capture::from_device(ifname)
-                .and_then(|c| {
-                    c.immediate_mode(true)
-                        .timeout(POLL_MS)
-                        .snaplen(EVENT_SNAPLEN as i32 + 4)
-                        .precision(pcap::Precision::Nano)
-                        .open()
-                })
-                .map_err(|e| fail(e.to_string()))?;
-            cap.direction(pdir).map_err(|e| fail(e.to_string()))?;
-            // In immediate mode libpcap ignores its read timeout: read without blocking and
-            // wait in poll(2) ourselves, so the thread sees the stop flag.
-            let cap = cap.setnonblock().map_err(|e| fail(e.to_string()))?;
+        for (dir, inbound) in [(Direction::FromVm, true), (Direction::ToVm, false)] {
+            // In immediate mode libpcap ignores its read timeout: the handle does not block
+            // and the thread waits in poll(2) itself, so it sees the stop flag.
+            let cap =
+                Capture::open(ifname, inbound, EVENT_SNAPLEN as i32 + 4, POLL_MS).map_err(fail)?;
             let (shared, events, clock) = (shared.clone(), self.events.clone(), self.clock);
             threads.push(std::thread::spawn(move || {
                 capture_loop(cap, ifindex, dir, &shared, &events, clock)
@@ -179,19 +168,23 @@ impl Drop for PcapBackend {
 }
 
 fn capture_loop(
-    mut cap: pcap::Capture<pcap::Active>,
+    mut cap: Capture,
     ifindex: u32,
     dir: Direction,
     shared: &TapShared,
     events: &mpsc::UnboundedSender<FrameEvent>,
     clock: WallClock,
 ) {
-    use std::os::fd::AsRawFd;
-    let fd = cap.as_raw_fd();
+    let fd = cap.fd();
     while !shared.stop.load(Ordering::Relaxed) {
-        let pkt = match cap.next_packet() {
-            Ok(p) => p,
-            Err(pcap::Error::TimeoutExpired) => {
+        let (sec, nsec, len, data) = match cap.read() {
+            Ok(Next::Frame {
+                sec,
+                nsec,
+                len,
+                data,
+            }) => (sec, nsec, len, data),
+            Ok(Next::Empty) => {
                 let mut pfd = libc::pollfd {
                     fd,
                     events: libc::POLLIN,
@@ -204,10 +197,9 @@ fn capture_loop(
             // The tap went away: its removal comes over netlink.
             Err(_) => return,
         };
-        // Precision::Nano: tv_usec holds nanoseconds.
-        let unix_ns = pkt.header.ts.tv_sec as i128 * 1_000_000_000 + pkt.header.ts.tv_usec as i128;
+        let unix_ns = sec as i128 * 1_000_000_000 + nsec as i128;
         let now = clock.monotonic_of(unix_ns);
-        if let Some(mut ev) = observe(shared, pkt.data, pkt.header.len, dir, now) {
+        if let Some(mut ev) = observe(shared, data, len, dir, now) {
             ev.ifindex = ifindex;
             let _ = events.send(ev);
         }

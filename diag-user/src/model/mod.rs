@@ -327,6 +327,46 @@ pub struct HostFact {
     pub dst: String,
 }
 
+impl Record {
+    /// When it happened (a frame: its kernel timestamp).
+    pub fn ts(&self) -> Ts {
+        match self {
+            Record::Attached { ts, .. }
+            | Record::Detached { ts, .. }
+            | Record::MacChange { ts, .. }
+            | Record::ModeChange { ts, .. }
+            | Record::Stats { ts, .. }
+            | Record::Summary { ts, .. }
+            | Record::Renamed { ts, .. }
+            | Record::Notice { ts, .. }
+            | Record::Identity { ts, .. }
+            | Record::Verdict { ts, .. } => *ts,
+            Record::Frame(f) => f.ts,
+            Record::Lab(l) => l.ts,
+            Record::Migration(m) => m.ts,
+        }
+    }
+
+    /// The one tap the record is about, if it is about one.
+    pub fn ifname(&self) -> Option<&str> {
+        match self {
+            Record::Attached { ifname, .. }
+            | Record::Detached { ifname, .. }
+            | Record::MacChange { ifname, .. }
+            | Record::ModeChange { ifname, .. }
+            | Record::Renamed { ifname, .. }
+            | Record::Identity { ifname, .. }
+            | Record::Verdict { ifname, .. } => Some(ifname),
+            Record::Frame(f) => Some(&f.ifname),
+            Record::Notice { ifname, .. } => ifname.as_deref(),
+            Record::Stats { .. }
+            | Record::Summary { .. }
+            | Record::Lab(_)
+            | Record::Migration(_) => None,
+        }
+    }
+}
+
 /// One step or finding of the built-in lab.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct LabRecord {

@@ -28,7 +28,7 @@ use std::{
 use self::{
     bundle::{tar_entry, Capped, EventLines},
     capture::{CaptureError, CaptureReader, Packet},
-    replay::{infer_taps, rec_ts, Replayer, Seen},
+    replay::{infer_taps, Replayer, Seen},
 };
 use crate::model::{clock::Ts, mac::MacAddr, Record};
 
@@ -277,7 +277,7 @@ fn analyze_bundle(
     loop {
         while !rec_done && rec_q.wants_more() {
             match records.next_record() {
-                Ok(Some(r)) => rec_q.push(rec_ts(&r), r),
+                Ok(Some(r)) => rec_q.push(r.ts(), r),
                 Ok(None) => rec_done = true,
                 Err(stop) => {
                     notes.push(stop.clone());

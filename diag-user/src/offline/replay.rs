@@ -273,7 +273,7 @@ impl<'a> Replayer<'a> {
     }
 
     pub(super) fn record(&mut self, rec: Record) -> Result<(), AnalyzeError> {
-        let t = rec_ts(&rec);
+        let t = rec.ts();
         self.end = Some(self.end.map_or(t, |e| e.max(t)));
         match &rec {
             Record::Attached {
@@ -461,23 +461,5 @@ impl<'a> Replayer<'a> {
             (self.out)(v).map_err(AnalyzeError::Output)?;
         }
         Ok(Some(summary))
-    }
-}
-
-pub(super) fn rec_ts(r: &Record) -> Ts {
-    match r {
-        Record::Attached { ts, .. }
-        | Record::Detached { ts, .. }
-        | Record::MacChange { ts, .. }
-        | Record::ModeChange { ts, .. }
-        | Record::Stats { ts, .. }
-        | Record::Summary { ts, .. }
-        | Record::Renamed { ts, .. }
-        | Record::Notice { ts, .. }
-        | Record::Identity { ts, .. }
-        | Record::Verdict { ts, .. } => *ts,
-        Record::Frame(f) => f.ts,
-        Record::Lab(l) => l.ts,
-        Record::Migration(m) => m.ts,
     }
 }

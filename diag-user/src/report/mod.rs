@@ -3,7 +3,10 @@
 //! the bug-report bundle ([`bundle`]) and the live view ([`tui`]).
 
 pub mod bundle;
+pub mod http;
 pub mod json;
+pub mod metrics;
 pub mod pipeline;
+pub mod recorder;
 pub mod text;
 pub mod tui;

@@ -22,6 +22,7 @@ use std::{
 use crate::{
     model::clock::{Ts, WallClock},
     model::{LabEvent, LabRecord, NoticeCode, Record, Sink},
+    report::metrics::MetricsUpdater,
     verdict::Engine,
 };
 
@@ -270,6 +271,8 @@ pub struct Ending {
 pub struct Head {
     pub engine: Engine,
     outputs: Vec<Pusher>,
+    /// `serve`'s metrics, kept in step with the engine.
+    metrics: Option<MetricsUpdater>,
     pub ending: Ending,
     /// Set by the view's status line (lab steps).
     pub status: String,
@@ -287,11 +290,17 @@ impl Pipeline {
             head: Mutex::new(Head {
                 engine,
                 outputs,
+                metrics: None,
                 ending: Ending::default(),
                 status: String::new(),
             }),
             finished: AtomicBool::new(false),
         })
+    }
+
+    /// Keeps `metrics` in step with every record from now on.
+    pub fn set_metrics(&self, metrics: MetricsUpdater) {
+        self.head().metrics = Some(metrics);
     }
 
     /// The head, for a view to read or the end of a run to finish with. Hold it briefly:
@@ -305,6 +314,14 @@ impl Pipeline {
     pub fn emit(&self, rec: &Record) {
         let mut h = self.head();
         let changes = h.engine.apply(rec);
+        if let Head {
+            engine,
+            metrics: Some(m),
+            ..
+        } = &mut *h
+        {
+            m.observe(engine, rec, &changes);
+        }
         let annotated;
         let rec = match rec {
             Record::Summary { .. } => {

@@ -140,6 +140,50 @@ impl<W: Write> Sink for NoticePrinter<W> {
     }
 }
 
+/// `serve`'s log (stderr, the journal under systemd): notices, and each VM's state
+/// changes with the diagnosis.
+pub struct ServiceLog<W: Write> {
+    pub out: W,
+    states: std::collections::HashMap<String, crate::model::State>,
+}
+
+impl<W: Write> ServiceLog<W> {
+    pub fn new(out: W) -> Self {
+        Self {
+            out,
+            states: Default::default(),
+        }
+    }
+}
+
+impl<W: Write> Sink for ServiceLog<W> {
+    fn emit(&mut self, rec: &Record) -> io::Result<()> {
+        match rec {
+            Record::Notice { message, .. } => writeln!(self.out, "tapwatch: {message}"),
+            Record::Verdict { ifname, fields, .. } => {
+                // Remembered while the tap lives: a run of weeks keeps no more.
+                let before = if fields.state == crate::model::State::Gone {
+                    self.states.remove(ifname)
+                } else {
+                    self.states.insert(ifname.clone(), fields.state)
+                };
+                if before == Some(fields.state) {
+                    return Ok(());
+                }
+                writeln!(
+                    self.out,
+                    "tapwatch: {} ({ifname}) is {}: {}",
+                    fields.vm, fields.state, fields.diagnosis
+                )
+            }
+            _ => Ok(()),
+        }
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
+    }
+}
+
 /// A duration for people, or `-` when unknown.
 fn ms(v: Option<u64>) -> String {
     v.map(|m| format!("{m} ms")).unwrap_or_else(|| "-".into())

@@ -26,12 +26,16 @@ use crate::{
 pub struct EngineConfig {
     /// No frame from the VM for this long makes it QUIET.
     pub quiet_after: Duration,
+    /// A long-running run (`serve`) forgets taps this long after they went away, so its
+    /// memory follows the live taps; `None` keeps every tap for the run's summary.
+    pub forget_after: Option<Duration>,
 }
 
 impl Default for EngineConfig {
     fn default() -> Self {
         Self {
             quiet_after: Duration::from_secs(5),
+            forget_after: None,
         }
     }
 }
@@ -56,6 +60,30 @@ impl Engine {
             pending: HashMap::new(),
             now: None,
         }
+    }
+
+    /// Drops the taps that went away more than `grace` before `now`.
+    fn forget_gone(&mut self, now: Ts, grace: Duration) {
+        let grace_ms = grace.as_millis() as i64;
+        let before = self.taps.len();
+        self.taps
+            .retain(|t| t.gone_at.is_none_or(|g| now.ms_since(g) < grace_ms));
+        if self.taps.len() != before {
+            self.live = self
+                .taps
+                .iter()
+                .enumerate()
+                .filter(|(_, t)| t.gone_at.is_none())
+                .map(|(i, t)| (t.ifname.clone(), i))
+                .collect();
+        }
+        // Identities said of taps whose attach then failed (a retry says them again).
+        self.pending.clear();
+    }
+
+    /// The taps being watched now.
+    pub fn live_taps(&self) -> impl Iterator<Item = &TapView> {
+        self.taps.iter().filter(|t| t.gone_at.is_none())
     }
 
     pub fn tap(&self, ifname: &str) -> Option<&TapView> {
@@ -153,6 +181,9 @@ impl Engine {
                 self.now = Some(*ts);
                 for row in taps {
                     self.stats(row, *ts, &mut changes);
+                }
+                if let Some(grace) = self.config.forget_after {
+                    self.forget_gone(*ts, grace);
                 }
             }
             Record::Summary { ts, taps } => {

@@ -1,0 +1,151 @@
+//! 5. `tapwatch serve` as a fleet runs it: with 1000 taps, how long a scrape of /metrics
+//!    takes and how large it is; then taps churned for the churn time with departed taps
+//!    forgotten after a second: memory follows the live taps, not every tap ever seen.
+
+use std::{
+    io::{Read, Write},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context as _, Result};
+use diag_testkit::child::Spawned;
+use diag_user::{
+    lab::netns::{run as sh, Netns, VmTap},
+    report::metrics::sample,
+};
+
+use crate::{
+    measure::{ms, percentile, ProcSample},
+    report::Report,
+    scale::{churn, mb},
+    Settings,
+};
+
+const SECTION: &str = "5 serve";
+const PORT: u16 = 9464;
+
+fn get(ns: &Netns, path: &'static str) -> Result<String> {
+    ns.enter(move || -> Result<String> {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", PORT))?;
+        s.set_read_timeout(Some(Duration::from_secs(10)))?;
+        write!(s, "GET {path} HTTP/1.0\r\n\r\n")?;
+        let mut out = String::new();
+        s.read_to_string(&mut out)?;
+        let (_, body) = out.split_once("\r\n\r\n").context("no HTTP body")?;
+        Ok(body.to_string())
+    })?
+}
+
+fn taps(ns: &Netns) -> Option<f64> {
+    get(ns, "/metrics")
+        .ok()
+        .and_then(|m| sample(&m, "tapwatch_taps", &[]))
+}
+
+fn wait_taps(ns: &Netns, n: usize, within: Duration) -> Result<Duration> {
+    let start = Instant::now();
+    while taps(ns) != Some(n as f64) {
+        if start.elapsed() > within {
+            bail!("tapwatch_taps never reached {n} (last {:?})", taps(ns));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(start.elapsed())
+}
+
+pub fn run(s: &Settings, report: &mut Report) -> Result<()> {
+    let ns = Netns::new("twbench-serve")?;
+    let n = s.scale_taps;
+    ns.enter(move || -> Result<()> {
+        for i in 0..n {
+            VmTap::open(&format!("bsv{i:04}"))?.persist()?;
+        }
+        Ok(())
+    })??;
+    let batch = std::env::temp_dir().join(format!("twbench-serve-{}.ip", std::process::id()));
+    let lines: String = (0..n).map(|i| format!("link set bsv{i:04} up\n")).collect();
+    std::fs::write(&batch, lines)?;
+    let up = sh("ip", &["-n", ns.name(), "-batch", &batch.to_string_lossy()]);
+    let _ = std::fs::remove_file(&batch);
+    up?;
+    let listen = format!("127.0.0.1:{PORT}");
+    let mut p = Spawned::start(
+        ns.name(),
+        &[
+            env!("CARGO_BIN_EXE_tapwatch"),
+            "serve",
+            "--listen",
+            &listen,
+            "--iface",
+            "bsv*",
+            "--iface",
+            "bch*",
+            "--forget-after",
+            "1",
+        ],
+    )?;
+    let started = wait_taps(&ns, n, Duration::from_secs(60))?;
+    report.info(
+        SECTION,
+        format!("{n} taps: /metrics says all of them (from exec)"),
+        format!("{:.0} ms", ms(started)),
+    );
+    let mut times = Vec::new();
+    let mut size = 0;
+    for _ in 0..50 {
+        let t = Instant::now();
+        size = get(&ns, "/metrics")?.len();
+        times.push(ms(t.elapsed()));
+    }
+    let p50 = percentile(&mut times, 50.0);
+    let p99 = percentile(&mut times, 99.0);
+    report.target(
+        SECTION,
+        format!(
+            "{n} taps: a scrape of /metrics p50 / p99 ({} KB)",
+            size / 1024
+        ),
+        format!("{p50:.1} / {p99:.1} ms"),
+        "p99 < 100 ms",
+        p99 < 100.0,
+    );
+    // Two rounds of churn: the first sets the allocator's high-water mark (glibc keeps what
+    // it once held, in per-thread arenas), the second shows whether anything of a departed
+    // tap stays. Memory bounded by the live taps means the second round adds nothing.
+    let before = ProcSample::of(p.pid())?;
+    let mut rounds = Vec::new();
+    let mut created = 0;
+    for _ in 0..2 {
+        created += churn(&ns, s, None)?.created;
+        // The churned taps are gone: after the grace period, only the first n are known.
+        wait_taps(&ns, n, Duration::from_secs(30))?;
+        std::thread::sleep(Duration::from_secs(3));
+        rounds.push(ProcSample::of(p.pid())?);
+    }
+    let (first, second) = (&rounds[0], &rounds[1]);
+    report.target(
+        SECTION,
+        format!(
+            "churn of {created} taps in two rounds, forgotten 1 s after they went: RSS \
+             before / after round 1 / after round 2"
+        ),
+        format!(
+            "{:.1} / {:.1} / {:.1} MB",
+            mb(before.rss_kb),
+            mb(first.rss_kb),
+            mb(second.rss_kb)
+        ),
+        "round 2 < +10%",
+        second.rss_kb as f64 <= first.rss_kb as f64 * 1.1,
+    );
+    report.target(
+        SECTION,
+        "churn: descriptors before / after round 1 / after round 2",
+        format!("{} / {} / {}", before.fds, first.fds, second.fds),
+        "round 2: no growth",
+        second.fds <= first.fds,
+    );
+    p.signal(libc::SIGTERM);
+    p.wait_timeout(Duration::from_secs(30))?;
+    Ok(())
+}

@@ -1,0 +1,264 @@
+//! tapwatch's command line: one definition, used by the binary and by
+//! `tapwatch-gen-assets` (the man pages and shell completions the packages ship).
+
+use std::{path::PathBuf, time::Duration};
+
+use clap::{Args, Parser, Subcommand};
+use diag_user::{
+    collect::{
+        ebpf::AttachMode, links::DEFAULT_PATTERNS, BackendChoice, DatapathChoice, IdentitySource,
+        WatchOptions,
+    },
+    lab::{Scenario, MAX_VMS},
+    model::mac::MacAddr,
+    verdict::libvirt,
+};
+
+/// Per-VM view of frames on hypervisor tap devices: which frames a VM sends to a MAC its
+/// tap no longer has, and when QEMU's RARP and the guest's gratuitous ARP announced a
+/// migration.
+#[derive(Parser)]
+#[command(name = "tapwatch", version, about)]
+pub struct Cli {
+    /// Log what tapwatch and its kernel programs do on stderr (-v: debug, -vv: trace);
+    /// RUST_LOG sets finer filters.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Attach to VM taps and report live (the default command).
+    Watch(WatchArgs),
+    /// Run the verdicts offline on a bundle (directory or .tar.gz) or a pcap/pcapng capture
+    /// of tap traffic (`tcpdump -i tapX -w x.pcap`, or `-i any`); given a source and a
+    /// destination bundle of one migration, tell it from both hosts.
+    Analyze(AnalyzeArgs),
+    /// Build a lab of two simulated hypervisors, live-migrate a simulated VM between
+    /// them, and watch the destination as on-call would.
+    Lab(LabArgs),
+    /// Run as a service: watch the taps as `watch` does, without a terminal, and serve
+    /// Prometheus metrics on /metrics (and /healthz); optionally a bundle per blackout.
+    Serve(ServeArgs),
+    /// Internal: removes a killed run's tc filters (started by `watch` itself).
+    #[command(name = "cleanup-helper", hide = true)]
+    CleanupHelper,
+}
+
+#[derive(Args, Clone)]
+pub struct AnalyzeArgs {
+    /// A bundle directory, a .tar.gz bundle, or a pcap/pcapng capture; or two bundles, the
+    /// source hypervisor's then the destination's (SRC DST).
+    #[arg(value_name = "PATH", num_args = 1..=2, required = true)]
+    pub paths: Vec<PathBuf>,
+    /// Print NDJSON (verdict records, then the summary) instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// The tap's MAC, for a raw capture (otherwise inferred, and said so).
+    #[arg(long, value_name = "MAC")]
+    pub tap_mac: Option<MacAddr>,
+}
+
+#[derive(Args, Clone)]
+pub struct LabArgs {
+    /// What the migration does to the VM's network.
+    #[arg(long, value_enum, default_value = "stale-mac")]
+    pub scenario: Scenario,
+    /// How many VMs migrate at once.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=MAX_VMS as i64))]
+    pub vms: u16,
+    /// Write NDJSON to stdout (lab steps, tapwatch's records, the truth last) instead of
+    /// the full-screen view; ends by itself when the story is over.
+    #[arg(long)]
+    pub json: bool,
+    /// Stop after this many seconds.
+    #[arg(long, value_name = "SECS", value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+    /// The guests' ARP reachable time (real guests: 15-45 s).
+    #[arg(long, value_name = "SECS", default_value = "8", value_parser = parse_lab_time)]
+    pub reachable_time: Duration,
+    /// Steady traffic before the migration.
+    #[arg(long, value_name = "SECS", default_value = "2", value_parser = parse_lab_time)]
+    pub before: Duration,
+    /// The guest also sends a gratuitous ARP the moment it resumes, before QEMU's announce
+    /// (it always sends one after each RARP round, as virtio's guest announce does).
+    #[arg(long)]
+    pub garp: bool,
+    /// Seconds between stats records.
+    #[arg(long, value_name = "SECS", default_value = "0.5", value_parser = parse_interval)]
+    pub interval: Duration,
+    /// Seconds the network keeps delivering the VM's traffic to the source after it
+    /// resumed on the destination: the SDN's switch-over (BGP, OVN).
+    #[arg(long, value_name = "SECS", default_value = "0", value_parser = parse_lab_time)]
+    pub sdn_delay: Duration,
+    /// Record a bundle per hypervisor: DIR/src/ and DIR/dst/ (DIR new or empty, yours),
+    /// for `tapwatch analyze DIR/src DIR/dst`.
+    #[arg(long, value_name = "DIR")]
+    pub record: Option<PathBuf>,
+}
+
+/// Which taps, how to see them, and who is behind them: shared by `watch` and `serve`.
+#[derive(Args, Clone)]
+pub struct TapArgs {
+    /// Interfaces to watch, by shell glob; repeatable. Default: tap* and vnet*.
+    #[arg(long = "iface", value_name = "GLOB")]
+    pub ifaces: Vec<String>,
+    /// Seconds between stats records (0.01 to 86400).
+    #[arg(long, value_name = "SECS", default_value = "1", value_parser = parse_interval)]
+    pub interval: Duration,
+    /// How to hook the per-frame tc probe where a tap carries it.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub attach_mode: AttachMode,
+    /// How frames are seen: the kernel's drops (one hook for all taps), the per-frame tc
+    /// probe on every tap, or libpcap; auto picks the first the kernel supports and says
+    /// why.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub datapath: DatapathChoice,
+    /// Older spelling: ebpf (auto without libpcap), pcap, auto.
+    #[arg(long, value_enum, conflicts_with = "datapath")]
+    pub backend: Option<BackendChoice>,
+    /// Seconds a tap keeps the per-frame probe it got for stale frames after the last one
+    /// (0 to 86400).
+    #[arg(long, value_name = "SECS", default_value = "60", value_parser = parse_linger)]
+    pub probe_linger: Duration,
+    /// Directory of libvirt's live domain XML, for VM names and guest MACs.
+    #[arg(long, value_name = "DIR", default_value = libvirt::DEFAULT_DIR)]
+    pub libvirt_dir: PathBuf,
+}
+
+impl Default for TapArgs {
+    fn default() -> Self {
+        Self {
+            ifaces: Vec::new(),
+            interval: Duration::from_secs(1),
+            attach_mode: AttachMode::Auto,
+            datapath: DatapathChoice::Auto,
+            backend: None,
+            probe_linger: Duration::from_secs(60),
+            libvirt_dir: PathBuf::from(libvirt::DEFAULT_DIR),
+        }
+    }
+}
+
+impl TapArgs {
+    pub fn options(&self, duration: Option<Duration>) -> WatchOptions {
+        let patterns = if self.ifaces.is_empty() {
+            DEFAULT_PATTERNS.iter().map(|s| s.to_string()).collect()
+        } else {
+            self.ifaces.clone()
+        };
+        WatchOptions {
+            patterns,
+            interval: self.interval,
+            duration,
+            attach_mode: self.attach_mode,
+            datapath: self.backend.map_or(self.datapath, DatapathChoice::from),
+            probe_linger: self.probe_linger,
+            identities: IdentitySource::Libvirt(self.libvirt_dir.clone()),
+            forget_after: None,
+            chosen: None,
+        }
+    }
+}
+
+#[derive(Args, Clone, Default)]
+pub struct WatchArgs {
+    /// Write NDJSON (one object a line) to stdout instead of the full-screen view.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub taps: TapArgs,
+    /// Stop after this many seconds (default: run until SIGINT/SIGTERM/SIGHUP).
+    #[arg(long, value_name = "SECS", value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+    /// Record a bug-report bundle into DIR (new or empty, yours): events.ndjson,
+    /// frames.pcapng, host.json, summary.md.
+    #[arg(long, value_name = "DIR")]
+    pub record: Option<PathBuf>,
+    /// Stop writing frames to the bundle past this size (counters are always kept).
+    #[arg(long, value_name = "MB", default_value_t = 100, value_parser = clap::value_parser!(u64).range(0..=1 << 20))]
+    pub record_max_mb: u64,
+    /// Also pack the bundle into DIR.tar.gz when done.
+    #[arg(long, requires = "record")]
+    pub pack: bool,
+}
+
+#[derive(Args, Clone)]
+pub struct ServeArgs {
+    /// Address and port of the HTTP endpoint (/metrics for Prometheus, /healthz);
+    /// repeatable. Keep it on loopback or a management network.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9464")]
+    pub listen: Vec<String>,
+    #[command(flatten)]
+    pub taps: TapArgs,
+    /// Stop after this many seconds (default: run until SIGINT/SIGTERM/SIGHUP).
+    #[arg(long, value_name = "SECS", value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+    /// Write a bug-report bundle per blackout into DIR/blackout-<time>-<vm>/ (DIR yours,
+    /// writable by no one else; made if missing).
+    #[arg(long, value_name = "DIR")]
+    pub record_dir: Option<PathBuf>,
+    /// Each blackout bundle stops taking frames past this size (its counters are kept).
+    #[arg(long, value_name = "MB", default_value_t = 20, requires = "record_dir", value_parser = clap::value_parser!(u64).range(1..=1 << 20))]
+    pub record_max_mb: u64,
+    /// The oldest blackout bundles are removed when there are more than this many.
+    #[arg(long, value_name = "N", default_value_t = 50, requires = "record_dir", value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub record_keep: u64,
+    /// The oldest blackout bundles are removed when all of them take more than this.
+    #[arg(long, value_name = "MB", default_value_t = 1024, requires = "record_dir", value_parser = clap::value_parser!(u64).range(1..=1 << 24))]
+    pub record_total_mb: u64,
+    /// Seconds a tap's series (and all tapwatch knows of it) are kept after it went away
+    /// (0 to 86400).
+    #[arg(long, value_name = "SECS", default_value = "300", value_parser = parse_linger)]
+    pub forget_after: Duration,
+}
+
+/// Seconds within `[min, max]`, with the range in the error.
+fn secs_in(s: &str, min: f64, max: f64) -> Result<Duration, String> {
+    let v: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("not a number of seconds: {s:?}"))?;
+    if !v.is_finite() || v < min || v > max {
+        return Err(format!("{s} is out of range: give {min} to {max} seconds"));
+    }
+    Duration::try_from_secs_f64(v).map_err(|e| format!("{s}: {e}"))
+}
+
+fn parse_interval(s: &str) -> Result<Duration, String> {
+    secs_in(s, 0.01, 86_400.0)
+}
+
+/// Up to ten years: a run that long is "until stopped".
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    secs_in(s, 0.001, 315_360_000.0)
+}
+
+fn parse_linger(s: &str) -> Result<Duration, String> {
+    secs_in(s, 0.0, 86_400.0)
+}
+
+fn parse_lab_time(s: &str) -> Result<Duration, String> {
+    secs_in(s, 0.0, 3_600.0)
+}
+
+/// The command line, with the version tapwatch reports: `-V` the build on one line,
+/// `--version` also the datapaths this host offers (looked up only when asked: it reads the
+/// kernel's BTF).
+pub fn command() -> clap::Command {
+    use clap::CommandFactory as _;
+    let cmd = Cli::command().version(diag_user::version::short());
+    if std::env::args_os().skip(1).any(|a| a == "--version") {
+        cmd.long_version(diag_user::version::long())
+    } else {
+        cmd
+    }
+}
+
+/// Parses the command line (exits with clap's message and status 2 when it is wrong).
+pub fn parse() -> Cli {
+    use clap::FromArgMatches as _;
+    Cli::from_arg_matches(&command().get_matches()).unwrap_or_else(|e| e.exit())
+}

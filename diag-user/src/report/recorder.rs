@@ -1,0 +1,625 @@
+//! `serve --record-dir DIR`: a bug-report bundle per blackout, written while it happens.
+//!
+//! The recorder keeps what a bundle of a tap needs from before its blackout: the tap's
+//! life so far (`attached`, `identity`, MAC and mode changes: a handful per tap) and the
+//! last minute of frames, stats, notices and verdicts. When a tap's verdict turns
+//! BLACKOUT it opens `DIR/blackout-<time>-<vm>/` (a bundle as `watch --record` writes,
+//! docs/bundle.md), writes that history, then the tap's records as they come, and closes
+//! it [`POSTROLL`] after the blackout ended (or after [`MAX_OPEN`]) with the tap's summary,
+//! summary.md and host.json. The oldest bundles are removed past `keep` bundles or
+//! `max_total_bytes`. Nothing in DIR but its own `blackout-*` directories is touched, and
+//! DIR must be the user's own and writable by no one else.
+
+use std::{
+    collections::{BTreeMap, HashMap, VecDeque},
+    os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt},
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use crate::{
+    model::{clock::Ts, MacHistoryEntry, Mode, Record, Sink, State, SummaryRow, TapRow},
+    report::bundle::{Bundle, BundleOptions},
+    verdict::{Engine, EngineConfig},
+};
+
+/// How much of what led up to a blackout goes into its bundle (the MAC change and the
+/// RARPs come moments before).
+pub const PREROLL: Duration = Duration::from_secs(60);
+/// How long a bundle goes on after its blackout ended.
+pub const POSTROLL: Duration = Duration::from_secs(10);
+/// A blackout that lasts longer is closed at this length (a VM that never re-ARPs).
+pub const MAX_OPEN: Duration = Duration::from_secs(15 * 60);
+/// Records kept for the pre-roll at most, whatever the rate.
+const RECENT_MAX: usize = 20_000;
+/// Records of a tap's life kept at most (its `attached` always).
+const LIFE_MAX: usize = 64;
+const PREFIX: &str = "blackout-";
+
+#[derive(Clone, Debug)]
+pub struct RecorderOptions {
+    pub dir: PathBuf,
+    /// Each bundle stops taking frames past this size (its counters are always kept).
+    pub max_bundle_bytes: u64,
+    /// The oldest bundles go when all of them together are larger.
+    pub max_total_bytes: u64,
+    /// The oldest bundles go when there are more.
+    pub keep: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RecorderError {
+    #[error("--record-dir {0}: not a directory")]
+    NotADirectory(PathBuf),
+    #[error("--record-dir {path}: owned by uid {owner}, not by this user (uid {me}): choose a directory of your own")]
+    NotOwner { path: PathBuf, owner: u32, me: u32 },
+    #[error("--record-dir {0}: others may write to it, so a local user could swap what tapwatch writes and removes there: `chmod go-w` it or choose another")]
+    Writable(PathBuf),
+    #[error("--record-dir {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+struct Open {
+    bundle: Bundle,
+    engine: Engine,
+    started: Ts,
+    until: Option<Ts>,
+    last_row: Option<TapRow>,
+}
+
+pub struct Recorder {
+    opts: RecorderOptions,
+    /// Per tap: `attached` and what changed it since.
+    life: HashMap<String, Vec<Record>>,
+    recent: VecDeque<Record>,
+    open: BTreeMap<String, Open>,
+    /// Finished bundles, oldest first, with their sizes.
+    done: VecDeque<(PathBuf, u64)>,
+    now: Option<Ts>,
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> RecorderError + '_ {
+    move |source| RecorderError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// The bytes under a bundle directory (its files; nothing deeper is ours).
+fn size_of(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter_map(|e| e.metadata().ok())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+/// A name part made of safe characters only.
+fn safe(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(64)
+        .collect()
+}
+
+impl Recorder {
+    pub fn new(opts: RecorderOptions) -> Result<Self, RecorderError> {
+        let dir = &opts.dir;
+        match std::fs::symlink_metadata(dir) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                std::fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o700)
+                    .create(dir)
+                    .map_err(io_err(dir))?;
+            }
+            Err(e) => return Err(io_err(dir)(e)),
+            Ok(_) => {}
+        }
+        let m = std::fs::symlink_metadata(dir).map_err(io_err(dir))?;
+        if !m.is_dir() {
+            return Err(RecorderError::NotADirectory(dir.clone()));
+        }
+        // SAFETY: geteuid has no preconditions.
+        let me = unsafe { libc::geteuid() };
+        if m.uid() != me {
+            return Err(RecorderError::NotOwner {
+                path: dir.clone(),
+                owner: m.uid(),
+                me,
+            });
+        }
+        if m.permissions().mode() & 0o022 != 0 {
+            return Err(RecorderError::Writable(dir.clone()));
+        }
+        // Bundles of earlier runs count towards the limits; their names sort by time.
+        let mut earlier: Vec<(PathBuf, u64)> = std::fs::read_dir(dir)
+            .map_err(io_err(dir))?
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with(PREFIX))
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            .map(|e| (e.path(), size_of(&e.path())))
+            .collect();
+        earlier.sort();
+        let mut r = Self {
+            opts,
+            life: HashMap::new(),
+            recent: VecDeque::new(),
+            open: BTreeMap::new(),
+            done: earlier.into(),
+            now: None,
+        };
+        r.rotate();
+        Ok(r)
+    }
+
+    /// Bundles written so far by this run and earlier ones still kept, oldest first.
+    pub fn bundles(&self) -> impl Iterator<Item = &Path> {
+        self.done.iter().map(|(p, _)| p.as_path())
+    }
+
+    fn follow_life(&mut self, rec: &Record) {
+        match rec {
+            Record::Attached { ifname, .. } => {
+                self.life.insert(ifname.clone(), vec![rec.clone()]);
+            }
+            Record::Identity { ifname, .. }
+            | Record::MacChange { ifname, .. }
+            | Record::ModeChange { ifname, .. } => {
+                if let Some(l) = self.life.get_mut(ifname) {
+                    if l.len() >= LIFE_MAX {
+                        l.remove(1);
+                    }
+                    l.push(rec.clone());
+                }
+            }
+            Record::Renamed {
+                ifname, old_ifname, ..
+            } => {
+                if let Some(mut l) = self.life.remove(old_ifname) {
+                    l.push(rec.clone());
+                    self.life.insert(ifname.clone(), l);
+                }
+                if let Some(o) = self.open.remove(old_ifname) {
+                    self.open.insert(ifname.clone(), o);
+                }
+            }
+            Record::Detached { ifname, .. } if !self.open.contains_key(ifname) => {
+                self.life.remove(ifname);
+            }
+            _ => {}
+        }
+    }
+
+    /// `rec` as a bundle of `ifname` has it: its own records, its row of stats.
+    fn for_tap(rec: &Record, ifname: &str) -> Option<Record> {
+        match rec {
+            Record::Stats { ts, taps } => {
+                let row = taps.iter().find(|r| r.ifname == ifname)?;
+                Some(Record::Stats {
+                    ts: *ts,
+                    taps: vec![row.clone()],
+                })
+            }
+            Record::Renamed { old_ifname, .. } if old_ifname == ifname => Some(rec.clone()),
+            r if r.ifname() == Some(ifname) => Some(rec.clone()),
+            _ => None,
+        }
+    }
+
+    fn write(open: &mut Open, rec: &Record) {
+        open.engine.apply(rec);
+        if let Record::Stats { taps, .. } = rec {
+            open.last_row = taps.first().cloned();
+        }
+        // A full disk stops the bundle (it says so in host.json), never the recorder.
+        let _ = open.bundle.emit(rec);
+    }
+
+    fn start(&mut self, ifname: &str, vm: &str, ts: Ts) {
+        let stamp = ts.0.format("%Y%m%dT%H%M%S%.3fZ");
+        let mut dir = self.opts.dir.join(format!("{PREFIX}{stamp}-{}", safe(vm)));
+        for n in 2.. {
+            if !dir.exists() {
+                break;
+            }
+            dir = self
+                .opts
+                .dir
+                .join(format!("{PREFIX}{stamp}-{}-{n}", safe(vm)));
+        }
+        let bundle = match Bundle::create(BundleOptions {
+            dir: dir.clone(),
+            max_bytes: self.opts.max_bundle_bytes,
+            pack: false,
+        }) {
+            Ok(b) => b,
+            Err(e) => {
+                eprintln!("tapwatch: no bundle for the blackout of {vm} ({ifname}): {e}");
+                return;
+            }
+        };
+        let mut open = Open {
+            bundle,
+            engine: Engine::new(EngineConfig::default()),
+            started: ts,
+            until: None,
+            last_row: None,
+        };
+        let mut history: Vec<Record> = self.life.get(ifname).cloned().unwrap_or_default();
+        history.extend(self.recent.iter().filter_map(|r| Self::for_tap(r, ifname)));
+        // Stable: a tap's attach stays before what happened at the same instant.
+        history.sort_by_key(Record::ts);
+        for r in &history {
+            Self::write(&mut open, r);
+        }
+        self.open.insert(ifname.to_string(), open);
+    }
+
+    fn finish(&mut self, ifname: &str) {
+        let Some(mut open) = self.open.remove(ifname) else {
+            return;
+        };
+        let life = self.life.get(ifname).map(Vec::as_slice).unwrap_or(&[]);
+        let mut row = SummaryRow {
+            counters: open.last_row.clone().unwrap_or_else(|| TapRow {
+                ifname: ifname.to_string(),
+                ..TapRow::default()
+            }),
+            ifindex: 0,
+            mode: Mode::Routed,
+            mac_history: Vec::new(),
+            detached: open
+                .engine
+                .tap(ifname)
+                .is_some_and(|t| t.state == State::Gone),
+            verdict: None,
+        };
+        for r in life {
+            match r {
+                Record::Attached {
+                    ts,
+                    ifindex,
+                    mac,
+                    mode,
+                    ..
+                } => {
+                    row.ifindex = *ifindex;
+                    row.mode = *mode;
+                    row.mac_history.push(MacHistoryEntry { ts: *ts, mac: *mac });
+                }
+                Record::MacChange { ts, new_mac, .. } => row.mac_history.push(MacHistoryEntry {
+                    ts: *ts,
+                    mac: *new_mac,
+                }),
+                Record::ModeChange { new_mode, .. } => row.mode = *new_mode,
+                _ => {}
+            }
+        }
+        let mut summary = Record::Summary {
+            ts: self.now.unwrap_or(open.started),
+            taps: vec![row],
+        };
+        open.engine.apply(&summary);
+        open.engine.annotate_summary(&mut summary);
+        let _ = open.bundle.emit(&summary);
+        match open.bundle.finish(&open.engine) {
+            Ok(path) => {
+                eprintln!("tapwatch: blackout bundle written to {}", path.display());
+                let size = size_of(&path);
+                self.done.push_back((path, size));
+            }
+            Err(e) => eprintln!("tapwatch: the blackout bundle of {ifname} was not finished: {e}"),
+        }
+        // A tap that went away while its bundle was open is forgotten now.
+        if open
+            .engine
+            .tap(ifname)
+            .is_some_and(|t| t.state == State::Gone)
+        {
+            self.life.remove(ifname);
+        }
+        self.rotate();
+    }
+
+    /// Removes the oldest bundles past the count and size limits.
+    fn rotate(&mut self) {
+        let mut total: u64 = self.done.iter().map(|(_, s)| s).sum();
+        while self.done.len() > self.opts.keep
+            || (total > self.opts.max_total_bytes && !self.done.is_empty())
+        {
+            let Some((path, size)) = self.done.pop_front() else {
+                break;
+            };
+            total -= size;
+            // remove_dir_all does not follow symlinks, and DIR is writable by us alone.
+            if let Err(e) = std::fs::remove_dir_all(&path) {
+                eprintln!(
+                    "tapwatch: cannot remove the old bundle {}: {e}",
+                    path.display()
+                );
+            }
+        }
+    }
+
+    /// Closes the bundles still open (the run ends).
+    pub fn finish_all(mut self) {
+        let open: Vec<String> = self.open.keys().cloned().collect();
+        for ifname in open {
+            self.finish(&ifname);
+        }
+    }
+}
+
+impl Sink for Recorder {
+    fn emit(&mut self, rec: &Record) -> std::io::Result<()> {
+        let ts = rec.ts();
+        self.now = Some(self.now.map_or(ts, |n| n.max(ts)));
+        self.follow_life(rec);
+        if matches!(
+            rec,
+            Record::Frame(_)
+                | Record::Stats { .. }
+                | Record::Notice { .. }
+                | Record::Verdict { .. }
+        ) {
+            self.recent.push_back(rec.clone());
+            let horizon = PREROLL.as_millis() as i64;
+            while self.recent.len() > RECENT_MAX
+                || self
+                    .recent
+                    .front()
+                    .is_some_and(|r| ts.ms_since(r.ts()) > horizon)
+            {
+                self.recent.pop_front();
+            }
+        }
+        // The run's end: its summary has the final counters of the taps still open.
+        if let Record::Summary { taps, .. } = rec {
+            for row in taps {
+                if let Some(open) = self.open.get_mut(&row.counters.ifname) {
+                    open.last_row = Some(row.counters.clone());
+                }
+            }
+        }
+        let names: Vec<String> = self.open.keys().cloned().collect();
+        for name in &names {
+            if let (Some(r), Some(open)) = (Self::for_tap(rec, name), self.open.get_mut(name)) {
+                Self::write(open, &r);
+            }
+        }
+        if let Record::Verdict { ifname, fields, .. } = rec {
+            match (fields.state, self.open.get_mut(ifname)) {
+                (State::Blackout, None) => self.start(ifname, &fields.vm, ts),
+                (State::Blackout, Some(open)) => open.until = None,
+                (_, Some(open)) if open.until.is_none() => {
+                    open.until = Some(Ts(ts.0 + POSTROLL));
+                }
+                _ => {}
+            }
+        }
+        let max_open = MAX_OPEN.as_millis() as i64;
+        let due: Vec<String> = self
+            .open
+            .iter()
+            .filter(|(_, o)| o.until.is_some_and(|u| ts >= u) || ts.ms_since(o.started) >= max_open)
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in due {
+            self.finish(&name);
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        for open in self.open.values_mut() {
+            let _ = open.bundle.flush();
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        report::pipeline::{Pipeline, Writer},
+        verdict::fixtures::*,
+    };
+
+    fn scratch(name: &str) -> PathBuf {
+        let p = std::env::temp_dir().join(format!("tw-rec-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        p
+    }
+
+    struct Cleanup(PathBuf);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn opts(dir: &Path, keep: usize) -> RecorderOptions {
+        RecorderOptions {
+            dir: dir.to_path_buf(),
+            max_bundle_bytes: 1 << 20,
+            max_total_bytes: 100 << 20,
+            keep,
+        }
+    }
+
+    /// Plays `recs` through a pipeline whose only output is the recorder.
+    fn play(rec: Recorder, recs: &[Record]) -> Recorder {
+        let (w, pusher) = Writer::spawn("recorder", rec, |_| {}).unwrap();
+        let p = Pipeline::new(Engine::new(EngineConfig::default()), vec![pusher]);
+        for r in recs {
+            p.emit(r);
+        }
+        w.close(Duration::from_secs(30)).unwrap()
+    }
+
+    /// A fixture frame with its bytes, as the datapath reports it: `analyze` reads the
+    /// frames back from frames.pcapng.
+    fn real(ms: i64, kind: &'static str, dst: crate::model::mac::MacAddr) -> Record {
+        use crate::lab::frames;
+        let mut r = frame(ms, "tapA", "from_vm", kind, dst);
+        if let Record::Frame(f) = &mut r {
+            let ip = |d| std::net::Ipv4Addr::new(10, 65, 0, d);
+            f.data = match kind {
+                "rarp" => frames::rarp_announce(GUEST, None),
+                _ => frames::udp(GUEST, dst, ip(2), ip(1), 98),
+            };
+            f.len = f.data.len() as u32;
+            f.dst_mismatch = kind == "dst_mismatch";
+        }
+        r
+    }
+
+    /// Two blackouts of one tap, an hour apart: two bundles, each with the MAC change and
+    /// RARPs that came before it, each read back by `analyze` to the same blackout.
+    #[test]
+    fn a_bundle_per_blackout_that_analyze_reads() {
+        let dir = scratch("two");
+        let _c = Cleanup(dir.clone());
+        let mut recs = vec![
+            attached(0, "tapA", OLD, "routed"),
+            Record::MacChange {
+                ts: at(100),
+                ifname: "tapA".into(),
+                old_mac: Some(OLD),
+                new_mac: Some(NEW),
+            },
+        ];
+        recs.extend((0..5).map(|i| real(200 + i * 50, "rarp", BCAST)));
+        recs.push(real(500, "dst_mismatch", OLD));
+        recs.push(real(700, "dst_mismatch", OLD));
+        // Counted while the stale frames were sent, as the interval's stats records do.
+        recs.push(stats(800, "tapA", 8, 2));
+        recs.push(real(20_410, "dst_match", NEW));
+        recs.push(stats(20_420, "tapA", 10, 2));
+        recs.push(stats(31_000, "tapA", 20, 2));
+        let hour = 3_600_000;
+        recs.push(Record::MacChange {
+            ts: at(hour),
+            ifname: "tapA".into(),
+            old_mac: Some(NEW),
+            new_mac: Some(OLD),
+        });
+        recs.push(real(hour + 300, "dst_mismatch", NEW));
+        recs.push(stats(hour + 1000, "tapA", 25, 3));
+        recs.push(real(hour + 5300, "dst_match", OLD));
+        recs.push(stats(hour + 16_000, "tapA", 30, 3));
+        let r = play(Recorder::new(opts(&dir, 10)).unwrap(), &recs);
+        let bundles: Vec<PathBuf> = r.bundles().map(Path::to_path_buf).collect();
+        assert_eq!(bundles.len(), 2, "{bundles:?}");
+        let name = bundles[0]
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .to_string();
+        assert!(
+            name.starts_with("blackout-") && name.ends_with("-tapA"),
+            "{name}"
+        );
+        for (b, want) in bundles.iter().zip([19_910, 5000]) {
+            let mut verdicts = Vec::new();
+            let a = crate::offline::analyze_path(b, None, &mut |r| {
+                if let Record::Verdict { fields, .. } = r {
+                    verdicts.push(fields.clone());
+                }
+                Ok(())
+            })
+            .unwrap();
+            assert!(a.notes.is_empty(), "{:?}", a.notes);
+            let Some(Record::Summary { taps, .. }) = a.summary else {
+                panic!("no summary in {}", b.display())
+            };
+            let v = taps[0].verdict.as_ref().unwrap();
+            assert_eq!((v.state, v.blackout_ms), (State::Recovered, Some(want)));
+            let summary = std::fs::read_to_string(b.join("summary.md")).unwrap();
+            assert!(summary.contains("RECOVERED"), "{summary}");
+        }
+        // The first one has what led up to it: the MAC change and QEMU's RARPs.
+        let events = std::fs::read_to_string(bundles[0].join("events.ndjson")).unwrap();
+        assert_eq!(events.matches("\"kind\":\"rarp\"").count(), 5);
+        assert!(events.contains("\"type\":\"mac_change\""));
+    }
+
+    /// Past `keep`, the oldest bundles go; bundles of an earlier run count too; nothing
+    /// else in the directory is touched.
+    #[test]
+    fn old_bundles_are_rotated_out() {
+        let dir = scratch("rot");
+        let _c = Cleanup(dir.clone());
+        std::fs::create_dir_all(dir.join("blackout-20000101T000000.000Z-old")).unwrap();
+        std::fs::write(dir.join("notes.txt"), "mine").unwrap();
+        let mut recs = vec![attached(0, "tapA", OLD, "routed")];
+        for i in 0..3 {
+            let t0 = i * 100_000;
+            let (from, to) = if i % 2 == 0 { (OLD, NEW) } else { (NEW, OLD) };
+            recs.push(Record::MacChange {
+                ts: at(t0 + 10),
+                ifname: "tapA".into(),
+                old_mac: Some(from),
+                new_mac: Some(to),
+            });
+            recs.push(frame(t0 + 100, "tapA", "from_vm", "dst_mismatch", from));
+            recs.push(frame(t0 + 200, "tapA", "from_vm", "dst_match", to));
+            recs.push(stats(t0 + 20_000, "tapA", 3, 1));
+        }
+        let r = play(Recorder::new(opts(&dir, 2)).unwrap(), &recs);
+        assert_eq!(r.bundles().count(), 2);
+        let mut left: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+            .collect();
+        left.sort();
+        assert_eq!(left.len(), 3, "{left:?}");
+        assert!(!left.iter().any(|n| n.ends_with("-old")), "{left:?}");
+        assert!(left.contains(&"notes.txt".to_string()));
+    }
+
+    /// A blackout still going when the run ends gets its bundle closed, not lost.
+    #[test]
+    fn an_open_blackout_is_closed_at_the_end() {
+        let dir = scratch("open");
+        let _c = Cleanup(dir.clone());
+        let recs = vec![
+            attached(0, "tapA", NEW, "routed"),
+            frame(100, "tapA", "from_vm", "dst_mismatch", OLD),
+            stats(1000, "tapA", 1, 1),
+        ];
+        let r = play(Recorder::new(opts(&dir, 5)).unwrap(), &recs);
+        assert_eq!(r.bundles().count(), 0);
+        r.finish_all();
+        let entries: Vec<_> = std::fs::read_dir(&dir).unwrap().flatten().collect();
+        assert_eq!(entries.len(), 1);
+        let summary = std::fs::read_to_string(entries[0].path().join("summary.md")).unwrap();
+        assert!(summary.contains("BLACKOUT"), "{summary}");
+    }
+
+    #[test]
+    fn a_directory_others_can_write_is_refused() {
+        let dir = scratch("open-to-all");
+        let _c = Cleanup(dir.clone());
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let err = Recorder::new(opts(&dir, 5)).err().unwrap().to_string();
+        assert!(err.contains("chmod go-w"), "{err}");
+    }
+}

@@ -1,0 +1,469 @@
+//! `tapwatch serve` against the real kernel and a real Prometheus: frames played on taps in
+//! the test's own namespace, `/metrics` read back exactly, checked by `promtool`, scraped
+//! by Debian's `prometheus` whose alert rule (deploy/tapwatch-alerts.yml) fires during a
+//! staged blackout; the systemd unit verified and its capability set shown to suffice; a
+//! bundle per blackout.
+
+mod common;
+
+use std::{
+    io::{Read, Write},
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use common::*;
+use diag_testkit::child::Spawned;
+use diag_user::{
+    lab::{
+        frames,
+        netns::{Netns, VmTap},
+    },
+    report::metrics::sample,
+};
+use serde_json::Value;
+
+const HOST_IP: Ipv4Addr = Ipv4Addr::new(10, 65, 0, 1);
+const PORT: u16 = 9464;
+
+fn deploy(file: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../deploy")
+        .join(file)
+}
+
+/// An HTTP/1.0 GET on the namespace's loopback: (status, body).
+fn get(ns: &Netns, port: u16, path: &str) -> Option<(u16, String)> {
+    let path = path.to_string();
+    ns.enter(move || -> Option<(u16, String)> {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+        write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
+        let mut raw = String::new();
+        s.read_to_string(&mut raw).ok()?;
+        let (head, body) = raw.split_once("\r\n\r\n")?;
+        let status = head.split(' ').nth(1)?.parse().ok()?;
+        Some((status, body.to_string()))
+    })
+    .unwrap()
+}
+
+/// Waits until `what` holds of a scrape of `/metrics`; returns that scrape.
+fn wait_metrics(ns: &Netns, what: &str, pred: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + TIMEOUT;
+    let mut last = String::new();
+    while Instant::now() < deadline {
+        if let Some((200, body)) = get(ns, PORT, "/metrics") {
+            if pred(&body) {
+                return body;
+            }
+            last = body;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("timed out waiting for {what}; last scrape:\n{last}");
+}
+
+fn serve(ns: &Netns, extra: &[&str]) -> Spawned {
+    serve_via(ns, &[], extra)
+}
+
+/// `<wrapper…> tapwatch serve` in `ns`, once `/healthz` says it counts.
+fn serve_via(ns: &Netns, wrapper: &[&str], extra: &[&str]) -> Spawned {
+    let mut argv: Vec<&str> = wrapper.to_vec();
+    let listen = format!("127.0.0.1:{PORT}");
+    argv.extend([
+        env!("CARGO_BIN_EXE_tapwatch"),
+        "serve",
+        "--listen",
+        &listen,
+        "--interval",
+        "0.1",
+    ]);
+    argv.extend_from_slice(extra);
+    let mut p = Spawned::start(ns.name(), &argv).expect("spawn tapwatch serve");
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        if let Some((200, _)) = get(ns, PORT, "/healthz") {
+            return p;
+        }
+        if let Ok(Some(status)) = p.wait_timeout(Duration::from_millis(50)) {
+            panic!("tapwatch serve exited ({status}): {}", p.stderr());
+        }
+        assert!(Instant::now() < deadline, "/healthz never said ok");
+    }
+}
+
+fn stop(mut p: Spawned) -> String {
+    p.signal(libc::SIGTERM);
+    let status = p
+        .wait_timeout(TIMEOUT)
+        .unwrap()
+        .expect("serve stops on SIGTERM");
+    let err = p.stderr();
+    assert!(status.success(), "{status}: {err}");
+    err
+}
+
+fn tap_labels(ifname: &str) -> [(&str, &str); 2] {
+    [("ifname", ifname), ("vm", ifname)]
+}
+
+/// A routed tap with networking-calico's MAC whose guest still sends to libvirt's.
+fn stale_tap(ns: &Netns, name: &str) -> VmTap {
+    VmTap::create(ns, name, TAP_CALICO).unwrap()
+}
+
+fn stale(tap: &VmTap, n: usize) {
+    for _ in 0..n {
+        tap.send(&frames::udp(GUEST, TAP_LIBVIRT, VM_IP, HOST_IP, 98))
+            .unwrap();
+    }
+}
+
+/// Frames played, `/metrics` read back: every contracted metric exact, the text format
+/// accepted by `promtool check metrics`, and a departed tap's series gone after
+/// `--forget-after`.
+#[test]
+fn metrics_count_exactly() {
+    require_root();
+    let ns = Netns::new("tws-count").unwrap();
+    let tap = stale_tap(&ns, "tapsv0");
+    let p = serve(&ns, &["--forget-after", "1"]);
+    wait_metrics(&ns, "the tap", |m| {
+        sample(m, "tapwatch_taps", &[]) == Some(1.0)
+    });
+    for _ in 0..5 {
+        tap.send(&frames::rarp_announce(GUEST, None)).unwrap();
+    }
+    for _ in 0..2 {
+        tap.send(&frames::garp(GUEST, VM_IP)).unwrap();
+    }
+    stale(&tap, 7);
+    let l = tap_labels("tapsv0");
+    let m = wait_metrics(&ns, "7 stale frames in a blackout", |m| {
+        sample(m, "tapwatch_dst_mismatch_frames_total", &l) == Some(7.0)
+            && sample(m, "tapwatch_vm_state", &[l[0], l[1], ("state", "BLACKOUT")]) == Some(1.0)
+    });
+    assert_eq!(sample(&m, "tapwatch_blackouts_total", &l), Some(1.0));
+    // The guest re-ARPed: a frame to the tap's own MAC ends the blackout.
+    tap.send(&frames::udp(GUEST, TAP_CALICO, VM_IP, HOST_IP, 98))
+        .unwrap();
+    let m = wait_metrics(&ns, "RECOVERED", |m| {
+        sample(
+            m,
+            "tapwatch_vm_state",
+            &[l[0], l[1], ("state", "RECOVERED")],
+        ) == Some(1.0)
+    });
+    let v = |name: &str| sample(&m, name, &l);
+    assert_eq!(v("tapwatch_dst_mismatch_frames_total"), Some(7.0));
+    assert_eq!(v("tapwatch_rarp_frames_total"), Some(5.0));
+    assert_eq!(v("tapwatch_garp_frames_total"), Some(2.0));
+    assert_eq!(v("tapwatch_events_lost_total"), Some(0.0));
+    assert_eq!(v("tapwatch_blackouts_total"), Some(1.0));
+    assert_eq!(v("tapwatch_blackout_seconds_count"), Some(1.0));
+    assert_eq!(
+        sample(
+            &m,
+            "tapwatch_kernel_drops_total",
+            &[l[0], ("reason", "OTHERHOST")]
+        ),
+        Some(7.0)
+    );
+    for state in ["OK", "BLACKOUT", "QUIET", "GONE"] {
+        assert_eq!(
+            sample(&m, "tapwatch_vm_state", &[l[0], ("state", state)]),
+            Some(0.0),
+            "{state}"
+        );
+    }
+    assert_eq!(sample(&m, "tapwatch_taps", &[]), Some(1.0));
+    assert_eq!(
+        sample(&m, "tapwatch_build_info", &[("datapath", "drops")]),
+        Some(1.0)
+    );
+    // The format as Prometheus reads it.
+    let mut check = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian's prometheus package; scripts/setup.sh installs it)");
+    check.stdin.take().unwrap().write_all(m.as_bytes()).unwrap();
+    let out = check.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    drop(tap);
+    let m = wait_metrics(&ns, "the departed tap forgotten", |m| {
+        sample(m, "tapwatch_taps", &[]) == Some(0.0) && !m.contains("ifname=\"tapsv0\"")
+    });
+    assert!(m.contains("tapwatch_build_info"));
+    let err = stop(p);
+    assert!(err.contains("tapsv0 (tapsv0) is BLACKOUT"), "{err}");
+}
+
+/// The whole way a fleet uses it: Debian's Prometheus scrapes tapwatch on the namespace's
+/// loopback with the shipped alert rules; its PromQL answers the played count, and
+/// TapwatchVMBlackout fires while the staged blackout lasts.
+#[test]
+fn prometheus_scrapes_and_the_alert_fires() {
+    require_root();
+    let ns = Netns::new("tws-prom").unwrap();
+    let tap = stale_tap(&ns, "tapsv1");
+    let p = serve(&ns, &[]);
+    let dir = Scratch::new("prometheus");
+    std::fs::copy(
+        deploy("tapwatch-alerts.yml"),
+        dir.join("tapwatch-alerts.yml"),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("prometheus.yml"),
+        format!(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n\
+             rule_files: [tapwatch-alerts.yml]\n\
+             scrape_configs:\n  - job_name: tapwatch\n    static_configs:\n      \
+             - targets: ['127.0.0.1:{PORT}']\n"
+        ),
+    )
+    .unwrap();
+    let config = dir.join("prometheus.yml");
+    let data = dir.join("data");
+    let mut prom = Spawned::start(
+        ns.name(),
+        &[
+            "prometheus",
+            &format!("--config.file={}", config.display()),
+            &format!("--storage.tsdb.path={}", data.display()),
+            "--web.listen-address=127.0.0.1:9090",
+        ],
+    )
+    .expect("prometheus (Debian's prometheus package; scripts/setup.sh installs it)");
+    let query = |q: &str| -> Option<Value> {
+        let enc: String = q
+            .bytes()
+            .map(|b| {
+                if b.is_ascii_alphanumeric() || b"_-.".contains(&b) {
+                    (b as char).to_string()
+                } else {
+                    format!("%{b:02X}")
+                }
+            })
+            .collect();
+        let (status, body) = get(&ns, 9090, &format!("/api/v1/query?query={enc}"))?;
+        (status == 200).then(|| serde_json::from_str(&body).ok())?
+    };
+    let mut wait = |what: &str, pred: &dyn Fn() -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        while !pred() {
+            if let Ok(Some(status)) = prom.wait_timeout(Duration::from_millis(0)) {
+                panic!("prometheus exited ({status})");
+            }
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    wait("Prometheus to scrape tapwatch", &|| {
+        query("up{job=\"tapwatch\"}")
+            .and_then(|v| {
+                v["data"]["result"][0]["value"][1]
+                    .as_str()
+                    .map(String::from)
+            })
+            .as_deref()
+            == Some("1")
+    });
+
+    stale(&tap, 12);
+    let count = || {
+        query("tapwatch_dst_mismatch_frames_total{ifname=\"tapsv1\"}").and_then(|v| {
+            v["data"]["result"][0]["value"][1]
+                .as_str()
+                .map(String::from)
+        })
+    };
+    wait("PromQL to answer 12", &|| count().as_deref() == Some("12"));
+    // The stale frames go on (the guest has not re-ARPed): the page fires after `for`.
+    let alert = || -> Option<Value> {
+        let (_, body) = get(&ns, 9090, "/api/v1/alerts")?;
+        let v: Value = serde_json::from_str(&body).ok()?;
+        v["data"]["alerts"]
+            .as_array()?
+            .iter()
+            .find(|a| a["labels"]["alertname"] == "TapwatchVMBlackout")
+            .cloned()
+    };
+    wait("TapwatchVMBlackout to fire", &|| {
+        stale(&tap, 1);
+        alert().is_some_and(|a| a["state"] == "firing")
+    });
+    let a = alert().unwrap();
+    assert_eq!(a["labels"]["vm"], "tapsv1");
+    assert_eq!(a["labels"]["severity"], "page");
+    assert!(a["annotations"]["description"]
+        .as_str()
+        .unwrap()
+        .contains("sends to a MAC its tap does not have"));
+    prom.signal(libc::SIGTERM);
+    let _ = prom.wait_timeout(TIMEOUT);
+    stop(p);
+}
+
+/// The alert rules as promtool reads them, and their own unit tests.
+#[test]
+fn the_alert_rules_check_and_pass_their_tests() {
+    require_root();
+    for args in [
+        vec!["check", "rules", "tapwatch-alerts.yml"],
+        vec!["test", "rules", "tapwatch-alerts.test.yml"],
+    ] {
+        let out = Command::new("promtool")
+            .args(&args)
+            .current_dir(deploy(""))
+            .output()
+            .expect("promtool (Debian's prometheus package; scripts/setup.sh installs it)");
+        assert!(
+            out.status.success(),
+            "promtool {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+/// The shipped unit: systemd accepts it, and tapwatch counts with nothing but the
+/// capabilities it bounds it to, with no new privileges.
+#[test]
+fn the_unit_is_valid_and_its_capabilities_suffice() {
+    require_root();
+    let unit = std::fs::read_to_string(deploy("tapwatch.service")).unwrap();
+    let dir = Scratch::new("unit");
+    // As installed: the binary where the unit says, the man page left out of the check
+    // (the package installs it).
+    let local: String = unit
+        .lines()
+        .filter(|l| !l.starts_with("Documentation="))
+        .map(|l| l.replace("/usr/bin/tapwatch", env!("CARGO_BIN_EXE_tapwatch")) + "\n")
+        .collect();
+    let path = dir.join("tapwatch.service");
+    std::fs::write(&path, local).unwrap();
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&path)
+        .output()
+        .expect("systemd-analyze");
+    assert!(
+        out.status.success() && out.stderr.is_empty(),
+        "systemd-analyze verify: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let caps = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("CapabilityBoundingSet="))
+        .expect("a bounding set");
+    let bounding: String = std::iter::once("-all".to_string())
+        .chain(
+            caps.split_whitespace()
+                .map(|c| format!("+{}", c.trim_start_matches("CAP_").to_lowercase())),
+        )
+        .collect::<Vec<_>>()
+        .join(",");
+    assert!(unit.contains("NoNewPrivileges=yes"));
+    assert!(unit.contains("ProtectSystem=strict"));
+
+    let ns = Netns::new("tws-unit").unwrap();
+    let tap = stale_tap(&ns, "tapsv2");
+    let p = serve_via(
+        &ns,
+        &[
+            "setpriv",
+            "--bounding-set",
+            &bounding,
+            "--no-new-privs",
+            "--",
+        ],
+        &[],
+    );
+    stale(&tap, 3);
+    let l = tap_labels("tapsv2");
+    wait_metrics(&ns, "3 stale frames under the unit's capabilities", |m| {
+        sample(m, "tapwatch_dst_mismatch_frames_total", &l) == Some(3.0)
+    });
+    stop(p);
+}
+
+/// `--record-dir`: the blackout gets a bundle of its own that `analyze` reads back.
+#[test]
+fn a_bundle_per_blackout() {
+    require_root();
+    let ns = Netns::new("tws-rec").unwrap();
+    let tap = stale_tap(&ns, "tapsv3");
+    let dir = Scratch::new("serve-bundles");
+    let bundles = dir.join("bundles");
+    let p = serve(&ns, &["--record-dir", bundles.to_str().unwrap()]);
+    wait_metrics(&ns, "the tap", |m| {
+        sample(m, "tapwatch_taps", &[]) == Some(1.0)
+    });
+    tap.send(&frames::rarp_announce(GUEST, None)).unwrap();
+    stale(&tap, 4);
+    let l = tap_labels("tapsv3");
+    wait_metrics(&ns, "the blackout", |m| {
+        sample(m, "tapwatch_vm_state", &[l[0], ("state", "BLACKOUT")]) == Some(1.0)
+    });
+    tap.send(&frames::udp(GUEST, TAP_CALICO, VM_IP, HOST_IP, 98))
+        .unwrap();
+    wait_metrics(&ns, "the recovery", |m| {
+        sample(m, "tapwatch_blackout_seconds_count", &l) == Some(1.0)
+    });
+    // Ending the run closes the bundle still in its post-roll.
+    let err = stop(p);
+    let written: Vec<PathBuf> = std::fs::read_dir(&bundles)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(written.len(), 1, "{written:?} {err}");
+    let b = &written[0];
+    assert!(
+        b.file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with("blackout-"),
+        "{b:?}"
+    );
+    assert!(err.contains("blackout bundle written to"), "{err}");
+    let out = Command::new(env!("CARGO_BIN_EXE_tapwatch"))
+        .args(["analyze", "--json"])
+        .arg(b)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary: Value = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .find(|r| r["type"] == "summary")
+        .unwrap();
+    let row = &summary["taps"][0];
+    assert_eq!(row["ifname"], "tapsv3");
+    assert_eq!(row["state"], "RECOVERED");
+    assert_eq!(
+        row["dst_mismatch_frames"],
+        4,
+        "{row:#}\n{}",
+        std::fs::read_to_string(b.join("events.ndjson")).unwrap()
+    );
+    assert_eq!(row["rarp_frames"], 1);
+}
