@@ -577,6 +577,9 @@ impl Probe {
                     format!("{name}: {why}: a per-frame probe now times {what} to the frame"),
                 );
             }
+            // The tap went while the probe was being added (libvirt re-creates and deletes
+            // taps within milliseconds): its removal follows, there is nothing to say.
+            Err((_, Some(libc::ENODEV))) => {}
             Err((reason, _)) if !tap.assist_failure_said => {
                 tap.assist_failure_said = true;
                 self.notice(
