@@ -14,12 +14,15 @@ fi
 # -Z build-std); LLVM 22 is what both that rustc and bpf-linker use. The rest serves the
 # pcap backend and the tests (tcpdump/tshark check captures, tmux drives the TUI,
 # Prometheus scrapes `tapwatch serve` and promtool checks its metrics and alert rules,
-# systemd-analyze checks the service unit).
+# systemd-analyze checks the service unit; debootstrap makes the clean Debian root the
+# package is installed into, zstd caches it, rpm reads the .rpm back, objdump (binutils)
+# checks what the binary needs from glibc).
 PACKAGES=(
     rustc-web cargo-web rust-web-src
     llvm-22-dev libpolly-22-dev zlib1g-dev libzstd-dev libxml2-dev
     libpcap0.8 tcpdump tshark bpftool iproute2 tmux procps
     prometheus systemd
+    debootstrap zstd rpm binutils
 )
 
 missing=()
@@ -49,6 +52,15 @@ if ! "$CARGO_BIN/bpf-linker" --version 2>/dev/null | grep -q "$BPF_LINKER_VERSIO
         cargo install --locked bpf-linker --version "$BPF_LINKER_VERSION" \
         --no-default-features --features llvm-22
 fi
+
+# `cargo xtask dist` packages with these (kept tools, pinned: the versions checked here).
+for tool in cargo-deb@3.8.0 cargo-generate-rpm@0.21.1; do
+    name=${tool%@*} version=${tool#*@}
+    if ! "$CARGO_BIN/$name" --version 2>/dev/null | grep -q " $version\$"; then
+        log "installing $name $version (one to five minutes)"
+        cargo install --locked "$name" --version "$version"
+    fi
+done
 
 # rustup cannot download rust-src here, so the eBPF crate is built by Debian's toolchain,
 # registered under a name that diag-user's build.rs asks for. Linking downloads nothing.

@@ -1,11 +1,15 @@
-//! Project tasks: `cargo xtask check` (formatting, lints, all tests) and `cargo xtask bench`
-//! (tapwatch's cost and scale against the no-probe baseline and tcpdump; needs root).
+//! Project tasks: `cargo xtask check` (formatting, lints, the packages, all tests),
+//! `cargo xtask dist` (the release binary and its .deb, .rpm and .tar.gz) and
+//! `cargo xtask bench` (tapwatch's cost and scale against the no-probe baseline and
+//! tcpdump; needs root).
+
+mod dist;
 
 use std::process::{Command, ExitCode};
 
 use anyhow::{bail, Context as _, Result};
 
-fn cargo(args: &[&str]) -> Result<()> {
+pub(crate) fn cargo(args: &[&str]) -> Result<()> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let status = Command::new(&cargo)
         .args(args)
@@ -35,6 +39,8 @@ fn check() -> Result<()> {
         "-D",
         "warnings",
     ])?;
+    // The package test installs what `dist` made into a clean Debian root.
+    dist::dist()?;
     cargo(&["test", "--workspace", "--locked", "--features", ROOT_TESTS])
 }
 
@@ -60,9 +66,10 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("check") => check(),
         Some("bench") => bench(&args[1..]),
+        Some("dist") => dist::dist(),
         _ => {
             eprintln!(
-                "usage: cargo xtask check\n       cargo xtask bench [--quick] [--only throughput,flood,scale,render,latency,serve] [--no-write]"
+                "usage: cargo xtask check\n       cargo xtask dist\n       cargo xtask bench [--quick] [--only throughput,flood,scale,render,latency,serve] [--no-write]"
             );
             return ExitCode::from(2);
         }

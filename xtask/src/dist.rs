@@ -1,0 +1,184 @@
+//! `cargo xtask dist`: the release binary (the eBPF object inside) and, under
+//! `target/dist/`, a .deb (cargo-deb), an .rpm (cargo-generate-rpm) and a .tar.gz, each with
+//! the binary, man pages, bash/zsh/fish completions, the systemd unit and alert rules of
+//! `deploy/`, README and licences. What goes where is in diag-user/Cargo.toml
+//! (`[package.metadata.deb]`, `[package.metadata.generate-rpm]`); the tarball follows the
+//! same layout.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{bail, Context as _, Result};
+
+use crate::cargo;
+
+fn run(cmd: &mut Command) -> Result<()> {
+    let what = format!("{cmd:?}");
+    let status = cmd.status().with_context(|| format!("running {what}"))?;
+    if !status.success() {
+        bail!("{what} failed ({status})");
+    }
+    Ok(())
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
+
+/// Where cargo puts what it builds (CARGO_TARGET_DIR, else the workspace's target/).
+fn target_dir(root: &Path) -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(d) => std::env::current_dir().unwrap_or_default().join(d),
+        None => root.join("target"),
+    }
+}
+
+/// The workspace's version, from its Cargo.toml.
+fn version(root: &Path) -> Result<String> {
+    let toml = std::fs::read_to_string(root.join("Cargo.toml"))?;
+    toml.lines()
+        .find_map(|l| {
+            let v = l.trim().strip_prefix("version")?.trim().strip_prefix('=')?;
+            Some(v.trim().trim_matches('"').to_string())
+        })
+        .context("no version in the workspace's Cargo.toml")
+}
+
+pub fn dist() -> Result<()> {
+    let root = root();
+    let version = version(&root)?;
+    // Always under the workspace: the packages' metadata names the assets by that path.
+    let out = root.join("target/dist");
+    if out.exists() {
+        std::fs::remove_dir_all(&out).with_context(|| format!("clearing {}", out.display()))?;
+    }
+    std::fs::create_dir_all(&out)?;
+
+    eprintln!("dist: building the release binary");
+    cargo(&[
+        "build",
+        "--release",
+        "--locked",
+        "-p",
+        "diag-user",
+        "--bins",
+    ])?;
+    let release = target_dir(&root).join("release");
+    let bin = release.join("tapwatch");
+
+    // The binary must start on glibc 2.34 (RHEL 9, Ubuntu 22.04) and without libpcap: the
+    // test suite's own check, on this binary.
+    eprintln!("dist: checking what the binary needs from the system");
+    run(
+        Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .args([
+                "test",
+                "--locked",
+                "-p",
+                "diag-user",
+                "--test",
+                "binary",
+                "-q",
+            ])
+            .env("TAPWATCH_BINARY", &bin),
+    )?;
+
+    eprintln!("dist: man pages and completions");
+    // Outside target/: cargo-deb takes any path under target/ for one it should build.
+    let assets = root.join("dist/assets");
+    if assets.exists() {
+        std::fs::remove_dir_all(&assets)?;
+    }
+    run(Command::new(release.join("tapwatch-gen-assets")).arg(&assets))?;
+    // Man pages go compressed, as Debian and RHEL ship them.
+    for page in std::fs::read_dir(assets.join("man"))? {
+        run(Command::new("gzip").arg("-9nf").arg(page?.path()))?;
+    }
+
+    eprintln!("dist: .deb");
+    cargo(&[
+        "deb",
+        "-p",
+        "diag-user",
+        "--no-build",
+        "--output",
+        &out.to_string_lossy(),
+    ])?;
+    eprintln!("dist: .rpm");
+    cargo(&[
+        "generate-rpm",
+        "-p",
+        "diag-user",
+        "--target-dir",
+        &target_dir(&root).to_string_lossy(),
+        "-o",
+        &format!("{}/", out.display()),
+    ])?;
+
+    eprintln!("dist: .tar.gz");
+    let name = format!("tapwatch-{version}-x86_64-linux-gnu");
+    let stage = out.join(&name);
+    for d in ["man", "completions", "deploy"] {
+        std::fs::create_dir_all(stage.join(d))?;
+    }
+    std::fs::copy(&bin, stage.join("tapwatch"))?;
+    run(Command::new("strip").arg(stage.join("tapwatch")))?;
+    for dir in ["man", "completions"] {
+        for f in std::fs::read_dir(assets.join(dir))? {
+            let f = f?;
+            std::fs::copy(f.path(), stage.join(dir).join(f.file_name()))?;
+        }
+    }
+    for f in [
+        "tapwatch.service",
+        "tapwatch-alerts.yml",
+        "grafana-tapwatch.json",
+    ] {
+        let src = root.join("deploy").join(f);
+        if src.exists() {
+            std::fs::copy(&src, stage.join("deploy").join(f))?;
+        }
+    }
+    for f in ["README.md", "LICENSE-MIT", "LICENSE-APACHE"] {
+        std::fs::copy(root.join(f), stage.join(f))?;
+    }
+    // Reproducible: sorted, owned by root, one time for every file.
+    let mtime = std::env::var("SOURCE_DATE_EPOCH").unwrap_or_else(|_| "0".into());
+    run(Command::new("tar").current_dir(&out).args([
+        "--sort=name",
+        "--owner=0",
+        "--group=0",
+        "--numeric-owner",
+        &format!("--mtime=@{mtime}"),
+        "-czf",
+        &format!("{name}.tar.gz"),
+        &name,
+    ]))?;
+    std::fs::remove_dir_all(&stage)?;
+
+    let mut made = Vec::new();
+    for f in std::fs::read_dir(&out)? {
+        let f = f?;
+        let n = f.file_name().to_string_lossy().into_owned();
+        if [".deb", ".rpm", ".tar.gz"].iter().any(|e| n.ends_with(e)) {
+            made.push((n, f.metadata()?.len()));
+        }
+    }
+    made.sort();
+    if made.len() != 3 {
+        bail!(
+            "expected a .deb, an .rpm and a .tar.gz in {}, found {made:?}",
+            out.display()
+        );
+    }
+    println!("{}:", out.display());
+    for (n, len) in made {
+        println!("  {n:<48} {:>6.1} MB", len as f64 / 1e6);
+    }
+    Ok(())
+}
