@@ -231,16 +231,21 @@ fn route(method: &Method, path: &str, metrics: &Metrics, health: &Health) -> Res
         return r;
     }
     match path {
-        "/metrics" => match metrics.encode() {
-            Ok(body) => {
-                let mut r = text(StatusCode::OK, body);
-                r.headers_mut().insert(
-                    header::CONTENT_TYPE,
-                    header::HeaderValue::from_static(Metrics::CONTENT_TYPE),
-                );
-                r
+        "/metrics" => match health.check() {
+            Err(why) if why.stale_metrics() => {
+                text(StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n"))
             }
-            Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
+            _ => match metrics.encode() {
+                Ok(body) => {
+                    let mut r = text(StatusCode::OK, body);
+                    r.headers_mut().insert(
+                        header::CONTENT_TYPE,
+                        header::HeaderValue::from_static(Metrics::CONTENT_TYPE),
+                    );
+                    r
+                }
+                Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
+            },
         },
         "/healthz" => match health.check() {
             Ok(what) => text(StatusCode::OK, format!("{what}\n")),
@@ -297,6 +302,23 @@ mod tests {
             "not ready before a tick: {h}"
         );
         assert!(get(addr, "/nope").starts_with("HTTP/1.1 404"));
+        s.stop();
+    }
+
+    /// Frozen values while frames go uncounted would read as "all quiet": once the run has
+    /// failed, a scrape fails too, so Prometheus's `up` turns 0 and TapwatchDown fires.
+    #[test]
+    fn a_failed_run_fails_the_scrape() {
+        let (s, health) = server();
+        let addr = s.addrs()[0];
+        health.fail("the ring buffer cannot be read".into());
+        let m = get(addr, "/metrics");
+        assert!(m.starts_with("HTTP/1.1 503"), "{m}");
+        assert!(
+            m.contains("not counting: the ring buffer cannot be read"),
+            "{m}"
+        );
+        assert!(get(addr, "/healthz").starts_with("HTTP/1.1 503"));
         s.stop();
     }
 

@@ -231,13 +231,13 @@ impl Health {
     }
 
     /// `Ok(what)` when healthy, else why not.
-    pub fn check(&self) -> Result<String, String> {
+    pub fn check(&self) -> Result<String, Unhealthy> {
         if let Some(why) = self.failed.lock().ok().and_then(|f| f.clone()) {
-            return Err(format!("not counting: {why}"));
+            return Err(Unhealthy::Failed(why));
         }
         let last = self.last_tick.load(Ordering::Relaxed);
         if last == 0 {
-            return Err("starting: no stats interval has completed yet".into());
+            return Err(Unhealthy::Starting);
         }
         let since = self
             .started
@@ -246,16 +246,34 @@ impl Health {
         // A few missed intervals are a busy host; more is a stalled loop.
         let allowed = self.interval * 3 + Duration::from_secs(5);
         if since > allowed {
-            return Err(format!(
-                "stalled: no stats for {:.1} s (interval {:.1} s)",
-                since.as_secs_f64(),
-                self.interval.as_secs_f64()
-            ));
+            return Err(Unhealthy::Stalled {
+                since,
+                interval: self.interval,
+            });
         }
         Ok(format!(
             "ok: {} taps watched",
             self.taps.load(Ordering::Relaxed)
         ))
+    }
+}
+
+/// Why `/healthz` says no.
+#[derive(Debug, thiserror::Error)]
+pub enum Unhealthy {
+    #[error("starting: no stats interval has completed yet")]
+    Starting,
+    #[error("stalled: no stats for {:.1} s (interval {:.1} s)", since.as_secs_f64(), interval.as_secs_f64())]
+    Stalled { since: Duration, interval: Duration },
+    #[error("not counting: {0}")]
+    Failed(String),
+}
+
+impl Unhealthy {
+    /// Whether the metrics would mislead: values frozen while frames go uncounted. A scrape
+    /// then fails, so Prometheus's `up` is 0 and the alert on it fires.
+    pub fn stale_metrics(&self) -> bool {
+        !matches!(self, Unhealthy::Starting)
     }
 }
 
