@@ -16,13 +16,13 @@ fi
 # Prometheus scrapes `tapwatch serve` and promtool checks its metrics and alert rules,
 # systemd-analyze checks the service unit; debootstrap makes the clean Debian root the
 # package is installed into, zstd caches it, rpm reads the .rpm back, objdump (binutils)
-# checks what the binary needs from glibc).
+# checks what the binary needs from glibc; setcap gives a test binary capabilities).
 PACKAGES=(
     rustc-web cargo-web rust-web-src
     llvm-22-dev libpolly-22-dev zlib1g-dev libzstd-dev libxml2-dev
     libpcap0.8 tcpdump tshark bpftool iproute2 tmux procps
     prometheus systemd
-    debootstrap zstd rpm binutils
+    debootstrap zstd rpm binutils libcap2-bin
 )
 
 missing=()

@@ -1007,3 +1007,47 @@ fn qinq_frames_are_counted_whole_and_reported() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains(&format!("300\t12\t{}", rarp.len())), "{text}");
 }
+
+/// A binary given capabilities with setcap (as the README suggests) and run by another user
+/// ignores TAPWATCH_LIBPCAP, as the loader ignores LD_*: the user could otherwise run code
+/// of their own with the binary's capabilities.
+#[test]
+fn a_setcap_binary_loads_no_library_the_user_names() {
+    require_root();
+    let dir = Scratch::new("setcap");
+    let bin = dir.join("tapwatch");
+    std::fs::copy(tw_bin(), &bin).unwrap();
+    let ok = Command::new("setcap")
+        .args(["cap_net_raw+ep"])
+        .arg(&bin)
+        .status()
+        .unwrap();
+    assert!(ok.success(), "setcap");
+    let run = |who: &[&str]| {
+        let out = Command::new(who[0])
+            .args(&who[1..])
+            .arg(&bin)
+            .arg("--version")
+            .env("TAPWATCH_LIBPCAP", "/nonexistent/libpcap.so.1")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let user = run(&[
+        "setpriv",
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+    ]);
+    assert!(
+        user.contains("pcap   no: TAPWATCH_LIBPCAP is ignored by a privileged"),
+        "{user}"
+    );
+    // Root gains nothing from the file's capabilities: the variable is honoured.
+    let root = run(&["env"]);
+    assert!(
+        root.contains("pcap   no: TAPWATCH_LIBPCAP=/nonexistent/libpcap.so.1"),
+        "{root}"
+    );
+}

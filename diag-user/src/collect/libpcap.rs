@@ -86,7 +86,18 @@ static API: OnceLock<Result<Api, String>> = OnceLock::new();
 fn api() -> Result<&'static Api, String> {
     API.get_or_init(|| {
         // The user's choice is the only one tried: a wrong path is said, not worked around.
+        // Not in a privileged process (a binary given capabilities with setcap): the dynamic
+        // loader ignores LD_* there, and so does this, or any user could run code with the
+        // binary's capabilities.
         if let Some(path) = std::env::var_os("TAPWATCH_LIBPCAP") {
+            // SAFETY: getauxval only reads the process's auxiliary vector.
+            if unsafe { libc::getauxval(libc::AT_SECURE) } != 0 {
+                return Err(
+                    "TAPWATCH_LIBPCAP is ignored by a privileged (setcap or setuid) tapwatch; \
+                     unset it to use the system's libpcap"
+                        .to_string(),
+                );
+            }
             let shown = path.to_string_lossy().into_owned();
             // SAFETY: as below; the user named this library as libpcap.
             return match unsafe { Library::new(&path) } {
