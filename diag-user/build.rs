@@ -71,17 +71,20 @@ fn git_commit() -> String {
             .filter(|o| o.status.success())
             .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
     };
-    // A new commit or checkout changes HEAD or the ref it points to.
-    if let Some(dir) = git(&["rev-parse", "--absolute-git-dir"]) {
-        let dir = Path::new(&dir);
-        println!("cargo:rerun-if-changed={}", dir.join("HEAD").display());
-        if let Some(r) = git(&["symbolic-ref", "-q", "HEAD"]) {
-            println!("cargo:rerun-if-changed={}", dir.join(r).display());
+    // A checkout changes HEAD, a commit the reflog (and a loose ref, or packed-refs). Only
+    // files that exist are named: cargo reruns a build script on every build for a missing
+    // one. `--git-path` finds them in a worktree too.
+    let mut watched: Vec<String> = ["HEAD", "logs/HEAD", "packed-refs"]
+        .map(String::from)
+        .into();
+    watched.extend(git(&["symbolic-ref", "-q", "HEAD"]));
+    for path in watched {
+        if let Some(p) = git(&["rev-parse", "--git-path", &path]) {
+            let p = Path::new(&manifest).join(p);
+            if p.exists() {
+                println!("cargo:rerun-if-changed={}", p.display());
+            }
         }
-        println!(
-            "cargo:rerun-if-changed={}",
-            dir.join("packed-refs").display()
-        );
     }
     git(&["rev-parse", "--short=12", "HEAD"]).unwrap_or_else(|| "unknown".into())
 }
