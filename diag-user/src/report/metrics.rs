@@ -338,6 +338,17 @@ impl MetricsUpdater {
 
     /// One record the engine applied, with the verdicts it caused.
     pub fn observe(&mut self, engine: &Engine, rec: &Record, changes: &[Record]) {
+        // A tap by a name that was there before (a VM rebooted hard, migrated back within
+        // the grace period, libvirt reusing vnetN) starts from zero: the gone tap's series
+        // go first, with its counts and its grace period.
+        let fresh = match rec {
+            Record::Attached { ifname, .. } => Some(ifname),
+            Record::Renamed { ifname, .. } => Some(ifname),
+            _ => None,
+        };
+        if let Some(old) = fresh.and_then(|n| self.series.remove(n)) {
+            self.remove(&old);
+        }
         for c in changes {
             if let Record::Verdict { ifname, fields, .. } = c {
                 self.state(engine, ifname, fields.state, fields.blackout_ms);
@@ -774,6 +785,40 @@ mod tests {
         assert!(!t.contains("ifname=\"tapA\""), "{t}");
         assert!(t.contains("ifname=\"tapB\""));
         assert_eq!(p.head().engine.taps.len(), 1, "the engine forgot it too");
+    }
+
+    /// A tap created again under a gone tap's name (within the grace period) starts from
+    /// zero, and the old one's forgetting does not take the new one's series with it.
+    #[test]
+    fn a_tap_back_under_the_same_name_starts_from_zero() {
+        let (p, m, _) = pipeline(Duration::from_secs(60));
+        p.emit(&attached(0, "tapA", NEW, "routed"));
+        p.emit(&stats_at(1000, vec![row("tapA", 3, 2)]));
+        p.emit(&Record::Detached {
+            ts: at(2000),
+            ifname: "tapA".into(),
+            reason: "deleted".into(),
+        });
+        p.emit(&attached(3000, "tapA", NEW, "routed"));
+        p.emit(&stats_at(4000, vec![row("tapA", 0, 1)]));
+        let t = text(&m);
+        assert_eq!(
+            sample(&t, "tapwatch_dst_mismatch_frames_total", &TAP_A),
+            Some(0.0)
+        );
+        assert_eq!(sample(&t, "tapwatch_rarp_frames_total", &TAP_A), Some(1.0));
+        assert_eq!(
+            sample(&t, "tapwatch_vm_state", &with(("state", "GONE"))),
+            Some(0.0)
+        );
+        // Past the old tap's grace period: the new one is still there.
+        p.emit(&stats_at(63_000, vec![row("tapA", 0, 1)]));
+        let t = text(&m);
+        assert_eq!(sample(&t, "tapwatch_rarp_frames_total", &TAP_A), Some(1.0));
+        assert_eq!(
+            sample(&t, "tapwatch_vm_state", &with(("state", "OK"))),
+            Some(1.0)
+        );
     }
 
     /// The VM's name becomes known after the tap's first counts: they go on under its
