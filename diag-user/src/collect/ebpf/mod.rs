@@ -582,13 +582,17 @@ impl Probe {
             Err((_, Some(libc::ENODEV))) => {}
             Err((reason, _)) if !tap.assist_failure_said => {
                 tap.assist_failure_said = true;
+                let what = if until_sent {
+                    "its VM's first frames are not kernel-timed (the probe is tried again \
+                     on its first stale frame or RARP)"
+                } else {
+                    "the end of its stale frames is not timed (tried again every interval)"
+                };
                 self.notice(
                     NoticeCode::AttachFailed,
                     Some(&name),
                     format!(
-                        "{name}: {why}, but the per-frame probe cannot be added ({reason}): \
-                         the end of its stale frames is not timed (tried again every \
-                         interval)"
+                        "{name}: {why}, but the per-frame probe cannot be added ({reason}): {what}"
                     ),
                 );
             }
