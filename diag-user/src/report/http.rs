@@ -4,7 +4,8 @@
 //! time from counting, and a scrape only encodes what the metrics hold. Connections are
 //! bounded in number ([`MAX_CONNECTIONS`]; more wait in the kernel's backlog) and in time
 //! (headers within [`HEADER_TIMEOUT`], the whole connection within
-//! [`CONNECTION_TIMEOUT`]), so a slow or hostile client cannot pile them up.
+//! [`CONNECTION_TIMEOUT`] plus [`CLOSE_GRACE`] to finish a response in flight), so a slow
+//! or hostile client cannot pile them up.
 
 use std::{
     convert::Infallible,
@@ -26,6 +27,8 @@ use crate::report::metrics::{Health, Metrics};
 pub const MAX_CONNECTIONS: usize = 64;
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 pub const CONNECTION_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a connection past its time has to finish the response in flight.
+pub const CLOSE_GRACE: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum HttpError {
@@ -196,10 +199,17 @@ async fn accept_loop(
                         async move { Ok::<_, Infallible>(respond(&req, &m, &h)) }
                     }),
                 );
+            let mut conn = std::pin::pin!(conn);
             tokio::select! {
-                _ = tokio::time::timeout(CONNECTION_TIMEOUT, conn) => {}
-                _ = stop.changed() => {}
+                _ = conn.as_mut() => return,
+                _ = tokio::time::sleep(CONNECTION_TIMEOUT) => {}
+                _ = stop.changed() => return,
             }
+            // Past its time: the response in flight is finished (a scrape cut halfway
+            // would fail), then the connection closes; an idle one closes at once, a
+            // client that does not read is dropped after the grace.
+            conn.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(CLOSE_GRACE, conn).await;
         });
     }
 }
