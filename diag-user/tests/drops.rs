@@ -5,10 +5,7 @@
 
 mod common;
 
-use std::{
-    net::Ipv4Addr,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use common::*;
 use diag_user::lab::{
@@ -16,8 +13,6 @@ use diag_user::lab::{
     netns::{Netns, VmTap},
 };
 use serde_json::Value;
-
-const HOST_IP: Ipv4Addr = Ipv4Addr::new(10, 65, 0, 1);
 
 fn watch(ns: &Netns, extra: &[&str]) -> Tapwatch {
     let mut args = vec!["watch", "--json", "--interval", "0.1"];
@@ -345,22 +340,7 @@ fn a_tap_that_appears_while_watched_is_timed_from_its_first_frame() {
     let _there = VmTap::create(&ns, "tapdf9", TAP_LIBVIRT).unwrap();
     let mut tw = watch(&ns, &["--probe-linger", "0.3"]);
     tw.wait_attached("tapdf9");
-    let tap = VmTap::create(&ns, "tapdf0", TAP_LIBVIRT).unwrap();
-    ns.ip(&["addr", "add", "10.65.0.1/24", "dev", "tapdf0"])
-        .unwrap();
-    let guest = GUEST.to_string();
-    ns.ip(&[
-        "neigh",
-        "replace",
-        "10.65.0.2",
-        "lladdr",
-        &guest,
-        "dev",
-        "tapdf0",
-        "nud",
-        "permanent",
-    ])
-    .unwrap();
+    let tap = answering_tap(&ns, "tapdf0");
     let added = tw.wait_for("probe_added", |v| v["code"] == "probe_added");
     assert_eq!(added["ifname"], "tapdf0");
     let att = tw.wait_attached("tapdf0");

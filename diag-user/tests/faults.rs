@@ -7,7 +7,6 @@ mod common;
 
 use std::{
     io::{BufRead, BufReader},
-    net::Ipv4Addr,
     path::{Path, PathBuf},
     process::{Command, Stdio},
     time::{Duration, Instant},
@@ -22,8 +21,6 @@ use diag_user::{
     model::mac::MacAddr,
 };
 use serde_json::Value;
-
-const HOST_IP: Ipv4Addr = Ipv4Addr::new(10, 65, 0, 1);
 
 fn tw_bin() -> &'static str {
     env!("CARGO_BIN_EXE_tapwatch")

@@ -8,7 +8,6 @@ mod common;
 
 use std::{
     io::{Read, Write},
-    net::Ipv4Addr,
     path::{Path, PathBuf},
     process::{Command, Stdio},
     time::{Duration, Instant},
@@ -25,7 +24,6 @@ use diag_user::{
 };
 use serde_json::Value;
 
-const HOST_IP: Ipv4Addr = Ipv4Addr::new(10, 65, 0, 1);
 const PORT: u16 = 9464;
 
 fn deploy(file: &str) -> PathBuf {

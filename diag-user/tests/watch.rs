@@ -14,8 +14,6 @@ use diag_user::{
     model::mac::MacAddr,
 };
 
-const HOST_IP: Ipv4Addr = Ipv4Addr::new(10, 65, 0, 1);
-
 /// `tapwatch watch --json` on eBPF (the default datapath unless `extra` names one).
 fn json_watch(ns: &Netns, extra: &[&str]) -> Tapwatch {
     let mut args = vec!["watch", "--json", "--interval", "0.1"];
@@ -398,28 +396,6 @@ fn follows_taps_that_appear_and_disappear(datapath: &str) {
     );
     assert_eq!(u(new, "from_vm_frames"), 3);
     drop(first);
-}
-
-/// A tap whose host side answers the VM: the host's address on it and the VM's MAC known,
-/// as a routed VM's tap has them.
-fn answering_tap(ns: &Netns, name: &str) -> VmTap {
-    let tap = VmTap::create(ns, name, TAP_LIBVIRT).unwrap();
-    ns.ip(&["addr", "add", "10.65.0.1/24", "dev", name])
-        .unwrap();
-    let guest = GUEST.to_string();
-    ns.ip(&[
-        "neigh",
-        "replace",
-        "10.65.0.2",
-        "lladdr",
-        &guest,
-        "dev",
-        name,
-        "nud",
-        "permanent",
-    ])
-    .unwrap();
-    tap
 }
 
 /// The probe observes only: the host answers exactly as without it.

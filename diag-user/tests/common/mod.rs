@@ -9,7 +9,10 @@ use std::{
 };
 
 use diag_testkit::child::Spawned;
-use diag_user::{lab::netns::Netns, model::mac::MacAddr};
+use diag_user::{
+    lab::netns::{Netns, VmTap},
+    model::mac::MacAddr,
+};
 
 pub const GUEST: MacAddr = MacAddr([0xfa, 0x16, 0x3e, 0xaa, 0xbb, 0xcc]);
 /// libvirt's tap MAC for that guest (managed='yes').
@@ -17,6 +20,8 @@ pub const TAP_LIBVIRT: MacAddr = MacAddr([0xfe, 0x16, 0x3e, 0xaa, 0xbb, 0xcc]);
 /// networking-calico's fixed port MAC, which Nova sets with managed='no'.
 pub const TAP_CALICO: MacAddr = MacAddr([0x00, 0x61, 0xfe, 0xed, 0xca, 0xfe]);
 pub const VM_IP: std::net::Ipv4Addr = std::net::Ipv4Addr::new(10, 65, 0, 2);
+/// The host's address on a routed VM's tap.
+pub const HOST_IP: std::net::Ipv4Addr = std::net::Ipv4Addr::new(10, 65, 0, 1);
 use serde_json::Value;
 
 pub const TIMEOUT: Duration = Duration::from_secs(20);
@@ -248,4 +253,29 @@ impl Drop for Scratch {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
+}
+
+/// A tap whose host side answers the VM: the host's address on it and the VM's MAC known,
+/// as a routed VM's tap has them.
+pub fn answering_tap(ns: &Netns, name: &str) -> VmTap {
+    let tap = VmTap::create(ns, name, TAP_LIBVIRT).unwrap();
+    let (host, vm, guest) = (
+        format!("{HOST_IP}/24"),
+        VM_IP.to_string(),
+        GUEST.to_string(),
+    );
+    ns.ip(&["addr", "add", &host, "dev", name]).unwrap();
+    ns.ip(&[
+        "neigh",
+        "replace",
+        &vm,
+        "lladdr",
+        &guest,
+        "dev",
+        name,
+        "nud",
+        "permanent",
+    ])
+    .unwrap();
+    tap
 }
