@@ -3,7 +3,7 @@
 
 use crate::collect::{
     ebpf::{tcx_supported, Layout},
-    libpcap, netlink,
+    libpcap,
 };
 
 /// The version, the commit and the eBPF object's hash, on one line.
@@ -23,10 +23,9 @@ pub fn ebpf_sha256() -> &'static str {
 
 /// Each datapath and whether this host offers it: what it rests on, or why not.
 pub fn datapaths() -> Vec<(&'static str, Result<String, String>)> {
-    let drops = netlink::netns_cookie()
-        .map_err(|e| format!("no network namespace cookie (SO_NETNS_COOKIE, Linux 5.14+): {e}"))
-        .and_then(|cookie| Layout::of_running_kernel(cookie).map_err(|e| e.to_string()))
-        .map(|_| "the kernel's BTF has drop reasons and OTHERHOST".to_string());
+    let drops = Layout::of_running_kernel()
+        .map(|_| "the kernel's BTF has drop reasons and OTHERHOST".to_string())
+        .map_err(|e| e.to_string());
     let tc = Ok(if tcx_supported() {
         "clsact and TCX".to_string()
     } else {

@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use diag_common::KernelLayout;
 
 use super::btf::{Btf, BtfError};
+use crate::collect::netlink;
 
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 
@@ -37,10 +38,11 @@ pub struct Layout {
 }
 
 impl Layout {
-    /// Reads the running kernel's BTF; `netns_cookie` is the namespace to watch.
-    pub fn of_running_kernel(netns_cookie: u64) -> Result<Self, LayoutError> {
+    /// Reads the running kernel's BTF, for watching this process's network namespace.
+    pub fn of_running_kernel() -> Result<Self, LayoutError> {
+        let cookie = netlink::netns_cookie().map_err(LayoutError::NoCookie)?;
         let bytes = std::fs::read(VMLINUX_BTF).map_err(LayoutError::NoBtf)?;
-        Self::from_btf(bytes, netns_cookie)
+        Self::from_btf(bytes, cookie)
     }
 
     pub fn from_btf(bytes: Vec<u8>, netns_cookie: u64) -> Result<Self, LayoutError> {

@@ -183,10 +183,7 @@ impl Probe {
         let mut fallback = None;
         let layout = match opts.path {
             KernelPath::Tc => None,
-            path => match netlink::netns_cookie()
-                .map_err(LayoutError::NoCookie)
-                .and_then(Layout::of_running_kernel)
-            {
+            path => match Layout::of_running_kernel() {
                 Ok(l) => Some(l),
                 Err(e) if path == KernelPath::Drops => {
                     return Err(ProbeError::Drops(e.to_string()))
