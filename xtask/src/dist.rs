@@ -12,16 +12,7 @@ use std::{
 
 use anyhow::{bail, Context as _, Result};
 
-use crate::cargo;
-
-fn run(cmd: &mut Command) -> Result<()> {
-    let what = format!("{cmd:?}");
-    let status = cmd.status().with_context(|| format!("running {what}"))?;
-    if !status.success() {
-        bail!("{what} failed ({status})");
-    }
-    Ok(())
-}
+use crate::{cargo, cargo_cmd, run};
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -74,19 +65,17 @@ pub fn dist() -> Result<()> {
     // The binary must start on glibc 2.34 (RHEL 9, Ubuntu 22.04) and without libpcap: the
     // test suite's own check, on this binary.
     eprintln!("dist: checking what the binary needs from the system");
-    run(
-        Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .args([
-                "test",
-                "--locked",
-                "-p",
-                "diag-user",
-                "--test",
-                "binary",
-                "-q",
-            ])
-            .env("TAPWATCH_BINARY", &bin),
-    )?;
+    run(cargo_cmd()
+        .args([
+            "test",
+            "--locked",
+            "-p",
+            "diag-user",
+            "--test",
+            "binary",
+            "-q",
+        ])
+        .env("TAPWATCH_BINARY", &bin))?;
 
     eprintln!("dist: man pages and completions");
     // Outside target/: cargo-deb takes any path under target/ for one it should build.

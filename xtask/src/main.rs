@@ -9,16 +9,23 @@ use std::process::{Command, ExitCode};
 
 use anyhow::{bail, Context as _, Result};
 
-pub(crate) fn cargo(args: &[&str]) -> Result<()> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(&cargo)
-        .args(args)
-        .status()
-        .with_context(|| format!("running {cargo} {}", args.join(" ")))?;
+/// Runs a command to its end; its failure is an error naming it.
+pub(crate) fn run(cmd: &mut Command) -> Result<()> {
+    let what = format!("{cmd:?}");
+    let status = cmd.status().with_context(|| format!("running {what}"))?;
     if !status.success() {
-        bail!("`cargo {}` failed ({status})", args.join(" "));
+        bail!("{what} failed ({status})");
     }
     Ok(())
+}
+
+/// The cargo that runs this task.
+pub(crate) fn cargo_cmd() -> Command {
+    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+}
+
+pub(crate) fn cargo(args: &[&str]) -> Result<()> {
+    run(cargo_cmd().args(args))
 }
 
 /// The tests and benchmarks that need root and a BPF-capable kernel.
