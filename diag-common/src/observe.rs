@@ -46,6 +46,9 @@ pub fn observe<'w>(
     counters.record(class, seen.direction, seen.frame_len, seen.totals);
     let mut now = 0;
     let mut kind = class.kind;
+    // The stale frame that opens a window is always reported: a blackout that begins
+    // within a sampling interval of the last one's frames must not pass for them.
+    let mut opens = false;
     let from_vm = seen.direction == Direction::FromVm;
     // Only frames from the VM to a unicast MAC can open or close a window, a RARP from the
     // VM arm the inbound watch, and a data frame to the VM end it; nothing else touches
@@ -61,6 +64,7 @@ pub fn observe<'w>(
                 // A correctly addressed frame can only end an open window.
                 if class.dst_mismatch || w.is_open() {
                     now = clock();
+                    opens = !w.is_open();
                     kind = w.follow(class, seen.to_own_mac, seen.direction, now);
                 }
                 // The migration's announce: from now on the first data frame delivered to
@@ -86,7 +90,7 @@ pub fn observe<'w>(
     if now == 0 {
         now = clock();
     }
-    if seen.sampled && !counters.admit_event(kind, now) {
+    if seen.sampled && !counters.admit_event(kind, now) && !opens {
         return None;
     }
     Some(Admitted { kind, ts_ns: now })
@@ -221,10 +225,16 @@ mod tests {
             }
         );
         assert!(!w.is_open());
-        assert_eq!((c.from_vm_frames, c.dst_mismatch_frames), (5, 3));
+        // A new window within the sampling interval of the last sample still reports the
+        // frame that opens it, and samples the rest.
+        let again = step(OLD, false, later + 10, &mut c, &mut w).unwrap();
+        assert_eq!(again.kind, FrameKind::DstMismatch);
+        assert_eq!(w.mismatch_since_ns, later + 10);
+        assert_eq!(step(OLD, false, later + 20, &mut c, &mut w), None);
+        assert_eq!((c.from_vm_frames, c.dst_mismatch_frames), (7, 5));
         assert_eq!(
             reads.get(),
-            4,
+            6,
             "the clock was read only for the window and events"
         );
     }

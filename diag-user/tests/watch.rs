@@ -71,7 +71,8 @@ every_datapath!(
     mac_change_turns_frames_to_the_old_mac_into_mismatches,
     follows_taps_that_appear_and_disappear,
     traffic_is_untouched,
-    inbound_is_timed_from_the_rarp
+    inbound_is_timed_from_the_rarp,
+    stale_frames_racing_the_interval_stay_with_their_window
 );
 
 fn counts_every_kind_exactly(datapath: &str) {
@@ -828,4 +829,109 @@ fn inbound_is_timed_from_the_rarp(datapath: &str) {
     );
     // No stale frame: the host accepted the VM's frames from the switch-over on.
     assert_eq!(row["outbound_gap_ms"], 0);
+}
+
+/// Pins the calling thread to one CPU, so that frames it writes are seen on that CPU's
+/// counters (the eBPF datapaths sample stale-frame events per CPU).
+fn pin_to_one_cpu() {
+    // SAFETY: a zeroed cpu_set_t is valid; CPU_SET and sched_setaffinity on this thread.
+    unsafe {
+        let cpu = libc::sched_getcpu().max(0) as usize;
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+}
+
+/// A real guest's stale frames race the stats interval: some are counted after the
+/// kernel-timed end of their window (sent before the first frame to the tap's MAC, read at
+/// the next interval). They are that window's: no BLACKOUT follows the RECOVERED. A stale
+/// frame sent after the recovery is a new blackout at its own kernel time, and its end
+/// another recovery.
+fn stale_frames_racing_the_interval_stay_with_their_window(datapath: &str) {
+    require_root();
+    pin_to_one_cpu();
+    let ns = Netns::new("tw-race").unwrap();
+    let tap = VmTap::create(&ns, "taprace0", TAP_CALICO).unwrap();
+    // A long interval, so the counts of the stale frames reach a stats record well after
+    // the recovery, as with a guest pinging every 100 ms and the default interval.
+    let mut tw = Tapwatch::start(
+        &ns,
+        &[
+            "watch",
+            "--json",
+            "--interval",
+            "2",
+            "--datapath",
+            datapath,
+            "--libvirt-dir",
+            "/nonexistent",
+        ],
+    );
+    tw.wait_attached("taprace0");
+    let to = |mac| frames::udp(GUEST, mac, VM_IP, HOST_IP, 80);
+    tap.send(&to(TAP_CALICO)).unwrap();
+    tw.wait_stats("taprace0", |t| u(t, "from_vm_frames") == 1);
+
+    // Right after an interval: one stale frame (its event brings the drop-driven
+    // datapath's probe before its record goes out), three more within the sampling
+    // interval (counted, not reported), then the first frame to the tap's MAC.
+    tap.send(&to(TAP_LIBVIRT)).unwrap();
+    tw.wait_for("the first stale frame", |v| v["kind"] == "dst_mismatch");
+    for _ in 0..3 {
+        tap.send(&to(TAP_LIBVIRT)).unwrap();
+    }
+    tap.send(&to(TAP_CALICO)).unwrap();
+    tw.wait_for("the recovery", |v| {
+        v["type"] == "verdict" && v["state"] == "RECOVERED"
+    });
+    // The interval after the recovery counts the stale frames sent before it.
+    tw.wait_stats("taprace0", |t| {
+        u(t, "dst_mismatch_frames") == 4 && u(t, "from_vm_frames") == 6
+    });
+    tw.wait_stats("taprace0", |_| true);
+
+    // The other side: a stale frame after the recovery is a new blackout.
+    tap.send(&to(TAP_LIBVIRT)).unwrap();
+    tw.wait_for("the second blackout", |v| {
+        v["type"] == "verdict" && v["state"] == "BLACKOUT"
+    });
+    tap.send(&to(TAP_CALICO)).unwrap();
+    tw.wait_stats("taprace0", |t| {
+        u(t, "dst_mismatch_frames") == 5 && u(t, "from_vm_frames") == 8
+    });
+    let (status, recs, err) = tw.stop(libc::SIGINT);
+    assert!(status.success(), "{status:?}: {err}");
+
+    let verdicts = of_type(&recs, "verdict");
+    let states: Vec<&str> = verdicts
+        .iter()
+        .map(|v| v["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        states,
+        ["OK", "BLACKOUT", "RECOVERED", "BLACKOUT", "RECOVERED"],
+        "{verdicts:#?}"
+    );
+    // Each blackout begins at its first stale frame and ends at the first frame to the
+    // tap's MAC after it, both kernel-timed.
+    let mism = frames(&recs, "taprace0", "dst_mismatch");
+    let matched = frames(&recs, "taprace0", "dst_match");
+    assert_eq!(
+        (mism.len(), matched.len()),
+        (2, 2),
+        "{mism:#?} {matched:#?}"
+    );
+    for (k, (m, d)) in mism.iter().zip(&matched).enumerate() {
+        assert_eq!(verdicts[1 + 2 * k]["ts"], m["ts"], "blackout {k}");
+        assert_eq!(verdicts[2 + 2 * k]["ts"], d["ts"], "recovery {k}");
+    }
+    let row = summary_row(&recs, "taprace0");
+    assert_eq!(row["state"], "RECOVERED", "{row:#}");
+    assert_eq!(u(row, "dst_mismatch_frames"), 5);
+    assert_eq!(
+        row.get("mismatch_since"),
+        Some(&serde_json::Value::Null),
+        "the window is closed: {row:#}"
+    );
 }

@@ -22,6 +22,9 @@ pub struct TapCounts {
     pub counters: TapCounters,
     /// Frames the kernel dropped on the tap, by reason (the drop-driven datapath).
     pub kernel_drops: BTreeMap<String, u64>,
+    /// The tap's mismatch window as the counters were read: the datapath clock's time of
+    /// its first stale frame, `None` while closed.
+    pub window_since_ns: Option<u64>,
 }
 
 /// Something a datapath did or met that the user should hear of.
@@ -129,8 +132,9 @@ impl Datapath for PcapBackend {
         })
     }
     fn counters(&self, ifindex: u32) -> Option<TapCounts> {
-        PcapBackend::counters(self, ifindex).map(|counters| TapCounts {
+        PcapBackend::counters(self, ifindex).map(|(counters, window)| TapCounts {
             counters,
+            window_since_ns: window.is_open().then_some(window.mismatch_since_ns),
             ..TapCounts::default()
         })
     }

@@ -140,10 +140,14 @@ impl PcapBackend {
         }
     }
 
-    pub fn counters(&self, ifindex: u32) -> Option<TapCounters> {
+    /// The tap's counters and its mismatch window, read together.
+    pub fn counters(&self, ifindex: u32) -> Option<(TapCounters, TapWindow)> {
         let t = self.taps.get(&ifindex)?;
-        let c = *t.shared.counters.lock().unwrap_or_else(|e| e.into_inner());
-        Some(c)
+        // Both locks, in the capture threads' order: the counts and the window of one
+        // instant, so a counted stale frame always comes with the window it opened.
+        let c = t.shared.counters.lock().unwrap_or_else(|e| e.into_inner());
+        let w = *t.shared.window.lock().unwrap_or_else(|e| e.into_inner());
+        Some((*c, w))
     }
 
     /// Stops capturing; returns the final counters.

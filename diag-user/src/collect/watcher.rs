@@ -378,7 +378,10 @@ impl<'s> Watcher<'s> {
 
     fn row(&self, tap: &Tap) -> TapRow {
         let c = self.current(tap);
-        TapRow::new(&tap.link.name, &c.counters).with_kernel_drops(c.kernel_drops)
+        let since = c.window_since_ns.map(|ns| Ts(self.clock.to_utc(ns)));
+        TapRow::new(&tap.link.name, &c.counters)
+            .with_kernel_drops(c.kernel_drops)
+            .with_window(since)
     }
 
     /// Says the identity of a live tap if it changed since it was last said.

@@ -577,6 +577,16 @@ pub struct TapRow {
     /// `FULL_RING`…): the drop-driven datapath only.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub kernel_drops: std::collections::BTreeMap<String, u64>,
+    /// The datapath's own mismatch window when the counters were read: when its first
+    /// frame to a foreign MAC came (kernel-timed), `null` while the VM's frames reach the
+    /// tap's MAC. The engine orders counts by it: a rise for frames older than a closed
+    /// window's end is that window's. Absent in records of older versions.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "present"
+    )]
+    pub mismatch_since: Option<Option<Ts>>,
 }
 
 impl TapRow {
@@ -594,6 +604,15 @@ impl TapRow {
             arp_replies: c.arp_replies,
             events_lost: c.events_lost,
             kernel_drops: Default::default(),
+            mismatch_since: None,
+        }
+    }
+
+    /// With the datapath's mismatch window: open since `since`, or closed.
+    pub fn with_window(self, since: Option<Ts>) -> Self {
+        Self {
+            mismatch_since: Some(since),
+            ..self
         }
     }
 

@@ -419,7 +419,15 @@ impl<'a> Replayer<'a> {
                 .taps
                 .iter()
                 .filter(|(_, t)| !t.detached)
-                .map(|(n, t)| TapRow::new(n, &t.counters))
+                .map(|(n, t)| {
+                    // Replay's clock is the capture's (nanoseconds since the epoch).
+                    let since = t.window.is_open().then(|| {
+                        Ts(chrono::DateTime::from_timestamp_nanos(
+                            t.window.mismatch_since_ns as i64,
+                        ))
+                    });
+                    TapRow::new(n, &t.counters).with_window(since)
+                })
                 .collect(),
         }
     }

@@ -325,8 +325,11 @@ impl Engine {
         }
         if from_vm && (f.kind == FrameKind::DstMismatch || f.dst_mismatch) {
             t.first_mismatch.get_or_insert(f.ts);
-            t.last_mismatch = Some(f.ts);
-            if t.mode == Mode::Routed && t.state != State::Blackout {
+            t.last_mismatch = Some(t.last_mismatch.map_or(f.ts, |m| m.max(f.ts)));
+            // A stale frame the kernel timed before the end of the last window, reported
+            // after it (another CPU's event), belongs to that window.
+            let closed_before = t.blackout.and_then(|b| b.end).is_some_and(|e| f.ts <= e);
+            if t.mode == Mode::Routed && t.state != State::Blackout && !closed_before {
                 t.blackout = Some(Blackout {
                     start: f.ts,
                     end: None,
@@ -379,7 +382,7 @@ impl Engine {
                 t.mismatch_series.push_back(t.mismatch_ps.round() as u64);
             }
         }
-        t.last_stats = Some(ts);
+        let prev_stats = t.last_stats.replace(ts);
         if row.from_vm_frames > 0 && t.first_from_vm.is_none() {
             // Only counted (no frame of it was reported): known to the interval.
             t.first_from_vm = Some(ts);
@@ -389,24 +392,20 @@ impl Engine {
             t.last_from_vm = t.last_from_vm.max(ts);
             self.wake(i, ts, changes);
         }
-        let t = &mut self.taps[i];
-        // Mismatches counted without a sampled event (ring buffer full): still a blackout,
-        // timed by the stats record instead of the kernel.
-        if row.dst_mismatch_frames > prev.dst_mismatch_frames
-            && t.mode == Mode::Routed
-            && t.state != State::Blackout
-            && t.last_mismatch.is_none_or(|m| ts.ms_since(m) > 1000)
-        {
+        // Stale frames counted without an event (sampled out, or the ring was full): still
+        // a blackout, if they are new.
+        if let Some(start) = self.counted_blackout(i, row, &prev, prev_stats, ts) {
+            let t = &mut self.taps[i];
             t.blackout = Some(Blackout {
-                start: ts,
+                start,
                 end: None,
                 stale_mac: MacAddr::default(),
             });
             t.note(
-                ts,
+                start,
                 "dst-mismatch frames counted (no sample: events lost)".into(),
             );
-            self.set_state(i, State::Blackout, ts, changes);
+            self.set_state(i, State::Blackout, start, changes);
         }
         let t = &self.taps[i];
         // A tap whose VM has not sent anything yet (plugged ahead of a migration) is
@@ -418,6 +417,37 @@ impl Engine {
             let before = t.state;
             self.taps[i].before_quiet = before;
             self.set_state(i, State::Quiet, ts, changes);
+        }
+    }
+
+    /// When a blackout that only the counters show began, if they show a new one. Counts
+    /// are read at the interval, after frames the kernel timed: a rise for frames older
+    /// than the end of the last window (sent before the recovery, counted after it) is
+    /// that window's. So a new blackout needs the datapath's own window open since after
+    /// that end, and starts when the window opened (kernel time). Records without the
+    /// window (older versions) fall back to the rise, unless a window closed since the
+    /// counts before it were read.
+    fn counted_blackout(
+        &self,
+        i: usize,
+        row: &TapRow,
+        prev: &TapRow,
+        prev_stats: Option<Ts>,
+        ts: Ts,
+    ) -> Option<Ts> {
+        let t = &self.taps[i];
+        if t.mode != Mode::Routed || t.state == State::Blackout {
+            return None;
+        }
+        let ended = t.blackout.and_then(|b| b.end);
+        match row.mismatch_since {
+            Some(since) => since.filter(|s| ended.is_none_or(|e| *s > e)),
+            None => {
+                let rose = row.dst_mismatch_frames > prev.dst_mismatch_frames;
+                let unsampled = t.last_mismatch.is_none_or(|m| ts.ms_since(m) > 1000);
+                let after_end = ended.is_none_or(|e| prev_stats.is_some_and(|p| e <= p));
+                (rose && unsampled && after_end).then_some(ts)
+            }
         }
     }
 
@@ -548,6 +578,22 @@ pub(crate) mod fixtures {
             ts: at(ms),
             taps: vec![row],
         }
+    }
+
+    /// A stats record with the datapath's mismatch window: open since `since` ms, or
+    /// closed.
+    pub fn stats_window(
+        ms: i64,
+        tap: &str,
+        from_vm: u64,
+        mismatch: u64,
+        since: Option<i64>,
+    ) -> Record {
+        let Record::Stats { ts, mut taps } = stats(ms, tap, from_vm, mismatch) else {
+            unreachable!()
+        };
+        taps[0].mismatch_since = Some(since.map(at));
+        Record::Stats { ts, taps }
     }
 
     pub fn stale_mac_story(tap: &str, t0: i64) -> Vec<Record> {
@@ -866,6 +912,80 @@ mod tests {
         let states: Vec<_> = verdicts.iter().map(|v| v.1).collect();
         assert_eq!(states, ["OK", "QUIET", "OK"]);
         assert!(e.tap("tapQ").unwrap().from_vm_fps > 1.9);
+    }
+
+    /// The stale frames of a real guest race the stats interval: counted after the
+    /// kernel-timed recovery, they are the closed window's, in records with the window and
+    /// in older records alike; a stale frame timed before the recovery but reported after
+    /// it is the closed window's too. Only a stale frame after the recovery, or a window
+    /// the datapath says opened after it, is a new blackout, from the kernel's time.
+    #[test]
+    fn counts_and_frames_older_than_the_recovery_belong_to_it() {
+        for with_window in [true, false] {
+            let st = |ms, n, since: Option<i64>| {
+                if with_window {
+                    stats_window(ms, "tapA", 100 + n, n, since)
+                } else {
+                    stats(ms, "tapA", 100 + n, n)
+                }
+            };
+            let mut e = engine();
+            let recs = [
+                attached(0, "tapA", NEW, "routed"),
+                frame(100, "tapA", "from_vm", "dst_mismatch", OLD),
+                st(1000, 406, Some(100)),
+                // Four more stale frames, sampled out, then the recovery at 1950.
+                frame(1950, "tapA", "from_vm", "dst_match", NEW),
+                // Another CPU's stale frame from before the recovery, reported after it.
+                frame(1940, "tapA", "from_vm", "dst_mismatch", OLD),
+                st(2000, 410, None),
+                st(3000, 410, None),
+            ];
+            let states: Vec<_> = run(&mut e, &recs).into_iter().map(|v| v.1).collect();
+            assert_eq!(
+                states,
+                ["OK", "BLACKOUT", "RECOVERED"],
+                "window {with_window}"
+            );
+            let t = e.tap("tapA").unwrap();
+            assert_eq!(t.blackout.unwrap().end, Some(at(1950)));
+            assert_eq!(t.blackout_ms(at(3000)), Some(1850));
+
+            // A stale frame after the recovery is a new blackout at its own time.
+            let v = run(
+                &mut e,
+                &[frame(3100, "tapA", "from_vm", "dst_mismatch", OLD)],
+            );
+            assert_eq!(v, [("tapA".to_string(), "BLACKOUT", Some(0))]);
+            assert_eq!(e.tap("tapA").unwrap().blackout.unwrap().start, at(3100));
+        }
+    }
+
+    /// A window that only the counters show (its frames' events lost), opened after the
+    /// last recovery: a blackout from the window's kernel time, not the interval's.
+    #[test]
+    fn a_new_window_only_the_counters_show() {
+        let mut e = engine();
+        let recs = [
+            attached(0, "tapA", NEW, "routed"),
+            frame(100, "tapA", "from_vm", "dst_mismatch", OLD),
+            frame(500, "tapA", "from_vm", "dst_match", NEW),
+            stats_window(1000, "tapA", 20, 10, None),
+            stats_window(2000, "tapA", 30, 12, Some(1400)),
+        ];
+        let mut out = Vec::new();
+        for r in &recs {
+            out.extend(e.apply(r));
+        }
+        let Record::Verdict { ts, fields, .. } = out.last().unwrap() else {
+            panic!("{out:?}")
+        };
+        assert_eq!((fields.state, *ts), (State::Blackout, at(1400)));
+        assert_eq!(e.tap("tapA").unwrap().blackout_ms(at(2000)), Some(600));
+        // The window the blackout came from stays one blackout.
+        assert!(e
+            .apply(&stats_window(3000, "tapA", 40, 14, Some(1400)))
+            .is_empty());
     }
 
     #[test]

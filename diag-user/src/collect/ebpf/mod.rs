@@ -759,9 +759,18 @@ impl Probe {
                 }
             }
         }
+        // Read after the counters: a stale frame they count has opened its window by now
+        // (the observe step counts, then follows the window, in one program run).
+        let window_since_ns = self
+            .windows
+            .get(&ifindex, 0)
+            .ok()
+            .filter(TapWindow::is_open)
+            .map(|w| w.mismatch_since_ns);
         Some(TapCounts {
             counters: c,
             kernel_drops,
+            window_since_ns,
         })
     }
 
