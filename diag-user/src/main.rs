@@ -422,6 +422,7 @@ async fn run_watch(args: WatchArgs) -> anyhow::Result<ExitCode> {
             code: NoticeCode::NoTerminal,
             ifname: None,
             message: "no terminal for the live view: NDJSON records instead".into(),
+            probe: None,
         });
     }
     let result = if json {

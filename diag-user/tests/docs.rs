@@ -124,6 +124,7 @@ fn samples() -> Vec<Record> {
             code: NoticeCode::NetlinkOverflow,
             ifname: Some("tapA".into()),
             message: "m".into(),
+            probe: None,
         },
         Record::MacChange {
             ts,

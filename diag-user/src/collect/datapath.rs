@@ -7,7 +7,7 @@ use diag_common::{FrameEvent, TapCounters};
 use tokio::io::unix::AsyncFd;
 
 use super::{ebpf::Probe, links::Link, netlink::LinkTotals, pcap::PcapBackend};
-use crate::model::{Backend, DatapathKind, NoticeCode};
+use crate::model::{probe::ProbeChange, Backend, DatapathKind, NoticeCode};
 
 /// Why a tap could not be attached, and the errno behind it if there was one.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,12 +27,17 @@ pub struct TapCounts {
     pub window_since_ns: Option<u64>,
 }
 
-/// Something a datapath did or met that the user should hear of.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct DatapathNotice {
-    pub code: NoticeCode,
-    pub ifname: Option<String>,
-    pub message: String,
+/// What a datapath did or met on the way.
+#[derive(Clone, Debug, PartialEq)]
+pub enum DatapathEvent {
+    /// A tap got or lost the per-frame probe.
+    Probe { ifname: String, change: ProbeChange },
+    /// Something else the user should hear of.
+    Notice {
+        code: NoticeCode,
+        ifname: Option<String>,
+        message: String,
+    },
 }
 
 /// A way of seeing a tap's frames: attach and detach per tap, counters per tap.
@@ -58,8 +63,9 @@ pub trait Datapath: Send {
     fn on_event(&mut self, _ev: &FrameEvent) {}
     /// Once an interval, before counters are read.
     fn refresh(&mut self) {}
-    /// What happened on the way that the user should hear of.
-    fn take_notices(&mut self) -> Vec<DatapathNotice> {
+    /// What happened on the way: probes added and removed, and what the user should hear
+    /// of.
+    fn take_events(&mut self) -> Vec<DatapathEvent> {
         Vec::new()
     }
     /// Hands the kernel programs' log records, if any, to the process's logger.
@@ -101,8 +107,8 @@ impl Datapath for Probe {
     fn refresh(&mut self) {
         Probe::refresh(self)
     }
-    fn take_notices(&mut self) -> Vec<DatapathNotice> {
-        Probe::take_notices(self)
+    fn take_events(&mut self) -> Vec<DatapathEvent> {
+        Probe::take_events(self)
     }
     fn flush_log(&mut self) {
         Probe::flush_log(self)

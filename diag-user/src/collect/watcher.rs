@@ -12,7 +12,7 @@ use aya::maps::{MapData, RingBuf};
 use diag_common::FrameEvent;
 
 use super::{
-    datapath::{AttachFailure, Datapath, EventSource, TapCounts},
+    datapath::{AttachFailure, Datapath, DatapathEvent, EventSource, TapCounts},
     ebpf::parse_event,
     identity::Identities,
     links::{Link, LinkChange, Selector},
@@ -176,13 +176,35 @@ impl<'s> Watcher<'s> {
             code,
             ifname,
             message,
+            probe: None,
         })
     }
 
     /// Says what the datapath did or met.
     pub(super) fn datapath_notices(&mut self) -> io::Result<()> {
-        for n in self.datapath.take_notices() {
-            self.notice(n.code, n.ifname, n.message)?;
+        for e in self.datapath.take_events() {
+            match e {
+                DatapathEvent::Notice {
+                    code,
+                    ifname,
+                    message,
+                } => self.notice(code, ifname, message)?,
+                DatapathEvent::Probe { ifname, change } => {
+                    let code = if change.added {
+                        NoticeCode::ProbeAdded
+                    } else {
+                        NoticeCode::ProbeRemoved
+                    };
+                    let ts = self.ts();
+                    self.emit(Record::Notice {
+                        ts,
+                        code,
+                        message: change.message(&ifname),
+                        ifname: Some(ifname),
+                        probe: Some(change),
+                    })?;
+                }
+            }
         }
         Ok(())
     }

@@ -7,6 +7,7 @@
 pub mod clock;
 pub mod host;
 pub mod mac;
+pub mod probe;
 
 use std::io;
 
@@ -274,6 +275,10 @@ pub enum Record {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         ifname: Option<String>,
         message: String,
+        /// `probe_added` and `probe_removed`: the change, typed (the message says it in
+        /// words).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        probe: Option<probe::ProbeChange>,
     },
     /// A VM's state changed (see `verdict::Engine`).
     Verdict {

@@ -227,6 +227,7 @@ fn write_loop<S: Sink>(
                          were left out (later stats records are cumulative, so no counter is lost)",
                         n.0, n.1
                     ),
+                    probe: None,
                 }
             });
             (batch, notice, q.closed)

@@ -243,18 +243,31 @@ impl Engine {
             }
             Record::Notice {
                 ts,
+                ifname: Some(ifname),
+                probe: Some(change),
+                ..
+            } => {
+                self.now = Some(*ts);
+                if let Some(&i) = self.live.get(ifname) {
+                    let t = &mut self.taps[i];
+                    t.probe = change.added;
+                    t.note(*ts, change.words(ifname));
+                }
+            }
+            // Records of older versions, whose notices said the change in words only.
+            Record::Notice {
+                ts,
                 code: code @ (NoticeCode::ProbeAdded | NoticeCode::ProbeRemoved),
                 ifname: Some(ifname),
                 message,
+                probe: None,
             } => {
                 self.now = Some(*ts);
                 if let Some(&i) = self.live.get(ifname) {
                     let t = &mut self.taps[i];
                     t.probe = *code == NoticeCode::ProbeAdded;
-                    let what = message
-                        .strip_prefix(&format!("{ifname}: "))
-                        .unwrap_or(message);
-                    t.note(*ts, what.to_string());
+                    let what = message.strip_prefix(&format!("{ifname}: "));
+                    t.note(*ts, what.unwrap_or(message).to_string());
                 }
             }
             Record::Verdict { ts, .. } | Record::Notice { ts, .. } => self.now = Some(*ts),

@@ -11,7 +11,10 @@ use aya::{
     Ebpf,
 };
 
-use super::{error_chain, program_errno, reaper::Reaper};
+use super::{
+    errors::{error_chain, program_errno},
+    reaper::Reaper,
+};
 use crate::{
     collect::netlink::{self, BpfFilter, CLSACT_EGRESS, CLSACT_INGRESS},
     model::NoticeCode,

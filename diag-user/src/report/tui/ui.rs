@@ -370,7 +370,10 @@ mod tests {
 
     use super::*;
     use crate::{
-        model::Record,
+        model::{
+            probe::{ProbeChange, ProbeReason},
+            Record,
+        },
         report::tui::handler::{on_key, Action},
         verdict::{fixtures::*, Engine, EngineConfig},
     };
@@ -453,12 +456,19 @@ mod tests {
             }
             rec
         };
-        let probe = |ms, code: &str| Record::Notice {
-            ts: at(ms),
-            code: named(code),
-            ifname: Some("tapA".into()),
-            message: "tapA: RARP (a migration's announce): a per-frame probe now times the end"
-                .into(),
+        let probe = |ms, code: &str| {
+            let change = if code == "probe_added" {
+                ProbeChange::added(ProbeReason::Rarp, false)
+            } else {
+                ProbeChange::calm(std::time::Duration::from_secs(60))
+            };
+            Record::Notice {
+                ts: at(ms),
+                code: named(code),
+                ifname: Some("tapA".into()),
+                message: change.message("tapA"),
+                probe: Some(change),
+            }
         };
         let title = |recs: &[Record]| {
             let s = screen(&app(recs), at(2000), 160, 20);
