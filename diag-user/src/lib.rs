@@ -5,6 +5,8 @@
 //! - [`collect`]: where facts come from. The kernel (the eBPF datapath and libpcap, both
 //!   through `diag_common`'s one observe step), rtnetlink (which taps exist, their MACs)
 //!   and libvirt (which VM is behind a tap) become [`model::Record`]s.
+//! - [`registry`]: everything a run knows of each tap, in one place, keyed by namespace
+//!   and ifindex; every output reads it.
 //! - [`verdict`]: the one verdict engine: per VM, OK / BLACKOUT / RECOVERED / QUIET / GONE,
 //!   the measured blackout and a diagnosis in words; VM identities.
 //! - [`report`]: one pipeline per run feeds the engine and every output from it: NDJSON,
@@ -17,6 +19,7 @@ pub mod collect;
 pub mod lab;
 pub mod model;
 pub mod offline;
+pub mod registry;
 pub mod report;
 pub mod verdict;
 pub mod version;

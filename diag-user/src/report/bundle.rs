@@ -500,7 +500,7 @@ impl Bundle {
 
     /// host.json and summary.md from what is known now.
     fn reports(&mut self, engine: &Engine) -> Result<(Vec<u8>, Vec<u8>), BundleError> {
-        for t in &engine.taps {
+        for t in engine.taps() {
             if let Some(facts) = self.taps.get_mut(&t.ifname) {
                 if let Some(vm) = &t.vm {
                     facts.libvirt = Some(vm.clone());
@@ -552,7 +552,7 @@ impl Bundle {
                 self.frames_skipped, self.opts.max_bytes
             ));
         }
-        for t in &engine.taps {
+        for t in engine.taps() {
             md.push_str(&format!("\n## {} ({})\n\n", t.vm_name(), t.ifname));
             let gap = |v: Option<u64>| v.map(|m| format!("{m} ms")).unwrap_or_else(|| "-".into());
             if let Some(sw) = t.switchover() {

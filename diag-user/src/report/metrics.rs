@@ -24,7 +24,7 @@ use prometheus::{
 
 use crate::{
     model::{clock::Ts, DatapathKind, Record, State, TapRow},
-    verdict::{Engine, TapView},
+    verdict::{Engine, Tap as TapView},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -784,7 +784,7 @@ mod tests {
         let t = text(&m);
         assert!(!t.contains("ifname=\"tapA\""), "{t}");
         assert!(t.contains("ifname=\"tapB\""));
-        assert_eq!(p.head().engine.taps.len(), 1, "the engine forgot it too");
+        assert_eq!(p.head().engine.taps().len(), 1, "the engine forgot it too");
     }
 
     /// A tap created again under a gone tap's name (within the grace period) starts from

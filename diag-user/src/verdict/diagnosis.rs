@@ -1,13 +1,13 @@
 //! The diagnosis in plain words: what a state means for this VM, its MACs, its announces.
 
-use super::state::{Blackout, TapView};
 use crate::model::{
     clock::Ts,
     mac::{show, MacAddr},
     Mode, State,
 };
+use crate::registry::{Blackout, Tap};
 
-impl TapView {
+impl Tap {
     /// The diagnosis in plain words, as of `now`.
     pub fn diagnosis(&self, now: Ts) -> String {
         let mut s = Vec::new();

@@ -7,7 +7,8 @@ use std::collections::HashMap;
 
 use crate::{
     model::clock::Ts,
-    verdict::{Engine, State, TapView},
+    registry::TapKey,
+    verdict::{Engine, State, Tap as TapView},
 };
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -48,9 +49,9 @@ fn severity(s: State) -> u8 {
 
 #[derive(Default)]
 pub struct App {
-    /// ifindex and name of the selected tap (stable across re-sorting; the ifindex keeps
-    /// it across a rename).
-    pub selected: Option<(u32, String)>,
+    /// Key and name of the selected tap (stable across re-sorting; the key keeps it
+    /// across a rename).
+    pub selected: Option<(TapKey, String)>,
     pub filter: String,
     /// Typing a filter after `/`.
     pub editing_filter: bool,
@@ -73,7 +74,7 @@ impl App {
 
     /// The taps to show: the engine's, or the frozen copy while paused.
     pub fn taps<'a>(&'a self, engine: &'a Engine) -> &'a [TapView] {
-        self.paused.as_deref().unwrap_or(&engine.taps)
+        self.paused.as_deref().unwrap_or(engine.taps())
     }
 
     /// Indices into `taps` of the rows to show, filtered and sorted.
@@ -108,10 +109,10 @@ impl App {
     /// Position of the selected row in `rows`, selecting the first row if none is.
     pub fn selected_pos(&self, taps: &[TapView], rows: &[usize]) -> Option<usize> {
         match &self.selected {
-            Some((ifindex, name)) => rows
+            Some((key, name)) => rows
                 .iter()
-                .position(|&i| taps[i].ifindex == *ifindex && taps[i].ifname == *name)
-                .or_else(|| rows.iter().position(|&i| taps[i].ifindex == *ifindex))
+                .position(|&i| taps[i].key == *key && taps[i].ifname == *name)
+                .or_else(|| rows.iter().position(|&i| taps[i].key == *key))
                 .or(if rows.is_empty() { None } else { Some(0) }),
             None if rows.is_empty() => None,
             None => Some(0),
@@ -133,19 +134,19 @@ impl App {
         let pos = self.selected_pos(taps, &rows).unwrap_or(0) as isize;
         let new = (pos + delta).clamp(0, rows.len() as isize - 1) as usize;
         let t = &taps[rows[new]];
-        self.selected = Some((t.ifindex, t.ifname.clone()));
+        self.selected = Some((t.key, t.ifname.clone()));
     }
 
     pub fn toggle_pause(&mut self, engine: &Engine) {
         self.paused = match self.paused {
             Some(_) => None,
-            None => Some(engine.taps.clone()),
+            None => Some(engine.taps().to_vec()),
         };
     }
 
     pub fn clear_counters(&mut self, engine: &Engine) {
         self.baseline = engine
-            .taps
+            .taps()
             .iter()
             .map(|t| (t.ifname.clone(), t.counters.dst_mismatch_frames))
             .collect();

@@ -12,7 +12,7 @@ use super::app::App;
 use crate::{
     model::clock::Ts,
     model::mac::MacAddr,
-    verdict::{Engine, State, TapView},
+    verdict::{Engine, State, Tap as TapView},
 };
 
 const HEADER: [&str; 13] = [
@@ -388,7 +388,7 @@ mod tests {
         fn apply(&mut self, rec: &Record) {
             self.engine.apply(rec);
         }
-        fn selected_tap(&self) -> Option<&crate::verdict::TapView> {
+        fn selected_tap(&self) -> Option<&crate::verdict::Tap> {
             self.app.selected_tap(self.app.taps(&self.engine))
         }
         fn rows(&self) -> Vec<usize> {

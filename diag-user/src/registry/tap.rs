@@ -1,13 +1,12 @@
-//! What the engine knows of one tap and the VM behind it.
+//! Everything a run knows of one tap and the VM behind it.
 
 use std::collections::VecDeque;
 
+use super::TapKey;
 use crate::{
-    model::{clock::Ts, mac::MacAddr, Mode, TapRow},
+    model::{clock::Ts, mac::MacAddr, Mode, State, TapRow},
     verdict::libvirt::VmInterface,
 };
-
-pub use crate::model::State;
 
 /// A stretch of time in which the VM sent to a MAC its tap did not have.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -39,11 +38,14 @@ const TIMELINE_MAX: usize = 256;
 
 /// Everything known about one tap and the VM behind it.
 #[derive(Clone, Debug)]
-pub struct TapView {
+pub struct Tap {
+    pub key: TapKey,
     pub ifname: String,
-    pub ifindex: u32,
     pub vm: Option<VmInterface>,
     pub mode: Mode,
+    pub mtu: Option<u32>,
+    /// The bridge (or other master device) the tap is on.
+    pub master: Option<String>,
     /// How the tap's frames are seen (unknown in records of older versions).
     pub datapath: Option<crate::model::DatapathKind>,
     /// Whether the tap carries the drop-driven datapath's per-frame probe now.
@@ -93,19 +95,15 @@ pub struct TapView {
     pub mismatch_series: VecDeque<u64>,
 }
 
-impl TapView {
-    pub(super) fn new(
-        ifname: &str,
-        ifindex: u32,
-        mac: Option<MacAddr>,
-        mode: Mode,
-        ts: Ts,
-    ) -> Self {
+impl Tap {
+    pub fn new(key: TapKey, ifname: &str, mac: Option<MacAddr>, mode: Mode, ts: Ts) -> Self {
         Self {
+            key,
             ifname: ifname.to_string(),
-            ifindex,
             vm: None,
             mode,
+            mtu: None,
+            master: None,
             datapath: None,
             probe: false,
             appeared: false,
@@ -209,7 +207,7 @@ impl TapView {
     }
 
     /// Until when `mac` was the tap's MAC, if it ever was while watched.
-    pub(super) fn mac_until(&self, mac: MacAddr) -> Option<Ts> {
+    pub fn mac_until(&self, mac: MacAddr) -> Option<Ts> {
         let i = self
             .mac_history
             .iter()
@@ -220,7 +218,7 @@ impl TapView {
     /// libvirt's state of the domain as its status file changes: paused for a migration
     /// (the stop-and-copy on a source, waiting for the memory on a destination), then
     /// running again.
-    pub(super) fn follow_libvirt_state(&mut self, ts: Ts, vm: Option<&VmInterface>) {
+    pub fn follow_libvirt_state(&mut self, ts: Ts, vm: Option<&VmInterface>) {
         let Some(vm) = vm else { return };
         if vm.paused_for_migration() && self.paused_at.is_none() {
             self.paused_at = Some(ts);
@@ -234,7 +232,7 @@ impl TapView {
         }
     }
 
-    pub(super) fn note(&mut self, ts: Ts, what: String) {
+    pub fn note(&mut self, ts: Ts, what: String) {
         if self.timeline.len() == TIMELINE_MAX {
             self.timeline.remove(0);
         }
