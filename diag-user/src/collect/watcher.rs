@@ -19,14 +19,16 @@ use super::{
 };
 use crate::{
     model::clock::{Ts, WallClock},
-    model::{FrameRecord, MacHistoryEntry, NoticeCode, Record, Sink, SummaryRow, TapRow},
+    model::{FrameRecord, NoticeCode, Record, Sink, SummaryRow, TapRow},
     verdict::libvirt::{LibvirtError, VmInterface},
 };
 
-/// One tap tapwatch has attached to, live or gone.
+/// One tap the datapath was attached to, live or gone: what the collector needs to follow
+/// it (everything else the run knows of the tap is in the registry).
 pub(super) struct Tap {
     link: Link,
-    mac_history: Vec<MacHistoryEntry>,
+    /// The identity last said of it, while it is live.
+    said: Option<VmInterface>,
     /// Counters read when the tap went away.
     final_counters: Option<TapCounts>,
     /// When it went away, for forgetting it (`serve`).
@@ -45,8 +47,6 @@ pub(super) struct Watcher<'s> {
     pub(super) taps: Vec<Tap>,
     /// ifindex -> position in `taps`, for live taps only.
     pub(super) live: HashMap<u32, usize>,
-    /// ifindex -> last known name, also of taps already gone, for late ring buffer events.
-    pub(super) names: HashMap<u32, String>,
     pub(super) sink: &'s mut dyn Sink,
     /// Taps that match but could not be attached, by ifindex: name and why. Retried at
     /// every stats tick; those still here at the end make the run fail.
@@ -54,8 +54,6 @@ pub(super) struct Watcher<'s> {
     /// When a notice last said that link notifications were lost.
     pub(super) overflow_said: Option<std::time::Instant>,
     pub(super) identities: Identities,
-    /// The identity last said of each live tap, by ifindex.
-    pub(super) vm_said: HashMap<u32, Option<VmInterface>>,
     /// Past the first look at the host: taps attached from now on appeared while watched.
     pub(super) started: bool,
 }
@@ -98,12 +96,10 @@ impl<'s> Watcher<'s> {
             selector,
             taps: Vec::new(),
             live: HashMap::new(),
-            names: HashMap::new(),
             sink,
             unwatched: BTreeMap::new(),
             overflow_said: None,
             identities,
-            vm_said: HashMap::new(),
             started: false,
         }
     }
@@ -250,9 +246,7 @@ impl<'s> Watcher<'s> {
                 libvirt: vm.clone(),
             })?;
         }
-        self.vm_said.insert(link.ifindex, vm);
         let ts = self.ts();
-        self.names.insert(link.ifindex, link.name.clone());
         self.live.insert(link.ifindex, self.taps.len());
         let rec = Record::Attached {
             ts,
@@ -267,7 +261,7 @@ impl<'s> Watcher<'s> {
             master: link.master_name(),
         };
         self.taps.push(Tap {
-            mac_history: vec![MacHistoryEntry { ts, mac: link.mac }],
+            said: vm,
             link,
             final_counters: None,
             gone_at: None,
@@ -284,7 +278,6 @@ impl<'s> Watcher<'s> {
             // Still watched: the same tap under a new name keeps its counters and verdict.
             // Its events still in the ring buffer go out under the old name first.
             let old_ifname = self.taps[i].link.name.clone();
-            self.names.insert(ifindex, link.name.clone());
             self.taps[i].link.name = link.name.clone();
             let ts = self.ts();
             self.emit(Record::Renamed {
@@ -307,7 +300,6 @@ impl<'s> Watcher<'s> {
         let (new_mac, new_mode) = (tap.link.mac, tap.link.mode());
         let tap_master = tap.link.master_name();
         if new_mac != old_mac {
-            tap.mac_history.push(MacHistoryEntry { ts, mac: new_mac });
             self.emit(Record::MacChange {
                 ts,
                 ifname: ifname.clone(),
@@ -340,7 +332,7 @@ impl<'s> Watcher<'s> {
         let Some(i) = self.live.remove(&ifindex) else {
             return Ok(());
         };
-        self.vm_said.remove(&ifindex);
+        self.taps[i].said = None;
         self.taps[i].final_counters =
             Some(self.datapath.detach(ifindex, totals).unwrap_or_default());
         self.taps[i].gone_at = Some(std::time::Instant::now());
@@ -357,8 +349,17 @@ impl<'s> Watcher<'s> {
         // The datapath may add a probe first: once the record is out, the probe is there.
         self.datapath.on_event(ev);
         self.datapath_notices()?;
-        let name = match self.names.get(&ev.ifindex) {
-            Some(n) => n.clone(),
+        // Events still in the ring buffer of a tap that went go out under its last name.
+        let known = match self.live.get(&ev.ifindex) {
+            Some(&i) => Some(&self.taps[i]),
+            None => self
+                .taps
+                .iter()
+                .rev()
+                .find(|t| t.link.ifindex == ev.ifindex),
+        };
+        let name = match known {
+            Some(t) => t.link.name.clone(),
             None => format!("if{}", ev.ifindex),
         };
         match FrameRecord::from_event(ev, &name, Ts(self.clock.to_utc(ev.ts_ns))) {
@@ -409,10 +410,13 @@ impl<'s> Watcher<'s> {
     /// Says the identity of a live tap if it changed since it was last said.
     pub(super) fn follow_identity(&mut self, ifindex: u32, name: &str) -> io::Result<()> {
         let vm = self.identities.lookup(name);
-        if self.vm_said.get(&ifindex) == Some(&vm) {
+        let Some(&i) = self.live.get(&ifindex) else {
+            return Ok(());
+        };
+        if self.taps[i].said == vm {
             return Ok(());
         }
-        self.vm_said.insert(ifindex, vm.clone());
+        self.taps[i].said.clone_from(&vm);
         let ts = self.ts();
         self.emit(Record::Identity {
             ts,
@@ -481,9 +485,6 @@ impl<'s> Watcher<'s> {
             .filter(|(_, t)| t.gone_at.is_none())
             .map(|(i, t)| (t.link.ifindex, i))
             .collect();
-        let kept: std::collections::HashSet<u32> =
-            self.taps.iter().map(|t| t.link.ifindex).collect();
-        self.names.retain(|ifindex, _| kept.contains(ifindex));
     }
 
     pub(super) fn stats(&mut self) -> io::Result<()> {
@@ -509,7 +510,8 @@ impl<'s> Watcher<'s> {
                 counters: self.row(t),
                 ifindex: t.link.ifindex,
                 mode: t.link.mode(),
-                mac_history: t.mac_history.clone(),
+                // The registry has every MAC the tap had (the pipeline's engine adds them).
+                mac_history: Vec::new(),
                 detached: t.final_counters.is_some(),
                 verdict: None,
             })
@@ -594,11 +596,20 @@ mod tests {
         }
     }
 
-    #[derive(Default)]
-    struct Records(Vec<Record>);
+    /// The records, as a run's pipeline has them: the summary with what the registry
+    /// adds.
+    struct Records(Vec<Record>, crate::verdict::Engine);
+    impl Default for Records {
+        fn default() -> Self {
+            Self(Vec::new(), crate::verdict::Engine::new(Default::default()))
+        }
+    }
     impl Sink for Records {
         fn emit(&mut self, rec: &Record) -> io::Result<()> {
-            self.0.push(rec.clone());
+            self.1.apply(rec);
+            let mut rec = rec.clone();
+            self.1.annotate_summary(&mut rec);
+            self.0.push(rec);
             Ok(())
         }
         fn flush(&mut self) -> io::Result<()> {
@@ -671,14 +682,31 @@ mod tests {
         assert_eq!(w.taps.len(), 100, "within the grace period");
         w.forget_gone(std::time::Duration::ZERO);
         assert_eq!(w.taps.len(), 1);
-        assert_eq!(w.names.len(), 1);
         assert_eq!(w.live.get(&199), Some(&0), "the live tap's index follows");
+        // Nothing of a forgotten tap is kept, not even its name for its late events.
+        let mut late = FrameEvent::zeroed();
+        late.ifindex = 100;
+        late.kind = crate::model::FrameKind::Rarp as u8;
+        late.direction = crate::model::Direction::FromVm as u8;
+        late.data[..6].copy_from_slice(&[0xff; 6]);
+        late.data[12..14].copy_from_slice(&diag_common::ETH_P_RARP.to_be_bytes());
+        (late.captured, late.frame_len) = (60, 60);
+        w.on_event(&late).unwrap();
         w.summary().unwrap();
         let Some(Record::Summary { taps, .. }) = out.0.last() else {
             panic!("no summary")
         };
         assert_eq!(taps.len(), 1);
         assert_eq!(taps[0].counters.ifname, "tap99");
+        let late: Vec<&str> = out
+            .0
+            .iter()
+            .filter_map(|r| match r {
+                Record::Frame(f) => Some(f.ifname.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(late, ["if100"], "a forgotten tap's name is not kept");
     }
 
     #[test]

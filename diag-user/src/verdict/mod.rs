@@ -21,7 +21,7 @@ pub use crate::{
     registry::{Blackout, Registry, Tap, TimelineEntry, SERIES_LEN},
 };
 use crate::{
-    model::{clock::Ts, Record, VerdictFields},
+    model::{clock::Ts, MacHistoryEntry, Record, VerdictFields},
     registry::OWN_NETNS,
     verdict::libvirt::VmInterface,
 };
@@ -182,11 +182,20 @@ impl Engine {
             .find(|t| t.key.ifindex == ifindex && t.ifname == ifname)
     }
 
-    /// Adds the verdict fields to a summary's rows.
+    /// Adds what the registry knows to a summary's rows (the collector gives the final
+    /// counters): the tap's mode, every MAC it had, and the verdict.
     pub fn annotate_summary(&self, rec: &mut Record) {
         if let Record::Summary { ts, taps } = rec {
             for row in taps.iter_mut() {
                 if let Some(t) = self.summary_tap(row.ifindex, &row.counters.ifname) {
+                    row.mode = t.mode;
+                    if row.mac_history.is_empty() {
+                        row.mac_history = t
+                            .mac_history
+                            .iter()
+                            .map(|&(ts, mac)| MacHistoryEntry { ts, mac })
+                            .collect();
+                    }
                     row.verdict = Some(self.fields(t, *ts));
                 }
             }
