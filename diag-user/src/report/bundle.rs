@@ -36,6 +36,7 @@ use crate::{
     model::clock::Ts,
     model::host::{tap_mac_derivation, HostFacts, HostJson, TapFacts},
     model::{Direction, Record, Sink},
+    registry::{Tap, TapKey},
     report::json::JsonSink,
     verdict::Engine,
 };
@@ -332,7 +333,8 @@ pub struct Bundle {
     frames_file: File,
     /// Interface block number of each tap name.
     interfaces: BTreeMap<String, u32>,
-    taps: BTreeMap<String, TapFacts>,
+    /// The taps this bundle covers: key and when attached.
+    covered: Vec<(TapKey, Ts)>,
     started: Option<Ts>,
     ended: Option<Ts>,
     frames_written: u64,
@@ -382,7 +384,7 @@ impl Bundle {
             events_file,
             frames_file,
             interfaces: BTreeMap::new(),
-            taps: BTreeMap::new(),
+            covered: Vec::new(),
             started: None,
             ended: None,
             frames_written: 0,
@@ -443,78 +445,53 @@ impl Bundle {
         Ok(())
     }
 
+    /// The taps this bundle is about: those whose `attached` it has (their facts are the
+    /// registry's).
     fn note_tap(&mut self, rec: &Record) {
-        match rec {
-            Record::Attached {
-                ts,
-                ifname,
-                ifindex,
-                mac,
-                mode,
-                mtu,
-                master,
-                ..
-            } => {
-                self.started.get_or_insert(*ts);
-                self.taps.insert(
-                    ifname.clone(),
-                    TapFacts {
-                        ifindex: *ifindex,
-                        mac: *mac,
-                        mode: Some(*mode),
-                        master: master.clone(),
-                        mtu: *mtu,
-                        mac_derivation: None,
-                        libvirt: None,
-                    },
-                );
-            }
-            Record::MacChange {
-                ifname, new_mac, ..
-            } => {
-                if let Some(t) = self.taps.get_mut(ifname) {
-                    t.mac = *new_mac;
-                }
-            }
-            Record::ModeChange {
-                ifname,
-                new_mode,
-                master,
-                ..
-            } => {
-                if let Some(t) = self.taps.get_mut(ifname) {
-                    t.mode = Some(*new_mode);
-                    t.master = master.clone();
-                }
-            }
-            Record::Renamed {
-                ifname, old_ifname, ..
-            } => {
-                if let Some(t) = self.taps.remove(old_ifname) {
-                    self.taps.insert(ifname.clone(), t);
-                }
-            }
-            _ => {}
+        if let Record::Attached { ts, ifindex, .. } = rec {
+            self.started.get_or_insert(*ts);
+            self.covered.push((TapKey::own(*ifindex), *ts));
         }
+    }
+
+    /// The registry's entries of the taps this bundle covers.
+    fn taps<'e>(&self, engine: &'e Engine) -> Vec<&'e Tap> {
+        self.covered
+            .iter()
+            .filter_map(|&(key, at)| {
+                engine
+                    .taps()
+                    .iter()
+                    .find(|t| t.key == key && t.attached_at == at)
+            })
+            .collect()
     }
 
     /// host.json and summary.md from what is known now.
     fn reports(&mut self, engine: &Engine) -> Result<(Vec<u8>, Vec<u8>), BundleError> {
-        for t in engine.taps() {
-            if let Some(facts) = self.taps.get_mut(&t.ifname) {
-                if let Some(vm) = &t.vm {
-                    facts.libvirt = Some(vm.clone());
-                }
-                facts.mac_derivation = Some(tap_mac_derivation(t.vm.as_ref(), facts.mac));
-            }
-        }
+        let taps = self
+            .taps(engine)
+            .into_iter()
+            .map(|t| {
+                let facts = TapFacts {
+                    ifindex: t.key.ifindex,
+                    mac: t.mac,
+                    mode: Some(t.mode),
+                    master: t.master.clone(),
+                    mtu: t.mtu,
+                    mac_derivation: Some(tap_mac_derivation(t.vm.as_ref(), t.mac)),
+                    libvirt: t.vm.clone(),
+                };
+                (t.ifname.clone(), facts)
+            })
+            .collect();
         let host = HostJson {
             tool: "tapwatch".into(),
             version: env!("CARGO_PKG_VERSION").into(),
             host: HostFacts::gather(),
             started: self.started,
             ended: self.ended,
-            taps: self.taps.clone(),
+            taps,
             frames_written: self.frames_written,
             frames_skipped: self.frames_skipped,
             max_bytes: self.opts.max_bytes,
@@ -552,7 +529,7 @@ impl Bundle {
                 self.frames_skipped, self.opts.max_bytes
             ));
         }
-        for t in engine.taps() {
+        for t in self.taps(engine) {
             md.push_str(&format!("\n## {} ({})\n\n", t.vm_name(), t.ifname));
             let gap = |v: Option<u64>| v.map(|m| format!("{m} ms")).unwrap_or_else(|| "-".into());
             if let Some(sw) = t.switchover() {
