@@ -295,6 +295,18 @@ impl SmallDisk {
         assert!(ok.success());
         Self(path)
     }
+
+    /// Fills it up: a file of `name` that takes every byte left.
+    pub fn fill(&self, name: &str) {
+        use std::io::Write;
+        let mut f = std::fs::File::create(self.0.join(name)).unwrap();
+        let chunk = vec![0u8; 64 << 10];
+        // Big writes, then small ones for what is left: a write takes what fits.
+        for size in [chunk.len(), 512, 1] {
+            while f.write_all(&chunk[..size]).is_ok() {}
+        }
+        let _ = f.sync_all();
+    }
 }
 
 impl Drop for SmallDisk {
