@@ -711,7 +711,15 @@ fn a_local_user_cannot_starve_the_scrapes() {
             .unwrap()
             .count()
     };
-    let fds_before = fds();
+    let rss_kb = || -> u64 {
+        std::fs::read_to_string(format!("/proc/{}/status", p.pid()))
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap()
+    };
+    let (fds_before, rss_before) = (fds(), rss_kb());
     let attacks: Vec<Attack> = [Shape::IdleKeepAlive, Shape::Partial, Shape::Silent]
         .into_iter()
         .map(|shape| Attack::start(&ns, shape, 150, PORT))
@@ -737,9 +745,11 @@ fn a_local_user_cannot_starve_the_scrapes() {
         .collect();
     took.sort();
     let failed: Vec<&String> = results.iter().filter_map(|r| r.as_ref().err()).collect();
+    let rss_after = rss_kb();
     eprintln!(
         "{} of {n} scrapes answered within {limit:?} (p50 {:?}, max {:?}); attack connections \
-         established (keep-alive, partial, silent): {established:?}; failures: {failed:?}",
+         established (keep-alive, partial, silent): {established:?}; serve's RSS \
+         {rss_before} kB before, {rss_after} kB under attack; failures: {failed:?}",
         took.len(),
         took.get(took.len() / 2),
         took.last(),
@@ -756,6 +766,11 @@ fn a_local_user_cannot_starve_the_scrapes() {
     assert!(
         fds <= fds_before + MAX_CONNECTIONS + 2,
         "{fds} descriptors, {fds_before} before the attack"
+    );
+    // And its memory: buffers of at most 16 KB for each of 256 connections.
+    assert!(
+        rss_after < rss_before + (32 << 10),
+        "RSS {rss_before} kB before the attack, {rss_after} kB under it"
     );
     drop(attacks);
     stop(p);
