@@ -2,14 +2,21 @@
 //! the test's own namespace, `/metrics` read back exactly, checked by `promtool`, scraped
 //! by Debian's `prometheus` whose alert rule (deploy/tapwatch-alerts.yml) fires during a
 //! staged blackout; the systemd unit verified and its capability set shown to suffice; a
-//! bundle per blackout.
+//! bundle per blackout, also on a full disk; scrapes answered while a local user holds
+//! hundreds of connections open.
 
 mod common;
 
 use std::{
     io::{Read, Write},
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
     path::{Path, PathBuf},
     process::{Command, Stdio},
+    sync::{
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+        mpsc, Arc,
+    },
+    thread::JoinHandle,
     time::{Duration, Instant},
 };
 
@@ -18,9 +25,9 @@ use diag_testkit::child::Spawned;
 use diag_user::{
     lab::{
         frames,
-        netns::{Netns, VmTap},
+        netns::{Netns, SandboxError, VmTap},
     },
-    report::metrics::sample,
+    report::{http::MAX_CONNECTIONS, metrics::sample},
 };
 use serde_json::Value;
 
@@ -491,8 +498,7 @@ impl Shape {
 
 /// A non-blocking connect to the namespace's loopback (a blocking one would wait out SYN
 /// retries while the server's backlog is full).
-fn connect_nonblocking(port: u16) -> Option<std::os::fd::OwnedFd> {
-    use std::os::fd::FromRawFd;
+fn connect_nonblocking(port: u16) -> Option<OwnedFd> {
     // SAFETY: socket(2); the fd is owned right away.
     let fd = unsafe {
         libc::socket(
@@ -505,7 +511,7 @@ fn connect_nonblocking(port: u16) -> Option<std::os::fd::OwnedFd> {
         return None;
     }
     // SAFETY: a fresh, valid fd.
-    let owned = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
     let addr = libc::sockaddr_in {
         sin_family: libc::AF_INET as libc::sa_family_t,
         sin_port: port.to_be(),
@@ -522,39 +528,33 @@ fn connect_nonblocking(port: u16) -> Option<std::os::fd::OwnedFd> {
             std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
         )
     };
-    let pending = std::io::Error::last_os_error().raw_os_error() == Some(libc::EINPROGRESS);
-    (r == 0 || pending).then_some(owned)
+    if r != 0 && std::io::Error::last_os_error().raw_os_error() != Some(libc::EINPROGRESS) {
+        return None;
+    }
+    Some(owned)
 }
 
 /// `n` connections of one shape, each opened again as soon as the server closes it, on a
 /// thread in the namespace, until told to stop.
 struct Attack {
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    stop: Arc<AtomicBool>,
     /// Connections established so far, reconnections included.
-    established: std::sync::Arc<std::sync::atomic::AtomicUsize>,
-    /// Whether every connection has been tried once.
-    launched: std::sync::mpsc::Receiver<()>,
-    thread: Option<std::thread::JoinHandle<Result<(), diag_user::lab::netns::SandboxError>>>,
+    established: Arc<AtomicUsize>,
+    /// Said once every connection has been tried.
+    launched: mpsc::Receiver<()>,
+    thread: Option<JoinHandle<Result<(), SandboxError>>>,
 }
 
 impl Attack {
     fn start(ns: &Netns, shape: Shape, n: usize, port: u16) -> Self {
-        use std::{
-            os::fd::AsRawFd,
-            sync::{
-                atomic::{AtomicBool, AtomicUsize, Ordering},
-                Arc,
-            },
-        };
         let stop = Arc::new(AtomicBool::new(false));
         let established = Arc::new(AtomicUsize::new(0));
-        let (tx, launched) = std::sync::mpsc::channel();
+        let (tx, launched) = mpsc::channel();
         let (s, e) = (stop.clone(), established.clone());
         let thread = ns
             .spawn(move || {
                 // Per slot: the socket, and whether its request has been sent.
-                let mut slots: Vec<Option<(std::os::fd::OwnedFd, bool)>> =
-                    (0..n).map(|_| None).collect();
+                let mut slots: Vec<Option<(OwnedFd, bool)>> = (0..n).map(|_| None).collect();
                 let mut tx = Some(tx);
                 while !s.load(Ordering::Relaxed) {
                     for slot in slots.iter_mut().filter(|s| s.is_none()) {
@@ -627,13 +627,13 @@ impl Attack {
     }
 
     fn established(&self) -> usize {
-        self.established.load(std::sync::atomic::Ordering::Relaxed)
+        self.established.load(Ordering::Relaxed)
     }
 }
 
 impl Drop for Attack {
     fn drop(&mut self) {
-        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.stop.store(true, Ordering::Relaxed);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -701,7 +701,6 @@ fn scrape_within(port: u16, limit: Duration) -> Result<Duration, String> {
 /// answered in full within a second, and what the server holds stays bounded.
 #[test]
 fn a_local_user_cannot_starve_the_scrapes() {
-    use diag_user::report::http::MAX_CONNECTIONS;
     require_root();
     let ns = Netns::new("tws-starve").unwrap();
     let _tap = stale_tap(&ns, "tapsv4");

@@ -224,11 +224,11 @@ struct Table {
 
 /// One connection's state at a glance, for [`victim`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Snapshot {
-    pub waiting_since: u64,
-    pub read_dry: bool,
-    pub answering: bool,
-    pub write_blocked_since: Option<u64>,
+struct Snapshot {
+    waiting_since: u64,
+    read_dry: bool,
+    answering: bool,
+    write_blocked_since: Option<u64>,
 }
 
 /// Which connection a newcomer replaces when every place is taken, if any may go: the one
@@ -236,7 +236,7 @@ pub struct Snapshot {
 /// chance to ask), else the one whose client has taken nothing of its answer for the
 /// longest, at least [`WRITE_STALL`]. A connection with a request being answered to a
 /// client that reads, or with bytes not yet looked at, is never chosen.
-pub fn victim<K: Copy>(conns: impl IntoIterator<Item = (K, Snapshot)>, now_ms: u64) -> Option<K> {
+fn victim<K: Copy>(conns: impl IntoIterator<Item = (K, Snapshot)>, now_ms: u64) -> Option<K> {
     let stall = WRITE_STALL.as_millis() as u64;
     conns
         .into_iter()
