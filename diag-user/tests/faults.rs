@@ -7,7 +7,7 @@ mod common;
 
 use std::{
     io::{BufRead, BufReader},
-    path::{Path, PathBuf},
+    path::Path,
     process::{Command, Stdio},
     time::{Duration, Instant},
 };
@@ -602,29 +602,6 @@ fn every_ending_signal_finishes_the_run() {
         assert_eq!(our_filters(&ns, "tapsig"), 0, "{name}");
     }
     drop(tap);
-}
-
-/// A tmpfs, unmounted on drop (also when the test fails).
-struct SmallDisk(PathBuf);
-
-impl SmallDisk {
-    fn new(path: PathBuf, size: &str) -> Self {
-        std::fs::create_dir_all(&path).unwrap();
-        let ok = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(&path)
-            .status()
-            .unwrap();
-        assert!(ok.success());
-        Self(path)
-    }
-}
-
-impl Drop for SmallDisk {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 /// A full disk stops the bundle, not the run: the reports are still written, the exit

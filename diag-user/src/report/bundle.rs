@@ -17,7 +17,9 @@
 //! second. Past `max_bytes`, frames are skipped (and counted) while the records that carry
 //! the counters are still written. A reserve file keeps room for host.json and summary.md:
 //! when the disk fills up, the recording stops, and at the end the reserve is given back and
-//! the reports are written into the space it held.
+//! the reports are written into the space it held. A bundle begun on a disk already full
+//! (`serve --record-dir`'s, made when a blackout begins) has none of its own; its
+//! reports borrow the room of a [`Reserve`] made when there was some.
 
 use std::{
     collections::BTreeMap,
@@ -91,8 +93,92 @@ pub struct BundleOptions {
 }
 
 /// Room kept for host.json and summary.md (about 2 KB per tap in summary.md).
-const RESERVE_BYTES: i64 = 4 << 20;
+pub const RESERVE_BYTES: u64 = 4 << 20;
 const RESERVE: &str = ".reserve";
+/// Below this, taking back part of a reserve is not worth another try.
+const RESERVE_STEP: u64 = 64 << 10;
+
+/// Allocates `len` bytes of `f` on the disk (all or nothing on the usual file systems).
+fn allocate(f: &File, len: u64) -> bool {
+    let Ok(len) = libc::off_t::try_from(len) else {
+        return false;
+    };
+    // SAFETY: fallocate on a descriptor we own.
+    unsafe { libc::fallocate(f.as_raw_fd(), 0, 0, len) == 0 }
+}
+
+/// Disk space set aside in a file, lent to reports that must be written when the disk is
+/// full, and taken back afterwards as far as there is room.
+pub struct Reserve {
+    file: File,
+    want: u64,
+    /// Given back by [`Reserve::release`] and not yet taken back.
+    lent: u64,
+}
+
+impl Reserve {
+    /// Sets aside `want` bytes in `file` (new or truncated), if the file system has them.
+    pub fn new(file: File, want: u64) -> Self {
+        let mut r = Self {
+            file,
+            want,
+            lent: 0,
+        };
+        r.refill();
+        r
+    }
+
+    /// The bytes it holds now.
+    pub fn held(&self) -> u64 {
+        self.file.metadata().map_or(0, |m| m.len())
+    }
+
+    /// Gives all of it back to the file system.
+    pub fn release(&mut self) {
+        self.lent += self.held();
+        let _ = self.file.set_len(0);
+    }
+
+    /// Grows it to `len` bytes, or leaves it as it was.
+    fn try_to(&mut self, len: u64) -> bool {
+        let before = self.held();
+        if allocate(&self.file, len) {
+            return true;
+        }
+        // ext4 may keep what it allocated before running out.
+        let _ = self.file.set_len(before);
+        false
+    }
+
+    /// Makes it whole if the file system has room; else takes back as much of what it lent
+    /// as is free now (the reports written into that room keep their part), never more: a
+    /// reserve that could not be made is not made of the last free bytes. Whether it is
+    /// whole.
+    pub fn refill(&mut self) -> bool {
+        if self.try_to(self.want) {
+            self.lent = 0;
+            return true;
+        }
+        let mut step = self.lent.min(self.want.saturating_sub(self.held()));
+        while step >= RESERVE_STEP {
+            if self.try_to(self.held() + step) {
+                self.lent = self.lent.saturating_sub(step);
+                step = step.min(self.lent);
+            } else {
+                step /= 2;
+            }
+        }
+        self.lent = 0;
+        self.held() >= self.want
+    }
+}
+
+impl BundleError {
+    /// The file system is full.
+    pub fn out_of_space(&self) -> bool {
+        matches!(self, Self::Io { source, .. } if source.raw_os_error() == Some(libc::ENOSPC))
+    }
+}
 
 /// Counts what goes through a writer, for the size cap.
 struct Counted<W> {
@@ -281,10 +367,16 @@ impl Dir {
     fn replace(&self, name: &str, bytes: &[u8]) -> Result<(), BundleError> {
         let tmp = format!("{name}.tmp");
         let _ = self.unlink(&tmp);
-        let mut f = self.create(&tmp)?;
-        f.write_all(bytes)
-            .and_then(|_| f.sync_data())
-            .map_err(io_at(&self.display(&tmp)))?;
+        let written = self.create(&tmp).and_then(|mut f| {
+            f.write_all(bytes)
+                .and_then(|_| f.sync_data())
+                .map_err(io_at(&self.display(&tmp)))
+        });
+        if let Err(e) = written {
+            // Half a report is worse than none: it would be read as the whole.
+            let _ = self.unlink(&tmp);
+            return Err(e);
+        }
         let (from, to) = (
             cstr(OsStr::new(&tmp)).map_err(io_at(&self.display(&tmp)))?,
             cstr(OsStr::new(name)).map_err(io_at(&self.display(name)))?,
@@ -299,7 +391,9 @@ impl Dir {
             )
         };
         if r != 0 {
-            return Err(last_os(&self.display(name)));
+            let e = last_os(&self.display(name));
+            let _ = self.unlink(&tmp);
+            return Err(e);
         }
         Ok(())
     }
@@ -355,12 +449,9 @@ fn io_at(path: &Path) -> impl FnOnce(io::Error) -> BundleError + '_ {
 impl Bundle {
     pub fn create(opts: BundleOptions) -> Result<Self, BundleError> {
         let dir = Dir::open(&opts.dir)?;
-        let reserved = {
-            let f = dir.create(RESERVE)?;
-            // SAFETY: fallocate on our own fd. Where the file system cannot (or the disk is
-            // already full), the bundle goes on without a reserve.
-            unsafe { libc::fallocate(f.as_raw_fd(), 0, 0, RESERVE_BYTES) == 0 }
-        };
+        // Where the file system cannot (or the disk is already full), the bundle goes on
+        // without a reserve of its own.
+        let reserved = allocate(&dir.create(RESERVE)?, RESERVE_BYTES);
         let events_file = dir.create("events.ndjson")?;
         let frames_file = dir.create("frames.pcapng")?;
         let clone = |f: &File, name: &str| f.try_clone().map_err(io_at(&dir.display(name)));
@@ -562,18 +653,39 @@ impl Bundle {
 
     /// Flushes everything and writes the reports from `engine` (the run's verdicts); packs
     /// the bundle if asked. Returns the path of what to attach to a ticket.
-    pub fn finish(mut self, engine: &Engine) -> Result<PathBuf, BundleError> {
+    pub fn finish(self, engine: &Engine) -> Result<PathBuf, BundleError> {
+        self.finish_with(engine, None)
+    }
+
+    /// [`Bundle::finish`], with `spare` to give back if the reports find no room (the
+    /// caller takes it back with [`Reserve::refill`]).
+    pub fn finish_with(
+        mut self,
+        engine: &Engine,
+        spare: Option<&mut Reserve>,
+    ) -> Result<PathBuf, BundleError> {
         let dir_path = self.dir.path.clone();
         if self.stopped.is_none() {
             if let Err(e) = Sink::flush(&mut self) {
                 self.stopped = Some(e.to_string());
             }
         }
+        // Room was set aside for the reports, by the bundle or for it.
+        self.reserved |= spare.as_ref().is_some_and(|s| s.held() > 0);
         // The reserve was kept for this moment: give it back before writing the reports.
         let _ = self.dir.unlink(RESERVE);
         let (host, summary) = self.reports(engine)?;
-        self.dir.replace("host.json", &host)?;
-        self.dir.replace("summary.md", &summary)?;
+        let write = |dir: &Dir| {
+            dir.replace("host.json", &host)?;
+            dir.replace("summary.md", &summary)
+        };
+        match (write(&self.dir), spare) {
+            (Err(e), Some(spare)) if e.out_of_space() => {
+                spare.release();
+                write(&self.dir)?;
+            }
+            (r, _) => r?,
+        }
         if !self.opts.pack {
             return Ok(dir_path);
         }
@@ -752,5 +864,33 @@ mod tests {
         // An existing, empty directory of our own is fine too.
         std::fs::create_dir(s.0.join("empty")).unwrap();
         Dir::open(&s.0.join("empty/")).unwrap();
+    }
+
+    /// A reserve gives its room back whole and takes it back whole when there is room.
+    #[test]
+    fn a_reserve_lends_its_room_and_takes_it_back() {
+        let s = scratch("reserve");
+        let f = File::create(s.0.join("spare")).unwrap();
+        let mut r = Reserve::new(f, 1 << 20);
+        assert_eq!(r.held(), 1 << 20);
+        r.release();
+        assert_eq!(r.held(), 0);
+        assert_eq!(std::fs::metadata(s.0.join("spare")).unwrap().len(), 0);
+        assert!(r.refill());
+        assert_eq!(r.held(), 1 << 20);
+    }
+
+    /// A report that cannot be put in place leaves no half-written `.tmp` behind (it
+    /// would be taken for the report).
+    #[test]
+    fn a_report_that_fails_leaves_nothing_half_written() {
+        let s = scratch("replace");
+        let d = Dir::open(&s.0.join("b")).unwrap();
+        // A directory where host.json goes: the rename fails after the write.
+        std::fs::create_dir(s.0.join("b/host.json")).unwrap();
+        assert!(d.replace("host.json", b"{}").is_err());
+        assert!(!s.0.join("b/host.json.tmp").exists());
+        d.replace("summary.md", b"# ok\n").unwrap();
+        assert_eq!(std::fs::read(s.0.join("b/summary.md")).unwrap(), b"# ok\n");
     }
 }

@@ -6,20 +6,24 @@
 //! BLACKOUT it opens `DIR/blackout-<time>-<vm>/` (a bundle as `watch --record` writes,
 //! docs/bundle.md), writes that history, then the tap's records as they come, and closes
 //! it [`POSTROLL`] after the blackout ended (or after [`MAX_OPEN`]) with the tap's summary,
-//! summary.md and host.json. The oldest bundles are removed past `keep` bundles or
-//! `max_total_bytes`. Nothing in DIR but its own `blackout-*` directories is touched, and
-//! DIR must be the user's own and writable by no one else.
+//! summary.md and host.json. A bundle begun on a disk that is already full can make no
+//! reserve of its own (docs/bundle.md), so the recorder keeps one for all of them,
+//! `DIR/.reserve`, made at the start: a bundle's reports borrow its room when they find
+//! none, and it is taken back after. The oldest bundles, finished or cut short, are removed
+//! past `keep` bundles or `max_total_bytes`. Nothing in DIR but its own `blackout-*`
+//! directories and `.reserve` is touched, and DIR must be the user's own and writable by no
+//! one else.
 
 use std::{
     collections::{BTreeMap, HashMap, VecDeque},
-    os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt},
+    os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt},
     path::{Path, PathBuf},
     time::Duration,
 };
 
 use crate::{
     model::{clock::Ts, MacHistoryEntry, Mode, Record, Sink, State, SummaryRow, TapRow},
-    report::bundle::{Bundle, BundleOptions},
+    report::bundle::{Bundle, BundleOptions, Reserve, RESERVE_BYTES},
     verdict::{Engine, EngineConfig},
 };
 
@@ -35,6 +39,8 @@ const RECENT_MAX: usize = 20_000;
 /// Records of a tap's life kept at most (its `attached` always).
 const LIFE_MAX: usize = 64;
 const PREFIX: &str = "blackout-";
+/// The room kept for the reports of bundles begun on a full disk.
+const SPARE: &str = ".reserve";
 
 #[derive(Clone, Debug)]
 pub struct RecorderOptions {
@@ -77,9 +83,11 @@ pub struct Recorder {
     life: HashMap<String, Vec<Record>>,
     recent: VecDeque<Record>,
     open: BTreeMap<String, Open>,
-    /// Finished bundles, oldest first, with their sizes.
+    /// Closed bundles (finished or cut short), oldest first, with their sizes.
     done: VecDeque<(PathBuf, u64)>,
     now: Option<Ts>,
+    /// Room for the reports of bundles that have none of their own.
+    spare: Reserve,
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> RecorderError + '_ {
@@ -155,6 +163,26 @@ impl Recorder {
             .map(|e| (e.path(), size_of(&e.path())))
             .collect();
         earlier.sort();
+        let spare_path = dir.join(SPARE);
+        // DIR is ours alone (checked above); O_NOFOLLOW all the same.
+        let spare = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&spare_path)
+            .map_err(io_err(&spare_path))?;
+        let spare = Reserve::new(spare, RESERVE_BYTES);
+        if spare.held() < RESERVE_BYTES {
+            eprintln!(
+                "tapwatch: --record-dir {}: no room could be set aside for the reports of \
+                 blackout bundles (the disk is full, or the file system cannot reserve space); \
+                 a bundle begun on a full disk may then lack its host.json",
+                dir.display()
+            );
+        }
         let mut r = Self {
             opts,
             life: HashMap::new(),
@@ -162,6 +190,7 @@ impl Recorder {
             open: BTreeMap::new(),
             done: earlier.into(),
             now: None,
+            spare,
         };
         r.rotate();
         Ok(r)
@@ -242,11 +271,27 @@ impl Recorder {
                 .dir
                 .join(format!("{PREFIX}{stamp}-{}-{n}", safe(vm)));
         }
-        let bundle = match Bundle::create(BundleOptions {
-            dir: dir.clone(),
-            max_bytes: self.opts.max_bundle_bytes,
-            pack: false,
-        }) {
+        let create = || {
+            Bundle::create(BundleOptions {
+                dir: dir.clone(),
+                max_bytes: self.opts.max_bundle_bytes,
+                pack: false,
+            })
+        };
+        let created = match create() {
+            // Some file systems need room for the directory itself: the spare lends it,
+            // and takes back what is left.
+            Err(e) if e.out_of_space() => {
+                // Nothing but what that attempt made is there: the name was new.
+                let _ = std::fs::remove_dir_all(&dir);
+                self.spare.release();
+                let again = create();
+                self.spare.refill();
+                again
+            }
+            r => r,
+        };
+        let bundle = match created {
             Ok(b) => b,
             Err(e) => {
                 eprintln!("tapwatch: no bundle for the blackout of {vm} ({ifname}): {e}");
@@ -317,14 +362,15 @@ impl Recorder {
         open.engine.apply(&summary);
         open.engine.annotate_summary(&mut summary);
         let _ = open.bundle.emit(&summary);
-        match open.bundle.finish(&open.engine) {
-            Ok(path) => {
-                eprintln!("tapwatch: blackout bundle written to {}", path.display());
-                let size = size_of(&path);
-                self.done.push_back((path, size));
-            }
+        let path = open.bundle.dir().to_path_buf();
+        match open.bundle.finish_with(&open.engine, Some(&mut self.spare)) {
+            Ok(_) => eprintln!("tapwatch: blackout bundle written to {}", path.display()),
             Err(e) => eprintln!("tapwatch: the blackout bundle of {ifname} was not finished: {e}"),
         }
+        self.spare.refill();
+        // Finished or not, it takes room: the rotation counts it.
+        let size = size_of(&path);
+        self.done.push_back((path, size));
         // A tap that went away while its bundle was open is forgotten now.
         if open
             .engine
@@ -589,9 +635,10 @@ mod tests {
             .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
             .collect();
         left.sort();
-        assert_eq!(left.len(), 3, "{left:?}");
+        assert_eq!(left.len(), 4, "{left:?}");
         assert!(!left.iter().any(|n| n.ends_with("-old")), "{left:?}");
         assert!(left.contains(&"notes.txt".to_string()));
+        assert!(left.contains(&SPARE.to_string()));
     }
 
     /// A blackout still going when the run ends gets its bundle closed, not lost.
@@ -607,10 +654,42 @@ mod tests {
         let r = play(Recorder::new(opts(&dir, 5)).unwrap(), &recs);
         assert_eq!(r.bundles().count(), 0);
         r.finish_all();
-        let entries: Vec<_> = std::fs::read_dir(&dir).unwrap().flatten().collect();
+        let entries: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name() != SPARE)
+            .collect();
         assert_eq!(entries.len(), 1);
         let summary = std::fs::read_to_string(entries[0].path().join("summary.md")).unwrap();
         assert!(summary.contains("BLACKOUT"), "{summary}");
+    }
+
+    /// A bundle whose reports cannot be written (here something stands where host.json
+    /// goes) still takes room: the rotation counts it, by number and by bytes, and removes
+    /// it like any other.
+    #[test]
+    fn an_unfinished_bundle_counts_for_the_rotation() {
+        let dir = scratch("unfinished");
+        let _c = Cleanup(dir.clone());
+        let recs = vec![
+            attached(0, "tapA", NEW, "routed"),
+            frame(100, "tapA", "from_vm", "dst_mismatch", OLD),
+            stats(1000, "tapA", 1, 1),
+        ];
+        let mut r = play(Recorder::new(opts(&dir, 5)).unwrap(), &recs);
+        let b = r.open["tapA"].bundle.dir().to_path_buf();
+        std::fs::create_dir(b.join("host.json")).unwrap();
+        r.finish("tapA");
+        assert_eq!(r.bundles().collect::<Vec<_>>(), [b.as_path()]);
+        let size = r.done[0].1;
+        assert!(size > 0, "its events count");
+        assert!(!b.join("host.json.tmp").exists());
+        r.opts.max_total_bytes = size - 1;
+        r.rotate();
+        assert_eq!(r.bundles().count(), 0);
+        assert!(!b.exists());
+        // The room kept for reports is the recorder's own, never rotated.
+        assert!(dir.join(".reserve").exists());
     }
 
     #[test]

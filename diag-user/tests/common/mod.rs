@@ -279,3 +279,42 @@ pub fn answering_tap(ns: &Netns, name: &str) -> VmTap {
     .unwrap();
     tap
 }
+
+/// A small file system of its own (a tmpfs of `size`, e.g. "6m") at `path`, unmounted on
+/// drop (also when the test fails).
+pub struct SmallDisk(pub std::path::PathBuf);
+
+impl SmallDisk {
+    pub fn new(path: std::path::PathBuf, size: &str) -> Self {
+        std::fs::create_dir_all(&path).unwrap();
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&path)
+            .status()
+            .unwrap();
+        assert!(ok.success());
+        Self(path)
+    }
+
+    /// Fills it up: a file of `name` that takes every byte left.
+    pub fn fill(&self, name: &str) {
+        use std::io::Write;
+        let mut f = std::fs::File::create(self.0.join(name)).unwrap();
+        let chunk = vec![0u8; 64 << 10];
+        // Big writes, then small ones for what is left: a write takes what fits.
+        for size in [chunk.len(), 512, 1] {
+            while f.write_all(&chunk[..size]).is_ok() {}
+        }
+        let _ = f.sync_all();
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
