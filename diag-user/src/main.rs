@@ -488,9 +488,9 @@ async fn run_serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     pipeline.set_metrics(MetricsUpdater::new(
         metrics.clone(),
         health.clone(),
-        args.forget_after,
         Some(chosen),
     ));
+    metrics.follow(&pipeline);
     let server = HttpServer::start(listeners, metrics, health.clone())?;
     for addr in server.addrs() {
         eprintln!("tapwatch: serving /metrics and /healthz on http://{addr}");

@@ -89,6 +89,10 @@ pub struct Tap {
     /// The state QUIET interrupted, to return to when the VM speaks again.
     pub before_quiet: State,
     pub blackout: Option<Blackout>,
+    /// Blackouts begun on this tap.
+    pub blackouts: u64,
+    /// The switch-over whose inbound and outbound gaps were settled (said once each).
+    pub settled: (Option<Ts>, Option<Ts>),
     pub gone_at: Option<Ts>,
     pub timeline: Vec<TimelineEntry>,
     /// dst-mismatch frames per second, oldest first.
@@ -138,6 +142,8 @@ impl Tap {
             state: State::Ok,
             before_quiet: State::Ok,
             blackout: None,
+            blackouts: 0,
+            settled: (None, None),
             gone_at: None,
             timeline: Vec::new(),
             mismatch_series: VecDeque::new(),

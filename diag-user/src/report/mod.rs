@@ -3,6 +3,7 @@
 //! the bug-report bundle ([`bundle`]) and the live view ([`tui`]).
 
 pub mod bundle;
+mod health;
 pub mod http;
 pub mod json;
 pub mod metrics;

@@ -321,7 +321,7 @@ impl Pipeline {
             ..
         } = &mut *h
         {
-            m.observe(engine, rec, &changes);
+            m.observe(engine, rec);
         }
         let annotated;
         let rec = match rec {

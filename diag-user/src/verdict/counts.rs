@@ -2,7 +2,7 @@
 //! the counters show (their frames' events sampled out or lost), ordered by the kernel's
 //! own window.
 
-use super::{Blackout, Engine, State, SERIES_LEN};
+use super::{Blackout, Engine, Settled, State, OUTBOUND_SETTLE, SERIES_LEN};
 use crate::model::{clock::Ts, mac::MacAddr, Mode, Record, TapRow};
 
 impl Engine {
@@ -51,6 +51,7 @@ impl Engine {
             );
             self.set_state(i, State::Blackout, start, changes);
         }
+        self.settle_gaps(i, ts);
         let t = self.registry.at(i);
         // A tap whose VM has not sent anything yet (plugged ahead of a migration) is
         // waiting for it, not quiet.
@@ -93,6 +94,32 @@ impl Engine {
                 (rose && unsampled && after_end).then_some(ts)
             }
         }
+    }
+
+    /// Each gap of a switch-over once, when it is known: the inbound one when the first
+    /// data frame reached the VM, the outbound one when the blackout ended, or as 0 once
+    /// the VM has run [`OUTBOUND_SETTLE`] without one.
+    fn settle_gaps(&mut self, i: usize, now: Ts) {
+        let t = self.tap_mut(i);
+        let Some(sw) = t.switchover() else { return };
+        let mut settled = Vec::new();
+        if t.settled.0 != Some(sw) {
+            if let Some(ms) = t.inbound_gap_ms() {
+                t.settled.0 = Some(sw);
+                settled.push(Settled::InboundGap { ms });
+            }
+        }
+        if t.settled.1 != Some(sw) {
+            let known = match t.outbound_gap_ms() {
+                Some(0) => now.ms_since(sw) >= OUTBOUND_SETTLE.as_millis() as i64,
+                other => other.is_some(),
+            };
+            if let (true, Some(ms)) = (known, t.outbound_gap_ms()) {
+                t.settled.1 = Some(sw);
+                settled.push(Settled::OutboundGap { ms });
+            }
+        }
+        self.settled.extend(settled);
     }
 
     /// The VM spoke: leave QUIET for the state it interrupted.

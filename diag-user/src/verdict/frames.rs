@@ -2,7 +2,7 @@
 //! first frame to the tap's MAC after it (kernel-timed) ends it; announces and ARP go into
 //! the tap's timeline.
 
-use super::{Blackout, Engine, State};
+use super::{Blackout, Engine, Settled, State};
 use crate::{
     model::{mac::MacAddr, Direction, FrameKind, FrameRecord, Mode, Record},
     registry::Tap,
@@ -29,7 +29,9 @@ impl Engine {
                 self.set_state(i, State::Blackout, f.ts, changes);
             }
         } else if f.kind == FrameKind::DstMatch && self.registry.at(i).state == State::Blackout {
-            recovered(self.tap_mut(i), f);
+            if let Some(ms) = recovered(self.tap_mut(i), f) {
+                self.settled.push(Settled::Blackout { ms });
+            }
             self.set_state(i, State::Recovered, f.ts, changes);
         }
     }
@@ -108,11 +110,9 @@ fn stale_frame(t: &mut Tap, f: &FrameRecord) -> bool {
     true
 }
 
-/// The first frame to the tap's MAC after stale ones ends the blackout.
-fn recovered(t: &mut Tap, f: &FrameRecord) {
-    let Some(b) = t.blackout.as_mut() else {
-        return;
-    };
+/// The first frame to the tap's MAC after stale ones ends the blackout; its length.
+fn recovered(t: &mut Tap, f: &FrameRecord) -> Option<u64> {
+    let b = t.blackout.as_mut()?;
     b.end = Some(f.ts);
     let ms = b.ms(f.ts);
     let what = if f.dst_mac == MacAddr::default() {
@@ -124,4 +124,5 @@ fn recovered(t: &mut Tap, f: &FrameRecord) {
         )
     };
     t.note(f.ts, what);
+    Some(ms)
 }

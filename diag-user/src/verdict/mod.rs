@@ -44,6 +44,24 @@ impl Default for EngineConfig {
     }
 }
 
+/// A figure of a tap's outage that became final with the last record: what keeps
+/// distributions (`serve`'s histograms) takes each once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Settled {
+    /// A blackout ended (the first frame to the tap's MAC), after this long.
+    Blackout { ms: u64 },
+    /// The network delivered to the VM again this long after its switch-over.
+    InboundGap { ms: u64 },
+    /// The host accepted the VM's frames this long after its switch-over (0 once it has
+    /// run [`OUTBOUND_SETTLE`] after it without a blackout).
+    OutboundGap { ms: u64 },
+}
+
+/// Without a blackout this long after a switch-over, the host accepted the VM at once (an
+/// outbound gap of 0): a guest with a stale neighbour entry sends to it within moments of
+/// resuming.
+pub const OUTBOUND_SETTLE: Duration = Duration::from_secs(10);
+
 pub struct Engine {
     config: EngineConfig,
     /// Every tap of the run.
@@ -52,6 +70,8 @@ pub struct Engine {
     pending: HashMap<String, Option<VmInterface>>,
     /// Time of the newest record: "now" for a replay as for a live run.
     pub now: Option<Ts>,
+    /// What the last record settled.
+    settled: Vec<Settled>,
 }
 
 impl Engine {
@@ -61,6 +81,7 @@ impl Engine {
             registry: Registry::default(),
             pending: HashMap::new(),
             now: None,
+            settled: Vec::new(),
         }
     }
 
@@ -88,9 +109,15 @@ impl Engine {
         self.registry.at_mut(i)
     }
 
+    /// What the last record given to [`Engine::apply`] settled.
+    pub fn settled(&self) -> &[Settled] {
+        &self.settled
+    }
+
     /// Feeds one record; returns the verdict records of the state changes it caused.
     pub fn apply(&mut self, rec: &Record) -> Vec<Record> {
         let mut changes = Vec::new();
+        self.settled.clear();
         match rec {
             // Kernel-timed frames arrive a little out of order.
             Record::Frame(f) => self.now = Some(self.now.map_or(f.ts, |n| n.max(f.ts))),
@@ -147,7 +174,11 @@ impl Engine {
 
     fn set_state(&mut self, i: usize, state: State, ts: Ts, changes: &mut Vec<Record>) {
         if self.registry.at(i).state != state {
-            self.tap_mut(i).state = state;
+            let t = self.tap_mut(i);
+            t.state = state;
+            if state == State::Blackout {
+                t.blackouts += 1;
+            }
             changes.push(self.verdict(i, ts));
         }
     }
