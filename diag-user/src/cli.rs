@@ -158,7 +158,6 @@ impl TapArgs {
             probe_linger: self.probe_linger,
             identities: IdentitySource::Libvirt(self.libvirt_dir.clone()),
             forget_after: None,
-            chosen: None,
         }
     }
 }

@@ -223,7 +223,8 @@ impl Outputs {
             match w.close(BUNDLE_CLOSE) {
                 Ok(b) => {
                     let incomplete = b.stopped().map(str::to_string);
-                    let path = b.finish(&pipeline.head().engine)?;
+                    let snap = b.snapshot(&pipeline.head().engine);
+                    let path = b.finish(&snap)?;
                     match incomplete {
                         Some(why) => {
                             eprintln!(
@@ -350,7 +351,8 @@ fn run_lab(args: LabArgs, runtime: &tokio::runtime::Runtime) -> anyhow::Result<E
     if let Some((writer, src_pipeline)) = src {
         match writer.close(BUNDLE_CLOSE) {
             Ok(b) => {
-                let path = b.finish(&src_pipeline.head().engine)?;
+                let snap = b.snapshot(&src_pipeline.head().engine);
+                let path = b.finish(&snap)?;
                 eprintln!("tapwatch: bundle written to {}", path.display());
             }
             Err(e) => eprintln!("tapwatch: the source's bundle was not finished: {e}"),
@@ -452,21 +454,28 @@ async fn run_watch(args: WatchArgs) -> anyhow::Result<ExitCode> {
 async fn run_serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     // Everything that can be refused is, before anything is attached.
     let listeners = http::bind(&args.listen)?;
+    let engine = Engine::new(EngineConfig {
+        forget_after: Some(args.forget_after),
+        ..EngineConfig::default()
+    });
+    // The outputs that read the registry themselves are made after the pipeline.
+    let pipeline = Pipeline::new(engine, Vec::new());
     let recorder = match &args.record_dir {
-        Some(dir) => Some(Recorder::new(RecorderOptions {
-            dir: dir.clone(),
-            max_bundle_bytes: args.record_max_mb.saturating_mul(1 << 20),
-            max_total_bytes: args.record_total_mb.saturating_mul(1 << 20),
-            keep: args.record_keep as usize,
-        })?),
+        Some(dir) => Some(Recorder::new(
+            RecorderOptions {
+                dir: dir.clone(),
+                max_bundle_bytes: args.record_max_mb.saturating_mul(1 << 20),
+                max_total_bytes: args.record_total_mb.saturating_mul(1 << 20),
+                keep: args.record_keep as usize,
+            },
+            Arc::downgrade(&pipeline),
+        )?),
         None => None,
     };
     let metrics = Metrics::new()?;
     let health = Health::new(args.taps.interval);
-    let chosen = Arc::new(std::sync::OnceLock::new());
     let mut opts = args.taps.options(args.duration);
     opts.forget_after = Some(args.forget_after);
-    opts.chosen = Some(chosen.clone());
 
     let (log, _) = Writer::spawn("log", ServiceLog::new(io::stderr()), |_| {})?;
     let recorder = match recorder {
@@ -478,18 +487,11 @@ async fn run_serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         ),
         None => None,
     };
-    let mut outputs = vec![log.pusher()];
-    outputs.extend(recorder.as_ref().map(Writer::pusher));
-    let engine = Engine::new(EngineConfig {
-        forget_after: Some(args.forget_after),
-        ..EngineConfig::default()
-    });
-    let pipeline = Pipeline::new(engine, outputs);
-    pipeline.set_metrics(MetricsUpdater::new(
-        metrics.clone(),
-        health.clone(),
-        Some(chosen),
-    ));
+    pipeline.add_output(log.pusher());
+    if let Some(r) = &recorder {
+        pipeline.add_output(r.pusher());
+    }
+    pipeline.set_metrics(MetricsUpdater::new(metrics.clone(), health.clone()));
     metrics.follow(&pipeline);
     let server = HttpServer::start(listeners, metrics, health.clone())?;
     for addr in server.addrs() {

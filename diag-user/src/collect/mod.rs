@@ -48,8 +48,6 @@ pub struct WatchOptions {
     /// Forget taps this long after they went away (`serve`); `None` keeps them for the
     /// summary.
     pub forget_after: Option<Duration>,
-    /// Set to the datapath the run chose, once it has loaded.
-    pub chosen: Option<std::sync::Arc<std::sync::OnceLock<crate::model::DatapathKind>>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -194,9 +192,8 @@ pub async fn run(
         sink,
     );
     w.clock = clock;
-    if let Some(chosen) = &opts.chosen {
-        let _ = chosen.set(w.datapath.run_kind());
-    }
+    let kind = w.datapath.run_kind();
+    w.sink.datapath(kind);
     if let Some(message) = said {
         let code = if w.datapath.kind() == crate::model::Backend::Pcap {
             NoticeCode::Fallback

@@ -760,7 +760,6 @@ impl LabWatcher {
             probe_linger: Duration::from_secs(60),
             identities: crate::collect::IdentitySource::Fixed(vms),
             forget_after: None,
-            chosen: None,
         };
         let handle = ns.spawn(move || -> Result<collect::Outcome, WatchError> {
             let rt = tokio::runtime::Builder::new_current_thread()

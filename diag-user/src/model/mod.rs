@@ -668,4 +668,6 @@ pub fn schema_of(line: &serde_json::Value) -> u32 {
 pub trait Sink {
     fn emit(&mut self, rec: &Record) -> io::Result<()>;
     fn flush(&mut self) -> io::Result<()>;
+    /// The run's datapath, once it has loaded (before the first record of a tap).
+    fn datapath(&mut self, _kind: DatapathKind) {}
 }

@@ -417,6 +417,13 @@ fn create_at(dir: &OwnedFd, name: &str) -> io::Result<File> {
     Ok(unsafe { File::from_raw_fd(fd) })
 }
 
+/// What a bundle's reports say of its taps: the registry's entries, copied.
+pub struct Snapshot {
+    pub taps: Vec<Tap>,
+    /// The run's "now" when the copy was taken.
+    pub now: Option<Ts>,
+}
+
 pub struct Bundle {
     opts: BundleOptions,
     dir: Dir,
@@ -545,24 +552,31 @@ impl Bundle {
         }
     }
 
-    /// The registry's entries of the taps this bundle covers.
-    fn taps<'e>(&self, engine: &'e Engine) -> Vec<&'e Tap> {
-        self.covered
+    /// A copy of the registry's entries of the taps this bundle covers: taken under the
+    /// pipeline's lock (briefly), so the reports are written without it.
+    pub fn snapshot(&self, engine: &Engine) -> Snapshot {
+        let taps = self
+            .covered
             .iter()
             .filter_map(|&(key, at)| {
                 engine
                     .taps()
                     .iter()
                     .find(|t| t.key == key && t.attached_at == at)
+                    .cloned()
             })
-            .collect()
+            .collect();
+        Snapshot {
+            taps,
+            now: engine.now,
+        }
     }
 
     /// host.json and summary.md from what is known now.
-    fn reports(&mut self, engine: &Engine) -> Result<(Vec<u8>, Vec<u8>), BundleError> {
-        let taps = self
-            .taps(engine)
-            .into_iter()
+    fn reports(&mut self, snap: &Snapshot) -> Result<(Vec<u8>, Vec<u8>), BundleError> {
+        let taps = snap
+            .taps
+            .iter()
             .map(|t| {
                 let facts = TapFacts {
                     ifindex: t.key.ifindex,
@@ -591,11 +605,11 @@ impl Bundle {
         };
         let json = serde_json::to_vec_pretty(&host)
             .map_err(|e| io_at(&self.dir.path)(io::Error::from(e)))?;
-        Ok((json, self.summary_md(engine).into_bytes()))
+        Ok((json, self.summary_md(snap).into_bytes()))
     }
 
-    fn summary_md(&self, engine: &Engine) -> String {
-        let now = engine.now.or(self.ended).unwrap_or_default();
+    fn summary_md(&self, snap: &Snapshot) -> String {
+        let now = snap.now.or(self.ended).unwrap_or_default();
         let mut md = String::from("# tapwatch summary\n\n");
         md.push_str(&format!(
             "Recorded on {} (Linux {}) from {} to {}.\n",
@@ -620,7 +634,7 @@ impl Bundle {
                 self.frames_skipped, self.opts.max_bytes
             ));
         }
-        for t in self.taps(engine) {
+        for t in &snap.taps {
             md.push_str(&format!("\n## {} ({})\n\n", t.vm_name(), t.ifname));
             let gap = |v: Option<u64>| v.map(|m| format!("{m} ms")).unwrap_or_else(|| "-".into());
             if let Some(sw) = t.switchover() {
@@ -651,17 +665,18 @@ impl Bundle {
         md
     }
 
-    /// Flushes everything and writes the reports from `engine` (the run's verdicts); packs
-    /// the bundle if asked. Returns the path of what to attach to a ticket.
-    pub fn finish(self, engine: &Engine) -> Result<PathBuf, BundleError> {
-        self.finish_with(engine, None)
+    /// Flushes everything and writes the reports from `snap` (the registry's entries of
+    /// its taps, see [`Bundle::snapshot`]); packs the bundle if asked. Returns the path of
+    /// what to attach to a ticket.
+    pub fn finish(self, snap: &Snapshot) -> Result<PathBuf, BundleError> {
+        self.finish_with(snap, None)
     }
 
     /// [`Bundle::finish`], with `spare` to give back if the reports find no room (the
     /// caller takes it back with [`Reserve::refill`]).
     pub fn finish_with(
         mut self,
-        engine: &Engine,
+        snap: &Snapshot,
         spare: Option<&mut Reserve>,
     ) -> Result<PathBuf, BundleError> {
         let dir_path = self.dir.path.clone();
@@ -674,7 +689,7 @@ impl Bundle {
         self.reserved |= spare.as_ref().is_some_and(|s| s.held() > 0);
         // The reserve was kept for this moment: give it back before writing the reports.
         let _ = self.dir.unlink(RESERVE);
-        let (host, summary) = self.reports(engine)?;
+        let (host, summary) = self.reports(snap)?;
         let write = |dir: &Dir| {
             dir.replace("host.json", &host)?;
             dir.replace("summary.md", &summary)

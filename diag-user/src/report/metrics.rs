@@ -311,22 +311,19 @@ impl Metrics {
 pub struct MetricsUpdater {
     metrics: Arc<Metrics>,
     health: Arc<Health>,
-    chosen: Option<Arc<OnceLock<DatapathKind>>>,
-    build_said: bool,
 }
 
 impl MetricsUpdater {
-    pub fn new(
-        metrics: Arc<Metrics>,
-        health: Arc<Health>,
-        chosen: Option<Arc<OnceLock<DatapathKind>>>,
-    ) -> Self {
-        Self {
-            metrics,
-            health,
-            chosen,
-            build_said: false,
-        }
+    pub fn new(metrics: Arc<Metrics>, health: Arc<Health>) -> Self {
+        Self { metrics, health }
+    }
+
+    /// The run's datapath, for `tapwatch_build_info`.
+    pub fn datapath(&mut self, kind: DatapathKind) {
+        self.metrics
+            .build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION"), kind.as_str()])
+            .set(1);
     }
 
     /// One record the engine applied: what it settled goes into the histograms; a stats
@@ -344,14 +341,6 @@ impl MetricsUpdater {
         if let Record::Stats { taps, .. } = rec {
             m.taps.set(taps.len() as i64);
             self.health.tick(taps.len());
-            if !self.build_said {
-                if let Some(kind) = self.chosen.as_ref().and_then(|c| c.get()) {
-                    m.build_info
-                        .with_label_values(&[env!("CARGO_PKG_VERSION"), kind.as_str()])
-                        .set(1);
-                    self.build_said = true;
-                }
-            }
         }
     }
 }
@@ -399,14 +388,12 @@ mod tests {
             ..EngineConfig::default()
         };
         let p = Pipeline::new(Engine::new(config), Vec::new());
-        let chosen = Arc::new(OnceLock::new());
-        chosen.set(DatapathKind::Drops).unwrap();
-        p.set_metrics(MetricsUpdater::new(
-            metrics.clone(),
-            health.clone(),
-            Some(chosen),
-        ));
+        p.set_metrics(MetricsUpdater::new(metrics.clone(), health.clone()));
         metrics.follow(&p);
+        crate::model::Sink::datapath(
+            &mut crate::report::pipeline::Feed(p.clone()),
+            DatapathKind::Drops,
+        );
         (p, metrics, health)
     }
 

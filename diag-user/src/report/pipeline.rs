@@ -21,7 +21,7 @@ use std::{
 
 use crate::{
     model::clock::{Ts, WallClock},
-    model::{LabEvent, LabRecord, NoticeCode, Record, Sink},
+    model::{DatapathKind, LabEvent, LabRecord, NoticeCode, Record, Sink},
     report::metrics::MetricsUpdater,
     verdict::Engine,
 };
@@ -277,6 +277,8 @@ pub struct Head {
     pub ending: Ending,
     /// Set by the view's status line (lab steps).
     pub status: String,
+    /// The run's datapath, once the collector has loaded it.
+    pub datapath: Option<DatapathKind>,
 }
 
 /// The pipeline of one run, shared by the watcher, the lab and the view.
@@ -294,9 +296,16 @@ impl Pipeline {
                 metrics: None,
                 ending: Ending::default(),
                 status: String::new(),
+                datapath: None,
             }),
             finished: AtomicBool::new(false),
         })
+    }
+
+    /// One more output, from the next record on (an output that reads the pipeline's
+    /// registry itself is made after the pipeline).
+    pub fn add_output(&self, output: Pusher) {
+        self.head().outputs.push(output);
     }
 
     /// Keeps `metrics` in step with every record from now on.
@@ -374,6 +383,13 @@ impl Sink for Feed {
     }
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
+    }
+    fn datapath(&mut self, kind: DatapathKind) {
+        let mut h = self.0.head();
+        h.datapath = Some(kind);
+        if let Some(m) = h.metrics.as_mut() {
+            m.datapath(kind);
+        }
     }
 }
 

@@ -1,9 +1,9 @@
 //! `serve --record-dir DIR`: a bug-report bundle per blackout, written while it happens.
 //!
-//! The recorder keeps what a bundle of a tap needs from before its blackout: the tap's
-//! life so far (`attached`, `identity`, MAC and mode changes: a handful per tap) and the
-//! last minute of frames, stats, notices and verdicts. When a tap's verdict turns
-//! BLACKOUT it opens `DIR/blackout-<time>-<vm>/` (a bundle as `watch --record` writes,
+//! The recorder keeps the last minute of frames, stats, notices and verdicts; what else a
+//! bundle needs of its tap (its life so far: attached, the VM behind it, its MACs; at the
+//! end its counters and verdict) it reads from the run's registry of taps, which it keeps
+//! no copy of. When a tap's verdict turns BLACKOUT it opens `DIR/blackout-<time>-<vm>/` (a bundle as `watch --record` writes,
 //! docs/bundle.md), writes that history, then the tap's records as they come, and closes
 //! it [`POSTROLL`] after the blackout ended (or after [`MAX_OPEN`]) with the tap's summary,
 //! summary.md and host.json. A bundle begun on a disk that is already full can make no
@@ -15,16 +15,20 @@
 //! one else.
 
 use std::{
-    collections::{BTreeMap, HashMap, VecDeque},
+    collections::{BTreeMap, VecDeque},
     os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt},
     path::{Path, PathBuf},
+    sync::Weak,
     time::Duration,
 };
 
 use crate::{
-    model::{clock::Ts, MacHistoryEntry, Mode, Record, Sink, State, SummaryRow, TapRow},
-    report::bundle::{Bundle, BundleOptions, Reserve, RESERVE_BYTES},
-    verdict::{Engine, EngineConfig},
+    model::{clock::Ts, Backend, DatapathKind, MacHistoryEntry, Record, Sink, State, SummaryRow},
+    registry::{Tap, TapKey},
+    report::{
+        bundle::{Bundle, BundleOptions, Reserve, Snapshot, RESERVE_BYTES},
+        pipeline::Pipeline,
+    },
 };
 
 /// How much of what led up to a blackout goes into its bundle (the MAC change and the
@@ -36,8 +40,6 @@ pub const POSTROLL: Duration = Duration::from_secs(10);
 pub const MAX_OPEN: Duration = Duration::from_secs(15 * 60);
 /// Records kept for the pre-roll at most, whatever the rate.
 const RECENT_MAX: usize = 20_000;
-/// Records of a tap's life kept at most (its `attached` always).
-const LIFE_MAX: usize = 64;
 const PREFIX: &str = "blackout-";
 /// The room kept for the reports of bundles begun on a full disk.
 const SPARE: &str = ".reserve";
@@ -71,16 +73,16 @@ pub enum RecorderError {
 
 struct Open {
     bundle: Bundle,
-    engine: Engine,
+    /// The tap in the registry: its key and when it was attached.
+    tap: Option<(TapKey, Ts)>,
     started: Ts,
     until: Option<Ts>,
-    last_row: Option<TapRow>,
 }
 
 pub struct Recorder {
     opts: RecorderOptions,
-    /// Per tap: `attached` and what changed it since.
-    life: HashMap<String, Vec<Record>>,
+    /// The run's pipeline, whose registry says what the bundles need of their taps.
+    pipeline: Weak<Pipeline>,
     recent: VecDeque<Record>,
     open: BTreeMap<String, Open>,
     /// Closed bundles (finished or cut short), oldest first, with their sizes.
@@ -125,7 +127,7 @@ fn safe(name: &str) -> String {
 }
 
 impl Recorder {
-    pub fn new(opts: RecorderOptions) -> Result<Self, RecorderError> {
+    pub fn new(opts: RecorderOptions, pipeline: Weak<Pipeline>) -> Result<Self, RecorderError> {
         let dir = &opts.dir;
         match std::fs::symlink_metadata(dir) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -185,7 +187,7 @@ impl Recorder {
         }
         let mut r = Self {
             opts,
-            life: HashMap::new(),
+            pipeline,
             recent: VecDeque::new(),
             open: BTreeMap::new(),
             done: earlier.into(),
@@ -201,37 +203,28 @@ impl Recorder {
         self.done.iter().map(|(p, _)| p.as_path())
     }
 
-    fn follow_life(&mut self, rec: &Record) {
-        match rec {
-            Record::Attached { ifname, .. } => {
-                self.life.insert(ifname.clone(), vec![rec.clone()]);
+    /// A tap renamed: its open bundle follows it.
+    fn follow_rename(&mut self, rec: &Record) {
+        if let Record::Renamed {
+            ifname, old_ifname, ..
+        } = rec
+        {
+            if let Some(o) = self.open.remove(old_ifname) {
+                self.open.insert(ifname.clone(), o);
             }
-            Record::Identity { ifname, .. }
-            | Record::MacChange { ifname, .. }
-            | Record::ModeChange { ifname, .. } => {
-                if let Some(l) = self.life.get_mut(ifname) {
-                    if l.len() >= LIFE_MAX {
-                        l.remove(1);
-                    }
-                    l.push(rec.clone());
-                }
-            }
-            Record::Renamed {
-                ifname, old_ifname, ..
-            } => {
-                if let Some(mut l) = self.life.remove(old_ifname) {
-                    l.push(rec.clone());
-                    self.life.insert(ifname.clone(), l);
-                }
-                if let Some(o) = self.open.remove(old_ifname) {
-                    self.open.insert(ifname.clone(), o);
-                }
-            }
-            Record::Detached { ifname, .. } if !self.open.contains_key(ifname) => {
-                self.life.remove(ifname);
-            }
-            _ => {}
         }
+    }
+
+    /// The registry's entry of the live tap `ifname`, copied.
+    fn registry_tap(&self, ifname: &str) -> Option<Tap> {
+        let p = self.pipeline.upgrade()?;
+        let head = p.head();
+        let tap = head
+            .engine
+            .live_taps()
+            .find(|t| t.ifname == ifname)
+            .cloned();
+        tap
     }
 
     /// `rec` as a bundle of `ifname` has it: its own records, its row of stats.
@@ -251,10 +244,6 @@ impl Recorder {
     }
 
     fn write(open: &mut Open, rec: &Record) {
-        open.engine.apply(rec);
-        if let Record::Stats { taps, .. } = rec {
-            open.last_row = taps.first().cloned();
-        }
         // A full disk stops the bundle (it says so in host.json), never the recorder.
         let _ = open.bundle.emit(rec);
     }
@@ -298,14 +287,14 @@ impl Recorder {
                 return;
             }
         };
+        let tap = self.registry_tap(ifname);
         let mut open = Open {
             bundle,
-            engine: Engine::new(EngineConfig::default()),
+            tap: tap.as_ref().map(|t| (t.key, t.attached_at)),
             started: ts,
             until: None,
-            last_row: None,
         };
-        let mut history: Vec<Record> = self.life.get(ifname).cloned().unwrap_or_default();
+        let mut history = tap.as_ref().map(life).unwrap_or_default();
         history.extend(self.recent.iter().filter_map(|r| Self::for_tap(r, ifname)));
         // Stable: a tap's attach stays before what happened at the same instant.
         history.sort_by_key(Record::ts);
@@ -319,51 +308,35 @@ impl Recorder {
         let Some(mut open) = self.open.remove(ifname) else {
             return;
         };
-        let life = self.life.get(ifname).map(Vec::as_slice).unwrap_or(&[]);
-        let mut row = SummaryRow {
-            counters: open.last_row.clone().unwrap_or_else(|| TapRow {
-                ifname: ifname.to_string(),
-                ..TapRow::default()
-            }),
-            ifindex: 0,
-            mode: Mode::Routed,
-            mac_history: Vec::new(),
-            detached: open
-                .engine
-                .tap(ifname)
-                .is_some_and(|t| t.state == State::Gone),
-            verdict: None,
-        };
-        for r in life {
-            match r {
-                Record::Attached {
-                    ts,
-                    ifindex,
-                    mac,
-                    mode,
-                    ..
-                } => {
-                    row.ifindex = *ifindex;
-                    row.mode = *mode;
-                    row.mac_history.push(MacHistoryEntry { ts: *ts, mac: *mac });
+        let now = self.now.unwrap_or(open.started);
+        // Copied under the pipeline's lock; the bundle is written without it.
+        let snap = match (self.pipeline.upgrade(), open.tap) {
+            (Some(p), Some((key, at))) => {
+                let head = p.head();
+                let taps = head
+                    .engine
+                    .taps()
+                    .iter()
+                    .filter(|t| t.key == key && t.attached_at == at)
+                    .cloned()
+                    .collect();
+                Snapshot {
+                    taps,
+                    now: head.engine.now,
                 }
-                Record::MacChange { ts, new_mac, .. } => row.mac_history.push(MacHistoryEntry {
-                    ts: *ts,
-                    mac: *new_mac,
-                }),
-                Record::ModeChange { new_mode, .. } => row.mode = *new_mode,
-                _ => {}
             }
-        }
-        let mut summary = Record::Summary {
-            ts: self.now.unwrap_or(open.started),
-            taps: vec![row],
+            _ => Snapshot {
+                taps: Vec::new(),
+                now: None,
+            },
         };
-        open.engine.apply(&summary);
-        open.engine.annotate_summary(&mut summary);
-        let _ = open.bundle.emit(&summary);
+        let rows = snap.taps.iter().map(|t| summary_row(t, now)).collect();
+        let _ = open.bundle.emit(&Record::Summary {
+            ts: now,
+            taps: rows,
+        });
         let path = open.bundle.dir().to_path_buf();
-        match open.bundle.finish_with(&open.engine, Some(&mut self.spare)) {
+        match open.bundle.finish_with(&snap, Some(&mut self.spare)) {
             Ok(_) => eprintln!("tapwatch: blackout bundle written to {}", path.display()),
             Err(e) => eprintln!("tapwatch: the blackout bundle of {ifname} was not finished: {e}"),
         }
@@ -371,14 +344,6 @@ impl Recorder {
         // Finished or not, it takes room: the rotation counts it.
         let size = size_of(&path);
         self.done.push_back((path, size));
-        // A tap that went away while its bundle was open is forgotten now.
-        if open
-            .engine
-            .tap(ifname)
-            .is_some_and(|t| t.state == State::Gone)
-        {
-            self.life.remove(ifname);
-        }
         self.rotate();
     }
 
@@ -415,7 +380,7 @@ impl Sink for Recorder {
     fn emit(&mut self, rec: &Record) -> std::io::Result<()> {
         let ts = rec.ts();
         self.now = Some(self.now.map_or(ts, |n| n.max(ts)));
-        self.follow_life(rec);
+        self.follow_rename(rec);
         if matches!(
             rec,
             Record::Frame(_)
@@ -432,14 +397,6 @@ impl Sink for Recorder {
                     .is_some_and(|r| ts.ms_since(r.ts()) > horizon)
             {
                 self.recent.pop_front();
-            }
-        }
-        // The run's end: its summary has the final counters of the taps still open.
-        if let Record::Summary { taps, .. } = rec {
-            for row in taps {
-                if let Some(open) = self.open.get_mut(&row.counters.ifname) {
-                    open.last_row = Some(row.counters.clone());
-                }
             }
         }
         let names: Vec<String> = self.open.keys().cloned().collect();
@@ -479,12 +436,68 @@ impl Sink for Recorder {
     }
 }
 
+/// A tap's life so far, as records a bundle begun now can start with: its `attached` (as
+/// it is now, with its first MAC), the VM behind it, every MAC it had since.
+fn life(t: &Tap) -> Vec<Record> {
+    let first_mac = t.mac_history.first().and_then(|&(_, m)| m);
+    let mut v = Vec::new();
+    if t.vm.is_some() {
+        v.push(Record::Identity {
+            ts: t.attached_at,
+            ifname: t.ifname.clone(),
+            libvirt: t.vm.clone(),
+        });
+    }
+    v.push(Record::Attached {
+        ts: t.attached_at,
+        ifname: t.ifname.clone(),
+        ifindex: t.key.ifindex,
+        mac: first_mac,
+        mode: t.mode,
+        backend: match t.datapath {
+            Some(DatapathKind::Pcap) => Backend::Pcap,
+            _ => Backend::Ebpf,
+        },
+        datapath: t.datapath,
+        appeared: t.appeared,
+        mtu: t.mtu,
+        master: t.master.clone(),
+    });
+    for pair in t.mac_history.windows(2) {
+        v.push(Record::MacChange {
+            ts: pair[1].0,
+            ifname: t.ifname.clone(),
+            old_mac: pair[0].1,
+            new_mac: pair[1].1,
+        });
+    }
+    v
+}
+
+/// The tap's row of a bundle's summary: the registry's counters and verdict.
+fn summary_row(t: &Tap, now: Ts) -> SummaryRow {
+    SummaryRow {
+        counters: t.counters.clone(),
+        ifindex: t.key.ifindex,
+        mode: t.mode,
+        mac_history: t
+            .mac_history
+            .iter()
+            .map(|&(ts, mac)| MacHistoryEntry { ts, mac })
+            .collect(),
+        detached: t.state == State::Gone,
+        verdict: Some(t.verdict_fields(now)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
+
     use crate::{
-        report::pipeline::{Pipeline, Writer},
-        verdict::fixtures::*,
+        report::pipeline::Writer,
+        verdict::{fixtures::*, Engine, EngineConfig},
     };
 
     fn scratch(name: &str) -> PathBuf {
@@ -509,14 +522,17 @@ mod tests {
         }
     }
 
-    /// Plays `recs` through a pipeline whose only output is the recorder.
-    fn play(rec: Recorder, recs: &[Record]) -> Recorder {
+    /// Plays `recs` through a pipeline whose only output is a recorder of `o`; the
+    /// pipeline (whose registry the recorder reads) with it.
+    fn play(o: RecorderOptions, recs: &[Record]) -> (Recorder, Arc<Pipeline>) {
+        let p = Pipeline::new(Engine::new(EngineConfig::default()), Vec::new());
+        let rec = Recorder::new(o, Arc::downgrade(&p)).unwrap();
         let (w, pusher) = Writer::spawn("recorder", rec, |_| {}).unwrap();
-        let p = Pipeline::new(Engine::new(EngineConfig::default()), vec![pusher]);
+        p.add_output(pusher);
         for r in recs {
             p.emit(r);
         }
-        w.close(Duration::from_secs(30)).unwrap()
+        (w.close(Duration::from_secs(30)).unwrap(), p)
     }
 
     /// A fixture frame with its bytes, as the datapath reports it: `analyze` reads the
@@ -570,7 +586,7 @@ mod tests {
         recs.push(stats(hour + 1000, "tapA", 25, 3));
         recs.push(real(hour + 5300, "dst_match", OLD));
         recs.push(stats(hour + 16_000, "tapA", 30, 3));
-        let r = play(Recorder::new(opts(&dir, 10)).unwrap(), &recs);
+        let (r, _pipeline) = play(opts(&dir, 10), &recs);
         let bundles: Vec<PathBuf> = r.bundles().map(Path::to_path_buf).collect();
         assert_eq!(bundles.len(), 2, "{bundles:?}");
         let name = bundles[0]
@@ -628,7 +644,7 @@ mod tests {
             recs.push(frame(t0 + 200, "tapA", "from_vm", "dst_match", to));
             recs.push(stats(t0 + 20_000, "tapA", 3, 1));
         }
-        let r = play(Recorder::new(opts(&dir, 2)).unwrap(), &recs);
+        let (r, _pipeline) = play(opts(&dir, 2), &recs);
         assert_eq!(r.bundles().count(), 2);
         let mut left: Vec<String> = std::fs::read_dir(&dir)
             .unwrap()
@@ -651,7 +667,7 @@ mod tests {
             frame(100, "tapA", "from_vm", "dst_mismatch", OLD),
             stats(1000, "tapA", 1, 1),
         ];
-        let r = play(Recorder::new(opts(&dir, 5)).unwrap(), &recs);
+        let (r, _pipeline) = play(opts(&dir, 5), &recs);
         assert_eq!(r.bundles().count(), 0);
         r.finish_all();
         let entries: Vec<_> = std::fs::read_dir(&dir)
@@ -676,7 +692,7 @@ mod tests {
             frame(100, "tapA", "from_vm", "dst_mismatch", OLD),
             stats(1000, "tapA", 1, 1),
         ];
-        let mut r = play(Recorder::new(opts(&dir, 5)).unwrap(), &recs);
+        let (mut r, _pipeline) = play(opts(&dir, 5), &recs);
         let b = r.open["tapA"].bundle.dir().to_path_buf();
         std::fs::create_dir(b.join("host.json")).unwrap();
         r.finish("tapA");
@@ -698,7 +714,10 @@ mod tests {
         let _c = Cleanup(dir.clone());
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
-        let err = Recorder::new(opts(&dir, 5)).err().unwrap().to_string();
+        let err = Recorder::new(opts(&dir, 5), Weak::new())
+            .err()
+            .unwrap()
+            .to_string();
         assert!(err.contains("chmod go-w"), "{err}");
     }
 }

@@ -8,6 +8,19 @@ use crate::model::{
 use crate::registry::{Blackout, Tap};
 
 impl Tap {
+    /// The tap's verdict as of `now`: its state, the measured outage, the diagnosis.
+    pub fn verdict_fields(&self, now: Ts) -> crate::model::VerdictFields {
+        crate::model::VerdictFields {
+            vm: self.vm_name().to_string(),
+            state: self.state,
+            blackout_ms: self.blackout_ms(now),
+            switchover_ts: Some(self.switchover()),
+            inbound_gap_ms: Some(self.inbound_gap_ms()),
+            outbound_gap_ms: Some(self.outbound_gap_ms()),
+            diagnosis: self.diagnosis(now),
+        }
+    }
+
     /// The diagnosis in plain words, as of `now`.
     pub fn diagnosis(&self, now: Ts) -> String {
         let mut s = Vec::new();

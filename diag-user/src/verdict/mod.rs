@@ -193,15 +193,7 @@ impl Engine {
     }
 
     pub fn fields(&self, t: &Tap, now: Ts) -> VerdictFields {
-        VerdictFields {
-            vm: t.vm_name().to_string(),
-            state: t.state,
-            blackout_ms: t.blackout_ms(now),
-            switchover_ts: Some(t.switchover()),
-            inbound_gap_ms: Some(t.inbound_gap_ms()),
-            outbound_gap_ms: Some(t.outbound_gap_ms()),
-            diagnosis: t.diagnosis(now),
-        }
+        t.verdict_fields(now)
     }
 
     /// The summary row's tap: the last one attached with that index and name.
