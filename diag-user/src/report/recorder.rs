@@ -19,7 +19,10 @@ use std::{
 
 use crate::{
     model::{clock::Ts, MacHistoryEntry, Mode, Record, Sink, State, SummaryRow, TapRow},
-    report::bundle::{Bundle, BundleOptions},
+    report::{
+        bundle::{Bundle, BundleOptions},
+        text::one_line,
+    },
     verdict::{Engine, EngineConfig},
 };
 
@@ -249,7 +252,12 @@ impl Recorder {
         }) {
             Ok(b) => b,
             Err(e) => {
-                eprintln!("tapwatch: no bundle for the blackout of {vm} ({ifname}): {e}");
+                eprintln!(
+                    "tapwatch: no bundle for the blackout of {} ({}): {}",
+                    one_line(vm),
+                    one_line(ifname),
+                    one_line(&e.to_string())
+                );
                 return;
             }
         };
@@ -323,7 +331,11 @@ impl Recorder {
                 let size = size_of(&path);
                 self.done.push_back((path, size));
             }
-            Err(e) => eprintln!("tapwatch: the blackout bundle of {ifname} was not finished: {e}"),
+            Err(e) => eprintln!(
+                "tapwatch: the blackout bundle of {} was not finished: {}",
+                one_line(ifname),
+                one_line(&e.to_string())
+            ),
         }
         // A tap that went away while its bundle was open is forgotten now.
         if open
