@@ -12,7 +12,7 @@ pub const ARP_OP_REPLY: u16 = 2;
 pub const ARP_OP_RARP_REQUEST: u16 = 3;
 
 const ETH_HLEN: usize = 14;
-const VLAN_HLEN: usize = 4;
+const VLAN_HLEN: usize = crate::VLAN_HLEN as usize;
 const ARP_BODY_LEN: usize = 28;
 
 /// The Ethernet header of a frame, with up to two VLAN tags looked through: an outer
@@ -245,6 +245,24 @@ pub fn is_foreign_unicast(frame: &[u8], own_mac: &[u8; 6]) -> bool {
         Some(dst) => dst[0] & 1 == 0 && !mac_eq(&dst, own_mac),
         None => false,
     }
+}
+
+/// Whether the kernel took a VLAN tag off a frame from the VM, and forgot its id, before a
+/// hook that runs after its VLAN handling saw it (a packet socket's filter, the drop
+/// tracepoint). `otherhost`: the stack marked the frame `PACKET_OTHERHOST`.
+///
+/// The stack takes the outermost tag off every frame a tap receives; with no VLAN device
+/// for it, it marks the frame OTHERHOST (for a non-zero id) and clears the tag. What that
+/// leaves behind: a group destination marked OTHERHOST (`eth_type_trans` marks those
+/// BROADCAST or MULTICAST), or a second tag still in the bytes (only the outermost is
+/// taken off, and the hooks this is for see the frame after that). A tag of id 0 (priority
+/// only) leaves neither, nor does a tag of id 0 above another (both go); a unicast frame
+/// marked OTHERHOST may or may not have lost one.
+#[inline(always)]
+pub fn lost_vlan_tag(frame: &[u8], otherhost: bool) -> bool {
+    let group = matches!(frame.first(), Some(b) if b & 1 == 1);
+    let tagged = matches!(be16(frame, 12), Some(ETH_P_8021Q | ETH_P_8021AD));
+    (otherhost && group) || tagged
 }
 
 /// Compared byte by byte: a slice comparison can become a call of `bcmp`, which BPF lacks.
@@ -533,6 +551,34 @@ mod tests {
         let multicast = [0x01, 0x00, 0x5e, 0, 0, 1];
         assert!(!is_foreign_unicast(&ipv4_to(multicast, 60), &TAP_NEW));
         assert!(!is_foreign_unicast(&[0xfe, 0x16], &TAP_NEW));
+    }
+
+    /// What the stack leaves of a tag it took off and forgot, as a hook after its VLAN
+    /// handling sees the frame; and the length counted back from it.
+    #[test]
+    fn lost_tags_and_the_length_as_written() {
+        use crate::{wire_len, EVENT_FLAG_OUTER_VLAN, EVENT_FLAG_VLAN, EVENT_FLAG_VLAN_LOST};
+        // A tagged RARP whose tag is gone: a broadcast the stack marked OTHERHOST.
+        let rarp = qemu_rarp(None);
+        assert!(lost_vlan_tag(&rarp, true));
+        assert!(!lost_vlan_tag(&rarp, false), "an untagged broadcast");
+        // QinQ whose outer tag is gone: the inner one is still in the bytes.
+        let inner = qemu_rarp(Some(12));
+        assert!(lost_vlan_tag(&inner, false));
+        let mut outer = inner.clone();
+        outer[12..14].copy_from_slice(&ETH_P_8021AD.to_be_bytes());
+        assert!(lost_vlan_tag(&outer, false));
+        // A unicast frame marked OTHERHOST says nothing: it may just be to another MAC.
+        assert!(!lost_vlan_tag(&ipv4_to(TAP_OLD, 60), true));
+        assert!(!lost_vlan_tag(&[], true));
+
+        assert_eq!(wire_len(56, 0), 56);
+        for one in [EVENT_FLAG_VLAN, EVENT_FLAG_OUTER_VLAN, EVENT_FLAG_VLAN_LOST] {
+            assert_eq!(wire_len(56, one), 60);
+            assert_eq!(wire_len(56, one | crate::EVENT_FLAG_DST_MISMATCH), 60);
+        }
+        assert_eq!(wire_len(52, EVENT_FLAG_VLAN | EVENT_FLAG_OUTER_VLAN), 60);
+        assert_eq!(wire_len(u32::MAX, 0xff), u32::MAX as u64 + 12);
     }
 
     #[test]

@@ -10,8 +10,8 @@ pub mod kernel;
 pub mod observe;
 
 pub use frame::{
-    classify, classify_header_only, needs_body, parse_arp, parse_ethernet, ArpView, Classification,
-    EthernetView,
+    classify, classify_header_only, lost_vlan_tag, needs_body, parse_arp, parse_ethernet, ArpView,
+    Classification, EthernetView,
 };
 pub use kernel::{DropKey, KernelLayout, TapConfig, TapMode};
 pub use observe::{event_flags, observe, Admitted, Observed};
@@ -295,6 +295,26 @@ pub const EVENT_FLAG_OUTER_VLAN: u8 = 4;
 /// `FrameEvent::flags` bit: the frame was also a dst mismatch (e.g. a unicast ARP probe to
 /// a MAC the tap no longer has).
 pub const EVENT_FLAG_DST_MISMATCH: u8 = 2;
+/// `FrameEvent::flags` bit: the kernel took a VLAN tag off the frame and forgot its id
+/// before the hook saw it (see [`frame::lost_vlan_tag`]): its 4 bytes count in
+/// `frame_len`, it is in neither the bytes nor `vlan`/`outer_vlan`.
+pub const EVENT_FLAG_VLAN_LOST: u8 = 8;
+
+/// Bytes of one VLAN tag.
+pub const VLAN_HLEN: u32 = 4;
+
+/// The length of a frame as it was written, from the length a hook saw and the tags the
+/// kernel had taken out of it by then (`stripped`: the `EVENT_FLAG_VLAN`,
+/// `EVENT_FLAG_OUTER_VLAN` and `EVENT_FLAG_VLAN_LOST` bits of the event). Every datapath
+/// and replay fills `Observed::frame_len` (and so the event's `frame_len` and the record's
+/// `len`) from it, or from a length that already holds every tag.
+#[inline(always)]
+pub fn wire_len(seen: u32, stripped: u8) -> u64 {
+    let tags = (stripped & EVENT_FLAG_VLAN != 0) as u64
+        + (stripped & EVENT_FLAG_OUTER_VLAN != 0) as u64
+        + (stripped & EVENT_FLAG_VLAN_LOST != 0) as u64;
+    seen as u64 + tags * VLAN_HLEN as u64
+}
 
 /// One notable frame, as the eBPF program writes it into the ring buffer.
 #[repr(C)]
@@ -303,7 +323,8 @@ pub struct FrameEvent {
     /// `bpf_ktime_get_ns()`: CLOCK_MONOTONIC nanoseconds.
     pub ts_ns: u64,
     pub ifindex: u32,
-    /// Length of the whole frame on the wire.
+    /// Length of the whole frame as it was written, tags the kernel took off included
+    /// ([`wire_len`]).
     pub frame_len: u32,
     /// Bytes of `data` that hold the frame (the rest is zero).
     pub captured: u16,

@@ -97,8 +97,8 @@ pub fn observe<'w>(
 }
 
 /// `FrameEvent::flags` for a frame: `stripped` (`EVENT_FLAG_VLAN` or
-/// `EVENT_FLAG_OUTER_VLAN` for a tag the kernel moved into metadata, else 0) and whether it
-/// was also a mismatch.
+/// `EVENT_FLAG_OUTER_VLAN` for a tag the kernel moved into metadata, `EVENT_FLAG_VLAN_LOST`
+/// for one it took off and forgot, else 0) and whether it was also a mismatch.
 #[inline(always)]
 pub fn event_flags(class: &Classification, stripped: u8) -> u8 {
     stripped

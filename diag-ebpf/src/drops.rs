@@ -17,8 +17,8 @@ use aya_ebpf::{
     programs::BtfTracePointContext,
 };
 use diag_common::{
-    classify, frame::is_foreign_unicast, kernel::MAC_HEADER_UNSET, Direction, DropKey,
-    KernelLayout, Observed, TapCounters, TapMode,
+    classify, frame::is_foreign_unicast, kernel::MAC_HEADER_UNSET, lost_vlan_tag, wire_len,
+    Direction, DropKey, KernelLayout, Observed, TapCounters, TapMode, EVENT_FLAG_VLAN_LOST,
 };
 
 use crate::maps;
@@ -80,7 +80,7 @@ fn on_drop(ctx: &BtfTracePointContext, skb: *const u8, reason: u32) {
     } else {
         counters.unhandled_proto_drops += 1;
     }
-    dropped_frame(ctx, &l, skb, dev, ifindex, counters);
+    dropped_frame(ctx, &l, skb, dev, ifindex, counters, otherhost);
 }
 
 #[inline(always)]
@@ -106,6 +106,7 @@ fn count_drop(ifindex: u32, reason: u32) {
 /// ethertype: classified from its bytes, as the tc probe would. A stale frame is judged by
 /// its own destination MAC against the tap's (the kernel also drops tagged frames on a tap
 /// without a VLAN device as OTHERHOST); a tagged RARP inside a second tag lands here too.
+/// `otherhost`: dropped as OTHERHOST.
 #[inline(always)]
 fn dropped_frame(
     ctx: &BtfTracePointContext,
@@ -114,6 +115,7 @@ fn dropped_frame(
     dev: *const u8,
     ifindex: u32,
     counters: &mut TapCounters,
+    otherhost: bool,
 ) {
     // SAFETY (the `field` reads): typed pointers and offsets from the layout.
     let mac: u16 = unsafe { field(skb, l.skb_mac_header) };
@@ -143,14 +145,21 @@ fn dropped_frame(
     if class.kind.is_none() {
         return;
     }
+    // A tag the stack took off and forgot before the drop still counts in the frame's
+    // length, where it left a trace.
+    let stripped = if lost_vlan_tag(bytes, otherhost) {
+        EVENT_FLAG_VLAN_LOST
+    } else {
+        0
+    };
     let seen = Observed {
         direction: Direction::FromVm,
         to_own_mac: false,
-        frame_len: frame_len as u64,
+        frame_len: wire_len(frame_len, stripped),
         sampled: true,
         totals: false,
     };
-    maps::observe_frame(ctx, ifindex, counters, &class, &seen, 0, |data| {
+    maps::observe_frame(ctx, ifindex, counters, &class, &seen, stripped, |data| {
         read_kernel(frame, data, frame_len)
     });
 }

@@ -5,13 +5,12 @@
 
 use aya_ebpf::{bindings::__sk_buff, helpers::generated::bpf_skb_load_bytes, EbpfContext};
 use diag_common::{
-    classify, classify_header_only, needs_body, Classification, Direction, Observed, ETH_P_8021AD,
-    EVENT_FLAG_OUTER_VLAN, EVENT_FLAG_VLAN, PACKET_HOST,
+    classify, classify_header_only, needs_body, wire_len, Classification, Direction, Observed,
+    ETH_P_8021AD, EVENT_FLAG_OUTER_VLAN, EVENT_FLAG_VLAN, EVENT_FLAG_VLAN_LOST, PACKET_HOST,
 };
 
 use crate::maps;
 
-const VLAN_HLEN: u32 = 4;
 const ETH_HLEN: usize = 14;
 
 /// What the programs read of the `__sk_buff`: the contexts have no accessor for pkt_type,
@@ -26,6 +25,9 @@ pub struct Skb {
     pub vlan_proto: u16,
     /// The ethertype after any tag the stack stripped.
     pub protocol: u16,
+    /// The stack took a tag off and forgot it before this hook (see
+    /// `diag_common::lost_vlan_tag`); set by the hooks that run after its VLAN handling.
+    pub vlan_lost: bool,
 }
 
 impl Skb {
@@ -43,6 +45,7 @@ impl Skb {
                 vlan_tci: (*skb).vlan_tci,
                 vlan_proto: u16::from_be((*skb).vlan_proto as u16),
                 protocol: u16::from_be((*skb).protocol as u16),
+                vlan_lost: false,
             }
         }
     }
@@ -73,10 +76,10 @@ pub fn on_frame<C: EbpfContext>(
     // The stack moves the outermost VLAN tag out of the frame into skb metadata before tc
     // sees it (skb_vlan_untag); count the frame as the VM wrote it, tag included. The tag
     // was an outer one when it was a service tag or when the bytes still hold another.
-    let mut frame_len = skb.len;
     let mut stripped = 0;
-    if skb.vlan_present {
-        frame_len += VLAN_HLEN;
+    if skb.vlan_lost {
+        stripped = EVENT_FLAG_VLAN_LOST;
+    } else if skb.vlan_present {
         let id = Some((skb.vlan_tci & 0x0fff) as u16);
         if skb.vlan_proto == ETH_P_8021AD || class.vlan.is_some() || class.outer_vlan.is_some() {
             class.outer_vlan = id;
@@ -90,7 +93,7 @@ pub fn on_frame<C: EbpfContext>(
     let seen = Observed {
         direction,
         to_own_mac: skb.pkt_type == PACKET_HOST,
-        frame_len: frame_len as u64,
+        frame_len: wire_len(skb.len, stripped),
         sampled: true,
         totals: false,
     };

@@ -5,11 +5,11 @@
 //! the kernel's own ARP handling untouched.
 
 use aya_ebpf::{bindings::__sk_buff, macros::socket_filter, programs::SkBuffContext};
-use diag_common::{Direction, TapMode, PACKET_OTHERHOST};
+use diag_common::{lost_vlan_tag, Direction, TapMode, PACKET_OTHERHOST};
 
 use crate::{
     maps,
-    skb::{on_frame, Skb},
+    skb::{load_prefix, on_frame, Skb},
 };
 
 /// `pkt_type` of a frame the host sends: protocol sockets do not see them, but say so.
@@ -17,7 +17,7 @@ const PACKET_OUTGOING: u32 = 4;
 
 #[socket_filter]
 pub fn tap_arp(ctx: SkBuffContext) -> i64 {
-    let skb = Skb::read(ctx.skb.skb as *const __sk_buff);
+    let mut skb = Skb::read(ctx.skb.skb as *const __sk_buff);
     if skb.pkt_type == PACKET_OUTGOING {
         return 0;
     }
@@ -30,7 +30,11 @@ pub fn tap_arp(ctx: SkBuffContext) -> i64 {
     if drops_mode {
         // By now the stack has taken a VLAN tag off (its id is gone) and marked a tagged
         // frame OTHERHOST on a tap without a VLAN device; `on_frame` still checks the
-        // destination is unicast.
+        // destination is unicast. The tag's bytes still count in the frame's length.
+        let otherhost = skb.pkt_type == PACKET_OTHERHOST;
+        let mut head = [0u8; 16];
+        let n = load_prefix(skb.ptr, &mut head, skb.len);
+        skb.vlan_lost = lost_vlan_tag(&head[..n], otherhost);
         on_frame(
             &ctx,
             &skb,

@@ -216,11 +216,14 @@ pub struct ServeArgs {
 
 /// Seconds within `[min, max]`, with the range in the error.
 fn secs_in(s: &str, min: f64, max: f64) -> Result<Duration, String> {
-    let v: f64 = s
+    // `f64` also reads NaN and infinities, which are no number of seconds.
+    let v = s
         .trim()
-        .parse()
-        .map_err(|_| format!("not a number of seconds: {s:?}"))?;
-    if !v.is_finite() || v < min || v > max {
+        .parse::<f64>()
+        .ok()
+        .filter(|v| v.is_finite())
+        .ok_or_else(|| format!("not a number of seconds: {s:?}"))?;
+    if v < min || v > max {
         return Err(format!("{s} is out of range: give {min} to {max} seconds"));
     }
     Duration::try_from_secs_f64(v).map_err(|e| format!("{s}: {e}"))
@@ -260,4 +263,144 @@ pub fn command() -> clap::Command {
 pub fn parse() -> Cli {
     use clap::FromArgMatches as _;
     Cli::from_arg_matches(&command().get_matches()).unwrap_or_else(|e| e.exit())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+    use proptest::prelude::*;
+
+    use super::*;
+
+    type SecondsParser = fn(&str) -> Result<Duration, String>;
+
+    /// Each parser of seconds, with its range.
+    const SECONDS: [(&str, SecondsParser, f64, f64); 4] = [
+        ("interval", parse_interval, 0.01, 86_400.0),
+        ("duration", parse_duration, 0.001, 315_360_000.0),
+        ("linger", parse_linger, 0.0, 86_400.0),
+        ("lab time", parse_lab_time, 0.0, 3_600.0),
+    ];
+
+    /// What a parser of seconds must make of `s`: the number it reads, within its range,
+    /// or an error that says which of the two it is not.
+    fn check_seconds(s: &str) -> Result<(), TestCaseError> {
+        for (what, parse, min, max) in SECONDS {
+            let number = s.trim().parse::<f64>().ok().filter(|v| v.is_finite());
+            match (parse(s), number) {
+                (Ok(d), Some(v)) => {
+                    prop_assert!((min..=max).contains(&v), "{what}: {s:?} read as {d:?}");
+                    prop_assert!(
+                        (d.as_secs_f64() - v).abs() <= 1e-9 * v.max(1.0),
+                        "{what}: {s:?} read as {d:?}"
+                    );
+                }
+                (Ok(d), None) => prop_assert!(false, "{what}: {s:?} is no number, read as {d:?}"),
+                (Err(e), Some(v)) => {
+                    prop_assert!(!(min..=max).contains(&v), "{what}: {s:?} refused: {e}");
+                    prop_assert!(
+                        e.contains("out of range")
+                            && e.contains(&format!("give {min} to {max} seconds")),
+                        "{what}: {e}"
+                    );
+                }
+                (Err(e), None) => {
+                    prop_assert!(e.contains("not a number of seconds"), "{what}: {s:?}: {e}")
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The values people and scripts get wrong, each with what it must give.
+    #[test]
+    fn bad_seconds_are_refused_for_what_they_are() {
+        for s in [
+            "",
+            " ",
+            "NaN",
+            "nan",
+            "inf",
+            "-inf",
+            "infinity",
+            "1e999",
+            "-1",
+            "-0",
+            "0",
+            "1e-999",
+            "0x10",
+            "1_000",
+            "1,5",
+            "１",
+            "٣",
+            "5s",
+            "+5",
+            " 5 ",
+            ".5",
+            "5.",
+            "1e3",
+            "\u{3000}2",
+            "0.009999999999999",
+            "86400.0000001",
+            "315360000",
+            "315360001",
+            &"9".repeat(400),
+        ] {
+            check_seconds(s).unwrap();
+        }
+    }
+
+    /// The sizes and counts, read by clap: the number, within its range, or a usage error.
+    #[test]
+    fn bad_sizes_and_counts_are_refused() {
+        for s in [
+            "",
+            "0",
+            "-1",
+            "+5",
+            " 5",
+            "1e3",
+            "18446744073709551616",
+            "１",
+            "99999999999",
+        ] {
+            for (args, max) in [
+                (&["watch", "--record-max-mb"][..], 1u64 << 20),
+                (&["serve", "--record-dir", "d", "--record-keep"], 100_000),
+                (
+                    &["serve", "--record-dir", "d", "--record-total-mb"],
+                    1 << 24,
+                ),
+                (&["lab", "--vms"], MAX_VMS as u64),
+            ] {
+                let parsed = Cli::try_parse_from(["tapwatch"].iter().chain(args).chain([&s]));
+                let number = s.parse::<u64>().ok();
+                let min = u64::from(args[0] != "watch");
+                match (parsed, number) {
+                    (Ok(_), Some(n)) => assert!((min..=max).contains(&n), "{args:?} {s:?}"),
+                    (Ok(_), None) => panic!("{args:?} {s:?} is no number"),
+                    (Err(e), n) => {
+                        assert!(
+                            n.is_none_or(|n| !(min..=max).contains(&n)),
+                            "{args:?} {s:?}: {e}"
+                        );
+                        assert_eq!(e.exit_code(), 2, "{args:?} {s:?}: {e}");
+                    }
+                }
+            }
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn any_text_as_seconds(s in "\\PC{0,40}|[-+0-9.eE naifINF]{0,24}") {
+            check_seconds(&s)?;
+        }
+
+        #[test]
+        fn any_number_as_seconds(v in proptest::num::f64::ANY, exp in any::<bool>()) {
+            let s = if exp { format!("{v:e}") } else { format!("{v}") };
+            check_seconds(&s)?;
+        }
+    }
 }

@@ -63,7 +63,7 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("tapwatch: {e:#}");
+            eprintln!("tapwatch: {}", text::one_line(&format!("{e:#}")));
             ExitCode::FAILURE
         }
     }
@@ -93,13 +93,13 @@ fn run_analyze(args: AnalyzeArgs) -> anyhow::Result<ExitCode> {
     io::Write::flush(&mut out)?;
     if args.json {
         for n in &a.notes {
-            eprintln!("tapwatch: {n}");
+            eprintln!("tapwatch: {}", text::one_line(n));
         }
     }
     // A damaged capture: the verdicts above cover what came before the damage.
     match a.damaged {
         Some(e) => {
-            eprintln!("tapwatch: {e}");
+            eprintln!("tapwatch: {}", text::one_line(&e.to_string()));
             Ok(ExitCode::FAILURE)
         }
         None => Ok(ExitCode::SUCCESS),
@@ -269,7 +269,11 @@ fn report_unwatched(outcome: &Outcome, code: ExitCode) -> ExitCode {
         return code;
     }
     for (name, why) in &outcome.unwatched {
-        eprintln!("tapwatch: {name} was not watched: {why}");
+        eprintln!(
+            "tapwatch: {} was not watched: {}",
+            text::one_line(name),
+            text::one_line(why)
+        );
     }
     ExitCode::from(EXIT_UNWATCHED)
 }
@@ -504,7 +508,7 @@ async fn run_serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     )
     .await;
     if let Err(e) = &result {
-        health.fail(e.to_string());
+        health.fail(text::one_line(&e.to_string()).into_owned());
     }
     pipeline.finish();
     server.stop();

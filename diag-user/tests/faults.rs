@@ -912,12 +912,30 @@ fn the_capabilities_named_are_the_ones_needed() {
 }
 
 /// QinQ: the outer 802.1ad tag the kernel moves into metadata is counted in bytes and
-/// reported, with the inner tag, in records and in the bundle's frames.
+/// reported, with the inner tag, in records and in the bundle's frames; every frame
+/// record's `len` is the length the VM wrote, whichever tags the kernel took off before
+/// tapwatch saw the frame.
 #[test]
 fn qinq_frames_are_counted_whole_and_reported() {
+    tagged_frames_keep_their_length("tc");
+}
+
+/// The drop-driven datapath sees a routed tap's tagged frames after the kernel took a tag
+/// off and forgot its id: their length still counts it.
+#[test]
+fn tagged_frames_keep_their_length_in_drops() {
+    tagged_frames_keep_their_length("drops");
+}
+
+#[test]
+fn tagged_frames_keep_their_length_in_pcap() {
+    tagged_frames_keep_their_length("pcap");
+}
+
+fn tagged_frames_keep_their_length(datapath: &str) {
     require_root();
-    let ns = Netns::new("tw-qinq").unwrap();
-    let scratch = Scratch::new("qinq");
+    let ns = Netns::new(&format!("tw-qinq-{datapath}")).unwrap();
+    let scratch = Scratch::new(&format!("qinq-{datapath}"));
     let dir = scratch.join("b");
     let tap = VmTap::create(&ns, "tapqinq", TAP_LIBVIRT).unwrap();
     let mut tw = Tapwatch::start(
@@ -927,10 +945,8 @@ fn qinq_frames_are_counted_whole_and_reported() {
             "--json",
             "--interval",
             "0.1",
-            // Tags are seen by a per-frame probe: on a routed tap the kernel takes them off
-            // before anything else sees the frame.
             "--datapath",
-            "tc",
+            datapath,
             "--record",
             dir.to_str().unwrap(),
         ],
@@ -944,24 +960,53 @@ fn qinq_frames_are_counted_whole_and_reported() {
         f.extend_from_slice(&inner[12..]);
         f
     };
-    let rarp = qinq(&frames::rarp_announce(GUEST, None));
+    // No tag, one (the kernel takes it off), two (it takes the outer one off).
+    let plain = frames::rarp_announce(GUEST, None);
+    let tagged = frames::rarp_announce(GUEST, Some(100));
+    let rarp = qinq(&plain);
     let udp = qinq(&frames::udp(GUEST, TAP_LIBVIRT, VM_IP, HOST_IP, 100));
-    tap.send(&rarp).unwrap();
-    tap.send(&udp).unwrap();
-    let bytes = (rarp.len() + udp.len()) as u64;
-    tw.wait_stats("tapqinq", |t| u(t, "from_vm_frames") == 2);
+    let sent = [&plain, &tagged, &rarp, &udp];
+    for f in sent {
+        tap.send(f).unwrap();
+    }
+    let bytes: u64 = sent.iter().map(|f| f.len() as u64).sum();
+    tw.wait_stats("tapqinq", |t| u(t, "from_vm_frames") == sent.len() as u64);
     let (status, recs, err) = tw.stop(libc::SIGINT);
     assert!(status.success(), "{err}");
     let row = summary_row(&recs, "tapqinq");
     assert_eq!(u(row, "from_vm_bytes"), bytes, "{row:#}");
-    assert_eq!(u(row, "rarp_frames"), 1);
-    let r = &frames(&recs, "tapqinq", "rarp")[0];
+    assert_eq!(u(row, "rarp_frames"), 3);
+    let rarps = frames(&recs, "tapqinq", "rarp");
+    let mut lens: Vec<u64> = rarps.iter().map(|r| u(r, "len")).collect();
+    lens.sort();
+    assert_eq!(
+        lens,
+        [plain.len(), tagged.len(), rarp.len()].map(|n| n as u64),
+        "{rarps:#?}"
+    );
+    if datapath == "drops" {
+        // The kernel forgot the ids of the tags it took off; the inner one of QinQ is
+        // still in the bytes.
+        let r = rarps
+            .iter()
+            .find(|r| u(r, "len") == rarp.len() as u64)
+            .unwrap();
+        assert_eq!(
+            (r.get("outer_vlan"), &r["vlan"]),
+            (None, &12.into()),
+            "{r:#}"
+        );
+        return;
+    }
+    let r = rarps
+        .iter()
+        .find(|r| u(r, "len") == rarp.len() as u64)
+        .unwrap();
     assert_eq!(
         (&r["outer_vlan"], &r["vlan"]),
         (&300.into(), &12.into()),
         "{r:#}"
     );
-    assert_eq!(r["len"], rarp.len());
     // The bundle's pcapng holds the frame as the VM wrote it, both tags back in place.
     let out = Command::new("tshark")
         .arg("-r")

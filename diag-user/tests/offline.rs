@@ -330,6 +330,8 @@ fn cooked_captures_never_name_an_unknown_mac() {
         (&row["dst_mismatch_frames"], &row["blackout_ms"]),
         (&5.into(), &500.into())
     );
+    // Frames are as long as the VM wrote them, not as long as their cooked records.
+    assert_eq!(row["from_vm_bytes"], rarp.len() + 8 * udp.len(), "{row:#}");
 }
 
 fn at(ms: i64) -> Ts {

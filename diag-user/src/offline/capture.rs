@@ -51,6 +51,7 @@ pub struct Packet {
     /// An Ethernet frame. For cooked captures the header is rebuilt: the destination MAC
     /// is then unknown (zeros) and `foreign` carries the kernel's verdict instead.
     pub data: Vec<u8>,
+    /// The whole frame's length as an Ethernet frame (`data` may be cut short).
     pub orig_len: u32,
     /// Known from pcapng flags or a cooked header's packet type.
     pub direction: Option<Direction>,
@@ -200,8 +201,8 @@ impl<R: std::io::Read> CaptureReader<R> {
                         d.map(|(data, ifname, direction, pkttype)| Packet {
                             ts: ts_of(pkt.timestamp),
                             ifname,
+                            orig_len: frame_len(pkt.orig_len, &pkt.data, &data),
                             data,
-                            orig_len: pkt.orig_len,
                             direction,
                             pkttype,
                         })
@@ -286,8 +287,8 @@ fn pcapng_packet(
             |(data, name, direction, pkttype)| Packet {
                 ts,
                 ifname: name,
+                orig_len: frame_len(epb.original_len, &epb.data, &data),
                 data,
-                orig_len: epb.original_len,
                 direction: direction.or(flag_dir),
                 pkttype,
             },
@@ -306,6 +307,12 @@ pub fn read(bytes: &[u8]) -> Result<Vec<Packet>, CaptureError> {
 }
 
 type Decoded = Option<(Vec<u8>, String, Option<Direction>, Option<u16>)>;
+
+/// The length of the whole frame as the VM wrote it, from a record's: a cooked header
+/// (16 or 20 bytes) is longer than the Ethernet header that [`decode`] puts in its place.
+fn frame_len(orig_len: u32, record: &[u8], frame: &[u8]) -> u32 {
+    orig_len.saturating_sub(record.len().saturating_sub(frame.len()) as u32)
+}
 
 /// Turns a link-layer frame into an Ethernet frame plus what its header knew.
 fn decode(
@@ -433,6 +440,58 @@ mod tests {
             ("if7", Some(Direction::FromVm), Some(3))
         );
         assert!(decode(DataLink::LINUX_SLL, &sll[..10], "any", 0).is_err());
+    }
+
+    /// A cooked record's header is longer than the Ethernet header it stands for: the
+    /// frame's length is the Ethernet frame's, as the VM wrote it.
+    #[test]
+    fn cooked_lengths_are_the_frames() {
+        use pcap_file::pcap::{PcapHeader, PcapPacket, PcapWriter};
+        let frame = crate::lab::frames::rarp_announce(
+            crate::model::mac::MacAddr([0xfa, 0x16, 0x3e, 1, 2, 3]),
+            Some(12),
+        );
+        let sll: Vec<u8> = [
+            &[0, 0, 0, 1, 0, 6][..],
+            &frame[6..12],
+            &[0, 0],
+            &frame[12..],
+        ]
+        .concat();
+        let sll2: Vec<u8> = [
+            &frame[12..14],
+            &[0, 0, 0, 0, 0, 7, 0, 1, 0, 6][..],
+            &frame[6..12],
+            &[0, 0],
+            &frame[14..],
+        ]
+        .concat();
+        for (link, record) in [
+            (DataLink::LINUX_SLL, sll),
+            (DataLink::LINUX_SLL2, sll2),
+            (DataLink::ETHERNET, frame.clone()),
+        ] {
+            let mut w = PcapWriter::with_header(
+                Vec::new(),
+                PcapHeader {
+                    datalink: link,
+                    ..PcapHeader::default()
+                },
+            )
+            .unwrap();
+            w.write_packet(&PcapPacket::new(
+                Duration::ZERO,
+                record.len() as u32,
+                &record,
+            ))
+            .unwrap();
+            let p = read(&w.into_writer()).unwrap();
+            assert_eq!(
+                (p[0].orig_len as usize, p[0].data.len()),
+                (frame.len(), frame.len()),
+                "{link:?}"
+            );
+        }
     }
 
     proptest! {

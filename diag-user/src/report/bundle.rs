@@ -39,7 +39,7 @@ use crate::{
     model::host::{tap_mac_derivation, HostFacts, HostJson, TapFacts},
     model::{Direction, Record, Sink},
     registry::{Tap, TapKey},
-    report::json::JsonSink,
+    report::{json::JsonSink, text::markdown},
     verdict::Engine,
 };
 use pcap_file::{
@@ -608,13 +608,15 @@ impl Bundle {
         Ok((json, self.summary_md(snap).into_bytes()))
     }
 
+    /// summary.md: names, the diagnosis and the timeline go through [`markdown`], as
+    /// text, whatever they hold.
     fn summary_md(&self, snap: &Snapshot) -> String {
         let now = snap.now.or(self.ended).unwrap_or_default();
         let mut md = String::from("# tapwatch summary\n\n");
         md.push_str(&format!(
             "Recorded on {} (Linux {}) from {} to {}.\n",
-            read_trim("/proc/sys/kernel/hostname"),
-            read_trim("/proc/sys/kernel/osrelease"),
+            markdown(&read_trim("/proc/sys/kernel/hostname")),
+            markdown(&read_trim("/proc/sys/kernel/osrelease")),
             self.started
                 .map(|t| t.to_string())
                 .unwrap_or_else(|| "-".into()),
@@ -624,8 +626,9 @@ impl Bundle {
         ));
         if let Some(why) = &self.stopped {
             md.push_str(&format!(
-                "\n**The recording stopped early: {why}.** events.ndjson and frames.pcapng end \
-                 there; this summary covers the whole run.\n"
+                "\n**The recording stopped early: {}.** events.ndjson and frames.pcapng end \
+                 there; this summary covers the whole run.\n",
+                markdown(why)
             ));
         }
         if self.frames_skipped > 0 {
@@ -635,7 +638,11 @@ impl Bundle {
             ));
         }
         for t in &snap.taps {
-            md.push_str(&format!("\n## {} ({})\n\n", t.vm_name(), t.ifname));
+            md.push_str(&format!(
+                "\n## {} ({})\n\n",
+                markdown(t.vm_name()),
+                markdown(&t.ifname)
+            ));
             let gap = |v: Option<u64>| v.map(|m| format!("{m} ms")).unwrap_or_else(|| "-".into());
             if let Some(sw) = t.switchover() {
                 md.push_str(&format!(
@@ -656,10 +663,10 @@ impl Bundle {
                 t.counters.rarp_frames,
                 t.counters.garp_frames,
             ));
-            md.push_str(&t.diagnosis(now));
+            md.push_str(&markdown(&t.diagnosis(now)));
             md.push_str("\n\n| time (UTC) | event |\n|---|---|\n");
             for e in &t.timeline {
-                md.push_str(&format!("| {} | {} |\n", e.ts.clock(), e.what));
+                md.push_str(&format!("| {} | {} |\n", e.ts.clock(), markdown(&e.what)));
             }
         }
         md
@@ -907,5 +914,79 @@ mod tests {
         assert!(!s.0.join("b/host.json.tmp").exists());
         d.replace("summary.md", b"# ok\n").unwrap();
         assert_eq!(std::fs::read(s.0.join("b/summary.md")).unwrap(), b"# ok\n");
+    }
+
+    /// The characters of `md` outside a backslash escape.
+    fn unescaped(md: &str) -> String {
+        let mut out = String::new();
+        let mut escaped = false;
+        for c in md.chars() {
+            match (escaped, c) {
+                (false, '\\') => escaped = true,
+                (false, c) => out.push(c),
+                (true, _) => escaped = false,
+            }
+        }
+        out
+    }
+
+    /// summary.md of a blackout of tapA whose VM libvirt calls `name`, on a tap renamed
+    /// from `old`.
+    fn summary_md(name: &str, old: &str) -> String {
+        use crate::verdict::{fixtures::*, EngineConfig};
+        let s = scratch("summary-names");
+        let dir = s.0.join("b");
+        let mut b = Bundle::create(BundleOptions {
+            dir: dir.clone(),
+            max_bytes: 1 << 20,
+            pack: false,
+        })
+        .unwrap();
+        let mut engine = Engine::new(EngineConfig::default());
+        let mut recs = vec![
+            attached(0, old, NEW, "routed"),
+            Record::Renamed {
+                ts: at(1),
+                ifname: "tapA".into(),
+                old_ifname: old.into(),
+                ifindex: 7,
+            },
+            identity(2, "tapA", name),
+        ];
+        recs.extend(stale_mac_story("tapA", 0));
+        for r in &recs {
+            engine.apply(r);
+            b.emit(r).unwrap();
+        }
+        let snap = b.snapshot(&engine);
+        b.finish(&snap).unwrap();
+        std::fs::read_to_string(dir.join("summary.md")).unwrap()
+    }
+
+    /// summary.md shows a VM's name, its taps' names and its timeline as text: no name makes
+    /// a heading, a table row, a link or markup of its own, or talks to the terminal that
+    /// shows the file.
+    #[test]
+    fn foreign_names_are_text_in_summary_md() {
+        use crate::verdict::fixtures::{assert_inert, NEWLINE_NAME, TERMINAL_NAME};
+        let markup = "| web | 1 |\n## pwned <img src=x> [a](b) *b* `c` &#x202e; _d_ ~e~ \\";
+        let plain = summary_md("web-1", "tapold");
+        let syntax = |md: &str| -> Vec<usize> {
+            let md = unescaped(md);
+            "|#<>[]*`&_~!$"
+                .chars()
+                .map(|c| md.matches(c).count())
+                .collect()
+        };
+        for name in [NEWLINE_NAME, TERMINAL_NAME, markup] {
+            let md = summary_md(name, &format!("tap{name}"));
+            assert_inert(&md);
+            assert_eq!(
+                md.lines().count(),
+                plain.lines().count(),
+                "a line per line: {md}"
+            );
+            assert_eq!(syntax(&md), syntax(&plain), "Markdown of its own: {md}");
+        }
     }
 }

@@ -28,6 +28,7 @@ use crate::{
     report::{
         bundle::{Bundle, BundleOptions, Reserve, Snapshot, RESERVE_BYTES},
         pipeline::Pipeline,
+        text::one_line,
     },
 };
 
@@ -283,7 +284,12 @@ impl Recorder {
         let bundle = match created {
             Ok(b) => b,
             Err(e) => {
-                eprintln!("tapwatch: no bundle for the blackout of {vm} ({ifname}): {e}");
+                eprintln!(
+                    "tapwatch: no bundle for the blackout of {} ({}): {}",
+                    one_line(vm),
+                    one_line(ifname),
+                    one_line(&e.to_string())
+                );
                 return;
             }
         };
@@ -338,7 +344,11 @@ impl Recorder {
         let path = open.bundle.dir().to_path_buf();
         match open.bundle.finish_with(&snap, Some(&mut self.spare)) {
             Ok(_) => eprintln!("tapwatch: blackout bundle written to {}", path.display()),
-            Err(e) => eprintln!("tapwatch: the blackout bundle of {ifname} was not finished: {e}"),
+            Err(e) => eprintln!(
+                "tapwatch: the blackout bundle of {} was not finished: {}",
+                one_line(ifname),
+                one_line(&e.to_string())
+            ),
         }
         self.spare.refill();
         // Finished or not, it takes room: the rotation counts it.

@@ -1,11 +1,80 @@
 //! Text for people: one line per record, notices on stderr.
+//!
+//! Much of what these lines show is text tapwatch does not control: a VM's name from
+//! libvirt (Nova's display name, chosen by whoever owns the VM), interface names (the
+//! kernel's allow an escape character; a capture's are any text), a bundle's host facts.
+//! Every writer of text for people passes such text through [`one_line`], and Markdown
+//! through [`markdown`], so none of it can end a line, write one of its own, reorder what
+//! follows or talk to the terminal.
 
-use std::io::{self, Write};
+use std::{
+    borrow::Cow,
+    fmt::Write as _,
+    io::{self, Write},
+};
 
 use crate::{
     model::{Record, Sink},
     offline::Analysis,
 };
+
+/// Whether `c` would act instead of showing: control characters (C0 with `\n`, `\r`,
+/// `\t` and ESC, DEL, C1 with NEL and CSI), the bidi controls that reorder the text
+/// around them, and the line and paragraph separators.
+fn acts(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}'
+        )
+        || matches!(c, '\u{2028}' | '\u{2029}')
+}
+
+/// Foreign text made safe for one line of output for people: each character that would act
+/// (see [`acts`]) is shown as its escape instead, `\n`, `\r`, `\t`, else `\u{1b}`,
+/// `\u{202e}`; everything else is kept, so a name in any script reads as itself.
+///
+/// A backslash is kept as it is, so text that went through once goes through again
+/// unchanged and a sentence that embeds an escaped name can be escaped as a whole. The
+/// price is that a name holding a backslash and an `n` reads like one holding a newline;
+/// the JSON records have the exact text.
+pub fn one_line(s: &str) -> Cow<'_, str> {
+    if !s.chars().any(acts) {
+        return Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if acts(c) => {
+                let _ = write!(out, "{}", c.escape_unicode());
+            }
+            c => out.push(c),
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// Foreign text made safe for one line of Markdown (a heading, a table cell, a sentence):
+/// [`one_line`], then a backslash before each character that Markdown could read as
+/// syntax, so no name makes a table cell, a heading's end, a link, raw HTML, a character
+/// reference or emphasis of its own. It renders as the text itself.
+pub fn markdown(s: &str) -> String {
+    let s = one_line(s);
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        if matches!(
+            c,
+            '\\' | '`' | '*' | '_' | '~' | '[' | ']' | '<' | '>' | '|' | '#' | '&' | '!' | '$'
+        ) {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
 
 /// One readable line per record, for a terminal without the full-screen view.
 pub struct TextSink<W: Write>(pub W);
@@ -13,32 +82,27 @@ pub struct TextSink<W: Write>(pub W);
 impl<W: Write> Sink for TextSink<W> {
     fn emit(&mut self, rec: &Record) -> io::Result<()> {
         let w = &mut self.0;
+        let name = rec.ifname().map(one_line).unwrap_or_default();
         match rec {
-            Record::Attached {
+            Record::Attached { ts, mac, mode, .. } => {
+                writeln!(
+                    w,
+                    "{ts} {name}: attached ({mode}, mac {})",
+                    crate::model::mac::show(*mac, "none")
+                )
+            }
+            Record::Detached { ts, reason, .. } => {
+                writeln!(w, "{ts} {name}: detached ({})", one_line(reason))
+            }
+            Record::MacChange {
                 ts,
-                ifname,
-                mac,
-                mode,
+                old_mac,
+                new_mac,
                 ..
             } => {
                 writeln!(
                     w,
-                    "{ts} {ifname}: attached ({mode}, mac {})",
-                    crate::model::mac::show(*mac, "none")
-                )
-            }
-            Record::Detached { ts, ifname, reason } => {
-                writeln!(w, "{ts} {ifname}: detached ({reason})")
-            }
-            Record::MacChange {
-                ts,
-                ifname,
-                old_mac,
-                new_mac,
-            } => {
-                writeln!(
-                    w,
-                    "{ts} {ifname}: MAC changed {} -> {}",
+                    "{ts} {name}: MAC changed {} -> {}",
                     crate::model::mac::show(*old_mac, "none"),
                     crate::model::mac::show(*new_mac, "none")
                 )
@@ -50,9 +114,8 @@ impl<W: Write> Sink for TextSink<W> {
                 };
                 writeln!(
                     w,
-                    "{} {}: {} {} {} -> {}{arp}",
+                    "{} {name}: {} {} {} -> {}{arp}",
                     f.ts,
-                    f.ifname,
                     f.direction.as_str(),
                     f.kind.as_str(),
                     f.src_mac,
@@ -61,57 +124,56 @@ impl<W: Write> Sink for TextSink<W> {
             }
             Record::ModeChange {
                 ts,
-                ifname,
                 old_mode,
                 new_mode,
                 ..
             } => {
-                writeln!(w, "{ts} {ifname}: {old_mode} -> {new_mode}")
+                writeln!(w, "{ts} {name}: {old_mode} -> {new_mode}")
             }
             Record::Stats { .. } => Ok(()),
-            Record::Renamed {
-                ts,
-                ifname,
-                old_ifname,
-                ..
-            } => writeln!(w, "{ts} {old_ifname}: renamed to {ifname}"),
-            Record::Notice { ts, message, .. } => writeln!(w, "{ts} notice: {message}"),
-            Record::Identity {
-                ts,
-                ifname,
-                libvirt,
-            } => match libvirt {
-                Some(vm) => writeln!(w, "{ts} {ifname}: VM {}", vm.display_name()),
-                None => writeln!(w, "{ts} {ifname}: no VM known"),
+            Record::Renamed { ts, old_ifname, .. } => {
+                writeln!(w, "{ts} {}: renamed to {name}", one_line(old_ifname))
+            }
+            Record::Notice { ts, message, .. } => {
+                writeln!(w, "{ts} notice: {}", one_line(message))
+            }
+            Record::Identity { ts, libvirt, .. } => match libvirt {
+                Some(vm) => writeln!(w, "{ts} {name}: VM {}", one_line(vm.display_name())),
+                None => writeln!(w, "{ts} {name}: no VM known"),
             },
-            Record::Lab(l) => writeln!(w, "{} lab: {}", l.ts, l.describe()),
+            Record::Lab(l) => writeln!(w, "{} lab: {}", l.ts, one_line(&l.describe())),
             Record::Migration(m) => writeln!(w, "{}", migration_line(m)),
-            Record::Verdict { ts, ifname, fields } => {
+            Record::Verdict { ts, fields, .. } => {
                 let ms = fields
                     .blackout_ms
                     .map(|m| format!(" ({m} ms)"))
                     .unwrap_or_default();
                 writeln!(
                     w,
-                    "{ts} {ifname} [{}]: {}{ms} — {}",
-                    fields.vm, fields.state, fields.diagnosis
+                    "{ts} {name} [{}]: {}{ms} — {}",
+                    one_line(&fields.vm),
+                    fields.state,
+                    one_line(&fields.diagnosis)
                 )
             }
             Record::Summary { ts, taps } => {
                 writeln!(w, "{ts} summary:")?;
                 for t in taps {
+                    let name = one_line(&t.counters.ifname);
                     if let Some(v) = &t.verdict {
                         writeln!(
                             w,
-                            "  {} [{}]: {} — {}",
-                            t.counters.ifname, v.vm, v.state, v.diagnosis
+                            "  {name} [{}]: {} — {}",
+                            one_line(&v.vm),
+                            v.state,
+                            one_line(&v.diagnosis)
                         )?;
                     }
                     let c = &t.counters;
                     writeln!(
                         w,
-                        "  {}: from_vm {} frames, to_vm {} frames, dst_mismatch {}, rarp {}, garp {}, arp req {} / rep {}, events lost {}",
-                        c.ifname, c.from_vm_frames, c.to_vm_frames, c.dst_mismatch_frames,
+                        "  {name}: from_vm {} frames, to_vm {} frames, dst_mismatch {}, rarp {}, garp {}, arp req {} / rep {}, events lost {}",
+                        c.from_vm_frames, c.to_vm_frames, c.dst_mismatch_frames,
                         c.rarp_frames, c.garp_frames, c.arp_requests, c.arp_replies, c.events_lost
                     )?;
                 }
@@ -131,7 +193,7 @@ pub struct NoticePrinter<W: Write>(pub W);
 impl<W: Write> Sink for NoticePrinter<W> {
     fn emit(&mut self, rec: &Record) -> io::Result<()> {
         match rec {
-            Record::Notice { message, .. } => writeln!(self.0, "tapwatch: {message}"),
+            Record::Notice { message, .. } => writeln!(self.0, "tapwatch: {}", one_line(message)),
             _ => Ok(()),
         }
     }
@@ -159,7 +221,9 @@ impl<W: Write> ServiceLog<W> {
 impl<W: Write> Sink for ServiceLog<W> {
     fn emit(&mut self, rec: &Record) -> io::Result<()> {
         match rec {
-            Record::Notice { message, .. } => writeln!(self.out, "tapwatch: {message}"),
+            Record::Notice { message, .. } => {
+                writeln!(self.out, "tapwatch: {}", one_line(message))
+            }
             Record::Verdict { ifname, fields, .. } => {
                 // Remembered while the tap lives: a run of weeks keeps no more.
                 let before = if fields.state == crate::model::State::Gone {
@@ -172,8 +236,11 @@ impl<W: Write> Sink for ServiceLog<W> {
                 }
                 writeln!(
                     self.out,
-                    "tapwatch: {} ({ifname}) is {}: {}",
-                    fields.vm, fields.state, fields.diagnosis
+                    "tapwatch: {} ({}) is {}: {}",
+                    one_line(&fields.vm),
+                    one_line(ifname),
+                    fields.state,
+                    one_line(&fields.diagnosis)
                 )
             }
             _ => Ok(()),
@@ -194,9 +261,9 @@ pub fn migration_line(m: &crate::model::MigrationRecord) -> String {
     format!(
         "{}: paused {} ({}), resumed {}: downtime {}, then the network delivered to it after \
          {}, the host accepted from it after {} (blackout {})",
-        m.vm,
+        one_line(&m.vm),
         m.pause_ts.map_or("-".into(), |t| t.to_string()),
-        m.pause_from,
+        one_line(&m.pause_from),
         m.resume_ts.map_or("-".into(), |t| t.to_string()),
         ms(m.downtime_ms),
         ms(m.inbound_gap_ms),
@@ -212,7 +279,12 @@ pub fn migration_report(
     facts: &[crate::model::HostFact],
 ) -> String {
     let at = |t: Option<crate::model::clock::Ts>| t.map_or("-".into(), |t| t.to_string());
-    let mut out = format!("{} ({} -> {})\n", m.vm, m.src_ifname, m.dst_ifname);
+    let mut out = format!(
+        "{} ({} -> {})\n",
+        one_line(&m.vm),
+        one_line(&m.src_ifname),
+        one_line(&m.dst_ifname)
+    );
     let clock = m
         .clock_uncertainty_ms
         .map_or(" (the hosts' clocks are not known to agree)".into(), |u| {
@@ -221,7 +293,7 @@ pub fn migration_report(
     let lines = [
         (
             "paused on the source",
-            format!("{} ({})", at(m.pause_ts), m.pause_from),
+            format!("{} ({})", at(m.pause_ts), one_line(&m.pause_from)),
         ),
         ("resumed (first RARP)", at(m.resume_ts)),
         ("downtime", format!("{}{clock}", ms(m.downtime_ms))),
@@ -239,18 +311,19 @@ pub fn migration_report(
         out.push_str(&format!("  {label:<26} {value}\n"));
     }
     for n in &m.notes {
-        out.push_str(&format!("  note: {n}\n"));
+        out.push_str(&format!("  note: {}\n", one_line(n)));
     }
     out.push_str(&format!("\n  {:<32} {:<40} destination\n", "", "source"));
     for f in facts {
         let mark = if f.src != f.dst { "≠" } else { " " };
-        if f.src.chars().count() > 40 {
+        let (fact, src, dst) = (one_line(&f.fact), one_line(&f.src), one_line(&f.dst));
+        if src.chars().count() > 40 {
             // Too long for the column: one line per host.
-            out.push_str(&format!("{mark} {}\n", f.fact));
-            out.push_str(&format!("    {:<30} {}\n", "source", f.src));
-            out.push_str(&format!("    {:<30} {}\n", "destination", f.dst));
+            out.push_str(&format!("{mark} {fact}\n"));
+            out.push_str(&format!("    {:<30} {src}\n", "source"));
+            out.push_str(&format!("    {:<30} {dst}\n", "destination"));
         } else {
-            out.push_str(&format!("{mark} {:<32} {:<40} {}\n", f.fact, f.src, f.dst));
+            out.push_str(&format!("{mark} {fact:<32} {src:<40} {dst}\n"));
         }
     }
     out.push('\n');
@@ -261,7 +334,7 @@ pub fn migration_report(
 pub fn table(a: &Analysis) -> String {
     let mut out = String::new();
     for n in &a.notes {
-        out.push_str(&format!("note: {n}\n"));
+        out.push_str(&format!("note: {}\n", one_line(n)));
     }
     let Some(Record::Summary { taps, .. }) = &a.summary else {
         return out;
@@ -274,8 +347,8 @@ pub fn table(a: &Analysis) -> String {
         let v = t.verdict.as_ref();
         out.push_str(&format!(
             "{:<22} {:<16} {:<8} {:<10} {:>10} {:>10} {:>10} {:>9} {:>5} {:>5}\n",
-            v.map(|v| v.vm.as_str()).unwrap_or(&t.counters.ifname),
-            t.counters.ifname,
+            one_line(v.map(|v| v.vm.as_str()).unwrap_or(&t.counters.ifname)),
+            one_line(&t.counters.ifname),
             t.mode,
             v.map(|v| v.state.as_str()).unwrap_or("-"),
             ms(v.and_then(|v| v.blackout_ms)),
@@ -286,7 +359,7 @@ pub fn table(a: &Analysis) -> String {
             t.counters.garp_frames,
         ));
         if let Some(v) = v {
-            out.push_str(&format!("  {}\n", v.diagnosis));
+            out.push_str(&format!("  {}\n", one_line(&v.diagnosis)));
         }
     }
     out
@@ -296,9 +369,169 @@ pub fn table(a: &Analysis) -> String {
 mod tests {
     use super::*;
     use crate::{
-        model::{Mode, State, SummaryRow, TapRow, VerdictFields},
-        verdict::fixtures::at,
+        model::{
+            HostFact, MigrationRecord, Mode, NoticeCode, State, SummaryRow, TapRow, VerdictFields,
+        },
+        verdict::fixtures::{assert_inert, at, identity, NEWLINE_NAME, TERMINAL_NAME},
     };
+    use proptest::prelude::*;
+
+    /// A tap name as an offline capture may name it (pcapng's `if_name` is any text).
+    const TAP: &str = "tap\u{1b}[8m0\n";
+
+    fn verdict(vm: &str) -> Record {
+        Record::Verdict {
+            ts: at(0),
+            ifname: TAP.into(),
+            fields: VerdictFields {
+                vm: vm.into(),
+                state: State::Recovered,
+                blackout_ms: Some(546),
+                switchover_ts: None,
+                inbound_gap_ms: None,
+                outbound_gap_ms: None,
+                diagnosis: "Blackout of 546 ms.".into(),
+            },
+        }
+    }
+
+    fn notice(vm: &str) -> Record {
+        Record::Notice {
+            ts: at(0),
+            code: NoticeCode::ProbeAdded,
+            ifname: Some(TAP.into()),
+            message: format!("{TAP}: VM {vm}: a per-frame probe now times the end"),
+            probe: None,
+        }
+    }
+
+    #[test]
+    fn one_line_shows_what_would_act() {
+        assert_eq!(one_line("web-1"), "web-1");
+        assert!(matches!(one_line("wéb-1 ウェブ"), Cow::Borrowed(_)));
+        assert_eq!(
+            one_line("a\nb\r\tc\u{1b}[2J\u{7f}\u{85}\u{9b}\u{202e}\u{2066}\u{200f}\u{2028}\u{2029}\0"),
+            "a\\nb\\r\\tc\\u{1b}[2J\\u{7f}\\u{85}\\u{9b}\\u{202e}\\u{2066}\\u{200f}\\u{2028}\\u{2029}\\u{0}"
+        );
+        assert_eq!(markdown("web_1 | #2"), "web\\_1 \\| \\#2");
+        assert_eq!(markdown("a\nb\\"), "a\\\\nb\\\\");
+    }
+
+    proptest! {
+        /// Whatever the text: nothing in the result acts, it goes through a second time
+        /// unchanged, and text with nothing that acts is kept as it is.
+        #[test]
+        fn one_line_holds_for_any_text(s in "\\PC*|[\\x00-\\x{a0}\\x{2000}-\\x{206f}a-z\\\\]*") {
+            let once = one_line(&s);
+            prop_assert!(!once.chars().any(acts), "{:?}", once);
+            prop_assert_eq!(one_line(&once), once.clone());
+            if !s.chars().any(acts) {
+                prop_assert_eq!(&once, &s);
+            }
+            let md = markdown(&s);
+            prop_assert!(!md.chars().any(acts));
+            prop_assert!(!md.contains('\n'));
+        }
+    }
+
+    /// Every record makes one line however its VM and tap are named, and the names show
+    /// what they hold.
+    #[test]
+    fn foreign_names_stay_on_their_line_in_text() {
+        for name in [NEWLINE_NAME, TERMINAL_NAME] {
+            let mut sink = TextSink(Vec::new());
+            for r in [identity(0, TAP, name), verdict(name), notice(name)] {
+                sink.emit(&r).unwrap();
+            }
+            let out = String::from_utf8(sink.0).unwrap();
+            assert_eq!(out.lines().count(), 3, "{out}");
+            assert_inert(&out);
+            assert!(
+                out.contains("web-1\\ntapwatch") || out.contains("1\\u{202e}gnp"),
+                "{out}"
+            );
+        }
+    }
+
+    /// `serve`'s log is read in the journal: no name may write a line that looks like
+    /// tapwatch's own.
+    #[test]
+    fn foreign_names_cannot_forge_service_log_lines() {
+        for name in [NEWLINE_NAME, TERMINAL_NAME] {
+            let mut log = ServiceLog::new(Vec::new());
+            log.emit(&verdict(name)).unwrap();
+            log.emit(&notice(name)).unwrap();
+            let mut notices = NoticePrinter(Vec::new());
+            notices.emit(&notice(name)).unwrap();
+            // The state change and the notice; the notice alone.
+            for (out, lines) in [(log.out, 2), (notices.0, 1)] {
+                let out = String::from_utf8(out).unwrap();
+                assert_inert(&out);
+                assert_eq!(out.lines().count(), lines, "{out}");
+            }
+        }
+        let mut log = ServiceLog::new(Vec::new());
+        log.emit(&verdict(NEWLINE_NAME)).unwrap();
+        let out = String::from_utf8(log.out).unwrap();
+        assert_eq!(
+            out,
+            "tapwatch: web-1\\ntapwatch: web-1 (tap0) is RECOVERED: forged (tap\\u{1b}[8m0\\n) \
+             is RECOVERED: Blackout of 546 ms.\n"
+        );
+    }
+
+    /// analyze's table and its report of a migration: one row per VM, one line per fact.
+    #[test]
+    fn foreign_names_stay_in_their_row_in_analyze() {
+        for name in [NEWLINE_NAME, TERMINAL_NAME] {
+            let Record::Verdict { fields, .. } = verdict(name) else {
+                unreachable!()
+            };
+            let a = Analysis {
+                notes: vec![format!("the tap {TAP} of {name} was inferred")],
+                summary: Some(Record::Summary {
+                    ts: at(0),
+                    taps: vec![SummaryRow {
+                        counters: TapRow {
+                            ifname: TAP.into(),
+                            ..TapRow::default()
+                        },
+                        ifindex: 1,
+                        mode: Mode::Routed,
+                        mac_history: Vec::new(),
+                        detached: false,
+                        verdict: Some(fields),
+                    }],
+                }),
+                ..Analysis::default()
+            };
+            let t = table(&a);
+            assert_inert(&t);
+            // The note, a blank line, the header, the VM's row and its diagnosis.
+            assert_eq!(t.lines().count(), 5, "{t}");
+            let m = MigrationRecord {
+                vm: name.into(),
+                src_ifname: TAP.into(),
+                dst_ifname: TAP.into(),
+                pause_from: "libvirt".into(),
+                notes: vec![format!("{name} paused")],
+                ..MigrationRecord::default()
+            };
+            let facts = [HostFact {
+                fact: "CPU model".into(),
+                src: name.into(),
+                dst: "EPYC".into(),
+            }];
+            for out in [migration_report(&m, &facts), migration_line(&m)] {
+                assert_inert(&out);
+            }
+            assert_eq!(migration_line(&m).lines().count(), 1);
+            // The VM, six parts of the outage, its note, a blank line, the header, the
+            // fact (too long for its column: its name, then a line per host), the closing
+            // blank line.
+            assert_eq!(migration_report(&m, &facts).lines().count(), 14);
+        }
+    }
 
     /// The table's columns line up whatever the values (typed modes and states pad).
     #[test]

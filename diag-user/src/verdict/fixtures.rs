@@ -92,3 +92,45 @@ pub fn stale_mac_story(tap: &str, t0: i64) -> Vec<Record> {
     v.push(frame(t0 + 20_410, tap, "from_vm", "dst_match", NEW));
     v
 }
+
+/// libvirt names the VM behind `tap` (Nova's display name, text tapwatch does not
+/// control).
+pub fn identity(ms: i64, tap: &str, name: &str) -> Record {
+    Record::Identity {
+        ts: at(ms),
+        ifname: tap.into(),
+        libvirt: Some(crate::verdict::libvirt::VmInterface {
+            domain: "instance-0000002a".into(),
+            nova_name: Some(name.into()),
+            tap: tap.into(),
+            guest_mac: Some(GUEST),
+            iface_type: "ethernet".into(),
+            ..Default::default()
+        }),
+    }
+}
+
+/// Names a guest's owner could give its VM in Nova: one that writes a line of its own
+/// into a log, and one that talks to the terminal and turns the text around.
+pub const NEWLINE_NAME: &str = "web-1\ntapwatch: web-1 (tap0) is RECOVERED: forged";
+pub const TERMINAL_NAME: &str =
+    "web-\u{1b}[2J\u{1b}]0;x\u{7}1\u{202e}gnp.exe\r\t\u{7f}\u{85}\u{9b}\u{2028}\u{2029}\u{2066}|#";
+
+/// Fails unless every line of `out` is free of what a foreign name could use to forge
+/// or hide output: control characters (a line's own end aside), bidi controls, line
+/// and paragraph separators.
+pub fn assert_inert(out: &str) {
+    for (n, line) in out.split('\n').enumerate() {
+        if let Some(c) = line.chars().find(|&c| {
+            c.is_control()
+                || matches!(
+                    c,
+                    '\u{61c}' | '\u{200e}' | '\u{200f}' | '\u{2028}' | '\u{2029}'
+                )
+                || ('\u{202a}'..='\u{202e}').contains(&c)
+                || ('\u{2066}'..='\u{2069}').contains(&c)
+        }) {
+            panic!("line {n} holds {c:?}: {line:?}\n{out}");
+        }
+    }
+}

@@ -2,6 +2,17 @@
 //!
 //! Only the interface facts below are extracted; nothing else of the XML is kept, so
 //! secrets such as `<graphics passwd=…>` never leave this module.
+//!
+//! The files are foreign input: whoever can write the directory can put anything there.
+//! The XML parser recurses once per nesting level, checks each attribute against the
+//! element's others and copies the namespaces in scope into every element that declares
+//! one, so a file of a few hundred kilobytes could exhaust the stack (a crash) or take
+//! minutes, and it reserves memory for every `<` and `=` in the file before it starts. A
+//! file is therefore read only up to [`MAX_STATUS_FILE`] bytes and checked against the
+//! limits below ([`Limit`]) before it is parsed: at most about 20 MB and well under a
+//! second for any file. Real status files are far inside them (about 10 KB, 300
+//! elements, 8 levels, a handful of namespaces). A file past any limit is reported and
+//! skipped like a malformed one.
 
 use std::{
     collections::HashMap,
@@ -112,6 +123,149 @@ pub enum LibvirtError {
     },
     #[error("{path}: no <domain> element")]
     NoDomain { path: PathBuf },
+    #[error("{path}: not a libvirt status file: {limit}")]
+    Refused { path: PathBuf, limit: Limit },
+}
+
+/// What a status file may hold at most (see the module's documentation); each variant is
+/// also the reason a file past it is refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Limit {
+    #[error("larger than {MAX_STATUS_FILE} bytes")]
+    Size,
+    #[error("elements nested more than {MAX_DEPTH} deep")]
+    Depth,
+    #[error("an element with more than {MAX_ELEMENT_ATTRIBUTES} attributes")]
+    ElementAttributes,
+    #[error("more than {MAX_MARKUP} '<' or '=' characters")]
+    Markup,
+    #[error("more than {MAX_NAMESPACES} namespace declarations")]
+    Namespaces,
+    #[error("more than {MAX_NODES} elements, texts and comments")]
+    Nodes,
+}
+
+/// Status files are about 10 KB; anything much larger (a FIFO, a huge file) is not
+/// libvirt's.
+pub const MAX_STATUS_FILE: u64 = 4 << 20;
+/// libvirt nests about 8 deep; the parser takes a stack frame per level.
+pub const MAX_DEPTH: usize = 64;
+/// libvirt's elements have a dozen attributes at most; the parser compares each with the
+/// element's others.
+pub const MAX_ELEMENT_ATTRIBUTES: usize = 64;
+/// The parser reserves room (tens of bytes) for a node per `<` and an attribute per `=` in
+/// the file before it starts, and keeps a node per element, text and comment: these bound
+/// its memory.
+pub const MAX_MARKUP: usize = 250_000;
+pub const MAX_NODES: u32 = 250_000;
+/// libvirt and Nova declare a few; the parser copies those in scope into every element
+/// that declares another.
+pub const MAX_NAMESPACES: usize = 64;
+
+/// Checks `xml` against the limits the parser itself does not keep, walking it as the
+/// parser will: start and end tags, attributes (quoted values), comments, CDATA,
+/// processing instructions. At the first thing it does not follow (malformed XML, a DTD)
+/// it stops: the parser stops there too, with an error, before the rest costs anything.
+fn within_limits(xml: &str) -> Result<(), Limit> {
+    let b = xml.as_bytes();
+    if b.iter().filter(|&&c| c == b'<').count() > MAX_MARKUP
+        || b.iter().filter(|&&c| c == b'=').count() > MAX_MARKUP
+    {
+        return Err(Limit::Markup);
+    }
+    let find = |from: usize, what: &[u8]| -> Option<usize> {
+        b.get(from..)?
+            .windows(what.len())
+            .position(|w| w == what)
+            .map(|p| from + p + what.len())
+    };
+    let space = |c: u8| matches!(c, b' ' | b'\t' | b'\r' | b'\n');
+    let (mut depth, mut namespaces) = (0usize, 0usize);
+    let mut i = 0;
+    while let Some(lt) = b.get(i..).and_then(|r| r.iter().position(|&c| c == b'<')) {
+        i += lt;
+        let rest = &b[i..];
+        let skip_to = if rest.starts_with(b"<!--") {
+            find(i + 4, b"-->")
+        } else if rest.starts_with(b"<![CDATA[") {
+            find(i + 9, b"]]>")
+        } else if rest.starts_with(b"<?") {
+            find(i + 2, b"?>")
+        } else if rest.starts_with(b"<!") {
+            // A DTD, which the parser refuses.
+            return Ok(());
+        } else if rest.starts_with(b"</") {
+            depth = depth.saturating_sub(1);
+            find(i + 2, b">")
+        } else {
+            // A start tag: its name, then `name = 'value'` pairs up to `>` or `/>`.
+            i += 1;
+            while i < b.len() && !space(b[i]) && b[i] != b'>' && b[i] != b'/' {
+                i += 1;
+            }
+            let mut own = 0;
+            loop {
+                while i < b.len() && space(b[i]) {
+                    i += 1;
+                }
+                match (b.get(i), b.get(i + 1)) {
+                    (Some(b'/'), Some(b'>')) => {
+                        i += 2;
+                        break;
+                    }
+                    (Some(b'>'), _) => {
+                        depth += 1;
+                        if depth > MAX_DEPTH {
+                            return Err(Limit::Depth);
+                        }
+                        i += 1;
+                        break;
+                    }
+                    (None, _) => return Ok(()),
+                    _ => {}
+                }
+                let name = i;
+                while i < b.len() && !space(b[i]) && !matches!(b[i], b'=' | b'>' | b'/') {
+                    i += 1;
+                }
+                let name = &b[name..i];
+                while i < b.len() && space(b[i]) {
+                    i += 1;
+                }
+                if name.is_empty() || b.get(i) != Some(&b'=') {
+                    return Ok(());
+                }
+                i += 1;
+                while i < b.len() && space(b[i]) {
+                    i += 1;
+                }
+                let Some(&quote @ (b'\'' | b'"')) = b.get(i) else {
+                    return Ok(());
+                };
+                let Some(end) = find(i + 1, &[quote]) else {
+                    return Ok(());
+                };
+                i = end;
+                own += 1;
+                if name == b"xmlns" || name.starts_with(b"xmlns:") {
+                    namespaces += 1;
+                }
+                if own > MAX_ELEMENT_ATTRIBUTES {
+                    return Err(Limit::ElementAttributes);
+                }
+                if namespaces > MAX_NAMESPACES {
+                    return Err(Limit::Namespaces);
+                }
+            }
+            continue;
+        };
+        match skip_to {
+            Some(next) => i = next,
+            // Unterminated: the parser stops there.
+            None => return Ok(()),
+        }
+    }
+    Ok(())
 }
 
 const NOVA_NS: &str = "http://openstack.org/xmlns/libvirt/nova/1.1";
@@ -124,12 +278,29 @@ fn text(n: Option<roxmltree::Node<'_, '_>>) -> Option<String> {
     n.and_then(|n| n.text()).map(|t| t.trim().to_string())
 }
 
-/// Parses one domain XML (a live `<domstatus>` or a plain `<domain>`).
+/// Parses one domain XML (a live `<domstatus>` or a plain `<domain>`), refusing one past
+/// the [`Limit`].
 pub fn parse_domain(xml: &str, path: &Path) -> Result<Vec<VmInterface>, LibvirtError> {
-    let doc = roxmltree::Document::parse(xml).map_err(|source| LibvirtError::Xml {
+    let refused = |limit| LibvirtError::Refused {
         path: path.to_path_buf(),
-        source,
-    })?;
+        limit,
+    };
+    if xml.len() as u64 > MAX_STATUS_FILE {
+        return Err(refused(Limit::Size));
+    }
+    within_limits(xml).map_err(refused)?;
+    let options = roxmltree::ParsingOptions {
+        allow_dtd: false,
+        nodes_limit: MAX_NODES,
+    };
+    let doc =
+        roxmltree::Document::parse_with_options(xml, options).map_err(|source| match source {
+            roxmltree::Error::NodesLimitReached => refused(Limit::Nodes),
+            source => LibvirtError::Xml {
+                path: path.to_path_buf(),
+                source,
+            },
+        })?;
     let domain = doc
         .descendants()
         .find(|n| n.has_tag_name("domain"))
@@ -361,7 +532,11 @@ impl LibvirtDir {
     fn reread(&mut self, name: &Path) -> Option<LibvirtError> {
         let path = self.dir.join(name);
         let xml = match read_regular(&path) {
-            Ok(x) => x,
+            Ok(Some(x)) => Ok(x),
+            Ok(None) => Err(LibvirtError::Refused {
+                path: path.clone(),
+                limit: Limit::Size,
+            }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 self.files.remove(name);
                 return None;
@@ -371,7 +546,7 @@ impl LibvirtDir {
                 return Some(LibvirtError::Read { path, source });
             }
         };
-        match parse_domain(&xml, &path) {
+        match xml.and_then(|xml| parse_domain(&xml, &path)) {
             Ok(ifaces) => {
                 self.files.insert(name.to_path_buf(), ifaces);
                 None
@@ -396,10 +571,9 @@ impl LibvirtDir {
     }
 }
 
-/// Status files are small; anything else (a FIFO, a huge file) is not libvirt's.
-const MAX_STATUS_FILE: u64 = 16 << 20;
-
-fn read_regular(path: &Path) -> std::io::Result<String> {
+/// The file at `path` if it is a regular file of at most [`MAX_STATUS_FILE`] bytes (`None`
+/// when it is longer), without following a symlink or blocking on a FIFO.
+fn read_regular(path: &Path) -> std::io::Result<Option<String>> {
     use std::io::Read;
     let f = fs::OpenOptions::new()
         .read(true)
@@ -413,8 +587,10 @@ fn read_regular(path: &Path) -> std::io::Result<String> {
         ));
     }
     let mut s = String::new();
-    f.take(MAX_STATUS_FILE).read_to_string(&mut s)?;
-    Ok(s)
+    // One byte more than allowed tells a file at the limit from a longer one (it may have
+    // grown since its size was read).
+    f.take(MAX_STATUS_FILE + 1).read_to_string(&mut s)?;
+    Ok((s.len() as u64 <= MAX_STATUS_FILE).then_some(s))
 }
 
 fn watch_dir(dir: &Path) -> Option<inotify::EventStream<Vec<u8>>> {
@@ -616,6 +792,274 @@ mod tests {
         wait(&mut d, Some("web-2"));
         std::fs::remove_file(dir.join("instance-0000002c.xml")).unwrap();
         wait(&mut d, None);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Status files shaped to cost the most for their size: what one might put in
+    /// /run/libvirt/qemu to stop or starve tapwatch.
+    #[derive(Clone, Copy, Debug)]
+    enum Shape {
+        /// Elements nested `n` deep.
+        Deep,
+        /// One element with `n` attributes.
+        Attributes,
+        /// `n` nested elements, each declaring a namespace.
+        NamespacesDeep,
+        /// One element declaring `n` namespaces, with `n` children.
+        NamespacesWide,
+        /// `n` empty elements.
+        Nodes,
+        /// `n` entity references in the VM's name.
+        Entities,
+        /// One attribute `n` bytes long.
+        HugeAttribute,
+    }
+
+    fn shaped(shape: Shape, n: usize) -> String {
+        let mut body = String::new();
+        match shape {
+            Shape::Deep => {
+                body.push_str(&"<a>".repeat(n));
+                body.push_str(&"</a>".repeat(n));
+            }
+            Shape::Attributes => {
+                body.push_str("<a");
+                for i in 0..n {
+                    body.push_str(&format!(" a{i}=''"));
+                }
+                body.push_str("/>");
+            }
+            Shape::NamespacesDeep => {
+                for i in 0..n {
+                    body.push_str(&format!("<a xmlns:n{i}='u'>"));
+                }
+                body.push_str(&"</a>".repeat(n));
+            }
+            Shape::NamespacesWide => {
+                body.push_str("<a");
+                for i in 0..n {
+                    body.push_str(&format!(" xmlns:n{i}='u{i}'"));
+                }
+                body.push('>');
+                body.push_str(&"<b/>".repeat(n));
+                body.push_str("</a>");
+            }
+            Shape::Nodes => body.push_str(&"<a/>".repeat(n)),
+            Shape::Entities => {}
+            Shape::HugeAttribute => body.push_str(&format!("<a b='{}'/>", "x".repeat(n))),
+        }
+        let name = match shape {
+            Shape::Entities => "&lt;&#x202e;".repeat(n),
+            _ => "web-1".into(),
+        };
+        format!(
+            "<domstatus state='running' reason='booted'><domain type='kvm'><name>{name}</name>\
+             <metadata>{body}</metadata><devices><interface type='ethernet'>\
+             <mac address='fa:16:3e:aa:bb:cc'/><target dev='tap0' managed='no'/></interface>\
+             </devices></domain></domstatus>"
+        )
+    }
+
+    /// What a parse of foreign text may cost at most, in a test build (unoptimised).
+    const PARSE_BOUND: std::time::Duration = std::time::Duration::from_secs(3);
+
+    /// Parses `xml` on a thread with the stack the watch loop's threads get at least (a
+    /// spawned thread's 2 MiB), within [`PARSE_BOUND`].
+    fn parse_bounded(xml: String) -> Result<Vec<VmInterface>, String> {
+        let started = std::time::Instant::now();
+        let r = std::thread::Builder::new()
+            .stack_size(2 << 20)
+            .spawn(move || parse_domain(&xml, Path::new("x.xml")).map_err(|e| e.to_string()))
+            .unwrap()
+            .join()
+            .expect("the parse panicked");
+        assert!(
+            started.elapsed() < PARSE_BOUND,
+            "took {:?}",
+            started.elapsed()
+        );
+        r
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+
+        /// Whatever its shape and size, a file is read or refused, never a crash, and
+        /// within the bound.
+        #[test]
+        fn adversarial_status_files_are_bounded(
+            shape in proptest::sample::select(vec![
+                Shape::Deep, Shape::Attributes, Shape::NamespacesDeep, Shape::NamespacesWide,
+                Shape::Nodes, Shape::Entities, Shape::HugeAttribute,
+            ]),
+            n in proptest::prop_oneof![0usize..100, 100usize..5_000, 5_000usize..200_000],
+        ) {
+            // The shapes sit three levels deep: <domstatus><domain><metadata>.
+            let refused = match shape {
+                Shape::Deep => n + 3 > MAX_DEPTH,
+                Shape::Attributes | Shape::NamespacesWide => n > MAX_ELEMENT_ATTRIBUTES,
+                Shape::NamespacesDeep => n + 3 > MAX_DEPTH || n > MAX_NAMESPACES,
+                Shape::Nodes | Shape::Entities | Shape::HugeAttribute => false,
+            };
+            match parse_bounded(shaped(shape, n)) {
+                Ok(ifaces) => proptest::prop_assert!(!refused && ifaces.len() == 1),
+                Err(e) => proptest::prop_assert!(refused && e.contains("not a libvirt status file"), "{}", e),
+            }
+        }
+
+        /// A real status file cut anywhere, or with foreign text spliced in anywhere.
+        #[test]
+        fn damaged_status_files_are_read_or_refused(
+            cut in 0usize..12_000,
+            at in 0usize..12_000,
+            splice in "(<[a-z:]{0,6}( [a-z:]{1,6}='[^']{0,8}')*/?>|</[a-z]{0,6}>|&[a-z#0-9]{0,6};|<!--|<!\\[CDATA\\[|<\\?|\\PC){0,8}",
+        ) {
+            let xml = std::fs::read_to_string(status_fixtures().join("instance-0000002b.xml")).unwrap();
+            let cut_at = xml.floor_char_boundary(cut.min(xml.len()));
+            let _ = parse_bounded(xml[..cut_at].to_string());
+            let at = xml.floor_char_boundary(at.min(xml.len()));
+            let spliced = format!("{}{splice}{}", &xml[..at], &xml[at..]);
+            let _ = parse_bounded(spliced);
+        }
+
+        /// The limits count what the parser will see, not what only looks like it: tags
+        /// in comments, CDATA, processing instructions and attribute values count nothing,
+        /// so a file within the limits is never refused.
+        #[test]
+        fn only_real_markup_counts(
+            steps in proptest::collection::vec(0u8..6, 0..300),
+        ) {
+            // Enough to pass every limit if it were counted.
+            let decoy = "<a b='' c='' d=''>".repeat(MAX_DEPTH + 1);
+            let mut body = String::new();
+            let mut open = 0;
+            for step in steps {
+                match step {
+                    0 if open < MAX_DEPTH - 4 => {
+                        body.push_str("<e x='>' y=\"/>'\" z='&lt;!--'>");
+                        open += 1;
+                    }
+                    1 if open > 0 => {
+                        body.push_str("</e >");
+                        open -= 1;
+                    }
+                    2 => body.push_str(&format!("<!-- {decoy} -->")),
+                    3 => body.push_str(&format!("<![CDATA[{decoy}]]>")),
+                    4 => body.push_str(&format!("<?pi {decoy}?>")),
+                    _ => body.push_str("<f\n  g = \"xmlns:n='u'\" />text &gt; more"),
+                }
+            }
+            body.push_str(&"</e>".repeat(open));
+            let xml = shaped(Shape::Nodes, 0).replace("<metadata>", &format!("<metadata>{body}"));
+            let ifaces = parse_bounded(xml).map_err(proptest::test_runner::TestCaseError::fail)?;
+            proptest::prop_assert_eq!(ifaces.len(), 1);
+        }
+
+        /// Any text at all.
+        #[test]
+        fn any_text_is_read_or_refused(xml in "\\PC{0,400}|[<>/='\"&;a-z: ]{0,400}") {
+            let _ = parse_bounded(xml);
+        }
+    }
+
+    /// Each limit holds to the unit: at it a file is read, past it refused, saying which.
+    #[test]
+    fn limits_are_exact() {
+        let refused = |xml: String, limit: Limit| match parse_domain(&xml, Path::new("x.xml")) {
+            Err(LibvirtError::Refused { limit: l, .. }) => assert_eq!(l, limit),
+            other => panic!("{limit:?}: {other:?}"),
+        };
+        let read = |xml: String| {
+            let ifaces = parse_domain(&xml, Path::new("x.xml")).unwrap();
+            assert_eq!(ifaces[0].tap, "tap0");
+        };
+        read(shaped(Shape::Deep, MAX_DEPTH - 3));
+        refused(shaped(Shape::Deep, MAX_DEPTH - 2), Limit::Depth);
+        read(shaped(Shape::Attributes, MAX_ELEMENT_ATTRIBUTES));
+        refused(
+            shaped(Shape::Attributes, MAX_ELEMENT_ATTRIBUTES + 1),
+            Limit::ElementAttributes,
+        );
+        read(shaped(Shape::NamespacesWide, MAX_NAMESPACES));
+        refused(
+            shaped(Shape::NamespacesWide, MAX_NAMESPACES + 1),
+            Limit::ElementAttributes,
+        );
+        // Namespaces declared one per element, across the file.
+        let ns = |n: usize| {
+            let body: String = (0..n).map(|i| format!("<a xmlns:n{i}='u'/>")).collect();
+            shaped(Shape::Nodes, 0).replace("<metadata>", &format!("<metadata>{body}"))
+        };
+        read(ns(MAX_NAMESPACES));
+        refused(ns(MAX_NAMESPACES + 1), Limit::Namespaces);
+        // The parser's reservations: a node per '<' and an attribute per '=' anywhere.
+        let markup = |c: &str, n: usize| {
+            let base = shaped(Shape::Nodes, 0).matches(c).count();
+            let text = format!("<![CDATA[{}]]>", c.repeat(n - base));
+            shaped(Shape::Nodes, 0).replace("<metadata>", &format!("<metadata>{text}"))
+        };
+        read(markup("=", MAX_MARKUP));
+        refused(markup("=", MAX_MARKUP + 1), Limit::Markup);
+        // The CDATA section's own '<' counts too.
+        read(markup("<", MAX_MARKUP - 1));
+        refused(markup("<", MAX_MARKUP), Limit::Markup);
+        // Nodes: the document, the elements and the texts of the plain file, and a text
+        // and an element for each `x<a/>` added (which stay within the markup limit).
+        let nodes = |n: usize| {
+            let base = roxmltree::Document::parse(&shaped(Shape::Nodes, 0))
+                .unwrap()
+                .descendants()
+                .count();
+            let body = "x<a/>".repeat((n - base) / 2) + if (n - base) % 2 == 1 { "x" } else { "" };
+            shaped(Shape::Nodes, 0).replace("<metadata>", &format!("<metadata>{body}"))
+        };
+        read(nodes(MAX_NODES as usize));
+        refused(nodes(MAX_NODES as usize + 1), Limit::Nodes);
+        let len = shaped(Shape::HugeAttribute, 0).len();
+        read(shaped(Shape::HugeAttribute, MAX_STATUS_FILE as usize - len));
+        refused(
+            shaped(Shape::HugeAttribute, MAX_STATUS_FILE as usize - len + 1),
+            Limit::Size,
+        );
+    }
+
+    /// Files as they come: not UTF-8, cut short, past the size limit (refused, not cut to
+    /// it), not a regular file.
+    #[test]
+    fn bad_files_on_disk() {
+        let dir = std::env::temp_dir().join(format!("tw-libvirt-bad-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let good = shaped(Shape::Nodes, 0);
+        // "wéb" in Latin-1.
+        let mut latin1 = good.replace("web-1", "w@b").into_bytes();
+        let at = latin1.iter().position(|&c| c == b'@').unwrap();
+        latin1[at] = 0xe9;
+        std::fs::write(dir.join("a-latin1.xml"), latin1).unwrap();
+        std::fs::write(dir.join("b-cut.xml"), &good[..good.len() / 2]).unwrap();
+        // A valid document followed by padding past the limit: cutting it at the limit
+        // would read it.
+        let padded = format!("{good}{}", " ".repeat(MAX_STATUS_FILE as usize));
+        std::fs::write(dir.join("c-huge.xml"), padded).unwrap();
+        std::fs::create_dir(dir.join("d-dir.xml")).unwrap();
+        std::fs::write(dir.join("e-good.xml"), &good).unwrap();
+        let (taps, errors) = scan_dir(&dir);
+        let msgs: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+        assert_eq!(taps.len(), 1, "{msgs:?}");
+        assert_eq!(msgs.len(), 4, "{msgs:?}");
+        assert!(
+            msgs[0].contains("a-latin1.xml") && msgs[0].contains("UTF-8"),
+            "{msgs:?}"
+        );
+        assert!(
+            msgs[1].contains("b-cut.xml") && msgs[1].contains("not valid XML"),
+            "{msgs:?}"
+        );
+        assert!(
+            msgs[2].contains("c-huge.xml") && msgs[2].contains("larger than 4194304 bytes"),
+            "{msgs:?}"
+        );
+        assert!(msgs[3].contains("d-dir.xml"), "{msgs:?}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

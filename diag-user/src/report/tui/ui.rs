@@ -12,6 +12,7 @@ use super::app::App;
 use crate::{
     model::clock::Ts,
     model::mac::MacAddr,
+    report::text::one_line,
     verdict::{Engine, State, Tap as TapView},
 };
 
@@ -94,8 +95,8 @@ pub fn tap_mac_cell(t: &TapView) -> String {
 
 fn row<'a>(app: &App, t: &'a TapView, now: Ts) -> Row<'a> {
     let cells = vec![
-        Cell::from(t.vm_name().to_string()),
-        Cell::from(t.ifname.clone()),
+        Cell::from(one_line(t.vm_name()).into_owned()),
+        Cell::from(one_line(&t.ifname).into_owned()),
         Cell::from(t.mode.as_str()),
         Cell::from(tap_mac_cell(t)),
         Cell::from(mac(t.guest_mac())),
@@ -145,7 +146,7 @@ pub fn draw(f: &mut Frame, app: &App, engine: &Engine, now: Ts) {
         head.push(Span::raw(format!("  {dp}")));
     }
     if !app.filter.is_empty() {
-        head.push(Span::raw(format!("  filter: {}", app.filter)));
+        head.push(Span::raw(format!("  filter: {}", one_line(&app.filter))));
     }
     if app.paused.is_some() {
         head.push(Span::styled("  PAUSED", Style::default().fg(Color::Yellow)));
@@ -166,7 +167,7 @@ pub fn draw(f: &mut Frame, app: &App, engine: &Engine, now: Ts) {
         }
     }
     let diagnosis = match selected {
-        Some(t) => format!("{}: {}", t.vm_name(), t.diagnosis(now)),
+        Some(t) => format!("{}: {}", one_line(t.vm_name()), one_line(&t.diagnosis(now))),
         None => "No tap matches yet: tapwatch attaches to new ones as they appear.".into(),
     };
     f.render_widget(
@@ -176,9 +177,12 @@ pub fn draw(f: &mut Frame, app: &App, engine: &Engine, now: Ts) {
         diag,
     );
     let foot = if app.editing_filter {
-        format!("filter: {}▏ (Enter apply, Esc clear)", app.filter)
+        format!(
+            "filter: {}▏ (Enter apply, Esc clear)",
+            one_line(&app.filter)
+        )
     } else if !app.status.is_empty() {
-        app.status.clone()
+        one_line(&app.status).into_owned()
     } else {
         "q quit  ↑↓ select  Enter details  / filter  s sort  p pause  c clear  ? help".into()
     };
@@ -285,15 +289,15 @@ fn draw_detail(f: &mut Frame, t: &TapView, area: Rect) {
     let entries: Vec<Line> = entries
         .into_iter()
         .skip(skip)
-        .map(|(ts, what)| Line::from(format!("{:>10}  {what}", rel(ts))))
+        .map(|(ts, what)| Line::from(format!("{:>10}  {}", rel(ts), one_line(&what))))
         .collect();
     let mut title = match origin {
         Some(o) => format!(
             "timeline of {} (times from the first announce, {})",
-            t.vm_name(),
+            one_line(t.vm_name()),
             o.clock()
         ),
-        None => format!("timeline of {} (no announce seen)", t.vm_name()),
+        None => format!("timeline of {} (no announce seen)", one_line(t.vm_name())),
     };
     if t.switchover().is_some() {
         let gap = |v: Option<u64>| {
@@ -662,6 +666,60 @@ mod tests {
         );
         key(&mut a, KeyCode::Char('x'));
         assert!(!a.app.show_help);
+    }
+
+    /// A VM's name from libvirt and a tap's name are shown as text on their row, in the
+    /// diagnosis and in the timeline: escaped, on one line, never a line of their own.
+    #[test]
+    fn foreign_names_stay_on_their_line_in_the_view() {
+        for (name, shown) in [
+            (NEWLINE_NAME, "web-1\\ntapwatch"),
+            (TERMINAL_NAME, "web-\\u{1b}[2J"),
+        ] {
+            let old = "tap\u{1b}[8m\u{202e}0";
+            let mut recs = vec![
+                attached(0, old, OLD, "routed"),
+                Record::Renamed {
+                    ts: at(1),
+                    ifname: "tapA".into(),
+                    old_ifname: old.into(),
+                    ifindex: 7,
+                },
+                identity(2, "tapA", name),
+            ];
+            recs.extend(stale_mac_story("tapA", 0).into_iter().take(7));
+            let mut a = app(&recs);
+            key(&mut a, KeyCode::Enter);
+            let s = screen(&a, at(2_500), 250, 40);
+            let row = s
+                .lines()
+                .find(|l| l.contains("BLACKOUT") && l.contains("routed"))
+                .unwrap_or_else(|| panic!("no row in\n{s}"));
+            assert!(row.contains(shown), "{row}");
+            let diagnosis = s
+                .lines()
+                .skip_while(|l| !l.contains("diagnosis"))
+                .nth(1)
+                .unwrap();
+            assert!(
+                diagnosis.contains(shown) && diagnosis.contains("VM still sends"),
+                "the name and the diagnosis on one line: {s}"
+            );
+            assert!(
+                s.lines()
+                    .any(|l| l.contains("timeline of web-") && l.contains(shown)),
+                "{s}"
+            );
+            assert!(
+                s.contains("tap renamed from tap\\u{1b}[8m\\u{202e}0"),
+                "{s}"
+            );
+            assert!(
+                !s.lines()
+                    .any(|l| l.trim_start_matches(['│', ' ']).starts_with("tapwatch: ")),
+                "no line of a name's own: {s}"
+            );
+        }
     }
 
     #[test]
