@@ -76,6 +76,8 @@ pub enum WatchError {
     Output(#[source] io::Error),
     #[error(transparent)]
     Descriptors(#[from] crate::collect::caps::OutOfDescriptors),
+    #[error("the collector's thread panicked")]
+    Panicked,
 }
 
 impl WatchError {
@@ -230,6 +232,68 @@ pub async fn run(
         (Err(e), _) => Err(e),
         (Ok(()), Err(e)) if e.kind() != io::ErrorKind::BrokenPipe => Err(WatchError::Output(e)),
         _ => Ok(outcome),
+    }
+}
+
+/// [`run`] to its end on this thread, in a runtime of its own: for a thread made to run the
+/// collector (the live view's, a lab hypervisor's namespace).
+pub fn run_blocking(
+    opts: WatchOptions,
+    sink: &mut dyn Sink,
+    stop: impl std::future::Future<Output = ()>,
+) -> Result<Outcome, WatchError> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(setup("the collector's runtime"))?;
+    rt.block_on(run(opts, sink, stop))
+}
+
+/// A collector on a thread of its own, feeding `sink` until [`Collecting::stop`] or its own
+/// end (a signal, `--duration`, a closed output).
+pub struct Collecting {
+    stop: std::sync::Arc<tokio::sync::Notify>,
+    thread: std::thread::JoinHandle<Result<Outcome, WatchError>>,
+}
+
+impl Collecting {
+    /// Starts it; `ended` runs on its thread once it has written its last record.
+    pub fn start(
+        opts: WatchOptions,
+        mut sink: impl Sink + Send + 'static,
+        ended: impl FnOnce() + Send + 'static,
+    ) -> io::Result<Self> {
+        let stop = std::sync::Arc::new(tokio::sync::Notify::new());
+        let s = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("tapwatch-collect".into())
+            .spawn(move || {
+                let r = run_blocking(opts, &mut sink, async move { s.notified().await });
+                ended();
+                r
+            })?;
+        Ok(Self { stop, thread })
+    }
+
+    /// Asks the collector to end (it writes its summary and detaches first).
+    pub fn stop(&self) {
+        self.stop.notify_one();
+    }
+
+    /// A handle that asks the collector to end, for whoever decides it (a view's quit key,
+    /// a closed stdout).
+    pub fn stopper(&self) -> impl Fn() + Send + Sync + 'static {
+        let s = self.stop.clone();
+        move || s.notify_one()
+    }
+
+    pub fn is_finished(&self) -> bool {
+        self.thread.is_finished()
+    }
+
+    /// Waits for the collector's end.
+    pub fn join(self) -> Result<Outcome, WatchError> {
+        self.thread.join().map_err(|_| WatchError::Panicked)?
     }
 }
 

@@ -761,23 +761,13 @@ impl LabWatcher {
             identities: crate::collect::IdentitySource::Fixed(vms),
             forget_after: None,
         };
-        let handle = ns.spawn(move || -> Result<collect::Outcome, WatchError> {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .map_err(|source| WatchError::Setup {
-                    what: "the watcher's runtime",
-                    source,
-                })?;
-            rt.block_on(async move {
-                let mut sink = Watched {
-                    feed: Feed(pipeline),
-                    attached,
-                };
-                collect::run(watch_opts, &mut sink, async {
-                    let _ = stop_rx.await;
-                })
-                .await
+        let handle = ns.spawn(move || {
+            let mut sink = Watched {
+                feed: Feed(pipeline),
+                attached,
+            };
+            collect::run_blocking(watch_opts, &mut sink, async {
+                let _ = stop_rx.await;
             })
         })?;
         Ok(Self { handle, stop })

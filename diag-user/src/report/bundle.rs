@@ -61,12 +61,8 @@ pub enum BundleError {
     Symlink(PathBuf),
     #[error("{0}: exists and is not a directory")]
     NotADirectory(PathBuf),
-    #[error(
-        "{path}: owned by uid {owner}, not by this user (uid {me}): refusing to record into it, \
-         since its owner could swap the files tapwatch writes; give a directory of your own \
-         (e.g. one made by `mktemp -d`)"
-    )]
-    NotOwner { path: PathBuf, owner: u32, me: u32 },
+    #[error(transparent)]
+    Dir(#[from] crate::report::own_dir::DirError),
     #[error("{0}: give the bundle directory by its name (not `.`, `..` or `/`)")]
     BadName(PathBuf),
     #[error("{path}: {source}")]
@@ -294,15 +290,7 @@ impl Dir {
         if unsafe { libc::fstat(dir.fd.as_raw_fd(), &mut st) } != 0 {
             return Err(last_os(&dir.path));
         }
-        // SAFETY: geteuid has no preconditions.
-        let me = unsafe { libc::geteuid() };
-        if st.st_uid != me {
-            return Err(BundleError::NotOwner {
-                path: dir.path,
-                owner: st.st_uid,
-                me,
-            });
-        }
+        crate::report::own_dir::check_owner(&dir.path, st.st_uid, st.st_mode, false)?;
         if !created && !dir.is_empty()? {
             return Err(BundleError::NotEmpty(dir.path));
         }

@@ -7,6 +7,7 @@ mod health;
 pub mod http;
 pub mod json;
 pub mod metrics;
+pub mod own_dir;
 pub mod pipeline;
 pub mod recorder;
 pub mod text;

@@ -16,7 +16,7 @@
 
 use std::{
     collections::{BTreeMap, VecDeque},
-    os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt},
+    os::unix::fs::OpenOptionsExt,
     path::{Path, PathBuf},
     sync::Weak,
     time::Duration,
@@ -58,12 +58,8 @@ pub struct RecorderOptions {
 
 #[derive(Debug, thiserror::Error)]
 pub enum RecorderError {
-    #[error("--record-dir {0}: not a directory")]
-    NotADirectory(PathBuf),
-    #[error("--record-dir {path}: owned by uid {owner}, not by this user (uid {me}): choose a directory of your own")]
-    NotOwner { path: PathBuf, owner: u32, me: u32 },
-    #[error("--record-dir {0}: others may write to it, so a local user could swap what tapwatch writes and removes there: `chmod go-w` it or choose another")]
-    Writable(PathBuf),
+    #[error("--record-dir {0}")]
+    Dir(#[from] crate::report::own_dir::DirError),
     #[error("--record-dir {path}: {source}")]
     Io {
         path: PathBuf,
@@ -130,33 +126,7 @@ fn safe(name: &str) -> String {
 impl Recorder {
     pub fn new(opts: RecorderOptions, pipeline: Weak<Pipeline>) -> Result<Self, RecorderError> {
         let dir = &opts.dir;
-        match std::fs::symlink_metadata(dir) {
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                std::fs::DirBuilder::new()
-                    .recursive(true)
-                    .mode(0o700)
-                    .create(dir)
-                    .map_err(io_err(dir))?;
-            }
-            Err(e) => return Err(io_err(dir)(e)),
-            Ok(_) => {}
-        }
-        let m = std::fs::symlink_metadata(dir).map_err(io_err(dir))?;
-        if !m.is_dir() {
-            return Err(RecorderError::NotADirectory(dir.clone()));
-        }
-        // SAFETY: geteuid has no preconditions.
-        let me = unsafe { libc::geteuid() };
-        if m.uid() != me {
-            return Err(RecorderError::NotOwner {
-                path: dir.clone(),
-                owner: m.uid(),
-                me,
-            });
-        }
-        if m.permissions().mode() & 0o022 != 0 {
-            return Err(RecorderError::Writable(dir.clone()));
-        }
+        crate::report::own_dir::ensure(dir, true)?;
         // Bundles of earlier runs count towards the limits; their names sort by time.
         let mut earlier: Vec<(PathBuf, u64)> = std::fs::read_dir(dir)
             .map_err(io_err(dir))?
@@ -723,6 +693,7 @@ mod tests {
         let dir = scratch("open-to-all");
         let _c = Cleanup(dir.clone());
         std::fs::create_dir_all(&dir).unwrap();
+        use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
         let err = Recorder::new(opts(&dir, 5), Weak::new())
             .err()

@@ -138,7 +138,14 @@ impl Tapwatch {
 /// The pid of a process's child that runs `cleanup-helper` (tapwatch's helper that removes
 /// clsact filters when a run is killed), if it has one.
 pub fn cleanup_helper_of(pid: u32) -> Option<u32> {
-    let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).ok()?;
+    // The children of every thread: the collector that starts the helper runs on one of
+    // its own.
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+    let children: String = tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("children")).ok())
+        .collect::<Vec<_>>()
+        .join(" ");
     children
         .split_whitespace()
         .filter_map(|c| c.parse().ok())

@@ -1,9 +1,10 @@
 //! The live full-screen view: `tapwatch watch` without `--json`.
 //!
-//! The watcher runs on a thread of its own and feeds the run's pipeline; the view reads the
-//! pipeline's verdict engine while it draws, ten times a second, so a slow terminal never
-//! holds the watcher up. The terminal is restored on every way out: quit keys, the signals
-//! that end a run (they end the watcher), a watcher error, and panics (ratatui's hook).
+//! The collector runs on a thread of its own and feeds the run's pipeline; the view reads
+//! the pipeline's registry while it draws, ten times a second, so a slow terminal never
+//! holds the collector up. The terminal is restored on every way out: quit keys, the
+//! signals that end a run (they end the collector), a collector error, and panics
+//! (ratatui's hook).
 
 pub mod app;
 pub mod event;
@@ -14,13 +15,11 @@ use std::{io, io::IsTerminal, sync::Arc, time::Duration};
 
 use chrono::Utc;
 use ratatui::DefaultTerminal;
-use tokio::sync::Notify;
 
 use crate::{
-    collect::{self, Outcome, WatchError, WatchOptions},
     model::clock::Ts,
     model::{Record, Sink},
-    report::pipeline::{Ending, Feed, Pipeline},
+    report::pipeline::{Ending, Pipeline},
     report::text::TextSink,
 };
 use app::App;
@@ -29,12 +28,8 @@ use handler::Action;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TuiError {
-    #[error(transparent)]
-    Watch(#[from] WatchError),
     #[error("terminal: {0}")]
     Terminal(#[from] io::Error),
-    #[error("the watcher thread panicked")]
-    Panicked,
 }
 
 const REDRAW: Duration = Duration::from_millis(100);
@@ -49,39 +44,6 @@ pub fn unavailable() -> Option<&'static str> {
         return Some("there is no controlling terminal for keys");
     }
     None
-}
-
-/// Runs the watcher (on its own thread) and the view until the user quits or the watcher
-/// stops. `stop` ends the watcher; the view fires it on a quit key.
-pub async fn run(
-    opts: WatchOptions,
-    pipeline: Arc<Pipeline>,
-    stop: Arc<Notify>,
-) -> Result<(Outcome, Ending), TuiError> {
-    let (p, s) = (pipeline.clone(), stop.clone());
-    let watcher = std::thread::Builder::new()
-        .name("tapwatch-watch".into())
-        .spawn(move || -> Result<Outcome, WatchError> {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .map_err(|source| WatchError::Setup {
-                    what: "the watcher's runtime",
-                    source,
-                })?;
-            let r = rt.block_on(collect::run(opts, &mut Feed(p.clone()), async move {
-                s.notified().await
-            }));
-            p.finish();
-            r
-        })?;
-    let shown = show(pipeline, || stop.notify_one()).await;
-    // The view may have failed on its own (a terminal gone): the watcher must still end
-    // cleanly, with its summary and nothing left attached.
-    stop.notify_one();
-    let watched = watcher.join().map_err(|_| TuiError::Panicked)?;
-    let outcome = watched?;
-    Ok((outcome, shown?))
 }
 
 /// Shows the pipeline's verdicts until its producer is done; a quit key calls `stop`.
