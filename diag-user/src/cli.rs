@@ -6,12 +6,12 @@ use std::{path::PathBuf, time::Duration};
 use clap::{Args, Parser, Subcommand};
 use diag_user::{
     collect::{
+        identity::libvirt,
         ebpf::AttachMode, links::DEFAULT_PATTERNS, BackendChoice, DatapathChoice, IdentitySource,
         WatchOptions,
     },
     lab::{Scenario, MAX_VMS},
     model::mac::MacAddr,
-    verdict::libvirt,
 };
 
 /// Per-VM view of frames on hypervisor tap devices: which frames a VM sends to a MAC its

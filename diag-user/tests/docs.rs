@@ -10,7 +10,7 @@ use diag_user::{
         LabRecord, Line, MacHistoryEntry, MigrationRecord, Mode, NoticeCode, Record, Scenario,
         State, SummaryRow, TapRow, VerdictFields, SCHEMA_VERSION,
     },
-    verdict::libvirt::VmInterface,
+    model::identity::VmInterface,
 };
 use serde_json::Value;
 
@@ -84,7 +84,7 @@ fn samples() -> Vec<Record> {
         bridge: Some("br0".into()),
         reason: Some("migrated".into()),
         state: Some("running".into()),
-        cpu: Some(diag_user::verdict::libvirt::GuestCpu {
+        cpu: Some(diag_user::model::identity::GuestCpu {
             mode: Some("custom".into()),
             model: Some("qemu64".into()),
             features: vec!["lahf_lm".into()],

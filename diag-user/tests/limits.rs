@@ -8,7 +8,7 @@ use std::{
     sync::atomic::{AtomicUsize, Ordering},
 };
 
-use diag_user::verdict::libvirt::{
+use diag_user::collect::identity::libvirt::{
     parse_domain, MAX_ELEMENT_ATTRIBUTES, MAX_MARKUP, MAX_NODES, MAX_STATUS_FILE,
 };
 

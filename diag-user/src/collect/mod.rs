@@ -6,7 +6,7 @@
 pub mod caps;
 pub mod datapath;
 pub mod ebpf;
-mod identity;
+pub mod identity;
 pub mod libpcap;
 pub mod links;
 pub mod netlink;

@@ -20,7 +20,8 @@ use super::{
 use crate::{
     model::clock::{Ts, WallClock},
     model::{FrameRecord, NoticeCode, Record, Sink, SummaryRow, TapRow},
-    verdict::libvirt::{LibvirtError, VmInterface},
+    collect::identity::libvirt::LibvirtError,
+    model::identity::VmInterface,
 };
 
 /// One tap the datapath was attached to, live or gone: what the collector needs to follow
@@ -547,7 +548,7 @@ mod tests {
     use crate::{
         collect::identity::IdentitySource,
         model::{mac::MacAddr, Backend, Mode},
-        verdict::libvirt::VmDirectory,
+        collect::identity::libvirt::VmDirectory,
     };
 
     type MacCalls = Vec<(u32, Option<MacAddr>)>;

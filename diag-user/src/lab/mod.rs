@@ -647,8 +647,8 @@ impl LabVms {
     }
 }
 
-impl crate::verdict::libvirt::VmDirectory for LabVms {
-    fn lookup(&self, tap: &str) -> Option<crate::verdict::libvirt::VmInterface> {
+impl crate::collect::identity::libvirt::VmDirectory for LabVms {
+    fn lookup(&self, tap: &str) -> Option<crate::model::identity::VmInterface> {
         let spec = (0..self.count).map(VmSpec::new).find(|v| v.tap == tap)?;
         let switched = self
             .switched
@@ -660,7 +660,7 @@ impl crate::verdict::libvirt::VmDirectory for LabVms {
             (Side::Src, true) | (Side::Dst, false) => ("paused", "migration"),
             (Side::Dst, true) => ("running", "migrated"),
         };
-        Some(crate::verdict::libvirt::VmInterface {
+        Some(crate::model::identity::VmInterface {
             domain: spec.name.clone(),
             uuid: None,
             nova_name: None,
@@ -675,7 +675,7 @@ impl crate::verdict::libvirt::VmDirectory for LabVms {
             bridge: self.scenario.bridged().then(|| "br0".into()),
             reason: Some(reason.into()),
             state: Some(state.into()),
-            cpu: Some(crate::verdict::libvirt::GuestCpu {
+            cpu: Some(crate::model::identity::GuestCpu {
                 mode: Some("custom".into()),
                 model: Some("qemu64".into()),
                 features: vec!["hypervisor".into(), "lahf_lm".into()],

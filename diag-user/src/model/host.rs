@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::{clock::Ts, mac::MacAddr, Mode};
-use crate::verdict::libvirt::VmInterface;
+use crate::model::identity::VmInterface;
 
 /// A bundle's host.json: the run, the host's facts, and every tap it watched.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]

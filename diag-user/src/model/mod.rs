@@ -6,6 +6,7 @@
 
 pub mod clock;
 pub mod host;
+pub mod identity;
 pub mod mac;
 pub mod probe;
 
@@ -265,7 +266,7 @@ pub enum Record {
     Identity {
         ts: Ts,
         ifname: String,
-        libvirt: Option<crate::verdict::libvirt::VmInterface>,
+        libvirt: Option<identity::VmInterface>,
     },
     /// Something the reader of the stream should know about the run itself: lost
     /// notifications re-read, an output that fell behind, a tap that cannot be watched.

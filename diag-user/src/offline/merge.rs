@@ -13,7 +13,7 @@ use crate::{
         host::{cpuinfo_flag, HostJson, TapFacts},
         FrameKind, HostFact, MigrationRecord, Record, SummaryRow,
     },
-    verdict::libvirt::VmInterface,
+    model::identity::VmInterface,
 };
 
 /// What the source's records say of one tap.
@@ -334,7 +334,7 @@ mod tests {
     use super::*;
     use crate::{
         model::host::{ClockFacts, HostFacts},
-        verdict::libvirt::GuestCpu,
+        model::identity::GuestCpu,
     };
 
     fn host(flags: &[&str], libvirt: &str) -> HostJson {

@@ -5,7 +5,7 @@ use std::collections::VecDeque;
 use super::TapKey;
 use crate::{
     model::{clock::Ts, mac::MacAddr, Mode, State, TapRow},
-    verdict::libvirt::VmInterface,
+    model::identity::VmInterface,
 };
 
 /// A stretch of time in which the VM sent to a MAC its tap did not have.

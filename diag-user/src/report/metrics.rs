@@ -589,7 +589,7 @@ mod tests {
         let (p, m, _) = pipeline(Duration::from_secs(60));
         p.emit(&attached(0, "tapA", NEW, "routed"));
         p.emit(&stats_at(1000, vec![row("tapA", 3, 1)]));
-        let vm = crate::verdict::libvirt::VmInterface {
+        let vm = crate::model::identity::VmInterface {
             domain: "instance-0000002b".into(),
             uuid: Some("5c2d9e3f".into()),
             nova_name: Some("web-1".into()),

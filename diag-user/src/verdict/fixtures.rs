@@ -99,7 +99,7 @@ pub fn identity(ms: i64, tap: &str, name: &str) -> Record {
     Record::Identity {
         ts: at(ms),
         ifname: tap.into(),
-        libvirt: Some(crate::verdict::libvirt::VmInterface {
+        libvirt: Some(crate::model::identity::VmInterface {
             domain: "instance-0000002a".into(),
             nova_name: Some(name.into()),
             tap: tap.into(),

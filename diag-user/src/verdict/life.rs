@@ -9,7 +9,7 @@ use crate::{
         DatapathKind, Mode, NoticeCode, Record, SummaryRow,
     },
     registry::{Tap, TapKey},
-    verdict::libvirt::VmInterface,
+    model::identity::VmInterface,
 };
 
 impl Engine {

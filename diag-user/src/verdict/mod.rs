@@ -11,7 +11,6 @@
 mod counts;
 mod diagnosis;
 mod frames;
-pub mod libvirt;
 mod life;
 
 use std::{collections::HashMap, time::Duration};
@@ -23,7 +22,7 @@ pub use crate::{
 use crate::{
     model::{clock::Ts, MacHistoryEntry, Record, VerdictFields},
     registry::OWN_NETNS,
-    verdict::libvirt::VmInterface,
+    model::identity::VmInterface,
 };
 
 #[derive(Clone, Debug)]

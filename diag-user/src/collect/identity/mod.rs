@@ -1,7 +1,10 @@
 //! Which VM is behind a tap: libvirt's status directory followed as it changes, or a fixed
 //! table (the lab).
 
-use crate::verdict::libvirt::{LibvirtDir, LibvirtError, VmDirectory, VmInterface};
+pub mod libvirt;
+
+use self::libvirt::{LibvirtDir, LibvirtError, VmDirectory};
+use crate::model::identity::VmInterface;
 
 /// Where a run learns which VM is behind a tap.
 #[derive(Clone)]
