@@ -6,9 +6,8 @@ use std::{path::PathBuf, time::Duration};
 use clap::{Args, Parser, Subcommand};
 use diag_user::{
     collect::{
-        identity::libvirt,
-        ebpf::AttachMode, links::DEFAULT_PATTERNS, BackendChoice, DatapathChoice, IdentitySource,
-        WatchOptions,
+        ebpf::AttachMode, identity::libvirt, links::DEFAULT_PATTERNS, BackendChoice,
+        DatapathChoice, IdentitySource, WatchOptions,
     },
     lab::{Scenario, MAX_VMS},
     model::mac::MacAddr,

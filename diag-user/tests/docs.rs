@@ -5,12 +5,12 @@
 use std::collections::BTreeSet;
 
 use diag_user::{
+    model::identity::VmInterface,
     model::{
         clock::Ts, mac::MacAddr, Backend, Direction, FrameKind, FrameRecord, HostFact, LabEvent,
         LabRecord, Line, MacHistoryEntry, MigrationRecord, Mode, NoticeCode, Record, Scenario,
         State, SummaryRow, TapRow, VerdictFields, SCHEMA_VERSION,
     },
-    model::identity::VmInterface,
 };
 use serde_json::Value;
 

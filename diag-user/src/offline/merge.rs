@@ -8,12 +8,12 @@ use std::{collections::HashMap, io, path::Path};
 
 use super::{analyze_path, read_host_json, AnalyzeError};
 use crate::{
+    model::identity::VmInterface,
     model::{
         clock::Ts,
         host::{cpuinfo_flag, HostJson, TapFacts},
         FrameKind, HostFact, MigrationRecord, Record, SummaryRow,
     },
-    model::identity::VmInterface,
 };
 
 /// What the source's records say of one tap.

@@ -4,8 +4,8 @@ use std::collections::VecDeque;
 
 use super::TapKey;
 use crate::{
-    model::{clock::Ts, mac::MacAddr, Mode, State, TapRow},
     model::identity::VmInterface,
+    model::{clock::Ts, mac::MacAddr, Mode, State, TapRow},
 };
 
 /// A stretch of time in which the VM sent to a MAC its tap did not have.

@@ -3,13 +3,13 @@
 
 use super::{Engine, State};
 use crate::{
+    model::identity::VmInterface,
     model::{
         clock::Ts,
         mac::{show, MacAddr},
         DatapathKind, Mode, NoticeCode, Record, SummaryRow,
     },
     registry::{Tap, TapKey},
-    model::identity::VmInterface,
 };
 
 impl Engine {

@@ -15,14 +15,14 @@ mod life;
 
 use std::{collections::HashMap, time::Duration};
 
+use crate::{
+    model::identity::VmInterface,
+    model::{clock::Ts, MacHistoryEntry, Record, VerdictFields},
+    registry::OWN_NETNS,
+};
 pub use crate::{
     model::State,
     registry::{Blackout, Registry, Tap, TimelineEntry, SERIES_LEN},
-};
-use crate::{
-    model::{clock::Ts, MacHistoryEntry, Record, VerdictFields},
-    registry::OWN_NETNS,
-    model::identity::VmInterface,
 };
 
 #[derive(Clone, Debug)]
