@@ -278,38 +278,7 @@ fn follow(
                 break;
             };
             let len = msg.header.length as usize;
-            let change = match msg.payload {
-                // A bridge's own notices about its ports (AF_BRIDGE): a tap leaving a
-                // bridge gets an RTM_DELLINK of this family, yet the tap stays.
-                NetlinkPayload::InnerMessage(
-                    RouteNetlinkMessage::NewLink(m) | RouteNetlinkMessage::DelLink(m),
-                ) if m.header.interface_family == AddressFamily::Bridge => None,
-                NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(m)) => {
-                    Link::from_message(&m).map(|link| {
-                        known.insert(link.ifindex, link.clone());
-                        LinkChange::Present(link)
-                    })
-                }
-                NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelLink(m)) => {
-                    let name = known
-                        .remove(&m.header.index)
-                        .map(|l| l.name)
-                        .or_else(|| Link::from_message(&m).map(|l| l.name))
-                        .unwrap_or_default();
-                    let totals = m.attributes.iter().find_map(|a| match a {
-                        LinkAttribute::Stats64(s) => {
-                            Some(crate::collect::netlink::LinkTotals::from_stats64(s))
-                        }
-                        _ => None,
-                    });
-                    Some(LinkChange::Removed {
-                        ifindex: m.header.index,
-                        name,
-                        totals,
-                    })
-                }
-                _ => None,
-            };
+            let change = change_of(msg.payload, &mut known);
             if let Some(c) = change {
                 if tx.send(c).is_err() {
                     return;
@@ -320,6 +289,44 @@ fn follow(
             }
             at += (len + 3) & !3;
         }
+    }
+}
+
+/// What a link notification says, following `known` (by ifindex).
+fn change_of(
+    payload: NetlinkPayload<RouteNetlinkMessage>,
+    known: &mut HashMap<u32, Link>,
+) -> Option<LinkChange> {
+    match payload {
+        // A bridge's own notices about its ports (AF_BRIDGE): a tap leaving a bridge gets
+        // an RTM_DELLINK of this family, yet the tap stays.
+        NetlinkPayload::InnerMessage(
+            RouteNetlinkMessage::NewLink(m) | RouteNetlinkMessage::DelLink(m),
+        ) if m.header.interface_family == AddressFamily::Bridge => None,
+        NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(m)) => Link::from_message(&m)
+            .map(|link| {
+                known.insert(link.ifindex, link.clone());
+                LinkChange::Present(link)
+            }),
+        NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelLink(m)) => {
+            let name = known
+                .remove(&m.header.index)
+                .map(|l| l.name)
+                .or_else(|| Link::from_message(&m).map(|l| l.name))
+                .unwrap_or_default();
+            let totals = m.attributes.iter().find_map(|a| match a {
+                LinkAttribute::Stats64(s) => {
+                    Some(crate::collect::netlink::LinkTotals::from_stats64(s))
+                }
+                _ => None,
+            });
+            Some(LinkChange::Removed {
+                ifindex: m.header.index,
+                name,
+                totals,
+            })
+        }
+        _ => None,
     }
 }
 

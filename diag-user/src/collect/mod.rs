@@ -151,38 +151,7 @@ pub async fn run(
     raise_fd_limit();
     let mut signals = Signals::new()?;
     let clock = WallClock::new();
-    let mut said = None;
-    let probe = |path| ProbeOptions {
-        path,
-        attach_mode: opts.attach_mode,
-        linger: opts.probe_linger,
-    };
-    let (datapath, mut src) = match opts.datapath {
-        DatapathChoice::Drops => load_ebpf(&probe(KernelPath::Drops), &mut said),
-        DatapathChoice::Tc => load_ebpf(&probe(KernelPath::Tc), &mut said),
-        DatapathChoice::Ebpf => load_ebpf(&probe(KernelPath::Auto), &mut said),
-        DatapathChoice::Pcap => load_pcap(clock),
-        DatapathChoice::Auto => {
-            match load_ebpf(&probe(KernelPath::Auto), &mut said).map_err(WatchError::descriptors) {
-                Ok(b) => Ok(b),
-                Err(e @ WatchError::Descriptors(_)) => return Err(e),
-                Err(e @ WatchError::Probe(ProbeError::Descriptors(_))) => return Err(e),
-                Err(e) => match load_pcap(clock) {
-                    Ok(b) => {
-                        said = Some(format!(
-                            "datapath pcap: eBPF is not available here ({e}); capturing with \
-                         libpcap instead: same records, more CPU per frame, and dst \
-                         mismatches judged against the tap MAC tapwatch last saw"
-                        ));
-                        Ok(b)
-                    }
-                    // Neither: the eBPF reason says most (privileges, kernel).
-                    Err(_) => return Err(e),
-                },
-            }
-        }
-    }
-    .map_err(WatchError::descriptors)?;
+    let (datapath, mut src, said) = load_datapath(&opts, clock)?;
     let (mut monitor, links) =
         LinkMonitor::start().map_err(|e| WatchError::from(e).descriptors())?;
 
@@ -402,6 +371,48 @@ async fn watch_loop(
             return Ok(());
         }
     }
+}
+
+/// The datapath the options ask for (`auto`: the first that loads, eBPF before libpcap);
+/// with it, what was chosen and why, when there was a choice.
+#[allow(clippy::type_complexity)]
+fn load_datapath(
+    opts: &WatchOptions,
+    clock: WallClock,
+) -> Result<(Box<dyn Datapath>, EventSource, Option<String>), WatchError> {
+    let mut said = None;
+    let probe = |path| ProbeOptions {
+        path,
+        attach_mode: opts.attach_mode,
+        linger: opts.probe_linger,
+    };
+    let (datapath, src) = match opts.datapath {
+        DatapathChoice::Drops => load_ebpf(&probe(KernelPath::Drops), &mut said),
+        DatapathChoice::Tc => load_ebpf(&probe(KernelPath::Tc), &mut said),
+        DatapathChoice::Ebpf => load_ebpf(&probe(KernelPath::Auto), &mut said),
+        DatapathChoice::Pcap => load_pcap(clock),
+        DatapathChoice::Auto => {
+            match load_ebpf(&probe(KernelPath::Auto), &mut said).map_err(WatchError::descriptors) {
+                Ok(b) => Ok(b),
+                Err(e @ WatchError::Descriptors(_)) => return Err(e),
+                Err(e @ WatchError::Probe(ProbeError::Descriptors(_))) => return Err(e),
+                Err(e) => match load_pcap(clock) {
+                    Ok(b) => {
+                        said = Some(format!(
+                            "datapath pcap: eBPF is not available here ({e}); capturing with \
+                             libpcap instead: same records, more CPU per frame, and dst \
+                             mismatches judged against the tap MAC tapwatch last saw"
+                        ));
+                        Ok(b)
+                    }
+                    // Neither: the eBPF reason says most (privileges, kernel).
+                    Err(_) => return Err(e),
+                },
+            }
+        }
+    }
+    .map_err(WatchError::descriptors)?;
+    Ok((datapath, src, said))
 }
 
 /// Every tap costs two descriptors (two TCX links, or two capture handles), so with the

@@ -16,6 +16,9 @@ pub mod client;
 pub mod frames;
 pub mod guest;
 pub mod netns;
+mod topology;
+mod vms;
+mod watching;
 
 use std::{
     net::Ipv4Addr,
@@ -27,17 +30,18 @@ use std::{
 use tokio::sync::oneshot;
 
 use crate::{
-    collect::caps,
-    collect::ebpf::AttachMode,
-    collect::{self, WatchError, WatchOptions},
-    lab::netns::{run, Netns, SandboxError, VmTap},
+    collect::{caps, WatchError},
+    lab::netns::{run, SandboxError},
     model::clock::{monotonic_ns, Ts, WallClock},
     model::mac::MacAddr,
     model::{LabEvent, LabRecord, Record},
-    report::pipeline::{Feed, Pipeline},
+    report::pipeline::Pipeline,
 };
 use client::Pings;
 use guest::{Guest, GuestConfig};
+use topology::Topology;
+pub use vms::{LabVms, Side};
+use watching::{Attached, LabWatcher};
 
 pub use crate::model::Scenario;
 
@@ -139,148 +143,6 @@ pub fn clean_leftovers() {
         if !alive {
             let _ = run("ip", &["netns", "del", name]);
         }
-    }
-}
-
-/// The three namespaces; deleted (with everything in them) when dropped.
-struct Topology {
-    client: Netns,
-    src: Netns,
-    dst: Netns,
-}
-
-impl Topology {
-    fn build(scenario: Scenario) -> Result<Self, SandboxError> {
-        let pid = std::process::id();
-        let ns = |role: &str| Netns::named(&format!("{PREFIX}-{pid}-{role}"));
-        let topo = Self {
-            client: ns("client")?,
-            src: ns("src")?,
-            dst: ns("dst")?,
-        };
-        let c = &topo.client;
-        if scenario.bridged() {
-            c.ip(&["link", "add", "brc", "type", "bridge"])?;
-            c.ip(&["addr", "add", &format!("{CLIENT_BRIDGED}/24"), "dev", "brc"])?;
-            c.ip(&["link", "set", "brc", "up"])?;
-        }
-        for (hv, link, subnet) in [(&topo.src, "src", 10), (&topo.dst, "dst", 20)] {
-            let (cside, hside) = (format!("vc-{link}"), format!("vh-{link}"));
-            c.ip(&[
-                "link",
-                "add",
-                &cside,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                &hside,
-                "netns",
-                hv.name(),
-            ])?;
-            hv.exec(
-                "sysctl",
-                &[
-                    "-qw",
-                    "net.ipv4.ip_forward=1",
-                    "net.ipv4.conf.all.rp_filter=0",
-                    "net.ipv4.conf.default.rp_filter=0",
-                ],
-            )?;
-            if scenario.bridged() {
-                c.ip(&["link", "set", &cside, "master", "brc", "up"])?;
-                hv.ip(&["link", "add", "br0", "type", "bridge"])?;
-                hv.ip(&["link", "set", &hside, "master", "br0", "up"])?;
-                hv.ip(&["link", "set", "br0", "up"])?;
-            } else {
-                c.ip(&[
-                    "addr",
-                    "add",
-                    &format!("192.168.{subnet}.1/30"),
-                    "dev",
-                    &cside,
-                ])?;
-                c.ip(&["link", "set", &cside, "up"])?;
-                hv.ip(&[
-                    "addr",
-                    "add",
-                    &format!("192.168.{subnet}.2/30"),
-                    "dev",
-                    &hside,
-                ])?;
-                hv.ip(&["link", "set", &hside, "up"])?;
-                hv.ip(&[
-                    "route",
-                    "add",
-                    "default",
-                    "via",
-                    &format!("192.168.{subnet}.1"),
-                ])?;
-            }
-        }
-        c.exec(
-            "sysctl",
-            &[
-                "-qw",
-                "net.ipv4.conf.all.rp_filter=0",
-                "net.ipv4.conf.default.rp_filter=0",
-            ],
-        )?;
-        Ok(topo)
-    }
-
-    /// Plugs a VM's tap on hypervisor `hv` as Nova/libvirt would.
-    fn plug(
-        &self,
-        hv: &Netns,
-        vm: &VmSpec,
-        tap_mac: MacAddr,
-        scenario: Scenario,
-    ) -> Result<Arc<VmTap>, SandboxError> {
-        let tap = VmTap::create(hv, &vm.tap, tap_mac)?;
-        if scenario.bridged() {
-            hv.ip(&["link", "set", &vm.tap, "master", "br0"])?;
-        } else {
-            // What Calico's agent sets on a workload's tap.
-            hv.exec(
-                "sysctl",
-                &[
-                    "-qw",
-                    &format!("net.ipv4.conf.{}.proxy_arp=1", vm.tap),
-                    &format!("net.ipv4.neigh.{}.proxy_delay=0", vm.tap),
-                ],
-            )?;
-        }
-        Ok(Arc::new(tap))
-    }
-
-    /// Routes traffic for `vm` to hypervisor `hv` (Calico: the /32 route on the host and
-    /// the fabric's route, which BGP would move).
-    fn route_to(&self, hv_is_dst: bool, vm: &VmSpec) -> Result<(), SandboxError> {
-        let hv = if hv_is_dst { &self.dst } else { &self.src };
-        let ip = format!("{}/32", vm.ip);
-        hv.ip(&["route", "replace", &ip, "dev", &vm.tap])?;
-        self.client_route(hv_is_dst, vm)
-    }
-
-    /// The destination host's /32 route to the VM via its tap (what Calico's agent sets
-    /// when the tap is plugged and the VM is there).
-    fn host_route(&self, vm: &VmSpec) -> Result<(), SandboxError> {
-        let ip = format!("{}/32", vm.ip);
-        self.dst.ip(&["route", "replace", &ip, "dev", &vm.tap])?;
-        Ok(())
-    }
-
-    /// The fabric's route to the VM (the client's): to the source or the destination.
-    fn client_route(&self, to_dst: bool, vm: &VmSpec) -> Result<(), SandboxError> {
-        let via = if to_dst {
-            "192.168.20.2"
-        } else {
-            "192.168.10.2"
-        };
-        let ip = format!("{}/32", vm.ip);
-        self.client.ip(&["route", "replace", &ip, "via", via])?;
-        Ok(())
     }
 }
 
@@ -548,146 +410,6 @@ impl Drop for Lab {
     }
 }
 
-/// Taps the watcher has said `attached` for: the story waits for its tap there before the
-/// guest starts, so all its frames are seen.
-#[derive(Clone, Default)]
-struct Attached(
-    Arc<(
-        std::sync::Mutex<std::collections::HashSet<String>>,
-        std::sync::Condvar,
-    )>,
-);
-
-impl Attached {
-    fn add(&self, ifname: &str) {
-        let (set, cv) = &*self.0;
-        set.lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(ifname.to_string());
-        cv.notify_all();
-    }
-
-    /// Waits (at most 5 s: a tap that cannot be watched is reported by the watcher) until
-    /// `ifname` is attached.
-    fn wait(&self, ifname: &str) {
-        let (set, cv) = &*self.0;
-        let deadline = Instant::now() + Duration::from_secs(5);
-        let mut guard = set.lock().unwrap_or_else(|e| e.into_inner());
-        while !guard.contains(ifname) {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return;
-            }
-            guard = cv
-                .wait_timeout(guard, left)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
-        }
-    }
-}
-
-/// The watcher's records into the pipeline, noting each tap it attached to.
-struct Watched {
-    feed: Feed,
-    attached: Attached,
-}
-
-impl crate::model::Sink for Watched {
-    fn emit(&mut self, rec: &Record) -> std::io::Result<()> {
-        if let Record::Attached { ifname, .. } = rec {
-            self.attached.add(ifname);
-        }
-        self.feed.emit(rec)
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.feed.flush()
-    }
-}
-
-/// Which simulated hypervisor a table of VMs describes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Side {
-    Src,
-    Dst,
-}
-
-/// The lab's VMs as libvirt would describe them (Nova-style `ethernet` interfaces, or
-/// bridged ones) on one hypervisor, so tapwatch names them and knows their guest MACs, and
-/// their domain state as libvirt's status files say it: on the source running (booted)
-/// until libvirt pauses it for the final stop-and-copy; on the destination paused (the
-/// incoming migration) until it resumes there.
-pub struct LabVms {
-    scenario: Scenario,
-    count: usize,
-    side: Side,
-    /// VMs past their switch-over (paused on the source, resumed on the destination).
-    switched: std::sync::Mutex<std::collections::HashSet<String>>,
-    changes: Arc<tokio::sync::Notify>,
-}
-
-impl LabVms {
-    pub fn new(opts: &LabOptions, side: Side) -> Self {
-        Self {
-            scenario: opts.scenario,
-            count: opts.vms,
-            side,
-            switched: Default::default(),
-            changes: Default::default(),
-        }
-    }
-
-    /// libvirt's status file changes for `vm`: paused for the migration (source), resumed
-    /// (destination).
-    pub fn switch(&self, vm: &str) {
-        self.switched
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(vm.to_string());
-        self.changes.notify_one();
-    }
-}
-
-impl crate::collect::identity::libvirt::VmDirectory for LabVms {
-    fn lookup(&self, tap: &str) -> Option<crate::model::identity::VmInterface> {
-        let spec = (0..self.count).map(VmSpec::new).find(|v| v.tap == tap)?;
-        let switched = self
-            .switched
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .contains(&spec.name);
-        let (state, reason) = match (self.side, switched) {
-            (Side::Src, false) => ("running", "booted"),
-            (Side::Src, true) | (Side::Dst, false) => ("paused", "migration"),
-            (Side::Dst, true) => ("running", "migrated"),
-        };
-        Some(crate::model::identity::VmInterface {
-            domain: spec.name.clone(),
-            uuid: None,
-            nova_name: None,
-            tap: spec.tap,
-            guest_mac: Some(spec.mac),
-            iface_type: if self.scenario.bridged() {
-                "bridge".into()
-            } else {
-                "ethernet".into()
-            },
-            managed: (!self.scenario.bridged()).then_some(self.scenario != Scenario::StaleMac),
-            bridge: self.scenario.bridged().then(|| "br0".into()),
-            reason: Some(reason.into()),
-            state: Some(state.into()),
-            cpu: Some(crate::model::identity::GuestCpu {
-                mode: Some("custom".into()),
-                model: Some("qemu64".into()),
-                features: vec!["hypervisor".into(), "lahf_lm".into()],
-            }),
-        })
-    }
-
-    fn changes(&self) -> Option<Arc<tokio::sync::Notify>> {
-        Some(self.changes.clone())
-    }
-}
-
 /// How a lab run ends.
 pub struct LabRun {
     /// Asks the lab to stop (the view's quit key).
@@ -732,61 +454,6 @@ pub fn start(
     })
 }
 
-/// A watcher running in one of the lab's namespaces.
-struct LabWatcher {
-    handle: JoinHandle<Result<Result<collect::Outcome, WatchError>, SandboxError>>,
-    stop: oneshot::Sender<()>,
-}
-
-impl LabWatcher {
-    /// `tapwatch watch` as the on-call engineer runs it, on hypervisor `ns`, with libvirt's
-    /// view `vms`, into `pipeline`; `attached` hears of every tap it attaches to.
-    fn start(
-        ns: &Netns,
-        opts: &LabOptions,
-        vms: Arc<LabVms>,
-        pipeline: Arc<Pipeline>,
-        attached: Attached,
-    ) -> Result<Self, SandboxError> {
-        let (stop, stop_rx) = oneshot::channel::<()>();
-        let watch_opts = WatchOptions {
-            patterns: vec!["tap*".into()],
-            interval: opts.interval,
-            duration: None,
-            attach_mode: AttachMode::Auto,
-            // The datapath an operator gets by default, without the libpcap fallback: the
-            // lab is about the kernel's view.
-            datapath: crate::collect::DatapathChoice::Ebpf,
-            probe_linger: Duration::from_secs(60),
-            identities: crate::collect::IdentitySource::Fixed(vms),
-            forget_after: None,
-        };
-        let handle = ns.spawn(move || {
-            let mut sink = Watched {
-                feed: Feed(pipeline),
-                attached,
-            };
-            collect::run_blocking(watch_opts, &mut sink, async {
-                let _ = stop_rx.await;
-            })
-        })?;
-        Ok(Self { handle, stop })
-    }
-
-    fn is_finished(&self) -> bool {
-        self.handle.is_finished()
-    }
-
-    fn stop(self) -> Result<collect::Outcome, LabError> {
-        let _ = self.stop.send(());
-        let r = self.handle.join().map_err(|_| LabError::Thread {
-            what: "watcher",
-            detail: "panicked".into(),
-        })?;
-        Ok(r??)
-    }
-}
-
 fn story(
     opts: LabOptions,
     headless: bool,
@@ -819,7 +486,6 @@ fn story(
         )?),
         None => None,
     };
-
     let mut lab = Lab {
         topo,
         attached,
@@ -831,61 +497,14 @@ fn story(
         opts: opts.clone(),
         pipeline: pipeline.clone(),
     };
-    let stopped = |stop: &mut oneshot::Receiver<()>| {
-        !matches!(stop.try_recv(), Err(oneshot::error::TryRecvError::Empty))
-    };
     let deadline = opts.duration.map(|d| started + d);
-    let past_deadline = || deadline.is_some_and(|d| Instant::now() >= d);
-
-    let result = (|| -> Result<(), LabError> {
-        lab.start_vms()?;
-        lab.lab_record(
-            LabEvent::Ready,
-            None,
-            Some(format!(
-                "{} VM(s) on the source, pinged every 20 ms",
-                opts.vms
-            )),
-        );
-        let until = Instant::now() + opts.before;
-        while Instant::now() < until
-            && !stopped(&mut stop)
-            && !past_deadline()
-            && !watcher.is_finished()
-        {
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        if stopped(&mut stop) || past_deadline() || watcher.is_finished() {
-            return Ok(());
-        }
-        lab.migrate()?;
-        // The story goes on until it is over (headless), the deadline, or the user quits.
-        let give_up =
-            Instant::now() + opts.reachable * 3 + opts.sdn_delay + Duration::from_secs(15);
-        let mut told = false;
-        loop {
-            // SIGINT and SIGTERM end the watcher; the lab follows.
-            if stopped(&mut stop) || past_deadline() || watcher.is_finished() {
-                break;
-            }
-            lab.move_due_routes()?;
-            if !told && (lab.story_over() || Instant::now() > give_up) {
-                told = true;
-                if headless && deadline.is_none() {
-                    break;
-                }
-                // The live view shows the truth as soon as it is known.
-                if !headless {
-                    for t in lab.truths() {
-                        pipeline.emit(&t);
-                    }
-                }
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Ok(())
-    })();
-
+    // SIGINT and SIGTERM end the watcher; the lab follows.
+    let mut over = || {
+        !matches!(stop.try_recv(), Err(oneshot::error::TryRecvError::Empty))
+            || deadline.is_some_and(|d| Instant::now() >= d)
+            || watcher.is_finished()
+    };
+    let result = play(&mut lab, headless, deadline.is_some(), &mut over);
     let watched = watcher.stop();
     let src_watched = src_watcher.map(LabWatcher::stop).transpose();
     // The truth comes last, after tapwatch's summary.
@@ -899,5 +518,56 @@ fn story(
     result?;
     watched?;
     src_watched?;
+    Ok(())
+}
+
+/// The story: steady traffic, the migration, and what follows until it is over (a
+/// `headless` run without a deadline ends then) or `over` says the run ends.
+fn play(
+    lab: &mut Lab,
+    headless: bool,
+    has_deadline: bool,
+    over: &mut impl FnMut() -> bool,
+) -> Result<(), LabError> {
+    let opts = lab.opts.clone();
+    lab.start_vms()?;
+    lab.lab_record(
+        LabEvent::Ready,
+        None,
+        Some(format!(
+            "{} VM(s) on the source, pinged every 20 ms",
+            opts.vms
+        )),
+    );
+    let until = Instant::now() + opts.before;
+    while Instant::now() < until {
+        if over() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    if over() {
+        return Ok(());
+    }
+    lab.migrate()?;
+    // The story goes on until it is over (headless), the deadline, or the user quits.
+    let give_up = Instant::now() + opts.reachable * 3 + opts.sdn_delay + Duration::from_secs(15);
+    let mut told = false;
+    while !over() {
+        lab.move_due_routes()?;
+        if !told && (lab.story_over() || Instant::now() > give_up) {
+            told = true;
+            if headless && !has_deadline {
+                break;
+            }
+            // The live view shows the truth as soon as it is known.
+            if !headless {
+                for t in lab.truths() {
+                    lab.pipeline.emit(&t);
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
     Ok(())
 }

@@ -5,18 +5,23 @@
 //! `snake_case` (states: upper-case) string in JSON, and records read back with serde.
 
 pub mod clock;
+mod frame;
 pub mod host;
 pub mod identity;
 pub mod mac;
 pub mod probe;
+mod rows;
 
 use std::io;
 
-use diag_common::{parse_arp, parse_ethernet, FrameEvent, TapCounters};
 pub use diag_common::{Direction, FrameKind};
 use serde::{Deserialize, Serialize};
 
 use self::{clock::Ts, mac::MacAddr};
+pub use self::{
+    frame::FrameRecord,
+    rows::{MacHistoryEntry, SummaryRow, TapRow},
+};
 
 /// The record format's version, written as `schema` on every line. Lines without it were
 /// written by tapwatch 0.1 (version 1), whose records this version reads unchanged.
@@ -472,182 +477,12 @@ pub struct VerdictFields {
 }
 
 /// A field that is present (`Some`), possibly `null` (`Some(None)`); absent is `None`.
-fn present<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
+pub(crate) fn present<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
 where
     D: serde::Deserializer<'de>,
     T: Deserialize<'de>,
 {
     Option::<T>::deserialize(d).map(Some)
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
-pub struct FrameRecord {
-    pub ts: Ts,
-    pub ifname: String,
-    pub direction: Direction,
-    pub kind: FrameKind,
-    pub src_mac: MacAddr,
-    pub dst_mac: MacAddr,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub sender_ip: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub target_ip: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub vlan: Option<u16>,
-    /// The outer (802.1ad service) tag's VLAN id of a QinQ frame.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub outer_vlan: Option<u16>,
-    /// Also addressed to a MAC the tap does not have (e.g. a unicast ARP to the old MAC).
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub dst_mismatch: bool,
-    /// Length of the whole frame.
-    pub len: u32,
-    /// The captured bytes (up to 128), as they crossed the tap: not part of the JSON, but
-    /// of the bundle's pcapng.
-    #[serde(skip)]
-    pub data: Vec<u8>,
-}
-
-impl FrameRecord {
-    /// Decodes a kernel event; `None` for an event too short to hold a MAC header.
-    pub fn from_event(ev: &FrameEvent, ifname: &str, ts: Ts) -> Option<Self> {
-        let frame = ev.frame();
-        let eth = parse_ethernet(frame)?;
-        let kind = diag_common::FrameKind::from_u8(ev.kind)?;
-        let arp = match kind {
-            diag_common::FrameKind::DstMismatch => None,
-            _ => parse_arp(frame, eth.l3_offset),
-        };
-        let ip = |b: [u8; 4]| std::net::Ipv4Addr::from(b).to_string();
-        let outer_stripped = ev.flags & diag_common::EVENT_FLAG_OUTER_VLAN != 0;
-        let vlan_stripped = ev.flags & diag_common::EVENT_FLAG_VLAN != 0 && eth.vlan.is_none();
-        Some(Self {
-            ts,
-            ifname: ifname.to_string(),
-            direction: Direction::from_u8(ev.direction)?,
-            kind,
-            src_mac: MacAddr(eth.src),
-            dst_mac: MacAddr(eth.dst),
-            sender_ip: arp.map(|a| ip(a.sender_ip)),
-            target_ip: arp.map(|a| ip(a.target_ip)),
-            // The kernel usually strips the outer tag into metadata before tc sees the frame.
-            vlan: eth.vlan.or(vlan_stripped.then_some(ev.vlan)),
-            outer_vlan: eth.outer_vlan.or(outer_stripped.then_some(ev.outer_vlan)),
-            dst_mismatch: ev.flags & diag_common::EVENT_FLAG_DST_MISMATCH != 0,
-            len: ev.frame_len,
-            data: with_vlan_tags(
-                frame,
-                outer_stripped.then_some(ev.outer_vlan),
-                vlan_stripped.then_some(ev.vlan),
-            ),
-        })
-    }
-}
-
-/// The frame with the tags the kernel moved into metadata put back after the MAC
-/// addresses, as the VM wrote it: an outer 802.1ad tag, then an 802.1Q tag.
-fn with_vlan_tags(frame: &[u8], outer: Option<u16>, vlan: Option<u16>) -> Vec<u8> {
-    if frame.len() < 12 || (outer.is_none() && vlan.is_none()) {
-        return frame.to_vec();
-    }
-    let mut f = Vec::with_capacity(frame.len() + 8);
-    f.extend_from_slice(&frame[..12]);
-    for (tpid, id) in [
-        (diag_common::ETH_P_8021AD, outer),
-        (diag_common::ETH_P_8021Q, vlan),
-    ] {
-        if let Some(id) = id {
-            f.extend_from_slice(&tpid.to_be_bytes());
-            f.extend_from_slice(&id.to_be_bytes());
-        }
-    }
-    f.extend_from_slice(&frame[12..]);
-    f
-}
-
-/// Counters of one tap, cumulative since it was attached.
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
-pub struct TapRow {
-    pub ifname: String,
-    pub from_vm_frames: u64,
-    pub from_vm_bytes: u64,
-    pub to_vm_frames: u64,
-    pub to_vm_bytes: u64,
-    pub dst_mismatch_frames: u64,
-    pub rarp_frames: u64,
-    pub garp_frames: u64,
-    pub arp_requests: u64,
-    pub arp_replies: u64,
-    pub events_lost: u64,
-    /// Frames the kernel dropped on the tap, by reason (`OTHERHOST`, `UNHANDLED_PROTO`,
-    /// `FULL_RING`…): the drop-driven datapath only.
-    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
-    pub kernel_drops: std::collections::BTreeMap<String, u64>,
-    /// The datapath's own mismatch window when the counters were read: when its first
-    /// frame to a foreign MAC came (kernel-timed), `null` while the VM's frames reach the
-    /// tap's MAC. The engine orders counts by it: a rise for frames older than a closed
-    /// window's end is that window's. Absent in records of older versions.
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        deserialize_with = "present"
-    )]
-    pub mismatch_since: Option<Option<Ts>>,
-}
-
-impl TapRow {
-    pub fn new(ifname: &str, c: &TapCounters) -> Self {
-        Self {
-            ifname: ifname.to_string(),
-            from_vm_frames: c.from_vm_frames,
-            from_vm_bytes: c.from_vm_bytes,
-            to_vm_frames: c.to_vm_frames,
-            to_vm_bytes: c.to_vm_bytes,
-            dst_mismatch_frames: c.dst_mismatch_frames,
-            rarp_frames: c.rarp_frames,
-            garp_frames: c.garp_frames,
-            arp_requests: c.arp_requests,
-            arp_replies: c.arp_replies,
-            events_lost: c.events_lost,
-            kernel_drops: Default::default(),
-            mismatch_since: None,
-        }
-    }
-
-    /// With the datapath's mismatch window: open since `since`, or closed.
-    pub fn with_window(self, since: Option<Ts>) -> Self {
-        Self {
-            mismatch_since: Some(since),
-            ..self
-        }
-    }
-
-    pub fn with_kernel_drops(self, kernel_drops: std::collections::BTreeMap<String, u64>) -> Self {
-        Self {
-            kernel_drops,
-            ..self
-        }
-    }
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
-pub struct MacHistoryEntry {
-    pub ts: Ts,
-    pub mac: Option<MacAddr>,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct SummaryRow {
-    #[serde(flatten)]
-    pub counters: TapRow,
-    pub ifindex: u32,
-    pub mode: Mode,
-    /// The tap's MAC when attached, then every change, with the time it was seen.
-    pub mac_history: Vec<MacHistoryEntry>,
-    /// Whether the tap went away before tapwatch stopped.
-    pub detached: bool,
-    #[serde(flatten, default, skip_serializing_if = "Option::is_none")]
-    pub verdict: Option<VerdictFields>,
 }
 
 /// One line of NDJSON: a record and the format's version.

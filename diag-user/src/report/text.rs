@@ -14,7 +14,7 @@ use std::{
 };
 
 use crate::{
-    model::{Record, Sink},
+    model::{clock::Ts, Record, Sink, SummaryRow},
     offline::Analysis,
 };
 
@@ -81,109 +81,109 @@ pub struct TextSink<W: Write>(pub W);
 
 impl<W: Write> Sink for TextSink<W> {
     fn emit(&mut self, rec: &Record) -> io::Result<()> {
-        let w = &mut self.0;
-        let name = rec.ifname().map(one_line).unwrap_or_default();
         match rec {
-            Record::Attached { ts, mac, mode, .. } => {
-                writeln!(
-                    w,
-                    "{ts} {name}: attached ({mode}, mac {})",
-                    crate::model::mac::show(*mac, "none")
-                )
-            }
-            Record::Detached { ts, reason, .. } => {
-                writeln!(w, "{ts} {name}: detached ({})", one_line(reason))
-            }
-            Record::MacChange {
-                ts,
-                old_mac,
-                new_mac,
-                ..
-            } => {
-                writeln!(
-                    w,
-                    "{ts} {name}: MAC changed {} -> {}",
-                    crate::model::mac::show(*old_mac, "none"),
-                    crate::model::mac::show(*new_mac, "none")
-                )
-            }
-            Record::Frame(f) => {
-                let arp = match (&f.sender_ip, &f.target_ip) {
-                    (Some(s), Some(t)) => format!(" {s} -> {t}"),
-                    _ => String::new(),
-                };
-                writeln!(
-                    w,
-                    "{} {name}: {} {} {} -> {}{arp}",
-                    f.ts,
-                    f.direction.as_str(),
-                    f.kind.as_str(),
-                    f.src_mac,
-                    f.dst_mac
-                )
-            }
-            Record::ModeChange {
-                ts,
-                old_mode,
-                new_mode,
-                ..
-            } => {
-                writeln!(w, "{ts} {name}: {old_mode} -> {new_mode}")
-            }
-            Record::Stats { .. } => Ok(()),
-            Record::Renamed { ts, old_ifname, .. } => {
-                writeln!(w, "{ts} {}: renamed to {name}", one_line(old_ifname))
-            }
-            Record::Notice { ts, message, .. } => {
-                writeln!(w, "{ts} notice: {}", one_line(message))
-            }
-            Record::Identity { ts, libvirt, .. } => match libvirt {
-                Some(vm) => writeln!(w, "{ts} {name}: VM {}", one_line(vm.display_name())),
-                None => writeln!(w, "{ts} {name}: no VM known"),
+            Record::Summary { ts, taps } => write_summary(&mut self.0, *ts, taps),
+            _ => match line(rec) {
+                Some(l) => writeln!(self.0, "{l}"),
+                None => Ok(()),
             },
-            Record::Lab(l) => writeln!(w, "{} lab: {}", l.ts, one_line(&l.describe())),
-            Record::Migration(m) => writeln!(w, "{}", migration_line(m)),
-            Record::Verdict { ts, fields, .. } => {
-                let ms = fields
-                    .blackout_ms
-                    .map(|m| format!(" ({m} ms)"))
-                    .unwrap_or_default();
-                writeln!(
-                    w,
-                    "{ts} {name} [{}]: {}{ms} — {}",
-                    one_line(&fields.vm),
-                    fields.state,
-                    one_line(&fields.diagnosis)
-                )
-            }
-            Record::Summary { ts, taps } => {
-                writeln!(w, "{ts} summary:")?;
-                for t in taps {
-                    let name = one_line(&t.counters.ifname);
-                    if let Some(v) = &t.verdict {
-                        writeln!(
-                            w,
-                            "  {name} [{}]: {} — {}",
-                            one_line(&v.vm),
-                            v.state,
-                            one_line(&v.diagnosis)
-                        )?;
-                    }
-                    let c = &t.counters;
-                    writeln!(
-                        w,
-                        "  {name}: from_vm {} frames, to_vm {} frames, dst_mismatch {}, rarp {}, garp {}, arp req {} / rep {}, events lost {}",
-                        c.from_vm_frames, c.to_vm_frames, c.dst_mismatch_frames,
-                        c.rarp_frames, c.garp_frames, c.arp_requests, c.arp_replies, c.events_lost
-                    )?;
-                }
-                Ok(())
-            }
         }
     }
     fn flush(&mut self) -> io::Result<()> {
         self.0.flush()
     }
+}
+
+/// The line of any record but the summary's (a stats record has none).
+fn line(rec: &Record) -> Option<String> {
+    let name = rec.ifname().map(one_line).unwrap_or_default();
+    let show = crate::model::mac::show;
+    Some(match rec {
+        Record::Attached { ts, mac, mode, .. } => {
+            format!("{ts} {name}: attached ({mode}, mac {})", show(*mac, "none"))
+        }
+        Record::Detached { ts, reason, .. } => {
+            format!("{ts} {name}: detached ({})", one_line(reason))
+        }
+        Record::MacChange {
+            ts,
+            old_mac,
+            new_mac,
+            ..
+        } => format!(
+            "{ts} {name}: MAC changed {} -> {}",
+            show(*old_mac, "none"),
+            show(*new_mac, "none")
+        ),
+        Record::Frame(f) => {
+            let arp = match (&f.sender_ip, &f.target_ip) {
+                (Some(s), Some(t)) => format!(" {s} -> {t}"),
+                _ => String::new(),
+            };
+            format!(
+                "{} {name}: {} {} {} -> {}{arp}",
+                f.ts,
+                f.direction.as_str(),
+                f.kind.as_str(),
+                f.src_mac,
+                f.dst_mac
+            )
+        }
+        Record::ModeChange {
+            ts,
+            old_mode,
+            new_mode,
+            ..
+        } => format!("{ts} {name}: {old_mode} -> {new_mode}"),
+        Record::Stats { .. } | Record::Summary { .. } => return None,
+        Record::Renamed { ts, old_ifname, .. } => {
+            format!("{ts} {}: renamed to {name}", one_line(old_ifname))
+        }
+        Record::Notice { ts, message, .. } => format!("{ts} notice: {}", one_line(message)),
+        Record::Identity { ts, libvirt, .. } => match libvirt {
+            Some(vm) => format!("{ts} {name}: VM {}", one_line(vm.display_name())),
+            None => format!("{ts} {name}: no VM known"),
+        },
+        Record::Lab(l) => format!("{} lab: {}", l.ts, one_line(&l.describe())),
+        Record::Migration(m) => migration_line(m),
+        Record::Verdict { ts, fields, .. } => {
+            let ms = fields
+                .blackout_ms
+                .map(|m| format!(" ({m} ms)"))
+                .unwrap_or_default();
+            format!(
+                "{ts} {name} [{}]: {}{ms} — {}",
+                one_line(&fields.vm),
+                fields.state,
+                one_line(&fields.diagnosis)
+            )
+        }
+    })
+}
+
+/// A summary: each tap's verdict and counters.
+fn write_summary(w: &mut impl Write, ts: Ts, taps: &[SummaryRow]) -> io::Result<()> {
+    writeln!(w, "{ts} summary:")?;
+    for t in taps {
+        let name = one_line(&t.counters.ifname);
+        if let Some(v) = &t.verdict {
+            writeln!(
+                w,
+                "  {name} [{}]: {} — {}",
+                one_line(&v.vm),
+                v.state,
+                one_line(&v.diagnosis)
+            )?;
+        }
+        let c = &t.counters;
+        writeln!(
+            w,
+            "  {name}: from_vm {} frames, to_vm {} frames, dst_mismatch {}, rarp {}, garp {}, arp req {} / rep {}, events lost {}",
+            c.from_vm_frames, c.to_vm_frames, c.dst_mismatch_frames,
+            c.rarp_frames, c.garp_frames, c.arp_requests, c.arp_replies, c.events_lost
+        )?;
+    }
+    Ok(())
 }
 
 /// Prints `notice` records on stderr, one line each, for a terminal user; the rest goes

@@ -7,6 +7,10 @@ use crate::model::{
 };
 use crate::registry::{Blackout, Tap};
 
+/// Why a tap's MAC is what makes the guest's cached MAC stale.
+const UNUSUAL_TAP_MAC: &str =
+    "The tap MAC is not fe:+guest MAC, as happens with interface managed='no' and a fixed port MAC.";
+
 impl Tap {
     /// The tap's verdict as of `now`: its state, the measured outage, the diagnosis.
     pub fn verdict_fields(&self, now: Ts) -> crate::model::VerdictFields {
@@ -23,35 +27,41 @@ impl Tap {
 
     /// The diagnosis in plain words, as of `now`.
     pub fn diagnosis(&self, now: Ts) -> String {
+        let mut s = self.blackout_words(now);
+        if self.mode == Mode::Bridged && self.counters.dst_mismatch_frames > 0 {
+            s.push(format!(
+                "{} frames to other MACs: normal on a bridged tap, not drops.",
+                self.counters.dst_mismatch_frames
+            ));
+        }
+        if let Some(words) = self.anatomy() {
+            s.push(words);
+        }
+        s.push(self.rarp_words());
+        s.push(self.garp_words());
+        if self.first_from_vm.is_none() {
+            s.push(
+                "Waiting for the VM: nothing from it on this tap yet (a tap plugged ahead of \
+                 a migration waits for the VM to resume here)."
+                    .into(),
+            );
+        } else if self.state == State::Quiet {
+            s.push(format!(
+                "The guest has sent nothing for {} s.",
+                now.ms_since(self.last_from_vm) / 1000
+            ));
+        }
+        s.join(" ")
+    }
+
+    /// The blackout, going on or ended, and why its MAC is stale.
+    fn blackout_words(&self, now: Ts) -> Vec<String> {
         let mut s = Vec::new();
         match (self.state, self.blackout) {
             (State::Blackout, Some(b)) | (State::Gone, Some(b @ Blackout { end: None, .. })) => {
-                let was = match self.mac_until(b.stale_mac) {
-                    Some(t) => format!(
-                        " (the tap's MAC until {}, now {})",
-                        t.clock(),
-                        show(self.mac, "none")
-                    ),
-                    None => format!(" (not the tap's MAC, {})", show(self.mac, "none")),
-                };
-                if b.stale_mac == MacAddr::default() {
-                    // A cooked capture or lost samples: the kernel said "not mine", not to whom.
-                    s.push(format!(
-                        "VM sends to a MAC that is not the tap's ({}); the kernel drops these frames as PACKET_OTHERHOST.",
-                        show(self.mac, "none")
-                    ));
-                } else {
-                    s.push(format!(
-                        "VM still sends to {}{was}; the kernel drops these frames as PACKET_OTHERHOST.",
-                        b.stale_mac
-                    ));
-                }
+                s.push(self.stale_words(b));
                 if self.tap_mac_unusual() {
-                    s.push(
-                        "The tap MAC is not fe:+guest MAC, as happens with interface managed='no' \
-                         and a fixed port MAC."
-                            .into(),
-                    );
+                    s.push(UNUSUAL_TAP_MAC.into());
                 }
                 if self.state == State::Gone {
                     s.push(format!(
@@ -81,71 +91,77 @@ impl Tap {
                     end.clock()
                 ));
                 if self.tap_mac_unusual() {
-                    s.push(
-                        "The tap MAC is not fe:+guest MAC, as happens with interface managed='no' \
-                         and a fixed port MAC."
-                            .into(),
-                    );
+                    s.push(UNUSUAL_TAP_MAC.into());
                 }
             }
             _ => {}
         }
-        if self.mode == Mode::Bridged && self.counters.dst_mismatch_frames > 0 {
-            s.push(format!(
-                "{} frames to other MACs: normal on a bridged tap, not drops.",
-                self.counters.dst_mismatch_frames
-            ));
+        s
+    }
+
+    /// Where a blackout going on sends, and what the kernel does with it.
+    fn stale_words(&self, b: Blackout) -> String {
+        if b.stale_mac == MacAddr::default() {
+            // A cooked capture or lost samples: the kernel said "not mine", not to whom.
+            return format!(
+                "VM sends to a MAC that is not the tap's ({}); the kernel drops these frames as PACKET_OTHERHOST.",
+                show(self.mac, "none")
+            );
         }
-        if let Some(words) = self.anatomy() {
-            s.push(words);
-        }
+        let was = match self.mac_until(b.stale_mac) {
+            Some(t) => format!(
+                " (the tap's MAC until {}, now {})",
+                t.clock(),
+                show(self.mac, "none")
+            ),
+            None => format!(" (not the tap's MAC, {})", show(self.mac, "none")),
+        };
+        format!(
+            "VM still sends to {}{was}; the kernel drops these frames as PACKET_OTHERHOST.",
+            b.stale_mac
+        )
+    }
+
+    /// QEMU's announce, or why there was none.
+    fn rarp_words(&self) -> String {
         let migrated_in = self.vm.as_ref().and_then(|v| v.migrated_in());
         // Only a VM that came here (its tap appeared while watched, or libvirt says it
         // migrated in) should have announced itself.
         let arrived = migrated_in == Some(true) || (self.appeared && migrated_in.is_none());
         match self.first_rarp {
-            Some(t) if self.rarps > 1 => s.push(format!(
-                "RARP announce seen at {} ({} in all).",
-                t.clock(),
-                self.rarps
-            )),
-            Some(t) => s.push(format!("RARP announce seen at {}.", t.clock())),
+            Some(t) if self.rarps > 1 => {
+                format!(
+                    "RARP announce seen at {} ({} in all).",
+                    t.clock(),
+                    self.rarps
+                )
+            }
+            Some(t) => format!("RARP announce seen at {}.", t.clock()),
             // A VM started on this host has nothing to announce.
-            None if migrated_in == Some(false) => s.push(
+            None if migrated_in == Some(false) => {
                 "No RARP: the VM was started on this host (libvirt: booted), not migrated in."
-                    .into(),
-            ),
-            None if arrived && self.first_from_vm.is_some() => s.push(
+                    .into()
+            }
+            None if arrived && self.first_from_vm.is_some() => {
                 "No RARP since the tap appeared, yet the VM is sending: QEMU's announce-self \
                  did not run here, so switches and OVN (activation-strategy=rarp) were not told \
                  where the VM went."
-                    .into(),
-            ),
-            None if self.appeared => s.push("No RARP since the tap appeared.".into()),
-            None => s.push("No RARP seen.".into()),
+                    .into()
+            }
+            None if self.appeared => "No RARP since the tap appeared.".into(),
+            None => "No RARP seen.".into(),
         }
+    }
+
+    /// The guest's own announce.
+    fn garp_words(&self) -> String {
         match self.first_garp {
-            Some(t) if self.garps > 1 => s.push(format!(
-                "GARP seen at {} ({} in all).",
-                t.clock(),
-                self.garps
-            )),
-            Some(t) => s.push(format!("GARP seen at {}.", t.clock())),
-            None => s.push("No GARP seen.".into()),
+            Some(t) if self.garps > 1 => {
+                format!("GARP seen at {} ({} in all).", t.clock(), self.garps)
+            }
+            Some(t) => format!("GARP seen at {}.", t.clock()),
+            None => "No GARP seen.".into(),
         }
-        if self.first_from_vm.is_none() {
-            s.push(
-                "Waiting for the VM: nothing from it on this tap yet (a tap plugged ahead of \
-                 a migration waits for the VM to resume here)."
-                    .into(),
-            );
-        } else if self.state == State::Quiet {
-            s.push(format!(
-                "The guest has sent nothing for {} s.",
-                now.ms_since(self.last_from_vm) / 1000
-            ));
-        }
-        s.join(" ")
     }
 
     /// The outage in its parts, in plain words, once the switch-over and a gap are known:

@@ -91,7 +91,7 @@ pub struct Probe {
     linger: Duration,
     events: Vec<DatapathEvent>,
     /// The programs' log, when the user asked for it (RUST_LOG, -v).
-    logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
+    logger: Option<Logger>,
 }
 
 impl Probe {
@@ -113,59 +113,10 @@ impl Probe {
                 }
             },
         };
-        let kernel = layout.as_ref().map_or(KernelLayout::UNSET, |l| l.kernel);
-        // The programs' log statements are patched off unless the user asked for them:
-        // then a log statement costs one global load and a compare.
-        let level = kernel_log_level();
-        let mut ebpf = EbpfLoader::new()
-            .override_global(aya_log::LEVEL, &level, true)
-            .override_global(KernelLayout::GLOBAL, &kernel, true)
-            .load(EBPF_OBJECT)
-            .map_err(|e| {
-                match crate::collect::caps::OutOfDescriptors::from_errno(
-                    chain_errno(&e),
-                    "loading the eBPF maps",
-                ) {
-                    Some(d) => ProbeError::Descriptors(d),
-                    None => ProbeError::Load(e),
-                }
-            })?;
-        // A logger only where there is something to log.
-        let logger = if level > 0 {
-            aya_log::EbpfLogger::init(&mut ebpf).ok()
-        } else {
-            None
-        };
-        let mut programs = Vec::new();
-        for name in [INGRESS, EGRESS, ASSIST] {
-            let prog: &mut SchedClassifier = ebpf
-                .program_mut(name)
-                .ok_or(ProbeError::Missing(name))?
-                .try_into()
-                .map_err(|e| ProbeError::Program {
-                    name,
-                    reason: describe(&e),
-                })?;
-            prog.load().map_err(|e| {
-                let errno = match &e {
-                    ProgramError::LoadError { io_error, .. } => io_error.raw_os_error(),
-                    other => program_errno(other),
-                };
-                match crate::collect::caps::OutOfDescriptors::from_errno(
-                    errno,
-                    "loading the eBPF programs",
-                ) {
-                    Some(d) => ProbeError::Descriptors(d),
-                    None => ProbeError::Program {
-                        name,
-                        reason: describe(&e),
-                    },
-                }
-            })?;
-            if let Ok(info) = prog.info() {
-                programs.push(info.id());
-            }
-        }
+        let (mut ebpf, logger) = load_object(layout.as_ref())?;
+        let programs = load_classifiers(&mut ebpf)?;
+        let events =
+            RingBuf::try_from(take_map(&mut ebpf, EVENTS_MAP)?).map_err(map_error(EVENTS_MAP))?;
         let counters = PerCpuHashMap::try_from(take_map(&mut ebpf, COUNTERS_MAP)?)
             .map_err(map_error(COUNTERS_MAP))?;
         let windows = BpfHashMap::try_from(take_map(&mut ebpf, WINDOWS_MAP)?)
@@ -176,8 +127,6 @@ impl Probe {
             .map_err(map_error(DROPS_MAP))?;
         let hints = aya::maps::Array::try_from(take_map(&mut ebpf, HINTS_MAP)?)
             .map_err(map_error(HINTS_MAP))?;
-        let events =
-            RingBuf::try_from(take_map(&mut ebpf, EVENTS_MAP)?).map_err(map_error(EVENTS_MAP))?;
         let drop_hook = match layout {
             None => None,
             Some(l) => match DropHook::start(&mut ebpf, l) {
@@ -190,24 +139,22 @@ impl Probe {
                 Err(e) => return Err(e),
             },
         };
-        Ok((
-            Self {
-                ebpf,
-                counters,
-                windows,
-                taps_map,
-                drops_map,
-                hints,
-                drop_hook,
-                fallback,
-                hooks: TcHooks::new(opts.attach_mode, programs),
-                taps: HashMap::new(),
-                linger: opts.linger,
-                events: Vec::new(),
-                logger,
-            },
-            events,
-        ))
+        let probe = Self {
+            ebpf,
+            counters,
+            windows,
+            taps_map,
+            drops_map,
+            hints,
+            drop_hook,
+            fallback,
+            hooks: TcHooks::new(opts.attach_mode, programs),
+            taps: HashMap::new(),
+            linger: opts.linger,
+            events: Vec::new(),
+            logger,
+        };
+        Ok((probe, events))
     }
 
     /// Why the drop-driven datapath does not run although `auto` asked for it.
@@ -257,6 +204,72 @@ impl Drop for Probe {
             self.detach(i, None);
         }
     }
+}
+
+type Logger = aya_log::EbpfLogger<&'static dyn log::Log>;
+
+/// The object with the running kernel's offsets (if the drop-driven datapath may run) and
+/// the programs' log level written in; a logger when there is something to log.
+fn load_object(layout: Option<&Layout>) -> Result<(Ebpf, Option<Logger>), ProbeError> {
+    let kernel = layout.map_or(KernelLayout::UNSET, |l| l.kernel);
+    // The programs' log statements are patched off unless the user asked for them: then a
+    // log statement costs one global load and a compare.
+    let level = kernel_log_level();
+    let mut ebpf = EbpfLoader::new()
+        .override_global(aya_log::LEVEL, &level, true)
+        .override_global(KernelLayout::GLOBAL, &kernel, true)
+        .load(EBPF_OBJECT)
+        .map_err(|e| {
+            match crate::collect::caps::OutOfDescriptors::from_errno(
+                chain_errno(&e),
+                "loading the eBPF maps",
+            ) {
+                Some(d) => ProbeError::Descriptors(d),
+                None => ProbeError::Load(e),
+            }
+        })?;
+    let logger = if level > 0 {
+        aya_log::EbpfLogger::init(&mut ebpf).ok()
+    } else {
+        None
+    };
+    Ok((ebpf, logger))
+}
+
+/// Loads (verifies) the per-frame programs; their ids, by which the cleanup helper and a
+/// later run know this run's filters.
+fn load_classifiers(ebpf: &mut Ebpf) -> Result<Vec<u32>, ProbeError> {
+    let mut programs = Vec::new();
+    for name in [INGRESS, EGRESS, ASSIST] {
+        let prog: &mut SchedClassifier = ebpf
+            .program_mut(name)
+            .ok_or(ProbeError::Missing(name))?
+            .try_into()
+            .map_err(|e| ProbeError::Program {
+                name,
+                reason: describe(&e),
+            })?;
+        prog.load().map_err(|e| {
+            let errno = match &e {
+                ProgramError::LoadError { io_error, .. } => io_error.raw_os_error(),
+                other => program_errno(other),
+            };
+            match crate::collect::caps::OutOfDescriptors::from_errno(
+                errno,
+                "loading the eBPF programs",
+            ) {
+                Some(d) => ProbeError::Descriptors(d),
+                None => ProbeError::Program {
+                    name,
+                    reason: describe(&e),
+                },
+            }
+        })?;
+        if let Ok(info) = prog.info() {
+            programs.push(info.id());
+        }
+    }
+    Ok(programs)
 }
 
 fn take_map(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, ProbeError> {

@@ -25,6 +25,10 @@ use futures::FutureExt;
 
 use crate::model::identity::{GuestCpu, VmInterface};
 
+mod limits;
+
+pub use self::limits::*;
+
 pub const DEFAULT_DIR: &str = "/run/libvirt/qemu";
 
 #[derive(Debug, thiserror::Error)]
@@ -45,147 +49,6 @@ pub enum LibvirtError {
     NoDomain { path: PathBuf },
     #[error("{path}: not a libvirt status file: {limit}")]
     Refused { path: PathBuf, limit: Limit },
-}
-
-/// What a status file may hold at most (see the module's documentation); each variant is
-/// also the reason a file past it is refused.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum Limit {
-    #[error("larger than {MAX_STATUS_FILE} bytes")]
-    Size,
-    #[error("elements nested more than {MAX_DEPTH} deep")]
-    Depth,
-    #[error("an element with more than {MAX_ELEMENT_ATTRIBUTES} attributes")]
-    ElementAttributes,
-    #[error("more than {MAX_MARKUP} '<' or '=' characters")]
-    Markup,
-    #[error("more than {MAX_NAMESPACES} namespace declarations")]
-    Namespaces,
-    #[error("more than {MAX_NODES} elements, texts and comments")]
-    Nodes,
-}
-
-/// Status files are about 10 KB; anything much larger (a FIFO, a huge file) is not
-/// libvirt's.
-pub const MAX_STATUS_FILE: u64 = 4 << 20;
-/// libvirt nests about 8 deep; the parser takes a stack frame per level.
-pub const MAX_DEPTH: usize = 64;
-/// libvirt's elements have a dozen attributes at most; the parser compares each with the
-/// element's others.
-pub const MAX_ELEMENT_ATTRIBUTES: usize = 64;
-/// The parser reserves room (tens of bytes) for a node per `<` and an attribute per `=` in
-/// the file before it starts, and keeps a node per element, text and comment: these bound
-/// its memory.
-pub const MAX_MARKUP: usize = 250_000;
-pub const MAX_NODES: u32 = 250_000;
-/// libvirt and Nova declare a few; the parser copies those in scope into every element
-/// that declares another.
-pub const MAX_NAMESPACES: usize = 64;
-
-/// Checks `xml` against the limits the parser itself does not keep, walking it as the
-/// parser will: start and end tags, attributes (quoted values), comments, CDATA,
-/// processing instructions. At the first thing it does not follow (malformed XML, a DTD)
-/// it stops: the parser stops there too, with an error, before the rest costs anything.
-fn within_limits(xml: &str) -> Result<(), Limit> {
-    let b = xml.as_bytes();
-    if b.iter().filter(|&&c| c == b'<').count() > MAX_MARKUP
-        || b.iter().filter(|&&c| c == b'=').count() > MAX_MARKUP
-    {
-        return Err(Limit::Markup);
-    }
-    let find = |from: usize, what: &[u8]| -> Option<usize> {
-        b.get(from..)?
-            .windows(what.len())
-            .position(|w| w == what)
-            .map(|p| from + p + what.len())
-    };
-    let space = |c: u8| matches!(c, b' ' | b'\t' | b'\r' | b'\n');
-    let (mut depth, mut namespaces) = (0usize, 0usize);
-    let mut i = 0;
-    while let Some(lt) = b.get(i..).and_then(|r| r.iter().position(|&c| c == b'<')) {
-        i += lt;
-        let rest = &b[i..];
-        let skip_to = if rest.starts_with(b"<!--") {
-            find(i + 4, b"-->")
-        } else if rest.starts_with(b"<![CDATA[") {
-            find(i + 9, b"]]>")
-        } else if rest.starts_with(b"<?") {
-            find(i + 2, b"?>")
-        } else if rest.starts_with(b"<!") {
-            // A DTD, which the parser refuses.
-            return Ok(());
-        } else if rest.starts_with(b"</") {
-            depth = depth.saturating_sub(1);
-            find(i + 2, b">")
-        } else {
-            // A start tag: its name, then `name = 'value'` pairs up to `>` or `/>`.
-            i += 1;
-            while i < b.len() && !space(b[i]) && b[i] != b'>' && b[i] != b'/' {
-                i += 1;
-            }
-            let mut own = 0;
-            loop {
-                while i < b.len() && space(b[i]) {
-                    i += 1;
-                }
-                match (b.get(i), b.get(i + 1)) {
-                    (Some(b'/'), Some(b'>')) => {
-                        i += 2;
-                        break;
-                    }
-                    (Some(b'>'), _) => {
-                        depth += 1;
-                        if depth > MAX_DEPTH {
-                            return Err(Limit::Depth);
-                        }
-                        i += 1;
-                        break;
-                    }
-                    (None, _) => return Ok(()),
-                    _ => {}
-                }
-                let name = i;
-                while i < b.len() && !space(b[i]) && !matches!(b[i], b'=' | b'>' | b'/') {
-                    i += 1;
-                }
-                let name = &b[name..i];
-                while i < b.len() && space(b[i]) {
-                    i += 1;
-                }
-                if name.is_empty() || b.get(i) != Some(&b'=') {
-                    return Ok(());
-                }
-                i += 1;
-                while i < b.len() && space(b[i]) {
-                    i += 1;
-                }
-                let Some(&quote @ (b'\'' | b'"')) = b.get(i) else {
-                    return Ok(());
-                };
-                let Some(end) = find(i + 1, &[quote]) else {
-                    return Ok(());
-                };
-                i = end;
-                own += 1;
-                if name == b"xmlns" || name.starts_with(b"xmlns:") {
-                    namespaces += 1;
-                }
-                if own > MAX_ELEMENT_ATTRIBUTES {
-                    return Err(Limit::ElementAttributes);
-                }
-                if namespaces > MAX_NAMESPACES {
-                    return Err(Limit::Namespaces);
-                }
-            }
-            continue;
-        };
-        match skip_to {
-            Some(next) => i = next,
-            // Unterminated: the parser stops there.
-            None => return Ok(()),
-        }
-    }
-    Ok(())
 }
 
 const NOVA_NS: &str = "http://openstack.org/xmlns/libvirt/nova/1.1";
@@ -227,17 +90,26 @@ pub fn parse_domain(xml: &str, path: &Path) -> Result<Vec<VmInterface>, LibvirtE
         .ok_or_else(|| LibvirtError::NoDomain {
             path: path.to_path_buf(),
         })?;
-    let name = text(child(domain, "name")).unwrap_or_default();
+    let Some(devices) = child(domain, "devices") else {
+        return Ok(Vec::new());
+    };
+    let vm = domain_facts(domain);
+    let ifaces = devices
+        .children()
+        .filter(|n| n.has_tag_name("interface"))
+        .filter_map(|iface| interface(iface, &vm))
+        .collect();
+    Ok(ifaces)
+}
+
+/// What the domain says of all its interfaces: its names, state and guest CPU (an
+/// interface without its tap yet).
+fn domain_facts(domain: roxmltree::Node<'_, '_>) -> VmInterface {
     // A live status file wraps the domain: `<domstatus state='running' reason='migrated'>`.
     let status = domain
         .parent_element()
         .filter(|p| p.has_tag_name("domstatus"));
-    let reason = status
-        .and_then(|p| p.attribute("reason"))
-        .map(str::to_string);
-    let state = status
-        .and_then(|p| p.attribute("state"))
-        .map(str::to_string);
+    let attr = |name| status.and_then(|p| p.attribute(name)).map(str::to_string);
     let cpu = child(domain, "cpu").map(|c| GuestCpu {
         mode: c.attribute("mode").map(str::to_string),
         model: text(child(c, "model")),
@@ -248,7 +120,6 @@ pub fn parse_domain(xml: &str, path: &Path) -> Result<Vec<VmInterface>, LibvirtE
             .filter_map(|f| f.attribute("name").map(str::to_string))
             .collect(),
     });
-    let uuid = text(child(domain, "uuid"));
     let nova_name = child(domain, "metadata")
         .and_then(|m| {
             m.descendants()
@@ -257,41 +128,38 @@ pub fn parse_domain(xml: &str, path: &Path) -> Result<Vec<VmInterface>, LibvirtE
         .and_then(|i| i.children().find(|n| n.has_tag_name((NOVA_NS, "name"))))
         .and_then(|n| n.text())
         .map(|t| t.trim().to_string());
-    let Some(devices) = child(domain, "devices") else {
-        return Ok(Vec::new());
-    };
-    let ifaces = devices
-        .children()
-        .filter(|n| n.has_tag_name("interface"))
-        .filter_map(|iface| {
-            let target = child(iface, "target")?;
-            let tap = target.attribute("dev")?.to_string();
-            Some(VmInterface {
-                domain: name.clone(),
-                uuid: uuid.clone(),
-                nova_name: nova_name.clone(),
-                tap,
-                guest_mac: child(iface, "mac")
-                    .and_then(|m| m.attribute("address"))
-                    .and_then(|a| a.parse().ok()),
-                iface_type: iface.attribute("type").unwrap_or("").to_string(),
-                managed: target.attribute("managed").map(|m| m == "yes"),
-                bridge: child(iface, "source")
+    VmInterface {
+        domain: text(child(domain, "name")).unwrap_or_default(),
+        uuid: text(child(domain, "uuid")),
+        nova_name,
+        reason: attr("reason"),
+        state: attr("state"),
+        cpu,
+        ..VmInterface::default()
+    }
+}
+
+/// One `<interface>` with a tap (`<target dev=…>`), with the domain's facts.
+fn interface(iface: roxmltree::Node<'_, '_>, vm: &VmInterface) -> Option<VmInterface> {
+    let target = child(iface, "target")?;
+    Some(VmInterface {
+        tap: target.attribute("dev")?.to_string(),
+        guest_mac: child(iface, "mac")
+            .and_then(|m| m.attribute("address"))
+            .and_then(|a| a.parse().ok()),
+        iface_type: iface.attribute("type").unwrap_or("").to_string(),
+        managed: target.attribute("managed").map(|m| m == "yes"),
+        bridge: child(iface, "source")
+            .and_then(|s| s.attribute("bridge"))
+            .or_else(|| {
+                // type='network': the bridge libvirt chose is only under <actual>.
+                child(iface, "actual")
+                    .and_then(|a| child(a, "source"))
                     .and_then(|s| s.attribute("bridge"))
-                    .or_else(|| {
-                        // type='network': the bridge libvirt chose is only under <actual>.
-                        child(iface, "actual")
-                            .and_then(|a| child(a, "source"))
-                            .and_then(|s| s.attribute("bridge"))
-                    })
-                    .map(str::to_string),
-                reason: reason.clone(),
-                state: state.clone(),
-                cpu: cpu.clone(),
             })
-        })
-        .collect();
-    Ok(ifaces)
+            .map(str::to_string),
+        ..vm.clone()
+    })
 }
 
 /// Every tap named in the `*.xml` files of `dir`, keyed by tap name. A missing directory

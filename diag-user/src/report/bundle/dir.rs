@@ -76,27 +76,12 @@ impl Dir {
             )
         };
         if dfd < 0 {
-            let err = io::Error::last_os_error();
-            let mut st: libc::stat = unsafe { std::mem::zeroed() };
-            // SAFETY: fstatat with a valid buffer, not following the last component.
-            let lst = unsafe {
-                libc::fstatat(
-                    parent.as_raw_fd(),
-                    cname.as_ptr(),
-                    &mut st,
-                    libc::AT_SYMLINK_NOFOLLOW,
-                )
-            };
-            return Err(if lst == 0 && st.st_mode & libc::S_IFMT == libc::S_IFLNK {
-                BundleError::Symlink(display)
-            } else if lst == 0 && st.st_mode & libc::S_IFMT != libc::S_IFDIR {
-                BundleError::NotADirectory(display)
-            } else {
-                BundleError::Io {
-                    path: display,
-                    source: err,
-                }
-            });
+            return Err(refused(
+                &parent,
+                &cname,
+                display,
+                io::Error::last_os_error(),
+            ));
         }
         // SAFETY: a fresh, valid fd.
         let fd = unsafe { OwnedFd::from_raw_fd(dfd) };
@@ -224,4 +209,30 @@ pub(super) fn create_at(dir: &OwnedFd, name: &str) -> io::Result<File> {
     }
     // SAFETY: a fresh, valid fd.
     Ok(unsafe { File::from_raw_fd(fd) })
+}
+
+/// Why `name` under `parent` could not be opened as a directory: a symlink, something
+/// else, or the error itself.
+fn refused(parent: &OwnedFd, name: &CStr, display: PathBuf, err: io::Error) -> BundleError {
+    // SAFETY: a zeroed stat is a valid buffer.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: fstatat with a valid buffer, not following the last component.
+    let lst = unsafe {
+        libc::fstatat(
+            parent.as_raw_fd(),
+            name.as_ptr(),
+            &mut st,
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    };
+    if lst == 0 && st.st_mode & libc::S_IFMT == libc::S_IFLNK {
+        BundleError::Symlink(display)
+    } else if lst == 0 && st.st_mode & libc::S_IFMT != libc::S_IFDIR {
+        BundleError::NotADirectory(display)
+    } else {
+        BundleError::Io {
+            path: display,
+            source: err,
+        }
+    }
 }

@@ -57,6 +57,54 @@ fn with<'a>(extra: (&'a str, &'a str)) -> Vec<(&'a str, &'a str)> {
     v
 }
 
+/// While the blackout lasts: the state, the inbound gap known, the outbound one not.
+fn during_the_blackout(t: &str) {
+    assert_eq!(
+        sample(t, "tapwatch_vm_state", &with(("state", "BLACKOUT"))),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(t, "tapwatch_inbound_gap_seconds_sum", &[]),
+        Some(2.8)
+    );
+    assert_eq!(
+        sample(t, "tapwatch_outbound_gap_seconds_count", &[]),
+        Some(0.0),
+        "not known during the blackout"
+    );
+    assert_eq!(sample(t, "tapwatch_vm_blackout_seconds", &TAP_A), Some(3.5));
+}
+
+/// After it: the host's distributions, one state series per tap, few series per tap.
+fn host_after_the_blackout(t: &str) {
+    let host = |name: &str| sample(t, name, &[]);
+    assert_eq!(host("tapwatch_blackout_seconds_count"), Some(1.0));
+    assert_eq!(host("tapwatch_blackout_seconds_sum"), Some(19.91));
+    assert_eq!(
+        sample(t, "tapwatch_blackout_seconds_bucket", &[("le", "15")]),
+        Some(0.0)
+    );
+    assert_eq!(
+        sample(t, "tapwatch_blackout_seconds_bucket", &[("le", "30")]),
+        Some(1.0)
+    );
+    assert_eq!(host("tapwatch_inbound_gap_seconds_count"), Some(1.0));
+    assert_eq!(host("tapwatch_outbound_gap_seconds_sum"), Some(20.21));
+    // One state series per tap: the current one.
+    for (state, want) in [("OK", None), ("BLACKOUT", None), ("RECOVERED", Some(1.0))] {
+        assert_eq!(
+            sample(t, "tapwatch_vm_state", &with(("state", state))),
+            want,
+            "{state}"
+        );
+    }
+    let per_tap = t
+        .lines()
+        .filter(|l| !l.starts_with('#') && l.contains("ifname=\"tapA\""))
+        .count();
+    assert_eq!(per_tap, 8, "series of one tap:\n{t}");
+}
+
 /// The stale-MAC story told by the metrics: exact counts, one blackout of 19.91 s, the
 /// gaps of its switch-over, the state, the build.
 #[test]
@@ -68,24 +116,7 @@ fn a_blackout_in_numbers() {
         if matches!(&r, Record::Frame(f) if f.kind == FrameKind::DstMatch) {
             p.emit(&frame(3000, "tapA", "to_vm", "inbound", GUEST));
             p.emit(&stats_at(4000, vec![row("tapA", 2, 5)]));
-            let t = text(&m);
-            assert_eq!(
-                sample(&t, "tapwatch_vm_state", &with(("state", "BLACKOUT"))),
-                Some(1.0)
-            );
-            assert_eq!(
-                sample(&t, "tapwatch_inbound_gap_seconds_sum", &[]),
-                Some(2.8)
-            );
-            assert_eq!(
-                sample(&t, "tapwatch_outbound_gap_seconds_count", &[]),
-                Some(0.0),
-                "not known during the blackout"
-            );
-            assert_eq!(
-                sample(&t, "tapwatch_vm_blackout_seconds", &TAP_A),
-                Some(3.5)
-            );
+            during_the_blackout(&text(&m));
         }
         p.emit(&r);
     }
@@ -106,32 +137,7 @@ fn a_blackout_in_numbers() {
     );
     assert_eq!(v("tapwatch_blackouts_total"), Some(1.0));
     assert_eq!(v("tapwatch_vm_blackout_seconds"), Some(19.91));
-    let host = |name: &str| sample(&t, name, &[]);
-    assert_eq!(host("tapwatch_blackout_seconds_count"), Some(1.0));
-    assert_eq!(host("tapwatch_blackout_seconds_sum"), Some(19.91));
-    assert_eq!(
-        sample(&t, "tapwatch_blackout_seconds_bucket", &[("le", "15")]),
-        Some(0.0)
-    );
-    assert_eq!(
-        sample(&t, "tapwatch_blackout_seconds_bucket", &[("le", "30")]),
-        Some(1.0)
-    );
-    assert_eq!(host("tapwatch_inbound_gap_seconds_count"), Some(1.0));
-    assert_eq!(host("tapwatch_outbound_gap_seconds_sum"), Some(20.21));
-    // One state series per tap: the current one.
-    for (state, want) in [("OK", None), ("BLACKOUT", None), ("RECOVERED", Some(1.0))] {
-        assert_eq!(
-            sample(&t, "tapwatch_vm_state", &with(("state", state))),
-            want,
-            "{state}"
-        );
-    }
-    let per_tap = t
-        .lines()
-        .filter(|l| !l.starts_with('#') && l.contains("ifname=\"tapA\""))
-        .count();
-    assert_eq!(per_tap, 8, "series of one tap:\n{t}");
+    host_after_the_blackout(&t);
     assert_eq!(sample(&t, "tapwatch_taps", &[]), Some(1.0));
     assert_eq!(
         sample(

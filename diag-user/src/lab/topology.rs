@@ -1,0 +1,151 @@
+//! The lab's three namespaces and their wiring: a client, and two hypervisors.
+
+use std::sync::Arc;
+
+use super::{Bridged, Scenario, VmSpec, CLIENT_BRIDGED, PREFIX};
+use crate::{
+    lab::netns::{Netns, SandboxError, VmTap},
+    model::mac::MacAddr,
+};
+
+/// The three namespaces; deleted (with everything in them) when dropped.
+pub(super) struct Topology {
+    pub(super) client: Netns,
+    pub(super) src: Netns,
+    pub(super) dst: Netns,
+}
+
+impl Topology {
+    pub(super) fn build(scenario: Scenario) -> Result<Self, SandboxError> {
+        let pid = std::process::id();
+        let ns = |role: &str| Netns::named(&format!("{PREFIX}-{pid}-{role}"));
+        let topo = Self {
+            client: ns("client")?,
+            src: ns("src")?,
+            dst: ns("dst")?,
+        };
+        let c = &topo.client;
+        if scenario.bridged() {
+            c.ip(&["link", "add", "brc", "type", "bridge"])?;
+            c.ip(&["addr", "add", &format!("{CLIENT_BRIDGED}/24"), "dev", "brc"])?;
+            c.ip(&["link", "set", "brc", "up"])?;
+        }
+        for (hv, link, subnet) in [(&topo.src, "src", 10), (&topo.dst, "dst", 20)] {
+            let (cside, hside) = (format!("vc-{link}"), format!("vh-{link}"));
+            c.ip(&[
+                "link",
+                "add",
+                &cside,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &hside,
+                "netns",
+                hv.name(),
+            ])?;
+            hv.exec(
+                "sysctl",
+                &[
+                    "-qw",
+                    "net.ipv4.ip_forward=1",
+                    "net.ipv4.conf.all.rp_filter=0",
+                    "net.ipv4.conf.default.rp_filter=0",
+                ],
+            )?;
+            if scenario.bridged() {
+                c.ip(&["link", "set", &cside, "master", "brc", "up"])?;
+                hv.ip(&["link", "add", "br0", "type", "bridge"])?;
+                hv.ip(&["link", "set", &hside, "master", "br0", "up"])?;
+                hv.ip(&["link", "set", "br0", "up"])?;
+            } else {
+                c.ip(&[
+                    "addr",
+                    "add",
+                    &format!("192.168.{subnet}.1/30"),
+                    "dev",
+                    &cside,
+                ])?;
+                c.ip(&["link", "set", &cside, "up"])?;
+                hv.ip(&[
+                    "addr",
+                    "add",
+                    &format!("192.168.{subnet}.2/30"),
+                    "dev",
+                    &hside,
+                ])?;
+                hv.ip(&["link", "set", &hside, "up"])?;
+                hv.ip(&[
+                    "route",
+                    "add",
+                    "default",
+                    "via",
+                    &format!("192.168.{subnet}.1"),
+                ])?;
+            }
+        }
+        c.exec(
+            "sysctl",
+            &[
+                "-qw",
+                "net.ipv4.conf.all.rp_filter=0",
+                "net.ipv4.conf.default.rp_filter=0",
+            ],
+        )?;
+        Ok(topo)
+    }
+
+    /// Plugs a VM's tap on hypervisor `hv` as Nova/libvirt would.
+    pub(super) fn plug(
+        &self,
+        hv: &Netns,
+        vm: &VmSpec,
+        tap_mac: MacAddr,
+        scenario: Scenario,
+    ) -> Result<Arc<VmTap>, SandboxError> {
+        let tap = VmTap::create(hv, &vm.tap, tap_mac)?;
+        if scenario.bridged() {
+            hv.ip(&["link", "set", &vm.tap, "master", "br0"])?;
+        } else {
+            // What Calico's agent sets on a workload's tap.
+            hv.exec(
+                "sysctl",
+                &[
+                    "-qw",
+                    &format!("net.ipv4.conf.{}.proxy_arp=1", vm.tap),
+                    &format!("net.ipv4.neigh.{}.proxy_delay=0", vm.tap),
+                ],
+            )?;
+        }
+        Ok(Arc::new(tap))
+    }
+
+    /// Routes traffic for `vm` to hypervisor `hv` (Calico: the /32 route on the host and
+    /// the fabric's route, which BGP would move).
+    pub(super) fn route_to(&self, hv_is_dst: bool, vm: &VmSpec) -> Result<(), SandboxError> {
+        let hv = if hv_is_dst { &self.dst } else { &self.src };
+        let ip = format!("{}/32", vm.ip);
+        hv.ip(&["route", "replace", &ip, "dev", &vm.tap])?;
+        self.client_route(hv_is_dst, vm)
+    }
+
+    /// The destination host's /32 route to the VM via its tap (what Calico's agent sets
+    /// when the tap is plugged and the VM is there).
+    pub(super) fn host_route(&self, vm: &VmSpec) -> Result<(), SandboxError> {
+        let ip = format!("{}/32", vm.ip);
+        self.dst.ip(&["route", "replace", &ip, "dev", &vm.tap])?;
+        Ok(())
+    }
+
+    /// The fabric's route to the VM (the client's): to the source or the destination.
+    pub(super) fn client_route(&self, to_dst: bool, vm: &VmSpec) -> Result<(), SandboxError> {
+        let via = if to_dst {
+            "192.168.20.2"
+        } else {
+            "192.168.10.2"
+        };
+        let ip = format!("{}/32", vm.ip);
+        self.client.ip(&["route", "replace", &ip, "via", via])?;
+        Ok(())
+    }
+}

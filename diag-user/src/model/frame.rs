@@ -1,0 +1,92 @@
+//! A notable frame as a record: what a datapath's event says, in the JSON contract's
+//! words.
+
+use diag_common::{parse_arp, parse_ethernet, FrameEvent};
+use serde::{Deserialize, Serialize};
+
+use super::{clock::Ts, mac::MacAddr, Direction, FrameKind};
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct FrameRecord {
+    pub ts: Ts,
+    pub ifname: String,
+    pub direction: Direction,
+    pub kind: FrameKind,
+    pub src_mac: MacAddr,
+    pub dst_mac: MacAddr,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sender_ip: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_ip: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vlan: Option<u16>,
+    /// The outer (802.1ad service) tag's VLAN id of a QinQ frame.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outer_vlan: Option<u16>,
+    /// Also addressed to a MAC the tap does not have (e.g. a unicast ARP to the old MAC).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dst_mismatch: bool,
+    /// Length of the whole frame.
+    pub len: u32,
+    /// The captured bytes (up to 128), as they crossed the tap: not part of the JSON, but
+    /// of the bundle's pcapng.
+    #[serde(skip)]
+    pub data: Vec<u8>,
+}
+
+impl FrameRecord {
+    /// Decodes a kernel event; `None` for an event too short to hold a MAC header.
+    pub fn from_event(ev: &FrameEvent, ifname: &str, ts: Ts) -> Option<Self> {
+        let frame = ev.frame();
+        let eth = parse_ethernet(frame)?;
+        let kind = diag_common::FrameKind::from_u8(ev.kind)?;
+        let arp = match kind {
+            diag_common::FrameKind::DstMismatch => None,
+            _ => parse_arp(frame, eth.l3_offset),
+        };
+        let ip = |b: [u8; 4]| std::net::Ipv4Addr::from(b).to_string();
+        let outer_stripped = ev.flags & diag_common::EVENT_FLAG_OUTER_VLAN != 0;
+        let vlan_stripped = ev.flags & diag_common::EVENT_FLAG_VLAN != 0 && eth.vlan.is_none();
+        Some(Self {
+            ts,
+            ifname: ifname.to_string(),
+            direction: Direction::from_u8(ev.direction)?,
+            kind,
+            src_mac: MacAddr(eth.src),
+            dst_mac: MacAddr(eth.dst),
+            sender_ip: arp.map(|a| ip(a.sender_ip)),
+            target_ip: arp.map(|a| ip(a.target_ip)),
+            // The kernel usually strips the outer tag into metadata before tc sees the frame.
+            vlan: eth.vlan.or(vlan_stripped.then_some(ev.vlan)),
+            outer_vlan: eth.outer_vlan.or(outer_stripped.then_some(ev.outer_vlan)),
+            dst_mismatch: ev.flags & diag_common::EVENT_FLAG_DST_MISMATCH != 0,
+            len: ev.frame_len,
+            data: with_vlan_tags(
+                frame,
+                outer_stripped.then_some(ev.outer_vlan),
+                vlan_stripped.then_some(ev.vlan),
+            ),
+        })
+    }
+}
+
+/// The frame with the tags the kernel moved into metadata put back after the MAC
+/// addresses, as the VM wrote it: an outer 802.1ad tag, then an 802.1Q tag.
+fn with_vlan_tags(frame: &[u8], outer: Option<u16>, vlan: Option<u16>) -> Vec<u8> {
+    if frame.len() < 12 || (outer.is_none() && vlan.is_none()) {
+        return frame.to_vec();
+    }
+    let mut f = Vec::with_capacity(frame.len() + 8);
+    f.extend_from_slice(&frame[..12]);
+    for (tpid, id) in [
+        (diag_common::ETH_P_8021AD, outer),
+        (diag_common::ETH_P_8021Q, vlan),
+    ] {
+        if let Some(id) = id {
+            f.extend_from_slice(&tpid.to_be_bytes());
+            f.extend_from_slice(&id.to_be_bytes());
+        }
+    }
+    f.extend_from_slice(&frame[12..]);
+    f
+}
