@@ -517,9 +517,11 @@ impl<'s> Watcher<'s> {
                 verdict: None,
             })
             .collect();
+        // The pipeline's engine adds the forecasts' counts.
         let rec = Record::Summary {
             ts: self.ts(),
             taps,
+            forecasts: None,
         };
         self.emit(rec)
     }

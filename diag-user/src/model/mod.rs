@@ -5,6 +5,7 @@
 //! `snake_case` (states: upper-case) string in JSON, and records read back with serde.
 
 pub mod clock;
+pub mod forecast;
 mod frame;
 pub mod host;
 pub mod identity;
@@ -253,6 +254,10 @@ pub enum Record {
     Summary {
         ts: Ts,
         taps: Vec<SummaryRow>,
+        /// The run's forecasts of blackouts (`forecast` records), when it made any or
+        /// met a blackout after a migration that none foresaw.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        forecasts: Option<forecast::ForecastCounts>,
     },
     /// What `tapwatch lab` did and knows (its ground truth).
     Lab(LabRecord),
@@ -293,6 +298,9 @@ pub enum Record {
         #[serde(flatten)]
         fields: VerdictFields,
     },
+    /// Before a VM migrating in resumes: whether its guest will find the MAC it has cached
+    /// for its gateway (see `verdict`), and once it ran, whether that came true.
+    Forecast(forecast::ForecastRecord),
     /// One VM's migration from a source bundle to a destination bundle
     /// (`tapwatch analyze SRC DST`).
     Migration(MigrationRecord),
@@ -353,6 +361,7 @@ impl Record {
             | Record::Identity { ts, .. }
             | Record::Verdict { ts, .. } => *ts,
             Record::Frame(f) => f.ts,
+            Record::Forecast(f) => f.ts,
             Record::Lab(l) => l.ts,
             Record::Migration(m) => m.ts,
         }
@@ -369,6 +378,7 @@ impl Record {
             | Record::Identity { ifname, .. }
             | Record::Verdict { ifname, .. } => Some(ifname),
             Record::Frame(f) => Some(&f.ifname),
+            Record::Forecast(f) => Some(&f.ifname),
             Record::Notice { ifname, .. } => ifname.as_deref(),
             Record::Stats { .. }
             | Record::Summary { .. }

@@ -460,6 +460,7 @@ impl<'a> Replayer<'a> {
                     verdict: None,
                 })
                 .collect(),
+            forecasts: None,
         };
         let mut summary = summary;
         let verdicts = self.engine.apply(&summary);

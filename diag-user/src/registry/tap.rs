@@ -91,6 +91,10 @@ pub struct Tap {
     pub blackout: Option<Blackout>,
     /// Blackouts begun on this tap.
     pub blackouts: u64,
+    /// Before the VM resumed here: whether a blackout was foreseen, and how it turned out.
+    pub forecast: Option<crate::model::forecast::Forecast>,
+    /// The forecast as last said in a record.
+    pub forecast_said: Option<crate::model::forecast::Forecast>,
     /// The switch-over whose inbound and outbound gaps were settled (said once each).
     pub settled: (Option<Ts>, Option<Ts>),
     pub gone_at: Option<Ts>,
@@ -143,6 +147,8 @@ impl Tap {
             before_quiet: State::Ok,
             blackout: None,
             blackouts: 0,
+            forecast: None,
+            forecast_said: None,
             settled: (None, None),
             gone_at: None,
             timeline: Vec::new(),

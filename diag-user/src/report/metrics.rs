@@ -40,7 +40,7 @@ const BUCKETS: [f64; 12] = [
 ];
 
 /// The per-tap metrics: name, type, help.
-const PER_TAP: [(&str, MetricType, &str); 8] = [
+const PER_TAP: [(&str, MetricType, &str); 9] = [
     (
         "tapwatch_dst_mismatch_frames_total",
         MetricType::COUNTER,
@@ -83,6 +83,12 @@ const PER_TAP: [(&str, MetricType, &str); 8] = [
         MetricType::GAUGE,
         "The tap's blackout so far while it lasts, else the length of its last one.",
     ),
+    (
+        "tapwatch_vm_at_risk",
+        MetricType::GAUGE,
+        "1 while a blackout is foreseen for a VM migrating in that has not resumed yet (its \
+         tap's MAC is not the one its guest has cached), else 0.",
+    ),
 ];
 
 /// What a scrape shows of one tap, copied out of the registry.
@@ -95,6 +101,7 @@ pub struct TapSeries {
     state: State,
     blackouts: u64,
     blackout_seconds: Option<f64>,
+    at_risk: bool,
 }
 
 impl TapSeries {
@@ -121,6 +128,10 @@ impl TapSeries {
             state: t.state,
             blackouts: t.blackouts,
             blackout_seconds: t.blackout_ms(now).map(|ms| ms as f64 / 1000.0),
+            at_risk: t
+                .forecast
+                .as_ref()
+                .is_some_and(|f| f.at_risk && f.standing()),
         }
     }
 
@@ -171,6 +182,7 @@ impl TapSeries {
                 1.0,
             )],
             6 => vec![counter(self.labels(None), self.blackouts)],
+            8 => vec![gauge(self.labels(None), f64::from(u8::from(self.at_risk)))],
             _ => self
                 .blackout_seconds
                 .map(|s| gauge(self.labels(None), s))

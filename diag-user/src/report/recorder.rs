@@ -310,6 +310,7 @@ impl Recorder {
         let _ = open.bundle.emit(&Record::Summary {
             ts: now,
             taps: rows,
+            forecasts: None,
         });
         let path = open.bundle.dir().to_path_buf();
         match open.bundle.finish_with(&snap, Some(&mut self.spare)) {

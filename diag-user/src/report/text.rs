@@ -14,7 +14,7 @@ use std::{
 };
 
 use crate::{
-    model::{clock::Ts, Record, Sink, SummaryRow},
+    model::{clock::Ts, forecast::ForecastCounts, Record, Sink, SummaryRow},
     offline::Analysis,
 };
 
@@ -82,7 +82,11 @@ pub struct TextSink<W: Write>(pub W);
 impl<W: Write> Sink for TextSink<W> {
     fn emit(&mut self, rec: &Record) -> io::Result<()> {
         match rec {
-            Record::Summary { ts, taps } => write_summary(&mut self.0, *ts, taps),
+            Record::Summary {
+                ts,
+                taps,
+                forecasts,
+            } => write_summary(&mut self.0, *ts, taps, forecasts.as_ref()),
             _ => match line(rec) {
                 Some(l) => writeln!(self.0, "{l}"),
                 None => Ok(()),
@@ -146,6 +150,20 @@ fn line(rec: &Record) -> Option<String> {
         },
         Record::Lab(l) => format!("{} lab: {}", l.ts, one_line(&l.describe())),
         Record::Migration(m) => migration_line(m),
+        Record::Forecast(f) => {
+            let fc = &f.forecast;
+            let what = match (fc.outcome, fc.at_risk) {
+                (Some(o), _) => format!("forecast settled: {}", o.as_str()),
+                (None, true) => "AT RISK".to_string(),
+                (None, false) => "no blackout expected".to_string(),
+            };
+            format!(
+                "{} {name} [{}]: {what} — {}",
+                f.ts,
+                one_line(&f.vm),
+                one_line(&fc.cause)
+            )
+        }
         Record::Verdict { ts, fields, .. } => {
             let ms = fields
                 .blackout_ms
@@ -161,8 +179,13 @@ fn line(rec: &Record) -> Option<String> {
     })
 }
 
-/// A summary: each tap's verdict and counters.
-fn write_summary(w: &mut impl Write, ts: Ts, taps: &[SummaryRow]) -> io::Result<()> {
+/// A summary: each tap's verdict and counters, and how the run's forecasts turned out.
+fn write_summary(
+    w: &mut impl Write,
+    ts: Ts,
+    taps: &[SummaryRow],
+    forecasts: Option<&ForecastCounts>,
+) -> io::Result<()> {
     writeln!(w, "{ts} summary:")?;
     for t in taps {
         let name = one_line(&t.counters.ifname);
@@ -183,7 +206,19 @@ fn write_summary(w: &mut impl Write, ts: Ts, taps: &[SummaryRow]) -> io::Result<
             c.rarp_frames, c.garp_frames, c.arp_requests, c.arp_replies, c.events_lost
         )?;
     }
+    if let Some(f) = forecasts {
+        writeln!(w, "  {}", forecast_line(f))?;
+    }
     Ok(())
+}
+
+/// How a run's forecasts turned out, in words.
+pub fn forecast_line(f: &ForecastCounts) -> String {
+    format!(
+        "forecasts: {} blackout(s) foreseen before the VM resumed, {} came true, {} false \
+         alarm(s); {} blackout(s) after a migration that none foresaw",
+        f.made, f.came_true, f.false_alarms, f.missed
+    )
 }
 
 /// Prints `notice` records on stderr, one line each, for a terminal user; the rest goes
@@ -502,6 +537,7 @@ mod tests {
                         detached: false,
                         verdict: Some(fields),
                     }],
+                    forecasts: None,
                 }),
                 ..Analysis::default()
             };
@@ -562,6 +598,7 @@ mod tests {
                     row("tapA", Mode::Routed, State::Recovered, Some(546)),
                     row("vnet12", Mode::Bridged, State::Ok, None),
                 ],
+                forecasts: None,
             }),
             ..Analysis::default()
         };

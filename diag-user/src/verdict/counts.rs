@@ -51,7 +51,10 @@ impl Engine {
             );
             self.set_state(i, State::Blackout, start, changes);
         }
-        self.settle_gaps(i, ts);
+        self.say_forecast(i, ts, changes);
+        if let Some(outbound_ms) = self.settle_gaps(i, ts) {
+            self.settle_forecast(i, ts, outbound_ms, changes);
+        }
         let t = self.registry.at(i);
         // A tap whose VM has not sent anything yet (plugged ahead of a migration) is
         // waiting for it, not quiet.
@@ -98,10 +101,11 @@ impl Engine {
 
     /// Each gap of a switch-over once, when it is known: the inbound one when the first
     /// data frame reached the VM, the outbound one when the blackout ended, or as 0 once
-    /// the VM has run [`OUTBOUND_SETTLE`] without one.
-    fn settle_gaps(&mut self, i: usize, now: Ts) {
+    /// the VM has run [`OUTBOUND_SETTLE`] without one. The outbound gap when it settled now.
+    fn settle_gaps(&mut self, i: usize, now: Ts) -> Option<u64> {
         let t = self.tap_mut(i);
-        let Some(sw) = t.switchover() else { return };
+        let sw = t.switchover()?;
+        let mut outbound = None;
         let mut settled = Vec::new();
         if t.settled.0 != Some(sw) {
             if let Some(ms) = t.inbound_gap_ms() {
@@ -117,9 +121,11 @@ impl Engine {
             if let (true, Some(ms)) = (known, t.outbound_gap_ms()) {
                 t.settled.1 = Some(sw);
                 settled.push(Settled::OutboundGap { ms });
+                outbound = Some(ms);
             }
         }
         self.settled.extend(settled);
+        outbound
     }
 
     /// The VM spoke: leave QUIET for the state it interrupted.

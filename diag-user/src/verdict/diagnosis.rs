@@ -27,7 +27,8 @@ impl Tap {
 
     /// The diagnosis in plain words, as of `now`.
     pub fn diagnosis(&self, now: Ts) -> String {
-        let mut s = self.blackout_words(now);
+        let mut s = self.forecast_words();
+        s.extend(self.blackout_words(now));
         if self.mode == Mode::Bridged && self.counters.dst_mismatch_frames > 0 {
             s.push(format!(
                 "{} frames to other MACs: normal on a bridged tap, not drops.",
@@ -52,6 +53,22 @@ impl Tap {
             ));
         }
         s.join(" ")
+    }
+
+    /// A blackout foreseen before the VM resumed here, and how that turned out.
+    fn forecast_words(&self) -> Vec<String> {
+        use crate::model::forecast::ForecastOutcome;
+        let Some(f) = self.forecast.as_ref().filter(|f| f.at_risk) else {
+            return Vec::new();
+        };
+        let sure = if f.certain { "certain" } else { "likely" };
+        vec![match f.outcome {
+            None => format!("At risk before the VM resumes here ({sure}): {}.", f.cause),
+            Some(ForecastOutcome::CameTrue) => {
+                "The blackout was foreseen before the VM resumed here.".into()
+            }
+            Some(_) => "A blackout was foreseen before the VM resumed here; none came.".into(),
+        }]
     }
 
     /// The blackout, going on or ended, and why its MAC is stale.

@@ -15,6 +15,8 @@ impl Engine {
         };
         let from_vm = f.direction == Direction::FromVm;
         if from_vm {
+            // What was foreseen is said before the VM's first frame.
+            self.say_forecast(i, f.ts, changes);
             let t = self.tap_mut(i);
             t.last_from_vm = f.ts;
             if t.first_from_vm.is_none() || t.first_from_vm_approx {

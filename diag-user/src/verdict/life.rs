@@ -41,6 +41,7 @@ impl Engine {
         t.follow_libvirt_state(*ts, vm.as_ref());
         let i = self.registry.attach(t);
         changes.push(self.verdict(i, *ts));
+        self.foresee(i, *ts);
     }
 
     pub(super) fn detached(
@@ -75,6 +76,8 @@ impl Engine {
         if t.tap_mac_unusual() {
             t.note(ts, "tap MAC is not fe:+guest MAC".into());
         }
+        // Nova sets the MAC of a tap it plugged for an incoming migration.
+        self.foresee(i, ts);
     }
 
     pub(super) fn mode_change(
@@ -88,6 +91,8 @@ impl Engine {
         let t = self.tap_mut(i);
         t.mode = mode;
         t.note(ts, format!("tap is now {}", mode.as_str()));
+        self.foresee(i, ts);
+        let t = self.tap_mut(i);
         // On a bridge, frames to other MACs are switched, not dropped: an open blackout
         // ends here (its frames before this were real drops).
         if mode == Mode::Bridged && t.state == State::Blackout {
@@ -130,6 +135,7 @@ impl Engine {
             // Consumers keyed by VM learn the name with a verdict record.
             changes.push(self.verdict(i, ts));
         }
+        self.foresee(i, ts);
     }
 
     /// The per-frame probe coming and going (the other notices are about the run).

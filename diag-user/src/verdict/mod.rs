@@ -10,6 +10,7 @@
 
 mod counts;
 mod diagnosis;
+pub mod forecast;
 mod frames;
 mod life;
 
@@ -17,7 +18,7 @@ use std::{collections::HashMap, time::Duration};
 
 use crate::{
     model::identity::VmInterface,
-    model::{clock::Ts, MacHistoryEntry, Record, VerdictFields},
+    model::{clock::Ts, forecast::ForecastCounts, MacHistoryEntry, Record, VerdictFields},
     registry::OWN_NETNS,
 };
 pub use crate::{
@@ -32,6 +33,8 @@ pub struct EngineConfig {
     /// A long-running run (`serve`) forgets taps this long after they went away, so its
     /// memory follows the live taps; `None` keeps every tap for the run's summary.
     pub forget_after: Option<Duration>,
+    /// The source host's taps (its facts, or a bundle of it), for certain forecasts.
+    pub source: Vec<forecast::SourceTap>,
 }
 
 impl Default for EngineConfig {
@@ -39,6 +42,7 @@ impl Default for EngineConfig {
         Self {
             quiet_after: Duration::from_secs(5),
             forget_after: None,
+            source: Vec::new(),
         }
     }
 }
@@ -71,6 +75,8 @@ pub struct Engine {
     pub now: Option<Ts>,
     /// What the last record settled.
     settled: Vec<Settled>,
+    /// How the run's forecasts turned out.
+    pub forecasts: ForecastCounts,
 }
 
 impl Engine {
@@ -81,6 +87,7 @@ impl Engine {
             pending: HashMap::new(),
             now: None,
             settled: Vec::new(),
+            forecasts: ForecastCounts::default(),
         }
     }
 
@@ -166,7 +173,10 @@ impl Engine {
                 libvirt,
             } => self.identity(*ts, ifname, libvirt.as_ref(), &mut changes),
             Record::Notice { .. } => self.notice(rec),
-            Record::Verdict { .. } | Record::Lab(_) | Record::Migration(_) => {}
+            Record::Verdict { .. }
+            | Record::Forecast(_)
+            | Record::Lab(_)
+            | Record::Migration(_) => {}
         }
         changes
     }
@@ -207,7 +217,15 @@ impl Engine {
     /// Adds what the registry knows to a summary's rows (the collector gives the final
     /// counters): the tap's mode, every MAC it had, and the verdict.
     pub fn annotate_summary(&self, rec: &mut Record) {
-        if let Record::Summary { ts, taps } = rec {
+        if let Record::Summary {
+            ts,
+            taps,
+            forecasts,
+        } = rec
+        {
+            if !self.forecasts.is_empty() {
+                *forecasts = Some(self.forecasts);
+            }
             for row in taps.iter_mut() {
                 if let Some(t) = self.summary_tap(row.ifindex, &row.counters.ifname) {
                     row.mode = t.mode;

@@ -102,7 +102,8 @@ fn host_after_the_blackout(t: &str) {
         .lines()
         .filter(|l| !l.starts_with('#') && l.contains("ifname=\"tapA\""))
         .count();
-    assert_eq!(per_tap, 8, "series of one tap:\n{t}");
+    assert_eq!(per_tap, 9, "series of one tap:\n{t}");
+    assert_eq!(sample(t, "tapwatch_vm_at_risk", &TAP_A), Some(0.0));
 }
 
 /// The stale-MAC story told by the metrics: exact counts, one blackout of 19.91 s, the

@@ -93,6 +93,22 @@ pub fn tap_mac_cell(t: &TapView) -> String {
     }
 }
 
+/// The state, or AT RISK while a blackout is foreseen for a VM that has not resumed (the
+/// reason is in the diagnosis, under the table).
+fn state_cell(t: &TapView) -> Cell<'static> {
+    let at_risk = t
+        .forecast
+        .as_ref()
+        .is_some_and(|f| f.at_risk && f.standing());
+    if at_risk && t.state == State::Ok {
+        let style = Style::default()
+            .fg(Color::Magenta)
+            .add_modifier(Modifier::BOLD);
+        return Cell::from(Span::styled("AT RISK", style));
+    }
+    Cell::from(Span::styled(t.state.as_str(), state_style(t.state)))
+}
+
 fn row<'a>(app: &App, t: &'a TapView, now: Ts) -> Row<'a> {
     let cells = vec![
         Cell::from(one_line(t.vm_name()).into_owned()),
@@ -106,7 +122,7 @@ fn row<'a>(app: &App, t: &'a TapView, now: Ts) -> Row<'a> {
         Cell::from(format!("{:.0}", t.mismatch_ps)),
         Cell::from(ago(t.last_rarp, now)),
         Cell::from(ago(t.last_garp, now)),
-        Cell::from(Span::styled(t.state.as_str(), state_style(t.state))),
+        state_cell(t),
         Cell::from(duration_ms(t.blackout_ms(now))),
     ];
     let style = if t.state == State::Gone {
