@@ -38,6 +38,25 @@ pub fn require_root() {
     );
 }
 
+/// The tapwatch binary under test.
+pub fn tw_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_tapwatch")
+}
+
+/// tapwatch's clsact filters on `ifname`, from the kernel.
+pub fn our_filters(ns: &Netns, ifname: &str) -> usize {
+    ["ingress", "egress"]
+        .iter()
+        .map(|dir| {
+            ns.exec("tc", &["filter", "show", "dev", ifname, dir])
+                .unwrap_or_default()
+                .lines()
+                .filter(|l| l.contains(" handle ") && l.contains("tap_"))
+                .count()
+        })
+        .sum()
+}
+
 pub struct Tapwatch {
     proc: Spawned,
     pub seen: Vec<Value>,
