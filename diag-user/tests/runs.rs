@@ -5,7 +5,10 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
+use std::{
+    path::Path,
+    process::{Command, Stdio},
+};
 
 use common::*;
 use diag_user::lab::{
@@ -339,14 +342,6 @@ fn tagged_frames_keep_their_length(datapath: &str) {
         ],
     );
     tw.wait_attached("tapqinq");
-    let qinq = |inner: &[u8]| {
-        // dst, src, 802.1ad tag 300, 802.1Q tag 12, then the rest of `inner` after its
-        // ethertype position.
-        let mut f = inner[..12].to_vec();
-        f.extend_from_slice(&[0x88, 0xa8, 0x01, 0x2c, 0x81, 0x00, 0x00, 0x0c]);
-        f.extend_from_slice(&inner[12..]);
-        f
-    };
     // No tag, one (the kernel takes it off), two (it takes the outer one off).
     let plain = frames::rarp_announce(GUEST, None);
     let tagged = frames::rarp_announce(GUEST, Some(100));
@@ -371,13 +366,13 @@ fn tagged_frames_keep_their_length(datapath: &str) {
         [plain.len(), tagged.len(), rarp.len()].map(|n| n as u64),
         "{rarps:#?}"
     );
+    let r = rarps
+        .iter()
+        .find(|r| u(r, "len") == rarp.len() as u64)
+        .unwrap();
     if datapath == "drops" {
         // The kernel forgot the ids of the tags it took off; the inner one of QinQ is
         // still in the bytes.
-        let r = rarps
-            .iter()
-            .find(|r| u(r, "len") == rarp.len() as u64)
-            .unwrap();
         assert_eq!(
             (r.get("outer_vlan"), &r["vlan"]),
             (None, &12.into()),
@@ -385,19 +380,31 @@ fn tagged_frames_keep_their_length(datapath: &str) {
         );
         return;
     }
-    let r = rarps
-        .iter()
-        .find(|r| u(r, "len") == rarp.len() as u64)
-        .unwrap();
     assert_eq!(
         (&r["outer_vlan"], &r["vlan"]),
         (&300.into(), &12.into()),
         "{r:#}"
     );
     // The bundle's pcapng holds the frame as the VM wrote it, both tags back in place.
+    let text = vlans_and_lengths(&dir.join("frames.pcapng"));
+    assert!(text.contains(&format!("300\t12\t{}", rarp.len())), "{text}");
+}
+
+/// `inner` with two tags: dst, src, 802.1ad tag 300, 802.1Q tag 12, then the rest of
+/// `inner` after its ethertype position.
+fn qinq(inner: &[u8]) -> Vec<u8> {
+    let mut f = inner[..12].to_vec();
+    f.extend_from_slice(&[0x88, 0xa8, 0x01, 0x2c, 0x81, 0x00, 0x00, 0x0c]);
+    f.extend_from_slice(&inner[12..]);
+    f
+}
+
+/// Each frame of a pcapng as tshark reads it: the outer (802.1ad) VLAN, the inner VLAN and
+/// the length, tab-separated, a line a frame.
+fn vlans_and_lengths(pcapng: &Path) -> String {
     let out = Command::new("tshark")
         .arg("-r")
-        .arg(dir.join("frames.pcapng"))
+        .arg(pcapng)
         .args([
             "-T",
             "fields",
@@ -410,8 +417,7 @@ fn tagged_frames_keep_their_length(datapath: &str) {
         ])
         .output()
         .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains(&format!("300\t12\t{}", rarp.len())), "{text}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// A binary given capabilities with setcap (as the README suggests) and run by another user
