@@ -154,6 +154,56 @@ impl Tapwatch {
     }
 }
 
+/// `tapwatch watch --json` on eBPF (the default datapath unless `extra` names one).
+pub fn json_watch(ns: &Netns, extra: &[&str]) -> Tapwatch {
+    let mut args = vec!["watch", "--json", "--interval", "0.1"];
+    if !extra.contains(&"--datapath") {
+        args.extend(["--backend", "ebpf"]);
+    }
+    args.extend_from_slice(extra);
+    Tapwatch::start(ns, &args)
+}
+
+/// `tapwatch watch --json` on `datapath`.
+pub fn json_watch_with(ns: &Netns, datapath: &str, extra: &[&str]) -> Tapwatch {
+    let mut args = vec![
+        "watch",
+        "--json",
+        "--interval",
+        "0.1",
+        "--datapath",
+        datapath,
+    ];
+    args.extend_from_slice(extra);
+    Tapwatch::start(ns, &args)
+}
+
+/// The core counting tests run against every datapath: `every_datapath!(f, …)` makes the
+/// tests `f::drops`, `f::tc` and `f::pcap`, each calling the test file's `f` with that
+/// datapath.
+#[allow(unused_macros)]
+macro_rules! every_datapath {
+    ($($name:ident),*) => {$(
+        mod $name {
+            #[test]
+            fn drops() {
+                super::$name("drops")
+            }
+            #[test]
+            fn tc() {
+                super::$name("tc")
+            }
+            #[test]
+            fn pcap() {
+                super::$name("pcap")
+            }
+        }
+    )*};
+}
+// By path, so that `use common::*` brings it (not every test file uses it).
+#[allow(unused_imports)]
+pub(crate) use every_datapath;
+
 /// The pid of a process's child that runs `cleanup-helper` (tapwatch's helper that removes
 /// clsact filters when a run is killed), if it has one.
 pub fn cleanup_helper_of(pid: u32) -> Option<u32> {
