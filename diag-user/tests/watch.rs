@@ -42,6 +42,45 @@ fn counts_every_kind_exactly(datapath: &str) {
     assert_eq!(attached["backend"], backend_of(datapath));
     assert_eq!(attached["datapath"], datapath);
 
+    let sent = frames_of_every_kind();
+    for f in &sent {
+        tap.send(f).unwrap();
+    }
+    let n = sent.len() as u64;
+    let bytes: u64 = sent.iter().map(|f| f.len() as u64).sum();
+    tw.wait_stats(tap.name(), |t| u(t, "from_vm_frames") == n);
+    let (status, recs, _) = tw.stop(libc::SIGINT);
+    assert!(status.success(), "{status:?}");
+
+    let row = summary_row(&recs, tap.name());
+    let expect = [
+        ("from_vm_frames", n),
+        ("from_vm_bytes", bytes),
+        ("to_vm_frames", 0),
+        ("to_vm_bytes", 0),
+        ("dst_mismatch_frames", 4),
+        ("rarp_frames", 7),
+        ("garp_frames", 3),
+        ("arp_requests", 2 + 3 + 1 + 1),
+        ("arp_replies", 1),
+        ("events_lost", 0),
+    ];
+    for (field, want) in expect {
+        assert_eq!(u(row, field), want, "{field} in {row:#}");
+    }
+    // On a routed tap without VLAN devices the kernel takes a tag off (and forgets its id)
+    // before anything but a per-frame hook sees the frame: the drop-driven datapath counts
+    // tagged ARP and RARP, without their VLAN.
+    let tagged = if datapath == "drops" { 0 } else { 1 };
+    assert_announce_and_arp_records(&recs, tap.name(), tagged);
+    assert_mismatches_sampled(&recs, tap.name());
+    assert_timestamps_in_kernel_order(&recs);
+}
+
+/// What counts_every_kind_exactly sends, from the guest: 7 RARP (2 tagged), 2 GARP
+/// requests and a GARP reply, 3 ARP requests, an ARP probe and a tagged ARP request, 4
+/// frames to a MAC the tap does not have and 6 to its own.
+fn frames_of_every_kind() -> Vec<Vec<u8>> {
     let other = Ipv4Addr::new(10, 65, 0, 99);
     let mut sent: Vec<Vec<u8>> = Vec::new();
     sent.extend((0..5).map(|_| frames::rarp_announce(GUEST, None)));
@@ -70,33 +109,13 @@ fn counts_every_kind_exactly(datapath: &str) {
     ));
     sent.extend((0..4).map(|_| frames::udp(GUEST, TAP_CALICO, VM_IP, other, 98)));
     sent.extend((0..6).map(|_| frames::udp(GUEST, TAP_LIBVIRT, VM_IP, other, 1000)));
-    for f in &sent {
-        tap.send(f).unwrap();
-    }
-    let n = sent.len() as u64;
-    let bytes: u64 = sent.iter().map(|f| f.len() as u64).sum();
-    tw.wait_stats(tap.name(), |t| u(t, "from_vm_frames") == n);
-    let (status, recs, _) = tw.stop(libc::SIGINT);
-    assert!(status.success(), "{status:?}");
+    sent
+}
 
-    let row = summary_row(&recs, tap.name());
-    let expect = [
-        ("from_vm_frames", n),
-        ("from_vm_bytes", bytes),
-        ("to_vm_frames", 0),
-        ("to_vm_bytes", 0),
-        ("dst_mismatch_frames", 4),
-        ("rarp_frames", 7),
-        ("garp_frames", 3),
-        ("arp_requests", 2 + 3 + 1 + 1),
-        ("arp_replies", 1),
-        ("events_lost", 0),
-    ];
-    for (field, want) in expect {
-        assert_eq!(u(row, field), want, "{field} in {row:#}");
-    }
-
-    let rarps = frames(&recs, tap.name(), "rarp");
+/// The RARP, GARP and ARP frame records of frames_of_every_kind on `ifname`; `tagged` is
+/// 1 where the datapath sees VLAN tags, 0 where the kernel took them off first.
+fn assert_announce_and_arp_records(recs: &[serde_json::Value], ifname: &str, tagged: usize) {
+    let rarps = frames(recs, ifname, "rarp");
     assert_eq!(rarps.len(), 7);
     let r = rarps[0];
     assert_eq!(r["direction"], "from_vm");
@@ -105,21 +124,17 @@ fn counts_every_kind_exactly(datapath: &str) {
     assert_eq!(r["sender_ip"], "0.0.0.0");
     assert_eq!(r["target_ip"], "0.0.0.0");
     assert!(r.get("vlan").is_none());
-    // On a routed tap without VLAN devices the kernel takes a tag off (and forgets its id)
-    // before anything but a per-frame hook sees the frame: the drop-driven datapath counts
-    // tagged ARP and RARP, without their VLAN.
-    let tagged = if datapath == "drops" { 0 } else { 1 };
     assert_eq!(
         rarps.iter().filter(|r| r["vlan"] == 100).count(),
         2 * tagged
     );
 
-    let garps = frames(&recs, tap.name(), "garp");
+    let garps = frames(recs, ifname, "garp");
     assert_eq!(garps.len(), 3, "a GARP is reported once, as garp");
     assert!(garps
         .iter()
         .all(|g| g["sender_ip"] == "10.65.0.2" && g["target_ip"] == "10.65.0.2"));
-    let reqs = frames(&recs, tap.name(), "arp_request");
+    let reqs = frames(recs, ifname, "arp_request");
     assert_eq!(reqs.len(), 5);
     assert_eq!(reqs.iter().filter(|r| r["vlan"] == 7).count(), tagged);
     assert_eq!(
@@ -127,14 +142,16 @@ fn counts_every_kind_exactly(datapath: &str) {
         1
     );
     assert_eq!(
-        frames(&recs, tap.name(), "arp_reply").len(),
+        frames(recs, ifname, "arp_reply").len(),
         0,
         "the GARP reply is a garp"
     );
+}
 
-    // Four mismatches within well under 100 ms: sampled, at least one, at most one per CPU.
+/// Four mismatches within well under 100 ms: sampled, at least one, at most one per CPU.
+fn assert_mismatches_sampled(recs: &[serde_json::Value], ifname: &str) {
     let cpus = std::thread::available_parallelism().unwrap().get();
-    let mism = frames(&recs, tap.name(), "dst_mismatch");
+    let mism = frames(recs, ifname, "dst_mismatch");
     assert!(
         !mism.is_empty() && mism.len() <= cpus,
         "{} samples",
@@ -142,13 +159,15 @@ fn counts_every_kind_exactly(datapath: &str) {
     );
     assert_eq!(mism[0]["dst_mac"], "00:61:fe:ed:ca:fe");
     assert_eq!(mism[0]["len"], 98);
+}
 
-    // Timestamps: RFC 3339 UTC with microseconds, frames in kernel order.
-    for r in &recs {
+/// Timestamps: RFC 3339 UTC with microseconds, frames in kernel order.
+fn assert_timestamps_in_kernel_order(recs: &[serde_json::Value]) {
+    for r in recs {
         let ts = r["ts"].as_str().unwrap();
         assert!(ts.ends_with('Z') && ts.len() == 27, "{ts}");
     }
-    let frame_ts: Vec<&str> = of_type(&recs, "frame")
+    let frame_ts: Vec<&str> = of_type(recs, "frame")
         .iter()
         .map(|f| f["ts"].as_str().unwrap())
         .collect();
