@@ -264,7 +264,14 @@ fn stale_frames_racing_the_interval_stay_with_their_window(datapath: &str) {
     let (status, recs, err) = tw.stop(libc::SIGINT);
     assert!(status.success(), "{status:?}: {err}");
 
-    let verdicts = of_type(&recs, "verdict");
+    assert_two_windows_each_kernel_timed(&recs);
+}
+
+/// The verdicts of stale_frames_racing_the_interval_stay_with_their_window: two blackouts,
+/// each from its first stale frame to the first frame to the tap's MAC after it; the
+/// window closed at the end.
+fn assert_two_windows_each_kernel_timed(recs: &[serde_json::Value]) {
+    let verdicts = of_type(recs, "verdict");
     let states: Vec<&str> = verdicts
         .iter()
         .map(|v| v["state"].as_str().unwrap())
@@ -276,8 +283,8 @@ fn stale_frames_racing_the_interval_stay_with_their_window(datapath: &str) {
     );
     // Each blackout begins at its first stale frame and ends at the first frame to the
     // tap's MAC after it, both kernel-timed.
-    let mism = frames(&recs, "taprace0", "dst_mismatch");
-    let matched = frames(&recs, "taprace0", "dst_match");
+    let mism = frames(recs, "taprace0", "dst_mismatch");
+    let matched = frames(recs, "taprace0", "dst_match");
     assert_eq!(
         (mism.len(), matched.len()),
         (2, 2),
@@ -287,7 +294,7 @@ fn stale_frames_racing_the_interval_stay_with_their_window(datapath: &str) {
         assert_eq!(verdicts[1 + 2 * k]["ts"], m["ts"], "blackout {k}");
         assert_eq!(verdicts[2 + 2 * k]["ts"], d["ts"], "recovery {k}");
     }
-    let row = summary_row(&recs, "taprace0");
+    let row = summary_row(recs, "taprace0");
     assert_eq!(row["state"], "RECOVERED", "{row:#}");
     assert_eq!(u(row, "dst_mismatch_frames"), 5);
     assert_eq!(
