@@ -2,6 +2,8 @@
 //! NDJSON output as it comes.
 #![allow(dead_code)]
 
+pub mod exporter;
+
 use std::{
     process::ExitStatus,
     sync::mpsc::RecvTimeoutError,
