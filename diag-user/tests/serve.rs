@@ -56,7 +56,23 @@ fn metrics_count_exactly() {
             &[l[0], l[1], ("state", "RECOVERED")],
         ) == Some(1.0)
     });
-    let v = |name: &str| sample(&m, name, &l);
+    assert_the_recovered_tap(&m, &l);
+    assert_promtool_accepts(&m);
+
+    drop(tap);
+    let m = wait_metrics(&ns, "the departed tap forgotten", |m| {
+        sample(m, "tapwatch_taps", &[]) == Some(0.0) && !m.contains("ifname=\"tapsv0\"")
+    });
+    assert!(m.contains("tapwatch_build_info"));
+    let err = stop(p);
+    assert!(err.contains("tapsv0 (tapsv0) is BLACKOUT"), "{err}");
+}
+
+/// The scrape `m` once the frames metrics_count_exactly played on tapsv0 (labels `l`) are
+/// counted and its blackout is over: every counter exact, one state series, the host's
+/// distribution and kernel drops, no more series than needed.
+fn assert_the_recovered_tap(m: &str, l: &[(&str, &str); 2]) {
+    let v = |name: &str| sample(m, name, l);
     assert_eq!(v("tapwatch_dst_mismatch_frames_total"), Some(7.0));
     assert_eq!(v("tapwatch_rarp_frames_total"), Some(5.0));
     assert_eq!(v("tapwatch_garp_frames_total"), Some(2.0));
@@ -64,13 +80,10 @@ fn metrics_count_exactly() {
     assert_eq!(v("tapwatch_blackouts_total"), Some(1.0));
     assert!(v("tapwatch_vm_blackout_seconds").is_some_and(|s| s < 10.0));
     // The distribution is the host's.
-    assert_eq!(
-        sample(&m, "tapwatch_blackout_seconds_count", &[]),
-        Some(1.0)
-    );
+    assert_eq!(sample(m, "tapwatch_blackout_seconds_count", &[]), Some(1.0));
     assert_eq!(
         sample(
-            &m,
+            m,
             "tapwatch_kernel_drops_total",
             &[l[0], ("reason", "OTHERHOST")]
         ),
@@ -79,7 +92,7 @@ fn metrics_count_exactly() {
     // One state series per tap: the current one.
     for state in ["OK", "BLACKOUT", "QUIET", "GONE"] {
         assert_eq!(
-            sample(&m, "tapwatch_vm_state", &[l[0], ("state", state)]),
+            sample(m, "tapwatch_vm_state", &[l[0], ("state", state)]),
             None,
             "{state}"
         );
@@ -89,12 +102,15 @@ fn metrics_count_exactly() {
         .filter(|line| !line.starts_with('#') && line.contains("ifname=\"tapsv0\""))
         .count();
     assert!(per_tap <= 12, "{per_tap} series for one tap:\n{m}");
-    assert_eq!(sample(&m, "tapwatch_taps", &[]), Some(1.0));
+    assert_eq!(sample(m, "tapwatch_taps", &[]), Some(1.0));
     assert_eq!(
-        sample(&m, "tapwatch_build_info", &[("datapath", "drops")]),
+        sample(m, "tapwatch_build_info", &[("datapath", "drops")]),
         Some(1.0)
     );
-    // The format as Prometheus reads it.
+}
+
+/// The text format as Prometheus reads it: `promtool check metrics` accepts `m`.
+fn assert_promtool_accepts(m: &str) {
     let mut check = Command::new("promtool")
         .args(["check", "metrics"])
         .stdin(Stdio::piped())
@@ -110,14 +126,6 @@ fn metrics_count_exactly() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-
-    drop(tap);
-    let m = wait_metrics(&ns, "the departed tap forgotten", |m| {
-        sample(m, "tapwatch_taps", &[]) == Some(0.0) && !m.contains("ifname=\"tapsv0\"")
-    });
-    assert!(m.contains("tapwatch_build_info"));
-    let err = stop(p);
-    assert!(err.contains("tapsv0 (tapsv0) is BLACKOUT"), "{err}");
 }
 
 /// The whole way a fleet uses it: Debian's Prometheus scrapes tapwatch on the namespace's
