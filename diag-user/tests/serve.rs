@@ -9,6 +9,7 @@ mod common;
 
 use std::{
     io::Write,
+    path::Path,
     process::{Command, Stdio},
     time::{Duration, Instant},
 };
@@ -138,6 +139,44 @@ fn prometheus_scrapes_and_the_alert_fires() {
     let tap = stale_tap(&ns, "tapsv1");
     let p = serve(&ns, &[]);
     let dir = Scratch::new("prometheus");
+    let mut prom = start_prometheus(&ns, &dir);
+    let mut wait = |what: &str, pred: &dyn Fn() -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        while !pred() {
+            if let Ok(Some(status)) = prom.wait_timeout(Duration::from_millis(0)) {
+                panic!("prometheus exited ({status})");
+            }
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    wait("Prometheus to scrape tapwatch", &|| {
+        query_value(&ns, "up{job=\"tapwatch\"}").as_deref() == Some("1")
+    });
+
+    stale(&tap, 12);
+    let count = || query_value(&ns, "tapwatch_dst_mismatch_frames_total{ifname=\"tapsv1\"}");
+    wait("PromQL to answer 12", &|| count().as_deref() == Some("12"));
+    // The stale frames go on (the guest has not re-ARPed): the page fires after `for`.
+    wait("TapwatchVMBlackout to fire", &|| {
+        stale(&tap, 1);
+        blackout_alert(&ns).is_some_and(|a| a["state"] == "firing")
+    });
+    let a = blackout_alert(&ns).unwrap();
+    assert_eq!(a["labels"]["vm"], "tapsv1");
+    assert_eq!(a["labels"]["severity"], "page");
+    assert!(a["annotations"]["description"]
+        .as_str()
+        .unwrap()
+        .contains("sends to a MAC its tap does not have"));
+    prom.signal(libc::SIGTERM);
+    let _ = prom.wait_timeout(TIMEOUT);
+    stop(p);
+}
+
+/// Debian's Prometheus in `ns`, its files in `dir`: it scrapes tapwatch on the namespace's
+/// loopback every second, with the shipped alert rules.
+fn start_prometheus(ns: &Netns, dir: &Path) -> Spawned {
     std::fs::copy(
         deploy("tapwatch-alerts.yml"),
         dir.join("tapwatch-alerts.yml"),
@@ -155,7 +194,7 @@ fn prometheus_scrapes_and_the_alert_fires() {
     .unwrap();
     let config = dir.join("prometheus.yml");
     let data = dir.join("data");
-    let mut prom = Spawned::start(
+    Spawned::start(
         ns.name(),
         &[
             "prometheus",
@@ -164,75 +203,37 @@ fn prometheus_scrapes_and_the_alert_fires() {
             "--web.listen-address=127.0.0.1:9090",
         ],
     )
-    .expect("prometheus (Debian's prometheus package; scripts/setup.sh installs it)");
-    let query = |q: &str| -> Option<Value> {
-        let enc: String = q
-            .bytes()
-            .map(|b| {
-                if b.is_ascii_alphanumeric() || b"_-.".contains(&b) {
-                    (b as char).to_string()
-                } else {
-                    format!("%{b:02X}")
-                }
-            })
-            .collect();
-        let (status, body) = get(&ns, 9090, &format!("/api/v1/query?query={enc}"))?;
-        (status == 200).then(|| serde_json::from_str(&body).ok())?
-    };
-    let mut wait = |what: &str, pred: &dyn Fn() -> bool| {
-        let deadline = Instant::now() + Duration::from_secs(90);
-        while !pred() {
-            if let Ok(Some(status)) = prom.wait_timeout(Duration::from_millis(0)) {
-                panic!("prometheus exited ({status})");
-            }
-            assert!(Instant::now() < deadline, "timed out waiting for {what}");
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    };
-    wait("Prometheus to scrape tapwatch", &|| {
-        query("up{job=\"tapwatch\"}")
-            .and_then(|v| {
-                v["data"]["result"][0]["value"][1]
-                    .as_str()
-                    .map(String::from)
-            })
-            .as_deref()
-            == Some("1")
-    });
+    .expect("prometheus (Debian's prometheus package; scripts/setup.sh installs it)")
+}
 
-    stale(&tap, 12);
-    let count = || {
-        query("tapwatch_dst_mismatch_frames_total{ifname=\"tapsv1\"}").and_then(|v| {
-            v["data"]["result"][0]["value"][1]
-                .as_str()
-                .map(String::from)
+/// The first value of a PromQL query's answer, from the Prometheus in `ns`.
+fn query_value(ns: &Netns, q: &str) -> Option<String> {
+    let enc: String = q
+        .bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"_-.".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
         })
-    };
-    wait("PromQL to answer 12", &|| count().as_deref() == Some("12"));
-    // The stale frames go on (the guest has not re-ARPed): the page fires after `for`.
-    let alert = || -> Option<Value> {
-        let (_, body) = get(&ns, 9090, "/api/v1/alerts")?;
-        let v: Value = serde_json::from_str(&body).ok()?;
-        v["data"]["alerts"]
-            .as_array()?
-            .iter()
-            .find(|a| a["labels"]["alertname"] == "TapwatchVMBlackout")
-            .cloned()
-    };
-    wait("TapwatchVMBlackout to fire", &|| {
-        stale(&tap, 1);
-        alert().is_some_and(|a| a["state"] == "firing")
-    });
-    let a = alert().unwrap();
-    assert_eq!(a["labels"]["vm"], "tapsv1");
-    assert_eq!(a["labels"]["severity"], "page");
-    assert!(a["annotations"]["description"]
+        .collect();
+    let (status, body) = get(ns, 9090, &format!("/api/v1/query?query={enc}"))?;
+    let v: Value = (status == 200).then(|| serde_json::from_str(&body).ok())??;
+    v["data"]["result"][0]["value"][1]
         .as_str()
-        .unwrap()
-        .contains("sends to a MAC its tap does not have"));
-    prom.signal(libc::SIGTERM);
-    let _ = prom.wait_timeout(TIMEOUT);
-    stop(p);
+        .map(String::from)
+}
+
+/// TapwatchVMBlackout, pending or firing, as the Prometheus in `ns` has it.
+fn blackout_alert(ns: &Netns) -> Option<Value> {
+    let (_, body) = get(ns, 9090, "/api/v1/alerts")?;
+    let v: Value = serde_json::from_str(&body).ok()?;
+    v["data"]["alerts"]
+        .as_array()?
+        .iter()
+        .find(|a| a["labels"]["alertname"] == "TapwatchVMBlackout")
+        .cloned()
 }
 
 /// The alert rules as promtool reads them, and their own unit tests.
