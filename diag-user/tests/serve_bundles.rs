@@ -3,7 +3,10 @@
 
 mod common;
 
-use std::{path::PathBuf, process::Command};
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
 
 use common::{exporter::*, *};
 use diag_user::{
@@ -125,20 +128,7 @@ fn a_bundle_begun_on_a_full_disk_is_closed_and_rotated() {
         2,
         "{err}"
     );
-    let mut left: Vec<PathBuf> = Vec::new();
-    let mut tmp: Vec<PathBuf> = Vec::new();
-    for e in std::fs::read_dir(&bundles).unwrap() {
-        let path = e.unwrap().path();
-        if path.is_dir() {
-            for f in std::fs::read_dir(&path).unwrap() {
-                let f = f.unwrap().path();
-                if f.extension().is_some_and(|x| x == "tmp") {
-                    tmp.push(f);
-                }
-            }
-            left.push(path);
-        }
-    }
+    let (left, tmp) = bundles_and_temporaries(&bundles);
     assert!(tmp.is_empty(), "half-written reports left: {tmp:?}");
     assert_eq!(left.len(), 1, "the rotation keeps one: {left:?}\n{err}");
     let b = &left[0];
@@ -159,6 +149,30 @@ fn a_bundle_begun_on_a_full_disk_is_closed_and_rotated() {
         md.contains("stopped early") && md.contains("BLACKOUT"),
         "{md}"
     );
+    assert_analyze_summarizes(b);
+}
+
+/// The bundle directories under `dir`, and the temporary files (`*.tmp`) left in them.
+fn bundles_and_temporaries(dir: &Path) -> (Vec<PathBuf>, Vec<PathBuf>) {
+    let mut bundles: Vec<PathBuf> = Vec::new();
+    let mut tmp: Vec<PathBuf> = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let path = e.unwrap().path();
+        if path.is_dir() {
+            for f in std::fs::read_dir(&path).unwrap() {
+                let f = f.unwrap().path();
+                if f.extension().is_some_and(|x| x == "tmp") {
+                    tmp.push(f);
+                }
+            }
+            bundles.push(path);
+        }
+    }
+    (bundles, tmp)
+}
+
+/// `analyze --json` reads the bundle `b` to a summary.
+fn assert_analyze_summarizes(b: &Path) {
     let out = Command::new(env!("CARGO_BIN_EXE_tapwatch"))
         .args(["analyze", "--json"])
         .arg(b)
