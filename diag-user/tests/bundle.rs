@@ -229,8 +229,14 @@ fn analyze_gives_the_live_verdicts() {
         assert_eq!(row["rarp_frames"], 5);
     }
 
-    // tcpdump's captures of the same traffic: the same verdict, timed by AF_PACKET.
-    let (summary, notes) = analyze(&on_tap, &[]);
+    assert_captures_give_the_live_verdict(&on_tap, &on_any, live_ms);
+    assert_a_cut_capture_is_refused(&on_tap, &scratch.0.join("cut.pcap"));
+}
+
+/// tcpdump's captures of the story, on the tap and on `any`: the verdict given live
+/// (`live_ms` of blackout), timed by AF_PACKET.
+fn assert_captures_give_the_live_verdict(on_tap: &Path, on_any: &Path, live_ms: u64) {
+    let (summary, notes) = analyze(on_tap, &[]);
     assert!(
         notes.contains("inferred from the frames the host sent (00:61:fe:ed:ca:fe)"),
         "{notes}"
@@ -248,7 +254,7 @@ fn analyze_gives_the_live_verdicts() {
         &row["dst_mismatch_frames"],
     );
     assert_eq!(counts, (&5.into(), &2.into(), &5.into()));
-    let (summary, _) = analyze(&on_any, &[]);
+    let (summary, _) = analyze(on_any, &[]);
     // `-i any` sees every interface; the tap is the one QEMU announced on.
     let row = summary["taps"]
         .as_array()
@@ -262,21 +268,23 @@ fn analyze_gives_the_live_verdicts() {
     // the capture counts (tcpdump -i any does not always keep all of them).
     let otherhost = Command::new("tshark")
         .arg("-r")
-        .arg(&on_any)
+        .arg(on_any)
         .args(["-Y", "sll.pkttype == 3"])
         .output()
         .unwrap();
     let in_capture = String::from_utf8_lossy(&otherhost.stdout).lines().count() as u64;
     assert!(in_capture > 0);
     assert_eq!(row["dst_mismatch_frames"], in_capture);
+}
 
-    // A damaged capture: an error naming the offset, no panic.
-    let bytes = std::fs::read(&on_tap).unwrap();
-    let cut = scratch.0.join("cut.pcap");
-    std::fs::write(&cut, &bytes[..bytes.len() - 7]).unwrap();
+/// A damaged capture (`capture` cut short, written to `cut`): an error naming the offset,
+/// no panic.
+fn assert_a_cut_capture_is_refused(capture: &Path, cut: &Path) {
+    let bytes = std::fs::read(capture).unwrap();
+    std::fs::write(cut, &bytes[..bytes.len() - 7]).unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_tapwatch"))
         .arg("analyze")
-        .arg(&cut)
+        .arg(cut)
         .output()
         .unwrap();
     assert!(!out.status.success());
@@ -312,30 +320,7 @@ fn bundle_of_the_stale_mac_story() {
         .collect();
     assert_eq!(events, recs);
 
-    // frames.pcapng, read by tshark: exact RARP and GARP counts, the tap's name, ordered
-    // timestamps equal to the JSON's.
-    let pcap = dir.join("frames.pcapng");
-    let rarps = tshark(
-        &pcap,
-        "eth.type == 0x8035",
-        &["frame.interface_name", "frame.time_epoch"],
-    );
-    assert_eq!(rarps.len(), 5);
-    assert!(rarps.iter().all(|r| r[0] == "tapbndl0"), "{rarps:?}");
-    let garps = tshark(&pcap, "arp.isgratuitous == 1", &["frame.interface_name"]);
-    assert_eq!(garps.len(), 2);
-    let all = tshark(&pcap, "frame", &["frame.time_epoch"]);
-    let times: Vec<f64> = all.iter().map(|r| r[0].parse().unwrap()).collect();
-    assert!(times.windows(2).all(|w| w[0] <= w[1]), "{times:?}");
-    let json_frames = of_type(&recs, "frame");
-    assert_eq!(all.len(), json_frames.len());
-    let first_json =
-        chrono::DateTime::parse_from_rfc3339(json_frames[0]["ts"].as_str().unwrap()).unwrap();
-    let first_pcap = times[0];
-    assert!(
-        (first_json.timestamp_micros() as f64 / 1e6 - first_pcap).abs() < 2e-6,
-        "{first_json} vs {first_pcap}"
-    );
+    assert_pcapng_is_the_stream(&dir.join("frames.pcapng"), &recs);
 
     // host.json and summary.md.
     let host: serde_json::Value =
@@ -356,10 +341,39 @@ fn bundle_of_the_stale_mac_story() {
         "{md}"
     );
 
-    // The packed copy.
-    let tgz = scratch.0.join("incident.tar.gz");
-    assert_eq!(mode(&tgz), 0o600);
-    let list = Command::new("tar").arg("tzf").arg(&tgz).output().unwrap();
+    assert_packed(&scratch.0.join("incident.tar.gz"));
+}
+
+/// frames.pcapng, read by tshark: exact RARP and GARP counts, the tap's name, ordered
+/// timestamps equal to the JSON's (`recs`, the --json stream).
+fn assert_pcapng_is_the_stream(pcap: &Path, recs: &[serde_json::Value]) {
+    let rarps = tshark(
+        pcap,
+        "eth.type == 0x8035",
+        &["frame.interface_name", "frame.time_epoch"],
+    );
+    assert_eq!(rarps.len(), 5);
+    assert!(rarps.iter().all(|r| r[0] == "tapbndl0"), "{rarps:?}");
+    let garps = tshark(pcap, "arp.isgratuitous == 1", &["frame.interface_name"]);
+    assert_eq!(garps.len(), 2);
+    let all = tshark(pcap, "frame", &["frame.time_epoch"]);
+    let times: Vec<f64> = all.iter().map(|r| r[0].parse().unwrap()).collect();
+    assert!(times.windows(2).all(|w| w[0] <= w[1]), "{times:?}");
+    let json_frames = of_type(recs, "frame");
+    assert_eq!(all.len(), json_frames.len());
+    let first_json =
+        chrono::DateTime::parse_from_rfc3339(json_frames[0]["ts"].as_str().unwrap()).unwrap();
+    let first_pcap = times[0];
+    assert!(
+        (first_json.timestamp_micros() as f64 / 1e6 - first_pcap).abs() < 2e-6,
+        "{first_json} vs {first_pcap}"
+    );
+}
+
+/// The packed copy of the bundle `incident`: private, and every file in it.
+fn assert_packed(tgz: &Path) {
+    assert_eq!(mode(tgz), 0o600);
+    let list = Command::new("tar").arg("tzf").arg(tgz).output().unwrap();
     let list = String::from_utf8_lossy(&list.stdout);
     for f in [
         "incident/events.ndjson",

@@ -73,6 +73,38 @@ fn samples() -> Vec<Record> {
         outbound_gap_ms: Some(Some(30_100)),
         diagnosis: "d".into(),
     };
+    let mut all = tap_life_samples(ts, mac);
+    all.extend([
+        Record::Frame(frame_sample(ts, mac)),
+        Record::Stats {
+            ts,
+            taps: vec![row.clone()],
+        },
+        Record::Verdict {
+            ts,
+            ifname: "tapA".into(),
+            fields: verdict.clone(),
+        },
+        Record::Summary {
+            ts,
+            taps: vec![SummaryRow {
+                counters: row,
+                ifindex: 1,
+                mode: Mode::Routed,
+                mac_history: vec![MacHistoryEntry { ts, mac: Some(mac) }],
+                detached: true,
+                verdict: Some(verdict),
+            }],
+        },
+        Record::Lab(lab_sample(ts)),
+        Record::Migration(migration_sample(ts)),
+    ]);
+    all
+}
+
+/// The records of a tap's life, every optional field set: attached, detached, renamed, its
+/// VM's identity, a notice, MAC and mode changes.
+fn tap_life_samples(ts: Ts, mac: MacAddr) -> Vec<Record> {
     let vm = VmInterface {
         domain: "d".into(),
         uuid: Some("u".into()),
@@ -139,74 +171,66 @@ fn samples() -> Vec<Record> {
             new_mode: Mode::Bridged,
             master: Some("br0".into()),
         },
-        Record::Frame(FrameRecord {
-            ts,
-            ifname: "tapA".into(),
-            direction: Direction::ToVm,
-            kind: FrameKind::ArpReply,
-            src_mac: mac,
-            dst_mac: mac,
-            sender_ip: Some("10.0.0.1".into()),
-            target_ip: Some("10.0.0.2".into()),
-            vlan: Some(1),
-            outer_vlan: Some(2),
-            dst_mismatch: true,
-            len: 60,
-            data: Vec::new(),
-        }),
-        Record::Stats {
-            ts,
-            taps: vec![row.clone()],
-        },
-        Record::Verdict {
-            ts,
-            ifname: "tapA".into(),
-            fields: verdict.clone(),
-        },
-        Record::Summary {
-            ts,
-            taps: vec![SummaryRow {
-                counters: row,
-                ifindex: 1,
-                mode: Mode::Routed,
-                mac_history: vec![MacHistoryEntry { ts, mac: Some(mac) }],
-                detached: true,
-                verdict: Some(verdict),
-            }],
-        },
-        Record::Lab(LabRecord {
-            ts,
-            event: LabEvent::Truth,
-            vm: Some("lab-vm-1".into()),
-            scenario: Some(Scenario::StaleMac),
-            stale_window_ms: Some(1),
-            client_outage_ms: Some(1),
-            inbound_gap_ms: Some(1),
-            outbound_gap_ms: Some(1),
-            downtime_ms: Some(1),
-            detail: Some("d".into()),
-        }),
-        Record::Migration(MigrationRecord {
-            ts,
-            vm: "web-1".into(),
-            src_ifname: "tapA".into(),
-            dst_ifname: "tapA".into(),
-            pause_ts: Some(ts),
-            pause_from: "libvirt".into(),
-            resume_ts: Some(ts),
-            downtime_ms: Some(1),
-            clock_uncertainty_ms: Some(1.0),
-            inbound_gap_ms: Some(1),
-            outbound_gap_ms: Some(1),
-            blackout_ms: Some(1),
-            host_diff: vec![HostFact {
-                fact: "tap MAC".into(),
-                src: "a".into(),
-                dst: "b".into(),
-            }],
-            notes: vec!["n".into()],
-        }),
     ]
+}
+
+/// A frame record, every optional field set.
+fn frame_sample(ts: Ts, mac: MacAddr) -> FrameRecord {
+    FrameRecord {
+        ts,
+        ifname: "tapA".into(),
+        direction: Direction::ToVm,
+        kind: FrameKind::ArpReply,
+        src_mac: mac,
+        dst_mac: mac,
+        sender_ip: Some("10.0.0.1".into()),
+        target_ip: Some("10.0.0.2".into()),
+        vlan: Some(1),
+        outer_vlan: Some(2),
+        dst_mismatch: true,
+        len: 60,
+        data: Vec::new(),
+    }
+}
+
+/// A lab record, every optional field set.
+fn lab_sample(ts: Ts) -> LabRecord {
+    LabRecord {
+        ts,
+        event: LabEvent::Truth,
+        vm: Some("lab-vm-1".into()),
+        scenario: Some(Scenario::StaleMac),
+        stale_window_ms: Some(1),
+        client_outage_ms: Some(1),
+        inbound_gap_ms: Some(1),
+        outbound_gap_ms: Some(1),
+        downtime_ms: Some(1),
+        detail: Some("d".into()),
+    }
+}
+
+/// A migration record, every optional field set.
+fn migration_sample(ts: Ts) -> MigrationRecord {
+    MigrationRecord {
+        ts,
+        vm: "web-1".into(),
+        src_ifname: "tapA".into(),
+        dst_ifname: "tapA".into(),
+        pause_ts: Some(ts),
+        pause_from: "libvirt".into(),
+        resume_ts: Some(ts),
+        downtime_ms: Some(1),
+        clock_uncertainty_ms: Some(1.0),
+        inbound_gap_ms: Some(1),
+        outbound_gap_ms: Some(1),
+        blackout_ms: Some(1),
+        host_diff: vec![HostFact {
+            fact: "tap MAC".into(),
+            src: "a".into(),
+            dst: "b".into(),
+        }],
+        notes: vec!["n".into()],
+    }
 }
 
 fn keys(v: &Value, out: &mut BTreeSet<String>) {

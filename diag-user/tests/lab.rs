@@ -5,6 +5,7 @@ mod common;
 
 use std::{
     io::{BufRead, BufReader},
+    path::Path,
     process::{Command, Stdio},
 };
 
@@ -153,9 +154,30 @@ fn the_outage_in_its_parts_on_one_host_and_across_two() {
 
     let src = record.join("src");
     let dst = record.join("dst");
+    let merged = analyze_json(&src, &dst);
+    let downtime = assert_the_merged_migration(&merged[0], row, truth);
+    // Then the destination's own verdicts and summary, as `analyze DST` gives them.
+    assert!(merged[1..].iter().any(|r| r["type"] == "summary"));
+
+    let text = Command::new(env!("CARGO_BIN_EXE_tapwatch"))
+        .arg("analyze")
+        .args([&src, &dst])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.contains(&format!("downtime                   {downtime} ms")),
+        "{text}"
+    );
+    assert!(text.contains("≠ tap MAC "), "{text}");
+}
+
+/// `tapwatch analyze --json SRC DST`: the merged migration first, then the destination's
+/// own records.
+fn analyze_json(src: &Path, dst: &Path) -> Vec<Value> {
     let out = Command::new(env!("CARGO_BIN_EXE_tapwatch"))
         .args(["analyze", "--json"])
-        .args([&src, &dst])
+        .args([src, dst])
         .output()
         .unwrap();
     assert!(
@@ -163,12 +185,16 @@ fn the_outage_in_its_parts_on_one_host_and_across_two() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let merged: Vec<Value> = String::from_utf8(out.stdout)
+    String::from_utf8(out.stdout)
         .unwrap()
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
-    let m = &merged[0];
+        .collect()
+}
+
+/// The migration `analyze SRC DST` made of the two hosts' bundles, against the lab's truth
+/// and the destination's summary `row`; returns its downtime.
+fn assert_the_merged_migration(m: &Value, row: &Value, truth: &Value) -> u64 {
     assert_eq!(
         (&m["type"], &m["vm"]),
         (&"migration".into(), &"lab-vm-1".into())
@@ -197,20 +223,7 @@ fn the_outage_in_its_parts_on_one_host_and_across_two() {
     );
     // Same machine: the kernels agree, so they are not a difference.
     assert!(diff.iter().all(|f| f["fact"] != "kernel"), "{diff:?}");
-    // Then the destination's own verdicts and summary, as `analyze DST` gives them.
-    assert!(merged[1..].iter().any(|r| r["type"] == "summary"));
-
-    let text = Command::new(env!("CARGO_BIN_EXE_tapwatch"))
-        .arg("analyze")
-        .args([&src, &dst])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&text.stdout);
-    assert!(
-        text.contains(&format!("downtime                   {downtime} ms")),
-        "{text}"
-    );
-    assert!(text.contains("≠ tap MAC "), "{text}");
+    downtime
 }
 
 #[test]

@@ -50,6 +50,18 @@ pub fn dist() -> Result<()> {
     }
     std::fs::create_dir_all(&out)?;
 
+    let release = build_release(&root)?;
+    let bin = release.join("tapwatch");
+    check_binary(&bin)?;
+    let assets = make_assets(&root, &release)?;
+    packages(&root, &out)?;
+    tarball(&root, &out, &version, &bin, &assets)?;
+    list_made(&out)
+}
+
+/// The release binary (the eBPF object inside, and tapwatch-gen-assets beside it); the
+/// directory it is in.
+fn build_release(root: &Path) -> Result<PathBuf> {
     eprintln!("dist: building the release binary");
     cargo(&[
         "build",
@@ -59,11 +71,12 @@ pub fn dist() -> Result<()> {
         "diag-user",
         "--bins",
     ])?;
-    let release = target_dir(&root).join("release");
-    let bin = release.join("tapwatch");
+    Ok(target_dir(root).join("release"))
+}
 
-    // The binary must start on glibc 2.34 (RHEL 9, Ubuntu 22.04) and without libpcap: the
-    // test suite's own check, on this binary.
+/// The binary must start on glibc 2.34 (RHEL 9, Ubuntu 22.04) and without libpcap: the
+/// test suite's own check, on this binary.
+fn check_binary(bin: &Path) -> Result<()> {
     eprintln!("dist: checking what the binary needs from the system");
     run(cargo_cmd()
         .args([
@@ -75,8 +88,11 @@ pub fn dist() -> Result<()> {
             "binary",
             "-q",
         ])
-        .env("TAPWATCH_BINARY", &bin))?;
+        .env("TAPWATCH_BINARY", bin))
+}
 
+/// Man pages and completions, made by tapwatch-gen-assets; the directory they are in.
+fn make_assets(root: &Path, release: &Path) -> Result<PathBuf> {
     eprintln!("dist: man pages and completions");
     // Outside target/: cargo-deb takes any path under target/ for one it should build.
     let assets = root.join("dist/assets");
@@ -88,7 +104,11 @@ pub fn dist() -> Result<()> {
     for page in std::fs::read_dir(assets.join("man"))? {
         run(Command::new("gzip").arg("-9nf").arg(page?.path()))?;
     }
+    Ok(assets)
+}
 
+/// The .deb and the .rpm, into `out`, as diag-user/Cargo.toml's metadata lays them out.
+fn packages(root: &Path, out: &Path) -> Result<()> {
     eprintln!("dist: .deb");
     cargo(&[
         "deb",
@@ -104,18 +124,41 @@ pub fn dist() -> Result<()> {
         "-p",
         "diag-user",
         "--target-dir",
-        &target_dir(&root).to_string_lossy(),
+        &target_dir(root).to_string_lossy(),
         "-o",
         &format!("{}/", out.display()),
-    ])?;
+    ])
+}
 
+/// The .tar.gz, into `out`: the packages' files under one directory.
+fn tarball(root: &Path, out: &Path, version: &str, bin: &Path, assets: &Path) -> Result<()> {
     eprintln!("dist: .tar.gz");
     let name = format!("tapwatch-{version}-x86_64-linux-gnu");
     let stage = out.join(&name);
+    stage_files(root, &stage, bin, assets)?;
+    // Reproducible: sorted, owned by root, one time for every file.
+    let mtime = std::env::var("SOURCE_DATE_EPOCH").unwrap_or_else(|_| "0".into());
+    run(Command::new("tar").current_dir(out).args([
+        "--sort=name",
+        "--owner=0",
+        "--group=0",
+        "--numeric-owner",
+        &format!("--mtime=@{mtime}"),
+        "-czf",
+        &format!("{name}.tar.gz"),
+        &name,
+    ]))?;
+    std::fs::remove_dir_all(&stage)?;
+    Ok(())
+}
+
+/// The tarball's files, copied into `stage`: the stripped binary, man pages, completions,
+/// deploy/'s files, README and licences.
+fn stage_files(root: &Path, stage: &Path, bin: &Path, assets: &Path) -> Result<()> {
     for d in ["man", "completions", "deploy"] {
         std::fs::create_dir_all(stage.join(d))?;
     }
-    std::fs::copy(&bin, stage.join("tapwatch"))?;
+    std::fs::copy(bin, stage.join("tapwatch"))?;
     run(Command::new("strip").arg(stage.join("tapwatch")))?;
     for dir in ["man", "completions"] {
         for f in std::fs::read_dir(assets.join(dir))? {
@@ -136,22 +179,13 @@ pub fn dist() -> Result<()> {
     for f in ["README.md", "LICENSE-MIT", "LICENSE-APACHE"] {
         std::fs::copy(root.join(f), stage.join(f))?;
     }
-    // Reproducible: sorted, owned by root, one time for every file.
-    let mtime = std::env::var("SOURCE_DATE_EPOCH").unwrap_or_else(|_| "0".into());
-    run(Command::new("tar").current_dir(&out).args([
-        "--sort=name",
-        "--owner=0",
-        "--group=0",
-        "--numeric-owner",
-        &format!("--mtime=@{mtime}"),
-        "-czf",
-        &format!("{name}.tar.gz"),
-        &name,
-    ]))?;
-    std::fs::remove_dir_all(&stage)?;
+    Ok(())
+}
 
+/// Checks that `out` has the three packages, and lists them with their sizes.
+fn list_made(out: &Path) -> Result<()> {
     let mut made = Vec::new();
-    for f in std::fs::read_dir(&out)? {
+    for f in std::fs::read_dir(out)? {
         let f = f?;
         let n = f.file_name().to_string_lossy().into_owned();
         if [".deb", ".rpm", ".tar.gz"].iter().any(|e| n.ends_with(e)) {

@@ -14,6 +14,7 @@ use diag_user::lab::{
     frames,
     netns::{Netns, VmTap},
 };
+use serde_json::Value;
 
 use crate::{
     load::{Generator, Tapwatch},
@@ -40,34 +41,109 @@ pub fn run(s: &Settings, report: &mut Report) -> Result<()> {
         18,
     );
     let kernel0 = link_stats(&ns, "bflood0")?.otherhost;
+    let flood = flood_under_view(s, &tap, &stale, &tw, view)?;
+    let per_drop = drop_program_cost(s, &tap, &stale, &tw)?;
+    let written = flood.frames + per_drop.as_ref().map_or(0, |p| p.sent);
+    let kernel = link_stats(&ns, "bflood0")?.otherhost - kernel0;
+    let records = tw.stop()?;
+    report_counts(s, report, &flood, &records, kernel, written)?;
+    if let Some(p) = per_drop {
+        report.info(
+            SECTION,
+            "drop program (tap_drops) per dropped frame (bpf_stats, clock reads included)",
+            format!(
+                "{:.0} ns ({} runs for {} frames)",
+                p.ns_per_run, p.runs, p.sent
+            ),
+        );
+    }
+    report_costs(report, flood)
+}
+
+/// The flood watched by tapwatch and its live view.
+struct Flood {
+    /// Frames written.
+    frames: u64,
+    secs: f64,
+    /// CPU seconds tapwatch --json and the live view took over the flood.
+    tw_cpu_s: f64,
+    view_cpu_s: f64,
+    /// Milliseconds from each key pressed in the view to the changed screen.
+    keys: Vec<f64>,
+}
+
+/// Floods the tap with `stale` frames for the flood time, opening and closing the view's
+/// help meanwhile; the view ends with the flood.
+fn flood_under_view(
+    s: &Settings,
+    tap: &Arc<VmTap>,
+    stale: &[u8],
+    tw: &Tapwatch,
+    view: View,
+) -> Result<Flood> {
     let (tw0, view0) = (ProcSample::of(tw.pid())?, ProcSample::of(view.pid)?);
     let t0 = Instant::now();
-    let gen = Generator::tap(&tap, &stale, s.writers);
+    let gen = Generator::tap(tap, stale, s.writers);
     let mut keys = Vec::new();
     while t0.elapsed() < s.flood_time {
         keys.extend(view.help_round_trip()?);
         std::thread::sleep(Duration::from_millis(200));
     }
-    let flooded = gen.finish();
+    let frames = gen.finish();
     let secs = t0.elapsed().as_secs_f64();
     let (tw1, view1) = (ProcSample::of(tw.pid())?, ProcSample::of(view.pid)?);
     drop(view);
-    // The drop program's own cost per dropped frame, from the kernel's run statistics
-    // (taken apart from the run above: they add two clock reads to every program run).
-    let per_drop = {
-        let _stats = RunStats::enable()?;
-        let before = programs_of(tw.pid());
-        let gen = Generator::tap(&tap, &stale, s.writers);
-        std::thread::sleep(s.run_time);
-        let sent = gen.finish();
-        let ran = ProgRun::since(&programs_of(tw.pid()), &before);
-        ran.into_iter()
-            .find(|r| r.name == "tap_drops")
-            .map(|r| (r.ns_per_run(), r.runs, sent))
-    };
-    let written = flooded + per_drop.map_or(0, |p| p.2);
-    let kernel = link_stats(&ns, "bflood0")?.otherhost - kernel0;
-    let records = tw.stop()?;
+    Ok(Flood {
+        frames,
+        secs,
+        tw_cpu_s: tw1.cpu_s - tw0.cpu_s,
+        view_cpu_s: view1.cpu_s - view0.cpu_s,
+        keys,
+    })
+}
+
+/// The drop program's runs during a second flood.
+struct DropCost {
+    ns_per_run: f64,
+    runs: u64,
+    /// Frames written in that flood.
+    sent: u64,
+}
+
+/// The drop program's own cost per dropped frame, from the kernel's run statistics
+/// (taken apart from the flood under the view: they add two clock reads to every program
+/// run). None when tapwatch has no drop program.
+fn drop_program_cost(
+    s: &Settings,
+    tap: &Arc<VmTap>,
+    stale: &[u8],
+    tw: &Tapwatch,
+) -> Result<Option<DropCost>> {
+    let _stats = RunStats::enable()?;
+    let before = programs_of(tw.pid());
+    let gen = Generator::tap(tap, stale, s.writers);
+    std::thread::sleep(s.run_time);
+    let sent = gen.finish();
+    let ran = ProgRun::since(&programs_of(tw.pid()), &before);
+    Ok(ran
+        .into_iter()
+        .find(|r| r.name == "tap_drops")
+        .map(|r| DropCost {
+            ns_per_run: r.ns_per_run(),
+            runs: r.runs,
+            sent,
+        }))
+}
+
+/// The counters against the kernel's and the frames written, and the sampling limit.
+fn report_counts(
+    s: &Settings,
+    report: &mut Report,
+    flood: &Flood,
+    records: &[Value],
+    kernel: u64,
+    written: u64,
+) -> Result<()> {
     let summary = records.last().context("no summary")?;
     let row = summary["taps"]
         .as_array()
@@ -81,13 +157,14 @@ pub fn run(s: &Settings, report: &mut Report) -> Result<()> {
         .count();
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     // One sample per 100 ms per CPU, plus the first on each, over both floods.
+    let secs = flood.secs;
     let flooding = secs + s.run_time.as_secs_f64();
     let limit = cpus * ((flooding / 0.1).ceil() as usize + 2);
 
     report.info(
         SECTION,
         format!("dst-mismatch flood, {} writers, {secs:.1} s", s.writers),
-        format!("{:.0} frames/s", flooded as f64 / secs),
+        format!("{:.0} frames/s", flood.frames as f64 / secs),
     );
     report.target(
         SECTION,
@@ -104,14 +181,13 @@ pub fn run(s: &Settings, report: &mut Report) -> Result<()> {
         samples <= limit && samples > 0,
     );
     report.info(SECTION, "events_lost (summary)", format!("{lost}"));
-    if let Some((ns_per, runs, sent)) = per_drop {
-        report.info(
-            SECTION,
-            "drop program (tap_drops) per dropped frame (bpf_stats, clock reads included)",
-            format!("{ns_per:.0} ns ({runs} runs for {sent} frames)"),
-        );
-    }
-    let tw_pct = (tw1.cpu_s - tw0.cpu_s) / secs * 100.0;
+    Ok(())
+}
+
+/// What tapwatch and its view cost during the flood, and how fast the view answered keys.
+fn report_costs(report: &mut Report, flood: Flood) -> Result<()> {
+    let secs = flood.secs;
+    let tw_pct = flood.tw_cpu_s / secs * 100.0;
     report.target(
         SECTION,
         "tapwatch --json process CPU during the flood",
@@ -122,11 +198,9 @@ pub fn run(s: &Settings, report: &mut Report) -> Result<()> {
     report.info(
         SECTION,
         "live view process CPU during the flood",
-        format!(
-            "{:.2}% of a core",
-            (view1.cpu_s - view0.cpu_s) / secs * 100.0
-        ),
+        format!("{:.2}% of a core", flood.view_cpu_s / secs * 100.0),
     );
+    let mut keys = flood.keys;
     let n = keys.len();
     let (p50, p99) = (percentile(&mut keys, 50.0), percentile(&mut keys, 99.0));
     report.target(

@@ -88,6 +88,42 @@ fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> std::io::Result<i32> {
     Ok(r as i32)
 }
 
+/// Loads `r0 = action; exit` as a tc program called `name` (cut to the kernel's 15
+/// characters).
+fn load_constant(name: &str, action: i32) -> Result<OwnedFd> {
+    let insns = [
+        // r0 = action
+        Insn {
+            code: 0xb7,
+            regs: 0,
+            off: 0,
+            imm: action,
+        },
+        // exit
+        Insn {
+            code: 0x95,
+            regs: 0,
+            off: 0,
+            imm: 0,
+        },
+    ];
+    let license = b"GPL\0";
+    let mut prog_name = [0u8; 16];
+    let n = name.len().min(15);
+    prog_name[..n].copy_from_slice(&name.as_bytes()[..n]);
+    let mut load = ProgLoad {
+        prog_type: BPF_PROG_TYPE_SCHED_CLS,
+        insn_cnt: insns.len() as u32,
+        insns: insns.as_ptr() as u64,
+        license: license.as_ptr() as u64,
+        prog_name,
+        ..ProgLoad::default()
+    };
+    let fd = bpf(BPF_PROG_LOAD, &mut load).context("loading the empty program")?;
+    // SAFETY: a fresh descriptor from the kernel.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
 /// The floor program's name, as the kernel lists it.
 pub const FLOOR_NAME: &str = "bench_floor";
 
@@ -116,37 +152,7 @@ impl EmptyProgram {
         action: i32,
         dirs: &[&str],
     ) -> Result<Self> {
-        let insns = [
-            // r0 = action
-            Insn {
-                code: 0xb7,
-                regs: 0,
-                off: 0,
-                imm: action,
-            },
-            // exit
-            Insn {
-                code: 0x95,
-                regs: 0,
-                off: 0,
-                imm: 0,
-            },
-        ];
-        let license = b"GPL\0";
-        let mut prog_name = [0u8; 16];
-        let n = name.len().min(15);
-        prog_name[..n].copy_from_slice(&name.as_bytes()[..n]);
-        let mut load = ProgLoad {
-            prog_type: BPF_PROG_TYPE_SCHED_CLS,
-            insn_cnt: insns.len() as u32,
-            insns: insns.as_ptr() as u64,
-            license: license.as_ptr() as u64,
-            prog_name,
-            ..ProgLoad::default()
-        };
-        let fd = bpf(BPF_PROG_LOAD, &mut load).context("loading the empty program")?;
-        // SAFETY: a fresh descriptor from the kernel.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let fd = load_constant(name, action)?;
         // tc takes a pinned program: pinned in a bpffs of the bench's own (the host's may
         // not be mounted), unpinned once the filters hold the program.
         let fs = BpfFs::mount()?;

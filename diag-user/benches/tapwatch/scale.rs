@@ -4,6 +4,7 @@
 
 use std::{
     collections::HashMap,
+    path::Path,
     sync::{
         atomic::{AtomicUsize, Ordering},
         mpsc, Arc,
@@ -61,32 +62,13 @@ fn run_mode(
 ) -> Result<()> {
     let ns = Netns::new("twbench-scale")?;
     let n = s.scale_taps;
-    ns.enter(move || -> Result<()> {
-        for i in 0..n {
-            VmTap::open(&format!("bsc{i:04}"))?.persist()?;
-        }
-        Ok(())
-    })??;
     let batch = std::env::temp_dir().join(format!("twbench-{}.ip", std::process::id()));
-    let lines: String = (0..n).map(|i| format!("link set bsc{i:04} up\n")).collect();
-    std::fs::write(&batch, lines)?;
-    let up = sh("ip", &["-n", ns.name(), "-batch", &batch.to_string_lossy()]);
-    let _ = std::fs::remove_file(&batch);
-    up?;
+    persistent_taps(&ns, "bsc", n, &batch)?;
 
     let mut args = vec!["--interval", "1", "--iface", "bsc*", "--iface", "bch*"];
     args.extend_from_slice(extra);
     let mut tw = Tapwatch::json(&ns, &args)?;
-    let mut attached = 0;
-    let mut last = tw.start;
-    while attached < n {
-        let (at, v) = tw.next()?;
-        if v["type"] == "attached" {
-            attached += 1;
-            last = at;
-        }
-    }
-    let all = ms(last - tw.start);
+    let all = ms(all_attached(&mut tw, n)?);
     let limit = if mode == "default" { 1000.0 } else { 3000.0 };
     report.target(
         SECTION,
@@ -101,7 +83,63 @@ fn run_mode(
     let before = ProcSample::of(tw.pid())?;
     let churn = churn(&ns, s, Some(&mut tw))?;
     let after = ProcSample::of(tw.pid())?;
+    report_churn(s, report, mode, alone_rate, &churn, &before, &after);
 
+    let (_, exit) = tw.stop_timed()?;
+    report.target(
+        SECTION,
+        format!("{mode}: exit with {n} taps (SIGINT to exit, summary written)"),
+        format!("{:.0} ms", ms(exit)),
+        "< 1000 ms",
+        exit < Duration::from_secs(1),
+    );
+    Ok(())
+}
+
+/// `n` taps `{prefix}0000`… in `ns` that outlive their descriptors (as libvirt's do), set
+/// up by one `ip -batch` of the file `batch` (removed after).
+pub fn persistent_taps(ns: &Netns, prefix: &'static str, n: usize, batch: &Path) -> Result<()> {
+    ns.enter(move || -> Result<()> {
+        for i in 0..n {
+            VmTap::open(&format!("{prefix}{i:04}"))?.persist()?;
+        }
+        Ok(())
+    })??;
+    let lines: String = (0..n)
+        .map(|i| format!("link set {prefix}{i:04} up\n"))
+        .collect();
+    std::fs::write(batch, lines)?;
+    let up = sh("ip", &["-n", ns.name(), "-batch", &batch.to_string_lossy()]);
+    let _ = std::fs::remove_file(batch);
+    up?;
+    Ok(())
+}
+
+/// Reads tapwatch's records until `n` taps are attached: the time from its exec to the last.
+fn all_attached(tw: &mut Tapwatch, n: usize) -> Result<Duration> {
+    let mut attached = 0;
+    let mut last = tw.start;
+    while attached < n {
+        let (at, v) = tw.next()?;
+        if v["type"] == "attached" {
+            attached += 1;
+            last = at;
+        }
+    }
+    Ok(last - tw.start)
+}
+
+/// The churn under tapwatch: the rate against the host's own, every tap followed once,
+/// and tapwatch's descriptors, memory and CPU (`before` and `after` the churn).
+fn report_churn(
+    s: &Settings,
+    report: &mut Report,
+    mode: &str,
+    alone_rate: f64,
+    churn: &Churn,
+    before: &ProcSample,
+    after: &ProcSample,
+) {
     let total = churn.created;
     let secs = s.churn_time.as_secs_f64();
     let rate = churn.created as f64 / secs;
@@ -118,11 +156,11 @@ fn run_mode(
         format!("{mode}: churn: taps attached once / detached once"),
         format!(
             "{} / {} of {total}",
-            once(&churn.attached),
-            once(&churn.detached)
+            once(&churn.seen.attached),
+            once(&churn.seen.detached)
         ),
         "all",
-        once(&churn.attached) == total && once(&churn.detached) == total,
+        once(&churn.seen.attached) == total && once(&churn.seen.detached) == total,
     );
     report.target(
         SECTION,
@@ -138,7 +176,7 @@ fn run_mode(
             "{:.1} / {:.1} / {:.1} MB",
             mb(before.rss_kb),
             mb(after.rss_kb),
-            mb(churn.max_rss_kb)
+            mb(churn.seen.max_rss_kb)
         ),
     );
     report.target(
@@ -156,15 +194,6 @@ fn run_mode(
             (after.cpu_s - before.cpu_s) / churn.secs * 100.0
         ),
     );
-    let (_, exit) = tw.stop_timed()?;
-    report.target(
-        SECTION,
-        format!("{mode}: exit with {n} taps (SIGINT to exit, summary written)"),
-        format!("{:.0} ms", ms(exit)),
-        "< 1000 ms",
-        exit < Duration::from_secs(1),
-    );
-    Ok(())
 }
 
 pub fn mb(kb: u64) -> f64 {
@@ -175,6 +204,12 @@ pub struct Churn {
     pub created: usize,
     pub deleted: usize,
     secs: f64,
+    seen: Followed,
+}
+
+/// What tapwatch said of the churned taps, and its memory meanwhile.
+#[derive(Default)]
+struct Followed {
     attached: HashMap<String, u32>,
     detached: HashMap<String, u32>,
     max_rss_kb: u64,
@@ -182,7 +217,7 @@ pub struct Churn {
 
 /// Creates `churn_per_s` taps a second for `churn_time`, each deleted `LIFETIME` later, while
 /// reading tapwatch's records and sampling its memory (when it runs).
-pub fn churn(ns: &Netns, s: &Settings, mut tw: Option<&mut Tapwatch>) -> Result<Churn> {
+pub fn churn(ns: &Netns, s: &Settings, tw: Option<&mut Tapwatch>) -> Result<Churn> {
     let total = (s.churn_time.as_secs_f64() * s.churn_per_s as f64) as usize;
     let step = Duration::from_secs_f64(1.0 / s.churn_per_s as f64);
     let (tx, rx) = mpsc::channel::<(Instant, VmTap)>();
@@ -218,44 +253,16 @@ pub fn churn(ns: &Netns, s: &Settings, mut tw: Option<&mut Tapwatch>) -> Result<
         n
     });
 
-    let mut attached = HashMap::<String, u32>::new();
-    let mut detached = HashMap::<String, u32>::new();
-    let mut max_rss_kb = 0;
-    let mut next_sample = Instant::now();
-    let mut deadline = None;
-    loop {
-        let Some(tw) = tw.as_deref_mut() else {
-            if creator.is_finished() && deleter.is_finished() {
-                break;
+    let done = || creator.is_finished() && deleter.is_finished();
+    let seen = match tw {
+        Some(tw) => follow(tw, done, &made)?,
+        None => {
+            while !done() {
+                std::thread::sleep(Duration::from_millis(50));
             }
-            std::thread::sleep(Duration::from_millis(50));
-            continue;
-        };
-        if let Some((_, v)) = tw.next_within(Duration::from_millis(50))? {
-            let name = v["ifname"].as_str().unwrap_or_default();
-            if name.starts_with("bch") {
-                match v["type"].as_str() {
-                    Some("attached") => *attached.entry(name.into()).or_default() += 1,
-                    Some("detached") => *detached.entry(name.into()).or_default() += 1,
-                    _ => {}
-                }
-            }
+            Followed::default()
         }
-        if Instant::now() >= next_sample {
-            max_rss_kb = max_rss_kb.max(ProcSample::of(tw.pid())?.rss_kb);
-            next_sample += Duration::from_millis(250);
-        }
-        if deadline.is_none() && creator.is_finished() && deleter.is_finished() {
-            // Everything is gone from the kernel; give tapwatch a moment for the last
-            // notifications, ending early once it has reported them all.
-            deadline = Some(Instant::now() + Duration::from_secs(10));
-        }
-        if let Some(d) = deadline {
-            if detached.len() >= made.load(Ordering::Relaxed) || Instant::now() > d {
-                break;
-            }
-        }
-    }
+    };
     let secs = start.elapsed().as_secs_f64();
     let created = creator.join().ok().context("creator")???;
     let deleted = deleter.join().ok().context("deleter")?;
@@ -263,8 +270,42 @@ pub fn churn(ns: &Netns, s: &Settings, mut tw: Option<&mut Tapwatch>) -> Result<
         created,
         deleted,
         secs,
-        attached,
-        detached,
-        max_rss_kb,
+        seen,
     })
+}
+
+/// Reads tapwatch's records of the churned taps, sampling its memory, until the churn is
+/// `done` and tapwatch has reported as many taps detached as were `made` (or 10 s more
+/// have passed).
+fn follow(tw: &mut Tapwatch, done: impl Fn() -> bool, made: &AtomicUsize) -> Result<Followed> {
+    let mut seen = Followed::default();
+    let mut next_sample = Instant::now();
+    let mut deadline = None;
+    loop {
+        if let Some((_, v)) = tw.next_within(Duration::from_millis(50))? {
+            let name = v["ifname"].as_str().unwrap_or_default();
+            if name.starts_with("bch") {
+                match v["type"].as_str() {
+                    Some("attached") => *seen.attached.entry(name.into()).or_default() += 1,
+                    Some("detached") => *seen.detached.entry(name.into()).or_default() += 1,
+                    _ => {}
+                }
+            }
+        }
+        if Instant::now() >= next_sample {
+            seen.max_rss_kb = seen.max_rss_kb.max(ProcSample::of(tw.pid())?.rss_kb);
+            next_sample += Duration::from_millis(250);
+        }
+        if deadline.is_none() && done() {
+            // Everything is gone from the kernel; give tapwatch a moment for the last
+            // notifications, ending early once it has reported them all.
+            deadline = Some(Instant::now() + Duration::from_secs(10));
+        }
+        if let Some(d) = deadline {
+            if seen.detached.len() >= made.load(Ordering::Relaxed) || Instant::now() > d {
+                break;
+            }
+        }
+    }
+    Ok(seen)
 }

@@ -9,15 +9,12 @@ use std::{
 
 use anyhow::{bail, Context as _, Result};
 use diag_testkit::child::Spawned;
-use diag_user::{
-    lab::netns::{run as sh, Netns, VmTap},
-    report::metrics::sample,
-};
+use diag_user::{lab::netns::Netns, report::metrics::sample};
 
 use crate::{
     measure::{ms, percentile, ProcSample},
     report::Report,
-    scale::{churn, mb},
+    scale::{churn, mb, persistent_taps},
     Settings,
 };
 
@@ -56,18 +53,8 @@ fn wait_taps(ns: &Netns, n: usize, within: Duration) -> Result<Duration> {
 pub fn run(s: &Settings, report: &mut Report) -> Result<()> {
     let ns = Netns::new("twbench-serve")?;
     let n = s.scale_taps;
-    ns.enter(move || -> Result<()> {
-        for i in 0..n {
-            VmTap::open(&format!("bsv{i:04}"))?.persist()?;
-        }
-        Ok(())
-    })??;
     let batch = std::env::temp_dir().join(format!("twbench-serve-{}.ip", std::process::id()));
-    let lines: String = (0..n).map(|i| format!("link set bsv{i:04} up\n")).collect();
-    std::fs::write(&batch, lines)?;
-    let up = sh("ip", &["-n", ns.name(), "-batch", &batch.to_string_lossy()]);
-    let _ = std::fs::remove_file(&batch);
-    up?;
+    persistent_taps(&ns, "bsv", n, &batch)?;
     let listen = format!("127.0.0.1:{PORT}");
     let mut p = Spawned::start(
         ns.name(),
@@ -90,11 +77,20 @@ pub fn run(s: &Settings, report: &mut Report) -> Result<()> {
         format!("{n} taps: /metrics says all of them (from exec)"),
         format!("{:.0} ms", ms(started)),
     );
+    scrape_times(report, &ns, n)?;
+    churn_memory(s, report, &ns, p.pid())?;
+    p.signal(libc::SIGTERM);
+    p.wait_timeout(Duration::from_secs(30))?;
+    Ok(())
+}
+
+/// How long 50 scrapes of /metrics with `n` taps take, and how large one is.
+fn scrape_times(report: &mut Report, ns: &Netns, n: usize) -> Result<()> {
     let mut times = Vec::new();
     let mut size = 0;
     for _ in 0..50 {
         let t = Instant::now();
-        size = get(&ns, "/metrics")?.len();
+        size = get(ns, "/metrics")?.len();
         times.push(ms(t.elapsed()));
     }
     let p50 = percentile(&mut times, 50.0);
@@ -109,18 +105,25 @@ pub fn run(s: &Settings, report: &mut Report) -> Result<()> {
         "p99 < 100 ms",
         p99 < 100.0,
     );
+    Ok(())
+}
+
+/// The memory and descriptors of serve (process `pid`) over two rounds of churn, the
+/// departed taps forgotten after each.
+fn churn_memory(s: &Settings, report: &mut Report, ns: &Netns, pid: u32) -> Result<()> {
+    let n = s.scale_taps;
     // Two rounds of churn: the first sets the allocator's high-water mark (glibc keeps what
     // it once held, in per-thread arenas), the second shows whether anything of a departed
     // tap stays. Memory bounded by the live taps means the second round adds nothing.
-    let before = ProcSample::of(p.pid())?;
+    let before = ProcSample::of(pid)?;
     let mut rounds = Vec::new();
     let mut created = 0;
     for _ in 0..2 {
-        created += churn(&ns, s, None)?.created;
+        created += churn(ns, s, None)?.created;
         // The churned taps are gone: after the grace period, only the first n are known.
-        wait_taps(&ns, n, Duration::from_secs(30))?;
+        wait_taps(ns, n, Duration::from_secs(30))?;
         std::thread::sleep(Duration::from_secs(3));
-        rounds.push(ProcSample::of(p.pid())?);
+        rounds.push(ProcSample::of(pid)?);
     }
     let (first, second) = (&rounds[0], &rounds[1]);
     report.target(
@@ -145,7 +148,5 @@ pub fn run(s: &Settings, report: &mut Report) -> Result<()> {
         "round 2: no growth",
         second.fds <= first.fds,
     );
-    p.signal(libc::SIGTERM);
-    p.wait_timeout(Duration::from_secs(30))?;
     Ok(())
 }

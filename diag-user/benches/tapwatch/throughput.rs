@@ -71,7 +71,24 @@ pub fn run(s: &Settings, report: &mut Report) -> Result<()> {
         "10.98.0.1".parse().unwrap(),
         60,
     );
-    // Every measurement in the order taken.
+    let (timeline, drops_seen) = rounds(s, &ns, &tap, &f)?;
+    summarize(report, &timeline);
+    report.info(
+        SECTION,
+        "healthy traffic: kernel drops on the tap seen by tapwatch (each round)",
+        drops_seen.join(", "),
+    );
+    program_costs(s, report, &ns, &tap, &f)
+}
+
+/// Every observer in each of the rounds, each round in another order: every measurement
+/// in the order taken, and the kernel drops tapwatch saw on the tap in each round.
+fn rounds(
+    s: &Settings,
+    ns: &Netns,
+    tap: &Arc<VmTap>,
+    f: &[u8],
+) -> Result<(Vec<Sample>, Vec<String>)> {
     let mut timeline: Vec<Sample> = Vec::new();
     let mut drops_seen = Vec::new();
     let all = Observer::ALL;
@@ -79,11 +96,11 @@ pub fn run(s: &Settings, report: &mut Report) -> Result<()> {
         // Each round starts with another observer, so none always runs first or last.
         for k in 0..all.len() {
             let obs = all[(round + k) % all.len()];
-            let running = Running::start(obs, &ns, "btap0")?;
+            let running = Running::start(obs, ns, "btap0")?;
             let (sys0, p0, t0) = (SystemCpu::now()?, running.cpu_s(), Instant::now());
             // One writer, as one VM's queue: the other CPUs stay free for the observer, so
             // what the observer costs the datapath is what is measured.
-            let gen = Generator::tap(&tap, &f, 1);
+            let gen = Generator::tap(tap, f, 1);
             std::thread::sleep(s.run_time);
             let written = gen.finish();
             let (secs, sys) = (t0.elapsed().as_secs_f64(), SystemCpu::now()?.since(sys0));
@@ -108,13 +125,7 @@ pub fn run(s: &Settings, report: &mut Report) -> Result<()> {
             });
         }
     }
-    summarize(report, &timeline);
-    report.info(
-        SECTION,
-        "healthy traffic: kernel drops on the tap seen by tapwatch (each round)",
-        drops_seen.join(", "),
-    );
-    program_costs(s, report, &ns, &tap, &f)
+    Ok((timeline, drops_seen))
 }
 
 /// What the programs themselves cost per run, from the kernel's own statistics

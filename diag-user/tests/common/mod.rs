@@ -2,6 +2,8 @@
 //! NDJSON output as it comes.
 #![allow(dead_code)]
 
+pub mod exporter;
+
 use std::{
     process::ExitStatus,
     sync::mpsc::RecvTimeoutError,
@@ -36,6 +38,25 @@ pub fn require_root() {
         "the integration tests need root and a BPF-capable kernel (they create network \
          namespaces and taps and load eBPF programs): run them as root, e.g. `sudo -E cargo test`"
     );
+}
+
+/// The tapwatch binary under test.
+pub fn tw_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_tapwatch")
+}
+
+/// tapwatch's clsact filters on `ifname`, from the kernel.
+pub fn our_filters(ns: &Netns, ifname: &str) -> usize {
+    ["ingress", "egress"]
+        .iter()
+        .map(|dir| {
+            ns.exec("tc", &["filter", "show", "dev", ifname, dir])
+                .unwrap_or_default()
+                .lines()
+                .filter(|l| l.contains(" handle ") && l.contains("tap_"))
+                .count()
+        })
+        .sum()
 }
 
 pub struct Tapwatch {
@@ -134,6 +155,56 @@ impl Tapwatch {
         self.proc.pid()
     }
 }
+
+/// `tapwatch watch --json` on eBPF (the default datapath unless `extra` names one).
+pub fn json_watch(ns: &Netns, extra: &[&str]) -> Tapwatch {
+    let mut args = vec!["watch", "--json", "--interval", "0.1"];
+    if !extra.contains(&"--datapath") {
+        args.extend(["--backend", "ebpf"]);
+    }
+    args.extend_from_slice(extra);
+    Tapwatch::start(ns, &args)
+}
+
+/// `tapwatch watch --json` on `datapath`.
+pub fn json_watch_with(ns: &Netns, datapath: &str, extra: &[&str]) -> Tapwatch {
+    let mut args = vec![
+        "watch",
+        "--json",
+        "--interval",
+        "0.1",
+        "--datapath",
+        datapath,
+    ];
+    args.extend_from_slice(extra);
+    Tapwatch::start(ns, &args)
+}
+
+/// The core counting tests run against every datapath: `every_datapath!(f, …)` makes the
+/// tests `f::drops`, `f::tc` and `f::pcap`, each calling the test file's `f` with that
+/// datapath.
+#[allow(unused_macros)]
+macro_rules! every_datapath {
+    ($($name:ident),*) => {$(
+        mod $name {
+            #[test]
+            fn drops() {
+                super::$name("drops")
+            }
+            #[test]
+            fn tc() {
+                super::$name("tc")
+            }
+            #[test]
+            fn pcap() {
+                super::$name("pcap")
+            }
+        }
+    )*};
+}
+// By path, so that `use common::*` brings it (not every test file uses it).
+#[allow(unused_imports)]
+pub(crate) use every_datapath;
 
 /// The pid of a process's child that runs `cleanup-helper` (tapwatch's helper that removes
 /// clsact filters when a run is killed), if it has one.
