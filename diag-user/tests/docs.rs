@@ -5,6 +5,7 @@
 use std::collections::BTreeSet;
 
 use diag_user::{
+    model::forecast::{Forecast, ForecastCounts, ForecastOutcome, ForecastRecord},
     model::identity::VmInterface,
     model::{
         clock::Ts, mac::MacAddr, Backend, Direction, FrameKind, FrameRecord, HostFact, LabEvent,
@@ -95,7 +96,27 @@ fn samples() -> Vec<Record> {
                 detached: true,
                 verdict: Some(verdict),
             }],
+            forecasts: Some(ForecastCounts {
+                made: 1,
+                came_true: 1,
+                false_alarms: 0,
+                missed: 0,
+            }),
         },
+        Record::Forecast(ForecastRecord {
+            ts,
+            ifname: "tapA".into(),
+            vm: "web-1".into(),
+            forecast: Forecast {
+                at_risk: true,
+                certain: false,
+                tap_mac: Some(mac),
+                cached_mac: Some(mac),
+                cause: "c".into(),
+                expected_ms: Some([15_000, 45_000]),
+                outcome: Some(ForecastOutcome::CameTrue),
+            },
+        }),
         Record::Lab(lab_sample(ts)),
         Record::Migration(migration_sample(ts)),
     ]);
