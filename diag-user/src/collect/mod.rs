@@ -6,6 +6,7 @@
 pub mod caps;
 pub mod datapath;
 pub mod ebpf;
+pub mod facts;
 pub mod identity;
 pub mod libpcap;
 pub mod links;

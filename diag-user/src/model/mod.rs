@@ -5,6 +5,7 @@
 //! `snake_case` (states: upper-case) string in JSON, and records read back with serde.
 
 pub mod clock;
+pub mod facts;
 pub mod forecast;
 mod frame;
 pub mod host;

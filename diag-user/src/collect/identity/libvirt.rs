@@ -23,7 +23,10 @@ use std::{
 
 use futures::FutureExt;
 
-use crate::model::identity::{GuestCpu, VmInterface};
+use crate::model::{
+    facts::{DiskFacts, IfaceFacts, VmFacts},
+    identity::{GuestCpu, VmInterface},
+};
 
 mod limits;
 
@@ -64,6 +67,49 @@ fn text(n: Option<roxmltree::Node<'_, '_>>) -> Option<String> {
 /// Parses one domain XML (a live `<domstatus>` or a plain `<domain>`), refusing one past
 /// the [`Limit`].
 pub fn parse_domain(xml: &str, path: &Path) -> Result<Vec<VmInterface>, LibvirtError> {
+    let doc = document(xml, path)?;
+    let domain = domain_of(&doc, path)?;
+    let Some(devices) = child(domain, "devices") else {
+        return Ok(Vec::new());
+    };
+    let vm = domain_facts(domain);
+    let ifaces = devices
+        .children()
+        .filter(|n| n.has_tag_name("interface"))
+        .filter_map(|iface| interface(iface, &vm))
+        .collect();
+    Ok(ifaces)
+}
+
+/// A status file's VM for `tapwatch facts`: its facts, its interfaces (the taps' MACs
+/// are the caller's to fill in) and its disks.
+pub fn parse_vm(xml: &str, path: &Path) -> Result<VmFacts, LibvirtError> {
+    let doc = document(xml, path)?;
+    let domain = domain_of(&doc, path)?;
+    let vm = domain_facts(domain);
+    let devices = child(domain, "devices");
+    let all = |name: &'static str| {
+        devices
+            .into_iter()
+            .flat_map(|d| d.children())
+            .filter(move |n| n.has_tag_name(name))
+    };
+    Ok(VmFacts {
+        domain: vm.domain.clone(),
+        uuid: vm.uuid.clone(),
+        nova_name: vm.nova_name.clone(),
+        state: vm.state.clone(),
+        cpu: vm.cpu.clone(),
+        interfaces: all("interface")
+            .filter_map(|i| interface(i, &vm))
+            .map(|i| IfaceFacts::of(&i, None, None))
+            .collect(),
+        disks: Some(all("disk").filter_map(disk).collect()),
+    })
+}
+
+/// The file parsed, within the limits.
+fn document<'x>(xml: &'x str, path: &Path) -> Result<roxmltree::Document<'x>, LibvirtError> {
     let refused = |limit| LibvirtError::Refused {
         path: path.to_path_buf(),
         limit,
@@ -76,30 +122,45 @@ pub fn parse_domain(xml: &str, path: &Path) -> Result<Vec<VmInterface>, LibvirtE
         allow_dtd: false,
         nodes_limit: MAX_NODES,
     };
-    let doc =
-        roxmltree::Document::parse_with_options(xml, options).map_err(|source| match source {
-            roxmltree::Error::NodesLimitReached => refused(Limit::Nodes),
-            source => LibvirtError::Xml {
-                path: path.to_path_buf(),
-                source,
-            },
-        })?;
-    let domain = doc
-        .descendants()
+    roxmltree::Document::parse_with_options(xml, options).map_err(|source| match source {
+        roxmltree::Error::NodesLimitReached => refused(Limit::Nodes),
+        source => LibvirtError::Xml {
+            path: path.to_path_buf(),
+            source,
+        },
+    })
+}
+
+fn domain_of<'a, 'i>(
+    doc: &'a roxmltree::Document<'i>,
+    path: &Path,
+) -> Result<roxmltree::Node<'a, 'i>, LibvirtError> {
+    doc.descendants()
         .find(|n| n.has_tag_name("domain"))
         .ok_or_else(|| LibvirtError::NoDomain {
             path: path.to_path_buf(),
-        })?;
-    let Some(devices) = child(domain, "devices") else {
-        return Ok(Vec::new());
+        })
+}
+
+/// One `<disk>` with a source (`<source file|dev|volume=…>`, or network storage's
+/// `protocol` and `name`).
+fn disk(d: roxmltree::Node<'_, '_>) -> Option<DiskFacts> {
+    let source = child(d, "source")?;
+    let what = match (source.attribute("protocol"), source.attribute("name")) {
+        (Some(p), Some(n)) => format!("{p}:{n}"),
+        _ => ["file", "dev", "volume", "name"]
+            .iter()
+            .find_map(|a| source.attribute(*a))?
+            .to_string(),
     };
-    let vm = domain_facts(domain);
-    let ifaces = devices
-        .children()
-        .filter(|n| n.has_tag_name("interface"))
-        .filter_map(|iface| interface(iface, &vm))
-        .collect();
-    Ok(ifaces)
+    Some(DiskFacts {
+        target: child(d, "target")
+            .and_then(|t| t.attribute("dev"))
+            .unwrap_or("")
+            .to_string(),
+        kind: d.attribute("type").unwrap_or("").to_string(),
+        source: what,
+    })
 }
 
 /// What the domain says of all its interfaces: its names, state and guest CPU (an
@@ -169,6 +230,41 @@ pub fn scan_dir(dir: &Path) -> (HashMap<String, VmInterface>, Vec<LibvirtError>)
     let mut d = LibvirtDir::unwatched(dir);
     let errors = d.rescan();
     (d.taps, errors)
+}
+
+/// Every VM of a status directory, for `tapwatch facts`; the files that could not be
+/// read.
+pub fn scan_vms(dir: &Path) -> (Vec<VmFacts>, Vec<LibvirtError>) {
+    let mut names: Vec<PathBuf> = match fs::read_dir(dir) {
+        Ok(entries) => entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "xml"))
+            .collect(),
+        Err(_) => Vec::new(),
+    };
+    names.sort();
+    let (mut vms, mut errors) = (Vec::new(), Vec::new());
+    for path in names {
+        let xml = match read_regular(&path) {
+            Ok(Some(x)) => x,
+            Ok(None) => {
+                errors.push(LibvirtError::Refused {
+                    path,
+                    limit: Limit::Size,
+                });
+                continue;
+            }
+            Err(source) => {
+                errors.push(LibvirtError::Read { path, source });
+                continue;
+            }
+        };
+        match parse_vm(&xml, &path) {
+            Ok(vm) => vms.push(vm),
+            Err(e) => errors.push(e),
+        }
+    }
+    (vms, errors)
 }
 
 /// Where VM identities come from: libvirt's status directory, or a fixed table (the lab).
