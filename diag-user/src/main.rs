@@ -111,7 +111,12 @@ fn run_analyze(args: AnalyzeArgs) -> anyhow::Result<ExitCode> {
 fn run_merge(src: &std::path::Path, dst: &std::path::Path, json: bool) -> anyhow::Result<ExitCode> {
     let merged = analyze::merge::merge(src, dst)?;
     let mut out = io::BufWriter::new(io::stdout().lock());
-    if merged.migrations.is_empty() {
+    // A VM not found on the source still gets its record, saying so.
+    let found = merged
+        .migrations
+        .iter()
+        .any(|(m, _)| m.src_ifname.is_some());
+    if !found {
         eprintln!(
             "tapwatch: no VM of {} is in {}: give the source's bundle first, then the \
              destination's, of the same migration",
@@ -134,10 +139,10 @@ fn run_merge(src: &std::path::Path, dst: &std::path::Path, json: bool) -> anyhow
         }
     }
     io::Write::flush(&mut out)?;
-    Ok(if merged.migrations.is_empty() {
-        ExitCode::FAILURE
-    } else {
+    Ok(if found {
         ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     })
 }
 

@@ -188,7 +188,7 @@ fn samples() -> Vec<Record> {
         Record::Migration(MigrationRecord {
             ts,
             vm: "web-1".into(),
-            src_ifname: "tapA".into(),
+            src_ifname: Some("tapA".into()),
             dst_ifname: "tapA".into(),
             pause_ts: Some(ts),
             pause_from: "libvirt".into(),

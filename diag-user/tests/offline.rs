@@ -19,7 +19,7 @@ use diag_user::{
     model::{Backend, Direction, FrameKind, FrameRecord, Mode, Record, TapRow},
     report::bundle::{Bundle, BundleOptions},
     report::pipeline::{Feed, Pipeline, Writer},
-    verdict::{Engine, EngineConfig},
+    verdict::{libvirt::VmInterface, Engine, EngineConfig},
 };
 use pcap_file::{
     pcap::{PcapHeader, PcapPacket, PcapWriter},
@@ -483,4 +483,194 @@ fn a_bundle_written_before_the_typed_records_replays() {
     ] {
         assert_eq!(row[field], n, "{field}");
     }
+}
+
+/// Records `story` into a finished bundle at `dir`, as `watch --record` writes one (host.json
+/// and summary.md from the run's verdicts).
+fn record_bundle(dir: &Path, story: &[Record]) {
+    let bundle = Bundle::create(BundleOptions {
+        dir: dir.to_path_buf(),
+        max_bytes: 1 << 30,
+        pack: false,
+    })
+    .unwrap();
+    let (writer, pusher) = Writer::spawn("bundle", bundle, |_| {}).unwrap();
+    let pipeline = Pipeline::new(Engine::new(EngineConfig::default()), vec![pusher]);
+    for rec in story {
+        pipeline.emit(rec);
+    }
+    let b = writer.close(Duration::from_secs(10)).unwrap();
+    b.finish(&pipeline.head().engine).unwrap();
+}
+
+/// A VM on `tap` from `t0` (ms): libvirt's identity when known, the tap, and its frames;
+/// `resumed`: it came in by migration (QEMU's RARP), as on a destination.
+fn vm_on_tap(tap: &str, vm: Option<VmInterface>, t0: i64, resumed: bool) -> Vec<Record> {
+    let frame = |ms: i64, kind: FrameKind, data: Vec<u8>, dst: MacAddr| {
+        Record::Frame(FrameRecord {
+            ts: at(t0 + ms),
+            ifname: tap.into(),
+            direction: Direction::FromVm,
+            kind,
+            src_mac: GUEST,
+            dst_mac: dst,
+            sender_ip: None,
+            target_ip: None,
+            vlan: None,
+            outer_vlan: None,
+            dst_mismatch: false,
+            len: data.len() as u32,
+            data,
+        })
+    };
+    let mut story = vec![
+        Record::Identity {
+            ts: at(t0),
+            ifname: tap.into(),
+            libvirt: vm,
+        },
+        Record::Attached {
+            ts: at(t0),
+            ifname: tap.into(),
+            ifindex: 7,
+            mac: Some(OLD),
+            mode: Mode::Routed,
+            backend: Backend::Ebpf,
+            datapath: Some(diag_user::model::DatapathKind::Drops),
+            appeared: resumed,
+            mtu: Some(1500),
+            master: None,
+        },
+    ];
+    if resumed {
+        let rarp = frames::rarp_announce(GUEST, None);
+        story.push(frame(100, FrameKind::Rarp, rarp, MacAddr([0xff; 6])));
+    }
+    let garp = frames::garp(GUEST, ip(2));
+    story.push(frame(200, FrameKind::Garp, garp, MacAddr([0xff; 6])));
+    story.push(Record::Stats {
+        ts: at(t0 + 1000),
+        taps: vec![TapRow {
+            ifname: tap.into(),
+            from_vm_frames: 1 + resumed as u64,
+            rarp_frames: resumed as u64,
+            garp_frames: 1,
+            ..TapRow::default()
+        }],
+    });
+    story
+}
+
+fn libvirt_vm(uuid: &str, domain: &str, guest: MacAddr) -> VmInterface {
+    VmInterface {
+        domain: domain.into(),
+        uuid: Some(uuid.into()),
+        tap: "vnet0".into(),
+        guest_mac: Some(guest),
+        iface_type: "bridge".into(),
+        state: Some("running".into()),
+        ..VmInterface::default()
+    }
+}
+
+fn merged(src: &Path, dst: &Path) -> (Output, Vec<Value>) {
+    let out = tw()
+        .args(["analyze", "--json"])
+        .args([src, dst])
+        .output()
+        .unwrap();
+    let recs = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|v| v["type"] == "migration")
+        .collect();
+    (out, recs)
+}
+
+/// libvirt names taps vnet0, vnet1… on every host: a tap name shared by two bundles pairs
+/// two VMs only when neither bundle knows which VM is behind it. When the identities say
+/// they are different VMs, the destination's VM is said not to be in the source's bundle.
+#[test]
+fn a_shared_tap_name_pairs_only_vms_nobody_knows() {
+    let s = Scratch::new("pairing");
+    let other = MacAddr([0xfa, 0x16, 0x3e, 0x11, 0x22, 0x33]);
+    let (src, dst) = (s.0.join("src"), s.0.join("dst"));
+    record_bundle(
+        &src,
+        &vm_on_tap(
+            "vnet0",
+            Some(libvirt_vm("uuid-a", "tenant-a", other)),
+            0,
+            false,
+        ),
+    );
+    record_bundle(
+        &dst,
+        &vm_on_tap(
+            "vnet0",
+            Some(libvirt_vm("uuid-b", "tenant-b", GUEST)),
+            5000,
+            true,
+        ),
+    );
+    let (out, recs) = merged(&src, &dst);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(recs.len(), 1, "{recs:?} {err}");
+    let m = &recs[0];
+    assert_eq!(m["vm"], "tenant-b", "{m:#}");
+    assert_eq!(m["src_ifname"], Value::Null, "{m:#}");
+    assert_eq!(m["pause_ts"], Value::Null, "{m:#}");
+    assert_eq!(m["downtime_ms"], Value::Null, "{m:#}");
+    let notes = m["notes"].to_string();
+    assert!(
+        notes.contains("not found in the source's bundle"),
+        "{notes}"
+    );
+    assert!(notes.contains("tenant-a"), "{notes}");
+    // No VM found on both sides: said, and not a success.
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("no VM of"), "{err}");
+    let text = tw().arg("analyze").args([&src, &dst]).output().unwrap();
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.contains("not found on the source"), "{text}");
+
+    // One side does not know its VM: still not enough to pair by name.
+    let unknown = s.0.join("unknown");
+    record_bundle(&unknown, &vm_on_tap("vnet0", None, 0, false));
+    let (_, recs) = merged(&unknown, &dst);
+    assert_eq!(recs[0]["src_ifname"], Value::Null, "{recs:?}");
+
+    // Neither knows: the tap name is all there is (Nova keeps it across hosts).
+    let dst_unknown = s.0.join("dst-unknown");
+    record_bundle(&dst_unknown, &vm_on_tap("vnet0", None, 5000, true));
+    let (out, recs) = merged(&unknown, &dst_unknown);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(recs[0]["src_ifname"], "vnet0", "{recs:?}");
+
+    // The same VM under another tap name: found by its identity.
+    let moved = s.0.join("moved");
+    record_bundle(
+        &moved,
+        &vm_on_tap(
+            "vnet3",
+            Some(libvirt_vm("uuid-b", "tenant-b", GUEST)),
+            0,
+            false,
+        ),
+    );
+    let (out, recs) = merged(&moved, &dst);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        (&recs[0]["src_ifname"], &recs[0]["dst_ifname"]),
+        (&"vnet3".into(), &"vnet0".into())
+    );
+    assert_eq!(recs[0]["pause_from"], "frames");
 }

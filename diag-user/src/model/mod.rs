@@ -293,8 +293,9 @@ pub struct MigrationRecord {
     /// When the VM resumed on the destination (else when it paused on the source).
     pub ts: Ts,
     pub vm: String,
-    /// The VM's tap on each host.
-    pub src_ifname: String,
+    /// The VM's tap on each host; on the source `None` when the VM was not found there
+    /// (a note says why).
+    pub src_ifname: Option<String>,
     pub dst_ifname: String,
     /// When the VM stopped on the source (the stop-and-copy): libvirt's status file
     /// saying it paused for the migration, else its last frame seen there, else the

@@ -4,14 +4,19 @@
 //! gaps, the blackout); host.json of each says what the hosts differ in that matters to a
 //! migration. The two clocks are compared with their uncertainty stated.
 
-use std::{collections::HashMap, io, path::Path};
+use std::{
+    collections::{BTreeMap, HashMap},
+    io,
+    path::Path,
+};
 
 use super::{analyze_path, read_host_json, AnalyzeError};
 use crate::{
     model::{
         clock::Ts,
         host::{cpuinfo_flag, HostJson, TapFacts},
-        FrameKind, HostFact, MigrationRecord, Record, SummaryRow,
+        mac::MacAddr,
+        HostFact, MigrationRecord, Record, SummaryRow,
     },
     verdict::libvirt::VmInterface,
 };
@@ -75,12 +80,18 @@ pub fn merge(src: &Path, dst: &Path) -> Result<Merge, AnalyzeError> {
     };
     analyze_path(src, None, &mut follow)?;
     let mut dst_records = Vec::new();
-    let mut dst_inbound: HashMap<String, Ts> = HashMap::new();
+    // What the destination's records say of its VMs (its host.json may be missing: a
+    // bundle cut short).
+    let mut dst_vms: HashMap<String, VmInterface> = HashMap::new();
     let dst_analysis = analyze_path(dst, None, &mut |r: &Record| {
         match r {
             Record::Verdict { .. } | Record::Summary { .. } => dst_records.push(r.clone()),
-            Record::Frame(f) if f.kind == FrameKind::Inbound => {
-                dst_inbound.entry(f.ifname.clone()).or_insert(f.ts);
+            Record::Identity {
+                ifname,
+                libvirt: Some(vm),
+                ..
+            } => {
+                dst_vms.insert(ifname.clone(), vm.clone());
             }
             _ => {}
         }
@@ -92,15 +103,66 @@ pub fn merge(src: &Path, dst: &Path) -> Result<Merge, AnalyzeError> {
         Some(Record::Summary { taps, .. }) => taps,
         _ => Vec::new(),
     };
+    let src_vms: BTreeMap<&str, &VmInterface> = taps
+        .iter()
+        .filter_map(|(name, t)| {
+            let vm =
+                t.vm.as_ref()
+                    .or_else(|| src_host.taps.get(name).and_then(|f| f.libvirt.as_ref()))?;
+            Some((name.as_str(), vm))
+        })
+        .collect();
+    let index = VmIndex::new(&src_vms);
     let mut migrations = Vec::new();
     for row in &rows {
         let Some(v) = &row.verdict else { continue };
         let dst_ifname = &row.counters.ifname;
         let dst_facts = dst_host.taps.get(dst_ifname);
-        let dst_vm = dst_facts.and_then(|f| f.libvirt.as_ref());
-        let Some((src_ifname, src_tap)) = find_src(&taps, &src_host, dst_ifname, dst_vm) else {
+        let dst_vm = dst_facts
+            .and_then(|f| f.libvirt.as_ref())
+            .or_else(|| dst_vms.get(dst_ifname));
+        let found = match dst_vm.and_then(|d| index.find(d)) {
+            Some(name) => Some(name.to_string()),
+            // Tap names repeat across hosts (libvirt's vnet0, vnet1, …): a name alone is
+            // the same VM only when neither host says which VM is behind it.
+            None if dst_vm.is_none() && taps.contains_key(dst_ifname) => {
+                (!src_vms.contains_key(dst_ifname.as_str())).then(|| dst_ifname.clone())
+            }
+            None if taps.contains_key(dst_ifname) => None,
+            None => continue,
+        };
+        let Some(src_ifname) = found else {
+            let why = not_found(
+                dst_ifname,
+                dst_vm,
+                src_vms.get(dst_ifname.as_str()).copied(),
+            );
+            let all = facts(&src_host, &dst_host, None, dst_vm);
+            let record = MigrationRecord {
+                // No pause to fall back on: when the destination first saw the tap.
+                ts: v
+                    .switchover_ts
+                    .flatten()
+                    .or(row.mac_history.first().map(|h| h.ts))
+                    .unwrap_or_default(),
+                vm: v.vm.clone(),
+                src_ifname: None,
+                dst_ifname: dst_ifname.clone(),
+                pause_ts: None,
+                pause_from: "unknown".into(),
+                resume_ts: v.switchover_ts.flatten(),
+                downtime_ms: None,
+                clock_uncertainty_ms: None,
+                inbound_gap_ms: v.inbound_gap_ms.flatten(),
+                outbound_gap_ms: v.outbound_gap_ms.flatten(),
+                blackout_ms: v.blackout_ms,
+                host_diff: all.iter().filter(|f| f.src != f.dst).cloned().collect(),
+                notes: vec![why],
+            };
+            migrations.push((record, all));
             continue;
         };
+        let src_tap = &taps[&src_ifname];
         let resume = v.switchover_ts.flatten();
         let (pause, pause_from) = match (src_tap.paused, src_tap.last_frame, src_tap.counted_until)
         {
@@ -161,15 +223,14 @@ pub fn merge(src: &Path, dst: &Path) -> Result<Merge, AnalyzeError> {
         let all = facts(
             &src_host,
             &dst_host,
-            src_facts,
-            dst_facts,
-            dst_vm.or(src_tap.vm.as_ref()),
+            Some((src_facts, dst_facts)),
+            dst_vm.or(src_vms.get(src_ifname.as_str()).copied()),
         );
         let host_diff: Vec<HostFact> = all.iter().filter(|f| f.src != f.dst).cloned().collect();
         let record = MigrationRecord {
             ts: resume.or(pause).unwrap_or_default(),
             vm: v.vm.clone(),
-            src_ifname: src_ifname.clone(),
+            src_ifname: Some(src_ifname.clone()),
             dst_ifname: dst_ifname.clone(),
             pause_ts: pause,
             pause_from: pause_from.into(),
@@ -190,43 +251,109 @@ pub fn merge(src: &Path, dst: &Path) -> Result<Merge, AnalyzeError> {
     })
 }
 
-/// The source tap of the VM behind the destination's `dst_ifname`: the same libvirt
-/// domain (uuid, name) or guest MAC, else the same tap name (Nova keeps it).
-fn find_src<'a>(
-    taps: &'a HashMap<String, SrcTap>,
-    src_host: &'a HostJson,
-    dst_ifname: &str,
-    dst_vm: Option<&VmInterface>,
-) -> Option<(String, SrcTap)> {
-    let vm_of = |name: &str, t: &SrcTap| {
-        t.vm.clone()
-            .or_else(|| src_host.taps.get(name).and_then(|f| f.libvirt.clone()))
-    };
-    let same = |a: &VmInterface, b: &VmInterface| {
-        (a.uuid.is_some() && a.uuid == b.uuid)
-            || (!a.domain.is_empty() && a.domain == b.domain)
-            || (a.guest_mac.is_some() && a.guest_mac == b.guest_mac)
-    };
-    let mut names: Vec<&String> = taps.keys().collect();
-    names.sort();
-    if let Some(d) = dst_vm {
-        for name in &names {
-            let t = &taps[*name];
-            if vm_of(name, t).is_some_and(|s| same(&s, d)) {
-                return Some(((*name).clone(), t.clone()));
-            }
-        }
-    }
-    taps.get(dst_ifname)
-        .map(|t| (dst_ifname.to_string(), t.clone()))
+/// An identifier of the VM behind a source tap, as it is compared with a destination's.
+/// The strongest identifier both know decides whether two are one VM: the UUID, else the
+/// domain name (Nova keeps it across hosts), else the guest MAC. A domain name is compared
+/// only when not both have a UUID, so it is keyed with whether the source's has one; a
+/// guest MAC likewise with whether it has a UUID and a domain name.
+#[derive(Debug, PartialEq, Eq, Hash)]
+enum Key<'a> {
+    Uuid(&'a str),
+    Domain(&'a str, bool),
+    Mac(MacAddr, bool, bool),
 }
 
-/// Every fact compared, as each host has it.
+fn uuid(vm: &VmInterface) -> Option<&str> {
+    vm.uuid.as_deref().filter(|u| !u.is_empty())
+}
+
+fn domain(vm: &VmInterface) -> Option<&str> {
+    Some(vm.domain.as_str()).filter(|d| !d.is_empty())
+}
+
+/// The source's taps by the identifiers of their VMs, so that each destination VM is
+/// looked up once instead of compared with every source tap.
+struct VmIndex<'a>(HashMap<Key<'a>, &'a str>);
+
+impl<'a> VmIndex<'a> {
+    /// `vms` in name order: the first tap with an identifier keeps it.
+    fn new(vms: &BTreeMap<&'a str, &'a VmInterface>) -> Self {
+        let mut index = HashMap::new();
+        for (&name, &vm) in vms {
+            let (u, d) = (uuid(vm), domain(vm));
+            let keys = [
+                u.map(Key::Uuid),
+                d.map(|d| Key::Domain(d, u.is_some())),
+                vm.guest_mac.map(|m| Key::Mac(m, u.is_some(), d.is_some())),
+            ];
+            for key in keys.into_iter().flatten() {
+                index.entry(key).or_insert(name);
+            }
+        }
+        Self(index)
+    }
+
+    /// The source tap whose VM is `vm` (the first by name), if any.
+    fn find(&self, vm: &VmInterface) -> Option<&'a str> {
+        let (u, d) = (uuid(vm), domain(vm));
+        // Without an identifier of its own, `vm` is compared by the next one with sources
+        // that have that one or not; with it, only with sources that lack it.
+        let either = |has: bool| {
+            if has {
+                &[false][..]
+            } else {
+                &[false, true][..]
+            }
+        };
+        let mut keys = Vec::new();
+        keys.extend(u.map(Key::Uuid));
+        if let Some(d) = d {
+            keys.extend(either(u.is_some()).iter().map(|&su| Key::Domain(d, su)));
+        }
+        if let Some(m) = vm.guest_mac {
+            for &su in either(u.is_some()) {
+                for &sd in either(d.is_some()) {
+                    keys.push(Key::Mac(m, su, sd));
+                }
+            }
+        }
+        keys.iter().filter_map(|k| self.0.get(k).copied()).min()
+    }
+}
+
+/// Why the destination's VM on `dst_ifname` has no source tap, though the source has a tap
+/// of that name.
+fn not_found(dst_ifname: &str, dst: Option<&VmInterface>, src: Option<&VmInterface>) -> String {
+    let name = |vm: &VmInterface| vm.display_name().to_string();
+    match (dst, src) {
+        (Some(_), Some(s)) => format!(
+            "the VM was not found in the source's bundle: no tap there has its UUID, domain or \
+             guest MAC, and the source's {dst_ifname} is another VM's ({}): tap names repeat \
+             across hosts; give the bundle of the host the VM left",
+            name(s)
+        ),
+        (Some(_), None) => format!(
+            "the VM was not found in the source's bundle: no tap there has its UUID, domain or \
+             guest MAC, and the source's {dst_ifname} does not say which VM is behind it: tap \
+             names repeat across hosts, so a name alone is not the same VM"
+        ),
+        (None, Some(s)) => format!(
+            "the VM was not found in the source's bundle: the destination's bundle does not say \
+             which VM is behind {dst_ifname}, and the source's {dst_ifname} is {}'s: tap names \
+             repeat across hosts, so a name alone is not the same VM",
+            name(s)
+        ),
+        (None, None) => format!("the VM was not found in the source's bundle ({dst_ifname})"),
+    }
+}
+
+/// Every fact compared, as each host has it. `taps`: the VM's tap on each host (its facts
+/// when host.json has them); `None` when the VM has no tap on the source, which leaves the
+/// taps' facts out.
 fn facts(
     src: &HostJson,
     dst: &HostJson,
-    src_tap: Option<&TapFacts>,
-    dst_tap: Option<&TapFacts>,
+    taps: Option<(Option<&TapFacts>, Option<&TapFacts>)>,
     vm: Option<&VmInterface>,
 ) -> Vec<HostFact> {
     let or_unknown = |v: Option<&str>| v.map_or_else(|| "unknown".to_string(), str::to_string);
@@ -263,21 +390,23 @@ fn facts(
     let tap = |t: Option<&TapFacts>, f: &dyn Fn(&TapFacts) -> Option<String>| {
         t.and_then(f).unwrap_or_else(|| "unknown".into())
     };
-    out.push(HostFact {
-        fact: "tap MAC".into(),
-        src: tap(src_tap, &|t| t.mac.map(|m| m.to_string())),
-        dst: tap(dst_tap, &|t| t.mac.map(|m| m.to_string())),
-    });
-    out.push(HostFact {
-        fact: "tap MAC derivation".into(),
-        src: tap(src_tap, &|t| t.mac_derivation.clone()),
-        dst: tap(dst_tap, &|t| t.mac_derivation.clone()),
-    });
-    out.push(HostFact {
-        fact: "MTU".into(),
-        src: tap(src_tap, &|t| t.mtu.map(|m| m.to_string())),
-        dst: tap(dst_tap, &|t| t.mtu.map(|m| m.to_string())),
-    });
+    if let Some((src_tap, dst_tap)) = taps {
+        out.push(HostFact {
+            fact: "tap MAC".into(),
+            src: tap(src_tap, &|t| t.mac.map(|m| m.to_string())),
+            dst: tap(dst_tap, &|t| t.mac.map(|m| m.to_string())),
+        });
+        out.push(HostFact {
+            fact: "tap MAC derivation".into(),
+            src: tap(src_tap, &|t| t.mac_derivation.clone()),
+            dst: tap(dst_tap, &|t| t.mac_derivation.clone()),
+        });
+        out.push(HostFact {
+            fact: "MTU".into(),
+            src: tap(src_tap, &|t| t.mtu.map(|m| m.to_string())),
+            dst: tap(dst_tap, &|t| t.mtu.map(|m| m.to_string())),
+        });
+    }
     if let Some(cpu) = vm.and_then(|v| v.cpu.as_ref()) {
         // What the guest's CPU depends on: the features its definition requires, or all of
         // the source's flags when it sees the host's CPU as it is.
@@ -354,6 +483,43 @@ mod tests {
         }
     }
 
+    fn vm(uuid: Option<&str>, domain: &str, mac: Option<u8>) -> VmInterface {
+        VmInterface {
+            uuid: uuid.map(str::to_string),
+            domain: domain.into(),
+            guest_mac: mac.map(|b| MacAddr([0xfa, 0x16, 0x3e, 0, 0, b])),
+            ..VmInterface::default()
+        }
+    }
+
+    /// The strongest identifier both sides know decides: two VMs with different UUIDs are
+    /// different whatever their names, and a shared name or MAC counts only when nothing
+    /// stronger is known to both.
+    #[test]
+    fn a_vm_is_found_by_the_strongest_identifier_both_know() {
+        let (a, b, c, d) = (
+            vm(Some("uuid-a"), "web", Some(1)),
+            vm(None, "web", Some(2)),
+            vm(None, "", Some(3)),
+            vm(Some("uuid-d"), "", Some(4)),
+        );
+        let vms: BTreeMap<&str, &VmInterface> =
+            [("vnet0", &a), ("vnet1", &b), ("vnet2", &c), ("vnet3", &d)].into();
+        let index = VmIndex::new(&vms);
+        let find = |u, dom, mac| index.find(&vm(u, dom, mac));
+        assert_eq!(find(Some("uuid-a"), "other", None), Some("vnet0"));
+        // Same name, another UUID: only the source without a UUID can be it.
+        assert_eq!(find(Some("uuid-x"), "web", Some(1)), Some("vnet1"));
+        // No UUID: the name decides, the first tap by name.
+        assert_eq!(find(None, "web", None), Some("vnet0"));
+        // The guest MAC, where neither UUID nor name is known to both.
+        assert_eq!(find(Some("uuid-x"), "db", Some(3)), Some("vnet2"));
+        assert_eq!(find(Some("uuid-x"), "", Some(4)), None);
+        assert_eq!(find(None, "", Some(4)), Some("vnet3"));
+        assert_eq!(find(None, "db", Some(2)), None);
+        assert_eq!(find(Some("uuid-x"), "db", Some(9)), None);
+    }
+
     /// A guest whose CPU needs avx512f cannot go to a host without it: named; the libvirt
     /// versions either side of 9.5.0 show, and facts that agree are not a difference.
     #[test]
@@ -368,7 +534,7 @@ mod tests {
         };
         let src = host(&["avx512f", "sse4_2"], "libvirtd (libvirt) 8.0.0");
         let dst = host(&["sse4_2"], "libvirtd (libvirt) 10.0.0");
-        let all = facts(&src, &dst, None, None, Some(&vm));
+        let all = facts(&src, &dst, None, Some(&vm));
         let get = |name: &str| all.iter().find(|f| f.fact.starts_with(name)).unwrap();
         let cpu = get("guest CPU flags");
         assert_eq!(
@@ -386,7 +552,7 @@ mod tests {
             }),
             ..VmInterface::default()
         };
-        let all = facts(&src, &dst, None, None, Some(&passthrough));
+        let all = facts(&src, &dst, None, Some(&passthrough));
         let cpu = all
             .iter()
             .find(|f| f.fact.starts_with("guest CPU"))

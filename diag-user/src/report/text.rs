@@ -212,7 +212,8 @@ pub fn migration_report(
     facts: &[crate::model::HostFact],
 ) -> String {
     let at = |t: Option<crate::model::clock::Ts>| t.map_or("-".into(), |t| t.to_string());
-    let mut out = format!("{} ({} -> {})\n", m.vm, m.src_ifname, m.dst_ifname);
+    let src = m.src_ifname.as_deref().unwrap_or("not found on the source");
+    let mut out = format!("{} ({src} -> {})\n", m.vm, m.dst_ifname);
     let clock = m
         .clock_uncertainty_ms
         .map_or(" (the hosts' clocks are not known to agree)".into(), |u| {
