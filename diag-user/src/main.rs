@@ -25,12 +25,14 @@ use diag_user::{
 };
 use tokio::sync::Notify;
 
-/// Exit status of a run that did its job but whose bundle is incomplete (a full disk).
 mod cli;
 
 use cli::{AnalyzeArgs, Command, LabArgs, ServeArgs, WatchArgs};
 
+/// Exit status of a run that did its job but whose bundle is incomplete (a full disk).
 const EXIT_BUNDLE_INCOMPLETE: u8 = 3;
+/// Exit status of a command line that cannot be right (clap's usage errors exit so too).
+const EXIT_USAGE: u8 = 2;
 /// Exit status of a run in which some matching taps could not be watched.
 const EXIT_UNWATCHED: u8 = 4;
 
@@ -64,7 +66,10 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("tapwatch: {e:#}");
-            ExitCode::FAILURE
+            match e.downcast_ref::<analyze::AnalyzeError>() {
+                Some(a) if a.is_usage() => ExitCode::from(EXIT_USAGE),
+                _ => ExitCode::FAILURE,
+            }
         }
     }
 }

@@ -674,3 +674,86 @@ fn a_shared_tap_name_pairs_only_vms_nobody_knows() {
     );
     assert_eq!(recs[0]["pause_from"], "frames");
 }
+
+/// `dir` packed as `--pack` packs it, beside it.
+fn pack(dir: &Path) -> PathBuf {
+    let out = dir.with_extension("tar.gz");
+    let gz =
+        flate2::write::GzEncoder::new(File::create(&out).unwrap(), flate2::Compression::default());
+    let mut tar = tar::Builder::new(gz);
+    let base = Path::new(dir.file_name().unwrap());
+    for f in ["events.ndjson", "frames.pcapng", "host.json", "summary.md"] {
+        tar.append_path_with_name(dir.join(f), base.join(f))
+            .unwrap();
+    }
+    tar.into_inner().unwrap().finish().unwrap();
+    out
+}
+
+/// One bundle given as both the source and the destination (`DIR/dst DIR/dst`), under
+/// another path, or packed: one host and one run, never a migration. Refused as a bad
+/// command line, saying what to give instead.
+#[test]
+fn one_run_given_twice_is_refused() {
+    let s = Scratch::new("twice");
+    let (src, dst) = (s.0.join("src"), s.0.join("dst"));
+    let vm = libvirt_vm("uuid-b", "tenant-b", GUEST);
+    record_bundle(&src, &vm_on_tap("vnet0", Some(vm.clone()), 0, false));
+    record_bundle(&dst, &vm_on_tap("vnet0", Some(vm), 5000, true));
+    let copy = s.0.join("copy");
+    std::fs::create_dir(&copy).unwrap();
+    for f in ["events.ndjson", "frames.pcapng", "host.json", "summary.md"] {
+        std::fs::copy(dst.join(f), copy.join(f)).unwrap();
+    }
+    let packed = pack(&dst);
+    for (a, b) in [(&dst, &dst), (&src, &src), (&dst, &copy), (&packed, &dst)] {
+        let (out, recs) = merged(a, b);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{a:?} {b:?}: {err} {recs:?}");
+        assert!(recs.is_empty(), "{recs:?}");
+        assert!(
+            err.contains("one recording") && err.contains("the source host's bundle"),
+            "{err}"
+        );
+    }
+    // Two runs of one host (as `lab --record` writes them) are two bundles.
+    let (out, recs) = merged(&src, &dst);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(recs[0]["src_ifname"], "vnet0");
+}
+
+/// Neither the pause nor the resume known: the record is dated when the destination first
+/// saw the VM's tap, never 1970-01-01.
+#[test]
+fn a_migration_without_pause_or_resume_is_dated_by_the_destination() {
+    let s = Scratch::new("undated");
+    let (src, dst) = (s.0.join("src"), s.0.join("dst"));
+    let vm = libvirt_vm("uuid-b", "tenant-b", GUEST);
+    let no_frames = |story: Vec<Record>| -> Vec<Record> {
+        story
+            .into_iter()
+            .filter(|r| !matches!(r, Record::Frame(_)))
+            .collect()
+    };
+    record_bundle(
+        &src,
+        &no_frames(vm_on_tap("vnet0", Some(vm.clone()), 0, false)),
+    );
+    record_bundle(&dst, &no_frames(vm_on_tap("vnet4", Some(vm), 5000, false)));
+    let (out, recs) = merged(&src, &dst);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let m = &recs[0];
+    assert_eq!(
+        (&m["pause_ts"], &m["resume_ts"]),
+        (&Value::Null, &Value::Null)
+    );
+    assert_eq!(m["ts"], serde_json::to_value(at(5000)).unwrap(), "{m:#}");
+}

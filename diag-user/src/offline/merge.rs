@@ -10,7 +10,7 @@ use std::{
     path::Path,
 };
 
-use super::{analyze_path, read_host_json, AnalyzeError};
+use super::{analyze_path, read_host_json, AnalyzeError, RunId};
 use crate::{
     model::{
         clock::Ts,
@@ -43,8 +43,21 @@ pub struct Merge {
     pub dst_records: Vec<Record>,
 }
 
-/// Merges a source and a destination bundle (directories or `.tar.gz`).
+/// Merges a source and a destination bundle (directories or `.tar.gz`). One recording
+/// given as both (the same path twice, a copy, the bundle and its `.tar.gz`) is refused:
+/// one host and one clock make no migration.
 pub fn merge(src: &Path, dst: &Path) -> Result<Merge, AnalyzeError> {
+    let src_host = read_host_json(src)?;
+    let dst_host = read_host_json(dst)?;
+    let src_run = RunId::of(src, src_host.as_ref())?;
+    if same_file(src, dst) || src_run.same(&RunId::of(dst, dst_host.as_ref())?) {
+        return Err(AnalyzeError::SameRun {
+            src: src.display().to_string(),
+            dst: dst.display().to_string(),
+            run: src_run.to_string(),
+        });
+    }
+    let (src_host, dst_host) = (src_host.unwrap_or_default(), dst_host.unwrap_or_default());
     let mut taps: HashMap<String, SrcTap> = HashMap::new();
     let mut follow = |r: &Record| -> io::Result<()> {
         match r {
@@ -97,11 +110,9 @@ pub fn merge(src: &Path, dst: &Path) -> Result<Merge, AnalyzeError> {
         }
         Ok(())
     })?;
-    let src_host = read_host_json(src)?.unwrap_or_default();
-    let dst_host = read_host_json(dst)?.unwrap_or_default();
-    let rows: Vec<SummaryRow> = match dst_analysis.summary {
-        Some(Record::Summary { taps, .. }) => taps,
-        _ => Vec::new(),
+    let (end, rows): (Ts, Vec<SummaryRow>) = match dst_analysis.summary {
+        Some(Record::Summary { ts, taps }) => (ts, taps),
+        _ => (Ts::default(), Vec::new()),
     };
     let src_vms: BTreeMap<&str, &VmInterface> = taps
         .iter()
@@ -117,6 +128,9 @@ pub fn merge(src: &Path, dst: &Path) -> Result<Merge, AnalyzeError> {
     for row in &rows {
         let Some(v) = &row.verdict else { continue };
         let dst_ifname = &row.counters.ifname;
+        // What dates a record when neither the pause nor the resume is known: when the
+        // destination first saw the tap, else the end of its recording.
+        let seen = row.mac_history.first().map(|h| h.ts);
         let dst_facts = dst_host.taps.get(dst_ifname);
         let dst_vm = dst_facts
             .and_then(|f| f.libvirt.as_ref())
@@ -139,12 +153,7 @@ pub fn merge(src: &Path, dst: &Path) -> Result<Merge, AnalyzeError> {
             );
             let all = facts(&src_host, &dst_host, None, dst_vm);
             let record = MigrationRecord {
-                // No pause to fall back on: when the destination first saw the tap.
-                ts: v
-                    .switchover_ts
-                    .flatten()
-                    .or(row.mac_history.first().map(|h| h.ts))
-                    .unwrap_or_default(),
+                ts: v.switchover_ts.flatten().or(seen).unwrap_or(end),
                 vm: v.vm.clone(),
                 src_ifname: None,
                 dst_ifname: dst_ifname.clone(),
@@ -228,7 +237,7 @@ pub fn merge(src: &Path, dst: &Path) -> Result<Merge, AnalyzeError> {
         );
         let host_diff: Vec<HostFact> = all.iter().filter(|f| f.src != f.dst).cloned().collect();
         let record = MigrationRecord {
-            ts: resume.or(pause).unwrap_or_default(),
+            ts: resume.or(pause).or(seen).unwrap_or(end),
             vm: v.vm.clone(),
             src_ifname: Some(src_ifname.clone()),
             dst_ifname: dst_ifname.clone(),
@@ -249,6 +258,15 @@ pub fn merge(src: &Path, dst: &Path) -> Result<Merge, AnalyzeError> {
         migrations,
         dst_records,
     })
+}
+
+/// Whether two paths name one file or directory (however spelled, through links).
+fn same_file(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(a), Ok(b)) => (a.dev(), a.ino()) == (b.dev(), b.ino()),
+        _ => false,
+    }
 }
 
 /// An identifier of the VM behind a source tap, as it is compared with a destination's.

@@ -62,8 +62,26 @@ pub enum AnalyzeError {
     TooBig { path: String, limit: u64 },
     #[error("{path}: more than {max} interfaces; tapwatch analyzes at most that many")]
     TooManyTaps { path: String, max: usize },
+    #[error(
+        "{src} and {dst} are one recording ({run}): `analyze SRC DST` merges the source \
+         host's bundle and the destination host's bundle of one migration; give each once \
+         (with `lab --record DIR`: DIR/src DIR/dst)"
+    )]
+    SameRun {
+        src: String,
+        dst: String,
+        run: String,
+    },
     #[error("cannot write the analysis: {0}")]
     Output(#[source] io::Error),
+}
+
+impl AnalyzeError {
+    /// The command line cannot be right, whatever the files hold (exit status 2, as for
+    /// clap's usage errors).
+    pub fn is_usage(&self) -> bool {
+        matches!(self, AnalyzeError::SameRun { .. })
+    }
 }
 
 /// What an analysis found besides its records: notes on what was inferred, and, when the
@@ -121,8 +139,91 @@ enum Input {
     File(File, u64),
 }
 
+/// A packed bundle (`.tar.gz`): each entry is read from a stream of its own, decompressed
+/// as it is read, and all of them together never past a bomb's worth.
+struct Packed {
+    path: std::path::PathBuf,
+    name: String,
+    limit: u64,
+    tripped: Arc<AtomicBool>,
+}
+
+impl Packed {
+    fn new(path: &Path, size: u64) -> Self {
+        Self {
+            path: path.to_path_buf(),
+            name: path.display().to_string(),
+            // A real bundle compresses 3-10x; allow far more, but not a bomb's 1000x.
+            limit: size.saturating_mul(64).max(256 << 20),
+            tripped: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    fn too_big(&self) -> AnalyzeError {
+        AnalyzeError::TooBig {
+            path: self.name.clone(),
+            limit: self.limit,
+        }
+    }
+
+    fn tripped(&self) -> bool {
+        self.tripped.load(Ordering::Relaxed)
+    }
+
+    /// The entry named `want` (in any directory of the archive), if there is one.
+    fn entry(&self, want: &str) -> Result<Option<Box<dyn Read>>, AnalyzeError> {
+        let f = File::open(&self.path).map_err(|source| AnalyzeError::Read {
+            path: self.name.clone(),
+            source,
+        })?;
+        let capped = Capped {
+            inner: flate2::read::GzDecoder::new(BufReader::new(f)),
+            left: self.limit,
+            tripped: self.tripped.clone(),
+        };
+        match tar_entry(capped, want) {
+            Ok(e) => Ok(e),
+            Err(_) if self.tripped() => Err(self.too_big()),
+            Err(source) => Err(AnalyzeError::Read {
+                path: self.name.clone(),
+                source,
+            }),
+        }
+    }
+}
+
+/// The file `file` of the bundle at `path` (a directory, or a `.tar.gz`) as a stream;
+/// `None` when the bundle has none, or `path` is a capture.
+fn bundle_file(path: &Path, file: &str) -> Result<Option<Box<dyn Read>>, AnalyzeError> {
+    match open_input(path)? {
+        Input::Dir => match open_input(&path.join(file)) {
+            Ok(Input::File(f, _)) => Ok(Some(Box::new(f))),
+            Ok(Input::Dir) => Ok(None),
+            Err(AnalyzeError::Read { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        },
+        Input::File(mut f, size) => {
+            let mut magic = [0u8; 2];
+            let n = f.read(&mut magic).map_err(|source| AnalyzeError::Read {
+                path: path.display().to_string(),
+                source,
+            })?;
+            if n == 2 && magic == GZIP_MAGIC {
+                Packed::new(path, size).entry(file)
+            } else {
+                Ok(None)
+            }
+        }
+    }
+}
+
+const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
+
 /// A bundle's host.json (a directory's, or a `.tar.gz`'s entry); `None` when it has none
-/// (a capture, a bundle cut before its end).
+/// (a capture, a bundle cut before its end, an archive that cannot be read: its analysis
+/// says why).
 pub fn read_host_json(path: &Path) -> Result<Option<crate::model::host::HostJson>, AnalyzeError> {
     // host.json holds a few KB per tap; more is not a bundle's.
     const MAX: u64 = 64 << 20;
@@ -131,34 +232,84 @@ pub fn read_host_json(path: &Path) -> Result<Option<crate::model::host::HostJson
         path: format!("{name}/host.json"),
         source,
     };
-    let reader: Box<dyn Read> = match open_input(path)? {
-        Input::Dir => match open_input(&path.join("host.json")) {
-            Ok(Input::File(f, _)) => Box::new(f),
-            Ok(Input::Dir) => return Ok(None),
-            Err(AnalyzeError::Read { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
-                return Ok(None)
-            }
-            Err(e) => return Err(e),
-        },
-        Input::File(f, size) => {
-            let tripped = Arc::new(AtomicBool::new(false));
-            let capped = Capped {
-                inner: flate2::read::GzDecoder::new(BufReader::new(f)),
-                left: size.saturating_mul(64).max(256 << 20),
-                tripped,
-            };
-            match tar_entry(capped, "host.json") {
-                Ok(Some(e)) => e,
-                // Not a bundle archive (a capture): no host facts.
-                Ok(None) | Err(_) => return Ok(None),
-            }
+    let reader = match bundle_file(path, "host.json") {
+        Ok(Some(r)) => r,
+        Ok(None) => return Ok(None),
+        Err(AnalyzeError::Read { .. } | AnalyzeError::TooBig { .. }) if !path.is_dir() => {
+            return Ok(None)
         }
+        Err(e) => return Err(e),
     };
     let mut bytes = Vec::new();
     reader.take(MAX).read_to_end(&mut bytes).map_err(err)?;
     serde_json::from_slice(&bytes)
         .map(Some)
         .map_err(|e| err(io::Error::new(io::ErrorKind::InvalidData, e)))
+}
+
+/// Which recording a bundle holds: the host, its boot, and when the run started. A copy
+/// of a bundle, or the bundle packed, is the same recording.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RunId {
+    pub hostname: Option<String>,
+    pub boot_id: Option<String>,
+    pub started: Option<Ts>,
+}
+
+impl RunId {
+    /// The bundle's run, from host.json (`host`) and, when that does not say when the run
+    /// started (a bundle cut before its end has no host.json), its first `attached`
+    /// record.
+    pub fn of(
+        path: &Path,
+        host: Option<&crate::model::host::HostJson>,
+    ) -> Result<Self, AnalyzeError> {
+        let known = |s: &str| Some(s.to_string()).filter(|s| !s.is_empty());
+        let mut run = RunId {
+            hostname: host.and_then(|h| known(&h.host.hostname)),
+            boot_id: host.and_then(|h| h.host.boot_id.as_deref().and_then(known)),
+            started: host.and_then(|h| h.started),
+        };
+        if run.started.is_none() {
+            if let Some(events) = bundle_file(path, "events.ndjson")? {
+                let mut lines = EventLines::new(events, String::new());
+                while let Ok(Some(r)) = lines.next_record() {
+                    if let Record::Attached { ts, .. } = r {
+                        run.started = Some(ts);
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(run)
+    }
+
+    /// Whether two bundles are of one run: the same start, on the same host and boot as
+    /// far as both say (runs started at the same nanosecond on two hosts of the same name
+    /// and boot are no two runs).
+    pub fn same(&self, other: &RunId) -> bool {
+        let agree = |a: &Option<String>, b: &Option<String>| match (a, b) {
+            (Some(a), Some(b)) => a == b,
+            _ => true,
+        };
+        self.started.is_some()
+            && self.started == other.started
+            && agree(&self.hostname, &other.hostname)
+            && agree(&self.boot_id, &other.boot_id)
+    }
+}
+
+impl std::fmt::Display for RunId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let or = |v: &Option<String>| v.clone().unwrap_or_else(|| "unknown".into());
+        write!(
+            f,
+            "host {}, boot {}, started {}",
+            or(&self.hostname),
+            or(&self.boot_id),
+            self.started.map_or("unknown".into(), |t| t.to_string())
+        )
+    }
 }
 
 /// Analyzes a bundle directory, a `.tar.gz` bundle, or a pcap/pcapng capture, handing
@@ -196,7 +347,7 @@ pub fn analyze_path(
                 path: name.clone(),
                 source,
             })?;
-            if n == 2 && magic == [0x1f, 0x8b] {
+            if n == 2 && magic == GZIP_MAGIC {
                 return analyze_tgz(path, size, out);
             }
             analyze_capture(path, tap_mac, out)
@@ -211,38 +362,15 @@ fn analyze_tgz(
     size: u64,
     out: &mut dyn FnMut(&Record) -> io::Result<()>,
 ) -> Result<Analysis, AnalyzeError> {
-    let name = path.display().to_string();
-    // A real bundle compresses 3-10x; allow far more, but not a bomb's 1000x.
-    let limit = size.saturating_mul(64).max(256 << 20);
-    let tripped = Arc::new(AtomicBool::new(false));
-    let too_big = || AnalyzeError::TooBig {
-        path: name.clone(),
-        limit,
-    };
-    let entry = |want: &str| -> Result<Option<Box<dyn Read>>, AnalyzeError> {
-        let f = File::open(path).map_err(|source| AnalyzeError::Read {
-            path: name.clone(),
-            source,
-        })?;
-        let capped = Capped {
-            inner: flate2::read::GzDecoder::new(BufReader::new(f)),
-            left: limit,
-            tripped: tripped.clone(),
-        };
-        match tar_entry(capped, want) {
-            Ok(e) => Ok(e),
-            Err(_) if tripped.load(Ordering::Relaxed) => Err(too_big()),
-            Err(source) => Err(AnalyzeError::Read {
-                path: name.clone(),
-                source,
-            }),
-        }
-    };
-    let events = entry("events.ndjson")?.ok_or_else(|| AnalyzeError::NoEvents(name.clone()))?;
-    let frames = entry("frames.pcapng")?;
+    let packed = Packed::new(path, size);
+    let name = packed.name.clone();
+    let events = packed
+        .entry("events.ndjson")?
+        .ok_or_else(|| AnalyzeError::NoEvents(name.clone()))?;
+    let frames = packed.entry("frames.pcapng")?;
     let a = analyze_bundle(&name, events, frames, out)?;
-    if tripped.load(Ordering::Relaxed) {
-        return Err(too_big());
+    if packed.tripped() {
+        return Err(packed.too_big());
     }
     Ok(a)
 }
@@ -453,5 +581,30 @@ impl<T> PartialOrd for OrdBox<T> {
 impl<T> Ord for OrdBox<T> {
     fn cmp(&self, _: &Self) -> std::cmp::Ordering {
         std::cmp::Ordering::Equal
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_run_is_its_host_boot_and_start() {
+        let at = |ms| Some(Ts(chrono::DateTime::from_timestamp_millis(ms).unwrap()));
+        let run = |host: &str, boot: Option<&str>, started| RunId {
+            hostname: Some(host.into()),
+            boot_id: boot.map(str::to_string),
+            started,
+        };
+        let a = run("hv1", Some("b1"), at(1));
+        assert!(a.same(&a.clone()));
+        // A bundle of an older version has no boot id: the host and the start decide.
+        assert!(a.same(&run("hv1", None, at(1))));
+        assert!(!a.same(&run("hv2", Some("b1"), at(1))));
+        assert!(!a.same(&run("hv1", Some("b2"), at(1))));
+        // Two runs on one host (`lab --record` writes both sides so).
+        assert!(!a.same(&run("hv1", Some("b1"), at(2))));
+        // Nothing known of when either started: nothing tells them to be one.
+        assert!(!run("hv1", None, None).same(&run("hv1", None, None)));
     }
 }
