@@ -5,7 +5,8 @@
 //! migration. The two clocks are compared with their uncertainty stated.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    cell::OnceCell,
+    collections::{BTreeMap, HashMap, HashSet},
     io,
     path::Path,
 };
@@ -39,8 +40,6 @@ struct SrcTap {
 /// record keeps those that differ).
 pub struct Merge {
     pub migrations: Vec<(MigrationRecord, Vec<HostFact>)>,
-    /// The destination's own analysis (its verdicts and summary), as `analyze DST` gives.
-    pub dst_records: Vec<Record>,
 }
 
 /// Merges a source and a destination bundle (directories or `.tar.gz`). One recording
@@ -74,12 +73,21 @@ pub fn merge(src: &Path, dst: &Path) -> Result<Merge, AnalyzeError> {
                     t.vm = Some(vm.clone());
                 }
             }
+            Record::Attached { ifname, .. } => {
+                taps.entry(ifname.clone()).or_default();
+            }
+            // Only taps the replay knows: a row of a tap never attached adds nothing, so
+            // this map grows with the taps, not with the bundle.
             Record::Frame(f) if f.direction == crate::model::Direction::FromVm => {
-                taps.entry(f.ifname.clone()).or_default().last_frame = Some(f.ts);
+                if let Some(t) = taps.get_mut(&f.ifname) {
+                    t.last_frame = Some(f.ts);
+                }
             }
             Record::Stats { ts, taps: rows } => {
                 for row in rows {
-                    let t = taps.entry(row.ifname.clone()).or_default();
+                    let Some(t) = taps.get_mut(&row.ifname) else {
+                        continue;
+                    };
                     if row.from_vm_frames > t.last_count {
                         t.last_count = row.from_vm_frames;
                         t.counted_until = t.prev_stats.map(|p| (p, *ts));
@@ -92,21 +100,17 @@ pub fn merge(src: &Path, dst: &Path) -> Result<Merge, AnalyzeError> {
         Ok(())
     };
     analyze_path(src, None, &mut follow)?;
-    let mut dst_records = Vec::new();
     // What the destination's records say of its VMs (its host.json may be missing: a
     // bundle cut short).
     let mut dst_vms: HashMap<String, VmInterface> = HashMap::new();
     let dst_analysis = analyze_path(dst, None, &mut |r: &Record| {
-        match r {
-            Record::Verdict { .. } | Record::Summary { .. } => dst_records.push(r.clone()),
-            Record::Identity {
-                ifname,
-                libvirt: Some(vm),
-                ..
-            } => {
-                dst_vms.insert(ifname.clone(), vm.clone());
-            }
-            _ => {}
+        if let Record::Identity {
+            ifname,
+            libvirt: Some(vm),
+            ..
+        } = r
+        {
+            dst_vms.insert(ifname.clone(), vm.clone());
         }
         Ok(())
     })?;
@@ -124,6 +128,7 @@ pub fn merge(src: &Path, dst: &Path) -> Result<Merge, AnalyzeError> {
         })
         .collect();
     let index = VmIndex::new(&src_vms);
+    let hosts = Compared::new(&src_host, &dst_host);
     let mut migrations = Vec::new();
     for row in &rows {
         let Some(v) = &row.verdict else { continue };
@@ -151,7 +156,7 @@ pub fn merge(src: &Path, dst: &Path) -> Result<Merge, AnalyzeError> {
                 dst_vm,
                 src_vms.get(dst_ifname.as_str()).copied(),
             );
-            let all = facts(&src_host, &dst_host, None, dst_vm);
+            let all = hosts.facts(None, dst_vm);
             let record = MigrationRecord {
                 ts: v.switchover_ts.flatten().or(seen).unwrap_or(end),
                 vm: v.vm.clone(),
@@ -229,9 +234,7 @@ pub fn merge(src: &Path, dst: &Path) -> Result<Merge, AnalyzeError> {
             _ => None,
         };
         let src_facts = src_host.taps.get(&src_ifname);
-        let all = facts(
-            &src_host,
-            &dst_host,
+        let all = hosts.facts(
             Some((src_facts, dst_facts)),
             dst_vm.or(src_vms.get(src_ifname.as_str()).copied()),
         );
@@ -254,10 +257,7 @@ pub fn merge(src: &Path, dst: &Path) -> Result<Merge, AnalyzeError> {
         };
         migrations.push((record, all));
     }
-    Ok(Merge {
-        migrations,
-        dst_records,
-    })
+    Ok(Merge { migrations })
 }
 
 /// Whether two paths name one file or directory (however spelled, through links).
@@ -365,115 +365,167 @@ fn not_found(dst_ifname: &str, dst: Option<&VmInterface>, src: Option<&VmInterfa
     }
 }
 
-/// Every fact compared, as each host has it. `taps`: the VM's tap on each host (its facts
-/// when host.json has them); `None` when the VM has no tap on the source, which leaves the
-/// taps' facts out.
-fn facts(
-    src: &HostJson,
-    dst: &HostJson,
-    taps: Option<(Option<&TapFacts>, Option<&TapFacts>)>,
-    vm: Option<&VmInterface>,
-) -> Vec<HostFact> {
-    let or_unknown = |v: Option<&str>| v.map_or_else(|| "unknown".to_string(), str::to_string);
-    let mut out = vec![
-        HostFact {
-            fact: "kernel".into(),
-            src: or_unknown(
-                Some(&src.host.kernel_release)
-                    .filter(|s| !s.is_empty())
-                    .map(|s| s.as_str()),
-            ),
-            dst: or_unknown(
-                Some(&dst.host.kernel_release)
-                    .filter(|s| !s.is_empty())
-                    .map(|s| s.as_str()),
-            ),
-        },
-        HostFact {
-            fact: "libvirt".into(),
-            src: or_unknown(src.host.libvirt_version.as_deref()),
-            dst: or_unknown(dst.host.libvirt_version.as_deref()),
-        },
-        HostFact {
-            fact: "QEMU".into(),
-            src: or_unknown(src.host.qemu_version.as_deref()),
-            dst: or_unknown(dst.host.qemu_version.as_deref()),
-        },
-        HostFact {
-            fact: "CPU model".into(),
-            src: or_unknown(src.host.cpu_model.as_deref()),
-            dst: or_unknown(dst.host.cpu_model.as_deref()),
-        },
-    ];
-    let tap = |t: Option<&TapFacts>, f: &dyn Fn(&TapFacts) -> Option<String>| {
-        t.and_then(f).unwrap_or_else(|| "unknown".into())
-    };
-    if let Some((src_tap, dst_tap)) = taps {
-        out.push(HostFact {
-            fact: "tap MAC".into(),
-            src: tap(src_tap, &|t| t.mac.map(|m| m.to_string())),
-            dst: tap(dst_tap, &|t| t.mac.map(|m| m.to_string())),
-        });
-        out.push(HostFact {
-            fact: "tap MAC derivation".into(),
-            src: tap(src_tap, &|t| t.mac_derivation.clone()),
-            dst: tap(dst_tap, &|t| t.mac_derivation.clone()),
-        });
-        out.push(HostFact {
-            fact: "MTU".into(),
-            src: tap(src_tap, &|t| t.mtu.map(|m| m.to_string())),
-            dst: tap(dst_tap, &|t| t.mtu.map(|m| m.to_string())),
-        });
+/// The most characters of a fact shown: host.json is foreign input, and a fact is
+/// repeated for every VM.
+const FACT_CHARS: usize = 200;
+/// The most missing CPU flags named (the rest are counted).
+const FLAGS_NAMED: usize = 16;
+
+/// `v` cut to [`FACT_CHARS`].
+fn shown(v: &str) -> String {
+    match v.char_indices().nth(FACT_CHARS) {
+        Some((at, _)) => format!("{}…", &v[..at]),
+        None => v.to_string(),
     }
-    if let Some(cpu) = vm.and_then(|v| v.cpu.as_ref()) {
-        // What the guest's CPU depends on: the features its definition requires, or all of
-        // the source's flags when it sees the host's CPU as it is.
-        let needed: Vec<String> = if cpu.mode.as_deref() == Some("host-passthrough") {
-            src.host.cpu_flags.clone()
-        } else {
-            cpu.features.iter().map(|f| cpuinfo_flag(f)).collect()
+}
+
+/// What is compared of the two hosts, worked out once for all their VMs: the work per VM
+/// is then its own facts, never the hosts' again.
+struct Compared<'a> {
+    src: &'a HostJson,
+    dst: &'a HostJson,
+    /// The facts of the hosts themselves (the same for every VM).
+    host: Vec<HostFact>,
+    src_flags: HashSet<&'a str>,
+    dst_flags: HashSet<&'a str>,
+    /// A host-passthrough guest depends on all of the source's flags: the same check for
+    /// every such VM.
+    passthrough: OnceCell<(String, String)>,
+}
+
+impl<'a> Compared<'a> {
+    fn new(src: &'a HostJson, dst: &'a HostJson) -> Self {
+        let or_unknown = |v: Option<&str>| v.map_or_else(|| "unknown".to_string(), shown);
+        let kernel = |h: &HostJson| {
+            or_unknown(Some(h.host.kernel_release.as_str()).filter(|s| !s.is_empty()))
         };
-        let missing = |flags: &[String]| {
-            if flags.is_empty() {
+        let clock = |h: &HostJson| match h.host.clock {
+            Some(c) if c.synchronised => format!(
+                "synchronised, estimated error {:.1} ms",
+                c.estimated_error_us as f64 / 1000.0
+            ),
+            Some(_) => "not synchronised".into(),
+            None => "unknown".into(),
+        };
+        let fact = |fact: &str, src: String, dst: String| HostFact {
+            fact: fact.into(),
+            src,
+            dst,
+        };
+        let host = vec![
+            fact("kernel", kernel(src), kernel(dst)),
+            fact(
+                "libvirt",
+                or_unknown(src.host.libvirt_version.as_deref()),
+                or_unknown(dst.host.libvirt_version.as_deref()),
+            ),
+            fact(
+                "QEMU",
+                or_unknown(src.host.qemu_version.as_deref()),
+                or_unknown(dst.host.qemu_version.as_deref()),
+            ),
+            fact(
+                "CPU model",
+                or_unknown(src.host.cpu_model.as_deref()),
+                or_unknown(dst.host.cpu_model.as_deref()),
+            ),
+            fact("clock", clock(src), clock(dst)),
+        ];
+        let flags = |h: &'a HostJson| h.host.cpu_flags.iter().map(String::as_str).collect();
+        Self {
+            src,
+            dst,
+            host,
+            src_flags: flags(src),
+            dst_flags: flags(dst),
+            passthrough: OnceCell::new(),
+        }
+    }
+
+    /// Which of `needed` each host lacks, in words.
+    fn missing<'n>(&self, needed: impl Iterator<Item = &'n str> + Clone) -> (String, String) {
+        let lacks = |h: &HostJson, flags: &HashSet<&str>| {
+            if h.host.cpu_flags.is_empty() {
                 return "unknown (no CPU flags recorded)".to_string();
             }
-            let gone: Vec<&str> = needed
-                .iter()
-                .filter(|n| !flags.contains(n))
-                .map(String::as_str)
-                .collect();
-            if gone.is_empty() {
-                format!("all {} present", needed.len())
-            } else {
-                format!("missing: {}", gone.join(", "))
+            let mut gone = needed.clone().filter(|n| !flags.contains(n));
+            let named: Vec<String> = gone.by_ref().take(FLAGS_NAMED).map(shown).collect();
+            let more = gone.count();
+            match (named.len(), more) {
+                (0, _) => format!("all {} present", needed.clone().count()),
+                (_, 0) => format!("missing: {}", named.join(", ")),
+                (n, more) => format!("missing {}: {} and {more} more", n + more, named.join(", ")),
             }
         };
-        out.push(HostFact {
-            fact: format!(
-                "guest CPU flags ({} {})",
-                cpu.mode.as_deref().unwrap_or("?"),
-                cpu.model.as_deref().unwrap_or("")
-            )
-            .trim_end()
-            .to_string(),
-            src: missing(&src.host.cpu_flags),
-            dst: missing(&dst.host.cpu_flags),
-        });
+        (
+            lacks(self.src, &self.src_flags),
+            lacks(self.dst, &self.dst_flags),
+        )
     }
-    let clock = |h: &HostJson| match h.host.clock {
-        Some(c) if c.synchronised => format!(
-            "synchronised, estimated error {:.1} ms",
-            c.estimated_error_us as f64 / 1000.0
-        ),
-        Some(_) => "not synchronised".into(),
-        None => "unknown".into(),
-    };
-    out.push(HostFact {
-        fact: "clock".into(),
-        src: clock(src),
-        dst: clock(dst),
-    });
-    out
+
+    /// Every fact compared, as each host has it. `taps`: the VM's tap on each host (its
+    /// facts when host.json has them); `None` when the VM has no tap on the source, which
+    /// leaves the taps' facts out.
+    fn facts(
+        &self,
+        taps: Option<(Option<&TapFacts>, Option<&TapFacts>)>,
+        vm: Option<&VmInterface>,
+    ) -> Vec<HostFact> {
+        let (clock, host) = self
+            .host
+            .split_last()
+            .expect("the host facts end with the clock");
+        let mut out = host.to_vec();
+        let tap = |t: Option<&TapFacts>, f: &dyn Fn(&TapFacts) -> Option<String>| {
+            t.and_then(f)
+                .map_or_else(|| "unknown".into(), |v| shown(&v))
+        };
+        if let Some((src_tap, dst_tap)) = taps {
+            out.push(HostFact {
+                fact: "tap MAC".into(),
+                src: tap(src_tap, &|t| t.mac.map(|m| m.to_string())),
+                dst: tap(dst_tap, &|t| t.mac.map(|m| m.to_string())),
+            });
+            out.push(HostFact {
+                fact: "tap MAC derivation".into(),
+                src: tap(src_tap, &|t| t.mac_derivation.clone()),
+                dst: tap(dst_tap, &|t| t.mac_derivation.clone()),
+            });
+            out.push(HostFact {
+                fact: "MTU".into(),
+                src: tap(src_tap, &|t| t.mtu.map(|m| m.to_string())),
+                dst: tap(dst_tap, &|t| t.mtu.map(|m| m.to_string())),
+            });
+        }
+        if let Some(cpu) = vm.and_then(|v| v.cpu.as_ref()) {
+            // What the guest's CPU depends on: the features its definition requires, or
+            // all of the source's flags when it sees the host's CPU as it is.
+            let (src, dst) = if cpu.mode.as_deref() == Some("host-passthrough") {
+                self.passthrough
+                    .get_or_init(|| {
+                        self.missing(self.src.host.cpu_flags.iter().map(String::as_str))
+                    })
+                    .clone()
+            } else {
+                let needed: Vec<String> = cpu.features.iter().map(|f| cpuinfo_flag(f)).collect();
+                self.missing(needed.iter().map(String::as_str))
+            };
+            out.push(HostFact {
+                fact: shown(
+                    format!(
+                        "guest CPU flags ({} {})",
+                        cpu.mode.as_deref().unwrap_or("?"),
+                        cpu.model.as_deref().unwrap_or("")
+                    )
+                    .trim_end(),
+                ),
+                src,
+                dst,
+            });
+        }
+        out.push(clock.clone());
+        out
+    }
 }
 
 #[cfg(test)]
@@ -499,6 +551,47 @@ mod tests {
             },
             ..HostJson::default()
         }
+    }
+
+    /// host.json is foreign input: a host claiming 300,000 CPU flags is checked in time
+    /// linear in them (each flag was searched for in a list: minutes).
+    #[test]
+    fn a_host_claiming_300k_cpu_flags_is_checked_in_linear_time() {
+        let flags: Vec<String> = (0..300_000).map(|i| format!("flag{i}")).collect();
+        let src = HostJson {
+            host: HostFacts {
+                cpu_flags: flags.clone(),
+                ..HostFacts::default()
+            },
+            ..HostJson::default()
+        };
+        let mut dst = src.clone();
+        // The destination lacks every tenth flag.
+        dst.host.cpu_flags.retain(|f| !f.ends_with('7'));
+        let passthrough = VmInterface {
+            cpu: Some(GuestCpu {
+                mode: Some("host-passthrough".into()),
+                ..GuestCpu::default()
+            }),
+            ..VmInterface::default()
+        };
+        let all = Compared::new(&src, &dst).facts(None, Some(&passthrough));
+        let cpu = all
+            .iter()
+            .find(|f| f.fact.starts_with("guest CPU"))
+            .unwrap();
+        assert_eq!(cpu.src, "all 300000 present");
+        assert!(
+            cpu.dst.starts_with("missing 30000: flag7, flag17, "),
+            "{}",
+            &cpu.dst[..100]
+        );
+        assert!(cpu.dst.ends_with(" and 29984 more"), "{}", cpu.dst);
+        // A fact is repeated for every VM: never longer than a line or two.
+        dst.host.cpu_model = Some("x".repeat(1 << 20));
+        let all = Compared::new(&src, &dst).facts(None, None);
+        let model = all.iter().find(|f| f.fact == "CPU model").unwrap();
+        assert_eq!(model.dst.chars().count(), FACT_CHARS + 1);
     }
 
     fn vm(uuid: Option<&str>, domain: &str, mac: Option<u8>) -> VmInterface {
@@ -552,7 +645,7 @@ mod tests {
         };
         let src = host(&["avx512f", "sse4_2"], "libvirtd (libvirt) 8.0.0");
         let dst = host(&["sse4_2"], "libvirtd (libvirt) 10.0.0");
-        let all = facts(&src, &dst, None, Some(&vm));
+        let all = Compared::new(&src, &dst).facts(None, Some(&vm));
         let get = |name: &str| all.iter().find(|f| f.fact.starts_with(name)).unwrap();
         let cpu = get("guest CPU flags");
         assert_eq!(
@@ -570,7 +663,7 @@ mod tests {
             }),
             ..VmInterface::default()
         };
-        let all = facts(&src, &dst, None, Some(&passthrough));
+        let all = Compared::new(&src, &dst).facts(None, Some(&passthrough));
         let cpu = all
             .iter()
             .find(|f| f.fact.starts_with("guest CPU"))
