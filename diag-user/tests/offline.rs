@@ -757,3 +757,59 @@ fn a_migration_without_pause_or_resume_is_dated_by_the_destination() {
     );
     assert_eq!(m["ts"], serde_json::to_value(at(5000)).unwrap(), "{m:#}");
 }
+
+/// What a line of events.ndjson costs to read is in its JSON values (each held as a node
+/// of tens of bytes however short its text), not its bytes: a 16 MB line of small objects
+/// (5 million values) is refused where the reading stops, and one just under the limit is
+/// read, both in bounded memory.
+#[test]
+fn analyze_reads_a_line_of_many_values_in_bounded_memory() {
+    let s = Scratch::new("values");
+    let attached = r#"{"type":"attached","ts":"2026-11-22T09:07:04.821526Z","ifname":"tapA","ifindex":2,"mac":"fe:16:3e:aa:bb:cc","mode":"routed","backend":"ebpf","schema":2}"#;
+    let bundle = |name: &str, objects: usize| {
+        let dir = s.0.join(name);
+        std::fs::create_dir(&dir).unwrap();
+        let mut f = BufWriter::new(File::create(dir.join("events.ndjson")).unwrap());
+        writeln!(f, "{attached}").unwrap();
+        write!(
+            f,
+            r#"{{"type":"stats","ts":"2026-11-22T09:07:05Z","taps":[],"x":["#
+        )
+        .unwrap();
+        for i in 0..objects {
+            f.write_all(if i == 0 {
+                br#"{"a":0}"#
+            } else {
+                br#",{"a":0}"#
+            })
+            .unwrap();
+        }
+        writeln!(f, "]}}").unwrap();
+        f.flush().unwrap();
+        dir
+    };
+    let (_, base_kib) = run_measured(
+        tw().args(["analyze", "--json"]).arg(fixture("bundle-v1")),
+        Duration::from_secs(60),
+    );
+    // Three values an object: just under the limit of 1,048,576, then far past it.
+    for (name, objects, refused) in [("near", 349_000, false), ("over", 2_000_000, true)] {
+        let dir = bundle(name, objects);
+        let (out, rss_kib) = run_measured(
+            tw().args(["analyze", "--json"]).arg(&dir),
+            Duration::from_secs(120),
+        );
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{name}: {err}");
+        assert_eq!(summary_of(&out)["taps"][0]["ifname"], "tapA");
+        assert_eq!(
+            err.contains("which is not a tapwatch record (more than 1048576 JSON values)"),
+            refused,
+            "{name}: {err}"
+        );
+        assert!(
+            rss_kib < base_kib + 128 * 1024,
+            "{name}: peak memory {rss_kib} KiB, {base_kib} KiB for a small bundle"
+        );
+    }
+}

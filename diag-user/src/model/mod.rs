@@ -634,13 +634,6 @@ pub struct Line<'a> {
     pub schema: u32,
 }
 
-/// The version a line says it was written in (1: before lines said so).
-pub fn schema_of(line: &serde_json::Value) -> u32 {
-    line.get("schema")
-        .and_then(|v| v.as_u64())
-        .map_or(1, |v| v.min(u32::MAX as u64) as u32)
-}
-
 /// Where records go.
 pub trait Sink {
     fn emit(&mut self, rec: &Record) -> io::Result<()>;

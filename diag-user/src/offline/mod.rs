@@ -221,17 +221,13 @@ fn bundle_file(path: &Path, file: &str) -> Result<Option<Box<dyn Read>>, Analyze
 
 const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
 
+/// The longest host.json read: it holds a few KB per tap; more is not a bundle's.
+const MAX_HOST_JSON: u64 = 64 << 20;
+
 /// A bundle's host.json (a directory's, or a `.tar.gz`'s entry); `None` when it has none
 /// (a capture, a bundle cut before its end, an archive that cannot be read: its analysis
 /// says why).
 pub fn read_host_json(path: &Path) -> Result<Option<crate::model::host::HostJson>, AnalyzeError> {
-    // host.json holds a few KB per tap; more is not a bundle's.
-    const MAX: u64 = 64 << 20;
-    let name = path.display().to_string();
-    let err = |source| AnalyzeError::Read {
-        path: format!("{name}/host.json"),
-        source,
-    };
     let reader = match bundle_file(path, "host.json") {
         Ok(Some(r)) => r,
         Ok(None) => return Ok(None),
@@ -240,11 +236,38 @@ pub fn read_host_json(path: &Path) -> Result<Option<crate::model::host::HostJson
         }
         Err(e) => return Err(e),
     };
+    let err = |source| AnalyzeError::Read {
+        path: format!("{}/host.json", path.display()),
+        source,
+    };
     let mut bytes = Vec::new();
-    reader.take(MAX).read_to_end(&mut bytes).map_err(err)?;
-    serde_json::from_slice(&bytes)
-        .map(Some)
-        .map_err(|e| err(io::Error::new(io::ErrorKind::InvalidData, e)))
+    reader
+        .take(MAX_HOST_JSON + 1)
+        .read_to_end(&mut bytes)
+        .map_err(err)?;
+    host_json_from(&bytes).map(Some).map_err(err)
+}
+
+/// host.json's facts from its bytes, refusing what no tapwatch wrote: longer than
+/// [`MAX_HOST_JSON`], more than [`bundle::MAX_VALUES`] JSON values (each costs tens of
+/// bytes to hold), nested deeper than serde_json's 128 levels, or not its fields.
+fn host_json_from(bytes: &[u8]) -> io::Result<crate::model::host::HostJson> {
+    let refuse = |what: String| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{what}; a tapwatch bundle's host.json is far smaller"),
+        )
+    };
+    if bytes.len() as u64 > MAX_HOST_JSON {
+        return Err(refuse(format!("longer than {MAX_HOST_JSON} bytes")));
+    }
+    if !bundle::within_values(bytes, bundle::MAX_VALUES) {
+        return Err(refuse(format!(
+            "more than {} JSON values",
+            bundle::MAX_VALUES
+        )));
+    }
+    serde_json::from_slice(bytes).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
 }
 
 /// Which recording a bundle holds: the host, its boot, and when the run started. A copy
@@ -586,7 +609,80 @@ impl<T> Ord for OrdBox<T> {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
+
+    fn host_json() -> String {
+        let h = crate::model::host::HostJson {
+            tool: "tapwatch".into(),
+            host: crate::model::host::HostFacts {
+                hostname: "hv1".into(),
+                cpu_flags: vec!["avx2".into(), "sse4_2".into()],
+                ..Default::default()
+            },
+            taps: [("vnet0".to_string(), Default::default())].into(),
+            ..Default::default()
+        };
+        serde_json::to_string(&h).unwrap()
+    }
+
+    /// host.json of 300,000 CPU flags is a tapwatch host's (if an odd one); one of more
+    /// values than the limit, or past the length, is refused saying why.
+    #[test]
+    fn host_json_is_read_within_its_limits() {
+        let flags: Vec<String> = (0..300_000).map(|i| format!("f{i}")).collect();
+        let many = host_json().replacen(
+            r#""cpu_flags":["avx2","sse4_2"]"#,
+            &format!(r#""cpu_flags":{}"#, serde_json::to_string(&flags).unwrap()),
+            1,
+        );
+        assert_eq!(
+            host_json_from(many.as_bytes())
+                .unwrap()
+                .host
+                .cpu_flags
+                .len(),
+            300_000
+        );
+        let over = format!(
+            r#"{{"x":[{}],{}"#,
+            vec!["0"; bundle::MAX_VALUES].join(","),
+            &host_json()[1..]
+        );
+        let e = host_json_from(over.as_bytes()).unwrap_err().to_string();
+        assert!(e.contains("more than 1048576 JSON values"), "{e}");
+        let long = vec![b' '; MAX_HOST_JSON as usize + 1];
+        let e = host_json_from(&long).unwrap_err().to_string();
+        assert!(e.contains("longer than 67108864 bytes"), "{e}");
+        let deep = format!(r#"{{"x":{}{}}}"#, "[".repeat(10_000), "]".repeat(10_000));
+        let e = host_json_from(deep.as_bytes()).unwrap_err().to_string();
+        assert!(e.contains("recursion limit"), "{e}");
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// A damaged host.json is an error, never a panic.
+        #[test]
+        fn damaged_host_json_never_panics(
+            cut in any::<prop::sample::Index>(),
+            flips in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..6),
+        ) {
+            let mut b = host_json().into_bytes();
+            for (at, v) in flips {
+                let i = at.index(b.len());
+                b[i] = v;
+            }
+            b.truncate(cut.index(b.len() + 1));
+            let _ = host_json_from(&b);
+        }
+
+        #[test]
+        fn arbitrary_host_json_never_panics(b in prop::collection::vec(any::<u8>(), 0..512)) {
+            let _ = host_json_from(&b);
+        }
+    }
 
     #[test]
     fn a_run_is_its_host_boot_and_start() {
