@@ -63,6 +63,11 @@ pub enum AnalyzeError {
     #[error("{path}: more than {max} interfaces; tapwatch analyzes at most that many")]
     TooManyTaps { path: String, max: usize },
     #[error(
+        "{path}: more than {max} attachments of taps (a tap attached again counts again); \
+         tapwatch analyzes at most that many"
+    )]
+    TooManyAttachments { path: String, max: usize },
+    #[error(
         "{src} and {dst} are one recording ({run}): `analyze SRC DST` merges the source \
          host's bundle and the destination host's bundle of one migration; give each once \
          (with `lab --record DIR`: DIR/src DIR/dst)"
@@ -494,6 +499,7 @@ fn analyze_capture(
     };
     // Pass 1: what each interface looks like.
     let mut seen: BTreeMap<String, Seen> = BTreeMap::new();
+    let mut budget = replay::MAX_SEEN;
     let mut r = open()?;
     let mut damaged = None;
     let mut count = 0u64;
@@ -509,7 +515,7 @@ fn analyze_capture(
                 }
                 seen.entry(p.ifname.clone())
                     .or_insert_with(|| Seen::new(p.ts))
-                    .see(&p);
+                    .see(&p, &mut budget);
             }
             Ok(None) => break,
             Err(e) => {
