@@ -64,13 +64,22 @@ fn main() -> ExitCode {
     })();
     match result {
         Ok(code) => code,
-        Err(e) => {
-            eprintln!("tapwatch: {e:#}");
-            match e.downcast_ref::<analyze::AnalyzeError>() {
-                Some(a) if a.is_usage() => ExitCode::from(EXIT_USAGE),
-                _ => ExitCode::FAILURE,
+        // analyze's errors name their cause in their own words already: the chain would
+        // say it twice.
+        Err(e) => match e.downcast_ref::<analyze::AnalyzeError>() {
+            Some(a) => {
+                eprintln!("tapwatch: {a}");
+                if a.is_usage() {
+                    ExitCode::from(EXIT_USAGE)
+                } else {
+                    ExitCode::FAILURE
+                }
             }
-        }
+            None => {
+                eprintln!("tapwatch: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
     }
 }
 

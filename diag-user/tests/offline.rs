@@ -813,3 +813,15 @@ fn analyze_reads_a_line_of_many_values_in_bounded_memory() {
         );
     }
 }
+
+/// An error is said once, with its cause: not again as the cause of itself.
+#[test]
+fn analyze_says_an_error_once() {
+    let s = Scratch::new("once");
+    let path = s.0.join("notes.txt");
+    std::fs::write(&path, "hello world, not a capture").unwrap();
+    let out = tw().arg("analyze").arg(&path).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(err.matches("not a pcap or pcapng file").count(), 1, "{err}");
+}
