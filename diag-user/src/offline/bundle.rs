@@ -83,7 +83,13 @@ pub(super) fn tar_entry<R: Read + 'static>(
         }
         let h = tar::Header::from_byte_slice(&header);
         let size = h.entry_size()?;
-        let padded = size.div_ceil(512) * 512;
+        // A size field in base 256 may claim up to 2^64 bytes.
+        let padded = size.checked_next_multiple_of(512).ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("a tar entry claims {size} bytes"),
+            )
+        })?;
         let kind = h.entry_type();
         if kind.is_gnu_longname() {
             // The next entry's name, too long for its header.
@@ -424,8 +430,142 @@ mod tests {
         ]
     }
 
+    /// A tar header: `name`, `size` as the size field's 12 bytes, `kind` as its type.
+    fn tar_header(name: &[u8], size: [u8; 12], kind: u8) -> [u8; 512] {
+        let mut h = [0u8; 512];
+        h[..name.len().min(100)].copy_from_slice(&name[..name.len().min(100)]);
+        h[124..136].copy_from_slice(&size);
+        h[156] = kind;
+        h
+    }
+
+    /// Octal, as tar writes a size up to 8 GiB.
+    fn octal(n: u64) -> [u8; 12] {
+        let mut f = [0u8; 12];
+        f[..11].copy_from_slice(format!("{n:011o}").as_bytes());
+        f
+    }
+
+    /// A size field in base 256 (GNU) may claim up to 2^64 - 1 bytes: refused as such,
+    /// never an overflow.
+    #[test]
+    fn a_tar_entry_claiming_any_size_is_read_or_refused() {
+        let mut huge = [0xffu8; 12];
+        huge[0] = 0x80;
+        let tar = [tar_header(b"b/other", huge, b'0').as_slice(), &[0; 1024]].concat();
+        let err = tar_entry(io::Cursor::new(tar), "events.ndjson")
+            .err()
+            .unwrap();
+        assert!(err
+            .to_string()
+            .contains("a tar entry claims 18446744073709551615 bytes"));
+        // An entry that claims more than the archive holds ends where the archive does.
+        let tar = [
+            tar_header(b"b/events.ndjson", octal(1 << 30), b'0').as_slice(),
+            b"{}",
+        ]
+        .concat();
+        let mut got = Vec::new();
+        let mut entry = tar_entry(io::Cursor::new(tar), "events.ndjson")
+            .unwrap()
+            .unwrap();
+        entry.read_to_end(&mut got).unwrap();
+        assert_eq!(got, b"{}");
+    }
+
+    /// A gzip stream that expands past its limit trips it, in bounded memory; one that
+    /// expands to exactly the limit is read.
+    #[test]
+    fn a_decompression_bomb_trips_its_limit() {
+        use std::io::Write as _;
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        gz.write_all(&vec![0u8; 4 << 20]).unwrap();
+        let bomb = gz.finish().unwrap();
+        let read = |left: u64| {
+            let tripped = Arc::new(AtomicBool::new(false));
+            let mut capped = Capped {
+                inner: flate2::read::GzDecoder::new(&bomb[..]),
+                left,
+                tripped: tripped.clone(),
+            };
+            let n = io::copy(&mut capped, &mut io::sink());
+            (n.map_err(|e| e.kind()), tripped.load(Ordering::Relaxed))
+        };
+        assert_eq!(read(4 << 20), (Ok(4 << 20), false));
+        assert_eq!(
+            read((4 << 20) - 1),
+            (Err(io::ErrorKind::FileTooLarge), true)
+        );
+    }
+
+    /// Tar headers as a damaged or hostile archive holds them.
+    fn tar_part() -> impl Strategy<Value = Vec<u8>> {
+        let name = prop_oneof![
+            Just(b"b/events.ndjson".to_vec()),
+            Just(b"events.ndjson".to_vec()),
+            Just(b"b/frames.pcapng".to_vec()),
+            prop::collection::vec(any::<u8>(), 0..100),
+        ];
+        let size = prop_oneof![
+            (0u64..2048).prop_map(octal),
+            // Base 256, up to the largest sizes.
+            prop_oneof![any::<u64>(), (u64::MAX - 1024)..=u64::MAX].prop_map(|n| {
+                let mut f = [0u8; 12];
+                f[0] = 0x80;
+                f[4..].copy_from_slice(&n.to_be_bytes());
+                f
+            }),
+            any::<[u8; 12]>(),
+        ];
+        let kind = prop_oneof![Just(b'0'), Just(b'L'), Just(b'x'), Just(b'5'), any::<u8>()];
+        (
+            name,
+            size,
+            kind,
+            prop::collection::vec(any::<u8>(), 0..1100),
+        )
+            .prop_map(|(name, size, kind, data)| {
+                [tar_header(&name, size, kind).as_slice(), &data].concat()
+            })
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// Whatever its headers claim, finding an entry ends (found, absent or refused),
+        /// never panics, and the entry found ends within the archive.
+        #[test]
+        fn any_tar_archive_is_walked_to_an_end(
+            parts in prop::collection::vec(tar_part(), 0..6),
+            cut in any::<prop::sample::Index>(),
+        ) {
+            let mut tar = parts.concat();
+            tar.truncate(cut.index(tar.len() + 1));
+            let len = tar.len() as u64;
+            if let Ok(Some(mut entry)) = tar_entry(io::Cursor::new(tar), "events.ndjson") {
+                let n = io::copy(&mut entry, &mut io::sink()).unwrap_or(0);
+                prop_assert!(n <= len);
+            }
+        }
+
+        /// Any bytes as a gzip stream: an error or what they expand to, never a panic, and
+        /// never past the limit.
+        #[test]
+        fn any_gzip_stream_is_read_within_its_limit(
+            bytes in prop::collection::vec(any::<u8>(), 0..512),
+            gzip_header in any::<bool>(),
+        ) {
+            let mut b = if gzip_header { vec![0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 3] } else { Vec::new() };
+            b.extend_from_slice(&bytes);
+            let mut capped = Capped {
+                inner: flate2::read::GzDecoder::new(&b[..]),
+                left: 4096,
+                tripped: Arc::new(AtomicBool::new(false)),
+            };
+            if let Ok(n) = io::copy(&mut capped, &mut io::sink()) {
+                prop_assert!(n <= 4096);
+            }
+        }
 
         /// Whatever the lines, reading ends (at the end or at a line it cannot read), never
         /// panics, and never returns more records than there are lines.
