@@ -825,3 +825,34 @@ fn analyze_says_an_error_once() {
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert_eq!(err.matches("not a pcap or pcapng file").count(), 1, "{err}");
 }
+
+/// A bundle written by a newer tapwatch: what this version knows is read, and the
+/// analysis says so.
+#[test]
+fn a_bundle_of_a_newer_version_says_so() {
+    let s = Scratch::new("newer");
+    let dir = s.0.join("b");
+    std::fs::create_dir(&dir).unwrap();
+    let events = std::fs::read_to_string(fixture("bundle-v1").join("events.ndjson")).unwrap();
+    let newer: String = events
+        .lines()
+        .map(|l| format!("{},\"schema\":99}}\n", l.strip_suffix('}').unwrap()))
+        .chain(std::iter::once(
+            "{\"type\":\"hologram\",\"ts\":\"2026-11-22T09:07:05Z\",\"schema\":99}\n".into(),
+        ))
+        .collect();
+    std::fs::write(dir.join("events.ndjson"), newer).unwrap();
+    std::fs::copy(
+        fixture("bundle-v1").join("frames.pcapng"),
+        dir.join("frames.pcapng"),
+    )
+    .unwrap();
+    let out = tw().args(["analyze", "--json"]).arg(&dir).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("written by a newer tapwatch (record format 99"),
+        "{err}"
+    );
+    assert_eq!(summary_of(&out)["taps"][0]["state"], "RECOVERED");
+}

@@ -469,6 +469,11 @@ fn analyze_bundle(
         }
     }
     let summary = replay.finish()?;
+    // What the reader noticed on the way (a newer format) before where it stopped.
+    let notes = std::mem::take(&mut records.notes)
+        .into_iter()
+        .chain(notes)
+        .collect();
     Ok(Analysis {
         notes,
         summary,
