@@ -198,9 +198,10 @@ impl EventLines {
         }
     }
 
-    /// The next tap record; `Err` with a note where the file stops being readable (a line
-    /// cut short by a full disk or a crash, or a damaged one): what came before counts.
-    pub(super) fn next_record(&mut self) -> Result<Option<Record>, String> {
+    /// The next tap record and the length of its line; `Err` with a note where the file
+    /// stops being readable (a line cut short by a full disk or a crash, or a damaged
+    /// one): what came before counts.
+    pub(super) fn next_record(&mut self) -> Result<Option<(Record, usize)>, String> {
         loop {
             self.buf.clear();
             let start = self.offset;
@@ -231,7 +232,7 @@ impl EventLines {
                 Err(format!("more than {} JSON values", self.max_values))
             };
             match parsed {
-                Ok(Some(r)) => return Ok(Some(r)),
+                Ok(Some(r)) => return Ok(Some((r, n))),
                 Ok(None) => continue,
                 Err(what) if !complete => {
                     return Err(format!(
@@ -318,7 +319,7 @@ mod tests {
         let mut out = Vec::new();
         loop {
             match l.next_record() {
-                Ok(Some(r)) => out.push(r),
+                Ok(Some((r, _))) => out.push(r),
                 Ok(None) => return (out, None),
                 Err(e) => return (out, Some(e)),
             }

@@ -301,7 +301,7 @@ impl RunId {
         if run.started.is_none() {
             if let Some(events) = bundle_file(path, "events.ndjson")? {
                 let mut lines = EventLines::new(events, String::new());
-                while let Ok(Some(r)) = lines.next_record() {
+                while let Ok(Some((r, _))) = lines.next_record() {
                     if let Record::Attached { ts, .. } = r {
                         run.started = Some(ts);
                         break;
@@ -433,7 +433,7 @@ fn analyze_bundle(
     loop {
         while !rec_done && rec_q.wants_more() {
             match records.next_record() {
-                Ok(Some(r)) => rec_q.push(r.ts(), r),
+                Ok(Some((r, len))) => rec_q.push(r.ts(), len, r),
                 Ok(None) => rec_done = true,
                 Err(stop) => {
                     notes.push(stop.clone());
@@ -443,7 +443,7 @@ fn analyze_bundle(
         }
         while !pkt_done && pkt_q.wants_more() {
             match packets.as_mut().map(|p| p.next_packet()) {
-                Some(Ok(Some(p))) => pkt_q.push(p.ts, p),
+                Some(Ok(Some(p))) => pkt_q.push(p.ts, p.data.len(), p),
                 Some(Ok(None)) | None => pkt_done = true,
                 Some(Err(e)) => {
                     notes.push(format!(
@@ -548,7 +548,7 @@ fn analyze_capture(
     loop {
         while !done && q.wants_more() {
             match r.next_packet() {
-                Ok(Some(p)) => q.push(p.ts, p),
+                Ok(Some(p)) => q.push(p.ts, p.data.len(), p),
                 // Pass 1 said so already.
                 Ok(None) | Err(_) => done = true,
             }
@@ -567,35 +567,49 @@ fn analyze_capture(
 /// A small reorder window: captures from several CPUs (`tcpdump -i any`) and the two files
 /// of a bundle are in time order only roughly.
 struct Reorder<T> {
-    heap: BinaryHeap<Reverse<(Ts, u64, OrdBox<T>)>>,
+    heap: BinaryHeap<Queued<T>>,
     seq: u64,
+    /// What the items held cost, in bytes of their input.
+    bytes: usize,
 }
+
+/// An item in the window, oldest first (then first come), with the bytes it came from.
+type Queued<T> = Reverse<(Ts, u64, OrdBox<(T, usize)>)>;
 
 impl<T> Default for Reorder<T> {
     fn default() -> Self {
         Self {
             heap: BinaryHeap::new(),
             seq: 0,
+            bytes: 0,
         }
     }
 }
 
 /// How many items the window holds before it hands out the oldest.
 const REORDER: usize = 1024;
+/// And how many bytes of input they may come from: a record can be a 64 MiB line, a frame
+/// a 16 MiB block, and the window holds them all at once.
+const REORDER_BYTES: usize = 64 << 20;
 
 impl<T> Reorder<T> {
     fn wants_more(&self) -> bool {
-        self.heap.len() < REORDER
+        self.heap.len() < REORDER && self.bytes < REORDER_BYTES
     }
-    fn push(&mut self, ts: Ts, item: T) {
+    /// Holds `item`, which came from `cost` bytes of input.
+    fn push(&mut self, ts: Ts, cost: usize, item: T) {
         self.seq += 1;
-        self.heap.push(Reverse((ts, self.seq, OrdBox(item))));
+        self.bytes += cost;
+        self.heap
+            .push(Reverse((ts, self.seq, OrdBox((item, cost)))));
     }
     fn peek(&self) -> Option<Ts> {
         self.heap.peek().map(|Reverse((t, _, _))| *t)
     }
     fn pop(&mut self) -> Option<T> {
-        self.heap.pop().map(|Reverse((_, _, OrdBox(i)))| i)
+        let Reverse((_, _, OrdBox((item, cost)))) = self.heap.pop()?;
+        self.bytes -= cost;
+        Some(item)
     }
 }
 
@@ -693,6 +707,26 @@ mod tests {
         fn arbitrary_host_json_never_panics(b in prop::collection::vec(any::<u8>(), 0..512)) {
             let _ = host_json_from(&b);
         }
+    }
+
+    /// The reorder window holds at most REORDER_BYTES of input at once, however few items
+    /// that is: a bundle of large records held 1024 of them.
+    #[test]
+    fn the_reorder_window_is_bounded_in_bytes() {
+        let mut q: Reorder<u32> = Reorder::default();
+        let mut n = 0;
+        while q.wants_more() {
+            q.push(Ts::default(), 1 << 20, n);
+            n += 1;
+        }
+        assert_eq!(n, 64);
+        assert_eq!(q.pop(), Some(0));
+        assert!(q.wants_more());
+        // One item past the budget is still taken, alone.
+        let mut q: Reorder<u32> = Reorder::default();
+        q.push(Ts::default(), 100 << 20, 0);
+        assert!(!q.wants_more());
+        assert_eq!((q.pop(), q.bytes), (Some(0), 0));
     }
 
     #[test]
