@@ -342,7 +342,7 @@ impl<'a> VmIndex<'a> {
 /// Why the destination's VM on `dst_ifname` has no source tap, though the source has a tap
 /// of that name.
 fn not_found(dst_ifname: &str, dst: Option<&VmInterface>, src: Option<&VmInterface>) -> String {
-    let name = |vm: &VmInterface| vm.display_name().to_string();
+    let name = |vm: &VmInterface| shown(vm.display_name());
     match (dst, src) {
         (Some(_), Some(s)) => format!(
             "the VM was not found in the source's bundle: no tap there has its UUID, domain or \
