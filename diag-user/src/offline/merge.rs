@@ -314,8 +314,8 @@ impl<'a> VmIndex<'a> {
     /// The source tap whose VM is `vm` (the first by name), if any.
     fn find(&self, vm: &VmInterface) -> Option<&'a str> {
         let (u, d) = (uuid(vm), domain(vm));
-        // Without an identifier of its own, `vm` is compared by the next one with sources
-        // that have that one or not; with it, only with sources that lack it.
+        // A weaker identifier counts only when not both have a stronger one: if `vm` has
+        // the stronger one, only with sources that lack it; if not, with any source.
         let either = |has: bool| {
             if has {
                 &[false][..]

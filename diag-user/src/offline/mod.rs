@@ -145,7 +145,7 @@ enum Input {
 }
 
 /// A packed bundle (`.tar.gz`): each entry is read from a stream of its own, decompressed
-/// as it is read, and all of them together never past a bomb's worth.
+/// as it is read and never past a bomb's worth.
 struct Packed {
     path: std::path::PathBuf,
     name: String,
