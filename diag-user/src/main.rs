@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use anyhow::Context as _;
-use diag_user::{collect, report::text};
+use diag_user::{collect, offline::AnalyzeError, report::text};
 
 mod cli;
 mod run;
@@ -38,9 +38,21 @@ fn main() -> ExitCode {
     })();
     match result {
         Ok(code) => code,
-        Err(e) => {
-            eprintln!("tapwatch: {}", text::one_line(&format!("{e:#}")));
-            ExitCode::FAILURE
-        }
+        // analyze's errors name their cause in their own words already: the chain would
+        // say it twice.
+        Err(e) => match e.downcast_ref::<AnalyzeError>() {
+            Some(a) => {
+                eprintln!("tapwatch: {}", text::one_line(&a.to_string()));
+                if a.is_usage() {
+                    ExitCode::from(run::EXIT_USAGE)
+                } else {
+                    ExitCode::FAILURE
+                }
+            }
+            None => {
+                eprintln!("tapwatch: {}", text::one_line(&format!("{e:#}")));
+                ExitCode::FAILURE
+            }
+        },
     }
 }

@@ -235,7 +235,7 @@ fn migration_sample(ts: Ts) -> MigrationRecord {
     MigrationRecord {
         ts,
         vm: "web-1".into(),
-        src_ifname: "tapA".into(),
+        src_ifname: Some("tapA".into()),
         dst_ifname: "tapA".into(),
         pause_ts: Some(ts),
         pause_from: "libvirt".into(),

@@ -15,6 +15,7 @@ use common::Scratch;
 use diag_user::{
     lab::frames,
     model::clock::Ts,
+    model::identity::VmInterface,
     model::mac::MacAddr,
     model::{Backend, Direction, FrameKind, FrameRecord, Mode, Record, TapRow},
     report::bundle::{Bundle, BundleOptions},
@@ -485,4 +486,377 @@ fn a_bundle_written_before_the_typed_records_replays() {
     ] {
         assert_eq!(row[field], n, "{field}");
     }
+}
+
+/// Records `story` into a finished bundle at `dir`, as `watch --record` writes one (host.json
+/// and summary.md from the run's verdicts).
+fn record_bundle(dir: &Path, story: &[Record]) {
+    let bundle = Bundle::create(BundleOptions {
+        dir: dir.to_path_buf(),
+        max_bytes: 1 << 30,
+        pack: false,
+    })
+    .unwrap();
+    let (writer, pusher) = Writer::spawn("bundle", bundle, |_| {}).unwrap();
+    let pipeline = Pipeline::new(Engine::new(EngineConfig::default()), vec![pusher]);
+    for rec in story {
+        pipeline.emit(rec);
+    }
+    let b = writer.close(Duration::from_secs(10)).unwrap();
+    let snap = b.snapshot(&pipeline.head().engine);
+    b.finish(&snap).unwrap();
+}
+
+/// A VM on `tap` from `t0` (ms): libvirt's identity when known, the tap, and its frames;
+/// `resumed`: it came in by migration (QEMU's RARP), as on a destination.
+fn vm_on_tap(tap: &str, vm: Option<VmInterface>, t0: i64, resumed: bool) -> Vec<Record> {
+    let frame = |ms: i64, kind: FrameKind, data: Vec<u8>, dst: MacAddr| {
+        Record::Frame(FrameRecord {
+            ts: at(t0 + ms),
+            ifname: tap.into(),
+            direction: Direction::FromVm,
+            kind,
+            src_mac: GUEST,
+            dst_mac: dst,
+            sender_ip: None,
+            target_ip: None,
+            vlan: None,
+            outer_vlan: None,
+            dst_mismatch: false,
+            len: data.len() as u32,
+            data,
+        })
+    };
+    let mut story = vec![
+        Record::Identity {
+            ts: at(t0),
+            ifname: tap.into(),
+            libvirt: vm,
+        },
+        Record::Attached {
+            ts: at(t0),
+            ifname: tap.into(),
+            ifindex: 7,
+            mac: Some(OLD),
+            mode: Mode::Routed,
+            backend: Backend::Ebpf,
+            datapath: Some(diag_user::model::DatapathKind::Drops),
+            appeared: resumed,
+            mtu: Some(1500),
+            master: None,
+        },
+    ];
+    if resumed {
+        let rarp = frames::rarp_announce(GUEST, None);
+        story.push(frame(100, FrameKind::Rarp, rarp, MacAddr([0xff; 6])));
+    }
+    let garp = frames::garp(GUEST, ip(2));
+    story.push(frame(200, FrameKind::Garp, garp, MacAddr([0xff; 6])));
+    story.push(Record::Stats {
+        ts: at(t0 + 1000),
+        taps: vec![TapRow {
+            ifname: tap.into(),
+            from_vm_frames: 1 + resumed as u64,
+            rarp_frames: resumed as u64,
+            garp_frames: 1,
+            ..TapRow::default()
+        }],
+    });
+    story
+}
+
+fn libvirt_vm(uuid: &str, domain: &str, guest: MacAddr) -> VmInterface {
+    VmInterface {
+        domain: domain.into(),
+        uuid: Some(uuid.into()),
+        tap: "vnet0".into(),
+        guest_mac: Some(guest),
+        iface_type: "bridge".into(),
+        state: Some("running".into()),
+        ..VmInterface::default()
+    }
+}
+
+fn merged(src: &Path, dst: &Path) -> (Output, Vec<Value>) {
+    let out = tw()
+        .args(["analyze", "--json"])
+        .args([src, dst])
+        .output()
+        .unwrap();
+    let recs = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|v| v["type"] == "migration")
+        .collect();
+    (out, recs)
+}
+
+/// libvirt names taps vnet0, vnet1… on every host: a tap name shared by two bundles pairs
+/// two VMs only when neither bundle knows which VM is behind it. When the identities say
+/// they are different VMs, the destination's VM is said not to be in the source's bundle.
+#[test]
+fn a_shared_tap_name_pairs_only_vms_nobody_knows() {
+    let s = Scratch::new("pairing");
+    let other = MacAddr([0xfa, 0x16, 0x3e, 0x11, 0x22, 0x33]);
+    let (src, dst) = (s.0.join("src"), s.0.join("dst"));
+    record_bundle(
+        &src,
+        &vm_on_tap(
+            "vnet0",
+            Some(libvirt_vm("uuid-a", "tenant-a", other)),
+            0,
+            false,
+        ),
+    );
+    record_bundle(
+        &dst,
+        &vm_on_tap(
+            "vnet0",
+            Some(libvirt_vm("uuid-b", "tenant-b", GUEST)),
+            5000,
+            true,
+        ),
+    );
+    let (out, recs) = merged(&src, &dst);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(recs.len(), 1, "{recs:?} {err}");
+    let m = &recs[0];
+    assert_eq!(m["vm"], "tenant-b", "{m:#}");
+    assert_eq!(m["src_ifname"], Value::Null, "{m:#}");
+    assert_eq!(m["pause_ts"], Value::Null, "{m:#}");
+    assert_eq!(m["downtime_ms"], Value::Null, "{m:#}");
+    let notes = m["notes"].to_string();
+    assert!(
+        notes.contains("not found in the source's bundle"),
+        "{notes}"
+    );
+    assert!(notes.contains("tenant-a"), "{notes}");
+    // No VM found on both sides: said, and not a success.
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("no VM of"), "{err}");
+    let text = tw().arg("analyze").args([&src, &dst]).output().unwrap();
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.contains("not found on the source"), "{text}");
+
+    // One side does not know its VM: still not enough to pair by name.
+    let unknown = s.0.join("unknown");
+    record_bundle(&unknown, &vm_on_tap("vnet0", None, 0, false));
+    let (_, recs) = merged(&unknown, &dst);
+    assert_eq!(recs[0]["src_ifname"], Value::Null, "{recs:?}");
+
+    // Neither knows: the tap name is all there is (Nova keeps it across hosts).
+    let dst_unknown = s.0.join("dst-unknown");
+    record_bundle(&dst_unknown, &vm_on_tap("vnet0", None, 5000, true));
+    let (out, recs) = merged(&unknown, &dst_unknown);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(recs[0]["src_ifname"], "vnet0", "{recs:?}");
+
+    // The same VM under another tap name: found by its identity.
+    let moved = s.0.join("moved");
+    record_bundle(
+        &moved,
+        &vm_on_tap(
+            "vnet3",
+            Some(libvirt_vm("uuid-b", "tenant-b", GUEST)),
+            0,
+            false,
+        ),
+    );
+    let (out, recs) = merged(&moved, &dst);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        (&recs[0]["src_ifname"], &recs[0]["dst_ifname"]),
+        (&"vnet3".into(), &"vnet0".into())
+    );
+    assert_eq!(recs[0]["pause_from"], "frames");
+}
+
+/// `dir` packed as `--pack` packs it, beside it.
+fn pack(dir: &Path) -> PathBuf {
+    let out = dir.with_extension("tar.gz");
+    let gz =
+        flate2::write::GzEncoder::new(File::create(&out).unwrap(), flate2::Compression::default());
+    let mut tar = tar::Builder::new(gz);
+    let base = Path::new(dir.file_name().unwrap());
+    for f in ["events.ndjson", "frames.pcapng", "host.json", "summary.md"] {
+        tar.append_path_with_name(dir.join(f), base.join(f))
+            .unwrap();
+    }
+    tar.into_inner().unwrap().finish().unwrap();
+    out
+}
+
+/// One bundle given as both the source and the destination (`DIR/dst DIR/dst`), under
+/// another path, or packed: one host and one run, never a migration. Refused as a bad
+/// command line, saying what to give instead.
+#[test]
+fn one_run_given_twice_is_refused() {
+    let s = Scratch::new("twice");
+    let (src, dst) = (s.0.join("src"), s.0.join("dst"));
+    let vm = libvirt_vm("uuid-b", "tenant-b", GUEST);
+    record_bundle(&src, &vm_on_tap("vnet0", Some(vm.clone()), 0, false));
+    record_bundle(&dst, &vm_on_tap("vnet0", Some(vm), 5000, true));
+    let copy = s.0.join("copy");
+    std::fs::create_dir(&copy).unwrap();
+    for f in ["events.ndjson", "frames.pcapng", "host.json", "summary.md"] {
+        std::fs::copy(dst.join(f), copy.join(f)).unwrap();
+    }
+    let packed = pack(&dst);
+    for (a, b) in [(&dst, &dst), (&src, &src), (&dst, &copy), (&packed, &dst)] {
+        let (out, recs) = merged(a, b);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{a:?} {b:?}: {err} {recs:?}");
+        assert!(recs.is_empty(), "{recs:?}");
+        assert!(
+            err.contains("one recording") && err.contains("the source host's bundle"),
+            "{err}"
+        );
+    }
+    // Two runs of one host (as `lab --record` writes them) are two bundles.
+    let (out, recs) = merged(&src, &dst);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(recs[0]["src_ifname"], "vnet0");
+}
+
+/// Neither the pause nor the resume known: the record is dated when the destination first
+/// saw the VM's tap, never 1970-01-01.
+#[test]
+fn a_migration_without_pause_or_resume_is_dated_by_the_destination() {
+    let s = Scratch::new("undated");
+    let (src, dst) = (s.0.join("src"), s.0.join("dst"));
+    let vm = libvirt_vm("uuid-b", "tenant-b", GUEST);
+    let no_frames = |story: Vec<Record>| -> Vec<Record> {
+        story
+            .into_iter()
+            .filter(|r| !matches!(r, Record::Frame(_)))
+            .collect()
+    };
+    record_bundle(
+        &src,
+        &no_frames(vm_on_tap("vnet0", Some(vm.clone()), 0, false)),
+    );
+    record_bundle(&dst, &no_frames(vm_on_tap("vnet4", Some(vm), 5000, false)));
+    let (out, recs) = merged(&src, &dst);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let m = &recs[0];
+    assert_eq!(
+        (&m["pause_ts"], &m["resume_ts"]),
+        (&Value::Null, &Value::Null)
+    );
+    assert_eq!(m["ts"], serde_json::to_value(at(5000)).unwrap(), "{m:#}");
+}
+
+/// What a line of events.ndjson costs to read is in its JSON values (each held as a node
+/// of tens of bytes however short its text), not its bytes: a 16 MB line of small objects
+/// (5 million values) is refused where the reading stops, and one just under the limit is
+/// read, both in bounded memory.
+#[test]
+fn analyze_reads_a_line_of_many_values_in_bounded_memory() {
+    let s = Scratch::new("values");
+    let attached = r#"{"type":"attached","ts":"2026-11-22T09:07:04.821526Z","ifname":"tapA","ifindex":2,"mac":"fe:16:3e:aa:bb:cc","mode":"routed","backend":"ebpf","schema":2}"#;
+    let bundle = |name: &str, objects: usize| {
+        let dir = s.0.join(name);
+        std::fs::create_dir(&dir).unwrap();
+        let mut f = BufWriter::new(File::create(dir.join("events.ndjson")).unwrap());
+        writeln!(f, "{attached}").unwrap();
+        write!(
+            f,
+            r#"{{"type":"stats","ts":"2026-11-22T09:07:05Z","taps":[],"x":["#
+        )
+        .unwrap();
+        for i in 0..objects {
+            f.write_all(if i == 0 {
+                br#"{"a":0}"#
+            } else {
+                br#",{"a":0}"#
+            })
+            .unwrap();
+        }
+        writeln!(f, "]}}").unwrap();
+        f.flush().unwrap();
+        dir
+    };
+    let (_, base_kib) = run_measured(
+        tw().args(["analyze", "--json"]).arg(fixture("bundle-v1")),
+        Duration::from_secs(60),
+    );
+    // Three values an object: just under the limit of 1,048,576, then far past it.
+    for (name, objects, refused) in [("near", 349_000, false), ("over", 2_000_000, true)] {
+        let dir = bundle(name, objects);
+        let (out, rss_kib) = run_measured(
+            tw().args(["analyze", "--json"]).arg(&dir),
+            Duration::from_secs(120),
+        );
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{name}: {err}");
+        assert_eq!(summary_of(&out)["taps"][0]["ifname"], "tapA");
+        assert_eq!(
+            err.contains("which is not a tapwatch record (more than 1048576 JSON values)"),
+            refused,
+            "{name}: {err}"
+        );
+        assert!(
+            rss_kib < base_kib + 128 * 1024,
+            "{name}: peak memory {rss_kib} KiB, {base_kib} KiB for a small bundle"
+        );
+    }
+}
+
+/// An error is said once, with its cause: not again as the cause of itself.
+#[test]
+fn analyze_says_an_error_once() {
+    let s = Scratch::new("once");
+    let path = s.0.join("notes.txt");
+    std::fs::write(&path, "hello world, not a capture").unwrap();
+    let out = tw().arg("analyze").arg(&path).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(err.matches("not a pcap or pcapng file").count(), 1, "{err}");
+}
+
+/// A bundle written by a newer tapwatch: what this version knows is read, and the
+/// analysis says so.
+#[test]
+fn a_bundle_of_a_newer_version_says_so() {
+    let s = Scratch::new("newer");
+    let dir = s.0.join("b");
+    std::fs::create_dir(&dir).unwrap();
+    let events = std::fs::read_to_string(fixture("bundle-v1").join("events.ndjson")).unwrap();
+    let newer: String = events
+        .lines()
+        .map(|l| format!("{},\"schema\":99}}\n", l.strip_suffix('}').unwrap()))
+        .chain(std::iter::once(
+            "{\"type\":\"hologram\",\"ts\":\"2026-11-22T09:07:05Z\",\"schema\":99}\n".into(),
+        ))
+        .collect();
+    std::fs::write(dir.join("events.ndjson"), newer).unwrap();
+    std::fs::copy(
+        fixture("bundle-v1").join("frames.pcapng"),
+        dir.join("frames.pcapng"),
+    )
+    .unwrap();
+    let out = tw().args(["analyze", "--json"]).arg(&dir).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("written by a newer tapwatch (record format 99"),
+        "{err}"
+    );
+    assert_eq!(summary_of(&out)["taps"][0]["state"], "RECOVERED");
 }

@@ -129,7 +129,10 @@ mod tests {
                     40 22 0:40 / /var/lib/nova/instances rw shared:20 - nfs4 nfs:/srv rw\n\
                     41 22 0:41 / /var/lib/nova/instances\\040old rw - xfs /dev/vdb rw\n";
         let t = |p: &str| fs_type_of(info, Path::new(p));
-        assert_eq!(t("/var/lib/nova/instances/abc/disk").as_deref(), Some("nfs4"));
+        assert_eq!(
+            t("/var/lib/nova/instances/abc/disk").as_deref(),
+            Some("nfs4")
+        );
         assert_eq!(t("/var/lib/nova/instances old/x").as_deref(), Some("xfs"));
         assert_eq!(t("/etc").as_deref(), Some("ext4"));
         assert!(shared_fs("nfs4") && shared_fs("fuse.glusterfs") && !shared_fs("ext4"));

@@ -72,6 +72,10 @@ pub fn tap_mac_derivation(vm: Option<&VmInterface>, mac: Option<MacAddr>) -> Str
 pub struct HostFacts {
     pub kernel_release: String,
     pub hostname: String,
+    /// The kernel's boot id (`/proc/sys/kernel/random/boot_id`): with the hostname and the
+    /// run's start, which recording a bundle is (absent in bundles of older versions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot_id: Option<String>,
     /// `libvirtd --version` (or the modular daemon's), when libvirt is installed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub libvirt_version: Option<String>,
@@ -192,6 +196,7 @@ impl HostFacts {
         Self {
             kernel_release: read_trim("/proc/sys/kernel/osrelease"),
             hostname: read_trim("/proc/sys/kernel/hostname"),
+            boot_id: Some(read_trim("/proc/sys/kernel/random/boot_id")).filter(|b| !b.is_empty()),
             libvirt_version: version_of(&["libvirtd", "virtqemud"]),
             qemu_version: version_of(&["qemu-system-x86_64", "qemu-system-aarch64", "qemu-kvm"]),
             cpu_model,
@@ -244,6 +249,12 @@ mod tests {
         let h = HostFacts::gather();
         assert!(!h.kernel_release.is_empty());
         assert!(h.clock.is_some());
+        assert_eq!(
+            h.boot_id.as_ref().map(String::len),
+            Some(36),
+            "{:?}",
+            h.boot_id
+        );
         let json = serde_json::to_string(&h).unwrap();
         let back: HostFacts = serde_json::from_str(&json).unwrap();
         assert_eq!(back, h);

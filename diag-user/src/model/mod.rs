@@ -313,8 +313,9 @@ pub struct MigrationRecord {
     /// When the VM resumed on the destination (else when it paused on the source).
     pub ts: Ts,
     pub vm: String,
-    /// The VM's tap on each host.
-    pub src_ifname: String,
+    /// The VM's tap on each host; on the source `None` when the VM was not found there
+    /// (a note says why).
+    pub src_ifname: Option<String>,
     pub dst_ifname: String,
     /// When the VM stopped on the source (the stop-and-copy): libvirt's status file
     /// saying it paused for the migration, else its last frame seen there, else the
@@ -502,13 +503,6 @@ pub struct Line<'a> {
     #[serde(flatten)]
     pub record: &'a Record,
     pub schema: u32,
-}
-
-/// The version a line says it was written in (1: before lines said so).
-pub fn schema_of(line: &serde_json::Value) -> u32 {
-    line.get("schema")
-        .and_then(|v| v.as_u64())
-        .map_or(1, |v| v.min(u32::MAX as u64) as u32)
 }
 
 /// Where records go.

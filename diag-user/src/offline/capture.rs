@@ -2,7 +2,7 @@
 //! (`tcpdump -i any`). Every frame comes out as an Ethernet frame with what the capture
 //! knew about it; a damaged file is an error naming the byte offset, never a panic.
 
-use std::time::Duration;
+use std::{io::Read, time::Duration};
 
 use chrono::DateTime;
 use pcap_file::{
@@ -17,6 +17,7 @@ use pcap_file::{
     DataLink, PcapError,
 };
 
+use super::MAX_TAPS;
 use crate::model::clock::Ts;
 use diag_common::Direction;
 
@@ -74,6 +75,143 @@ fn ts_of(d: Duration) -> Ts {
 /// The longest block or record a reader accepts: far past any real snap length, and the
 /// most memory one block may take.
 pub const MAX_BLOCK: usize = 16 << 20;
+/// The longest pcapng section header or interface description accepted, and the most
+/// bytes of options of a packet block: what is parsed into lists (real ones are a few
+/// hundred bytes).
+pub const MAX_DESCRIPTION: usize = 64 << 10;
+/// The longest interface name accepted: it names every frame of the interface (Linux
+/// allows 15 bytes).
+pub const MAX_IFNAME: usize = 256;
+
+const SECTION_HEADER: u32 = 0x0A0D_0D0A;
+const INTERFACE_DESCRIPTION: u32 = 1;
+const ENHANCED_PACKET: u32 = 6;
+
+/// What a frame needs of its interface, read once from its description.
+struct Interface {
+    name: String,
+    linktype: DataLink,
+    /// Timestamps count units of 10^-tsresol s.
+    tsresol: u32,
+}
+
+impl Interface {
+    fn of(
+        idb: &pcap_file::pcapng::blocks::interface_description::InterfaceDescriptionBlock<'_>,
+        id: usize,
+        offset: usize,
+    ) -> Result<Self, CaptureError> {
+        let mut me = Interface {
+            name: format!("if{id}"),
+            linktype: idb.linktype,
+            tsresol: 6,
+        };
+        for o in &idb.options {
+            match o {
+                InterfaceDescriptionOption::IfName(n) if n.len() > MAX_IFNAME => {
+                    return Err(CaptureError::Corrupt {
+                        offset,
+                        what: format!(
+                            "an interface name longer than {MAX_IFNAME} bytes ({} bytes)",
+                            n.len()
+                        ),
+                    })
+                }
+                InterfaceDescriptionOption::IfName(n) => me.name = n.to_string(),
+                InterfaceDescriptionOption::IfTsResol(r) if *r <= 9 => me.tsresol = *r as u32,
+                _ => {}
+            }
+        }
+        Ok(me)
+    }
+}
+
+/// A pcapng block's type and length from its first bytes, when they are there: a
+/// section header says its byte order itself, other blocks are in their section's.
+fn block_head(b: &[u8], order: pcap_file::Endianness) -> Option<(u32, usize)> {
+    let word = |at: usize, big: bool| {
+        let w: [u8; 4] = b.get(at..at + 4)?.try_into().ok()?;
+        Some(if big {
+            u32::from_be_bytes(w)
+        } else {
+            u32::from_le_bytes(w)
+        })
+    };
+    let kind = word(0, true)?;
+    let big = if kind == SECTION_HEADER {
+        word(8, true)? == 0x1A2B_3C4D
+    } else {
+        order == pcap_file::Endianness::Big
+    };
+    let kind = if kind == SECTION_HEADER {
+        kind
+    } else {
+        word(0, big)?
+    };
+    Some((kind, word(4, big)? as usize))
+}
+
+/// How a pcapng block is read.
+enum BlockRead {
+    /// Parsed: a section header, an interface description, an enhanced packet block.
+    Parse,
+    /// Stepped over unparsed: nothing a frame needs is in it (name resolution,
+    /// statistics, secrets, blocks of later versions).
+    Skip,
+}
+
+/// How to read the block that `head` starts, checked before it is parsed: parsing keeps
+/// a section header or an interface description for the whole section and makes a list
+/// entry of tens of bytes of every option, so each is at most [`MAX_DESCRIPTION`] bytes
+/// (a packet block's options too), and a section at most [`MAX_TAPS`] interfaces.
+fn plan(
+    head: &[u8],
+    order: pcap_file::Endianness,
+    interfaces: usize,
+    offset: usize,
+) -> Result<BlockRead, CaptureError> {
+    let Some((kind, len)) = block_head(head, order) else {
+        // Too short to tell: the parser asks for more.
+        return Ok(BlockRead::Parse);
+    };
+    let refuse = |what: String| CaptureError::Corrupt { offset, what };
+    match kind {
+        SECTION_HEADER | INTERFACE_DESCRIPTION => {
+            let what = if kind == SECTION_HEADER {
+                "a section header"
+            } else {
+                "an interface description"
+            };
+            if len > MAX_DESCRIPTION {
+                return Err(refuse(format!(
+                    "{what} of {len} bytes; tapwatch reads ones of up to {MAX_DESCRIPTION}"
+                )));
+            }
+            if kind == INTERFACE_DESCRIPTION && interfaces >= MAX_TAPS {
+                return Err(refuse(format!(
+                    "more than {MAX_TAPS} interfaces in one section"
+                )));
+            }
+            Ok(BlockRead::Parse)
+        }
+        ENHANCED_PACKET => {
+            let Some((_, caplen)) = block_head(head.get(16..).unwrap_or(&[]), order) else {
+                return Ok(BlockRead::Parse);
+            };
+            // Type, length, interface, timestamp, lengths (28 bytes), the frame padded to
+            // 4 bytes, the options, the length again.
+            let options = len.saturating_sub(32 + caplen.div_ceil(4) * 4);
+            if options > MAX_DESCRIPTION {
+                return Err(refuse(format!(
+                    "a packet block with {options} bytes of options; tapwatch reads up to \
+                     {MAX_DESCRIPTION}"
+                )));
+            }
+            Ok(BlockRead::Parse)
+        }
+        _ => Ok(BlockRead::Skip),
+    }
+}
 
 /// Which file format, and its parser's state.
 enum Format {
@@ -92,6 +230,8 @@ pub struct CaptureReader<R> {
     base: u64,
     eof: bool,
     format: Format,
+    /// The interfaces of the current pcapng section, in order.
+    interfaces: Vec<Interface>,
 }
 
 const CHUNK: usize = 64 * 1024;
@@ -106,6 +246,7 @@ impl<R: std::io::Read> CaptureReader<R> {
             base: 0,
             eof: false,
             format: Format::Pcap(PcapParser::new(&PCAP_STUB).expect("a valid header").1),
+            interfaces: Vec::new(),
         };
         // Enough for either file header.
         while r.buf.len() < 4 && !r.eof {
@@ -114,8 +255,11 @@ impl<R: std::io::Read> CaptureReader<R> {
         let format = loop {
             let head = &r.buf[..];
             let parsed = match head.get(..4) {
-                Some([0x0a, 0x0d, 0x0d, 0x0a]) => PcapNgParser::new(head)
-                    .map(|(rest, p)| (head.len() - rest.len(), Format::PcapNg(p))),
+                Some([0x0a, 0x0d, 0x0d, 0x0a]) => {
+                    plan(head, pcap_file::Endianness::Big, 0, 0)?;
+                    PcapNgParser::new(head)
+                        .map(|(rest, p)| (head.len() - rest.len(), Format::PcapNg(p)))
+                }
                 Some(
                     [0xd4, 0xc3, 0xb2, 0xa1]
                     | [0xa1, 0xb2, 0xc3, 0xd4]
@@ -158,22 +302,15 @@ impl<R: std::io::Read> CaptureReader<R> {
             self.base += self.pos as u64;
             self.pos = 0;
         }
-        let old = self.buf.len();
-        self.buf.resize(old + CHUNK, 0);
-        let n = loop {
-            match self.src.read(&mut self.buf[old..]) {
-                Ok(n) => break n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    self.buf.truncate(old);
-                    return Err(CaptureError::Read {
-                        offset: self.base + old as u64,
-                        source: e,
-                    });
-                }
-            }
-        };
-        self.buf.truncate(old + n);
+        // Up to a chunk, however little each read gives (a decompressor, a pipe): the cost
+        // is in the bytes read, never a chunk's worth per read.
+        let n = (&mut self.src)
+            .take(CHUNK as u64)
+            .read_to_end(&mut self.buf)
+            .map_err(|source| CaptureError::Read {
+                offset: self.base + self.buf.len() as u64,
+                source,
+            })?;
         if n == 0 {
             self.eof = true;
         }
@@ -209,10 +346,19 @@ impl<R: std::io::Read> CaptureReader<R> {
                     });
                     (used, p)
                 }),
-                Format::PcapNg(parser) => parser.next_block(avail).map(|(rest, block)| {
-                    let used = avail.len() - rest.len();
-                    (used, pcapng_packet(parser, block, offset))
-                }),
+                Format::PcapNg(parser) => {
+                    let order = parser.section().endianness;
+                    let interfaces = &mut self.interfaces;
+                    match plan(avail, order, interfaces.len(), offset)? {
+                        BlockRead::Parse => parser.next_block(avail).map(|(rest, block)| {
+                            let used = avail.len() - rest.len();
+                            (used, pcapng_packet(interfaces, block, offset))
+                        }),
+                        BlockRead::Skip => parser
+                            .next_raw_block(avail)
+                            .map(|(rest, _)| (avail.len() - rest.len(), Ok(None))),
+                    }
+                }
             };
             match step {
                 Ok((used, p)) => {
@@ -246,54 +392,52 @@ const PCAP_STUB: [u8; 24] = [
     0xd4, 0xc3, 0xb2, 0xa1, 2, 0, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0, 0, 1, 0, 0, 0,
 ];
 
-/// The frame of a pcapng block, if it is a packet.
+/// The frame of a pcapng block, if it is a packet; a section header or an interface
+/// description updates `interfaces` (as the parser does its own).
 fn pcapng_packet(
-    parser: &PcapNgParser,
+    interfaces: &mut Vec<Interface>,
     block: Block<'_>,
     offset: usize,
 ) -> Result<Option<Packet>, CaptureError> {
-    let Block::EnhancedPacket(epb) = block else {
-        return Ok(None);
+    let epb = match block {
+        Block::EnhancedPacket(epb) => epb,
+        Block::SectionHeader(_) => {
+            interfaces.clear();
+            return Ok(None);
+        }
+        Block::InterfaceDescription(idb) => {
+            interfaces.push(Interface::of(&idb, interfaces.len(), offset)?);
+            return Ok(None);
+        }
+        _ => return Ok(None),
     };
-    let Some(idb) = parser.packet_interface(&epb) else {
+    let Some(idb) = interfaces.get(epb.interface_id as usize) else {
         return Err(CaptureError::Corrupt {
             offset,
             what: format!("packet of unknown interface {}", epb.interface_id),
         });
     };
-    let mut ifname = format!("if{}", epb.interface_id);
-    // Timestamps count units of 10^-tsresol s (default microseconds); the parser hands
-    // the raw count over as if it were nanoseconds.
-    let mut resol = 6u32;
-    for o in &idb.options {
-        match o {
-            InterfaceDescriptionOption::IfName(n) => ifname = n.to_string(),
-            InterfaceDescriptionOption::IfTsResol(r) if *r <= 9 => resol = *r as u32,
-            _ => {}
-        }
-    }
+    // The parser hands the raw count of 10^-tsresol s over as if it were nanoseconds.
     let ns = epb
         .timestamp
         .as_nanos()
-        .saturating_mul(10u128.pow(9 - resol));
+        .saturating_mul(10u128.pow(9 - idb.tsresol));
     let ts = ts_of(Duration::from_nanos(ns.min(u64::MAX as u128) as u64));
     let flag_dir = epb.options.iter().find_map(|o| match o {
         EnhancedPacketOption::Flags(f) if f & 3 == 1 => Some(Direction::FromVm),
         EnhancedPacketOption::Flags(f) if f & 3 == 2 => Some(Direction::ToVm),
         _ => None,
     });
-    Ok(
-        decode(idb.linktype, &epb.data, &ifname, offset)?.map(
-            |(data, name, direction, pkttype)| Packet {
-                ts,
-                ifname: name,
-                orig_len: frame_len(epb.original_len, &epb.data, &data),
-                data,
-                direction: direction.or(flag_dir),
-                pkttype,
-            },
-        ),
-    )
+    Ok(decode(idb.linktype, &epb.data, &idb.name, offset)?.map(
+        |(data, name, direction, pkttype)| Packet {
+            ts,
+            ifname: name,
+            orig_len: frame_len(epb.original_len, &epb.data, &data),
+            data,
+            direction: direction.or(flag_dir),
+            pkttype,
+        },
+    ))
 }
 
 /// Reads a whole capture in memory (tests and small inputs).
@@ -494,8 +638,321 @@ mod tests {
         }
     }
 
+    /// A pcapng's section and one interface described by `idb`, and one 60-byte frame on
+    /// it (an Enhanced Packet Block), apart.
+    fn pcapng_parts(idb: Vec<InterfaceDescriptionOption<'static>>) -> (Vec<u8>, Vec<u8>) {
+        use pcap_file::pcapng::{
+            blocks::{
+                enhanced_packet::EnhancedPacketBlock,
+                interface_description::InterfaceDescriptionBlock,
+            },
+            PcapNgWriter,
+        };
+        let mut w = PcapNgWriter::new(Vec::new()).unwrap();
+        w.write_pcapng_block(InterfaceDescriptionBlock {
+            linktype: DataLink::ETHERNET,
+            snaplen: 0,
+            options: idb,
+        })
+        .unwrap();
+        let head = w.get_ref().len();
+        let frame = crate::lab::frames::rarp_announce(
+            crate::model::mac::MacAddr([0xfa, 0x16, 0x3e, 1, 2, 3]),
+            None,
+        );
+        w.write_pcapng_block(EnhancedPacketBlock {
+            interface_id: 0,
+            timestamp: Duration::from_secs(1_790_000_000),
+            original_len: 60,
+            data: frame.as_slice().into(),
+            options: vec![],
+        })
+        .unwrap();
+        let mut bytes = w.into_inner();
+        let packet = bytes.split_off(head);
+        (bytes, packet)
+    }
+
+    /// The capture as a stream: the section and interface, then `packets` frames, made as
+    /// they are read (a capture of millions of frames without holding it).
+    fn pcapng(
+        idb: Vec<InterfaceDescriptionOption<'static>>,
+        packets: usize,
+    ) -> CaptureReader<Repeated> {
+        let (head, packet) = pcapng_parts(idb);
+        CaptureReader::new(Repeated {
+            head,
+            packet,
+            left: packets,
+            at: 0,
+        })
+        .unwrap()
+    }
+
+    /// `head`, then `packet` `left` times.
+    struct Repeated {
+        head: Vec<u8>,
+        packet: Vec<u8>,
+        left: usize,
+        /// Where in the current part the next read starts.
+        at: usize,
+    }
+
+    impl std::io::Read for Repeated {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let part = if !self.head.is_empty() {
+                &self.head
+            } else if self.left > 0 {
+                &self.packet
+            } else {
+                return Ok(0);
+            };
+            let n = buf.len().min(part.len() - self.at);
+            buf[..n].copy_from_slice(&part[self.at..self.at + n]);
+            self.at += n;
+            if self.at == part.len() {
+                self.at = 0;
+                if self.head.is_empty() {
+                    self.left -= 1;
+                } else {
+                    self.head.clear();
+                }
+            }
+            Ok(n)
+        }
+    }
+
+    /// How many frames `r` gives, or where it stopped and why.
+    fn count(mut r: CaptureReader<impl std::io::Read>) -> Result<usize, String> {
+        let mut n = 0;
+        while r.next_packet().map_err(|e| e.to_string())?.is_some() {
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// An interface described with 16,000 options, then a million frames on it: each frame
+    /// looked through all the options (minutes); now the interface is read once.
+    #[test]
+    fn an_interface_of_many_options_is_read_once() {
+        let mut options = vec![InterfaceDescriptionOption::IfName("tap0".into())];
+        options.extend((0..16_000).map(|_| InterfaceDescriptionOption::Comment("".into())));
+        let mut r = pcapng(options, 1_000_000);
+        assert_eq!(r.next_packet().unwrap().unwrap().ifname, "tap0");
+        assert_eq!(count(r), Ok(999_999));
+    }
+
+    /// Interface descriptions are held for the whole file and their names copied into every
+    /// frame: one longer than 64 KiB, or a name longer than 256 bytes, is refused.
+    #[test]
+    fn an_interface_description_past_the_limits_is_refused() {
+        let name = |n: usize| vec![InterfaceDescriptionOption::IfName("t".repeat(n).into())];
+        assert_eq!(count(pcapng(name(256), 3)), Ok(3));
+        let err = count(pcapng(name(257), 1_000_000)).unwrap_err();
+        assert!(
+            err.contains("an interface name longer than 256 bytes"),
+            "{err}"
+        );
+        let big = vec![InterfaceDescriptionOption::Comment(
+            "c".repeat(1 << 20).into(),
+        )];
+        let err = count(pcapng(big, 3)).unwrap_err();
+        assert!(
+            err.contains("an interface description of 1048604 bytes") && err.contains("65536"),
+            "{err}"
+        );
+    }
+
+    /// A little-endian pcapng block of `kind` around `body`.
+    fn raw_block(kind: u32, body: &[u8]) -> Vec<u8> {
+        let len = (body.len().div_ceil(4) * 4 + 12) as u32;
+        let mut b = [kind.to_le_bytes(), len.to_le_bytes()].concat();
+        b.extend_from_slice(body);
+        b.resize(len as usize - 4, 0);
+        b.extend_from_slice(&len.to_le_bytes());
+        b
+    }
+
+    /// A block that says nothing a frame needs is stepped over unparsed, however large
+    /// (parsing a name resolution block made tens of bytes of every record); a packet
+    /// block's options are parsed only up to MAX_DESCRIPTION bytes of them.
+    #[test]
+    fn blocks_are_parsed_only_for_what_frames_need() {
+        let (head, packet) = pcapng_parts(vec![]);
+        let names = raw_block(4, &[1, 0, 4, 0, 10, 0, 0, 1].repeat(1 << 17));
+        let bytes = [head.clone(), names, packet.clone()].concat();
+        assert_eq!(read(&bytes).unwrap().len(), 1);
+        // The same frame with options, their end marker included: at the limit, past it.
+        let epb = |options: usize| {
+            let body = &packet[8..packet.len() - 4];
+            let mut b = body.to_vec();
+            b.extend(std::iter::repeat_n([1u8, 0, 0, 0], options / 4).flatten());
+            b.extend_from_slice(&[0, 0, 0, 0]);
+            raw_block(ENHANCED_PACKET, &b)
+        };
+        let near = [head.clone(), epb(MAX_DESCRIPTION - 4)].concat();
+        assert_eq!(read(&near).unwrap().len(), 1);
+        let over = [head, epb(MAX_DESCRIPTION + 4)].concat();
+        let err = read(&over).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(
+            err.contains("a packet block with 65544 bytes of options"),
+            "{err}"
+        );
+    }
+
+    /// A reader that gives one byte a read (a pipe, a decompressor at its block edges).
+    struct Trickle<'a>(&'a [u8]);
+    impl std::io::Read for Trickle<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let Some((&b, rest)) = self.0.split_first() else {
+                return Ok(0);
+            };
+            match buf.first_mut() {
+                Some(slot) => {
+                    *slot = b;
+                    self.0 = rest;
+                    Ok(1)
+                }
+                None => Ok(0),
+            }
+        }
+    }
+
+    /// Each read cost a chunk's worth of work (64 KiB zeroed) however little it gave: a
+    /// capture read a byte at a time took minutes a megabyte.
+    #[test]
+    fn a_capture_read_a_byte_at_a_time_is_read_in_linear_time() {
+        use pcap_file::pcap::{PcapHeader, PcapPacket, PcapWriter};
+        let mut w = PcapWriter::with_header(Vec::new(), PcapHeader::default()).unwrap();
+        let frame = crate::lab::frames::rarp_announce(
+            crate::model::mac::MacAddr([0xfa, 0x16, 0x3e, 1, 2, 3]),
+            None,
+        );
+        for i in 0..12_000 {
+            w.write_packet(&PcapPacket::new(Duration::from_micros(i), 60, &frame))
+                .unwrap();
+        }
+        let bytes = w.into_writer();
+        assert!(bytes.len() > 900_000);
+        assert_eq!(
+            count(CaptureReader::new(Trickle(&bytes)).unwrap()),
+            Ok(12_000)
+        );
+    }
+
+    /// A block that claims more than MAX_BLOCK is refused once that much is buffered,
+    /// never read on; one just under it is read.
+    #[test]
+    fn a_block_past_the_size_limit_is_refused() {
+        use pcap_file::pcap::{PcapHeader, PcapPacket, PcapWriter};
+        let mut w = PcapWriter::with_header(
+            Vec::new(),
+            PcapHeader {
+                snaplen: u32::MAX,
+                ..PcapHeader::default()
+            },
+        )
+        .unwrap();
+        let near = vec![0u8; MAX_BLOCK - 16];
+        w.write_packet(&PcapPacket::new(Duration::ZERO, near.len() as u32, &near))
+            .unwrap();
+        let mut bytes = w.into_writer();
+        assert_eq!(count(CaptureReader::new(&bytes[..]).unwrap()), Ok(1));
+        // A record header that claims 4 GiB, and more than MAX_BLOCK after it.
+        bytes.extend_from_slice(&[0; 8]);
+        bytes.extend_from_slice(&u32::MAX.to_le_bytes());
+        bytes.extend_from_slice(&u32::MAX.to_le_bytes());
+        bytes.resize(bytes.len() + MAX_BLOCK + 1, 0);
+        let err = count(CaptureReader::new(&bytes[..]).unwrap()).unwrap_err();
+        assert!(
+            err.contains(&format!("byte offset {}", 24 + 16 + MAX_BLOCK - 16))
+                && err.contains("a block longer than 16777216 bytes"),
+            "{err}"
+        );
+    }
+
+    /// pcapng blocks as a damaged or hostile file may hold them: any type, a length that
+    /// is right, wrong or huge, any body, any byte order.
+    fn pcapng_block() -> impl Strategy<Value = Vec<u8>> {
+        let kind = prop_oneof![
+            Just(SECTION_HEADER),
+            Just(INTERFACE_DESCRIPTION),
+            Just(6u32),
+            Just(3u32),
+            Just(4u32),
+            Just(5u32),
+            any::<u32>()
+        ];
+        let len = prop_oneof![Just(None), any::<u32>().prop_map(Some)];
+        (
+            kind,
+            len,
+            prop::collection::vec(any::<u8>(), 0..96),
+            any::<bool>(),
+        )
+            .prop_map(|(kind, len, mut body, big)| {
+                let word = |w: u32| {
+                    if big {
+                        w.to_be_bytes()
+                    } else {
+                        w.to_le_bytes()
+                    }
+                };
+                if kind == SECTION_HEADER {
+                    let mut shb = word(0x1A2B_3C4D).to_vec();
+                    shb.extend_from_slice(&[1, 0, 0, 0]);
+                    shb.extend_from_slice(&body);
+                    body = shb;
+                }
+                body.resize(body.len().div_ceil(4) * 4, 0);
+                let total = len.unwrap_or(body.len() as u32 + 12);
+                let mut b = word(kind).to_vec();
+                b.extend_from_slice(&word(total));
+                b.extend_from_slice(&body);
+                b.extend_from_slice(&word(total));
+                b
+            })
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        /// A pcapng of arbitrary blocks after a real section header and interface: frames
+        /// or an error, never a panic, never more frames than blocks.
+        #[test]
+        fn arbitrary_pcapng_blocks_never_panic(
+            blocks in prop::collection::vec(pcapng_block(), 0..8),
+            cut in any::<prop::sample::Index>(),
+        ) {
+            let (mut bytes, packet) = pcapng_parts(vec![]);
+            bytes.extend_from_slice(&packet);
+            for b in &blocks {
+                bytes.extend_from_slice(b);
+            }
+            bytes.truncate(cut.index(bytes.len() + 1));
+            if let Ok(p) = read(&bytes) {
+                prop_assert!(p.len() <= blocks.len() + 1);
+            }
+        }
+
+        /// pcap records whose lengths claim anything (up to 4 GiB): read or refused.
+        #[test]
+        fn pcap_records_of_any_claimed_length_never_panic(
+            records in prop::collection::vec(
+                (any::<u32>(), any::<u32>(), prop::collection::vec(any::<u8>(), 0..80)),
+                0..6,
+            ),
+        ) {
+            let mut bytes = tiny_pcap();
+            for (incl, orig, data) in &records {
+                bytes.extend_from_slice(&[0; 8]);
+                bytes.extend_from_slice(&incl.to_le_bytes());
+                bytes.extend_from_slice(&orig.to_le_bytes());
+                bytes.extend_from_slice(data);
+            }
+            let _ = read(&bytes);
+        }
+
 
         #[test]
         fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {

@@ -4,15 +4,21 @@
 //! gaps, the blackout); host.json of each says what the hosts differ in that matters to a
 //! migration. The two clocks are compared with their uncertainty stated.
 
-use std::{collections::HashMap, io, path::Path};
+use std::{
+    cell::OnceCell,
+    collections::{BTreeMap, HashMap, HashSet},
+    io,
+    path::Path,
+};
 
-use super::{analyze_path, read_host_json, AnalyzeError};
+use super::{analyze_path, read_host_json, AnalyzeError, RunId};
 use crate::{
     model::identity::VmInterface,
     model::{
         clock::Ts,
         host::{cpuinfo_flag, HostJson, TapFacts},
-        FrameKind, HostFact, MigrationRecord, Record, SummaryRow,
+        mac::MacAddr,
+        HostFact, MigrationRecord, Record, SummaryRow,
     },
 };
 
@@ -34,12 +40,23 @@ struct SrcTap {
 /// record keeps those that differ).
 pub struct Merge {
     pub migrations: Vec<(MigrationRecord, Vec<HostFact>)>,
-    /// The destination's own analysis (its verdicts and summary), as `analyze DST` gives.
-    pub dst_records: Vec<Record>,
 }
 
-/// Merges a source and a destination bundle (directories or `.tar.gz`).
+/// Merges a source and a destination bundle (directories or `.tar.gz`). One recording
+/// given as both (the same path twice, a copy, the bundle and its `.tar.gz`) is refused:
+/// one host and one clock make no migration.
 pub fn merge(src: &Path, dst: &Path) -> Result<Merge, AnalyzeError> {
+    let src_host = read_host_json(src)?;
+    let dst_host = read_host_json(dst)?;
+    let src_run = RunId::of(src, src_host.as_ref())?;
+    if same_file(src, dst) || src_run.same(&RunId::of(dst, dst_host.as_ref())?) {
+        return Err(AnalyzeError::SameRun {
+            src: src.display().to_string(),
+            dst: dst.display().to_string(),
+            run: src_run.to_string(),
+        });
+    }
+    let (src_host, dst_host) = (src_host.unwrap_or_default(), dst_host.unwrap_or_default());
     let mut taps: HashMap<String, SrcTap> = HashMap::new();
     let mut follow = |r: &Record| -> io::Result<()> {
         match r {
@@ -56,12 +73,21 @@ pub fn merge(src: &Path, dst: &Path) -> Result<Merge, AnalyzeError> {
                     t.vm = Some(vm.clone());
                 }
             }
+            Record::Attached { ifname, .. } => {
+                taps.entry(ifname.clone()).or_default();
+            }
+            // Only taps the replay knows: a row of a tap never attached adds nothing, so
+            // this map grows with the taps, not with the bundle.
             Record::Frame(f) if f.direction == crate::model::Direction::FromVm => {
-                taps.entry(f.ifname.clone()).or_default().last_frame = Some(f.ts);
+                if let Some(t) = taps.get_mut(&f.ifname) {
+                    t.last_frame = Some(f.ts);
+                }
             }
             Record::Stats { ts, taps: rows } => {
                 for row in rows {
-                    let t = taps.entry(row.ifname.clone()).or_default();
+                    let Some(t) = taps.get_mut(&row.ifname) else {
+                        continue;
+                    };
                     if row.from_vm_frames > t.last_count {
                         t.last_count = row.from_vm_frames;
                         t.counted_until = t.prev_stats.map(|p| (p, *ts));
@@ -74,33 +100,83 @@ pub fn merge(src: &Path, dst: &Path) -> Result<Merge, AnalyzeError> {
         Ok(())
     };
     analyze_path(src, None, &mut follow)?;
-    let mut dst_records = Vec::new();
-    let mut dst_inbound: HashMap<String, Ts> = HashMap::new();
+    // What the destination's records say of its VMs (its host.json may be missing: a
+    // bundle cut short).
+    let mut dst_vms: HashMap<String, VmInterface> = HashMap::new();
     let dst_analysis = analyze_path(dst, None, &mut |r: &Record| {
-        match r {
-            Record::Verdict { .. } | Record::Summary { .. } => dst_records.push(r.clone()),
-            Record::Frame(f) if f.kind == FrameKind::Inbound => {
-                dst_inbound.entry(f.ifname.clone()).or_insert(f.ts);
-            }
-            _ => {}
+        if let Record::Identity {
+            ifname,
+            libvirt: Some(vm),
+            ..
+        } = r
+        {
+            dst_vms.insert(ifname.clone(), vm.clone());
         }
         Ok(())
     })?;
-    let src_host = read_host_json(src)?.unwrap_or_default();
-    let dst_host = read_host_json(dst)?.unwrap_or_default();
-    let rows: Vec<SummaryRow> = match dst_analysis.summary {
-        Some(Record::Summary { taps, .. }) => taps,
-        _ => Vec::new(),
+    let (end, rows): (Ts, Vec<SummaryRow>) = match dst_analysis.summary {
+        Some(Record::Summary { ts, taps, .. }) => (ts, taps),
+        _ => (Ts::default(), Vec::new()),
     };
+    let src_vms: BTreeMap<&str, &VmInterface> = taps
+        .iter()
+        .filter_map(|(name, t)| {
+            let vm =
+                t.vm.as_ref()
+                    .or_else(|| src_host.taps.get(name).and_then(|f| f.libvirt.as_ref()))?;
+            Some((name.as_str(), vm))
+        })
+        .collect();
+    let index = VmIndex::new(&src_vms);
+    let hosts = Compared::new(&src_host, &dst_host);
     let mut migrations = Vec::new();
     for row in &rows {
         let Some(v) = &row.verdict else { continue };
         let dst_ifname = &row.counters.ifname;
+        // What dates a record when neither the pause nor the resume is known: when the
+        // destination first saw the tap, else the end of its recording.
+        let seen = row.mac_history.first().map(|h| h.ts);
         let dst_facts = dst_host.taps.get(dst_ifname);
-        let dst_vm = dst_facts.and_then(|f| f.libvirt.as_ref());
-        let Some((src_ifname, src_tap)) = find_src(&taps, &src_host, dst_ifname, dst_vm) else {
+        let dst_vm = dst_facts
+            .and_then(|f| f.libvirt.as_ref())
+            .or_else(|| dst_vms.get(dst_ifname));
+        let found = match dst_vm.and_then(|d| index.find(d)) {
+            Some(name) => Some(name.to_string()),
+            // Tap names repeat across hosts (libvirt's vnet0, vnet1, …): a name alone is
+            // the same VM only when neither host says which VM is behind it.
+            None if dst_vm.is_none() && taps.contains_key(dst_ifname) => {
+                (!src_vms.contains_key(dst_ifname.as_str())).then(|| dst_ifname.clone())
+            }
+            None if taps.contains_key(dst_ifname) => None,
+            None => continue,
+        };
+        let Some(src_ifname) = found else {
+            let why = not_found(
+                dst_ifname,
+                dst_vm,
+                src_vms.get(dst_ifname.as_str()).copied(),
+            );
+            let all = hosts.facts(None, dst_vm);
+            let record = MigrationRecord {
+                ts: v.switchover_ts.flatten().or(seen).unwrap_or(end),
+                vm: v.vm.clone(),
+                src_ifname: None,
+                dst_ifname: dst_ifname.clone(),
+                pause_ts: None,
+                pause_from: "unknown".into(),
+                resume_ts: v.switchover_ts.flatten(),
+                downtime_ms: None,
+                clock_uncertainty_ms: None,
+                inbound_gap_ms: v.inbound_gap_ms.flatten(),
+                outbound_gap_ms: v.outbound_gap_ms.flatten(),
+                blackout_ms: v.blackout_ms,
+                host_diff: all.iter().filter(|f| f.src != f.dst).cloned().collect(),
+                notes: vec![why],
+            };
+            migrations.push((record, all));
             continue;
         };
+        let src_tap = &taps[&src_ifname];
         let resume = v.switchover_ts.flatten();
         let (pause, pause_from) = match (src_tap.paused, src_tap.last_frame, src_tap.counted_until)
         {
@@ -158,18 +234,15 @@ pub fn merge(src: &Path, dst: &Path) -> Result<Merge, AnalyzeError> {
             _ => None,
         };
         let src_facts = src_host.taps.get(&src_ifname);
-        let all = facts(
-            &src_host,
-            &dst_host,
-            src_facts,
-            dst_facts,
-            dst_vm.or(src_tap.vm.as_ref()),
+        let all = hosts.facts(
+            Some((src_facts, dst_facts)),
+            dst_vm.or(src_vms.get(src_ifname.as_str()).copied()),
         );
         let host_diff: Vec<HostFact> = all.iter().filter(|f| f.src != f.dst).cloned().collect();
         let record = MigrationRecord {
-            ts: resume.or(pause).unwrap_or_default(),
+            ts: resume.or(pause).or(seen).unwrap_or(end),
             vm: v.vm.clone(),
-            src_ifname: src_ifname.clone(),
+            src_ifname: Some(src_ifname.clone()),
             dst_ifname: dst_ifname.clone(),
             pause_ts: pause,
             pause_from: pause_from.into(),
@@ -184,149 +257,275 @@ pub fn merge(src: &Path, dst: &Path) -> Result<Merge, AnalyzeError> {
         };
         migrations.push((record, all));
     }
-    Ok(Merge {
-        migrations,
-        dst_records,
-    })
+    Ok(Merge { migrations })
 }
 
-/// The source tap of the VM behind the destination's `dst_ifname`: the same libvirt
-/// domain (uuid, name) or guest MAC, else the same tap name (Nova keeps it).
-fn find_src<'a>(
-    taps: &'a HashMap<String, SrcTap>,
-    src_host: &'a HostJson,
-    dst_ifname: &str,
-    dst_vm: Option<&VmInterface>,
-) -> Option<(String, SrcTap)> {
-    let vm_of = |name: &str, t: &SrcTap| {
-        t.vm.clone()
-            .or_else(|| src_host.taps.get(name).and_then(|f| f.libvirt.clone()))
-    };
-    let same = |a: &VmInterface, b: &VmInterface| {
-        (a.uuid.is_some() && a.uuid == b.uuid)
-            || (!a.domain.is_empty() && a.domain == b.domain)
-            || (a.guest_mac.is_some() && a.guest_mac == b.guest_mac)
-    };
-    let mut names: Vec<&String> = taps.keys().collect();
-    names.sort();
-    if let Some(d) = dst_vm {
-        for name in &names {
-            let t = &taps[*name];
-            if vm_of(name, t).is_some_and(|s| same(&s, d)) {
-                return Some(((*name).clone(), t.clone()));
+/// Whether two paths name one file or directory (however spelled, through links).
+fn same_file(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(a), Ok(b)) => (a.dev(), a.ino()) == (b.dev(), b.ino()),
+        _ => false,
+    }
+}
+
+/// An identifier of the VM behind a source tap, as it is compared with a destination's.
+/// The strongest identifier both know decides whether two are one VM: the UUID, else the
+/// domain name (Nova keeps it across hosts), else the guest MAC. A domain name is compared
+/// only when not both have a UUID, so it is keyed with whether the source's has one; a
+/// guest MAC likewise with whether it has a UUID and a domain name.
+#[derive(Debug, PartialEq, Eq, Hash)]
+enum Key<'a> {
+    Uuid(&'a str),
+    Domain(&'a str, bool),
+    Mac(MacAddr, bool, bool),
+}
+
+fn uuid(vm: &VmInterface) -> Option<&str> {
+    vm.uuid.as_deref().filter(|u| !u.is_empty())
+}
+
+fn domain(vm: &VmInterface) -> Option<&str> {
+    Some(vm.domain.as_str()).filter(|d| !d.is_empty())
+}
+
+/// The source's taps by the identifiers of their VMs, so that each destination VM is
+/// looked up once instead of compared with every source tap.
+struct VmIndex<'a>(HashMap<Key<'a>, &'a str>);
+
+impl<'a> VmIndex<'a> {
+    /// `vms` in name order: the first tap with an identifier keeps it.
+    fn new(vms: &BTreeMap<&'a str, &'a VmInterface>) -> Self {
+        let mut index = HashMap::new();
+        for (&name, &vm) in vms {
+            let (u, d) = (uuid(vm), domain(vm));
+            let keys = [
+                u.map(Key::Uuid),
+                d.map(|d| Key::Domain(d, u.is_some())),
+                vm.guest_mac.map(|m| Key::Mac(m, u.is_some(), d.is_some())),
+            ];
+            for key in keys.into_iter().flatten() {
+                index.entry(key).or_insert(name);
             }
         }
+        Self(index)
     }
-    taps.get(dst_ifname)
-        .map(|t| (dst_ifname.to_string(), t.clone()))
+
+    /// The source tap whose VM is `vm` (the first by name), if any.
+    fn find(&self, vm: &VmInterface) -> Option<&'a str> {
+        let (u, d) = (uuid(vm), domain(vm));
+        // A weaker identifier counts only when not both have a stronger one: if `vm` has
+        // the stronger one, only with sources that lack it; if not, with any source.
+        let either = |has: bool| {
+            if has {
+                &[false][..]
+            } else {
+                &[false, true][..]
+            }
+        };
+        let mut keys = Vec::new();
+        keys.extend(u.map(Key::Uuid));
+        if let Some(d) = d {
+            keys.extend(either(u.is_some()).iter().map(|&su| Key::Domain(d, su)));
+        }
+        if let Some(m) = vm.guest_mac {
+            for &su in either(u.is_some()) {
+                for &sd in either(d.is_some()) {
+                    keys.push(Key::Mac(m, su, sd));
+                }
+            }
+        }
+        keys.iter().filter_map(|k| self.0.get(k).copied()).min()
+    }
 }
 
-/// Every fact compared, as each host has it.
-fn facts(
-    src: &HostJson,
-    dst: &HostJson,
-    src_tap: Option<&TapFacts>,
-    dst_tap: Option<&TapFacts>,
-    vm: Option<&VmInterface>,
-) -> Vec<HostFact> {
-    let or_unknown = |v: Option<&str>| v.map_or_else(|| "unknown".to_string(), str::to_string);
-    let mut out = vec![
-        HostFact {
-            fact: "kernel".into(),
-            src: or_unknown(
-                Some(&src.host.kernel_release)
-                    .filter(|s| !s.is_empty())
-                    .map(|s| s.as_str()),
-            ),
-            dst: or_unknown(
-                Some(&dst.host.kernel_release)
-                    .filter(|s| !s.is_empty())
-                    .map(|s| s.as_str()),
-            ),
-        },
-        HostFact {
-            fact: "libvirt".into(),
-            src: or_unknown(src.host.libvirt_version.as_deref()),
-            dst: or_unknown(dst.host.libvirt_version.as_deref()),
-        },
-        HostFact {
-            fact: "QEMU".into(),
-            src: or_unknown(src.host.qemu_version.as_deref()),
-            dst: or_unknown(dst.host.qemu_version.as_deref()),
-        },
-        HostFact {
-            fact: "CPU model".into(),
-            src: or_unknown(src.host.cpu_model.as_deref()),
-            dst: or_unknown(dst.host.cpu_model.as_deref()),
-        },
-    ];
-    let tap = |t: Option<&TapFacts>, f: &dyn Fn(&TapFacts) -> Option<String>| {
-        t.and_then(f).unwrap_or_else(|| "unknown".into())
-    };
-    out.push(HostFact {
-        fact: "tap MAC".into(),
-        src: tap(src_tap, &|t| t.mac.map(|m| m.to_string())),
-        dst: tap(dst_tap, &|t| t.mac.map(|m| m.to_string())),
-    });
-    out.push(HostFact {
-        fact: "tap MAC derivation".into(),
-        src: tap(src_tap, &|t| t.mac_derivation.clone()),
-        dst: tap(dst_tap, &|t| t.mac_derivation.clone()),
-    });
-    out.push(HostFact {
-        fact: "MTU".into(),
-        src: tap(src_tap, &|t| t.mtu.map(|m| m.to_string())),
-        dst: tap(dst_tap, &|t| t.mtu.map(|m| m.to_string())),
-    });
-    if let Some(cpu) = vm.and_then(|v| v.cpu.as_ref()) {
-        // What the guest's CPU depends on: the features its definition requires, or all of
-        // the source's flags when it sees the host's CPU as it is.
-        let needed: Vec<String> = if cpu.mode.as_deref() == Some("host-passthrough") {
-            src.host.cpu_flags.clone()
-        } else {
-            cpu.features.iter().map(|f| cpuinfo_flag(f)).collect()
+/// Why the destination's VM on `dst_ifname` has no source tap, though the source has a tap
+/// of that name.
+fn not_found(dst_ifname: &str, dst: Option<&VmInterface>, src: Option<&VmInterface>) -> String {
+    let name = |vm: &VmInterface| shown(vm.display_name());
+    match (dst, src) {
+        (Some(_), Some(s)) => format!(
+            "the VM was not found in the source's bundle: no tap there has its UUID, domain or \
+             guest MAC, and the source's {dst_ifname} is another VM's ({}): tap names repeat \
+             across hosts; give the bundle of the host the VM left",
+            name(s)
+        ),
+        (Some(_), None) => format!(
+            "the VM was not found in the source's bundle: no tap there has its UUID, domain or \
+             guest MAC, and the source's {dst_ifname} does not say which VM is behind it: tap \
+             names repeat across hosts, so a name alone is not the same VM"
+        ),
+        (None, Some(s)) => format!(
+            "the VM was not found in the source's bundle: the destination's bundle does not say \
+             which VM is behind {dst_ifname}, and the source's {dst_ifname} is {}'s: tap names \
+             repeat across hosts, so a name alone is not the same VM",
+            name(s)
+        ),
+        (None, None) => format!("the VM was not found in the source's bundle ({dst_ifname})"),
+    }
+}
+
+/// The most characters of a fact shown: host.json is foreign input, and a fact is
+/// repeated for every VM.
+const FACT_CHARS: usize = 200;
+/// The most missing CPU flags named (the rest are counted).
+const FLAGS_NAMED: usize = 16;
+
+/// `v` cut to [`FACT_CHARS`].
+fn shown(v: &str) -> String {
+    match v.char_indices().nth(FACT_CHARS) {
+        Some((at, _)) => format!("{}…", &v[..at]),
+        None => v.to_string(),
+    }
+}
+
+/// What is compared of the two hosts, worked out once for all their VMs: the work per VM
+/// is then its own facts, never the hosts' again.
+struct Compared<'a> {
+    src: &'a HostJson,
+    dst: &'a HostJson,
+    /// The facts of the hosts themselves (the same for every VM).
+    host: Vec<HostFact>,
+    src_flags: HashSet<&'a str>,
+    dst_flags: HashSet<&'a str>,
+    /// A host-passthrough guest depends on all of the source's flags: the same check for
+    /// every such VM.
+    passthrough: OnceCell<(String, String)>,
+}
+
+impl<'a> Compared<'a> {
+    fn new(src: &'a HostJson, dst: &'a HostJson) -> Self {
+        let or_unknown = |v: Option<&str>| v.map_or_else(|| "unknown".to_string(), shown);
+        let kernel = |h: &HostJson| {
+            or_unknown(Some(h.host.kernel_release.as_str()).filter(|s| !s.is_empty()))
         };
-        let missing = |flags: &[String]| {
-            if flags.is_empty() {
+        let clock = |h: &HostJson| match h.host.clock {
+            Some(c) if c.synchronised => format!(
+                "synchronised, estimated error {:.1} ms",
+                c.estimated_error_us as f64 / 1000.0
+            ),
+            Some(_) => "not synchronised".into(),
+            None => "unknown".into(),
+        };
+        let fact = |fact: &str, src: String, dst: String| HostFact {
+            fact: fact.into(),
+            src,
+            dst,
+        };
+        let host = vec![
+            fact("kernel", kernel(src), kernel(dst)),
+            fact(
+                "libvirt",
+                or_unknown(src.host.libvirt_version.as_deref()),
+                or_unknown(dst.host.libvirt_version.as_deref()),
+            ),
+            fact(
+                "QEMU",
+                or_unknown(src.host.qemu_version.as_deref()),
+                or_unknown(dst.host.qemu_version.as_deref()),
+            ),
+            fact(
+                "CPU model",
+                or_unknown(src.host.cpu_model.as_deref()),
+                or_unknown(dst.host.cpu_model.as_deref()),
+            ),
+            fact("clock", clock(src), clock(dst)),
+        ];
+        let flags = |h: &'a HostJson| h.host.cpu_flags.iter().map(String::as_str).collect();
+        Self {
+            src,
+            dst,
+            host,
+            src_flags: flags(src),
+            dst_flags: flags(dst),
+            passthrough: OnceCell::new(),
+        }
+    }
+
+    /// Which of `needed` each host lacks, in words.
+    fn missing<'n>(&self, needed: impl Iterator<Item = &'n str> + Clone) -> (String, String) {
+        let lacks = |h: &HostJson, flags: &HashSet<&str>| {
+            if h.host.cpu_flags.is_empty() {
                 return "unknown (no CPU flags recorded)".to_string();
             }
-            let gone: Vec<&str> = needed
-                .iter()
-                .filter(|n| !flags.contains(n))
-                .map(String::as_str)
-                .collect();
-            if gone.is_empty() {
-                format!("all {} present", needed.len())
-            } else {
-                format!("missing: {}", gone.join(", "))
+            let mut gone = needed.clone().filter(|n| !flags.contains(n));
+            let named: Vec<String> = gone.by_ref().take(FLAGS_NAMED).map(shown).collect();
+            let more = gone.count();
+            match (named.len(), more) {
+                (0, _) => format!("all {} present", needed.clone().count()),
+                (_, 0) => format!("missing: {}", named.join(", ")),
+                (n, more) => format!("missing {}: {} and {more} more", n + more, named.join(", ")),
             }
         };
-        out.push(HostFact {
-            fact: format!(
-                "guest CPU flags ({} {})",
-                cpu.mode.as_deref().unwrap_or("?"),
-                cpu.model.as_deref().unwrap_or("")
-            )
-            .trim_end()
-            .to_string(),
-            src: missing(&src.host.cpu_flags),
-            dst: missing(&dst.host.cpu_flags),
-        });
+        (
+            lacks(self.src, &self.src_flags),
+            lacks(self.dst, &self.dst_flags),
+        )
     }
-    let clock = |h: &HostJson| match h.host.clock {
-        Some(c) if c.synchronised => format!(
-            "synchronised, estimated error {:.1} ms",
-            c.estimated_error_us as f64 / 1000.0
-        ),
-        Some(_) => "not synchronised".into(),
-        None => "unknown".into(),
-    };
-    out.push(HostFact {
-        fact: "clock".into(),
-        src: clock(src),
-        dst: clock(dst),
-    });
-    out
+
+    /// Every fact compared, as each host has it. `taps`: the VM's tap on each host (its
+    /// facts when host.json has them); `None` when the VM has no tap on the source, which
+    /// leaves the taps' facts out.
+    fn facts(
+        &self,
+        taps: Option<(Option<&TapFacts>, Option<&TapFacts>)>,
+        vm: Option<&VmInterface>,
+    ) -> Vec<HostFact> {
+        let (clock, host) = self
+            .host
+            .split_last()
+            .expect("the host facts end with the clock");
+        let mut out = host.to_vec();
+        let tap = |t: Option<&TapFacts>, f: &dyn Fn(&TapFacts) -> Option<String>| {
+            t.and_then(f)
+                .map_or_else(|| "unknown".into(), |v| shown(&v))
+        };
+        if let Some((src_tap, dst_tap)) = taps {
+            out.push(HostFact {
+                fact: "tap MAC".into(),
+                src: tap(src_tap, &|t| t.mac.map(|m| m.to_string())),
+                dst: tap(dst_tap, &|t| t.mac.map(|m| m.to_string())),
+            });
+            out.push(HostFact {
+                fact: "tap MAC derivation".into(),
+                src: tap(src_tap, &|t| t.mac_derivation.clone()),
+                dst: tap(dst_tap, &|t| t.mac_derivation.clone()),
+            });
+            out.push(HostFact {
+                fact: "MTU".into(),
+                src: tap(src_tap, &|t| t.mtu.map(|m| m.to_string())),
+                dst: tap(dst_tap, &|t| t.mtu.map(|m| m.to_string())),
+            });
+        }
+        if let Some(cpu) = vm.and_then(|v| v.cpu.as_ref()) {
+            // What the guest's CPU depends on: the features its definition requires, or
+            // all of the source's flags when it sees the host's CPU as it is.
+            let (src, dst) = if cpu.mode.as_deref() == Some("host-passthrough") {
+                self.passthrough
+                    .get_or_init(|| {
+                        self.missing(self.src.host.cpu_flags.iter().map(String::as_str))
+                    })
+                    .clone()
+            } else {
+                let needed: Vec<String> = cpu.features.iter().map(|f| cpuinfo_flag(f)).collect();
+                self.missing(needed.iter().map(String::as_str))
+            };
+            out.push(HostFact {
+                fact: shown(
+                    format!(
+                        "guest CPU flags ({} {})",
+                        cpu.mode.as_deref().unwrap_or("?"),
+                        cpu.model.as_deref().unwrap_or("")
+                    )
+                    .trim_end(),
+                ),
+                src,
+                dst,
+            });
+        }
+        out.push(clock.clone());
+        out
+    }
 }
 
 #[cfg(test)]
@@ -354,6 +553,84 @@ mod tests {
         }
     }
 
+    /// host.json is foreign input: a host claiming 300,000 CPU flags is checked in time
+    /// linear in them (each flag was searched for in a list: minutes).
+    #[test]
+    fn a_host_claiming_300k_cpu_flags_is_checked_in_linear_time() {
+        let flags: Vec<String> = (0..300_000).map(|i| format!("flag{i}")).collect();
+        let src = HostJson {
+            host: HostFacts {
+                cpu_flags: flags.clone(),
+                ..HostFacts::default()
+            },
+            ..HostJson::default()
+        };
+        let mut dst = src.clone();
+        // The destination lacks every tenth flag.
+        dst.host.cpu_flags.retain(|f| !f.ends_with('7'));
+        let passthrough = VmInterface {
+            cpu: Some(GuestCpu {
+                mode: Some("host-passthrough".into()),
+                ..GuestCpu::default()
+            }),
+            ..VmInterface::default()
+        };
+        let all = Compared::new(&src, &dst).facts(None, Some(&passthrough));
+        let cpu = all
+            .iter()
+            .find(|f| f.fact.starts_with("guest CPU"))
+            .unwrap();
+        assert_eq!(cpu.src, "all 300000 present");
+        assert!(
+            cpu.dst.starts_with("missing 30000: flag7, flag17, "),
+            "{}",
+            &cpu.dst[..100]
+        );
+        assert!(cpu.dst.ends_with(" and 29984 more"), "{}", cpu.dst);
+        // A fact is repeated for every VM: never longer than a line or two.
+        dst.host.cpu_model = Some("x".repeat(1 << 20));
+        let all = Compared::new(&src, &dst).facts(None, None);
+        let model = all.iter().find(|f| f.fact == "CPU model").unwrap();
+        assert_eq!(model.dst.chars().count(), FACT_CHARS + 1);
+    }
+
+    fn vm(uuid: Option<&str>, domain: &str, mac: Option<u8>) -> VmInterface {
+        VmInterface {
+            uuid: uuid.map(str::to_string),
+            domain: domain.into(),
+            guest_mac: mac.map(|b| MacAddr([0xfa, 0x16, 0x3e, 0, 0, b])),
+            ..VmInterface::default()
+        }
+    }
+
+    /// The strongest identifier both sides know decides: two VMs with different UUIDs are
+    /// different whatever their names, and a shared name or MAC counts only when nothing
+    /// stronger is known to both.
+    #[test]
+    fn a_vm_is_found_by_the_strongest_identifier_both_know() {
+        let (a, b, c, d) = (
+            vm(Some("uuid-a"), "web", Some(1)),
+            vm(None, "web", Some(2)),
+            vm(None, "", Some(3)),
+            vm(Some("uuid-d"), "", Some(4)),
+        );
+        let vms: BTreeMap<&str, &VmInterface> =
+            [("vnet0", &a), ("vnet1", &b), ("vnet2", &c), ("vnet3", &d)].into();
+        let index = VmIndex::new(&vms);
+        let find = |u, dom, mac| index.find(&vm(u, dom, mac));
+        assert_eq!(find(Some("uuid-a"), "other", None), Some("vnet0"));
+        // Same name, another UUID: only the source without a UUID can be it.
+        assert_eq!(find(Some("uuid-x"), "web", Some(1)), Some("vnet1"));
+        // No UUID: the name decides, the first tap by name.
+        assert_eq!(find(None, "web", None), Some("vnet0"));
+        // The guest MAC, where neither UUID nor name is known to both.
+        assert_eq!(find(Some("uuid-x"), "db", Some(3)), Some("vnet2"));
+        assert_eq!(find(Some("uuid-x"), "", Some(4)), None);
+        assert_eq!(find(None, "", Some(4)), Some("vnet3"));
+        assert_eq!(find(None, "db", Some(2)), None);
+        assert_eq!(find(Some("uuid-x"), "db", Some(9)), None);
+    }
+
     /// A guest whose CPU needs avx512f cannot go to a host without it: named; the libvirt
     /// versions either side of 9.5.0 show, and facts that agree are not a difference.
     #[test]
@@ -368,7 +645,7 @@ mod tests {
         };
         let src = host(&["avx512f", "sse4_2"], "libvirtd (libvirt) 8.0.0");
         let dst = host(&["sse4_2"], "libvirtd (libvirt) 10.0.0");
-        let all = facts(&src, &dst, None, None, Some(&vm));
+        let all = Compared::new(&src, &dst).facts(None, Some(&vm));
         let get = |name: &str| all.iter().find(|f| f.fact.starts_with(name)).unwrap();
         let cpu = get("guest CPU flags");
         assert_eq!(
@@ -386,7 +663,7 @@ mod tests {
             }),
             ..VmInterface::default()
         };
-        let all = facts(&src, &dst, None, None, Some(&passthrough));
+        let all = Compared::new(&src, &dst).facts(None, Some(&passthrough));
         let cpu = all
             .iter()
             .find(|f| f.fact.starts_with("guest CPU"))

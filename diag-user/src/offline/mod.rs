@@ -62,8 +62,31 @@ pub enum AnalyzeError {
     TooBig { path: String, limit: u64 },
     #[error("{path}: more than {max} interfaces; tapwatch analyzes at most that many")]
     TooManyTaps { path: String, max: usize },
+    #[error(
+        "{path}: more than {max} attachments of taps (a tap attached again counts again); \
+         tapwatch analyzes at most that many"
+    )]
+    TooManyAttachments { path: String, max: usize },
+    #[error(
+        "{src} and {dst} are one recording ({run}): `analyze SRC DST` merges the source \
+         host's bundle and the destination host's bundle of one migration; give each once \
+         (with `lab --record DIR`: DIR/src DIR/dst)"
+    )]
+    SameRun {
+        src: String,
+        dst: String,
+        run: String,
+    },
     #[error("cannot write the analysis: {0}")]
     Output(#[source] io::Error),
+}
+
+impl AnalyzeError {
+    /// The command line cannot be right, whatever the files hold (exit status 2, as for
+    /// clap's usage errors).
+    pub fn is_usage(&self) -> bool {
+        matches!(self, AnalyzeError::SameRun { .. })
+    }
 }
 
 /// What an analysis found besides its records: notes on what was inferred, and, when the
@@ -121,44 +144,200 @@ enum Input {
     File(File, u64),
 }
 
-/// A bundle's host.json (a directory's, or a `.tar.gz`'s entry); `None` when it has none
-/// (a capture, a bundle cut before its end).
-pub fn read_host_json(path: &Path) -> Result<Option<crate::model::host::HostJson>, AnalyzeError> {
-    // host.json holds a few KB per tap; more is not a bundle's.
-    const MAX: u64 = 64 << 20;
-    let name = path.display().to_string();
-    let err = |source| AnalyzeError::Read {
-        path: format!("{name}/host.json"),
-        source,
-    };
-    let reader: Box<dyn Read> = match open_input(path)? {
-        Input::Dir => match open_input(&path.join("host.json")) {
-            Ok(Input::File(f, _)) => Box::new(f),
-            Ok(Input::Dir) => return Ok(None),
+/// A packed bundle (`.tar.gz`): each entry is read from a stream of its own, decompressed
+/// as it is read and never past a bomb's worth.
+struct Packed {
+    path: std::path::PathBuf,
+    name: String,
+    limit: u64,
+    tripped: Arc<AtomicBool>,
+}
+
+impl Packed {
+    fn new(path: &Path, size: u64) -> Self {
+        Self {
+            path: path.to_path_buf(),
+            name: path.display().to_string(),
+            // A real bundle compresses 3-10x; allow far more, but not a bomb's 1000x.
+            limit: size.saturating_mul(64).max(256 << 20),
+            tripped: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    fn too_big(&self) -> AnalyzeError {
+        AnalyzeError::TooBig {
+            path: self.name.clone(),
+            limit: self.limit,
+        }
+    }
+
+    fn tripped(&self) -> bool {
+        self.tripped.load(Ordering::Relaxed)
+    }
+
+    /// The entry named `want` (in any directory of the archive), if there is one.
+    fn entry(&self, want: &str) -> Result<Option<Box<dyn Read>>, AnalyzeError> {
+        let f = File::open(&self.path).map_err(|source| AnalyzeError::Read {
+            path: self.name.clone(),
+            source,
+        })?;
+        let capped = Capped {
+            inner: flate2::read::GzDecoder::new(BufReader::new(f)),
+            left: self.limit,
+            tripped: self.tripped.clone(),
+        };
+        match tar_entry(capped, want) {
+            Ok(e) => Ok(e),
+            Err(_) if self.tripped() => Err(self.too_big()),
+            Err(source) => Err(AnalyzeError::Read {
+                path: self.name.clone(),
+                source,
+            }),
+        }
+    }
+}
+
+/// The file `file` of the bundle at `path` (a directory, or a `.tar.gz`) as a stream;
+/// `None` when the bundle has none, or `path` is a capture.
+fn bundle_file(path: &Path, file: &str) -> Result<Option<Box<dyn Read>>, AnalyzeError> {
+    match open_input(path)? {
+        Input::Dir => match open_input(&path.join(file)) {
+            Ok(Input::File(f, _)) => Ok(Some(Box::new(f))),
+            Ok(Input::Dir) => Ok(None),
             Err(AnalyzeError::Read { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
-                return Ok(None)
+                Ok(None)
             }
-            Err(e) => return Err(e),
+            Err(e) => Err(e),
         },
-        Input::File(f, size) => {
-            let tripped = Arc::new(AtomicBool::new(false));
-            let capped = Capped {
-                inner: flate2::read::GzDecoder::new(BufReader::new(f)),
-                left: size.saturating_mul(64).max(256 << 20),
-                tripped,
-            };
-            match tar_entry(capped, "host.json") {
-                Ok(Some(e)) => e,
-                // Not a bundle archive (a capture): no host facts.
-                Ok(None) | Err(_) => return Ok(None),
+        Input::File(mut f, size) => {
+            let mut magic = [0u8; 2];
+            let n = f.read(&mut magic).map_err(|source| AnalyzeError::Read {
+                path: path.display().to_string(),
+                source,
+            })?;
+            if n == 2 && magic == GZIP_MAGIC {
+                Packed::new(path, size).entry(file)
+            } else {
+                Ok(None)
             }
         }
+    }
+}
+
+const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
+
+/// The longest host.json read: it holds a few KB per tap; more is not a bundle's.
+const MAX_HOST_JSON: u64 = 64 << 20;
+
+/// A bundle's host.json (a directory's, or a `.tar.gz`'s entry); `None` when it has none
+/// (a capture, a bundle cut before its end, an archive that cannot be read: its analysis
+/// says why).
+pub fn read_host_json(path: &Path) -> Result<Option<crate::model::host::HostJson>, AnalyzeError> {
+    let reader = match bundle_file(path, "host.json") {
+        Ok(Some(r)) => r,
+        Ok(None) => return Ok(None),
+        Err(AnalyzeError::Read { .. } | AnalyzeError::TooBig { .. }) if !path.is_dir() => {
+            return Ok(None)
+        }
+        Err(e) => return Err(e),
+    };
+    let err = |source| AnalyzeError::Read {
+        path: format!("{}/host.json", path.display()),
+        source,
     };
     let mut bytes = Vec::new();
-    reader.take(MAX).read_to_end(&mut bytes).map_err(err)?;
-    serde_json::from_slice(&bytes)
-        .map(Some)
-        .map_err(|e| err(io::Error::new(io::ErrorKind::InvalidData, e)))
+    reader
+        .take(MAX_HOST_JSON + 1)
+        .read_to_end(&mut bytes)
+        .map_err(err)?;
+    host_json_from(&bytes).map(Some).map_err(err)
+}
+
+/// host.json's facts from its bytes, refusing what no tapwatch wrote: longer than
+/// [`MAX_HOST_JSON`], more than [`bundle::MAX_VALUES`] JSON values (each costs tens of
+/// bytes to hold), nested deeper than serde_json's 128 levels, or not its fields.
+fn host_json_from(bytes: &[u8]) -> io::Result<crate::model::host::HostJson> {
+    let refuse = |what: String| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{what}; a tapwatch bundle's host.json is far smaller"),
+        )
+    };
+    if bytes.len() as u64 > MAX_HOST_JSON {
+        return Err(refuse(format!("longer than {MAX_HOST_JSON} bytes")));
+    }
+    if !bundle::within_values(bytes, bundle::MAX_VALUES) {
+        return Err(refuse(format!(
+            "more than {} JSON values",
+            bundle::MAX_VALUES
+        )));
+    }
+    serde_json::from_slice(bytes).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+}
+
+/// Which recording a bundle holds: the host, its boot, and when the run started. A copy
+/// of a bundle, or the bundle packed, is the same recording.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RunId {
+    pub hostname: Option<String>,
+    pub boot_id: Option<String>,
+    pub started: Option<Ts>,
+}
+
+impl RunId {
+    /// The bundle's run, from host.json (`host`) and, when that does not say when the run
+    /// started (a bundle cut before its end has no host.json), its first `attached`
+    /// record.
+    pub fn of(
+        path: &Path,
+        host: Option<&crate::model::host::HostJson>,
+    ) -> Result<Self, AnalyzeError> {
+        let known = |s: &str| Some(s.to_string()).filter(|s| !s.is_empty());
+        let mut run = RunId {
+            hostname: host.and_then(|h| known(&h.host.hostname)),
+            boot_id: host.and_then(|h| h.host.boot_id.as_deref().and_then(known)),
+            started: host.and_then(|h| h.started),
+        };
+        if run.started.is_none() {
+            if let Some(events) = bundle_file(path, "events.ndjson")? {
+                let mut lines = EventLines::new(events, String::new());
+                while let Ok(Some((r, _))) = lines.next_record() {
+                    if let Record::Attached { ts, .. } = r {
+                        run.started = Some(ts);
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(run)
+    }
+
+    /// Whether two bundles are of one run: the same start, on the same host and boot as
+    /// far as both say (runs started at the same nanosecond on two hosts of the same name
+    /// and boot are no two runs).
+    pub fn same(&self, other: &RunId) -> bool {
+        let agree = |a: &Option<String>, b: &Option<String>| match (a, b) {
+            (Some(a), Some(b)) => a == b,
+            _ => true,
+        };
+        self.started.is_some()
+            && self.started == other.started
+            && agree(&self.hostname, &other.hostname)
+            && agree(&self.boot_id, &other.boot_id)
+    }
+}
+
+impl std::fmt::Display for RunId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let or = |v: &Option<String>| v.clone().unwrap_or_else(|| "unknown".into());
+        write!(
+            f,
+            "host {}, boot {}, started {}",
+            or(&self.hostname),
+            or(&self.boot_id),
+            self.started.map_or("unknown".into(), |t| t.to_string())
+        )
+    }
 }
 
 /// Analyzes a bundle directory, a `.tar.gz` bundle, or a pcap/pcapng capture, handing
@@ -196,7 +375,7 @@ pub fn analyze_path(
                 path: name.clone(),
                 source,
             })?;
-            if n == 2 && magic == [0x1f, 0x8b] {
+            if n == 2 && magic == GZIP_MAGIC {
                 return analyze_tgz(path, size, out);
             }
             analyze_capture(path, tap_mac, out)
@@ -211,38 +390,15 @@ fn analyze_tgz(
     size: u64,
     out: &mut dyn FnMut(&Record) -> io::Result<()>,
 ) -> Result<Analysis, AnalyzeError> {
-    let name = path.display().to_string();
-    // A real bundle compresses 3-10x; allow far more, but not a bomb's 1000x.
-    let limit = size.saturating_mul(64).max(256 << 20);
-    let tripped = Arc::new(AtomicBool::new(false));
-    let too_big = || AnalyzeError::TooBig {
-        path: name.clone(),
-        limit,
-    };
-    let entry = |want: &str| -> Result<Option<Box<dyn Read>>, AnalyzeError> {
-        let f = File::open(path).map_err(|source| AnalyzeError::Read {
-            path: name.clone(),
-            source,
-        })?;
-        let capped = Capped {
-            inner: flate2::read::GzDecoder::new(BufReader::new(f)),
-            left: limit,
-            tripped: tripped.clone(),
-        };
-        match tar_entry(capped, want) {
-            Ok(e) => Ok(e),
-            Err(_) if tripped.load(Ordering::Relaxed) => Err(too_big()),
-            Err(source) => Err(AnalyzeError::Read {
-                path: name.clone(),
-                source,
-            }),
-        }
-    };
-    let events = entry("events.ndjson")?.ok_or_else(|| AnalyzeError::NoEvents(name.clone()))?;
-    let frames = entry("frames.pcapng")?;
+    let packed = Packed::new(path, size);
+    let name = packed.name.clone();
+    let events = packed
+        .entry("events.ndjson")?
+        .ok_or_else(|| AnalyzeError::NoEvents(name.clone()))?;
+    let frames = packed.entry("frames.pcapng")?;
     let a = analyze_bundle(&name, events, frames, out)?;
-    if tripped.load(Ordering::Relaxed) {
-        return Err(too_big());
+    if packed.tripped() {
+        return Err(packed.too_big());
     }
     Ok(a)
 }
@@ -277,7 +433,7 @@ fn analyze_bundle(
     loop {
         while !rec_done && rec_q.wants_more() {
             match records.next_record() {
-                Ok(Some(r)) => rec_q.push(r.ts(), r),
+                Ok(Some((r, len))) => rec_q.push(r.ts(), len, r),
                 Ok(None) => rec_done = true,
                 Err(stop) => {
                     notes.push(stop.clone());
@@ -287,7 +443,7 @@ fn analyze_bundle(
         }
         while !pkt_done && pkt_q.wants_more() {
             match packets.as_mut().map(|p| p.next_packet()) {
-                Some(Ok(Some(p))) => pkt_q.push(p.ts, p),
+                Some(Ok(Some(p))) => pkt_q.push(p.ts, p.data.len(), p),
                 Some(Ok(None)) | None => pkt_done = true,
                 Some(Err(e)) => {
                     notes.push(format!(
@@ -313,6 +469,11 @@ fn analyze_bundle(
         }
     }
     let summary = replay.finish()?;
+    // What the reader noticed on the way (a newer format) before where it stopped.
+    let notes = std::mem::take(&mut records.notes)
+        .into_iter()
+        .chain(notes)
+        .collect();
     Ok(Analysis {
         notes,
         summary,
@@ -343,6 +504,7 @@ fn analyze_capture(
     };
     // Pass 1: what each interface looks like.
     let mut seen: BTreeMap<String, Seen> = BTreeMap::new();
+    let mut budget = replay::MAX_SEEN;
     let mut r = open()?;
     let mut damaged = None;
     let mut count = 0u64;
@@ -358,7 +520,7 @@ fn analyze_capture(
                 }
                 seen.entry(p.ifname.clone())
                     .or_insert_with(|| Seen::new(p.ts))
-                    .see(&p);
+                    .see(&p, &mut budget);
             }
             Ok(None) => break,
             Err(e) => {
@@ -386,7 +548,7 @@ fn analyze_capture(
     loop {
         while !done && q.wants_more() {
             match r.next_packet() {
-                Ok(Some(p)) => q.push(p.ts, p),
+                Ok(Some(p)) => q.push(p.ts, p.data.len(), p),
                 // Pass 1 said so already.
                 Ok(None) | Err(_) => done = true,
             }
@@ -405,35 +567,49 @@ fn analyze_capture(
 /// A small reorder window: captures from several CPUs (`tcpdump -i any`) and the two files
 /// of a bundle are in time order only roughly.
 struct Reorder<T> {
-    heap: BinaryHeap<Reverse<(Ts, u64, OrdBox<T>)>>,
+    heap: BinaryHeap<Queued<T>>,
     seq: u64,
+    /// What the items held cost, in bytes of their input.
+    bytes: usize,
 }
+
+/// An item in the window, oldest first (then first come), with the bytes it came from.
+type Queued<T> = Reverse<(Ts, u64, OrdBox<(T, usize)>)>;
 
 impl<T> Default for Reorder<T> {
     fn default() -> Self {
         Self {
             heap: BinaryHeap::new(),
             seq: 0,
+            bytes: 0,
         }
     }
 }
 
 /// How many items the window holds before it hands out the oldest.
 const REORDER: usize = 1024;
+/// And how many bytes of input they may come from: a record can be a 64 MiB line, a frame
+/// a 16 MiB block, and the window holds them all at once.
+const REORDER_BYTES: usize = 64 << 20;
 
 impl<T> Reorder<T> {
     fn wants_more(&self) -> bool {
-        self.heap.len() < REORDER
+        self.heap.len() < REORDER && self.bytes < REORDER_BYTES
     }
-    fn push(&mut self, ts: Ts, item: T) {
+    /// Holds `item`, which came from `cost` bytes of input.
+    fn push(&mut self, ts: Ts, cost: usize, item: T) {
         self.seq += 1;
-        self.heap.push(Reverse((ts, self.seq, OrdBox(item))));
+        self.bytes += cost;
+        self.heap
+            .push(Reverse((ts, self.seq, OrdBox((item, cost)))));
     }
     fn peek(&self) -> Option<Ts> {
         self.heap.peek().map(|Reverse((t, _, _))| *t)
     }
     fn pop(&mut self) -> Option<T> {
-        self.heap.pop().map(|Reverse((_, _, OrdBox(i)))| i)
+        let Reverse((_, _, OrdBox((item, cost)))) = self.heap.pop()?;
+        self.bytes -= cost;
+        Some(item)
     }
 }
 
@@ -453,5 +629,123 @@ impl<T> PartialOrd for OrdBox<T> {
 impl<T> Ord for OrdBox<T> {
     fn cmp(&self, _: &Self) -> std::cmp::Ordering {
         std::cmp::Ordering::Equal
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn host_json() -> String {
+        let h = crate::model::host::HostJson {
+            tool: "tapwatch".into(),
+            host: crate::model::host::HostFacts {
+                hostname: "hv1".into(),
+                cpu_flags: vec!["avx2".into(), "sse4_2".into()],
+                ..Default::default()
+            },
+            taps: [("vnet0".to_string(), Default::default())].into(),
+            ..Default::default()
+        };
+        serde_json::to_string(&h).unwrap()
+    }
+
+    /// host.json of 300,000 CPU flags is a tapwatch host's (if an odd one); one of more
+    /// values than the limit, or past the length, is refused saying why.
+    #[test]
+    fn host_json_is_read_within_its_limits() {
+        let flags: Vec<String> = (0..300_000).map(|i| format!("f{i}")).collect();
+        let many = host_json().replacen(
+            r#""cpu_flags":["avx2","sse4_2"]"#,
+            &format!(r#""cpu_flags":{}"#, serde_json::to_string(&flags).unwrap()),
+            1,
+        );
+        assert_eq!(
+            host_json_from(many.as_bytes())
+                .unwrap()
+                .host
+                .cpu_flags
+                .len(),
+            300_000
+        );
+        let over = format!(
+            r#"{{"x":[{}],{}"#,
+            vec!["0"; bundle::MAX_VALUES].join(","),
+            &host_json()[1..]
+        );
+        let e = host_json_from(over.as_bytes()).unwrap_err().to_string();
+        assert!(e.contains("more than 1048576 JSON values"), "{e}");
+        let long = vec![b' '; MAX_HOST_JSON as usize + 1];
+        let e = host_json_from(&long).unwrap_err().to_string();
+        assert!(e.contains("longer than 67108864 bytes"), "{e}");
+        let deep = format!(r#"{{"x":{}{}}}"#, "[".repeat(10_000), "]".repeat(10_000));
+        let e = host_json_from(deep.as_bytes()).unwrap_err().to_string();
+        assert!(e.contains("recursion limit"), "{e}");
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// A damaged host.json is an error, never a panic.
+        #[test]
+        fn damaged_host_json_never_panics(
+            cut in any::<prop::sample::Index>(),
+            flips in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..6),
+        ) {
+            let mut b = host_json().into_bytes();
+            for (at, v) in flips {
+                let i = at.index(b.len());
+                b[i] = v;
+            }
+            b.truncate(cut.index(b.len() + 1));
+            let _ = host_json_from(&b);
+        }
+
+        #[test]
+        fn arbitrary_host_json_never_panics(b in prop::collection::vec(any::<u8>(), 0..512)) {
+            let _ = host_json_from(&b);
+        }
+    }
+
+    /// The reorder window holds at most REORDER_BYTES of input at once, however few items
+    /// that is: a bundle of large records held 1024 of them.
+    #[test]
+    fn the_reorder_window_is_bounded_in_bytes() {
+        let mut q: Reorder<u32> = Reorder::default();
+        let mut n = 0;
+        while q.wants_more() {
+            q.push(Ts::default(), 1 << 20, n);
+            n += 1;
+        }
+        assert_eq!(n, 64);
+        assert_eq!(q.pop(), Some(0));
+        assert!(q.wants_more());
+        // One item past the budget is still taken, alone.
+        let mut q: Reorder<u32> = Reorder::default();
+        q.push(Ts::default(), 100 << 20, 0);
+        assert!(!q.wants_more());
+        assert_eq!((q.pop(), q.bytes), (Some(0), 0));
+    }
+
+    #[test]
+    fn a_run_is_its_host_boot_and_start() {
+        let at = |ms| Some(Ts(chrono::DateTime::from_timestamp_millis(ms).unwrap()));
+        let run = |host: &str, boot: Option<&str>, started| RunId {
+            hostname: Some(host.into()),
+            boot_id: boot.map(str::to_string),
+            started,
+        };
+        let a = run("hv1", Some("b1"), at(1));
+        assert!(a.same(&a.clone()));
+        // A bundle of an older version has no boot id: the host and the start decide.
+        assert!(a.same(&run("hv1", None, at(1))));
+        assert!(!a.same(&run("hv2", Some("b1"), at(1))));
+        assert!(!a.same(&run("hv1", Some("b2"), at(1))));
+        // Two runs on one host (`lab --record` writes both sides so).
+        assert!(!a.same(&run("hv1", Some("b1"), at(2))));
+        // Nothing known of when either started: nothing tells them to be one.
+        assert!(!run("hv1", None, None).same(&run("hv1", None, None)));
     }
 }

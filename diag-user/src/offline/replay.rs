@@ -4,7 +4,7 @@
 
 use std::{
     cmp::Reverse,
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, HashSet},
     io,
 };
 
@@ -24,6 +24,11 @@ use crate::{
 
 /// MAC history kept per tap.
 const MAX_HISTORY: usize = 256;
+/// The most `attached` records one analysis follows (a tap attached again counts again:
+/// the engine keeps each).
+pub(super) const MAX_ATTACHMENTS: usize = MAX_TAPS;
+/// A capture's stats record has a row per tap: at most this many rows per frame replayed.
+const STATS_ROWS_PER_FRAME: usize = 64;
 
 /// What the first pass learns of one interface of a raw capture, in bounded space.
 pub(super) struct Seen {
@@ -43,6 +48,9 @@ pub(super) struct Seen {
 /// Distinct MACs counted per interface: the guest's shows up early and often.
 const MAX_SOURCES: usize = 4096;
 const MAX_MOVES: usize = 4096;
+/// What the first pass keeps over all interfaces (MACs counted, moves): each interface's
+/// share is bounded above, their number by [`MAX_TAPS`], and this bounds the product.
+pub(super) const MAX_SEEN: usize = 1 << 20;
 
 impl Seen {
     pub(super) fn new(first: Ts) -> Self {
@@ -57,7 +65,9 @@ impl Seen {
         }
     }
 
-    pub(super) fn see(&mut self, p: &Packet) {
+    /// Learns from one frame; `budget` is what all interfaces may still keep, and each
+    /// new entry takes one of it.
+    pub(super) fn see(&mut self, p: &Packet, budget: &mut usize) {
         let (Some(dst), Some(src)) = (
             p.data.get(..6).and_then(MacAddr::from_slice),
             p.data.get(6..12).and_then(MacAddr::from_slice),
@@ -68,22 +78,33 @@ impl Seen {
         if p.data.get(12..14) == Some(&[0x80, 0x35]) {
             self.rarp_sender.get_or_insert(src);
         }
-        let count = |m: &mut HashMap<MacAddr, u64>| {
-            if m.len() < MAX_SOURCES || m.contains_key(&src) {
-                *m.entry(src).or_default() += 1;
+        let mut count = |m: &mut HashMap<MacAddr, u64>| {
+            if let Some(n) = m.get_mut(&src) {
+                *n += 1;
+            } else if m.len() < MAX_SOURCES && *budget > 0 {
+                *budget -= 1;
+                m.insert(src, 1);
             }
         };
         count(&mut self.any_src);
-        if p.direction.is_some() {
-            self.knows_direction = true;
-        }
         if p.direction == Some(Direction::FromVm) {
             count(&mut self.from_vm_src);
         }
-        let known = self.last.len() < MAX_SOURCES || self.last.contains_key(&src);
-        if known && self.last.get(&src) != Some(&(dst, is_arp)) {
+        if p.direction.is_some() {
+            self.knows_direction = true;
+        }
+        let known = match self.last.get(&src) {
+            Some(last) => *last != (dst, is_arp),
+            None if self.last.len() < MAX_SOURCES && *budget > 0 => {
+                *budget -= 1;
+                true
+            }
+            None => false,
+        };
+        if known {
             self.last.insert(src, (dst, is_arp));
-            if self.moves.len() < MAX_MOVES {
+            if self.moves.len() < MAX_MOVES && *budget > 0 {
+                *budget -= 1;
                 self.moves.push((p.ts, src, dst, p.direction, is_arp));
             }
         }
@@ -153,18 +174,20 @@ pub(super) fn infer_taps(
                     .join(" then ")
             ));
         } else {
-            // The host sent nothing: the VM's own unicast, non-ARP destinations, in order.
-            let mut dests: Vec<MacAddr> = Vec::new();
-            for m in s
+            // The host sent nothing: the VM's own unicast, non-ARP destinations, each where
+            // the VM last sent to it, in that order.
+            let mut last_sent: HashMap<MacAddr, usize> = HashMap::new();
+            let to = s
                 .moves
                 .iter()
-                .filter(|m| m.1 == guest && !m.4 && unicast(m.2))
-            {
-                if dests.last() != Some(&m.2) {
-                    dests.retain(|d| *d != m.2);
-                    dests.push(m.2);
-                }
+                .filter(|m| m.1 == guest && !m.4 && unicast(m.2));
+            for (i, m) in to.enumerate() {
+                last_sent.insert(m.2, i);
             }
+            let mut dests: Vec<(usize, MacAddr)> =
+                last_sent.into_iter().map(|(m, i)| (i, m)).collect();
+            dests.sort_unstable();
+            let dests: Vec<MacAddr> = dests.into_iter().map(|(_, m)| m).collect();
             match dests.as_slice() {
                 [] => notes.push(format!(
                     "{ifname}: no unicast frame to infer the tap's MAC from; give --tap-mac"
@@ -234,6 +257,13 @@ struct Replayed {
 pub(super) struct Replayer<'a> {
     from_bundle: bool,
     taps: BTreeMap<String, Replayed>,
+    /// Taps named by an `identity` record before their `attached` one (the engine keeps
+    /// what it says until then), bounded as the taps are.
+    identified: HashSet<String>,
+    /// Every `attached` record so far: a tap attached again is a new one to the engine.
+    attachments: usize,
+    /// Frames replayed since the last stats record of a capture.
+    since_stats: usize,
     guests: HashMap<String, MacAddr>,
     engine: Engine,
     last_stats: Option<Ts>,
@@ -252,6 +282,9 @@ impl<'a> Replayer<'a> {
         Self {
             from_bundle,
             taps: BTreeMap::new(),
+            identified: HashSet::new(),
+            attachments: 0,
+            since_stats: 0,
             guests,
             engine: Engine::new(EngineConfig::default()),
             last_stats: None,
@@ -289,6 +322,14 @@ impl<'a> Replayer<'a> {
                         max: MAX_TAPS,
                     });
                 }
+                if self.attachments >= MAX_ATTACHMENTS {
+                    return Err(AnalyzeError::TooManyAttachments {
+                        path: self.name.clone(),
+                        max: MAX_ATTACHMENTS,
+                    });
+                }
+                self.attachments += 1;
+                self.identified.remove(ifname);
                 self.taps.insert(
                     ifname.clone(),
                     Replayed {
@@ -328,6 +369,17 @@ impl<'a> Replayer<'a> {
                 if let Some(tap) = self.taps.get_mut(ifname) {
                     tap.detached = true;
                 }
+            }
+            Record::Identity { ifname, .. }
+                if !self.taps.contains_key(ifname) && !self.identified.contains(ifname) =>
+            {
+                if self.taps.len() + self.identified.len() >= MAX_TAPS {
+                    return Err(AnalyzeError::TooManyTaps {
+                        path: self.name.clone(),
+                        max: MAX_TAPS,
+                    });
+                }
+                self.identified.insert(ifname.clone());
             }
             Record::Renamed {
                 ifname, old_ifname, ..
@@ -403,9 +455,15 @@ impl<'a> Replayer<'a> {
                 self.emit(Record::Frame(f))?;
             }
         }
-        // A raw capture has no stats records: make one per second of capture.
-        if !self.from_bundle && self.last_stats.is_none_or(|l| t.ms_since(l) >= 1000) {
+        // A raw capture has no stats records: make one per second of capture. Each has a
+        // row per tap, so with many taps and few frames not that often: at most one per
+        // STATS_ROWS_PER_FRAME taps' worth of frames, which keeps the rows linear in them.
+        self.since_stats += 1;
+        let due = self.last_stats.is_none_or(|l| t.ms_since(l) >= 1000)
+            && self.since_stats.saturating_mul(STATS_ROWS_PER_FRAME) >= self.taps.len();
+        if !self.from_bundle && due {
             self.last_stats = Some(t);
+            self.since_stats = 0;
             let rec = self.stats(t);
             self.emit(rec)?;
         }
@@ -470,5 +528,180 @@ impl<'a> Replayer<'a> {
             (self.out)(v).map_err(AnalyzeError::Output)?;
         }
         Ok(Some(summary))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::verdict::fixtures::{at, attached, GUEST, NEW};
+
+    fn packet(ms: i64, ifname: &str, src: MacAddr, dst: MacAddr) -> Packet {
+        Packet {
+            ts: at(ms),
+            ifname: ifname.into(),
+            data: crate::lab::frames::udp(
+                src,
+                dst,
+                "10.65.0.2".parse().unwrap(),
+                "10.65.0.9".parse().unwrap(),
+                98,
+            ),
+            orig_len: 98,
+            direction: Some(Direction::FromVm),
+            pkttype: None,
+        }
+    }
+
+    /// A frame of `src` to `dst`, only its MAC header filled (what the first pass reads).
+    fn header(src: MacAddr, dst: MacAddr) -> Packet {
+        let mut data = [dst.0, src.0].concat();
+        data.extend_from_slice(&[0x08, 0x00]);
+        data.resize(60, 0);
+        Packet {
+            ts: at(0),
+            ifname: "x".into(),
+            data,
+            orig_len: 60,
+            direction: Some(Direction::FromVm),
+            pkttype: None,
+        }
+    }
+
+    /// Runs `f` on a replayer of a capture (`bundle`: false) whose records are counted.
+    fn replayed<T>(
+        bundle: bool,
+        f: impl FnOnce(Replayer) -> T,
+    ) -> (T, HashMap<&'static str, usize>) {
+        let mut kinds: HashMap<&'static str, usize> = HashMap::new();
+        let mut out = |r: &Record| {
+            let kind = match r {
+                Record::Stats { .. } => "stats",
+                Record::Verdict { .. } => "verdict",
+                Record::Summary { .. } => "summary",
+                _ => "other",
+            };
+            *kinds.entry(kind).or_default() += 1;
+            Ok(())
+        };
+        let t = f(Replayer::new(bundle, HashMap::new(), &mut out, "test"));
+        (t, kinds)
+    }
+
+    /// A capture of 20,000 interfaces whose frames come a second apart: a stats record per
+    /// frame, each with a row per interface, was 400 million rows.
+    #[test]
+    fn a_capture_of_many_interfaces_is_replayed_in_linear_time() {
+        let n = 20_000;
+        let (summary, kinds) = replayed(false, |mut r| {
+            for i in 0..n {
+                r.record(attached(0, &format!("if{i}"), NEW, "routed"))
+                    .unwrap();
+            }
+            for i in 0..n {
+                r.packet(packet(1000 * i as i64, "if0", GUEST, NEW))
+                    .unwrap();
+            }
+            r.finish().unwrap()
+        });
+        let Some(Record::Summary { taps, .. }) = summary else {
+            panic!("no summary")
+        };
+        assert_eq!(taps.len(), n);
+        // A row per tap in each: at most STATS_ROWS_PER_FRAME rows per frame, and the last.
+        let rows = kinds["stats"] * n;
+        assert!(
+            kinds["stats"] > 1 && rows <= STATS_ROWS_PER_FRAME * n + n,
+            "{rows}"
+        );
+    }
+
+    /// Identities of taps never attached, or one tap attached again and again: what the
+    /// engine keeps of them is bounded as the taps are.
+    #[test]
+    fn taps_named_or_attached_past_the_limit_are_refused() {
+        let identity = |i: usize| Record::Identity {
+            ts: at(0),
+            ifname: format!("vnet{i}"),
+            libvirt: None,
+        };
+        let (err, _) = replayed(true, |mut r| {
+            (0..=MAX_TAPS).find_map(|i| r.record(identity(i)).err())
+        });
+        assert!(
+            matches!(err, Some(AnalyzeError::TooManyTaps { max: MAX_TAPS, .. })),
+            "{err:?}"
+        );
+        // An identity then the tap's attach is one tap, not two.
+        let (ok, _) = replayed(true, |mut r| {
+            (0..MAX_TAPS).try_for_each(|i| {
+                r.record(identity(i))?;
+                r.record(attached(0, &format!("vnet{i}"), NEW, "routed"))
+            })
+        });
+        assert!(ok.is_ok(), "{ok:?}");
+        let (err, _) = replayed(true, |mut r| {
+            (0..=MAX_ATTACHMENTS).find_map(|_| r.record(attached(0, "vnet0", NEW, "routed")).err())
+        });
+        assert!(
+            matches!(err, Some(AnalyzeError::TooManyAttachments { .. })),
+            "{err:?}"
+        );
+    }
+
+    /// A VM that sent to 4,096 destinations in turn on each of 200 interfaces: the tap's
+    /// MAC is found in time linear in what was seen (each destination was searched for in
+    /// the list of those before it).
+    #[test]
+    fn the_tap_mac_is_inferred_in_linear_time() {
+        let mut seen = BTreeMap::new();
+        let mut budget = MAX_SEEN;
+        let dst = |i: usize| MacAddr([0x02, 0, 0, 0, (i >> 8) as u8, i as u8]);
+        for tap in 0..200 {
+            let s = seen
+                .entry(format!("if{tap}"))
+                .or_insert_with(|| Seen::new(at(0)));
+            for i in 0..MAX_MOVES {
+                s.see(&header(GUEST, dst(i)), &mut budget);
+            }
+        }
+        let mut notes = Vec::new();
+        let (recs, _) = infer_taps(seen, None, &mut notes);
+        assert_eq!(recs.len(), 200);
+        for r in &recs {
+            let Record::Attached { mac, .. } = r else {
+                panic!("{r:?}")
+            };
+            assert_eq!(*mac, Some(dst(MAX_MOVES - 1)));
+        }
+        assert!(notes[0].contains("fairly sure"), "{}", notes[0]);
+    }
+
+    /// However many interfaces and sources, the first pass keeps at most MAX_SEEN entries.
+    #[test]
+    fn the_first_pass_keeps_a_bounded_amount() {
+        let mut budget = MAX_SEEN;
+        let mut seen: Vec<Seen> = Vec::new();
+        for tap in 0..400 {
+            let mut s = Seen::new(at(0));
+            for i in 0..MAX_SOURCES {
+                let src = MacAddr([
+                    0x02,
+                    0,
+                    (tap >> 8) as u8,
+                    tap as u8,
+                    (i >> 8) as u8,
+                    i as u8,
+                ]);
+                s.see(&header(src, NEW), &mut budget);
+            }
+            seen.push(s);
+        }
+        let kept: usize = seen
+            .iter()
+            .map(|s| s.any_src.len() + s.from_vm_src.len() + s.last.len() + s.moves.len())
+            .sum();
+        assert_eq!(budget, 0);
+        assert!(kept <= MAX_SEEN, "{kept}");
     }
 }

@@ -86,6 +86,16 @@ impl Registry {
         &mut self.taps[i]
     }
 
+    /// Where each tap is by its name and ifindex (the latest of a name attached again): a
+    /// summary row finds its tap at once, not by a search of every tap.
+    pub fn by_name_and_index(&self) -> HashMap<(&str, u32), usize> {
+        self.taps
+            .iter()
+            .enumerate()
+            .map(|(i, t)| ((t.ifname.as_str(), t.key.ifindex), i))
+            .collect()
+    }
+
     /// A tap attached: from now on records by its name are about it. Returns its index.
     pub fn attach(&mut self, tap: Tap) -> usize {
         let i = self.taps.len();

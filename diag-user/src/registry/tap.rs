@@ -35,6 +35,8 @@ pub struct TimelineEntry {
 /// Seconds of per-second mismatch counts kept for the sparkline.
 pub const SERIES_LEN: usize = 120;
 const TIMELINE_MAX: usize = 256;
+/// MACs a tap's history keeps (the newest): each diagnosis of a blackout looks through it.
+const MAC_HISTORY_MAX: usize = 256;
 
 /// Everything known about one tap and the VM behind it.
 #[derive(Clone, Debug)]
@@ -68,7 +70,8 @@ pub struct Tap {
     pub mac: Option<MacAddr>,
     /// The MAC before the last change and when it changed.
     pub prev_mac: Option<(Option<MacAddr>, Ts)>,
-    /// Every MAC the tap had while watched, with the time it got it.
+    /// Every MAC the tap had while watched (the last [`MAC_HISTORY_MAX`]), with the time
+    /// it got it.
     pub mac_history: Vec<(Ts, Option<MacAddr>)>,
     pub attached_at: Ts,
     pub counters: TapRow,
@@ -242,6 +245,13 @@ impl Tap {
             self.resumed_at = Some(ts);
             self.note(ts, "libvirt: the VM runs again".into());
         }
+    }
+
+    pub fn remember_mac(&mut self, ts: Ts, mac: Option<MacAddr>) {
+        if self.mac_history.len() == MAC_HISTORY_MAX {
+            self.mac_history.remove(0);
+        }
+        self.mac_history.push((ts, mac));
     }
 
     pub fn note(&mut self, ts: Ts, what: String) {

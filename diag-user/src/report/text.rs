@@ -314,10 +314,11 @@ pub fn migration_report(
     facts: &[crate::model::HostFact],
 ) -> String {
     let at = |t: Option<crate::model::clock::Ts>| t.map_or("-".into(), |t| t.to_string());
+    let src = m.src_ifname.as_deref().unwrap_or("not found on the source");
     let mut out = format!(
         "{} ({} -> {})\n",
         one_line(&m.vm),
-        one_line(&m.src_ifname),
+        one_line(src),
         one_line(&m.dst_ifname)
     );
     let clock = m
@@ -547,7 +548,7 @@ mod tests {
             assert_eq!(t.lines().count(), 5, "{t}");
             let m = MigrationRecord {
                 vm: name.into(),
-                src_ifname: TAP.into(),
+                src_ifname: Some(TAP.into()),
                 dst_ifname: TAP.into(),
                 pause_from: "libvirt".into(),
                 notes: vec![format!("{name} paused")],

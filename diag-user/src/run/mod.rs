@@ -20,6 +20,8 @@ use diag_user::{
     },
 };
 
+/// Exit status of a command line that cannot be right (clap's usage errors exit so too).
+pub const EXIT_USAGE: u8 = 2;
 /// Exit status of a run that did its job but whose bundle is incomplete (a full disk).
 pub const EXIT_BUNDLE_INCOMPLETE: u8 = 3;
 /// Exit status of a run in which some matching taps could not be watched.

@@ -68,7 +68,7 @@ impl Engine {
         let t = self.tap_mut(i);
         t.prev_mac = Some((old, ts));
         t.mac = new;
-        t.mac_history.push((ts, new));
+        t.remember_mac(ts, new);
         t.note(
             ts,
             format!("tap MAC {} → {}", show(old, "none"), show(new, "none")),
@@ -169,15 +169,18 @@ impl Engine {
 
     /// The summary's final counters, so the summary's diagnosis speaks of them.
     pub(super) fn final_counters(&mut self, rows: &[SummaryRow]) {
-        for row in rows {
-            let i = self
-                .registry
-                .all()
-                .iter()
-                .rposition(|t| t.key.ifindex == row.ifindex && t.ifname == row.counters.ifname);
-            if let Some(i) = i {
-                self.tap_mut(i).counters = row.counters.clone();
-            }
+        let found: Vec<(usize, usize)> = {
+            let index = self.registry.by_name_and_index();
+            rows.iter()
+                .enumerate()
+                .filter_map(|(r, row)| {
+                    let at = index.get(&(row.counters.ifname.as_str(), row.ifindex))?;
+                    Some((*at, r))
+                })
+                .collect()
+        };
+        for (i, r) in found {
+            self.tap_mut(i).counters = rows[r].counters.clone();
         }
     }
 }

@@ -205,15 +205,6 @@ impl Engine {
         t.verdict_fields(now)
     }
 
-    /// The summary row's tap: the last one attached with that index and name.
-    fn summary_tap(&self, ifindex: u32, ifname: &str) -> Option<&Tap> {
-        self.registry
-            .all()
-            .iter()
-            .rev()
-            .find(|t| t.key.ifindex == ifindex && t.ifname == ifname)
-    }
-
     /// Adds what the registry knows to a summary's rows (the collector gives the final
     /// counters): the tap's mode, every MAC it had, and the verdict.
     pub fn annotate_summary(&self, rec: &mut Record) {
@@ -226,8 +217,10 @@ impl Engine {
             if !self.forecasts.is_empty() {
                 *forecasts = Some(self.forecasts);
             }
+            let index = self.registry.by_name_and_index();
             for row in taps.iter_mut() {
-                if let Some(t) = self.summary_tap(row.ifindex, &row.counters.ifname) {
+                let at = index.get(&(row.counters.ifname.as_str(), row.ifindex));
+                if let Some(t) = at.map(|&i| self.registry.at(i)) {
                     row.mode = t.mode;
                     if row.mac_history.is_empty() {
                         row.mac_history = t

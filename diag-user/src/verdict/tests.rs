@@ -1,5 +1,5 @@
 use super::{fixtures::*, *};
-use crate::model::{Mode, State};
+use crate::model::{Mode, State, TapRow};
 
 fn run(engine: &mut Engine, recs: &[Record]) -> Vec<(String, &'static str, Option<u64>)> {
     let mut out = Vec::new();
@@ -493,4 +493,73 @@ fn libvirt_identity_and_unusual_tap_mac() {
     let t = e.tap("tapA").unwrap();
     assert!(t.tap_mac_unusual());
     assert_eq!(t.guest_mac(), Some(GUEST));
+}
+
+/// A summary row finds its tap at once: a replayed bundle of 65,536 taps (the most an
+/// analysis follows) searched every tap for every row.
+#[test]
+fn a_summary_of_65536_taps_is_applied_in_linear_time() {
+    let mut e = engine();
+    let n = 65_536;
+    let names: Vec<String> = (0..n).map(|i| format!("tap{i}")).collect();
+    for name in &names {
+        e.apply(&attached(0, name, NEW, "routed"));
+    }
+    let row = |name: &String| crate::model::SummaryRow {
+        counters: TapRow {
+            ifname: name.clone(),
+            rarp_frames: 1,
+            ..TapRow::default()
+        },
+        // One ifindex for all, as a hostile bundle may give: names tell them apart.
+        ifindex: 7,
+        mode: Mode::Routed,
+        mac_history: Vec::new(),
+        detached: false,
+        verdict: None,
+    };
+    // A row of a tap never attached is passed over.
+    let mut rows = vec![row(&"gone".to_string())];
+    rows.extend(names.iter().map(row));
+    let mut summary = Record::Summary {
+        ts: at(1000),
+        taps: rows,
+        forecasts: None,
+    };
+    e.apply(&summary);
+    e.annotate_summary(&mut summary);
+    let Record::Summary { taps, .. } = summary else {
+        unreachable!()
+    };
+    assert!(taps[1..].iter().all(|r| r.verdict.is_some()) && taps[0].verdict.is_none());
+    assert!(e.taps().iter().all(|t| t.counters.rarp_frames == 1));
+}
+
+/// A tap whose MAC changed 100,000 times (a hostile bundle) keeps a bounded history:
+/// each verdict's diagnosis looked through all of it.
+#[test]
+fn a_tap_whose_mac_keeps_changing_keeps_a_bounded_history() {
+    let mut e = engine();
+    e.apply(&attached(0, "tapA", NEW, "routed"));
+    let n = 100_000;
+    for i in 0..n {
+        e.apply(&Record::MacChange {
+            ts: at(i),
+            ifname: "tapA".into(),
+            old_mac: Some(if i % 2 == 0 { NEW } else { OLD }),
+            new_mac: Some(if i % 2 == 0 { OLD } else { NEW }),
+        });
+    }
+    let mut verdicts = 0;
+    for i in 0..n {
+        let t = n + i * 2;
+        verdicts += e
+            .apply(&frame(t, "tapA", "from_vm", "dst_mismatch", GUEST))
+            .len();
+        verdicts += e
+            .apply(&frame(t + 1, "tapA", "from_vm", "dst_match", NEW))
+            .len();
+    }
+    assert_eq!(verdicts as i64, 2 * n);
+    assert!(e.taps()[0].mac_history.len() <= 256);
 }
