@@ -6,7 +6,7 @@ use std::{path::PathBuf, time::Duration};
 use clap::{Args, Parser, Subcommand};
 use diag_user::{
     collect::{
-        ebpf::AttachMode, identity::libvirt, links::DEFAULT_PATTERNS, BackendChoice,
+        ebpf::AttachMode, facts, identity::libvirt, links::DEFAULT_PATTERNS, BackendChoice,
         DatapathChoice, IdentitySource, WatchOptions,
     },
     lab::{Scenario, MAX_VMS},
@@ -41,9 +41,46 @@ pub enum Command {
     /// Run as a service: watch the taps as `watch` does, without a terminal, and serve
     /// Prometheus metrics on /metrics (and /healthz); optionally a bundle per blackout.
     Serve(ServeArgs),
+    /// Print what tapwatch knows of this host and its VMs, without watching anything:
+    /// versions, CPU, clock, each VM's CPU, interfaces and disks, the instances directory.
+    Facts(FactsArgs),
+    /// Before a migration: what would break a VM's live migration from one host to
+    /// another, from the two hosts' facts (or bundles). Exit 0: nothing blocks; 1: something
+    /// does; 2: bad input.
+    Preflight(PreflightArgs),
     /// Internal: removes a killed run's tc filters (started by `watch` itself).
     #[command(name = "cleanup-helper", hide = true)]
     CleanupHelper,
+}
+
+#[derive(Args, Clone)]
+pub struct FactsArgs {
+    /// Print the facts as one JSON object (for `tapwatch preflight`) instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// Directory of libvirt's live domain XML.
+    #[arg(long, value_name = "DIR", default_value = libvirt::DEFAULT_DIR)]
+    pub libvirt_dir: PathBuf,
+    /// Where Nova keeps instances' local disks (its file system says whether it is shared).
+    #[arg(long, value_name = "DIR", default_value = facts::DEFAULT_INSTANCES_DIR)]
+    pub instances_dir: PathBuf,
+}
+
+#[derive(Args, Clone)]
+pub struct PreflightArgs {
+    /// The source host's facts (`tapwatch facts --json` there) or a bundle of it.
+    #[arg(long, value_name = "SRC")]
+    pub from: PathBuf,
+    /// The destination host's facts or a bundle of it.
+    #[arg(long, value_name = "DST")]
+    pub to: PathBuf,
+    /// Only these VMs (Nova's name, the libvirt domain, or its UUID); repeatable. Default:
+    /// every VM of SRC.
+    #[arg(long, value_name = "NAME")]
+    pub vm: Vec<String>,
+    /// Print the findings as NDJSON `finding` records.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args, Clone)]
@@ -125,6 +162,10 @@ pub struct TapArgs {
     /// Directory of libvirt's live domain XML, for VM names and guest MACs.
     #[arg(long, value_name = "DIR", default_value = libvirt::DEFAULT_DIR)]
     pub libvirt_dir: PathBuf,
+    /// The source host's facts (`tapwatch facts --json` there) or a bundle of it: a
+    /// destination tap's forecast is then certain either way.
+    #[arg(long, value_name = "FILE")]
+    pub source_facts: Option<PathBuf>,
 }
 
 impl Default for TapArgs {
@@ -137,6 +178,7 @@ impl Default for TapArgs {
             backend: None,
             probe_linger: Duration::from_secs(60),
             libvirt_dir: PathBuf::from(libvirt::DEFAULT_DIR),
+            source_facts: None,
         }
     }
 }

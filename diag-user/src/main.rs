@@ -33,6 +33,8 @@ fn main() -> ExitCode {
             Some(Command::Lab(a)) => runtime.block_on(run::lab::run(a)),
             Some(Command::Serve(a)) => run::serve::run(a),
             Some(Command::Analyze(a)) => run::analyze::run(a),
+            Some(Command::Facts(a)) => run::facts::facts(a),
+            Some(Command::Preflight(a)) => run::facts::preflight(a),
             Some(Command::CleanupHelper) => collect::ebpf::reaper::run(),
         }
     })();

@@ -226,6 +226,8 @@ fn lab_sample(ts: Ts) -> LabRecord {
         inbound_gap_ms: Some(1),
         outbound_gap_ms: Some(1),
         downtime_ms: Some(1),
+        foreseen: Some(true),
+        forecast_right: Some(true),
         detail: Some("d".into()),
     }
 }

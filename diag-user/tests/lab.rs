@@ -102,6 +102,28 @@ fn stale_mac_blackout_agrees_with_the_truth() {
     assert_eq!(blackouts(&recs), 1);
     // Without an SDN delay the network delivers to the VM as soon as it resumes.
     assert_gaps_agree(row, truth);
+    assert_foreseen(&recs, truth, true);
+}
+
+/// tapwatch said AT RISK before the VM resumed exactly when a blackout was to come, and
+/// the lab's truth says it was right.
+fn assert_foreseen(recs: &[Value], truth: &Value, at_risk: bool) {
+    assert_eq!(truth["foreseen"], at_risk, "{truth}");
+    assert_eq!(truth["forecast_right"], true, "{truth}");
+    let forecast = recs
+        .iter()
+        .position(|v| v["type"] == "forecast" && v["at_risk"] == true);
+    let resumed = recs
+        .iter()
+        .position(|v| v["type"] == "lab" && v["event"] == "resume")
+        .expect("the resume");
+    match forecast {
+        Some(f) => {
+            assert!(at_risk, "a forecast for a clean migration: {}", recs[f]);
+            assert!(f < resumed, "the forecast came after the resume");
+        }
+        None => assert!(!at_risk, "no forecast before the resume"),
+    }
 }
 
 /// The verdict's two gaps against the lab's ground truth: both are kernel timestamps of the
@@ -242,6 +264,7 @@ fn clean_migration_has_only_the_switchover_gap() {
         (&row["state"], &row["dst_mismatch_frames"]),
         (&"OK".into(), &0.into())
     );
+    assert_foreseen(&recs, truth, false);
 }
 
 #[test]

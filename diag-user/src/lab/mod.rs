@@ -275,6 +275,9 @@ impl Lab {
             );
             dst_taps.push((tap, mac));
         }
+        // QEMU copies the guest's memory while it still runs on the source: seconds for a
+        // real VM. The destination's taps wait, and tapwatch judges them meanwhile.
+        std::thread::sleep(Duration::from_secs(1).max(self.opts.interval * 2));
         // Switch-over: the guest stops (libvirt marks it paused for the migration), the
         // source tap goes, the host's route moves; the fabric's route follows after the
         // SDN's delay.
@@ -360,9 +363,21 @@ impl Lab {
 
     fn truths(&self) -> Vec<Record> {
         let now = monotonic_ns();
+        // What tapwatch foresaw of each VM's destination tap before it resumed.
+        let foreseen: Vec<Option<bool>> = {
+            let head = self.pipeline.head();
+            self.vms
+                .iter()
+                .map(|vm| {
+                    let t = head.engine.tap(&vm.spec.tap)?;
+                    Some(t.forecast.as_ref().is_some_and(|f| f.at_risk))
+                })
+                .collect()
+        };
         self.vms
             .iter()
-            .map(|vm| {
+            .zip(foreseen)
+            .map(|(vm, foreseen)| {
                 let since = vm.switchover_ns.unwrap_or(now);
                 let windows = vm.guest.windows();
                 let stale: u64 = windows
@@ -388,6 +403,8 @@ impl Lab {
                     inbound_gap_ms: inbound,
                     outbound_gap_ms: outbound,
                     downtime_ms: vm.paused_ns.zip(vm.resumed_ns).map(|(p, r)| ms(r, p)),
+                    foreseen,
+                    forecast_right: foreseen.map(|f| f == (stale > 0)),
                     detail: None,
                 })
             })

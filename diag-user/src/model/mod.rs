@@ -6,6 +6,7 @@
 
 pub mod clock;
 pub mod facts;
+pub mod finding;
 pub mod forecast;
 mod frame;
 pub mod host;
@@ -302,6 +303,9 @@ pub enum Record {
     /// Before a VM migrating in resumes: whether its guest will find the MAC it has cached
     /// for its gateway (see `verdict`), and once it ran, whether that came true.
     Forecast(forecast::ForecastRecord),
+    /// What `tapwatch preflight` finds would break a VM's live migration (or its network
+    /// after it), with its evidence and what to do.
+    Finding(finding::Finding),
     /// One VM's migration from a source bundle to a destination bundle
     /// (`tapwatch analyze SRC DST`).
     Migration(MigrationRecord),
@@ -364,6 +368,8 @@ impl Record {
             | Record::Verdict { ts, .. } => *ts,
             Record::Frame(f) => f.ts,
             Record::Forecast(f) => f.ts,
+            // Found before anything ran: of no time of its own.
+            Record::Finding(_) => Ts::default(),
             Record::Lab(l) => l.ts,
             Record::Migration(m) => m.ts,
         }
@@ -381,6 +387,7 @@ impl Record {
             | Record::Verdict { ifname, .. } => Some(ifname),
             Record::Frame(f) => Some(&f.ifname),
             Record::Forecast(f) => Some(&f.ifname),
+            Record::Finding(_) => None,
             Record::Notice { ifname, .. } => ifname.as_deref(),
             Record::Stats { .. }
             | Record::Summary { .. }
@@ -416,6 +423,12 @@ pub struct LabRecord {
     /// Truth: how long the guest was really paused (the stop-and-copy).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub downtime_ms: Option<u64>,
+    /// Whether tapwatch foresaw a blackout before the VM resumed, and whether that was
+    /// right (a blackout foreseen came, or none foreseen and none came).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub foreseen: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forecast_right: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
 }
@@ -431,10 +444,18 @@ impl LabRecord {
         match (self.stale_window_ms, self.client_outage_ms) {
             (Some(w), Some(o)) => {
                 let ms = |v: Option<u64>| v.map_or("-".to_string(), |v| format!("{v} ms"));
+                let forecast = match (self.foreseen, self.forecast_right) {
+                    (Some(f), Some(r)) => format!(
+                        "; tapwatch {} a blackout before the resume: {}",
+                        if f { "foresaw" } else { "did not foresee" },
+                        if r { "right" } else { "wrong" }
+                    ),
+                    _ => String::new(),
+                };
                 format!(
                     "{vm}truth ({}): guest sent to a MAC its tap did not have for {w} ms; client \
                      outage {o} ms; paused {}; from the switch-over, delivered to after {}, \
-                     accepted from after {}",
+                     accepted from after {}{forecast}",
                     self.scenario.map_or("?", Scenario::as_str),
                     ms(self.downtime_ms),
                     ms(self.inbound_gap_ms),

@@ -9,7 +9,9 @@
 
 mod bundle;
 pub mod capture;
+pub mod facts;
 pub mod merge;
+pub mod preflight;
 mod replay;
 
 use std::{

@@ -4,48 +4,11 @@
 
 use std::collections::HashSet;
 
-use serde::{Deserialize, Serialize};
-
 use crate::model::{
     facts::{Derivation, Facts, VmFacts},
+    finding::{Check, Finding, Severity},
     host::cpuinfo_flag,
 };
-
-/// How much a finding matters.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Severity {
-    /// Worth knowing; the migration goes ahead.
-    Note,
-    /// The migration succeeds, but the VM's network is out for long after it.
-    Outage,
-    /// The migration fails (libvirt or Nova refuses it, or the guest would not run).
-    Blocks,
-}
-
-/// Which check found it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Check {
-    CpuFlags,
-    Versions,
-    SharedStorage,
-    StaleMac,
-    Clock,
-    Mtu,
-}
-
-/// One thing that would go wrong (or might), with its evidence and what to do.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Finding {
-    /// The VM, as SRC names it (Nova's name, else the domain); empty for the pair.
-    pub vm: String,
-    pub check: Check,
-    pub severity: Severity,
-    pub what: String,
-    pub evidence: Vec<String>,
-    pub todo: String,
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum PreflightError {
@@ -88,7 +51,12 @@ pub fn check(
                     .ok_or_else(|| PreflightError::NoSuchVm {
                         name: n.clone(),
                         src: labels.0.into(),
-                        known: src.vms.iter().map(VmFacts::name).collect::<Vec<_>>().join(", "),
+                        known: src
+                            .vms
+                            .iter()
+                            .map(VmFacts::name)
+                            .collect::<Vec<_>>()
+                            .join(", "),
                     })
             })
             .collect::<Result<_, _>>()?
@@ -101,7 +69,7 @@ pub fn check(
         out.extend(stale_mac(dst, vm));
         out.extend(mtu(dst, vm));
     }
-    out.sort_by(|a, b| b.severity.cmp(&a.severity));
+    out.sort_by_key(|f| std::cmp::Reverse(f.severity));
     Ok(out)
 }
 
@@ -122,7 +90,11 @@ fn same_host(a: &Facts, b: &Facts) -> bool {
 fn pair_findings(src: &Facts, dst: &Facts) -> Vec<Finding> {
     let mut out = Vec::new();
     for (what, s, d) in [
-        ("libvirt", &src.host.libvirt_version, &dst.host.libvirt_version),
+        (
+            "libvirt",
+            &src.host.libvirt_version,
+            &dst.host.libvirt_version,
+        ),
         ("QEMU", &src.host.qemu_version, &dst.host.qemu_version),
     ] {
         let (Some(s), Some(d)) = (s, d) else { continue };
@@ -246,7 +218,12 @@ fn cpu(src: &Facts, dst: &Facts, vm: &VmFacts, dst_flags: &HashSet<&str>) -> Opt
 
 /// At most 20 flags named, then how many more.
 fn shown(flags: &[String]) -> String {
-    let mut s = flags.iter().take(20).cloned().collect::<Vec<_>>().join(", ");
+    let mut s = flags
+        .iter()
+        .take(20)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(", ");
     if flags.len() > 20 {
         s.push_str(&format!(" and {} more", flags.len() - 20));
     }
@@ -270,13 +247,15 @@ fn storage(src: &Facts, dst: &Facts, vm: &VmFacts) -> Option<Finding> {
         return None;
     }
     let fs = |f: &Facts| {
-        f.instances_dir.as_ref().map_or("not known".to_string(), |i| {
-            format!(
-                "{} on {}",
-                i.path,
-                i.fs_type.as_deref().unwrap_or("(missing)")
-            )
-        })
+        f.instances_dir
+            .as_ref()
+            .map_or("not known".to_string(), |i| {
+                format!(
+                    "{} on {}",
+                    i.path,
+                    i.fs_type.as_deref().unwrap_or("(missing)")
+                )
+            })
     };
     Some(Finding {
         vm: vm.name().into(),
@@ -330,7 +309,11 @@ fn stale_mac(dst: &Facts, vm: &VmFacts) -> Option<Finding> {
     Some(Finding {
         vm: vm.name().into(),
         check: Check::StaleMac,
-        severity: if all { Severity::Outage } else { Severity::Note },
+        severity: if all {
+            Severity::Outage
+        } else {
+            Severity::Note
+        },
         what: format!(
             "the destination gives {} of its {known} routed taps a MAC other than \
              fe:+guest MAC (managed='no', the port binding's MAC, e.g. {example}); this \
@@ -391,4 +374,159 @@ fn mtu(dst: &Facts, vm: &VmFacts) -> Option<Finding> {
                its larger MTU loses its large packets)"
             .into(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{
+        facts::{DiskFacts, IfaceFacts, InstancesDir},
+        host::{ClockFacts, HostFacts},
+        identity::GuestCpu,
+        mac::MacAddr,
+    };
+
+    const GUEST: MacAddr = MacAddr([0xfa, 0x16, 0x3e, 0xaa, 0xbb, 0xcc]);
+    const FE: MacAddr = MacAddr([0xfe, 0x16, 0x3e, 0xaa, 0xbb, 0xcc]);
+    const CALICO: MacAddr = MacAddr([0x00, 0x61, 0xfe, 0xed, 0xca, 0xfe]);
+
+    fn host(name: &str, libvirt: &str, qemu: &str, flags: &[&str]) -> Facts {
+        Facts {
+            tool: "tapwatch".into(),
+            version: "0.2.0".into(),
+            facts: 1,
+            taken: None,
+            host: HostFacts {
+                kernel_release: "6.8.0".into(),
+                hostname: name.into(),
+                libvirt_version: Some(format!("libvirtd (libvirt) {libvirt}")),
+                qemu_version: Some(format!("QEMU emulator version {qemu}")),
+                cpu_model: Some("AMD EPYC".into()),
+                cpu_flags: flags.iter().map(|f| f.to_string()).collect(),
+                clock: Some(ClockFacts {
+                    synchronised: true,
+                    estimated_error_us: 100,
+                    maximum_error_us: 1000,
+                }),
+                boot_id: Some(format!("boot-{name}")),
+            },
+            instances_dir: Some(InstancesDir {
+                path: "/var/lib/nova/instances".into(),
+                fs_type: Some("ext4".into()),
+                shared: false,
+            }),
+            vms: Vec::new(),
+        }
+    }
+
+    fn vm(name: &str, mode: &str, tap_mac: MacAddr, managed: bool, disks: bool) -> VmFacts {
+        VmFacts {
+            domain: format!("instance-{name}"),
+            uuid: Some(format!("uuid-{name}")),
+            nova_name: Some(name.into()),
+            state: Some("running".into()),
+            cpu: Some(GuestCpu {
+                mode: Some(mode.into()),
+                model: Some("EPYC".into()),
+                features: vec!["avx2".into(), "sse4.2".into()],
+            }),
+            interfaces: vec![IfaceFacts {
+                tap: format!("tap{name}"),
+                tap_mac: Some(tap_mac),
+                mtu: Some(1500),
+                guest_mac: Some(GUEST),
+                managed: Some(managed),
+                iface_type: "ethernet".into(),
+                bridge: None,
+            }],
+            disks: Some(if disks {
+                vec![DiskFacts {
+                    target: "vda".into(),
+                    kind: "file".into(),
+                    source: format!("/var/lib/nova/instances/{name}/disk"),
+                }]
+            } else {
+                vec![DiskFacts {
+                    target: "vda".into(),
+                    kind: "network".into(),
+                    source: "rbd:vms/disk".into(),
+                }]
+            }),
+        }
+    }
+
+    fn checks(f: &[Finding]) -> Vec<(Check, Severity)> {
+        f.iter().map(|f| (f.check, f.severity)).collect()
+    }
+
+    /// The Ceph/Icehouse write-up's and the stale-MAC incident's failures, read off the
+    /// two hosts: a host-passthrough guest to a host without avx512f, a newer QEMU and
+    /// libvirt to older ones (Jammy to Noble is the other way), local disks without shared
+    /// storage, and the destination's taps given the port's MAC.
+    #[test]
+    fn everything_that_would_break_a_migration() {
+        let mut src = host("noble-1", "10.0.0", "8.2.2", &["avx2", "avx512f", "sse4_2"]);
+        let mut dst = host("jammy-1", "8.0.0", "6.2.0", &["avx2", "sse4_2"]);
+        src.vms
+            .push(vm("web-1", "host-passthrough", FE, true, true));
+        dst.vms.push(vm("db-1", "custom", CALICO, false, false));
+        let f = check(&src, &dst, &[], ("SRC", "DST")).unwrap();
+        let found = checks(&f);
+        for want in [
+            (Check::Versions, Severity::Blocks),
+            (Check::CpuFlags, Severity::Blocks),
+            (Check::SharedStorage, Severity::Blocks),
+            (Check::StaleMac, Severity::Outage),
+        ] {
+            assert!(found.contains(&want), "{want:?} not in {found:?}");
+        }
+        let cpu = f.iter().find(|f| f.check == Check::CpuFlags).unwrap();
+        assert!(cpu.what.contains("avx512f") && cpu.what.contains("InvalidCPUInfo"));
+        assert!(cpu.todo.contains("virsh cpu-baseline"));
+        assert_eq!(f.iter().filter(|f| f.check == Check::Versions).count(), 2);
+        assert!(blocking(&f));
+        // Most serious first.
+        assert_eq!(f[0].severity, Severity::Blocks);
+    }
+
+    /// A custom CPU model needs only its features; network disks need no shared storage;
+    /// the destination's taps with libvirt's MAC leave nothing stale; same versions.
+    #[test]
+    fn a_pair_that_is_fine() {
+        let mut src = host("hv-1", "9.0.0", "7.2.0", &["avx2", "sse4_2"]);
+        let mut dst = host("hv-2", "9.0.0", "7.2.0", &["avx2", "sse4_2"]);
+        src.vms.push(vm("web-1", "custom", FE, true, false));
+        dst.vms.push(vm("db-1", "custom", FE, true, false));
+        let f = check(&src, &dst, &["web-1".into()], ("SRC", "DST")).unwrap();
+        assert!(f.is_empty(), "{f:#?}");
+        assert!(!blocking(&f));
+        // host-passthrough between identical CPUs is fine too.
+        src.vms[0].cpu.as_mut().unwrap().mode = Some("host-passthrough".into());
+        assert!(check(&src, &dst, &[], ("SRC", "DST")).unwrap().is_empty());
+        // Local disks on shared storage on both hosts.
+        src.vms[0] = vm("web-1", "custom", FE, true, true);
+        for h in [&mut src, &mut dst] {
+            h.instances_dir = Some(InstancesDir {
+                path: "/var/lib/nova/instances".into(),
+                fs_type: Some("nfs4".into()),
+                shared: true,
+            });
+        }
+        assert!(check(&src, &dst, &[], ("SRC", "DST")).unwrap().is_empty());
+    }
+
+    #[test]
+    fn wrong_input_is_said() {
+        let src = host("hv-1", "9.0.0", "7.2.0", &[]);
+        let err = check(&src, &src.clone(), &[], ("a.json", "b.json")).unwrap_err();
+        assert!(err.to_string().contains("the same host"), "{err}");
+        let dst = host("hv-2", "9.0.0", "7.2.0", &[]);
+        let err = check(&src, &dst, &["nope".into()], ("a.json", "b.json")).unwrap_err();
+        assert!(err.to_string().contains("no VM named nope"), "{err}");
+        assert_eq!(
+            version("QEMU emulator version 7.2.0 (Debian 1:7.2+dfsg-7)"),
+            Some(vec![7, 2, 0])
+        );
+        assert_eq!(version("libvirtd (libvirt) 10.0.0"), Some(vec![10, 0, 0]));
+    }
 }

@@ -150,6 +150,7 @@ fn line(rec: &Record) -> Option<String> {
         },
         Record::Lab(l) => format!("{} lab: {}", l.ts, one_line(&l.describe())),
         Record::Migration(m) => migration_line(m),
+        Record::Finding(f) => finding_text(f),
         Record::Forecast(f) => {
             let fc = &f.forecast;
             let what = match (fc.outcome, fc.at_risk) {
@@ -210,6 +211,27 @@ fn write_summary(
         writeln!(w, "  {}", forecast_line(f))?;
     }
     Ok(())
+}
+
+/// A preflight finding for people: what, why, and what to do, each on a line of its own.
+pub fn finding_text(f: &crate::model::finding::Finding) -> String {
+    use crate::model::finding::Severity;
+    let severity = match f.severity {
+        Severity::Blocks => "BLOCKS",
+        Severity::Outage => "OUTAGE",
+        Severity::Note => "note",
+    };
+    let vm = if f.vm.is_empty() {
+        "both hosts".to_string()
+    } else {
+        one_line(&f.vm).into_owned()
+    };
+    let mut s = format!("{severity:<6} {vm}: {}", one_line(&f.what));
+    for e in &f.evidence {
+        s.push_str(&format!("\n         {}", one_line(e)));
+    }
+    s.push_str(&format!("\n         what to do: {}", one_line(&f.todo)));
+    s
 }
 
 /// How a run's forecasts turned out, in words.

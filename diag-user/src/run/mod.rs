@@ -3,6 +3,7 @@
 //! way. `main.rs` is only the command line's edge.
 
 pub mod analyze;
+pub mod facts;
 pub mod lab;
 mod outputs;
 pub mod serve;
@@ -31,6 +32,24 @@ pub const EXIT_UNWATCHED: u8 = 4;
 const STDOUT_CLOSE: Duration = Duration::from_secs(5);
 /// How long it waits for a bundle's disk.
 const BUNDLE_CLOSE: Duration = Duration::from_secs(60);
+
+/// The engine's settings from the command line: with `--source-facts`, the source host's
+/// taps for certain forecasts.
+fn engine_config(
+    taps: &crate::cli::TapArgs,
+    base: diag_user::verdict::EngineConfig,
+) -> anyhow::Result<diag_user::verdict::EngineConfig> {
+    use anyhow::Context as _;
+    let Some(path) = &taps.source_facts else {
+        return Ok(base);
+    };
+    let f = diag_user::offline::facts::read_facts(path)
+        .with_context(|| format!("--source-facts {}", path.display()))?;
+    Ok(diag_user::verdict::EngineConfig {
+        source: diag_user::offline::facts::source_taps(&f),
+        ..base
+    })
+}
 
 /// The live view cannot run here: say so and fall back to NDJSON (as `--json`).
 fn no_view() -> bool {

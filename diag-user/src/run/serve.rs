@@ -15,16 +15,19 @@ use diag_user::{
     verdict::{Engine, EngineConfig},
 };
 
-use super::{report_unwatched, BUNDLE_CLOSE, EXIT_BUNDLE_INCOMPLETE, STDOUT_CLOSE};
+use super::{engine_config, report_unwatched, BUNDLE_CLOSE, EXIT_BUNDLE_INCOMPLETE, STDOUT_CLOSE};
 use crate::cli::ServeArgs;
 
 pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     // Everything that can be refused is, before anything is attached.
     let listeners = http::bind(&args.listen)?;
-    let engine = Engine::new(EngineConfig {
-        forget_after: Some(args.forget_after),
-        ..EngineConfig::default()
-    });
+    let engine = Engine::new(engine_config(
+        &args.taps,
+        EngineConfig {
+            forget_after: Some(args.forget_after),
+            ..EngineConfig::default()
+        },
+    )?);
     // The outputs that read the registry themselves are made after the pipeline.
     let pipeline = Pipeline::new(engine, Vec::new());
     let recorder = match &args.record_dir {

@@ -14,7 +14,7 @@ use diag_user::{
 };
 use tokio::sync::Notify;
 
-use super::{no_view, outputs::Outputs, present, print_ending, report_unwatched};
+use super::{engine_config, no_view, outputs::Outputs, present, print_ending, report_unwatched};
 use crate::cli::WatchArgs;
 
 pub async fn run(args: WatchArgs) -> anyhow::Result<ExitCode> {
@@ -28,7 +28,8 @@ pub async fn run(args: WatchArgs) -> anyhow::Result<ExitCode> {
         })?),
         None => None,
     };
-    let pipeline = Pipeline::new(Engine::new(EngineConfig::default()), Vec::new());
+    let config = engine_config(&args.taps, EngineConfig::default())?;
+    let pipeline = Pipeline::new(Engine::new(config), Vec::new());
     let stdout_failed = Arc::new(Notify::new());
     let outputs = Outputs::start(&pipeline, json, bundle, &stdout_failed)?;
     if json && !args.json {

@@ -52,8 +52,8 @@ impl Engine {
             self.set_state(i, State::Blackout, start, changes);
         }
         self.say_forecast(i, ts, changes);
-        if let Some(outbound_ms) = self.settle_gaps(i, ts) {
-            self.settle_forecast(i, ts, outbound_ms, changes);
+        if self.settle_gaps(i, ts).is_some() {
+            self.settle_forecast(i, ts, changes);
         }
         let t = self.registry.at(i);
         // A tap whose VM has not sent anything yet (plugged ahead of a migration) is

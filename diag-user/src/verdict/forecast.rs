@@ -158,15 +158,13 @@ impl Engine {
 
     /// The VM ran here and what it does is known: the forecast comes true or not, and a
     /// blackout nothing foresaw is counted.
-    pub(super) fn settle_forecast(
-        &mut self,
-        i: usize,
-        ts: Ts,
-        outbound_ms: u64,
-        changes: &mut Vec<Record>,
-    ) {
-        let blackout = outbound_ms > 0;
+    pub(super) fn settle_forecast(&mut self, i: usize, ts: Ts, changes: &mut Vec<Record>) {
         let t = self.registry.at(i);
+        // A blackout of this migration: one that reaches past its switch-over.
+        let sw = t.switchover();
+        let blackout = t
+            .blackout
+            .is_some_and(|b| b.end.is_none_or(|e| sw.is_none_or(|s| e >= s)));
         let standing = t.forecast.clone().filter(Forecast::standing);
         let outcome = match &standing {
             Some(f) if f.at_risk && blackout => ForecastOutcome::CameTrue,

@@ -175,6 +175,7 @@ impl Engine {
             Record::Notice { .. } => self.notice(rec),
             Record::Verdict { .. }
             | Record::Forecast(_)
+            | Record::Finding(_)
             | Record::Lab(_)
             | Record::Migration(_) => {}
         }
