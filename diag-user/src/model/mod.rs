@@ -12,6 +12,7 @@ mod frame;
 pub mod host;
 pub mod identity;
 pub mod mac;
+pub mod nudge;
 pub mod probe;
 mod rows;
 
@@ -306,6 +307,9 @@ pub enum Record {
     /// What `tapwatch preflight` finds would break a VM's live migration (or its network
     /// after it), with its evidence and what to do.
     Finding(finding::Finding),
+    /// A frame written into a VM's tap so that its guest re-learns its gateway now
+    /// (`tapwatch nudge`, the live view's key, `--remediate`), and what came of it.
+    Nudge(nudge::NudgeRecord),
     /// One VM's migration from a source bundle to a destination bundle
     /// (`tapwatch analyze SRC DST`).
     Migration(MigrationRecord),
@@ -368,6 +372,7 @@ impl Record {
             | Record::Verdict { ts, .. } => *ts,
             Record::Frame(f) => f.ts,
             Record::Forecast(f) => f.ts,
+            Record::Nudge(n) => n.ts,
             // Found before anything ran: of no time of its own.
             Record::Finding(_) => Ts::default(),
             Record::Lab(l) => l.ts,
@@ -387,6 +392,7 @@ impl Record {
             | Record::Verdict { ifname, .. } => Some(ifname),
             Record::Frame(f) => Some(&f.ifname),
             Record::Forecast(f) => Some(&f.ifname),
+            Record::Nudge(n) => Some(&n.ifname),
             Record::Finding(_) => None,
             Record::Notice { ifname, .. } => ifname.as_deref(),
             Record::Stats { .. }

@@ -151,6 +151,18 @@ fn line(rec: &Record) -> Option<String> {
         Record::Lab(l) => format!("{} lab: {}", l.ts, one_line(&l.describe())),
         Record::Migration(m) => migration_line(m),
         Record::Finding(f) => finding_text(f),
+        Record::Nudge(n) => {
+            let gw = n
+                .gateway_ip
+                .map(|ip| format!(" gateway {ip}"))
+                .unwrap_or_default();
+            format!(
+                "{} {name}: nudge {}{gw} — {}",
+                n.ts,
+                n.result.as_str(),
+                one_line(&n.message)
+            )
+        }
         Record::Forecast(f) => {
             let fc = &f.forecast;
             let what = match (fc.outcome, fc.at_risk) {

@@ -13,6 +13,7 @@ mod diagnosis;
 pub mod forecast;
 mod frames;
 mod life;
+mod nudge;
 
 use std::{collections::HashMap, time::Duration};
 
@@ -173,6 +174,7 @@ impl Engine {
                 libvirt,
             } => self.identity(*ts, ifname, libvirt.as_ref(), &mut changes),
             Record::Notice { .. } => self.notice(rec),
+            Record::Nudge(n) => self.nudged(n),
             Record::Verdict { .. }
             | Record::Forecast(_)
             | Record::Finding(_)
