@@ -16,6 +16,7 @@
 //! - [`model`]: the records (the JSON contract) and the types they are made of.
 
 pub mod collect;
+pub mod frames;
 pub mod lab;
 pub mod model;
 pub mod offline;

@@ -6,10 +6,8 @@
 mod common;
 
 use common::*;
-use diag_user::lab::{
-    frames,
-    netns::{Netns, VmTap},
-};
+use diag_user::frames;
+use diag_user::lab::netns::{Netns, VmTap};
 
 /// A host with many VMs under a 1024-descriptor soft limit: each tap needs two, so
 /// tapwatch lifts its soft limit to the hard one. Here the soft limit (64) is below what

@@ -7,10 +7,8 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use diag_user::lab::{
-    frames,
-    netns::{Netns, VmTap},
-};
+use diag_user::frames;
+use diag_user::lab::netns::{Netns, VmTap};
 
 every_datapath!(
     mac_change_turns_frames_to_the_old_mac_into_mismatches,

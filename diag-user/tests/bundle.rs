@@ -5,10 +5,8 @@ mod common;
 use std::{net::Ipv4Addr, os::unix::fs::PermissionsExt, path::Path, process::Command};
 
 use common::*;
-use diag_user::lab::{
-    frames,
-    netns::{Netns, VmTap},
-};
+use diag_user::frames;
+use diag_user::lab::netns::{Netns, VmTap};
 
 const PEER: Ipv4Addr = Ipv4Addr::new(10, 65, 9, 9);
 

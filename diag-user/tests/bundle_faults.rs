@@ -7,10 +7,8 @@ mod common;
 use std::{path::Path, process::Command};
 
 use common::*;
-use diag_user::lab::{
-    frames,
-    netns::{Netns, VmTap},
-};
+use diag_user::frames;
+use diag_user::lab::netns::{Netns, VmTap};
 use serde_json::Value;
 
 /// A full disk stops the bundle, not the run: the reports are still written, the exit

@@ -8,10 +8,8 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use diag_user::lab::{
-    frames,
-    netns::{Netns, VmTap},
-};
+use diag_user::frames;
+use diag_user::lab::netns::{Netns, VmTap};
 use serde_json::Value;
 
 fn watch(ns: &Netns, extra: &[&str]) -> Tapwatch {

@@ -14,11 +14,9 @@ use std::{
 };
 
 use common::*;
+use diag_user::frames;
 use diag_user::{
-    lab::{
-        frames,
-        netns::{Netns, VmTap},
-    },
+    lab::netns::{Netns, VmTap},
     model::mac::MacAddr,
 };
 use serde_json::Value;

@@ -6,10 +6,8 @@
 mod common;
 
 use common::*;
-use diag_user::lab::{
-    frames,
-    netns::{Netns, VmTap},
-};
+use diag_user::frames;
+use diag_user::lab::netns::{Netns, VmTap};
 use serde_json::Value;
 
 /// libvirt's status file of a domain waiting for its incoming migration, its interface on

@@ -13,7 +13,7 @@ use std::{
 
 use common::Scratch;
 use diag_user::{
-    lab::frames,
+    frames,
     model::clock::Ts,
     model::identity::VmInterface,
     model::mac::MacAddr,

@@ -11,10 +11,8 @@ use std::{
 };
 
 use common::*;
-use diag_user::lab::{
-    frames,
-    netns::{Netns, VmTap},
-};
+use diag_user::frames;
+use diag_user::lab::netns::{Netns, VmTap};
 use serde_json::Value;
 
 /// Runs on one tap in every way (two clsact runs, a TCX run, two drop-driven runs) all

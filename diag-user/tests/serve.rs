@@ -16,10 +16,8 @@ use std::{
 
 use common::{exporter::*, *};
 use diag_testkit::child::Spawned;
-use diag_user::{
-    lab::{frames, netns::Netns},
-    report::metrics::sample,
-};
+use diag_user::frames;
+use diag_user::{lab::netns::Netns, report::metrics::sample};
 use serde_json::Value;
 
 /// Frames played, `/metrics` read back: every contracted metric exact, the text format

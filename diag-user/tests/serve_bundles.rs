@@ -9,11 +9,9 @@ use std::{
 };
 
 use common::{exporter::*, *};
+use diag_user::frames;
 use diag_user::{
-    lab::{
-        frames,
-        netns::{Netns, VmTap},
-    },
+    lab::netns::{Netns, VmTap},
     report::metrics::sample,
 };
 use serde_json::Value;

@@ -7,10 +7,8 @@ use std::time::{Duration, Instant};
 
 use common::{require_root, GUEST, TAP_CALICO, TAP_LIBVIRT, TIMEOUT};
 use diag_testkit::tmux::Tmux;
-use diag_user::lab::{
-    frames,
-    netns::{Netns, VmTap},
-};
+use diag_user::frames;
+use diag_user::lab::netns::{Netns, VmTap};
 
 /// Waits for the screen `pred` accepts, polling every 50 ms; fails the test with the
 /// screen otherwise.

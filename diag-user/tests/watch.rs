@@ -8,11 +8,9 @@ mod common;
 use std::{net::Ipv4Addr, time::Duration};
 
 use common::*;
+use diag_user::frames;
 use diag_user::{
-    lab::{
-        frames,
-        netns::{Netns, VmTap},
-    },
+    lab::netns::{Netns, VmTap},
     model::mac::MacAddr,
 };
 

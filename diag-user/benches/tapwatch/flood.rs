@@ -10,10 +10,8 @@ use std::{
 
 use anyhow::{Context as _, Result};
 use diag_testkit::tmux::Tmux;
-use diag_user::lab::{
-    frames,
-    netns::{Netns, VmTap},
-};
+use diag_user::frames;
+use diag_user::lab::netns::{Netns, VmTap};
 use serde_json::Value;
 
 use crate::{

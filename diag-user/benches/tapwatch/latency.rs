@@ -7,11 +7,9 @@ use std::{
 };
 
 use anyhow::Result;
+use diag_user::frames;
 use diag_user::{
-    lab::{
-        frames,
-        netns::{Netns, VmTap},
-    },
+    lab::netns::{Netns, VmTap},
     model::mac::MacAddr,
 };
 

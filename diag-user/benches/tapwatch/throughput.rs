@@ -6,10 +6,8 @@
 use std::{sync::Arc, time::Instant};
 
 use anyhow::{Context as _, Result};
-use diag_user::lab::{
-    frames,
-    netns::{Netns, VmTap},
-};
+use diag_user::frames;
+use diag_user::lab::netns::{Netns, VmTap};
 use serde_json::Value;
 
 use crate::{

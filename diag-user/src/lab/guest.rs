@@ -18,7 +18,7 @@ use diag_common::{
 };
 use etherparse::{Icmpv4Type, SlicedPacket, TransportSlice};
 
-use crate::{lab::frames, lab::netns::VmTap, model::clock::monotonic_ns, model::mac::MacAddr};
+use crate::{frames, lab::netns::VmTap, model::clock::monotonic_ns, model::mac::MacAddr};
 
 #[derive(Clone, Debug)]
 pub struct GuestConfig {

@@ -13,7 +13,7 @@
 //! bridge where the VM went.
 
 pub mod client;
-pub mod frames;
+
 pub mod guest;
 pub mod netns;
 mod topology;
@@ -31,6 +31,7 @@ use tokio::sync::oneshot;
 
 use crate::{
     collect::{caps, WatchError},
+    frames,
     lab::netns::{run, SandboxError},
     model::clock::{monotonic_ns, Ts, WallClock},
     model::mac::MacAddr,

@@ -526,7 +526,7 @@ mod tests {
     fn tiny_pcap() -> Vec<u8> {
         use pcap_file::pcap::{PcapHeader, PcapPacket, PcapWriter};
         let mut w = PcapWriter::with_header(Vec::new(), PcapHeader::default()).unwrap();
-        let frame = crate::lab::frames::rarp_announce(
+        let frame = crate::frames::rarp_announce(
             crate::model::mac::MacAddr([0xfa, 0x16, 0x3e, 1, 2, 3]),
             None,
         );
@@ -591,7 +591,7 @@ mod tests {
     #[test]
     fn cooked_lengths_are_the_frames() {
         use pcap_file::pcap::{PcapHeader, PcapPacket, PcapWriter};
-        let frame = crate::lab::frames::rarp_announce(
+        let frame = crate::frames::rarp_announce(
             crate::model::mac::MacAddr([0xfa, 0x16, 0x3e, 1, 2, 3]),
             Some(12),
         );
@@ -656,7 +656,7 @@ mod tests {
         })
         .unwrap();
         let head = w.get_ref().len();
-        let frame = crate::lab::frames::rarp_announce(
+        let frame = crate::frames::rarp_announce(
             crate::model::mac::MacAddr([0xfa, 0x16, 0x3e, 1, 2, 3]),
             None,
         );
@@ -824,7 +824,7 @@ mod tests {
     fn a_capture_read_a_byte_at_a_time_is_read_in_linear_time() {
         use pcap_file::pcap::{PcapHeader, PcapPacket, PcapWriter};
         let mut w = PcapWriter::with_header(Vec::new(), PcapHeader::default()).unwrap();
-        let frame = crate::lab::frames::rarp_announce(
+        let frame = crate::frames::rarp_announce(
             crate::model::mac::MacAddr([0xfa, 0x16, 0x3e, 1, 2, 3]),
             None,
         );

@@ -540,7 +540,7 @@ mod tests {
         Packet {
             ts: at(ms),
             ifname: ifname.into(),
-            data: crate::lab::frames::udp(
+            data: crate::frames::udp(
                 src,
                 dst,
                 "10.65.0.2".parse().unwrap(),

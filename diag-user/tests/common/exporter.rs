@@ -8,10 +8,8 @@ use std::{
 };
 
 use diag_testkit::child::Spawned;
-use diag_user::lab::{
-    frames,
-    netns::{Netns, VmTap},
-};
+use diag_user::frames;
+use diag_user::lab::netns::{Netns, VmTap};
 
 use super::{GUEST, HOST_IP, TAP_CALICO, TAP_LIBVIRT, TIMEOUT, VM_IP};
 

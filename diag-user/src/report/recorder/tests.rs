@@ -44,7 +44,7 @@ fn play(o: RecorderOptions, recs: &[Record]) -> (Recorder, Arc<Pipeline>) {
 /// A fixture frame with its bytes, as the datapath reports it: `analyze` reads the
 /// frames back from frames.pcapng.
 fn real(ms: i64, kind: &'static str, dst: crate::model::mac::MacAddr) -> Record {
-    use crate::lab::frames;
+    use crate::frames;
     let mut r = frame(ms, "tapA", "from_vm", kind, dst);
     if let Record::Frame(f) = &mut r {
         let ip = |d| std::net::Ipv4Addr::new(10, 65, 0, d);

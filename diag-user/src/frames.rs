@@ -1,4 +1,5 @@
-//! Exact frames as VMs, QEMU and hosts send them.
+//! Exact frames as VMs, QEMU and hosts send them: the lab plays them, tests play them, and
+//! a nudge writes one.
 
 use std::net::Ipv4Addr;
 
