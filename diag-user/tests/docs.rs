@@ -206,6 +206,8 @@ fn frame_sample(ts: Ts, mac: MacAddr) -> FrameRecord {
         dst_mac: mac,
         sender_ip: Some("10.0.0.1".into()),
         target_ip: Some("10.0.0.2".into()),
+        src_ip: Some("10.0.0.2".into()),
+        dst_ip: Some("192.0.2.7".into()),
         vlan: Some(1),
         outer_vlan: Some(2),
         dst_mismatch: true,

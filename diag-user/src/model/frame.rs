@@ -18,6 +18,11 @@ pub struct FrameRecord {
     pub sender_ip: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target_ip: Option<String>,
+    /// An IP frame's addresses (the guest's own is the source of what it sends).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub src_ip: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dst_ip: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vlan: Option<u16>,
     /// The outer (802.1ad service) tag's VLAN id of a QinQ frame.
@@ -45,6 +50,7 @@ impl FrameRecord {
             _ => parse_arp(frame, eth.l3_offset),
         };
         let ip = |b: [u8; 4]| std::net::Ipv4Addr::from(b).to_string();
+        let (src_ip, dst_ip) = ip_addrs(frame).unzip();
         let outer_stripped = ev.flags & diag_common::EVENT_FLAG_OUTER_VLAN != 0;
         let vlan_stripped = ev.flags & diag_common::EVENT_FLAG_VLAN != 0 && eth.vlan.is_none();
         Some(Self {
@@ -56,6 +62,8 @@ impl FrameRecord {
             dst_mac: MacAddr(eth.dst),
             sender_ip: arp.map(|a| ip(a.sender_ip)),
             target_ip: arp.map(|a| ip(a.target_ip)),
+            src_ip: src_ip.map(|a| a.to_string()),
+            dst_ip: dst_ip.map(|a| a.to_string()),
             // The kernel usually strips the outer tag into metadata before tc sees the frame.
             vlan: eth.vlan.or(vlan_stripped.then_some(ev.vlan)),
             outer_vlan: eth.outer_vlan.or(outer_stripped.then_some(ev.outer_vlan)),
@@ -67,6 +75,21 @@ impl FrameRecord {
                 vlan_stripped.then_some(ev.vlan),
             ),
         })
+    }
+}
+
+/// An IP frame's source and destination, read from however much of it was captured.
+fn ip_addrs(frame: &[u8]) -> Option<(std::net::IpAddr, std::net::IpAddr)> {
+    use etherparse::{LaxNetSlice, LaxSlicedPacket};
+    match LaxSlicedPacket::from_ethernet(frame).ok()?.net? {
+        LaxNetSlice::Ipv4(v4) => {
+            let h = v4.header();
+            Some((h.source_addr().into(), h.destination_addr().into()))
+        }
+        LaxNetSlice::Ipv6(v6) => {
+            let h = v6.header();
+            Some((h.source_addr().into(), h.destination_addr().into()))
+        }
     }
 }
 
