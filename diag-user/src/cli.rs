@@ -11,6 +11,7 @@ use diag_user::{
     },
     lab::{Scenario, MAX_VMS},
     model::mac::MacAddr,
+    nudge::GatewayArg,
 };
 
 /// Per-VM view of frames on hypervisor tap devices: which frames a VM sends to a MAC its
@@ -48,6 +49,11 @@ pub enum Command {
     /// another, from the two hosts' facts (or bundles). Exit 0: nothing blocks; 1: something
     /// does; 2: bad input.
     Preflight(PreflightArgs),
+    /// End a VM's blackout now: write one ARP frame into its tap from the host side that
+    /// tells a guest with a stale gateway entry where its gateway is, then watch whether its
+    /// stale frames stop. Exit 0: they did (or --dry-run); 1: they did not; 2: bad input;
+    /// 5: refused or not sent (nothing was written).
+    Nudge(NudgeArgs),
     /// Internal: removes a killed run's tc filters (started by `watch` itself).
     #[command(name = "cleanup-helper", hide = true)]
     CleanupHelper,
@@ -133,6 +139,61 @@ pub struct LabArgs {
     /// for `tapwatch analyze DIR/src DIR/dst`.
     #[arg(long, value_name = "DIR")]
     pub record: Option<PathBuf>,
+    /// Nudge each VM when its blackout begins (as `watch --remediate` does, with the lab's
+    /// own gateway), and tell the stale window with and without it.
+    #[arg(long)]
+    pub remediate: bool,
+}
+
+/// Writing nudges without the operator's word: shared by `watch` and `serve`.
+#[derive(Args, Clone, Default)]
+pub struct RemediateArgs {
+    /// Nudge a VM when its blackout begins, where the evidence says its cache is merely
+    /// stale (a routed tap, frames to a MAC this VM's tap had before or to libvirt's fe:
+    /// MAC of it): at most once per tap every 5 s, 3 times per blackout, 20 per second on
+    /// the host; each nudge a `nudge` record. Off by default.
+    #[arg(long)]
+    pub remediate: bool,
+    /// The guests' gateway, for nudges: IP, or CIDR=IP for the guests in that subnet;
+    /// repeatable. Without it, learnt from the guests' own ARP requests, else no nudge.
+    #[arg(long, value_name = "IP|CIDR=IP")]
+    pub gateway: Vec<GatewayArg>,
+}
+
+#[derive(Args, Clone)]
+pub struct NudgeArgs {
+    /// The tap (its name), or the VM (Nova's instance name, the libvirt domain or its
+    /// UUID): each of its taps with a stale window open is nudged.
+    #[arg(value_name = "TAP|VM")]
+    pub target: String,
+    /// The guest's gateway: IP, or CIDR=IP pairs (repeatable) for hosts whose guests sit
+    /// in several subnets. Without it, learnt from the guest's own ARP requests seen while
+    /// watching; else the nudge refuses and says so.
+    #[arg(long, value_name = "IP|CIDR=IP")]
+    pub gateway: Vec<GatewayArg>,
+    /// Print the frame that would be sent, and send nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Print `nudge` records (NDJSON) instead of words.
+    #[arg(long)]
+    pub json: bool,
+    /// Nudge even when no stale window is open on the tap.
+    #[arg(long)]
+    pub force: bool,
+    /// Seconds to watch the tap for its stale frames before the nudge, and for their end
+    /// after it (0.5 to 300).
+    #[arg(long, value_name = "SECS", default_value = "5", value_parser = parse_nudge_wait)]
+    pub wait: Duration,
+    /// Directory of libvirt's live domain XML, for finding a VM's taps by its name.
+    #[arg(long, value_name = "DIR", default_value = libvirt::DEFAULT_DIR)]
+    pub libvirt_dir: PathBuf,
+    /// How frames are seen (as for `watch`).
+    #[arg(long, value_enum, default_value = "auto")]
+    pub datapath: DatapathChoice,
+}
+
+fn parse_nudge_wait(s: &str) -> Result<Duration, String> {
+    secs_in(s, 0.5, 300.0)
 }
 
 /// Which taps, how to see them, and who is behind them: shared by `watch` and `serve`.
@@ -223,6 +284,8 @@ pub struct WatchArgs {
     /// Also pack the bundle into DIR.tar.gz when done.
     #[arg(long, requires = "record")]
     pub pack: bool,
+    #[command(flatten)]
+    pub nudges: RemediateArgs,
 }
 
 #[derive(Args, Clone)]
@@ -253,6 +316,8 @@ pub struct ServeArgs {
     /// (0 to 86400).
     #[arg(long, value_name = "SECS", default_value = "300", value_parser = parse_linger)]
     pub forget_after: Duration,
+    #[command(flatten)]
+    pub nudges: RemediateArgs,
 }
 
 /// Seconds within `[min, max]`, with the range in the error.

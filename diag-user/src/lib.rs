@@ -12,6 +12,8 @@
 //! - [`report`]: one pipeline per run feeds the engine and every output from it: NDJSON,
 //!   the bug-report bundle, the live view, text.
 //! - [`offline`]: `tapwatch analyze`: bundles and captures replayed through the same steps.
+//! - [`nudge`]: the one thing tapwatch writes: a frame into a VM's own tap that makes a
+//!   guest with a stale gateway entry re-learn it, on the operator's word or `--remediate`.
 //! - [`lab`]: a simulated migration between two simulated hypervisors.
 //! - [`model`]: the records (the JSON contract) and the types they are made of.
 
@@ -19,6 +21,7 @@ pub mod collect;
 pub mod frames;
 pub mod lab;
 pub mod model;
+pub mod nudge;
 pub mod offline;
 pub mod registry;
 pub mod report;

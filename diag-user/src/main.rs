@@ -35,6 +35,7 @@ fn main() -> ExitCode {
             Some(Command::Analyze(a)) => run::analyze::run(a),
             Some(Command::Facts(a)) => run::facts::facts(a),
             Some(Command::Preflight(a)) => run::facts::preflight(a),
+            Some(Command::Nudge(a)) => run::nudge::run(a),
             Some(Command::CleanupHelper) => collect::ebpf::reaper::run(),
         }
     })();

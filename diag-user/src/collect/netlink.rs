@@ -268,6 +268,36 @@ pub fn netns_cookie() -> io::Result<u64> {
     }
 }
 
+/// The host addresses (/32 and /128 routes) that the caller's namespace routes out of
+/// interface `ifindex`: on a routed tap, the VM's own addresses (Calico's route per VM).
+pub fn host_routes_via(ifindex: u32) -> io::Result<Vec<std::net::IpAddr>> {
+    use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteMessage};
+    let answers = request(
+        RouteNetlinkMessage::GetRoute(RouteMessage::default()),
+        NLM_F_DUMP,
+    )?;
+    Ok(answers
+        .into_iter()
+        .filter_map(|m| match m {
+            RouteNetlinkMessage::NewRoute(r) => Some(r),
+            _ => None,
+        })
+        .filter(|r| r.attributes.contains(&RouteAttribute::Oif(ifindex)))
+        .filter_map(|r| {
+            let host = r.header.destination_prefix_length;
+            r.attributes.iter().find_map(|a| match a {
+                RouteAttribute::Destination(RouteAddress::Inet(v4)) if host == 32 => {
+                    Some((*v4).into())
+                }
+                RouteAttribute::Destination(RouteAddress::Inet6(v6)) if host == 128 => {
+                    Some((*v6).into())
+                }
+                _ => None,
+            })
+        })
+        .collect())
+}
+
 /// Every link in the caller's network namespace.
 pub fn dump_links() -> io::Result<Vec<LinkMessage>> {
     let answers = request(

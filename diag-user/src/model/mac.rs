@@ -8,6 +8,15 @@ use serde::{Serialize, Serializer};
 pub struct MacAddr(pub [u8; 6]);
 
 impl MacAddr {
+    pub fn is_broadcast(&self) -> bool {
+        self.0 == [0xff; 6]
+    }
+
+    /// Unicast and set (not all zeroes).
+    pub fn is_unicast(&self) -> bool {
+        self.0[0] & 1 == 0 && self.0 != [0; 6]
+    }
+
     /// From a netlink `IFLA_ADDRESS`; `None` unless it is 6 bytes long.
     pub fn from_slice(b: &[u8]) -> Option<Self> {
         Some(Self(b.try_into().ok()?))

@@ -8,6 +8,7 @@
 //! tap by (namespace, name). Attaching, following a rename and forgetting a tap that went
 //! are done here, once.
 
+pub mod addrs;
 pub mod tap;
 
 use std::{collections::HashMap, time::Duration};

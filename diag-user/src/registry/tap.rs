@@ -98,6 +98,8 @@ pub struct Tap {
     pub forecast: Option<crate::model::forecast::Forecast>,
     /// The forecast as last said in a record.
     pub forecast_said: Option<crate::model::forecast::Forecast>,
+    /// The guest's addresses as its frames say them (for a nudge).
+    pub addrs: super::addrs::GuestAddrs,
     /// The last nudge written into the tap (`sent`, then its outcome).
     pub nudge: Option<crate::model::nudge::NudgeRecord>,
     /// The switch-over whose inbound and outbound gaps were settled (said once each).
@@ -154,6 +156,7 @@ impl Tap {
             blackouts: 0,
             forecast: None,
             forecast_said: None,
+            addrs: Default::default(),
             nudge: None,
             settled: (None, None),
             gone_at: None,

@@ -14,12 +14,13 @@ use std::sync::{Arc, OnceLock, Weak};
 
 use prometheus::{
     proto::{Counter, Gauge, LabelPair, Metric, MetricFamily, MetricType},
-    Encoder, Histogram, HistogramOpts, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
 pub use super::health::{Health, Unhealthy};
 use crate::{
-    model::{DatapathKind, Record, State},
+    model::{nudge::NudgeResult, DatapathKind, Record, State},
     registry::Tap,
     report::pipeline::Pipeline,
     verdict::{Engine, Settled},
@@ -201,6 +202,7 @@ pub struct Metrics {
     outbound_gap: Histogram,
     taps: IntGauge,
     build_info: IntGaugeVec,
+    nudges: IntCounterVec,
     /// The run's pipeline, whose registry the per-tap series are read from.
     source: OnceLock<Weak<Pipeline>>,
 }
@@ -235,14 +237,32 @@ impl Metrics {
                 ),
                 &["version", "datapath"],
             )?,
+            nudges: IntCounterVec::new(
+                Opts::new(
+                    "tapwatch_nudges_total",
+                    "Nudges written into taps on this host, by outcome: recovered (the guest \
+                     sent to the tap's MAC after it), no_effect, refused (nothing sent), failed.",
+                ),
+                &["result"],
+            )?,
             source: OnceLock::new(),
         };
+        // Every outcome is a series from the start, so that a rate over it is defined.
+        for r in [
+            NudgeResult::Recovered,
+            NudgeResult::NoEffect,
+            NudgeResult::Refused,
+            NudgeResult::Failed,
+        ] {
+            m.nudges.with_label_values(&[r.as_str()]);
+        }
         let r = &m.registry;
         r.register(Box::new(m.blackout_seconds.clone()))?;
         r.register(Box::new(m.inbound_gap.clone()))?;
         r.register(Box::new(m.outbound_gap.clone()))?;
         r.register(Box::new(m.taps.clone()))?;
         r.register(Box::new(m.build_info.clone()))?;
+        r.register(Box::new(m.nudges.clone()))?;
         Ok(Arc::new(m))
     }
 
@@ -303,12 +323,13 @@ impl Metrics {
     /// `_sum` and `_count`), whether or not it has series yet.
     pub fn names(&self) -> Vec<String> {
         use prometheus::core::Collector;
-        let collectors: [&dyn Collector; 5] = [
+        let collectors: [&dyn Collector; 6] = [
             &self.blackout_seconds,
             &self.inbound_gap,
             &self.outbound_gap,
             &self.taps,
             &self.build_info,
+            &self.nudges,
         ];
         collectors
             .iter()
@@ -350,9 +371,16 @@ impl MetricsUpdater {
             };
             h.observe(ms as f64 / 1000.0);
         }
-        if let Record::Stats { taps, .. } = rec {
-            m.taps.set(taps.len() as i64);
-            self.health.tick(taps.len());
+        match rec {
+            Record::Stats { taps, .. } => {
+                m.taps.set(taps.len() as i64);
+                self.health.tick(taps.len());
+            }
+            // A nudge is counted once, by its last word (a dry run is no nudge).
+            Record::Nudge(n) if n.result.is_final() && n.result != NudgeResult::DryRun => {
+                m.nudges.with_label_values(&[n.result.as_str()]).inc();
+            }
+            _ => {}
         }
     }
 }

@@ -21,7 +21,9 @@ use std::{
 
 use crate::{
     model::clock::{Ts, WallClock},
+    model::nudge::NudgeRecord,
     model::{DatapathKind, LabEvent, LabRecord, NoticeCode, Record, Sink},
+    nudge::Nudger,
     report::metrics::MetricsUpdater,
     verdict::Engine,
 };
@@ -279,6 +281,9 @@ pub struct Head {
     pub status: String,
     /// The run's datapath, once the collector has loaded it.
     pub datapath: Option<DatapathKind>,
+    /// Writes nudges into taps and says their outcome (`tapwatch nudge`, the live view's
+    /// key, `--remediate`); none in a run that may not write.
+    pub nudger: Option<Nudger>,
 }
 
 /// The pipeline of one run, shared by the watcher, the lab and the view.
@@ -297,6 +302,7 @@ impl Pipeline {
                 ending: Ending::default(),
                 status: String::new(),
                 datapath: None,
+                nudger: None,
             }),
             finished: AtomicBool::new(false),
         })
@@ -319,10 +325,43 @@ impl Pipeline {
         self.head.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Lets the run write nudges into its taps.
+    pub fn set_nudger(&self, nudger: Nudger) {
+        self.head().nudger = Some(nudger);
+    }
+
+    /// The operator's nudge of tap `ifname` (see [`Nudger::nudge`]): its record, also
+    /// emitted. `None` when the run may not nudge.
+    pub fn nudge(&self, ifname: &str, force: bool, dry_run: bool) -> Option<NudgeRecord> {
+        let rec = {
+            let mut h = self.head();
+            let Head { engine, nudger, .. } = &mut *h;
+            nudger.as_mut()?.nudge(engine, ifname, force, dry_run)
+        };
+        self.emit(&Record::Nudge(rec.clone()));
+        Some(rec)
+    }
+
     /// Feeds one record through the engine and hands it, with the verdicts it caused, to
-    /// every output.
+    /// every output; then what the nudger made of it, the same way.
     pub fn emit(&self, rec: &Record) {
         let mut h = self.head();
+        let changes = Self::emit_one(&mut h, rec);
+        let more = match &mut *h {
+            Head {
+                engine,
+                nudger: Some(n),
+                ..
+            } => n.after(engine, rec, &changes),
+            _ => Vec::new(),
+        };
+        for m in &more {
+            Self::emit_one(&mut h, m);
+        }
+    }
+
+    /// One record through the engine and to the outputs; the verdicts it caused.
+    fn emit_one(h: &mut Head, rec: &Record) -> Vec<Record> {
         let changes = h.engine.apply(rec);
         if let Head {
             engine,
@@ -361,6 +400,7 @@ impl Pipeline {
                 o.push(v);
             }
         }
+        changes
     }
 
     /// The producer is done (its summary is in).

@@ -435,6 +435,48 @@ pub fn table(a: &Analysis) -> String {
     out
 }
 
+/// A nudge in words for the operator: what was (or would be) sent, where its addresses
+/// came from, and what came of it.
+pub fn nudge_words(n: &crate::model::nudge::NudgeRecord) -> String {
+    use crate::model::nudge::NudgeResult;
+    let who = match &n.vm {
+        Some(vm) => format!("{} ({})", one_line(&n.ifname), one_line(vm)),
+        None => one_line(&n.ifname).into_owned(),
+    };
+    let head = match n.result {
+        NudgeResult::Refused => return format!("{who}: not nudged: {}", one_line(&n.message)),
+        NudgeResult::Failed => return format!("{who}: not nudged: {}", one_line(&n.message)),
+        NudgeResult::DryRun => format!("{who}: would send (dry run, nothing sent)"),
+        NudgeResult::Sent => format!("{who}: nudged at {}", n.ts),
+        NudgeResult::Recovered => format!("{who}: RECOVERED: {}", one_line(&n.message)),
+        NudgeResult::NoEffect => format!("{who}: NO EFFECT: {}", one_line(&n.message)),
+    };
+    let mac = |m: Option<crate::model::mac::MacAddr>| m.map(|m| m.to_string()).unwrap_or_default();
+    let ip = |a: Option<std::net::IpAddr>| a.map(|a| a.to_string()).unwrap_or_default();
+    let from = |s: Option<crate::model::nudge::AddrSource>| s.map(|s| s.words()).unwrap_or("");
+    let mut s = head;
+    let _ = write!(
+        s,
+        "\n  frame: {} -> {}, ARP request: {} is at {}, to {}\n  gateway {} ({}); guest {} ({})",
+        mac(n.tap_mac),
+        mac(n.guest_mac),
+        ip(n.gateway_ip),
+        mac(n.tap_mac),
+        ip(n.guest_ip),
+        ip(n.gateway_ip),
+        from(n.gateway_from),
+        ip(n.guest_ip),
+        from(n.guest_ip_from),
+    );
+    if let Some(b) = &n.bytes {
+        let _ = write!(s, "\n  bytes: {b}");
+    }
+    if matches!(n.result, NudgeResult::DryRun | NudgeResult::Sent) {
+        let _ = write!(s, "\n  evidence: {}", one_line(&n.message));
+    }
+    s
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

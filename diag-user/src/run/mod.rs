@@ -5,6 +5,7 @@
 pub mod analyze;
 pub mod facts;
 pub mod lab;
+pub mod nudge;
 mod outputs;
 pub mod serve;
 pub mod watch;
@@ -49,6 +50,17 @@ fn engine_config(
         source: diag_user::offline::facts::source_taps(&f),
         ..base
     })
+}
+
+/// The run's nudger: on the operator's word always, on its own with `--remediate`.
+fn nudger(args: &crate::cli::RemediateArgs) -> anyhow::Result<diag_user::nudge::Nudger> {
+    let gateways = diag_user::nudge::Gateways::new(&args.gateway)
+        .map_err(|e| anyhow::anyhow!("--gateway: {e}"))?;
+    Ok(diag_user::nudge::Nudger::new(diag_user::nudge::NudgeConfig {
+        gateways,
+        remediate: args.remediate,
+        ..Default::default()
+    }))
 }
 
 /// The live view cannot run here: say so and fall back to NDJSON (as `--json`).

@@ -30,6 +30,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     )?);
     // The outputs that read the registry themselves are made after the pipeline.
     let pipeline = Pipeline::new(engine, Vec::new());
+    pipeline.set_nudger(super::nudger(&args.nudges)?);
     let recorder = match &args.record_dir {
         Some(dir) => Some(Recorder::new(
             RecorderOptions {

@@ -30,6 +30,7 @@ pub async fn run(args: WatchArgs) -> anyhow::Result<ExitCode> {
     };
     let config = engine_config(&args.taps, EngineConfig::default())?;
     let pipeline = Pipeline::new(Engine::new(config), Vec::new());
+    pipeline.set_nudger(super::nudger(&args.nudges)?);
     let stdout_failed = Arc::new(Notify::new());
     let outputs = Outputs::start(&pipeline, json, bundle, &stdout_failed)?;
     if json && !args.json {

@@ -26,6 +26,7 @@ impl Engine {
             self.wake(i, f.ts, changes);
         }
         note_kind(self.tap_mut(i), f, from_vm);
+        self.tap_mut(i).addrs.learn(f);
         if from_vm && (f.kind == FrameKind::DstMismatch || f.dst_mismatch) {
             if stale_frame(self.tap_mut(i), f) {
                 self.set_state(i, State::Blackout, f.ts, changes);
