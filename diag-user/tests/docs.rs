@@ -7,6 +7,7 @@ use std::collections::BTreeSet;
 use diag_user::{
     model::forecast::{Forecast, ForecastCounts, ForecastOutcome, ForecastRecord},
     model::identity::VmInterface,
+    model::nudge::{AddrSource, NudgeFrame, NudgeRecord, NudgeResult, NudgeTrigger},
     model::{
         clock::Ts, mac::MacAddr, Backend, Direction, FrameKind, FrameRecord, HostFact, LabEvent,
         LabRecord, Line, MacHistoryEntry, MigrationRecord, Mode, NoticeCode, Record, Scenario,
@@ -119,6 +120,7 @@ fn samples() -> Vec<Record> {
         }),
         Record::Lab(lab_sample(ts)),
         Record::Migration(migration_sample(ts)),
+        Record::Nudge(nudge_sample(ts, mac)),
     ]);
     all
 }
@@ -216,6 +218,30 @@ fn frame_sample(ts: Ts, mac: MacAddr) -> FrameRecord {
     }
 }
 
+/// A nudge record, every optional field set.
+fn nudge_sample(ts: Ts, mac: MacAddr) -> NudgeRecord {
+    NudgeRecord {
+        ts,
+        ifname: "tapA".into(),
+        vm: Some("web-1".into()),
+        trigger: NudgeTrigger::Remediate,
+        result: NudgeResult::Recovered,
+        frame: Some(NudgeFrame::Arp),
+        gateway_ip: Some("169.254.1.1".parse().unwrap()),
+        gateway_from: Some(AddrSource::Flag),
+        guest_ip: Some("10.65.0.2".parse().unwrap()),
+        guest_ip_from: Some(AddrSource::StaleFrames),
+        tap_mac: Some(mac),
+        guest_mac: Some(mac),
+        stale_mac: Some(mac),
+        recovered_after_ms: Some(2),
+        stale_after: Some(0),
+        watched_ms: Some(5000),
+        bytes: Some("00".into()),
+        message: "m".into(),
+    }
+}
+
 /// A lab record, every optional field set.
 fn lab_sample(ts: Ts) -> LabRecord {
     LabRecord {
@@ -230,6 +256,8 @@ fn lab_sample(ts: Ts) -> LabRecord {
         downtime_ms: Some(1),
         foreseen: Some(true),
         forecast_right: Some(true),
+        nudged: Some(true),
+        unnudged_window_ms: Some(21_000),
         detail: Some("d".into()),
     }
 }

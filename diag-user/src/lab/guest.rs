@@ -1,36 +1,48 @@
-//! A small guest behind a tap, as QEMU runs one: answers ARP and ping, sends its own
-//! traffic to its gateway, and keeps its gateway's neighbour entry as Linux does:
-//! REACHABLE for a randomised reachable time, then STALE (still used), DELAY for 5 s at the
-//! next use, PROBE (3 unicast ARP requests to the cached MAC, 1 s apart, the entry still
-//! used), then broadcast requests until answered.
+//! The lab's guest: a real Linux network stack in a namespace of its own, behind a tap of
+//! its own (`eth0`), joined to the VM's tap on a hypervisor by a relay that copies frames
+//! between the two taps' descriptors, as QEMU copies them between the guest's virtio queue
+//! and the host's tap. Its ARP, its neighbour cache (REACHABLE, STALE, DELAY, unicast
+//! probes to the cached MAC, the update a received ARP makes) and its answers to pings are
+//! Linux's own: the lab models none of them.
 //!
-//! It also keeps the lab's ground truth: for every frame it sends it knows the MAC its tap
-//! really has, so it knows exactly when it sent to a MAC the tap did not have.
+//! The relay also keeps the lab's ground truth: it sees every frame the guest sends and
+//! knows the MAC the VM's tap has right then, so it knows exactly when the guest sent to a
+//! MAC its tap did not have.
+//!
+//! Where it differs from a VM: while "paused" (the stop-and-copy) the guest's kernel runs
+//! on and what it sends is discarded, where a paused VM sends nothing; the gratuitous ARPs
+//! of virtio's guest announce are written by the relay for the guest (what its kernel
+//! sends then, and nothing its neighbour cache is affected by).
 
 use std::{
-    net::Ipv4Addr,
+    net::{Ipv4Addr, SocketAddrV4, UdpSocket},
+    os::fd::AsRawFd,
     sync::{Arc, Mutex},
+    thread::JoinHandle,
     time::Duration,
 };
 
-use diag_common::{
-    frame::ARP_OP_REPLY, frame::ARP_OP_REQUEST, parse_arp, parse_ethernet, ETH_P_ARP,
-};
-use etherparse::{Icmpv4Type, SlicedPacket, TransportSlice};
+use diag_common::{parse_arp, parse_ethernet, ETH_P_ARP};
 
-use crate::{frames, lab::netns::VmTap, model::clock::monotonic_ns, model::mac::MacAddr};
+use crate::{
+    frames,
+    lab::netns::{Netns, SandboxError, VmTap},
+    model::{clock::monotonic_ns, mac::MacAddr},
+};
 
 #[derive(Clone, Debug)]
 pub struct GuestConfig {
     pub name: String,
+    /// Its namespace's name (unique to the lab run).
+    pub netns: String,
     pub mac: MacAddr,
     pub ip: Ipv4Addr,
     /// Where its traffic goes: the proxy-ARP gateway (routed) or the client (bridged).
     pub gateway: Ipv4Addr,
     /// Its own traffic goes to this address, every 100 ms.
     pub peer: Ipv4Addr,
-    /// The base reachable time of its neighbour entries: each confirmation makes the entry
-    /// REACHABLE for a random time between half of it and one and a half times it.
+    /// Linux's `base_reachable_time` of its interface: each confirmation makes a neighbour
+    /// entry REACHABLE for a random time between half of it and one and a half times it.
     pub reachable: Duration,
     /// A frame to a MAC other than the tap's is a stale frame (routed); on a bridge it is
     /// normal traffic and never stale.
@@ -44,26 +56,30 @@ pub struct Window {
     pub end_ns: Option<u64>,
 }
 
-/// The gateway's neighbour entry, as Linux's NUD states.
+/// The guest's neighbour timers, as its kernel has them now (`ip ntable`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-enum Nud {
-    /// Nothing known: broadcast requests, every second, until answered.
-    #[default]
-    Incomplete,
-    /// Confirmed; usable until `until_ns`.
-    Reachable { until_ns: u64 },
-    /// Past its reachable time, still used; the next use starts a DELAY.
-    Stale,
-    /// Used while stale: in `until_ns` the entry is probed, unless confirmed meanwhile.
-    Delay { until_ns: u64 },
-    /// Unicast requests to the cached MAC: `sent` so far, the next at `next_ns`.
-    Probe { sent: u32, next_ns: u64 },
+pub struct NeighTimers {
+    /// The randomised reachable time in force.
+    pub reachable_ms: u64,
+    pub delay_probe_ms: u64,
+    pub retrans_ms: u64,
+    pub ucast_probes: u64,
 }
 
-/// Linux's defaults: delay_first_probe_time, retrans_time, ucast_solicit.
-const DELAY_NS: u64 = 5_000_000_000;
-const RETRANS_NS: u64 = 1_000_000_000;
-const UCAST_PROBES: u32 = 3;
+impl NeighTimers {
+    /// When a stale entry last confirmed at `confirmed_ns`, and used all the time, is
+    /// replaced: it turns DELAY after its reachable time, is probed after the delay, fails
+    /// after its unicast probes, and the next frame's broadcast request is answered at once.
+    pub fn stale_until_ns(&self, confirmed_ns: u64) -> u64 {
+        confirmed_ns
+            + (self.reachable_ms + self.delay_probe_ms + self.retrans_ms * self.ucast_probes)
+                * 1_000_000
+    }
+}
+
+const OWN_TRAFFIC_EVERY: Duration = Duration::from_millis(100);
+/// How long the relay waits on its descriptors before it looks at its state again.
+const RELAY_POLL_MS: i32 = 5;
 
 #[derive(Default)]
 struct State {
@@ -72,67 +88,75 @@ struct State {
     tap_mac: Option<MacAddr>,
     paused: bool,
     stop: bool,
-    /// The gateway's MAC (kept while STALE, DELAY and PROBE) and its entry's state.
-    arp: Option<MacAddr>,
-    nud: Nud,
-    last_arp_request_ns: u64,
-    next_own_ns: u64,
+    /// The guest has sent to a resolved unicast MAC (it knows its gateway).
+    resolved: bool,
+    /// When the guest last received an ARP reply from its gateway (monotonic ns).
+    gateway_confirmed_ns: Option<u64>,
     /// Truth is kept only after the switch-over (before it the tap had the right MAC).
     judging: bool,
     windows: Vec<Window>,
-    /// When the guest resumed, the first frame it sent and the first data frame it
-    /// received after that (truth).
-    resumed_ns: Option<u64>,
     first_sent_ns: Option<u64>,
     first_inbound_ns: Option<u64>,
 }
 
-/// Handle to a running guest; the guest itself runs on its own thread.
+/// Handle to a running guest; its relay and its own traffic run on threads of their own.
 #[derive(Clone)]
 pub struct Guest {
     pub config: GuestConfig,
     state: Arc<Mutex<State>>,
+    ns: Arc<Netns>,
 }
 
-const OWN_TRAFFIC_EVERY_NS: u64 = 100_000_000;
-
 impl Guest {
+    /// Makes the guest's namespace and interface, and starts its relay to `tap`.
     pub fn start(
         config: GuestConfig,
         tap: Arc<VmTap>,
         tap_mac: MacAddr,
-    ) -> (Self, std::thread::JoinHandle<()>) {
-        let state = State {
-            tap: Some(tap),
-            tap_mac: Some(tap_mac),
-            ..State::default()
-        };
+    ) -> Result<(Self, JoinHandle<()>), SandboxError> {
+        let ns = Arc::new(Netns::named(&config.netns)?);
+        let eth0 = VmTap::create(&ns, "eth0", config.mac)?;
+        configure(&ns, &config)?;
         let guest = Self {
             config,
-            state: Arc::new(Mutex::new(state)),
+            state: Arc::new(Mutex::new(State {
+                tap: Some(tap),
+                tap_mac: Some(tap_mac),
+                ..State::default()
+            })),
+            ns,
         };
+        let traffic = guest.start_own_traffic()?;
         let g = guest.clone();
-        let handle = std::thread::spawn(move || g.run());
-        (guest, handle)
+        let relay = std::thread::Builder::new()
+            .name(format!("lab-relay-{}", g.config.name))
+            .spawn(move || {
+                g.relay(&eth0);
+                let _ = traffic.join();
+            })
+            .map_err(|e| SandboxError::Io {
+                what: "starting the guest's relay".into(),
+                source: e,
+            })?;
+        Ok((guest, relay))
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The VM stops (QEMU's final stop-and-copy): it neither sends nor receives.
+    /// The VM stops (QEMU's final stop-and-copy): nothing goes in or out of it.
     pub fn pause(&self) {
         self.lock().paused = true;
     }
 
-    /// The VM runs again behind `tap`, its memory (ARP cache) intact.
+    /// The VM runs again behind `tap`, its memory (its neighbour cache) intact.
     pub fn resume_on(&self, tap: Arc<VmTap>, tap_mac: MacAddr) {
         let mut s = self.lock();
         s.tap = Some(tap);
         s.tap_mac = Some(tap_mac);
         s.paused = false;
         s.judging = true;
-        s.resumed_ns = Some(monotonic_ns());
         s.first_sent_ns = None;
         s.first_inbound_ns = None;
     }
@@ -152,7 +176,12 @@ impl Guest {
     }
 
     pub fn knows_gateway(&self) -> bool {
-        self.lock().arp.is_some()
+        self.lock().resolved
+    }
+
+    /// When its gateway last answered its ARP (monotonic ns).
+    pub fn gateway_confirmed_ns(&self) -> Option<u64> {
+        self.lock().gateway_confirmed_ns
     }
 
     pub fn tap(&self) -> Option<Arc<VmTap>> {
@@ -164,25 +193,58 @@ impl Guest {
         self.lock().windows.clone()
     }
 
-    /// A gratuitous ARP for its own address, as a guest sends after resuming (virtio's
-    /// guest announce answers each of QEMU's RARP rounds with one).
+    /// Its kernel's neighbour timers on `eth0` now.
+    pub fn neigh_timers(&self) -> Option<NeighTimers> {
+        let out = self
+            .ns
+            .ip(&["-j", "ntable", "show", "dev", "eth0", "name", "arp_cache"])
+            .ok()?;
+        let v: serde_json::Value = serde_json::from_str(&out).ok()?;
+        let t = v.as_array()?.first()?;
+        let n = |k: &str| t.get(k).and_then(|x| x.as_u64());
+        Some(NeighTimers {
+            reachable_ms: n("reachable")?,
+            delay_probe_ms: n("delay_probe")?,
+            retrans_ms: n("retrans")?,
+            ucast_probes: n("ucast_probes")?,
+        })
+    }
+
+    /// A gratuitous ARP for its own address, as a guest's kernel sends after resuming
+    /// (virtio's guest announce answers each of QEMU's RARP rounds with one).
     pub fn send_garp(&self) {
         let f = frames::garp(self.config.mac, self.config.ip);
         let mut s = self.lock();
         if let Some(tap) = s.tap.clone().filter(|_| !s.paused) {
-            Self::sent(&mut s);
+            if s.judging && s.first_sent_ns.is_none() {
+                s.first_sent_ns = Some(monotonic_ns());
+            }
             let _ = tap.send(&f);
         }
     }
 
-    /// Keeps the truth of the first frame sent after the resume.
-    fn sent(s: &mut State) {
-        if s.judging && s.first_sent_ns.is_none() {
-            s.first_sent_ns = Some(monotonic_ns());
-        }
+    /// UDP to its peer every 100 ms from inside the guest, so that it uses its gateway's
+    /// entry all the time, as a VM with traffic does.
+    fn start_own_traffic(&self) -> Result<JoinHandle<Result<(), SandboxError>>, SandboxError> {
+        let (state, peer) = (self.state.clone(), self.config.peer);
+        self.ns.spawn(move || {
+            let Ok(sock) = UdpSocket::bind("0.0.0.0:0") else {
+                return;
+            };
+            loop {
+                if state.lock().map(|s| s.stop).unwrap_or(true) {
+                    return;
+                }
+                // Unresolved or unreachable for a while: the kernel says so, the lab
+                // carries on.
+                let _ = sock.send_to(&[0u8; 56], SocketAddrV4::new(peer, 9));
+                std::thread::sleep(OWN_TRAFFIC_EVERY);
+            }
+        })
     }
 
-    fn run(&self) {
+    /// Copies frames between the guest's `eth0` and the VM's tap until stopped.
+    fn relay(&self, eth0: &VmTap) {
         loop {
             let (tap, paused, stop) = {
                 let s = self.lock();
@@ -191,264 +253,132 @@ impl Guest {
             if stop {
                 return;
             }
-            let Some(tap) = tap.filter(|_| !paused) else {
+            let mut fds = vec![libc::pollfd {
+                fd: eth0.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            }];
+            if let Some(t) = &tap {
+                fds.push(libc::pollfd {
+                    fd: t.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                });
+            }
+            // SAFETY: a valid array of pollfds of the length given.
+            let r =
+                unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, RELAY_POLL_MS) };
+            if r <= 0 {
+                continue;
+            }
+            if fds[0].revents & libc::POLLIN != 0 {
+                if let Ok(Some(f)) = eth0.recv(Duration::ZERO) {
+                    if let Some(t) = tap.as_ref().filter(|_| !paused) {
+                        self.to_host(t, &f);
+                    }
+                }
+            }
+            let Some(t) = tap else { continue };
+            if fds[1].revents & (libc::POLLERR | libc::POLLHUP) != 0 {
+                // The tap was deleted (the VM left this host): wait for the next.
                 std::thread::sleep(Duration::from_millis(1));
                 continue;
-            };
-            // A deleted tap (the VM migrated away) fails reads: wait for the next one.
-            match tap.recv(Duration::from_millis(5)) {
-                Ok(Some(frame)) => self.on_frame(&tap, &frame),
-                Ok(None) => {}
-                Err(_) => {
-                    std::thread::sleep(Duration::from_millis(1));
-                    continue;
+            }
+            if fds[1].revents & libc::POLLIN != 0 {
+                if let Ok(Some(f)) = t.recv(Duration::ZERO) {
+                    if !paused {
+                        self.to_guest(eth0, &f);
+                    }
                 }
             }
-            self.housekeeping(&tap);
         }
     }
 
-    fn housekeeping(&self, tap: &VmTap) {
-        let now = monotonic_ns();
-        let (request, own) = {
-            let mut s = self.lock();
-            let request = self.neighbour_step(&mut s, now);
-            let own = now >= s.next_own_ns;
-            if own {
-                s.next_own_ns = now + OWN_TRAFFIC_EVERY_NS;
-                // Using the entry: a stale one is validated after DELAY_NS.
-                if s.nud == Nud::Stale {
-                    s.nud = Nud::Delay {
-                        until_ns: now + DELAY_NS,
-                    };
-                }
-            }
-            (request, own)
-        };
-        if let Some(dst) = request {
-            let mut f = frames::arp_request(self.config.mac, self.config.ip, self.config.gateway);
-            // A probe goes to the cached MAC (the kernel's "unicast solicit").
-            f[..6].copy_from_slice(&dst.0);
-            Self::sent(&mut self.lock());
-            let _ = tap.send(&f);
-        }
-        if own {
-            if let Some(gw) = self.gateway_mac() {
-                let f = frames::udp(self.config.mac, gw, self.config.ip, self.config.peer, 98);
-                self.send_unicast(tap, &f, gw);
-            }
-        }
-    }
-
-    /// Moves the gateway's entry along its states; an ARP request to send now, to this
-    /// destination (the cached MAC while probing, else broadcast).
-    fn neighbour_step(&self, s: &mut State, now: u64) -> Option<MacAddr> {
-        match s.nud {
-            Nud::Reachable { until_ns } if now >= until_ns => s.nud = Nud::Stale,
-            Nud::Delay { until_ns } if now >= until_ns => {
-                s.nud = Nud::Probe {
-                    sent: 0,
-                    next_ns: now,
-                }
-            }
-            _ => {}
-        }
-        match s.nud {
-            Nud::Probe { sent, next_ns } if now >= next_ns => {
-                if sent >= UCAST_PROBES {
-                    // Unanswered: forget the MAC and ask everyone.
-                    s.arp = None;
-                    s.nud = Nud::Incomplete;
-                    s.last_arp_request_ns = now;
-                    return Some(frames::BROADCAST);
-                }
-                s.nud = Nud::Probe {
-                    sent: sent + 1,
-                    next_ns: now + RETRANS_NS,
-                };
-                s.arp
-            }
-            Nud::Incomplete if now.saturating_sub(s.last_arp_request_ns) >= RETRANS_NS => {
-                s.last_arp_request_ns = now;
-                Some(frames::BROADCAST)
-            }
-            _ => None,
-        }
-    }
-
-    /// A reachable time drawn as Linux does: uniformly between half and one and a half
-    /// times the base.
-    fn reachable_ns(&self) -> u64 {
-        use std::hash::{BuildHasher, Hasher};
-        let base = self.config.reachable.as_nanos() as u64;
-        let r = std::collections::hash_map::RandomState::new()
-            .build_hasher()
-            .finish();
-        base / 2 + r % base.max(1)
-    }
-
-    /// The cached gateway MAC: used while stale too, as Linux does while it re-validates.
-    fn gateway_mac(&self) -> Option<MacAddr> {
-        self.lock().arp
-    }
-
-    fn on_frame(&self, tap: &VmTap, frame: &[u8]) {
-        let Some(eth) = parse_ethernet(frame) else {
-            return;
-        };
-        let me = self.config.mac;
-        if eth.dst != me.0 && eth.dst != [0xff; 6] {
-            return;
-        }
-        if eth.dst == me.0 && eth.ethertype != ETH_P_ARP {
-            let mut s = self.lock();
-            if s.judging && s.first_inbound_ns.is_none() {
-                s.first_inbound_ns = Some(monotonic_ns());
-            }
-        }
-        if eth.ethertype == ETH_P_ARP {
-            let Some(arp) = parse_arp(frame, eth.l3_offset) else {
-                return;
-            };
-            if arp.op == ARP_OP_REQUEST && arp.target_ip == self.config.ip.octets() {
-                let asker = MacAddr(arp.sender_mac);
-                let reply = frames::arp(
-                    ARP_OP_REPLY,
-                    asker,
-                    me,
-                    self.config.ip,
-                    asker,
-                    Ipv4Addr::from(arp.sender_ip),
-                    None,
-                );
-                Self::sent(&mut self.lock());
-                let _ = tap.send(&reply);
-            } else if arp.op == ARP_OP_REPLY && arp.sender_ip == self.config.gateway.octets() {
-                let until_ns = monotonic_ns() + self.reachable_ns();
-                let mut s = self.lock();
-                s.arp = Some(MacAddr(arp.sender_mac));
-                s.nud = Nud::Reachable { until_ns };
-            }
-            return;
-        }
-        self.answer_ping(tap, frame);
-    }
-
-    fn answer_ping(&self, tap: &VmTap, frame: &[u8]) {
-        let Ok(p) = SlicedPacket::from_ethernet(frame) else {
-            return;
-        };
-        let Some(etherparse::NetSlice::Ipv4(ip)) = &p.net else {
-            return;
-        };
-        let Some(TransportSlice::Icmpv4(icmp)) = &p.transport else {
-            return;
-        };
-        let Icmpv4Type::EchoRequest(echo) = icmp.icmp_type() else {
-            return;
-        };
-        if ip.header().destination_addr() != self.config.ip {
-            return;
-        }
-        let Some(gw) = self.gateway_mac() else { return };
-        let reply = frames::icmp_echo_reply(
-            self.config.mac,
-            gw,
-            self.config.ip,
-            ip.header().source_addr(),
-            echo.id,
-            echo.seq,
-            icmp.payload(),
-        );
-        self.send_unicast(tap, &reply, gw);
-    }
-
-    /// Sends a frame to `dst` and keeps the truth: was `dst` the tap's MAC right now?
-    fn send_unicast(&self, tap: &VmTap, frame: &[u8], dst: MacAddr) {
+    /// A frame the guest sent, into the VM's tap; the truth of what it was addressed to.
+    fn to_host(&self, tap: &VmTap, frame: &[u8]) {
         let mut s = self.lock();
-        Self::sent(&mut s);
         let now = monotonic_ns();
-        if s.judging && self.config.routed {
-            let stale = Some(dst) != s.tap_mac;
-            let open = s.windows.last().is_some_and(|w| w.end_ns.is_none());
-            if stale && !open {
-                s.windows.push(Window {
-                    start_ns: now,
-                    end_ns: None,
-                });
-            } else if !stale && open {
-                if let Some(w) = s.windows.last_mut() {
-                    w.end_ns = Some(now);
+        if s.judging && s.first_sent_ns.is_none() {
+            s.first_sent_ns = Some(now);
+        }
+        if let Some(eth) = parse_ethernet(frame) {
+            let dst = MacAddr(eth.dst);
+            // Data to a resolved neighbour (ARP's own frames are no part of the window:
+            // tapwatch's neither).
+            if dst.is_unicast() && eth.ethertype != ETH_P_ARP {
+                s.resolved = true;
+                if s.judging && self.config.routed {
+                    let stale = Some(dst) != s.tap_mac;
+                    note_window(&mut s, stale, now);
                 }
             }
         }
-        // Sent under the lock: the truth's timestamp and the write are not reordered
+        // Written under the lock: the truth's timestamp and the write are not reordered
         // against a switch-over.
         let _ = tap.send(frame);
     }
-}
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn guest(reachable_s: u64) -> Guest {
-        Guest {
-            config: GuestConfig {
-                name: "g".into(),
-                mac: MacAddr([0xfa, 0x16, 0x3e, 0, 0, 1]),
-                ip: Ipv4Addr::new(10, 65, 0, 2),
-                gateway: Ipv4Addr::new(169, 254, 1, 1),
-                peer: Ipv4Addr::new(10, 0, 0, 1),
-                reachable: Duration::from_secs(reachable_s),
-                routed: true,
-            },
-            state: Arc::new(Mutex::new(State::default())),
-        }
-    }
-
-    const S: u64 = 1_000_000_000;
-    const OLD: MacAddr = MacAddr([0xfe, 0x16, 0x3e, 0, 0, 1]);
-
-    /// Linux's neighbour states on the clock: REACHABLE until its time, STALE, DELAY 5 s
-    /// from the first use, three unicast probes to the cached MAC 1 s apart, then broadcast.
-    #[test]
-    fn a_stale_gateway_is_probed_as_linux_does() {
-        let g = guest(8);
-        let mut s = State {
-            arp: Some(OLD),
-            nud: Nud::Reachable { until_ns: 10 * S },
-            ..State::default()
-        };
-        assert_eq!(g.neighbour_step(&mut s, 9 * S), None);
-        assert_eq!(g.neighbour_step(&mut s, 10 * S), None);
-        assert_eq!(s.nud, Nud::Stale);
-        // The next use starts the delay (housekeeping does this when it sends).
-        s.nud = Nud::Delay {
-            until_ns: 11 * S + DELAY_NS,
-        };
-        assert_eq!(g.neighbour_step(&mut s, 15 * S), None, "still in DELAY");
-        let mut probes = Vec::new();
-        for t in 16..=19 {
-            if let Some(dst) = g.neighbour_step(&mut s, t * S) {
-                probes.push((t, dst));
+    /// A frame the host sent the VM, into the guest; the truth of the first data frame.
+    fn to_guest(&self, eth0: &VmTap, frame: &[u8]) {
+        if let Some(eth) = parse_ethernet(frame) {
+            let mut s = self.lock();
+            if eth.dst == self.config.mac.0 && eth.ethertype != ETH_P_ARP {
+                if s.judging && s.first_inbound_ns.is_none() {
+                    s.first_inbound_ns = Some(monotonic_ns());
+                }
+            } else if eth.ethertype == ETH_P_ARP {
+                let from_gateway = parse_arp(frame, eth.l3_offset).is_some_and(|a| {
+                    a.op == diag_common::frame::ARP_OP_REPLY
+                        && a.sender_ip == self.config.gateway.octets()
+                });
+                if from_gateway {
+                    s.gateway_confirmed_ns = Some(monotonic_ns());
+                }
             }
         }
-        assert_eq!(
-            probes,
-            [(16, OLD), (17, OLD), (18, OLD), (19, frames::BROADCAST)],
-            "three unicast probes to the old MAC, then broadcast"
-        );
-        assert_eq!(s.arp, None, "an unanswered entry is dropped");
-        assert_eq!(g.neighbour_step(&mut s, 20 * S), Some(frames::BROADCAST));
+        let _ = eth0.send(frame);
     }
+}
 
-    #[test]
-    fn reachable_times_are_drawn_around_the_base() {
-        let g = guest(8);
-        for _ in 0..50 {
-            let r = g.reachable_ns();
-            assert!((4 * S..12 * S).contains(&r), "{r}");
+/// Opens or closes the stale window at a frame the guest sent at `now`.
+fn note_window(s: &mut State, stale: bool, now: u64) {
+    let open = s.windows.last().is_some_and(|w| w.end_ns.is_none());
+    if stale && !open {
+        s.windows.push(Window {
+            start_ns: now,
+            end_ns: None,
+        });
+    } else if !stale && open {
+        if let Some(w) = s.windows.last_mut() {
+            w.end_ns = Some(now);
         }
     }
+}
+
+/// The guest's address, routes and timers, as a cloud image's network set-up leaves them.
+fn configure(ns: &Netns, c: &GuestConfig) -> Result<(), SandboxError> {
+    ns.exec(
+        "sysctl",
+        &[
+            "-qw",
+            "net.ipv4.conf.all.rp_filter=0",
+            "net.ipv4.conf.eth0.rp_filter=0",
+            &format!(
+                "net.ipv4.neigh.eth0.base_reachable_time_ms={}",
+                c.reachable.as_millis().max(1)
+            ),
+        ],
+    )?;
+    let gw = c.gateway.to_string();
+    if c.routed {
+        // Calico's guests: a /32, the gateway on-link, the default route through it.
+        ns.ip(&["addr", "add", &format!("{}/32", c.ip), "dev", "eth0"])?;
+        ns.ip(&["route", "add", &gw, "dev", "eth0", "scope", "link"])?;
+    } else {
+        ns.ip(&["addr", "add", &format!("{}/24", c.ip), "dev", "eth0"])?;
+    }
+    ns.ip(&[
+        "route", "add", "default", "via", &gw, "dev", "eth0", "onlink",
+    ])?;
+    Ok(())
 }

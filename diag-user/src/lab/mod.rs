@@ -36,6 +36,7 @@ use crate::{
     model::clock::{monotonic_ns, Ts, WallClock},
     model::mac::MacAddr,
     model::{LabEvent, LabRecord, Record},
+    nudge::{GatewayArg, Gateways, NudgeConfig, Nudger},
     report::pipeline::Pipeline,
 };
 use client::Pings;
@@ -73,6 +74,8 @@ pub struct LabOptions {
     /// How long after the resume the network (the fabric's route, BGP) keeps delivering
     /// the VM's traffic to the source: the SDN's switch-over.
     pub sdn_delay: Duration,
+    /// tapwatch nudges each VM when its blackout begins (`--remediate`).
+    pub remediate: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -207,6 +210,7 @@ impl Lab {
             }
             let config = GuestConfig {
                 name: spec.name.clone(),
+                netns: format!("{PREFIX}-{}-g{i}", std::process::id()),
                 mac: spec.mac,
                 ip: spec.ip,
                 gateway: if scenario.bridged() {
@@ -222,7 +226,7 @@ impl Lab {
                 reachable: self.opts.reachable,
                 routed: !scenario.bridged(),
             };
-            let (guest, guest_thread) = Guest::start(config, tap, spec.libvirt_tap_mac());
+            let (guest, guest_thread) = Guest::start(config, tap, spec.libvirt_tap_mac())?;
             let pings = Pings::default();
             let p = pings.clone();
             let (target, id) = (spec.ip, 0x7700 + i as u16);
@@ -365,20 +369,25 @@ impl Lab {
     fn truths(&self) -> Vec<Record> {
         let now = monotonic_ns();
         // What tapwatch foresaw of each VM's destination tap before it resumed.
-        let foreseen: Vec<Option<bool>> = {
+        // What tapwatch foresaw of each VM's destination tap before it resumed, and whether
+        // it nudged it.
+        let known: Vec<(Option<bool>, bool)> = {
             let head = self.pipeline.head();
             self.vms
                 .iter()
                 .map(|vm| {
-                    let t = head.engine.tap(&vm.spec.tap)?;
-                    Some(t.forecast.as_ref().is_some_and(|f| f.at_risk))
+                    let t = head.engine.tap(&vm.spec.tap);
+                    (
+                        t.map(|t| t.forecast.as_ref().is_some_and(|f| f.at_risk)),
+                        t.is_some_and(|t| t.nudge.is_some()),
+                    )
                 })
                 .collect()
         };
         self.vms
             .iter()
-            .zip(foreseen)
-            .map(|(vm, foreseen)| {
+            .zip(known)
+            .map(|(vm, (foreseen, nudged))| {
                 let since = vm.switchover_ns.unwrap_or(now);
                 let windows = vm.guest.windows();
                 let stale: u64 = windows
@@ -406,11 +415,28 @@ impl Lab {
                     downtime_ms: vm.paused_ns.zip(vm.resumed_ns).map(|(p, r)| ms(r, p)),
                     foreseen,
                     forecast_right: foreseen.map(|f| f == (stale > 0)),
+                    nudged: self.opts.remediate.then_some(nudged),
+                    unnudged_window_ms: self
+                        .opts
+                        .remediate
+                        .then(|| unnudged_ms(vm, windows.first()))
+                        .flatten(),
                     detail: None,
                 })
             })
             .collect()
     }
+}
+
+/// How long the first stale window would have lasted without a nudge: until the guest's
+/// own timers would have replaced its gateway's entry (see [`guest::NeighTimers`]).
+fn unnudged_ms(vm: &LabVm, window: Option<&guest::Window>) -> Option<u64> {
+    let w = window?;
+    let until = vm
+        .guest
+        .neigh_timers()?
+        .stale_until_ns(vm.guest.gateway_confirmed_ns()?);
+    Some(until.saturating_sub(w.start_ns) / 1_000_000)
 }
 
 impl Drop for Lab {
@@ -493,6 +519,22 @@ fn story(
         pipeline.clone(),
         attached.clone(),
     )?;
+    // tapwatch writes nudges into the destination's taps: its socket lives there. The
+    // operator's key nudges in any lab; --remediate nudges on its own.
+    let gateways = Gateways::new(&[GatewayArg::All(if opts.scenario.bridged() {
+        CLIENT_BRIDGED.into()
+    } else {
+        GATEWAY.into()
+    })])
+    .unwrap_or_default();
+    let remediate = opts.remediate;
+    pipeline.set_nudger(topo.dst.enter(move || {
+        Nudger::new(NudgeConfig {
+            gateways,
+            remediate,
+            ..NudgeConfig::default()
+        })
+    })?);
     let src_attached = Attached::default();
     let src_watcher = match &src_pipeline {
         Some(p) => Some(LabWatcher::start(

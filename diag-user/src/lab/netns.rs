@@ -221,6 +221,12 @@ impl VmTap {
     }
 }
 
+impl AsRawFd for VmTap {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.fd.as_raw_fd()
+    }
+}
+
 impl VmTap {
     /// Opens tap `name` in the calling thread's namespace, as it is (random MAC, down):
     /// the cheapest way to make many taps.

@@ -435,6 +435,13 @@ pub struct LabRecord {
     pub foreseen: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub forecast_right: Option<bool>,
+    /// `lab --remediate`: whether tapwatch nudged the VM, and how long its stale window
+    /// would have lasted without (an estimate from its guest's own neighbour timers: its
+    /// gateway's last confirmation plus reachable time, probe delay and unicast probes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nudged: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unnudged_window_ms: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
 }
@@ -458,10 +465,18 @@ impl LabRecord {
                     ),
                     _ => String::new(),
                 };
+                let nudge = match (self.nudged, self.unnudged_window_ms) {
+                    (Some(true), Some(u)) => {
+                        format!(" (nudged; without the nudge about {u} ms)")
+                    }
+                    (Some(true), None) => " (nudged)".to_string(),
+                    (Some(false), _) => " (not nudged)".to_string(),
+                    _ => String::new(),
+                };
                 format!(
-                    "{vm}truth ({}): guest sent to a MAC its tap did not have for {w} ms; client \
-                     outage {o} ms; paused {}; from the switch-over, delivered to after {}, \
-                     accepted from after {}{forecast}",
+                    "{vm}truth ({}): guest sent to a MAC its tap did not have for {w} ms{nudge}; \
+                     client outage {o} ms; paused {}; from the switch-over, delivered to after \
+                     {}, accepted from after {}{forecast}",
                     self.scenario.map_or("?", Scenario::as_str),
                     ms(self.downtime_ms),
                     ms(self.inbound_gap_ms),

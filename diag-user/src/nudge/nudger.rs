@@ -232,6 +232,9 @@ impl Nudger {
             .live_taps()
             .filter(|t| t.state == State::Blackout && t.blackout.is_some_and(|b| b.end.is_none()))
             .filter(|t| !self.pending.contains_key(&t.key))
+            // Its outcome must be seen: on the drop-driven datapath, once the tap's probe
+            // is on (moments after its first stale frame).
+            .filter(|t| t.frames_timed())
             .collect();
         for tap in open {
             let Some(b) = tap.blackout else { continue };

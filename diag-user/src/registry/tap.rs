@@ -173,6 +173,13 @@ impl Tap {
             .unwrap_or(&self.ifname)
     }
 
+    /// Whether every frame from the VM is seen now, so that its first to the tap's MAC (a
+    /// blackout's end) is timed: always but on the drop-driven datapath, whose per-frame
+    /// probe a tap gets with its first stale frame.
+    pub fn frames_timed(&self) -> bool {
+        self.probe || self.datapath != Some(crate::model::DatapathKind::Drops)
+    }
+
     pub fn guest_mac(&self) -> Option<MacAddr> {
         self.vm.as_ref().and_then(|v| v.guest_mac)
     }

@@ -56,11 +56,13 @@ fn engine_config(
 fn nudger(args: &crate::cli::RemediateArgs) -> anyhow::Result<diag_user::nudge::Nudger> {
     let gateways = diag_user::nudge::Gateways::new(&args.gateway)
         .map_err(|e| anyhow::anyhow!("--gateway: {e}"))?;
-    Ok(diag_user::nudge::Nudger::new(diag_user::nudge::NudgeConfig {
-        gateways,
-        remediate: args.remediate,
-        ..Default::default()
-    }))
+    Ok(diag_user::nudge::Nudger::new(
+        diag_user::nudge::NudgeConfig {
+            gateways,
+            remediate: args.remediate,
+            ..Default::default()
+        },
+    ))
 }
 
 /// The live view cannot run here: say so and fall back to NDJSON (as `--json`).

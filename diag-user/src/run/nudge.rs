@@ -211,8 +211,16 @@ impl<'a> Watch<'a> {
                 anyhow::bail!("{t} could not be watched within 10 s (see -v)");
             }
         }
+        // Ready: a stale window open, and every frame from the VM seen (so that the first
+        // to the tap's MAC after the nudge is timed).
+        let ready = |t: &str| {
+            let h = pipeline.head();
+            h.engine
+                .tap(t)
+                .is_some_and(|t| t.state == State::Blackout && t.frames_timed())
+        };
         self.until(Instant::now() + args.wait, |w| {
-            all(w, &|t| w.blackout.contains(t))
+            all(w, &|t| w.blackout.contains(t) && ready(t))
         });
         // A VM's taps without a stale window are left alone, unless there is only one
         // (whose refusal then says why) or the operator insists.

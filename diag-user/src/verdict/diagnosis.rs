@@ -71,6 +71,26 @@ impl Tap {
         }]
     }
 
+    /// Words for a blackout a nudge ended.
+    fn nudge_ended(&self, b: Blackout) -> Option<String> {
+        use crate::model::nudge::NudgeResult;
+        let n = self.nudge.as_ref()?;
+        let end = b.end?;
+        // Said as the blackout ends (the nudge just sent), and once its outcome is known.
+        let ms = match n.result {
+            NudgeResult::Recovered => n.recovered_after_ms?,
+            NudgeResult::Sent if n.ts >= b.start && n.ts <= end => end.ms_since(n.ts) as u64,
+            _ => return None,
+        };
+        (n.ts >= b.start).then(|| {
+            format!(
+                ", {ms} ms after tapwatch's nudge told the guest its gateway {} is at the tap's \
+                 MAC",
+                n.gateway_ip.map(|g| g.to_string()).unwrap_or_default()
+            )
+        })
+    }
+
     /// The blackout, going on or ended, and why its MAC is stale.
     fn blackout_words(&self, now: Ts) -> Vec<String> {
         let mut s = Vec::new();
@@ -86,12 +106,17 @@ impl Tap {
                         self.blackout_ms(now).unwrap_or(0)
                     ));
                 } else {
-                    s.push("The blackout ends when the guest re-ARPs.".into());
+                    s.push(
+                        "The blackout ends when the guest re-ARPs, or at once when told where \
+                         its gateway is (`tapwatch nudge`)."
+                            .into(),
+                    );
                 }
             }
             (_, Some(b @ Blackout { end: Some(end), .. })) => {
-                let rearp = match self.last_guest_arp {
-                    Some(t) if t >= b.start && t <= end => {
+                let rearp = match (self.nudge_ended(b), self.last_guest_arp) {
+                    (Some(words), _) => words,
+                    (None, Some(t)) if t >= b.start && t <= end => {
                         format!(", after the guest re-ARPed at {}", t.clock())
                     }
                     _ => String::new(),
