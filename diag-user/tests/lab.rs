@@ -372,3 +372,33 @@ fn interrupted_labs_leave_nothing_behind() {
     lab(&["--scenario", "clean", "--duration", "1"]);
     no_lab_namespaces_of(pid);
 }
+
+/// `--remediate` in the lab: tapwatch nudges the VM as its blackout begins and the real
+/// guest's stale window ends within milliseconds; the truth says so, and how long it would
+/// have lasted by the guest's own timers.
+#[test]
+fn remediate_ends_the_stale_window_at_the_nudge() {
+    require_root();
+    let recs = lab(&["--scenario", "stale-mac", "--remediate"]);
+    let truth = truths(&recs)[0];
+    assert_eq!(truth["nudged"], true, "{truth}");
+    let window = truth["stale_window_ms"].as_u64().unwrap();
+    let without = truth["unnudged_window_ms"].as_u64().unwrap();
+    assert!(window < 100, "stale for {window} ms despite the nudge");
+    // The lab's reachable time is 8 s: 4 to 12 s, then 5 s of delay and 3 probes.
+    assert!(without > 4_000, "{without} ms without the nudge");
+    let nudges: Vec<&Value> = recs.iter().filter(|v| v["type"] == "nudge").collect();
+    assert_eq!(nudges.len(), 2, "{nudges:#?}");
+    assert_eq!(nudges[0]["result"], "sent");
+    assert_eq!(nudges[1]["result"], "recovered");
+    let row = &summary_rows(&recs)[0];
+    let measured = row["blackout_ms"].as_u64().unwrap();
+    assert!(
+        measured.abs_diff(window) <= 100,
+        "tapwatch {measured} ms vs truth {window} ms"
+    );
+    assert!(row["diagnosis"]
+        .as_str()
+        .unwrap()
+        .contains("tapwatch's nudge"));
+}

@@ -90,8 +90,10 @@ struct State {
     stop: bool,
     /// The guest has sent to a resolved unicast MAC (it knows its gateway).
     resolved: bool,
-    /// When the guest last received an ARP reply from its gateway (monotonic ns).
+    /// When the guest last received an ARP reply from its gateway (monotonic ns), and
+    /// that as of its last resume (what its cached entry's timers run from).
     gateway_confirmed_ns: Option<u64>,
+    confirmed_at_resume_ns: Option<u64>,
     /// Truth is kept only after the switch-over (before it the tap had the right MAC).
     judging: bool,
     windows: Vec<Window>,
@@ -157,6 +159,7 @@ impl Guest {
         s.tap_mac = Some(tap_mac);
         s.paused = false;
         s.judging = true;
+        s.confirmed_at_resume_ns = s.gateway_confirmed_ns;
         s.first_sent_ns = None;
         s.first_inbound_ns = None;
     }
@@ -179,9 +182,9 @@ impl Guest {
         self.lock().resolved
     }
 
-    /// When its gateway last answered its ARP (monotonic ns).
-    pub fn gateway_confirmed_ns(&self) -> Option<u64> {
-        self.lock().gateway_confirmed_ns
+    /// When its gateway last answered its ARP before it last resumed (monotonic ns).
+    pub fn confirmed_at_resume_ns(&self) -> Option<u64> {
+        self.lock().confirmed_at_resume_ns
     }
 
     pub fn tap(&self) -> Option<Arc<VmTap>> {

@@ -34,7 +34,8 @@ impl Engine {
         t.appeared = *appeared;
         t.mtu = *mtu;
         t.master.clone_from(master);
-        t.probe = *datapath == Some(DatapathKind::Tc);
+        t.probe = *datapath == Some(DatapathKind::Tc)
+            || self.pending_probe.remove(ifname.as_str()) == Some(true);
         t.vm = self.pending.remove(ifname).flatten();
         t.note(*ts, format!("tap attached, MAC {}", show(*mac, "none")));
         let vm = t.vm.clone();
@@ -150,7 +151,22 @@ impl Engine {
         else {
             return;
         };
-        let Some(i) = self.live(ifname) else { return };
+        let Some(i) = self.live(ifname) else {
+            // Said before the tap's `attached` record: kept for it (a bounded few).
+            let added = match (probe, code) {
+                (Some(change), _) => Some(change.added),
+                (None, NoticeCode::ProbeAdded) => Some(true),
+                (None, NoticeCode::ProbeRemoved) => Some(false),
+                _ => None,
+            };
+            if let Some(added) = added {
+                if self.pending_probe.len() >= 4096 {
+                    self.pending_probe.clear();
+                }
+                self.pending_probe.insert(ifname.clone(), added);
+            }
+            return;
+        };
         let t = self.tap_mut(i);
         match probe {
             Some(change) => {

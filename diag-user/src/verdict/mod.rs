@@ -72,6 +72,9 @@ pub struct Engine {
     pub registry: Registry,
     /// Identities said before their tap's `attached` record.
     pending: HashMap<String, Option<VmInterface>>,
+    /// Probes added or removed before their tap's `attached` record (a tap that appears
+    /// gets its probe as it is attached).
+    pending_probe: HashMap<String, bool>,
     /// Time of the newest record: "now" for a replay as for a live run.
     pub now: Option<Ts>,
     /// What the last record settled.
@@ -86,6 +89,7 @@ impl Engine {
             config,
             registry: Registry::default(),
             pending: HashMap::new(),
+            pending_probe: HashMap::new(),
             now: None,
             settled: Vec::new(),
             forecasts: ForecastCounts::default(),
@@ -159,6 +163,7 @@ impl Engine {
                     // Identities said of taps whose attach then failed (a retry says
                     // them again).
                     self.pending.clear();
+                    self.pending_probe.clear();
                 }
             }
             Record::Summary { taps, .. } => self.final_counters(taps),

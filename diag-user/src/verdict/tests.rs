@@ -189,7 +189,7 @@ fn blackout_diagnosis_names_both_macs() {
         )),
         "{d}"
     );
-    assert!(d.contains("The blackout ends when the guest re-ARPs."));
+    assert!(d.contains("The blackout ends when the guest re-ARPs, or at once when told"));
     assert!(d.contains("RARP announce seen"));
     assert!(d.contains("No GARP seen."));
     assert_eq!(t.blackout_ms(at(1500)), Some(1000));
