@@ -23,6 +23,9 @@ PACKAGES=(
     libpcap0.8 tcpdump tshark bpftool iproute2 tmux procps
     prometheus systemd
     debootstrap zstd rpm binutils libcap2-bin
+    # ovsdb-server, ovsdb-tool and ovs-vsctl: the identity tests run their own OVSDB server
+    # (no OVS kernel module, no ovs-vswitchd).
+    openvswitch-switch openvswitch-common
 )
 
 missing=()
@@ -40,6 +43,10 @@ if [ ${#missing[@]} -gt 0 ]; then
     # just installed is not wanted running.
     if [[ " ${missing[*]} " == *" prometheus "* ]] && [ -d /run/systemd/system ]; then
         systemctl disable --now prometheus >/dev/null 2>&1 || true
+    fi
+    # Likewise Open vSwitch's own service: the tests start their own ovsdb-server.
+    if [[ " ${missing[*]} " == *" openvswitch-switch "* ]] && [ -d /run/systemd/system ]; then
+        systemctl disable --now openvswitch-switch >/dev/null 2>&1 || true
     fi
 fi
 

@@ -12,7 +12,7 @@ use super::{
 };
 use crate::{model::identity::VmInterface, registry::OWN_NETNS};
 
-pub(in crate::collect) struct HostIdentities {
+pub struct HostIdentities {
     sources: HostSources,
     /// Once started.
     libvirt: Option<Box<LibvirtDir>>,

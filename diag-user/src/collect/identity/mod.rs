@@ -231,8 +231,8 @@ impl<T: Default + Send + Sync + 'static> Background<T> {
     }
 }
 
-/// The identity sources of a running watcher.
-pub(super) enum Identities {
+/// The identity sources of a running watcher (or of a test).
+pub enum Identities {
     None,
     Host(Box<HostIdentities>),
     Fixed(Arc<dyn VmDirectory + Sync>),
@@ -250,7 +250,7 @@ impl From<&IdentitySource> for Identities {
 
 impl Identities {
     /// Reads the sources once and starts following them; what could not be read.
-    pub(super) fn start(&mut self) -> Vec<IdentityError> {
+    pub fn start(&mut self) -> Vec<IdentityError> {
         match self {
             Identities::Host(h) => h.start(),
             _ => Vec::new(),
@@ -258,7 +258,7 @@ impl Identities {
     }
 
     /// The VM behind the tap `tap` of network namespace `netns` ([`OWN_NETNS`]: tapwatch's).
-    pub(super) fn lookup(&mut self, netns: u64, tap: &str) -> Option<VmInterface> {
+    pub fn lookup(&mut self, netns: u64, tap: &str) -> Option<VmInterface> {
         match self {
             Identities::None => None,
             Identities::Host(h) => h.lookup(netns, tap),
@@ -267,7 +267,7 @@ impl Identities {
     }
 
     /// Waits until a source changes; never, for a table that does not.
-    pub(super) async fn changed(&mut self) -> Vec<IdentityError> {
+    pub async fn changed(&mut self) -> Vec<IdentityError> {
         match self {
             Identities::Host(h) => h.changed().await,
             Identities::Fixed(t) => match t.changes() {
@@ -283,7 +283,7 @@ impl Identities {
 
     /// At each interval: follows libvirt's directory once it exists, checks Proxmox's
     /// files when due; what could not be read.
-    pub(super) fn retry(&mut self) -> Vec<IdentityError> {
+    pub fn retry(&mut self) -> Vec<IdentityError> {
         match self {
             Identities::Host(h) => h.retry(),
             _ => Vec::new(),

@@ -118,3 +118,38 @@ fn hostile_rows_are_bounded() {
     assert!(rows.overflowed);
     assert_eq!(rows.table().len(), MAX_ROWS);
 }
+
+/// A socket named by the user and missing is said once; the standard one missing (no OVS
+/// on this host) is not said at all.
+#[test]
+fn a_missing_socket() {
+    use crate::collect::identity::{HostSources, Identities, IdentitySource, OvsdbSocket};
+    let dir = std::env::temp_dir().join(format!("tapwatch-ovsdb-missing-{}", std::process::id()));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let _guard = rt.enter();
+    for explicit in [true, false] {
+        let mut ids = Identities::from(&IdentitySource::Host(HostSources {
+            ovsdb: Some(OvsdbSocket {
+                path: dir.join("db.sock"),
+                explicit,
+            }),
+            ..HostSources::libvirt(&dir)
+        }));
+        ids.start();
+        let mut said = Vec::new();
+        // Past two retries.
+        let deadline = std::time::Instant::now() + RETRY * 5 / 2;
+        while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
+            let changed = rt.block_on(async { tokio::time::timeout(left, ids.changed()).await });
+            said.extend(changed.unwrap_or_default().iter().map(|e| e.notice().1));
+            said.extend(ids.retry().iter().map(|e| e.notice().1));
+        }
+        match explicit {
+            true => assert_eq!(said.len(), 1, "{said:?}"),
+            false => assert!(said.is_empty(), "{said:?}"),
+        }
+    }
+}
