@@ -142,3 +142,38 @@ impl HostIdentities {
         self.said.fresh(errors)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::model::identity::SourceKind;
+
+    fn fixtures(dir: &str) -> std::path::PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures")
+            .join(dir)
+    }
+
+    /// The host's sources name the host's taps, and only those: a pod's `tap100i0` is not
+    /// Proxmox's VM 100, a pod's `tap4f1c2a9e-07` not the host's libvirt domain.
+    #[test]
+    fn host_sources_name_host_taps_only() {
+        let mut h = HostIdentities::new(&HostSources {
+            proxmox_dir: Some(fixtures("proxmox")),
+            ..HostSources::libvirt(&fixtures("libvirt"))
+        });
+        h.start();
+        let nova = h.lookup(OWN_NETNS, "tap4f1c2a9e-07").unwrap();
+        assert_eq!(nova.sources, [SourceKind::Libvirt]);
+        assert_eq!(nova.display_name(), "web-frontend-3");
+        let pve = h.lookup(OWN_NETNS, "tap100i0").unwrap();
+        assert_eq!(pve.sources, [SourceKind::Proxmox]);
+        assert_eq!(pve.display_name(), "db-01");
+        let pod = 4_026_532_999;
+        assert_eq!(h.lookup(pod, "tap100i0"), None);
+        assert_eq!(h.lookup(pod, "tap4f1c2a9e-07"), None);
+        assert_eq!(h.lookup(OWN_NETNS, "tap0"), None);
+    }
+}
