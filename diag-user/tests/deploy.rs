@@ -160,17 +160,24 @@ fn the_daemonset_is_valid_kubernetes() {
     }
 }
 
-/// The privileges, mounts and probe `tapwatch serve` needs, and only flags it knows.
+/// The manifest's object of that kind.
+fn daemonset_object(kind: &str) -> serde_json::Value {
+    yaml_documents(DAEMONSET)
+        .into_iter()
+        .find(|d| d["kind"] == kind)
+        .unwrap_or_else(|| panic!("no {kind}"))
+}
+
+/// `tapwatch serve` with flags it knows, listening where its probes ask.
 #[test]
-fn the_daemonset_gives_serve_what_it_needs() {
-    let docs = yaml_documents(DAEMONSET);
-    let kind = |k: &str| docs.iter().find(|d| d["kind"] == k).unwrap();
-    let ns = kind("Namespace");
+fn the_daemonset_runs_serve_and_probes_it() {
+    let ns = daemonset_object("Namespace");
     assert_eq!(
         ns["metadata"]["labels"]["pod-security.kubernetes.io/enforce"],
         "privileged"
     );
-    let pod = &kind("DaemonSet")["spec"]["template"]["spec"];
+    let ds = daemonset_object("DaemonSet");
+    let pod = &ds["spec"]["template"]["spec"];
     assert_eq!(
         (&pod["hostPID"], &pod["hostNetwork"]),
         (&true.into(), &true.into())
@@ -202,6 +209,14 @@ fn the_daemonset_gives_serve_what_it_needs() {
             "{probe}"
         );
     }
+}
+
+/// The privileges and mounts `tapwatch serve` needs, each explained in README.
+#[test]
+fn the_daemonset_has_the_privileges_and_mounts_serve_needs() {
+    let ds = daemonset_object("DaemonSet");
+    let pod = &ds["spec"]["template"]["spec"];
+    let c = &pod["containers"][0];
     let sc = &c["securityContext"];
     assert_eq!(sc["privileged"], false);
     assert_eq!(sc["capabilities"]["drop"], serde_json::json!(["ALL"]));

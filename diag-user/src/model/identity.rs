@@ -86,7 +86,7 @@ pub struct OvsPort {
     /// `attached-mac`: the guest's MAC on this port.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attached_mac: Option<MacAddr>,
-    /// `iface-status`: `active` once Neutron's agent has wired the port, `inactive` before.
+    /// `iface-status`: `active` once Neutron has wired the port, `inactive` before.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub iface_status: Option<String>,
 }
