@@ -23,6 +23,11 @@ PACKAGES=(
     libpcap0.8 tcpdump tshark bpftool iproute2 tmux procps
     prometheus systemd
     debootstrap zstd rpm binutils libcap2-bin
+    # ovsdb-server, ovsdb-tool and ovs-vsctl: the identity tests run their own OVSDB server
+    # (no OVS kernel module, no ovs-vswitchd).
+    openvswitch-switch openvswitch-common
+    # A venv for kubernetes-validate (below).
+    python3-venv
 )
 
 missing=()
@@ -40,6 +45,10 @@ if [ ${#missing[@]} -gt 0 ]; then
     # just installed is not wanted running.
     if [[ " ${missing[*]} " == *" prometheus "* ]] && [ -d /run/systemd/system ]; then
         systemctl disable --now prometheus >/dev/null 2>&1 || true
+    fi
+    # Likewise Open vSwitch's own service: the tests start their own ovsdb-server.
+    if [[ " ${missing[*]} " == *" openvswitch-switch "* ]] && [ -d /run/systemd/system ]; then
+        systemctl disable --now openvswitch-switch >/dev/null 2>&1 || true
     fi
 fi
 
@@ -61,6 +70,17 @@ for tool in cargo-deb@3.8.0 cargo-generate-rpm@0.21.1; do
         cargo install --locked "$name" --version "$version"
     fi
 done
+
+# The Kubernetes manifest's test validates it against Kubernetes' own JSON schemas, which
+# kubernetes-validate (PyPI) carries for every release since 1.25: no cluster, no network
+# at test time. In a venv of its own, pinned.
+KV_VERSION=1.37.0
+KV_VENV=/opt/tapwatch-tools/venv
+if ! "$KV_VENV/bin/kubernetes-validate" --version 2>/dev/null | grep -q "$KV_VERSION"; then
+    log "installing kubernetes-validate $KV_VERSION into $KV_VENV"
+    python3 -m venv "$KV_VENV"
+    "$KV_VENV/bin/pip" install -q "kubernetes-validate==$KV_VERSION"
+fi
 
 # rustup cannot download rust-src here, so the eBPF crate is built by Debian's toolchain,
 # registered under a name that diag-user's build.rs asks for. Linking downloads nothing.

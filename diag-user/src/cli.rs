@@ -6,8 +6,11 @@ use std::{path::PathBuf, time::Duration};
 use clap::{Args, Parser, Subcommand};
 use diag_user::{
     collect::{
-        ebpf::AttachMode, facts, identity::libvirt, links::DEFAULT_PATTERNS, BackendChoice,
-        DatapathChoice, IdentitySource, WatchOptions,
+        ebpf::AttachMode,
+        facts,
+        identity::{kubevirt, libvirt, ovsdb, proxmox, HostSources, OvsdbSocket},
+        links::DEFAULT_PATTERNS,
+        BackendChoice, DatapathChoice, IdentitySource, WatchOptions,
     },
     lab::{Scenario, MAX_VMS},
     model::mac::MacAddr,
@@ -223,6 +226,15 @@ pub struct TapArgs {
     /// Directory of libvirt's live domain XML, for VM names and guest MACs.
     #[arg(long, value_name = "DIR", default_value = libvirt::DEFAULT_DIR)]
     pub libvirt_dir: PathBuf,
+    /// The OVSDB server's socket, for what Open vSwitch's `external_ids` say of each tap
+    /// (Neutron port, Nova instance). Default /var/run/openvswitch/db.sock, unused without
+    /// a word where there is none; a socket named here and missing is said.
+    #[arg(long, value_name = "PATH")]
+    pub ovsdb: Option<PathBuf>,
+    /// Proxmox VE's cluster file system, for the names and NIC MACs of `tap<VMID>i<N>`
+    /// taps' VMs.
+    #[arg(long, value_name = "DIR", default_value = proxmox::DEFAULT_DIR)]
+    pub pve_dir: PathBuf,
     /// The source host's facts (`tapwatch facts --json` there) or a bundle of it: a
     /// destination tap's forecast is then certain either way.
     #[arg(long, value_name = "FILE")]
@@ -239,6 +251,8 @@ impl Default for TapArgs {
             backend: None,
             probe_linger: Duration::from_secs(60),
             libvirt_dir: PathBuf::from(libvirt::DEFAULT_DIR),
+            ovsdb: None,
+            pve_dir: PathBuf::from(proxmox::DEFAULT_DIR),
             source_facts: None,
         }
     }
@@ -258,7 +272,18 @@ impl TapArgs {
             attach_mode: self.attach_mode,
             datapath: self.backend.map_or(self.datapath, DatapathChoice::from),
             probe_linger: self.probe_linger,
-            identities: IdentitySource::Libvirt(self.libvirt_dir.clone()),
+            identities: IdentitySource::Host(HostSources {
+                libvirt_dir: self.libvirt_dir.clone(),
+                proc: Some(kubevirt::PROC.into()),
+                ovsdb: Some(OvsdbSocket {
+                    path: self
+                        .ovsdb
+                        .clone()
+                        .unwrap_or_else(|| ovsdb::DEFAULT_SOCKET.into()),
+                    explicit: self.ovsdb.is_some(),
+                }),
+                proxmox_dir: Some(self.pve_dir.clone()),
+            }),
             forget_after: None,
         }
     }

@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 
 use diag_user::{
     model::forecast::{Forecast, ForecastCounts, ForecastOutcome, ForecastRecord},
-    model::identity::VmInterface,
+    model::identity::{KubevirtVmi, OvsPort, ProxmoxNic, SourceKind, VmInterface},
     model::nudge::{AddrSource, NudgeFrame, NudgeRecord, NudgeResult, NudgeTrigger},
     model::{
         clock::Ts, mac::MacAddr, Backend, Direction, FrameKind, FrameRecord, HostFact, LabEvent,
@@ -144,6 +144,22 @@ fn tap_life_samples(ts: Ts, mac: MacAddr) -> Vec<Record> {
             model: Some("qemu64".into()),
             features: vec!["lahf_lm".into()],
         }),
+        sources: vec![SourceKind::Libvirt, SourceKind::Ovs, SourceKind::Proxmox],
+        ovs: Some(Box::new(OvsPort {
+            iface_id: Some("i".into()),
+            vm_uuid: Some("u".into()),
+            vm_id: Some("v".into()),
+            attached_mac: Some(mac),
+            iface_status: Some("active".into()),
+        })),
+        proxmox: Some(Box::new(ProxmoxNic {
+            vmid: 100,
+            name: Some("n".into()),
+            net: "net0".into(),
+            mac: Some(mac),
+            bridge: Some("vmbr0".into()),
+        })),
+        kubevirt: Some(Box::new(KubevirtVmi::of_domain("default_vmi-a", 1))),
     };
     vec![
         Record::Attached {

@@ -175,7 +175,7 @@ pub async fn run(
         w.notice(code, None, message).map_err(WatchError::Output)?;
     }
     let errors = w.identities.start();
-    w.libvirt_notices(errors).map_err(WatchError::Output)?;
+    w.identity_notices(errors).map_err(WatchError::Output)?;
     let result = watch_loop(
         &mut w,
         std::pin::pin!(stop),

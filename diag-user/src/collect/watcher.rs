@@ -18,10 +18,11 @@ use super::{
     links::{Link, LinkChange, Selector},
 };
 use crate::{
-    collect::identity::libvirt::LibvirtError,
+    collect::identity::IdentityError,
     model::clock::{Ts, WallClock},
     model::identity::VmInterface,
     model::{FrameRecord, NoticeCode, Record, Sink, SummaryRow, TapRow},
+    registry::OWN_NETNS,
 };
 
 /// One tap the datapath was attached to, live or gone: what the collector needs to follow
@@ -238,7 +239,7 @@ impl<'s> Watcher<'s> {
         }
         self.unwatched.remove(&link.ifindex);
         // The VM's identity comes first, so the tap's first verdict already names it.
-        let vm = self.identities.lookup(&link.name);
+        let vm = self.identities.lookup(OWN_NETNS, &link.name);
         if vm.is_some() {
             let ts = self.ts();
             self.emit(Record::Identity {
@@ -410,7 +411,7 @@ impl<'s> Watcher<'s> {
 
     /// Says the identity of a live tap if it changed since it was last said.
     pub(super) fn follow_identity(&mut self, ifindex: u32, name: &str) -> io::Result<()> {
-        let vm = self.identities.lookup(name);
+        let vm = self.identities.lookup(OWN_NETNS, name);
         let Some(&i) = self.live.get(&ifindex) else {
             return Ok(());
         };
@@ -427,8 +428,8 @@ impl<'s> Watcher<'s> {
     }
 
     /// The identity source changed: say what changed for the live taps.
-    pub(super) fn on_identities(&mut self, errors: Vec<LibvirtError>) -> io::Result<()> {
-        self.libvirt_notices(errors)?;
+    pub(super) fn on_identities(&mut self, errors: Vec<IdentityError>) -> io::Result<()> {
+        self.identity_notices(errors)?;
         let live: Vec<(u32, String)> = self
             .live
             .iter()
@@ -440,13 +441,11 @@ impl<'s> Watcher<'s> {
         Ok(())
     }
 
-    pub(super) fn libvirt_notices(&mut self, errors: Vec<LibvirtError>) -> io::Result<()> {
+    /// Says what the identity sources could not read.
+    pub(super) fn identity_notices(&mut self, errors: Vec<IdentityError>) -> io::Result<()> {
         for e in errors {
-            self.notice(
-                NoticeCode::LibvirtFile,
-                None,
-                format!("skipping libvirt domain file {e}"),
-            )?;
+            let (code, message) = e.notice();
+            self.notice(code, None, message)?;
         }
         Ok(())
     }

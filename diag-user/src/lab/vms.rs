@@ -81,6 +81,7 @@ impl VmDirectory for LabVms {
                 model: Some("qemu64".into()),
                 features: vec!["hypervisor".into(), "lahf_lm".into()],
             }),
+            ..Default::default()
         })
     }
 

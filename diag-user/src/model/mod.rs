@@ -156,6 +156,9 @@ pub enum NoticeCode {
     ProbeRemoved,
     /// The helper that removes clsact filters of a killed run could not start or ended.
     CleanupHelper,
+    /// An identity source other than libvirt's files (the OVSDB server, Proxmox's
+    /// configuration, KubeVirt's pods) could not be read.
+    IdentitySource,
 }
 
 /// A step or finding of the built-in lab.
@@ -272,10 +275,11 @@ pub enum Record {
         old_ifname: String,
         ifindex: u32,
     },
-    /// What libvirt says about the VM behind a tap: before its `attached` record when known
-    /// then, and again whenever the domain's status file changes (a VM started or migrated
-    /// in while tapwatch runs, a tap name reused by another domain, a destroyed domain:
-    /// `libvirt` null).
+    /// Which VM is behind a tap, from every source that names it (`libvirt` keeps its name:
+    /// libvirt's facts, then `sources` and one object per other source): before its
+    /// `attached` record when known then, and again whenever a source changes (a VM
+    /// started or migrated in while tapwatch runs, a tap name reused by another domain, a
+    /// destroyed domain: `libvirt` null).
     Identity {
         ts: Ts,
         ifname: String,

@@ -113,10 +113,10 @@ impl TapSeries {
             labels: [
                 t.ifname.clone(),
                 t.vm_name().to_string(),
-                // Nova's instance UUID is its libvirt domain's.
-                vm.filter(|v| v.nova_name.is_some())
-                    .and_then(|v| v.uuid.clone())
-                    .unwrap_or_default(),
+                // Nova's instance UUID: its libvirt domain's, else os-vif's on the OVS port.
+                vm.and_then(|v| v.nova_uuid())
+                    .unwrap_or_default()
+                    .to_string(),
                 vm.map(|v| v.domain.clone()).unwrap_or_default(),
             ],
             counters: [c.dst_mismatch_frames, c.rarp_frames, c.garp_frames],

@@ -13,8 +13,8 @@ use std::{
 use anyhow::Context as _;
 use diag_user::{
     collect::{
-        ebpf::AttachMode, identity::libvirt::scan_vms, links::Link, netlink, Collecting,
-        IdentitySource, WatchOptions,
+        ebpf::AttachMode, identity::libvirt::scan_vms, identity::HostSources, links::Link, netlink,
+        Collecting, IdentitySource, WatchOptions,
     },
     model::{
         nudge::{NudgeRecord, NudgeResult},
@@ -74,7 +74,7 @@ pub fn run(args: NudgeArgs) -> anyhow::Result<ExitCode> {
         attach_mode: AttachMode::Auto,
         datapath: args.datapath,
         probe_linger: Duration::from_secs(60),
-        identities: IdentitySource::Libvirt(args.libvirt_dir.clone()),
+        identities: IdentitySource::Host(HostSources::libvirt(&args.libvirt_dir)),
         forget_after: None,
     };
     let p = pipeline.clone();

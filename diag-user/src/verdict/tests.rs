@@ -396,6 +396,7 @@ fn vm(reason: &str) -> VmInterface {
         reason: Some(reason.into()),
         state: None,
         cpu: None,
+        ..VmInterface::default()
     }
 }
 
@@ -467,6 +468,7 @@ fn libvirt_identity_and_unusual_tap_mac() {
         reason: None,
         state: None,
         cpu: None,
+        ..VmInterface::default()
     };
     let mut e = Engine::new(EngineConfig::default());
     let mut recs = vec![

@@ -17,7 +17,6 @@
 use std::{
     collections::HashMap,
     fs,
-    os::unix::fs::OpenOptionsExt,
     path::{Path, PathBuf},
 };
 
@@ -458,23 +457,7 @@ impl LibvirtDir {
 /// The file at `path` if it is a regular file of at most [`MAX_STATUS_FILE`] bytes (`None`
 /// when it is longer), without following a symlink or blocking on a FIFO.
 fn read_regular(path: &Path) -> std::io::Result<Option<String>> {
-    use std::io::Read;
-    let f = fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW)
-        .open(path)?;
-    let meta = f.metadata()?;
-    if !meta.is_file() {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidInput,
-            "not a regular file",
-        ));
-    }
-    let mut s = String::new();
-    // One byte more than allowed tells a file at the limit from a longer one (it may have
-    // grown since its size was read).
-    f.take(MAX_STATUS_FILE + 1).read_to_string(&mut s)?;
-    Ok((s.len() as u64 <= MAX_STATUS_FILE).then_some(s))
+    super::read_bounded(path, MAX_STATUS_FILE)
 }
 
 fn watch_dir(dir: &Path) -> Option<inotify::EventStream<Vec<u8>>> {

@@ -305,6 +305,7 @@ fn identities_come_first_and_follow_changes() {
         reason: None,
         state: None,
         cpu: None,
+        ..VmInterface::default()
     };
     let table = Arc::new(Table(Mutex::new(HashMap::from([(
         "tapA".to_string(),
