@@ -10,5 +10,6 @@ pub mod metrics;
 pub mod own_dir;
 pub mod pipeline;
 pub mod recorder;
+pub mod story;
 pub mod text;
 pub mod tui;
