@@ -23,6 +23,10 @@ PACKAGES=(
     libpcap0.8 tcpdump tshark bpftool iproute2 tmux procps
     prometheus systemd
     debootstrap zstd rpm binutils libcap2-bin
+    # The report page's tests open it in a real browser (headless, in a namespace with no
+    # network), read what it shows and take its screenshot; the README's screenshots are
+    # made the same way. DejaVu is the font the page asks for first.
+    chromium fonts-dejavu-core
 )
 
 missing=()

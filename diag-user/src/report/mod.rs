@@ -8,6 +8,7 @@ pub mod http;
 pub mod json;
 pub mod metrics;
 pub mod own_dir;
+pub mod page;
 pub mod pipeline;
 pub mod recorder;
 pub mod story;
