@@ -160,7 +160,10 @@ impl Story {
     /// Adds what the source host saw: the VM ran there until `pause`.
     pub fn with_pause(mut self, pause: Ts, resume: Option<Ts>, started: Option<Ts>) -> Story {
         let resume = resume.unwrap_or(self.origin);
-        let from = started.filter(|s| *s < pause).unwrap_or(pause);
+        // Unknown, it ran there from before the window: the lane starts at its edge.
+        let from = started
+            .filter(|s| *s < pause)
+            .unwrap_or(Ts(pause.0 - chrono::Duration::hours(1)));
         self.source = Some(Bar {
             from,
             to: pause,

@@ -143,7 +143,8 @@ fn vm_section(page: &Page, vm: &Vm, n: usize) -> Markup {
                 @if let Some((prev, _)) = t.prev_mac { " (was " code { (show(prev, "none")) } ")" }
                 ", guest MAC " code { (show(t.guest_mac(), "unknown")) }
             }
-            p class="diagnosis" data-n="diagnosis" { (text(&t.diagnosis(page.now))) }
+            p class=(format!("diagnosis {}", if t.blackout.is_some() { "troubled" } else { "calm" }))
+                data-n="diagnosis" { (text(&t.diagnosis(page.now))) }
             @match &story {
                 Some(s) => (figure(s)),
                 None => p class="note" {

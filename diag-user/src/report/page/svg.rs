@@ -101,11 +101,14 @@ fn lane_row(scale: &Scale, lane: &Lane, y: f64) -> Markup {
             text class="lane-label" x="0" y=(mid + 4.0) { (lane.name) }
             line class="lane-rule" x1=(LABEL) x2=(WIDTH - RIGHT) y1=(mid) y2=(mid) {}
             @if let Some(bar) = lane.bar {
-                @let (a, b) = (scale.x(bar.from), scale.x(bar.to));
-                rect class="bar" x=(a) y=(y + 5.0) width=((b - a).max(2.0)) height=(LANE - 10.0)
+                // Whole pixels: a bar of a few milliseconds still shows, crisp.
+                @let (a, b) = (scale.x(bar.from).round(), scale.x(bar.to).round());
+                rect class="bar" x=(a) y=(y + 5.0) width=((b - a).max(4.0)) height=(LANE - 10.0)
                     data-from=(bar.from) data-to=(bar.to) {}
                 text class="bar-label" x=(b + 4.0) y=(mid + 4.0) {
-                    (length(bar.ms())) @if bar.open { " so far" }
+                    @if lane.class == "src" { "paused" } @else {
+                        (length(bar.ms())) @if bar.open { " so far" }
+                    }
                 }
             }
         }
