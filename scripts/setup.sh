@@ -28,6 +28,10 @@ PACKAGES=(
     openvswitch-switch openvswitch-common
     # A venv for kubernetes-validate (below).
     python3-venv
+    # The report page's tests open it in a real browser (headless, in a namespace with no
+    # network), read what it shows and take its screenshot; the README's screenshots are
+    # made the same way. DejaVu is the font the page asks for first.
+    chromium fonts-dejavu-core
 )
 
 missing=()

@@ -104,6 +104,10 @@ pub struct AnalyzeArgs {
     /// The tap's MAC, for a raw capture (otherwise inferred, and said so).
     #[arg(long, value_name = "MAC")]
     pub tap_mac: Option<MacAddr>,
+    /// Also write the report page: one self-contained HTML file (the VMs, the diagnosis,
+    /// the timeline drawn, the counters, the hosts' differences), to attach to a ticket.
+    #[arg(long, value_name = "FILE")]
+    pub html: Option<PathBuf>,
 }
 
 #[derive(Args, Clone)]

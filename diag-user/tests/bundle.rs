@@ -306,7 +306,13 @@ fn bundle_of_the_stale_mac_story() {
 
     // Layout and permissions.
     assert_eq!(mode(&dir), 0o700);
-    for f in ["events.ndjson", "frames.pcapng", "host.json", "summary.md"] {
+    for f in [
+        "events.ndjson",
+        "frames.pcapng",
+        "host.json",
+        "summary.md",
+        "report.html",
+    ] {
         assert_eq!(mode(&dir.join(f)), 0o600, "{f}");
     }
 
@@ -378,6 +384,7 @@ fn assert_packed(tgz: &Path) {
         "incident/frames.pcapng",
         "incident/host.json",
         "incident/summary.md",
+        "incident/report.html",
     ] {
         assert!(list.contains(f), "{list}");
     }

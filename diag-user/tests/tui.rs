@@ -33,6 +33,21 @@ fn blackout_ms(row: &str) -> Option<u64> {
     Some(s.parse::<u64>().ok()? * 1000 + ms.parse::<u64>().ok()?)
 }
 
+/// The selected VM's timeline: its lanes, the guest's drawn, the RARPs marked, time zero
+/// on the axis.
+fn assert_picture(s: &str) {
+    let lane = |name: &str| {
+        s.lines()
+            .find(|l| l.trim_start_matches('│').starts_with(&format!("{name:<9}")))
+            .unwrap_or_else(|| panic!("no {name} lane in\n{s}"))
+    };
+    assert!(lane("marks").contains('R'), "{s}");
+    assert!(lane("guest").contains('█'), "{s}");
+    lane("network");
+    assert!(s.contains("0 = switch-over"), "{s}");
+    assert!(s.lines().any(|l| l.contains('┼')), "{s}");
+}
+
 #[test]
 fn stale_mac_story_on_screen() {
     require_root();
@@ -92,6 +107,23 @@ fn stale_mac_story_on_screen() {
         "blackout {ms} ms; screen:\n{s}"
     );
     assert!(s.contains(&format!("Blackout of {ms} ms")), "{s}");
+    assert_picture(&s);
+
+    // An on-call terminal: the same story at 80×24, rows whole, the picture still there.
+    let resized = std::process::Command::new("tmux")
+        .args(["resize-window", "-t", &session, "-x", "80", "-y", "24"])
+        .status()
+        .unwrap();
+    assert!(resized.success());
+    let s = wait(&tmux, "the view at 80 columns", |s| {
+        s.lines().all(|l| l.chars().count() <= 80) && s.contains("RECOVERED")
+    });
+    assert!(
+        s.lines()
+            .any(|l| l.starts_with("│tapvm1") && l.contains("RECOVERED")),
+        "{s}"
+    );
+    assert_picture(&s);
 
     tmux.keys("q").unwrap();
     let s = wait(&tmux, "exit", |s| s.contains("TAPWATCH-EXIT="));

@@ -254,8 +254,9 @@ impl EventLines {
     }
 }
 
-/// A record of the kinds that describe taps, or `None` for those re-derived (frames come
-/// from frames.pcapng, verdicts are re-made) and for kinds newer than this version. Only
+/// A record of the kinds that describe taps (and the lab's truth and nudges, which the
+/// report page shows), or `None` for those re-derived (frames come from frames.pcapng,
+/// verdicts are re-made) and for kinds newer than this version. Only
 /// the line's type and version are read of the others.
 fn tap_record(
     text: &str,
@@ -288,6 +289,8 @@ fn tap_record(
             | "identity"
             | "stats"
             | "summary"
+            | "lab"
+            | "nudge"
     );
     if !wanted {
         return Ok(None);

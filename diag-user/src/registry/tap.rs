@@ -37,6 +37,18 @@ pub const SERIES_LEN: usize = 120;
 const TIMELINE_MAX: usize = 256;
 /// MACs a tap's history keeps (the newest): each diagnosis of a blackout looks through it.
 const MAC_HISTORY_MAX: usize = 256;
+/// Announces a tap keeps (the first): a migration sends a handful, and a guest that keeps
+/// announcing for hours must not grow the registry.
+const ANNOUNCES_MAX: usize = 64;
+
+/// Which announce a VM sent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Announce {
+    /// QEMU's RARP (`announce-self`).
+    Rarp,
+    /// The guest's gratuitous ARP.
+    Garp,
+}
 
 /// Everything known about one tap and the VM behind it.
 #[derive(Clone, Debug)]
@@ -100,6 +112,10 @@ pub struct Tap {
     pub forecast_said: Option<crate::model::forecast::Forecast>,
     /// The guest's addresses as its frames say them (for a nudge).
     pub addrs: super::addrs::GuestAddrs,
+    /// When the standing forecast was judged.
+    pub forecast_at: Option<Ts>,
+    /// The VM's first announces, in time order, for the timeline's marks.
+    pub announces: Vec<(Ts, Announce)>,
     /// The last nudge written into the tap (`sent`, then its outcome).
     pub nudge: Option<crate::model::nudge::NudgeRecord>,
     /// The switch-over whose inbound and outbound gaps were settled (said once each).
@@ -157,6 +173,8 @@ impl Tap {
             forecast: None,
             forecast_said: None,
             addrs: Default::default(),
+            forecast_at: None,
+            announces: Vec::new(),
             nudge: None,
             settled: (None, None),
             gone_at: None,
@@ -257,6 +275,13 @@ impl Tap {
         {
             self.resumed_at = Some(ts);
             self.note(ts, "libvirt: the VM runs again".into());
+        }
+    }
+
+    pub fn remember_announce(&mut self, ts: Ts, what: Announce) {
+        if self.announces.len() < ANNOUNCES_MAX {
+            let at = self.announces.partition_point(|(t, _)| *t <= ts);
+            self.announces.insert(at, (ts, what));
         }
     }
 

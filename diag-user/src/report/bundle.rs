@@ -6,6 +6,7 @@
 //!   frames.pcapng   every notable frame, kernel timestamp, one interface block per tap
 //!   host.json       tool, kernel, host, taps, libvirt interface facts, start/end
 //!   summary.md      per VM: verdict, blackout, diagnosis, timeline
+//!   report.html     the same story as one self-contained page, with the timeline drawn
 //! ```
 //! tapwatch usually runs as root and DIR may sit in a directory others can write to, so the
 //! directory is opened once, checked (a real directory, not a symlink under any spelling,
@@ -40,7 +41,7 @@ use crate::{
     model::host::{tap_mac_derivation, HostFacts, HostJson, TapFacts},
     model::{Direction, Record, Sink},
     registry::{Tap, TapKey},
-    report::{json::JsonSink, text::markdown},
+    report::{json::JsonSink, page, text::markdown},
     verdict::Engine,
 };
 use pcap_file::{
@@ -119,6 +120,13 @@ impl<W: Write> Write for Counted<W> {
     }
 }
 
+/// The reports written when a bundle is finished.
+struct Reports {
+    host: Vec<u8>,
+    summary: Vec<u8>,
+    html: Vec<u8>,
+}
+
 /// What a bundle's reports say of its taps: the registry's entries, copied.
 pub struct Snapshot {
     pub taps: Vec<Tap>,
@@ -146,6 +154,8 @@ pub struct Bundle {
     stopped: Option<String>,
     /// Whether the reserve could be allocated (said in host.json when it could not).
     reserved: bool,
+    /// The lab's truths, for report.html.
+    truths: Vec<crate::model::LabRecord>,
 }
 
 pub(super) fn io_at(path: &Path) -> impl FnOnce(io::Error) -> BundleError + '_ {
@@ -191,6 +201,7 @@ impl Bundle {
             frames_skipped: 0,
             stopped: None,
             reserved,
+            truths: Vec::new(),
         })
     }
 
@@ -274,8 +285,8 @@ impl Bundle {
         }
     }
 
-    /// host.json and summary.md from what is known now.
-    fn reports(&mut self, snap: &Snapshot) -> Result<(Vec<u8>, Vec<u8>), BundleError> {
+    /// host.json, summary.md and report.html from what is known now.
+    fn reports(&mut self, snap: &Snapshot) -> Result<Reports, BundleError> {
         let taps = snap
             .taps
             .iter()
@@ -307,7 +318,21 @@ impl Bundle {
         };
         let json = serde_json::to_vec_pretty(&host)
             .map_err(|e| io_at(&self.dir.path)(io::Error::from(e)))?;
-        Ok((json, self.summary_md(snap).into_bytes()))
+        let input = page::Input {
+            role: "recording".into(),
+            path: self.dir.path.display().to_string(),
+            host: Some(host),
+        };
+        let now = snap.now.or(self.ended).unwrap_or_default();
+        let mut report = page::Page::of_taps(vec![input], &snap.taps, now, &self.truths);
+        report.notes.extend(self.stopped.as_ref().map(|why| {
+            format!("The recording stopped early ({why}); the page covers the whole run.")
+        }));
+        Ok(Reports {
+            host: json,
+            summary: self.summary_md(snap).into_bytes(),
+            html: page::render(&report).into_bytes(),
+        })
     }
 
     /// summary.md: names, the diagnosis and the timeline go through [`markdown`], as
@@ -398,10 +423,11 @@ impl Bundle {
         self.reserved |= spare.as_ref().is_some_and(|s| s.held() > 0);
         // The reserve was kept for this moment: give it back before writing the reports.
         let _ = self.dir.unlink(RESERVE);
-        let (host, summary) = self.reports(snap)?;
+        let reports = self.reports(snap)?;
         let write = |dir: &Dir| {
-            dir.replace("host.json", &host)?;
-            dir.replace("summary.md", &summary)
+            dir.replace("host.json", &reports.host)?;
+            dir.replace("summary.md", &reports.summary)?;
+            dir.replace("report.html", &reports.html)
         };
         match (write(&self.dir), spare) {
             (Err(e), Some(spare)) if e.out_of_space() => {
@@ -413,12 +439,12 @@ impl Bundle {
         if !self.opts.pack {
             return Ok(dir_path);
         }
-        self.pack(&host, &summary)
+        self.pack(&reports)
     }
 
     /// Packs the bundle into `DIR.tar.gz` (0600) beside it, from tapwatch's own descriptors
     /// and bytes: nothing anyone put in the directory meanwhile gets in.
-    fn pack(&mut self, host: &[u8], summary: &[u8]) -> Result<PathBuf, BundleError> {
+    fn pack(&mut self, reports: &Reports) -> Result<PathBuf, BundleError> {
         let mut name = self.dir.name.clone();
         name.push(".tar.gz");
         let out_path = self.dir.path.with_file_name(&name);
@@ -448,13 +474,13 @@ impl Bundle {
                 f.seek(io::SeekFrom::Start(0))?;
                 add(&mut tar, file, size, &mut (&mut *f).take(size))?;
             }
-            add(&mut tar, "host.json", host.len() as u64, &mut &host[..])?;
-            add(
-                &mut tar,
-                "summary.md",
-                summary.len() as u64,
-                &mut &summary[..],
-            )?;
+            for (file, bytes) in [
+                ("host.json", &reports.host),
+                ("summary.md", &reports.summary),
+                ("report.html", &reports.html),
+            ] {
+                add(&mut tar, file, bytes.len() as u64, &mut &bytes[..])?;
+            }
             let gz = tar.into_inner()?;
             gz.finish()?.sync_all()
         })();
@@ -489,6 +515,10 @@ impl Bundle {
             }
             Record::Summary { ts, .. } => {
                 self.ended = Some(*ts);
+            }
+            Record::Lab(l) if l.event == crate::model::LabEvent::Truth => {
+                self.truths.retain(|t| t.vm != l.vm);
+                self.truths.push(l.clone());
             }
             _ => {}
         }

@@ -270,6 +270,14 @@ pub struct Ending {
     pub lab: Vec<LabRecord>,
 }
 
+/// A notice as the view's status line shows it.
+#[derive(Clone, Debug)]
+pub struct Notice {
+    pub ts: Ts,
+    pub code: NoticeCode,
+    pub message: String,
+}
+
 /// The head of a run: the one verdict engine, the outputs, and what a view needs.
 pub struct Head {
     pub engine: Engine,
@@ -277,8 +285,11 @@ pub struct Head {
     /// `serve`'s metrics, kept in step with the engine.
     metrics: Option<MetricsUpdater>,
     pub ending: Ending,
-    /// Set by the view's status line (lab steps).
-    pub status: String,
+    /// The last notice of the run, for the view's status line (which drops it once it is
+    /// no longer true).
+    pub notice: Option<Notice>,
+    /// The lab's last step, for the view's status line.
+    pub lab_step: Option<LabRecord>,
     /// The run's datapath, once the collector has loaded it.
     pub datapath: Option<DatapathKind>,
     /// Writes nudges into taps and says their outcome (`tapwatch nudge`, the live view's
@@ -300,7 +311,8 @@ impl Pipeline {
                 outputs,
                 metrics: None,
                 ending: Ending::default(),
-                status: String::new(),
+                notice: None,
+                lab_step: None,
                 datapath: None,
                 nudger: None,
             }),
@@ -380,12 +392,18 @@ impl Pipeline {
                 annotated = r;
                 &annotated
             }
-            Record::Notice { message, .. } => {
-                h.status.clone_from(message);
+            Record::Notice {
+                ts, code, message, ..
+            } => {
+                h.notice = Some(Notice {
+                    ts: *ts,
+                    code: *code,
+                    message: message.clone(),
+                });
                 rec
             }
             Record::Lab(l) => {
-                h.status = format!("lab: {}", l.describe());
+                h.lab_step = Some(l.clone());
                 if l.event == LabEvent::Truth {
                     h.ending.lab.retain(|t| t.vm != l.vm);
                     h.ending.lab.push(l.clone());

@@ -127,6 +127,7 @@ impl Engine {
         };
         let t = self.tap_mut(i);
         t.forecast = new;
+        t.forecast_at = Some(ts);
         t.note(ts, note);
     }
 

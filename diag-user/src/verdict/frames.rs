@@ -5,7 +5,7 @@
 use super::{Blackout, Engine, Settled, State};
 use crate::{
     model::{mac::MacAddr, Direction, FrameKind, FrameRecord, Mode, Record},
-    registry::Tap,
+    registry::{Announce, Tap},
 };
 
 impl Engine {
@@ -52,6 +52,7 @@ fn note_kind(t: &mut Tap, f: &FrameRecord, from_vm: bool) {
             t.first_rarp.get_or_insert(f.ts);
             t.rarps += 1;
             t.first_announce.get_or_insert(f.ts);
+            t.remember_announce(f.ts, Announce::Rarp);
             t.note(f.ts, format!("RARP announce from {}", f.src_mac));
         }
         FrameKind::Inbound
@@ -68,6 +69,7 @@ fn note_kind(t: &mut Tap, f: &FrameRecord, from_vm: bool) {
             t.first_garp.get_or_insert(f.ts);
             t.garps += 1;
             t.first_announce.get_or_insert(f.ts);
+            t.remember_announce(f.ts, Announce::Garp);
             t.note(f.ts, format!("GARP {} is-at {}", ips.0, f.src_mac));
         }
         FrameKind::ArpRequest => {

@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 
+use super::ui::status::RunStatus;
 use crate::{
     model::clock::Ts,
     registry::TapKey,
@@ -64,7 +65,13 @@ pub struct App {
     pub baseline: HashMap<String, u64>,
     /// Set when the watcher has ended (SIGTERM, --duration).
     pub finished: bool,
+    /// The view's own message (a key's effect), until the next key.
     pub status: String,
+    /// What the run says for the status line, copied from the pipeline at each redraw.
+    pub run: RunStatus,
+    /// How many entries the middle of the timeline's list is scrolled back from the
+    /// newest.
+    pub timeline_scroll: usize,
 }
 
 impl App {
@@ -134,7 +141,23 @@ impl App {
         let pos = self.selected_pos(taps, &rows).unwrap_or(0) as isize;
         let new = (pos + delta).clamp(0, rows.len() as isize - 1) as usize;
         let t = &taps[rows[new]];
-        self.selected = Some((t.key, t.ifname.clone()));
+        let (key, name) = (t.key, t.ifname.clone());
+        if self.selected.as_ref().is_some_and(|(k, _)| *k != key) {
+            self.timeline_scroll = 0;
+        }
+        self.selected = Some((key, name));
+    }
+
+    /// Scrolls the middle of the selected VM's timeline entries back (`delta` > 0) or on,
+    /// within what `rows` lines leave hidden.
+    pub fn scroll_timeline(&mut self, engine: &Engine, delta: isize, rows: usize) {
+        let taps = self.taps(engine);
+        let Some(t) = self.selected_tap(taps) else {
+            return;
+        };
+        let max = super::ui::timeline::max_scroll(t, rows);
+        let now = self.timeline_scroll.min(max) as isize;
+        self.timeline_scroll = (now + delta).clamp(0, max as isize) as usize;
     }
 
     pub fn toggle_pause(&mut self, engine: &Engine) {

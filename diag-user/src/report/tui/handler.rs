@@ -5,6 +5,10 @@ use crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
 use super::app::App;
 use crate::verdict::Engine;
 
+/// Rows of entries a scroll is bounded by: the list is never shorter on screen than this
+/// when it has something to scroll (the drawing bounds it again by the rows it has).
+const SCROLL_ROWS: usize = 5;
+
 #[derive(Debug, PartialEq, Eq)]
 pub enum Action {
     Continue,
@@ -37,6 +41,8 @@ pub fn on_key(app: &mut App, engine: &Engine, key: KeyEvent) -> Action {
         app.show_help = false;
         return Action::Continue;
     }
+    // A key's message lasts until the next key.
+    app.status.clear();
     match key.code {
         KeyCode::Char('q') => return Action::Quit,
         KeyCode::Esc if app.show_detail => app.show_detail = false,
@@ -54,6 +60,8 @@ pub fn on_key(app: &mut App, engine: &Engine, key: KeyEvent) -> Action {
         KeyCode::Char('p') => app.toggle_pause(engine),
         KeyCode::Char('c') => app.clear_counters(engine),
         KeyCode::Char('?') => app.show_help = true,
+        KeyCode::Char('[') => app.scroll_timeline(engine, 1, SCROLL_ROWS),
+        KeyCode::Char(']') => app.scroll_timeline(engine, -1, SCROLL_ROWS),
         _ => {}
     }
     Action::Continue

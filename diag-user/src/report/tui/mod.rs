@@ -94,9 +94,11 @@ async fn view(
         terminal.draw(|f| {
             // Held only while the frame is built, not while the terminal writes it.
             let head = pipeline.head();
-            if app.status.is_empty() || app.status.starts_with("lab: ") {
-                app.status.clone_from(&head.status);
-            }
+            app.run = ui::status::RunStatus {
+                notice: head.notice.clone(),
+                lab_step: head.lab_step.clone(),
+                truths: head.ending.lab.clone(),
+            };
             ui::draw(f, app, &head.engine, Ts(Utc::now()))
         })?;
     }

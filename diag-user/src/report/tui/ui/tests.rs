@@ -5,7 +5,7 @@ use super::*;
 use crate::{
     model::{
         probe::{ProbeChange, ProbeReason},
-        Record,
+        LabEvent, LabRecord, NoticeCode, Record, Scenario,
     },
     report::tui::handler::{on_key, Action},
     verdict::{fixtures::*, Engine, EngineConfig},
@@ -224,11 +224,11 @@ fn bridged_mismatch_stays_ok() {
 }
 
 #[test]
-fn detail_pane_timeline_relative_to_the_first_announce() {
+fn detail_pane_timeline_relative_to_the_switch_over() {
     let mut a = app(&story(11));
     key(&mut a, KeyCode::Enter);
     let s = screen(&a, at(30_000), 200, 40);
-    assert!(s.contains("times from the first announce"), "{s}");
+    assert!(s.contains("entries of tapA (from the switch-over"), "{s}");
     assert!(
         s.contains("+0.000s  RARP announce from fa:16:3e:aa:bb:cc"),
         "{s}"
@@ -355,6 +355,8 @@ fn foreign_names_stay_on_their_line_in_the_view() {
         );
     }
 }
+
+mod picture;
 
 #[test]
 fn small_terminal_does_not_panic() {
