@@ -133,3 +133,44 @@ fn stale_mac_story_on_screen() {
         "the verdict stays on screen:\n{s}"
     );
 }
+
+/// The nudge key in the lab's live view, against the lab's real Linux guest: `n` on the
+/// VM in BLACKOUT asks, `y` nudges, and the row turns RECOVERED long before the guest's own
+/// timers would have (a reachable time of 60 s), with the nudge marked on its timeline.
+#[test]
+fn the_nudge_key_ends_a_lab_blackout() {
+    require_root();
+    let cmd = format!(
+        "{} lab --reachable-time 60; echo TAPWATCH-EXIT=$?; sleep 600",
+        env!("CARGO_BIN_EXE_tapwatch")
+    );
+    let session = format!("tw-tui-nudge-{}", std::process::id());
+    let tmux = Tmux::start(&session, 200, 50, &cmd)
+        .expect("tmux is needed for this test (scripts/setup.sh installs it)");
+    let blackout = |s: &str| {
+        s.lines()
+            .any(|l| l.contains("lab-vm-1") && l.contains("BLACKOUT"))
+    };
+    wait(&tmux, "the VM in BLACKOUT", blackout);
+    tmux.keys("n").unwrap();
+    wait(&tmux, "the question", |s| s.contains("y sends it"));
+    let asked = Instant::now();
+    tmux.keys("y").unwrap();
+    let s = wait(&tmux, "RECOVERED", |s| {
+        s.lines()
+            .any(|l| l.contains("lab-vm-1") && l.contains("RECOVERED"))
+    });
+    assert!(asked.elapsed() < Duration::from_secs(10), "{s}");
+    assert!(
+        s.contains("nudged at"),
+        "the nudge said on the status line:\n{s}"
+    );
+    let marks = s
+        .lines()
+        .find(|l| l.trim_start_matches('│').starts_with("marks"))
+        .unwrap_or_else(|| panic!("no marks lane in\n{s}"));
+    assert!(marks.contains('N'), "{s}");
+    tmux.keys("q").unwrap();
+    let s = wait(&tmux, "exit", |s| s.contains("TAPWATCH-EXIT="));
+    assert!(s.contains("TAPWATCH-EXIT=0"), "{s}");
+}

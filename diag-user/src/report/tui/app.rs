@@ -67,6 +67,8 @@ pub struct App {
     pub finished: bool,
     /// The view's own message (a key's effect), until the next key.
     pub status: String,
+    /// The tap whose nudge waits for the operator's `y`.
+    pub confirm_nudge: Option<String>,
     /// What the run says for the status line, copied from the pipeline at each redraw.
     pub run: RunStatus,
     /// How many entries the middle of the timeline's list is scrolled back from the

@@ -13,6 +13,36 @@ const SCROLL_ROWS: usize = 5;
 pub enum Action {
     Continue,
     Quit,
+    /// The operator confirmed a nudge of this tap.
+    Nudge(String),
+}
+
+/// `n`: asks before a VM in BLACKOUT is nudged (the one thing tapwatch ever writes).
+fn ask_nudge(app: &mut App, engine: &Engine) {
+    use crate::{model::State, report::text::one_line};
+    let (status, confirm) = match app.selected_tap(app.taps(engine)) {
+        None => ("select a VM to nudge".to_string(), None),
+        Some(t) if t.state != State::Blackout => (
+            format!(
+                "n nudges a VM in BLACKOUT; {} is {}",
+                one_line(t.vm_name()),
+                t.state.as_str()
+            ),
+            None,
+        ),
+        Some(t) => (
+            format!(
+                "nudge {} ({})? one ARP frame into its tap tells the guest its gateway is at \
+                 {}: y sends it, any other key cancels",
+                one_line(t.vm_name()),
+                one_line(&t.ifname),
+                t.mac.map(|m| m.to_string()).unwrap_or_default()
+            ),
+            Some(t.ifname.clone()),
+        ),
+    };
+    app.status = status;
+    app.confirm_nudge = confirm;
 }
 
 pub fn on_key(app: &mut App, engine: &Engine, key: KeyEvent) -> Action {
@@ -41,6 +71,13 @@ pub fn on_key(app: &mut App, engine: &Engine, key: KeyEvent) -> Action {
         app.show_help = false;
         return Action::Continue;
     }
+    if let Some(tap) = app.confirm_nudge.take() {
+        if key.code == KeyCode::Char('y') {
+            return Action::Nudge(tap);
+        }
+        app.status = "nudge cancelled: nothing was sent".into();
+        return Action::Continue;
+    }
     // A key's message lasts until the next key.
     app.status.clear();
     match key.code {
@@ -59,6 +96,7 @@ pub fn on_key(app: &mut App, engine: &Engine, key: KeyEvent) -> Action {
         KeyCode::Char('s') => app.sort = app.sort.next(),
         KeyCode::Char('p') => app.toggle_pause(engine),
         KeyCode::Char('c') => app.clear_counters(engine),
+        KeyCode::Char('n') => ask_nudge(app, engine),
         KeyCode::Char('?') => app.show_help = true,
         KeyCode::Char('[') => app.scroll_timeline(engine, 1, SCROLL_ROWS),
         KeyCode::Char(']') => app.scroll_timeline(engine, -1, SCROLL_ROWS),
@@ -66,3 +104,6 @@ pub fn on_key(app: &mut App, engine: &Engine, key: KeyEvent) -> Action {
     }
     Action::Continue
 }
+
+#[cfg(test)]
+mod tests;

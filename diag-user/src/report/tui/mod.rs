@@ -20,7 +20,7 @@ use crate::{
     model::clock::Ts,
     model::{Record, Sink},
     report::pipeline::{Ending, Pipeline},
-    report::text::TextSink,
+    report::text::{one_line, TextSink},
 };
 use app::App;
 use event::{Events, UiEvent};
@@ -79,9 +79,23 @@ async fn view(
     loop {
         match events.next().await {
             UiEvent::Key(key) => {
-                let head = pipeline.head();
-                if handler::on_key(app, &head.engine, key) == Action::Quit {
-                    stop();
+                let action = handler::on_key(app, &pipeline.head().engine, key);
+                match action {
+                    Action::Quit => stop(),
+                    Action::Nudge(tap) => {
+                        // The head is not held here: the nudge takes it.
+                        app.status = match pipeline.nudge(&tap, false, false) {
+                            Some(n) => one_line(
+                                crate::report::text::nudge_words(&n)
+                                    .lines()
+                                    .next()
+                                    .unwrap_or_default(),
+                            )
+                            .into_owned(),
+                            None => "this run cannot nudge".into(),
+                        };
+                    }
+                    Action::Continue => {}
                 }
             }
             UiEvent::Tick => {}

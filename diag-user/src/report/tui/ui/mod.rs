@@ -253,6 +253,7 @@ fn draw_help(f: &mut Frame) {
         Line::from("s           sort: state, name, mismatches"),
         Line::from("p           pause the display (counting goes on)"),
         Line::from("c           clear the mismatch counters shown"),
+        Line::from("n           nudge the VM (BLACKOUT): asks, then writes one ARP frame"),
         Line::from(""),
         Line::from("BLACKOUT   routed tap, the VM sends to a MAC the tap does not have"),
         Line::from("AT RISK    a blackout is foreseen for a VM migrating in"),
