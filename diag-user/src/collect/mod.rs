@@ -7,11 +7,13 @@ pub mod caps;
 pub mod datapath;
 pub mod ebpf;
 pub mod facts;
+pub mod fdb;
 pub mod identity;
 pub mod libpcap;
 pub mod links;
 pub mod netlink;
 pub mod pcap;
+pub mod setns;
 mod watcher;
 
 use std::{io, time::Duration};

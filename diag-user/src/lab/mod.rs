@@ -528,6 +528,9 @@ fn story(
     })])
     .unwrap_or_default();
     let remediate = opts.remediate;
+    // The bridged scenario's bridges are the destination's: asked there.
+    let ears = topo.dst.enter(crate::collect::fdb::FdbEars::here)?;
+    pipeline.head().engine.set_ears(ears);
     pipeline.set_nudger(topo.dst.enter(move || {
         Nudger::new(NudgeConfig {
             gateways,

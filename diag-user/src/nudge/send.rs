@@ -94,24 +94,19 @@ impl TapWriter {
         let sock = unsafe { OwnedFd::from_raw_fd(fd) };
         Ok(Self {
             sock,
-            netns: std::fs::File::open("/proc/thread-self/ns/net").ok(),
+            netns: crate::collect::setns::current().ok(),
         })
     }
 
     /// This namespace's host routes out of interface `ifindex` (their addresses), looked
     /// up from the socket's namespace whatever thread asks; none when that fails.
     pub fn routes_to(&self, ifindex: u32) -> Vec<std::net::IpAddr> {
-        let Some(ns) = self.netns.as_ref().and_then(|f| f.try_clone().ok()) else {
+        let Some(ns) = &self.netns else {
             return Vec::new();
         };
-        std::thread::spawn(move || {
-            // SAFETY: setns on a valid namespace fd; affects only this new thread.
-            if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                return Vec::new();
-            }
+        crate::collect::setns::run_in(ns, move || {
             crate::collect::netlink::host_routes_via(ifindex).unwrap_or_default()
         })
-        .join()
         .unwrap_or_default()
     }
 

@@ -9,6 +9,7 @@
 //! are done here, once.
 
 pub mod addrs;
+pub mod peers;
 pub mod tap;
 
 use std::{collections::HashMap, time::Duration};

@@ -112,6 +112,9 @@ pub struct Tap {
     pub forecast_said: Option<crate::model::forecast::Forecast>,
     /// The guest's addresses as its frames say them (for a nudge).
     pub addrs: super::addrs::GuestAddrs,
+    /// On a bridged tap since its switch-over: which MAC each peer's traffic goes to and
+    /// comes from (the bridged stale-gateway detector).
+    pub peers: super::peers::PeerMacs,
     /// When the standing forecast was judged.
     pub forecast_at: Option<Ts>,
     /// The VM's first announces, in time order, for the timeline's marks.
@@ -173,6 +176,7 @@ impl Tap {
             forecast: None,
             forecast_said: None,
             addrs: Default::default(),
+            peers: Default::default(),
             forecast_at: None,
             announces: Vec::new(),
             nudge: None,

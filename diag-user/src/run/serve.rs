@@ -25,6 +25,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         &args.taps,
         EngineConfig {
             forget_after: Some(args.forget_after),
+            ears: diag_user::collect::fdb::FdbEars::here(),
             ..EngineConfig::default()
         },
     )?);

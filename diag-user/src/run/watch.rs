@@ -28,7 +28,13 @@ pub async fn run(args: WatchArgs) -> anyhow::Result<ExitCode> {
         })?),
         None => None,
     };
-    let config = engine_config(&args.taps, EngineConfig::default())?;
+    let config = engine_config(
+        &args.taps,
+        EngineConfig {
+            ears: diag_user::collect::fdb::FdbEars::here(),
+            ..EngineConfig::default()
+        },
+    )?;
     let pipeline = Pipeline::new(Engine::new(config), Vec::new());
     pipeline.set_nudger(super::nudger(&args.nudges)?);
     let stdout_failed = Arc::new(Notify::new());

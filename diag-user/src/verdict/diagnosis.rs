@@ -29,7 +29,9 @@ impl Tap {
     pub fn diagnosis(&self, now: Ts) -> String {
         let mut s = self.forecast_words();
         s.extend(self.blackout_words(now));
-        if self.mode == Mode::Bridged && self.counters.dst_mismatch_frames > 0 {
+        if let Some(words) = super::bridged::words(self) {
+            s.push(words);
+        } else if self.mode == Mode::Bridged && self.counters.dst_mismatch_frames > 0 {
             s.push(format!(
                 "{} frames to other MACs: normal on a bridged tap, not drops.",
                 self.counters.dst_mismatch_frames
@@ -94,6 +96,20 @@ impl Tap {
     /// The blackout, going on or ended, and why its MAC is stale.
     fn blackout_words(&self, now: Ts) -> Vec<String> {
         let mut s = Vec::new();
+        if self.mode == Mode::Bridged {
+            // The stale gateway's own words (`bridged::words`) say the rest.
+            if let Some(b @ Blackout { end: Some(end), .. }) = self.blackout {
+                s.push(format!(
+                    "Blackout of {} ms: the guest sent to {} from {} until {} (its frames are \
+                     sampled: the end is at most 100 ms late).",
+                    b.ms(end),
+                    b.stale_mac,
+                    b.start.clock(),
+                    end.clock()
+                ));
+            }
+            return s;
+        }
         match (self.state, self.blackout) {
             (State::Blackout, Some(b)) | (State::Gone, Some(b @ Blackout { end: None, .. })) => {
                 s.push(self.stale_words(b));

@@ -27,6 +27,15 @@ impl Engine {
         }
         note_kind(self.tap_mut(i), f, from_vm);
         self.tap_mut(i).addrs.learn(f);
+        // A bridged tap's frames to other MACs are its normal traffic (kept as such); its
+        // blackouts are the stale gateway's (see `bridged`).
+        if self.registry.at(i).mode == Mode::Bridged {
+            if from_vm && (f.kind == FrameKind::DstMismatch || f.dst_mismatch) {
+                stale_frame(self.tap_mut(i), f);
+            }
+            self.bridged_frame(i, f, changes);
+            return;
+        }
         if from_vm && (f.kind == FrameKind::DstMismatch || f.dst_mismatch) {
             if stale_frame(self.tap_mut(i), f) {
                 self.set_state(i, State::Blackout, f.ts, changes);

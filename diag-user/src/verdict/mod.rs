@@ -8,6 +8,7 @@
 //! it), [`frames`] and [`counts`] the frames and counters that make a blackout and end it,
 //! [`diagnosis`] turns it into words.
 
+pub mod bridged;
 mod counts;
 mod diagnosis;
 pub mod forecast;
@@ -36,6 +37,8 @@ pub struct EngineConfig {
     pub forget_after: Option<Duration>,
     /// The source host's taps (its facts, or a bundle of it), for certain forecasts.
     pub source: Vec<forecast::SourceTap>,
+    /// Asks a bridged tap's bridge what it heard (the bridged stale-gateway detector).
+    pub ears: bridged::Ears,
 }
 
 impl Default for EngineConfig {
@@ -44,6 +47,7 @@ impl Default for EngineConfig {
             quiet_after: Duration::from_secs(5),
             forget_after: None,
             source: Vec::new(),
+            ears: bridged::Ears::default(),
         }
     }
 }
@@ -118,6 +122,12 @@ impl Engine {
 
     fn tap_mut(&mut self, i: usize) -> &mut Tap {
         self.registry.at_mut(i)
+    }
+
+    /// Lets the engine ask bridged taps' bridges what they heard (live runs, once the
+    /// namespace they watch is known).
+    pub fn set_ears(&mut self, ears: bridged::Ears) {
+        self.config.ears = ears;
     }
 
     /// What the last record given to [`Engine::apply`] settled.
