@@ -519,25 +519,7 @@ fn story(
         pipeline.clone(),
         attached.clone(),
     )?;
-    // tapwatch writes nudges into the destination's taps: its socket lives there. The
-    // operator's key nudges in any lab; --remediate nudges on its own.
-    let gateways = Gateways::new(&[GatewayArg::All(if opts.scenario.bridged() {
-        CLIENT_BRIDGED.into()
-    } else {
-        GATEWAY.into()
-    })])
-    .unwrap_or_default();
-    let remediate = opts.remediate;
-    // The bridged scenario's bridges are the destination's: asked there.
-    let ears = topo.dst.enter(crate::collect::fdb::FdbEars::here)?;
-    pipeline.head().engine.set_ears(ears);
-    pipeline.set_nudger(topo.dst.enter(move || {
-        Nudger::new(NudgeConfig {
-            gateways,
-            remediate,
-            ..NudgeConfig::default()
-        })
-    })?);
+    arm(&topo, &opts, &pipeline)?;
     let src_attached = Attached::default();
     let src_watcher = match &src_pipeline {
         Some(p) => Some(LabWatcher::start(
@@ -581,6 +563,28 @@ fn story(
     result?;
     watched?;
     src_watched?;
+    Ok(())
+}
+
+/// What the run does in the destination's namespace besides watching: its nudger (the
+/// operator's key in any lab, on its own with --remediate) and the bridge's ears.
+fn arm(topo: &Topology, opts: &LabOptions, pipeline: &Pipeline) -> Result<(), LabError> {
+    let gateways = Gateways::new(&[GatewayArg::All(if opts.scenario.bridged() {
+        CLIENT_BRIDGED.into()
+    } else {
+        GATEWAY.into()
+    })])
+    .unwrap_or_default();
+    let remediate = opts.remediate;
+    let ears = topo.dst.enter(crate::collect::fdb::FdbEars::here)?;
+    pipeline.head().engine.set_ears(ears);
+    pipeline.set_nudger(topo.dst.enter(move || {
+        Nudger::new(NudgeConfig {
+            gateways,
+            remediate,
+            ..NudgeConfig::default()
+        })
+    })?);
     Ok(())
 }
 

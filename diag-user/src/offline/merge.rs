@@ -46,6 +46,38 @@ pub struct Merge {
 /// given as both (the same path twice, a copy, the bundle and its `.tar.gz`) is refused:
 /// one host and one clock make no migration.
 pub fn merge(src: &Path, dst: &Path) -> Result<Merge, AnalyzeError> {
+    let (src_host, dst_host) = two_runs(src, dst)?;
+    let taps = read_source(src)?;
+    let dst_side = read_destination(dst)?;
+    let src_vms: BTreeMap<&str, &VmInterface> = taps
+        .iter()
+        .filter_map(|(name, t)| {
+            let vm =
+                t.vm.as_ref()
+                    .or_else(|| src_host.taps.get(name).and_then(|f| f.libvirt.as_ref()))?;
+            Some((name.as_str(), vm))
+        })
+        .collect();
+    let sides = Sides {
+        src_host: &src_host,
+        dst_host: &dst_host,
+        taps: &taps,
+        src_vms: &src_vms,
+        index: VmIndex::new(&src_vms),
+        hosts: Compared::new(&src_host, &dst_host),
+        dst_vms: &dst_side.vms,
+        end: dst_side.end,
+    };
+    let migrations = dst_side
+        .rows
+        .iter()
+        .filter_map(|row| sides.migration(row))
+        .collect();
+    Ok(Merge { migrations })
+}
+
+/// Both bundles' host.json, once it is sure they are two recordings.
+fn two_runs(src: &Path, dst: &Path) -> Result<(HostJson, HostJson), AnalyzeError> {
     let src_host = read_host_json(src)?;
     let dst_host = read_host_json(dst)?;
     let src_run = RunId::of(src, src_host.as_ref())?;
@@ -56,9 +88,12 @@ pub fn merge(src: &Path, dst: &Path) -> Result<Merge, AnalyzeError> {
             run: src_run.to_string(),
         });
     }
-    let (src_host, dst_host) = (src_host.unwrap_or_default(), dst_host.unwrap_or_default());
-    let mut taps: HashMap<String, SrcTap> = HashMap::new();
-    let mut follow = |r: &Record| -> io::Result<()> {
+    Ok((src_host.unwrap_or_default(), dst_host.unwrap_or_default()))
+}
+
+impl SrcTap {
+    /// What a source record says of its taps (`taps`).
+    fn follow(taps: &mut HashMap<String, SrcTap>, r: &Record) {
         match r {
             Record::Identity {
                 ts,
@@ -97,167 +132,174 @@ pub fn merge(src: &Path, dst: &Path) -> Result<Merge, AnalyzeError> {
             }
             _ => {}
         }
+    }
+
+    /// When the VM stopped on the source, what says so, and the note that goes with it.
+    fn pause(&self) -> (Option<Ts>, &'static str, Option<String>) {
+        match (self.paused, self.last_frame, self.counted_until) {
+            (Some(p), _, _) => (Some(p), "libvirt", None),
+            (None, Some(f), _) => (
+                Some(f),
+                "frames",
+                Some(
+                    "the pause is the VM's last frame reported on the source (libvirt's status \
+                     file did not say when it paused): a lower bound of the pause"
+                        .into(),
+                ),
+            ),
+            (None, None, Some((before, after))) => (
+                Some(before),
+                "stats",
+                Some(format!(
+                    "the pause is known only to the source's stats interval: the VM's last \
+                     frame came between {before} and {after}"
+                )),
+            ),
+            _ => (
+                None,
+                "unknown",
+                Some("the source's bundle does not say when the VM paused".into()),
+            ),
+        }
+    }
+}
+
+fn read_source(src: &Path) -> Result<HashMap<String, SrcTap>, AnalyzeError> {
+    let mut taps: HashMap<String, SrcTap> = HashMap::new();
+    analyze_path(src, None, &mut |r: &Record| -> io::Result<()> {
+        SrcTap::follow(&mut taps, r);
         Ok(())
-    };
-    analyze_path(src, None, &mut follow)?;
-    // What the destination's records say of its VMs (its host.json may be missing: a
-    // bundle cut short).
-    let mut dst_vms: HashMap<String, VmInterface> = HashMap::new();
-    let dst_analysis = analyze_path(dst, None, &mut |r: &Record| {
+    })?;
+    Ok(taps)
+}
+
+/// What the destination's records say: its summary's rows and end, and its VMs (its
+/// host.json may be missing: a bundle cut short).
+struct DstSide {
+    end: Ts,
+    rows: Vec<SummaryRow>,
+    vms: HashMap<String, VmInterface>,
+}
+
+fn read_destination(dst: &Path) -> Result<DstSide, AnalyzeError> {
+    let mut vms: HashMap<String, VmInterface> = HashMap::new();
+    let analysis = analyze_path(dst, None, &mut |r: &Record| {
         if let Record::Identity {
             ifname,
             libvirt: Some(vm),
             ..
         } = r
         {
-            dst_vms.insert(ifname.clone(), vm.clone());
+            vms.insert(ifname.clone(), vm.clone());
         }
         Ok(())
     })?;
-    let (end, rows): (Ts, Vec<SummaryRow>) = match dst_analysis.summary {
+    let (end, rows) = match analysis.summary {
         Some(Record::Summary { ts, taps, .. }) => (ts, taps),
         _ => (Ts::default(), Vec::new()),
     };
-    let src_vms: BTreeMap<&str, &VmInterface> = taps
-        .iter()
-        .filter_map(|(name, t)| {
-            let vm =
-                t.vm.as_ref()
-                    .or_else(|| src_host.taps.get(name).and_then(|f| f.libvirt.as_ref()))?;
-            Some((name.as_str(), vm))
-        })
-        .collect();
-    let index = VmIndex::new(&src_vms);
-    let hosts = Compared::new(&src_host, &dst_host);
-    let mut migrations = Vec::new();
-    for row in &rows {
-        let Some(v) = &row.verdict else { continue };
+    Ok(DstSide { end, rows, vms })
+}
+
+/// Everything one destination row is paired and told against.
+struct Sides<'a> {
+    src_host: &'a HostJson,
+    dst_host: &'a HostJson,
+    taps: &'a HashMap<String, SrcTap>,
+    src_vms: &'a BTreeMap<&'a str, &'a VmInterface>,
+    index: VmIndex<'a>,
+    hosts: Compared<'a>,
+    dst_vms: &'a HashMap<String, VmInterface>,
+    end: Ts,
+}
+
+impl Sides<'_> {
+    /// The migration record of one destination tap with a verdict, paired with its source
+    /// tap where both bundles know the VM; none for a tap the source never had.
+    fn migration(&self, row: &SummaryRow) -> Option<(MigrationRecord, Vec<HostFact>)> {
+        let v = row.verdict.as_ref()?;
         let dst_ifname = &row.counters.ifname;
-        // What dates a record when neither the pause nor the resume is known: when the
-        // destination first saw the tap, else the end of its recording.
-        let seen = row.mac_history.first().map(|h| h.ts);
-        let dst_facts = dst_host.taps.get(dst_ifname);
+        let dst_facts = self.dst_host.taps.get(dst_ifname);
         let dst_vm = dst_facts
             .and_then(|f| f.libvirt.as_ref())
-            .or_else(|| dst_vms.get(dst_ifname));
-        let found = match dst_vm.and_then(|d| index.find(d)) {
+            .or_else(|| self.dst_vms.get(dst_ifname));
+        let found = match dst_vm.and_then(|d| self.index.find(d)) {
             Some(name) => Some(name.to_string()),
             // Tap names repeat across hosts (libvirt's vnet0, vnet1, …): a name alone is
             // the same VM only when neither host says which VM is behind it.
-            None if dst_vm.is_none() && taps.contains_key(dst_ifname) => {
-                (!src_vms.contains_key(dst_ifname.as_str())).then(|| dst_ifname.clone())
+            None if dst_vm.is_none() && self.taps.contains_key(dst_ifname) => {
+                (!self.src_vms.contains_key(dst_ifname.as_str())).then(|| dst_ifname.clone())
             }
-            None if taps.contains_key(dst_ifname) => None,
-            None => continue,
+            None if self.taps.contains_key(dst_ifname) => None,
+            None => return None,
+        };
+        // What dates a record when neither the pause nor the resume is known: when the
+        // destination first saw the tap, else the end of its recording.
+        let seen = row.mac_history.first().map(|h| h.ts);
+        let mut record = MigrationRecord {
+            ts: v.switchover_ts.flatten().or(seen).unwrap_or(self.end),
+            vm: v.vm.clone(),
+            dst_ifname: dst_ifname.clone(),
+            pause_from: "unknown".into(),
+            resume_ts: v.switchover_ts.flatten(),
+            inbound_gap_ms: v.inbound_gap_ms.flatten(),
+            outbound_gap_ms: v.outbound_gap_ms.flatten(),
+            blackout_ms: v.blackout_ms,
+            ..MigrationRecord::default()
         };
         let Some(src_ifname) = found else {
-            let why = not_found(
+            record.notes.push(not_found(
                 dst_ifname,
                 dst_vm,
-                src_vms.get(dst_ifname.as_str()).copied(),
-            );
-            let all = hosts.facts(None, dst_vm);
-            let record = MigrationRecord {
-                ts: v.switchover_ts.flatten().or(seen).unwrap_or(end),
-                vm: v.vm.clone(),
-                src_ifname: None,
-                dst_ifname: dst_ifname.clone(),
-                pause_ts: None,
-                pause_from: "unknown".into(),
-                resume_ts: v.switchover_ts.flatten(),
-                downtime_ms: None,
-                clock_uncertainty_ms: None,
-                inbound_gap_ms: v.inbound_gap_ms.flatten(),
-                outbound_gap_ms: v.outbound_gap_ms.flatten(),
-                blackout_ms: v.blackout_ms,
-                host_diff: all.iter().filter(|f| f.src != f.dst).cloned().collect(),
-                notes: vec![why],
-            };
-            migrations.push((record, all));
-            continue;
+                self.src_vms.get(dst_ifname.as_str()).copied(),
+            ));
+            let all = self.hosts.facts(None, dst_vm);
+            record.host_diff = all.iter().filter(|f| f.src != f.dst).cloned().collect();
+            return Some((record, all));
         };
-        let src_tap = &taps[&src_ifname];
-        let resume = v.switchover_ts.flatten();
-        let (pause, pause_from) = match (src_tap.paused, src_tap.last_frame, src_tap.counted_until)
-        {
-            (Some(p), _, _) => (Some(p), "libvirt"),
-            (None, Some(f), _) => (Some(f), "frames"),
-            (None, None, Some((before, _))) => (Some(before), "stats"),
-            _ => (None, "unknown"),
-        };
-        let mut notes = Vec::new();
-        match pause_from {
-            "frames" => notes.push(
-                "the pause is the VM's last frame reported on the source (libvirt's status \
-                 file did not say when it paused): a lower bound of the pause"
-                    .into(),
-            ),
-            "stats" => notes.push(format!(
-                "the pause is known only to the source's stats interval: the VM's last frame \
-                 came between {} and {}",
-                src_tap
-                    .counted_until
-                    .map_or("-".into(), |c| c.0.to_string()),
-                src_tap
-                    .counted_until
-                    .map_or("-".into(), |c| c.1.to_string())
-            )),
-            "unknown" => notes.push("the source's bundle does not say when the VM paused".into()),
-            _ => {}
-        }
-        let clock = match (src_host.host.clock, dst_host.host.clock) {
+        self.pair(&mut record, &src_ifname, seen);
+        let all = self.hosts.facts(
+            Some((self.src_host.taps.get(&src_ifname), dst_facts)),
+            dst_vm.or(self.src_vms.get(src_ifname.as_str()).copied()),
+        );
+        record.host_diff = all.iter().filter(|f| f.src != f.dst).cloned().collect();
+        Some((record, all))
+    }
+
+    /// The source's side of a paired record: the pause, the clocks, the downtime.
+    fn pair(&self, record: &mut MigrationRecord, src_ifname: &str, seen: Option<Ts>) {
+        let (pause, pause_from, note) = self.taps[src_ifname].pause();
+        record.notes.extend(note);
+        record.src_ifname = Some(src_ifname.to_string());
+        record.pause_ts = pause;
+        record.pause_from = pause_from.into();
+        record.ts = record.resume_ts.or(pause).or(seen).unwrap_or(self.end);
+        record.clock_uncertainty_ms = match (self.src_host.host.clock, self.dst_host.host.clock) {
             (Some(a), Some(b)) => a
                 .uncertainty_ms()
                 .zip(b.uncertainty_ms())
                 .map(|(a, b)| a + b),
             _ => None,
         };
-        if clock.is_none() {
-            notes.push(
+        if record.clock_uncertainty_ms.is_none() {
+            record.notes.push(
                 "one host's clock is not known to be synchronised (NTP): the times of the two \
                  hosts may be off by more than the downtime"
                     .into(),
             );
         }
-        let downtime = match (pause, resume) {
-            (Some(p), Some(r)) => {
-                let ms = r.ms_since(p);
-                if ms < 0 {
-                    notes.push(format!(
-                        "the destination's resume comes {} ms before the source's pause on the \
-                         two clocks: they disagree by at least that much",
-                        -ms
-                    ));
-                }
-                Some(ms.max(0) as u64)
+        if let (Some(p), Some(r)) = (pause, record.resume_ts) {
+            let ms = r.ms_since(p);
+            if ms < 0 {
+                record.notes.push(format!(
+                    "the destination's resume comes {} ms before the source's pause on the two \
+                     clocks: they disagree by at least that much",
+                    -ms
+                ));
             }
-            _ => None,
-        };
-        let src_facts = src_host.taps.get(&src_ifname);
-        let all = hosts.facts(
-            Some((src_facts, dst_facts)),
-            dst_vm.or(src_vms.get(src_ifname.as_str()).copied()),
-        );
-        let host_diff: Vec<HostFact> = all.iter().filter(|f| f.src != f.dst).cloned().collect();
-        let record = MigrationRecord {
-            ts: resume.or(pause).or(seen).unwrap_or(end),
-            vm: v.vm.clone(),
-            src_ifname: Some(src_ifname.clone()),
-            dst_ifname: dst_ifname.clone(),
-            pause_ts: pause,
-            pause_from: pause_from.into(),
-            resume_ts: resume,
-            downtime_ms: downtime,
-            clock_uncertainty_ms: clock,
-            inbound_gap_ms: v.inbound_gap_ms.flatten(),
-            outbound_gap_ms: v.outbound_gap_ms.flatten(),
-            blackout_ms: v.blackout_ms,
-            host_diff,
-            notes,
-        };
-        migrations.push((record, all));
+            record.downtime_ms = Some(ms.max(0) as u64);
+        }
     }
-    Ok(Merge { migrations })
 }
 
 /// Whether two paths name one file or directory (however spelled, through links).

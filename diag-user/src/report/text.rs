@@ -119,20 +119,7 @@ fn line(rec: &Record) -> Option<String> {
             show(*old_mac, "none"),
             show(*new_mac, "none")
         ),
-        Record::Frame(f) => {
-            let arp = match (&f.sender_ip, &f.target_ip) {
-                (Some(s), Some(t)) => format!(" {s} -> {t}"),
-                _ => String::new(),
-            };
-            format!(
-                "{} {name}: {} {} {} -> {}{arp}",
-                f.ts,
-                f.direction.as_str(),
-                f.kind.as_str(),
-                f.src_mac,
-                f.dst_mac
-            )
-        }
+        Record::Frame(f) => frame_line(f, &name),
         Record::ModeChange {
             ts,
             old_mode,
@@ -163,20 +150,7 @@ fn line(rec: &Record) -> Option<String> {
                 one_line(&n.message)
             )
         }
-        Record::Forecast(f) => {
-            let fc = &f.forecast;
-            let what = match (fc.outcome, fc.at_risk) {
-                (Some(o), _) => format!("forecast settled: {}", o.as_str()),
-                (None, true) => "AT RISK".to_string(),
-                (None, false) => "no blackout expected".to_string(),
-            };
-            format!(
-                "{} {name} [{}]: {what} — {}",
-                f.ts,
-                one_line(&f.vm),
-                one_line(&fc.cause)
-            )
-        }
+        Record::Forecast(f) => forecast_record_line(f, &name),
         Record::Verdict { ts, fields, .. } => {
             let ms = fields
                 .blackout_ms
@@ -190,6 +164,36 @@ fn line(rec: &Record) -> Option<String> {
             )
         }
     })
+}
+
+fn frame_line(f: &crate::model::FrameRecord, name: &str) -> String {
+    let arp = match (&f.sender_ip, &f.target_ip) {
+        (Some(s), Some(t)) => format!(" {s} -> {t}"),
+        _ => String::new(),
+    };
+    format!(
+        "{} {name}: {} {} {} -> {}{arp}",
+        f.ts,
+        f.direction.as_str(),
+        f.kind.as_str(),
+        f.src_mac,
+        f.dst_mac
+    )
+}
+
+fn forecast_record_line(f: &crate::model::forecast::ForecastRecord, name: &str) -> String {
+    let fc = &f.forecast;
+    let what = match (fc.outcome, fc.at_risk) {
+        (Some(o), _) => format!("forecast settled: {}", o.as_str()),
+        (None, true) => "AT RISK".to_string(),
+        (None, false) => "no blackout expected".to_string(),
+    };
+    format!(
+        "{} {name} [{}]: {what} — {}",
+        f.ts,
+        one_line(&f.vm),
+        one_line(&fc.cause)
+    )
 }
 
 /// A summary: each tap's verdict and counters, and how the run's forecasts turned out.
