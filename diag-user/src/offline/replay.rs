@@ -127,10 +127,6 @@ impl Seen {
     }
 }
 
-fn unicast(m: MacAddr) -> bool {
-    m.0[0] & 1 == 0 && m.0 != [0; 6]
-}
-
 /// Makes a raw capture's tap records. The tap's MAC is `tap_mac`; else what the host sends
 /// from; else, when the host sent nothing, the MAC the VM's traffic settled on (a VM that
 /// switched from one destination to another after re-ARPing switched to the tap's MAC),
@@ -147,70 +143,10 @@ pub(super) fn infer_taps(
             continue;
         };
         guests.insert(ifname.clone(), guest);
-        let from_host = |d: Option<Direction>, src: MacAddr| {
-            d == Some(Direction::ToVm) || (d.is_none() && src != guest)
+        let macs = match tap_mac {
+            Some(m) => vec![(s.first, m)],
+            None => inferred_macs(&ifname, &s, guest, notes),
         };
-        let host_macs: Vec<(Ts, MacAddr)> = s
-            .moves
-            .iter()
-            .filter(|m| from_host(m.3, m.1) && unicast(m.1))
-            .map(|m| (m.0, m.1))
-            .collect();
-        let mut macs: Vec<(Ts, MacAddr)> = Vec::new();
-        if let Some(m) = tap_mac {
-            macs.push((s.first, m));
-        } else if !host_macs.is_empty() {
-            for (t, m) in host_macs {
-                if macs.last().map(|(_, l)| *l) != Some(m) {
-                    macs.push((t, m));
-                }
-            }
-            notes.push(format!(
-                "{ifname}: the tap's MAC was inferred from the frames the host sent ({}); sure, \
-                 unless the host used another MAC on the tap",
-                macs.iter()
-                    .map(|(_, m)| m.to_string())
-                    .collect::<Vec<_>>()
-                    .join(" then ")
-            ));
-        } else {
-            // The host sent nothing: the VM's own unicast, non-ARP destinations, each where
-            // the VM last sent to it, in that order.
-            let mut last_sent: HashMap<MacAddr, usize> = HashMap::new();
-            let to = s
-                .moves
-                .iter()
-                .filter(|m| m.1 == guest && !m.4 && unicast(m.2));
-            for (i, m) in to.enumerate() {
-                last_sent.insert(m.2, i);
-            }
-            let mut dests: Vec<(usize, MacAddr)> =
-                last_sent.into_iter().map(|(m, i)| (i, m)).collect();
-            dests.sort_unstable();
-            let dests: Vec<MacAddr> = dests.into_iter().map(|(_, m)| m).collect();
-            match dests.as_slice() {
-                [] => notes.push(format!(
-                    "{ifname}: no unicast frame to infer the tap's MAC from; give --tap-mac"
-                )),
-                [only] => {
-                    macs.push((s.first, *only));
-                    notes.push(format!(
-                        "{ifname}: the host sent nothing and the VM sent only to {only}: taken \
-                         as the tap's MAC, but not sure: if the VM's cache was stale all along, \
-                         {only} is the old MAC and the whole capture was a blackout; give \
-                         --tap-mac with the tap's MAC (ip link show {ifname}) to be sure"
-                    ));
-                }
-                [first, .., last] => {
-                    macs.push((s.first, *last));
-                    notes.push(format!(
-                        "{ifname}: the host sent nothing; the VM first sent to {first} and later \
-                         to {last}: {last} is taken as the tap's MAC (a VM moves to the right MAC \
-                         when it re-ARPs, not away from it); fairly sure; give --tap-mac to be sure"
-                    ));
-                }
-            }
-        }
         recs.push(Record::Attached {
             ts: s.first,
             ifname: ifname.clone(),
@@ -237,6 +173,76 @@ pub(super) fn infer_taps(
             .into(),
     );
     (recs, guests)
+}
+
+/// The tap's MACs over the capture, when no `--tap-mac` says: what the host sent from,
+/// else where the VM's traffic settled; with a note of how sure that is.
+fn inferred_macs(
+    ifname: &str,
+    s: &Seen,
+    guest: MacAddr,
+    notes: &mut Vec<String>,
+) -> Vec<(Ts, MacAddr)> {
+    let from_host = |d: Option<Direction>, src: MacAddr| {
+        d == Some(Direction::ToVm) || (d.is_none() && src != guest)
+    };
+    let mut macs: Vec<(Ts, MacAddr)> = Vec::new();
+    for m in s
+        .moves
+        .iter()
+        .filter(|m| from_host(m.3, m.1) && m.1.is_unicast())
+    {
+        if macs.last().map(|(_, l)| *l) != Some(m.1) {
+            macs.push((m.0, m.1));
+        }
+    }
+    if !macs.is_empty() {
+        notes.push(format!(
+            "{ifname}: the tap's MAC was inferred from the frames the host sent ({}); sure, \
+             unless the host used another MAC on the tap",
+            macs.iter()
+                .map(|(_, m)| m.to_string())
+                .collect::<Vec<_>>()
+                .join(" then ")
+        ));
+        return macs;
+    }
+    // The host sent nothing: the VM's own unicast, non-ARP destinations, each where the VM
+    // last sent to it, in that order.
+    let mut last_sent: HashMap<MacAddr, usize> = HashMap::new();
+    let to = s
+        .moves
+        .iter()
+        .filter(|m| m.1 == guest && !m.4 && m.2.is_unicast());
+    for (i, m) in to.enumerate() {
+        last_sent.insert(m.2, i);
+    }
+    let mut dests: Vec<(usize, MacAddr)> = last_sent.into_iter().map(|(m, i)| (i, m)).collect();
+    dests.sort_unstable();
+    let dests: Vec<MacAddr> = dests.into_iter().map(|(_, m)| m).collect();
+    match dests.as_slice() {
+        [] => notes.push(format!(
+            "{ifname}: no unicast frame to infer the tap's MAC from; give --tap-mac"
+        )),
+        [only] => {
+            macs.push((s.first, *only));
+            notes.push(format!(
+                "{ifname}: the host sent nothing and the VM sent only to {only}: taken as the \
+                 tap's MAC, but not sure: if the VM's cache was stale all along, {only} is the \
+                 old MAC and the whole capture was a blackout; give --tap-mac with the tap's \
+                 MAC (ip link show {ifname}) to be sure"
+            ));
+        }
+        [first, .., last] => {
+            macs.push((s.first, *last));
+            notes.push(format!(
+                "{ifname}: the host sent nothing; the VM first sent to {first} and later to \
+                 {last}: {last} is taken as the tap's MAC (a VM moves to the right MAC when it \
+                 re-ARPs, not away from it); fairly sure; give --tap-mac to be sure"
+            ));
+        }
+    }
+    macs
 }
 
 /// Per tap while replaying.
@@ -315,36 +321,7 @@ impl<'a> Replayer<'a> {
                 mac,
                 mode,
                 ..
-            } => {
-                if !self.taps.contains_key(ifname) && self.taps.len() >= MAX_TAPS {
-                    return Err(AnalyzeError::TooManyTaps {
-                        path: self.name.clone(),
-                        max: MAX_TAPS,
-                    });
-                }
-                if self.attachments >= MAX_ATTACHMENTS {
-                    return Err(AnalyzeError::TooManyAttachments {
-                        path: self.name.clone(),
-                        max: MAX_ATTACHMENTS,
-                    });
-                }
-                self.attachments += 1;
-                self.identified.remove(ifname);
-                self.taps.insert(
-                    ifname.clone(),
-                    Replayed {
-                        ifindex: *ifindex,
-                        mac: *mac,
-                        mode: *mode,
-                        counters: TapCounters::default(),
-                        window: TapWindow::default(),
-                        history: vec![MacHistoryEntry { ts: t, mac: *mac }],
-                        guest: self.guests.get(ifname).copied(),
-                        detached: false,
-                        last_row: None,
-                    },
-                );
-            }
+            } => self.attached(t, ifname, *ifindex, *mac, *mode)?,
             Record::MacChange {
                 ifname, new_mac, ..
             } => {
@@ -408,6 +385,46 @@ impl<'a> Replayer<'a> {
             _ => {}
         }
         self.emit(rec)
+    }
+
+    /// A tap attached in the recording: replayed from here, within the bounds.
+    fn attached(
+        &mut self,
+        t: Ts,
+        ifname: &str,
+        ifindex: u32,
+        mac: Option<MacAddr>,
+        mode: Mode,
+    ) -> Result<(), AnalyzeError> {
+        if !self.taps.contains_key(ifname) && self.taps.len() >= MAX_TAPS {
+            return Err(AnalyzeError::TooManyTaps {
+                path: self.name.clone(),
+                max: MAX_TAPS,
+            });
+        }
+        if self.attachments >= MAX_ATTACHMENTS {
+            return Err(AnalyzeError::TooManyAttachments {
+                path: self.name.clone(),
+                max: MAX_ATTACHMENTS,
+            });
+        }
+        self.attachments += 1;
+        self.identified.remove(ifname);
+        self.taps.insert(
+            ifname.to_string(),
+            Replayed {
+                ifindex,
+                mac,
+                mode,
+                counters: TapCounters::default(),
+                window: TapWindow::default(),
+                history: vec![MacHistoryEntry { ts: t, mac }],
+                guest: self.guests.get(ifname).copied(),
+                detached: false,
+                last_row: None,
+            },
+        );
+        Ok(())
     }
 
     pub(super) fn packet(&mut self, p: Packet) -> Result<(), AnalyzeError> {
