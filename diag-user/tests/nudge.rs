@@ -108,6 +108,14 @@ impl Stranded {
         self.guest.resume_on(tap, NEW);
     }
 
+    /// `tapwatch nudge ARGS --json` on the host: its exit, its records, its stderr.
+    fn nudge(&self, args: &[&str]) -> (std::process::ExitStatus, Vec<Value>, String) {
+        let mut all = vec!["nudge"];
+        all.extend_from_slice(args);
+        all.push("--json");
+        Tapwatch::start(&self.host, &all).finish()
+    }
+
     /// The guest kernel's neighbour entry for its gateway: its MAC.
     fn gateway_entry(&self) -> String {
         let out = std::process::Command::new("ip")
@@ -149,19 +157,7 @@ const LINUX: Duration = Duration::from_secs(30);
 fn a_stranded_guest_recovers_within_milliseconds_of_the_nudge() {
     let s = Stranded::new("ok", LINUX, false);
     s.strand();
-    let tw = Tapwatch::start(
-        &s.host,
-        &[
-            "nudge",
-            "tapn0",
-            "--gateway",
-            GATEWAY,
-            "--json",
-            "--wait",
-            "3",
-        ],
-    );
-    let (status, recs, err) = tw.finish();
+    let (status, recs, err) = s.nudge(&["tapn0", "--gateway", GATEWAY, "--wait", "3"]);
     assert_eq!(status.code(), Some(0), "{err}\n{recs:#?}");
     let n = nudges(&recs);
     assert_eq!(n.len(), 2, "{n:#?}");
@@ -188,19 +184,7 @@ fn a_stranded_guest_recovers_within_milliseconds_of_the_nudge() {
 fn a_wrong_gateway_does_not_help_and_tapwatch_says_so() {
     let s = Stranded::new("wrong", LINUX, false);
     s.strand();
-    let tw = Tapwatch::start(
-        &s.host,
-        &[
-            "nudge",
-            "tapn0",
-            "--gateway",
-            "169.254.1.99",
-            "--json",
-            "--wait",
-            "2",
-        ],
-    );
-    let (status, recs, err) = tw.finish();
+    let (status, recs, err) = s.nudge(&["tapn0", "--gateway", "169.254.1.99", "--wait", "2"]);
     assert_eq!(status.code(), Some(1), "{err}\n{recs:#?}");
     let n = nudges(&recs);
     assert_eq!(n.len(), 2, "{n:#?}");
@@ -237,18 +221,7 @@ fn words_say_what_was_sent_where_the_addresses_came_from_and_the_outcome() {
 fn dry_run_sends_nothing() {
     let s = Stranded::new("dry", LINUX, false);
     s.strand();
-    let tw = Tapwatch::start(
-        &s.host,
-        &[
-            "nudge",
-            "tapn0",
-            "--gateway",
-            GATEWAY,
-            "--json",
-            "--dry-run",
-        ],
-    );
-    let (status, recs, err) = tw.finish();
+    let (status, recs, err) = s.nudge(&["tapn0", "--gateway", GATEWAY, "--dry-run"]);
     assert_eq!(status.code(), Some(0), "{err}");
     let n = nudges(&recs);
     assert_eq!(n.len(), 1);
@@ -263,20 +236,7 @@ fn dry_run_sends_nothing() {
 #[test]
 fn a_bridged_tap_is_refused_and_nothing_is_written() {
     let s = Stranded::new("bridged", LINUX, true);
-    let tw = Tapwatch::start(
-        &s.host,
-        &[
-            "nudge",
-            "tapn0",
-            "--gateway",
-            GATEWAY,
-            "--json",
-            "--force",
-            "--wait",
-            "1",
-        ],
-    );
-    let (status, recs, err) = tw.finish();
+    let (status, recs, err) = s.nudge(&["tapn0", "--gateway", GATEWAY, "--force", "--wait", "1"]);
     assert_eq!(status.code(), Some(5), "{err}\n{recs:#?}");
     let n = nudges(&recs);
     assert_eq!(n.len(), 1);
@@ -294,19 +254,7 @@ fn a_bridged_tap_is_refused_and_nothing_is_written() {
 #[test]
 fn no_stale_window_no_nudge_unless_forced_and_bad_input_is_refused() {
     let s = Stranded::new("calm", LINUX, false);
-    let tw = Tapwatch::start(
-        &s.host,
-        &[
-            "nudge",
-            "tapn0",
-            "--gateway",
-            GATEWAY,
-            "--json",
-            "--wait",
-            "1",
-        ],
-    );
-    let (status, recs, _) = tw.finish();
+    let (status, recs, _) = s.nudge(&["tapn0", "--gateway", GATEWAY, "--wait", "1"]);
     assert_eq!(status.code(), Some(5));
     let n = nudges(&recs);
     assert!(

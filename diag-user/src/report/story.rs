@@ -230,6 +230,19 @@ impl Story {
         ts >= self.from && ts <= self.to
     }
 
+    /// The kinds of marks drawn in the window, once each, in their order: a legend's.
+    pub fn shown_kinds(&self) -> Vec<MarkKind> {
+        let mut kinds: Vec<MarkKind> = self
+            .marks
+            .iter()
+            .filter(|m| self.shows(m.ts))
+            .map(|m| m.kind)
+            .collect();
+        kinds.sort();
+        kinds.dedup();
+        kinds
+    }
+
     /// The window's length in milliseconds.
     pub fn span_ms(&self) -> i64 {
         self.to.ms_since(self.from).max(1)

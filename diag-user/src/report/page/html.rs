@@ -8,7 +8,7 @@ use crate::{
     model::{clock::Ts, host::HostJson, mac::show, HostFact},
     registry::Tap,
     report::{
-        story::{length, MarkKind, Story},
+        story::{length, Story},
         text::one_line,
     },
 };
@@ -161,14 +161,7 @@ fn vm_section(page: &Page, vm: &Vm, n: usize) -> Markup {
 }
 
 fn figure(story: &Story) -> Markup {
-    let mut kinds: Vec<MarkKind> = story
-        .marks
-        .iter()
-        .filter(|m| story.shows(m.ts))
-        .map(|m| m.kind)
-        .collect();
-    kinds.sort();
-    kinds.dedup();
+    let kinds = story.shown_kinds();
     html! {
         figure {
             (svg::timeline(story))

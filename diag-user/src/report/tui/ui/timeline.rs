@@ -156,14 +156,7 @@ fn title(t: &TapView, story: &Story, width: usize) -> String {
 
 /// The legend under the picture: the marks it draws.
 fn legend(story: &Story) -> String {
-    let mut kinds: Vec<_> = story
-        .marks
-        .iter()
-        .filter(|m| story.shows(m.ts))
-        .map(|m| m.kind)
-        .collect();
-    kinds.sort();
-    kinds.dedup();
+    let kinds = story.shown_kinds();
     let mut out: Vec<String> = kinds
         .iter()
         .map(|k| format!("{} {}", k.glyph(), k.name()))
