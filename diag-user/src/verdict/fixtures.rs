@@ -46,6 +46,7 @@ pub fn frame(ms: i64, tap: &str, dir: &'static str, kind: &'static str, dst: Mac
         dst_mac: dst,
         sender_ip: arp.then(|| "10.65.0.2".into()),
         target_ip: arp.then(|| "10.65.0.1".into()),
+        na_flags: None,
         src_ip: (!arp).then(|| "10.65.0.2".into()),
         dst_ip: (!arp).then(|| "192.168.10.1".into()),
         vlan: None,
