@@ -54,6 +54,14 @@ pub struct ArpView {
 }
 
 impl ArpView {
+    const NONE: Self = Self {
+        op: 0,
+        sender_mac: [0; 6],
+        sender_ip: [0; 4],
+        target_mac: [0; 6],
+        target_ip: [0; 4],
+    };
+
     /// An ARP request or reply announcing its own address (sender IP == target IP). A probe
     /// (sender 0.0.0.0) asks, it does not announce.
     pub fn is_gratuitous(&self) -> bool {
@@ -84,7 +92,8 @@ fn array<const N: usize>(b: &[u8], at: usize) -> Option<[u8; N]> {
 #[inline(always)]
 pub fn parse_ethernet(frame: &[u8]) -> Option<EthernetView> {
     let first = be16(frame, 12)?;
-    let (mut vlan, mut outer_vlan, mut ethertype, mut l3_offset) = (None, None, first, ETH_HLEN);
+    let (mut vlan, mut outer_vlan, mut ethertype, mut l3_offset) =
+        (NO_TAG, NO_TAG, first, ETH_HLEN);
     if first == ETH_P_8021AD || first == ETH_P_8021Q {
         let tci = be16(frame, ETH_HLEN)? & 0x0fff;
         let next = be16(frame, ETH_HLEN + 2)?;
@@ -135,9 +144,16 @@ pub fn parse_arp(frame: &[u8], at: usize) -> Option<ArpView> {
     })
 }
 
+/// No VLAN tag, with every byte of the value set. A plain `None` leaves its payload
+/// undefined, and copying such a value the BPF backend may compile to a move from a
+/// register never written, which the verifier refuses.
+// SAFETY: an `Option<u16>` is four initialised bytes; all-zero is `None` (checked below).
+pub const NO_TAG: Option<u16> = unsafe { core::mem::transmute::<u32, Option<u16>>(0) };
+const _: () = assert!(NO_TAG.is_none());
+
 /// What a frame counts as. Several flags can hold at once (a gratuitous ARP is also an ARP
 /// request); `kind` is the one name the frame's event carries, if it is notable.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Classification {
     pub kind: Option<FrameKind>,
     pub dst_mismatch: bool,
@@ -155,6 +171,24 @@ pub struct Classification {
     pub nd_type: u8,
     /// A Neighbour Advertisement's router, solicited and override flags (`NA_FLAG_*`).
     pub na_flags: u8,
+}
+
+impl Default for Classification {
+    #[inline(always)]
+    fn default() -> Self {
+        Self {
+            kind: None,
+            dst_mismatch: false,
+            rarp: false,
+            garp: false,
+            arp_op: 0,
+            vlan: NO_TAG,
+            outer_vlan: NO_TAG,
+            data: false,
+            nd_type: 0,
+            na_flags: 0,
+        }
+    }
 }
 
 impl Classification {
@@ -213,18 +247,19 @@ pub fn classify(frame: &[u8], foreign_unicast: bool, direction: Direction) -> Cl
         c.rarp = true;
         c.kind = Some(FrameKind::Rarp);
     } else if eth.ethertype == ETH_P_ARP {
-        if let Some(arp) = parse_arp(frame, eth.l3_offset) {
-            if arp.op == ARP_OP_REQUEST || arp.op == ARP_OP_REPLY {
-                c.arp_op = arp.op;
-                c.garp = arp.is_gratuitous();
-                c.kind = Some(if c.garp {
-                    FrameKind::Garp
-                } else if arp.op == ARP_OP_REQUEST {
-                    FrameKind::ArpRequest
-                } else {
-                    FrameKind::ArpReply
-                });
-            }
+        // A body that is not ARP reads as all zeros (opcode 0): an Option's absent payload
+        // would be undefined, and LLVM may then compare a register the verifier sees unset.
+        let arp = parse_arp(frame, eth.l3_offset).unwrap_or(ArpView::NONE);
+        if arp.op == ARP_OP_REQUEST || arp.op == ARP_OP_REPLY {
+            c.arp_op = arp.op;
+            c.garp = arp.is_gratuitous();
+            c.kind = Some(if c.garp {
+                FrameKind::Garp
+            } else if arp.op == ARP_OP_REQUEST {
+                FrameKind::ArpRequest
+            } else {
+                FrameKind::ArpReply
+            });
         }
     }
     if c.kind.is_none() && c.dst_mismatch {

@@ -9,7 +9,9 @@ use aya_ebpf::{
     macros::classifier,
     programs::TcContext,
 };
-use diag_common::{ipv6_needs_body, Direction, PACKET_HOST, PACKET_MULTICAST, PACKET_OTHERHOST};
+use diag_common::{
+    ipv6_needs_body, Direction, ETH_P_IPV6, PACKET_HOST, PACKET_MULTICAST, PACKET_OTHERHOST,
+};
 
 use crate::{
     maps,
@@ -42,24 +44,20 @@ pub fn tap_egress(ctx: TcContext) -> i32 {
     let skb = Skb::read(ctx.skb.skb as *const __sk_buff);
     let awaited = maps::hinted(skb.ifindex);
     // The host's router advertisements and solicitations go to groups; its unicast
-    // neighbour discovery is read only while a data frame is awaited.
-    let nd = ipv6_needs_body(skb.protocol, awaited || to_group(&ctx), false, false);
+    // neighbour discovery is read only while a data frame is awaited. Only IPv6 frames pay
+    // for the look at their destination.
+    let nd = skb.protocol == ETH_P_IPV6 && !awaited && to_group(&ctx);
     if !skb.header_only() || awaited || nd {
         on_frame(&ctx, &skb, Direction::ToVm, false, awaited || nd);
     }
     TC_ACT_UNSPEC
 }
 
-/// Whether the frame's destination MAC is a group address, read in place (egress frames
-/// carry no pkt_type that says it): two loads from the context and one from the frame.
+/// Whether the frame's destination MAC is a group address (egress frames carry no
+/// pkt_type that says it): one byte read with the helper, which checks the bounds itself.
 #[inline(always)]
 fn to_group(ctx: &TcContext) -> bool {
-    let (start, end) = (ctx.data(), ctx.data_end());
-    if start + 1 > end {
-        return false;
-    }
-    // SAFETY: the verifier checked above that one byte of packet data is there.
-    unsafe { *(start as *const u8) & 1 == 1 }
+    matches!(ctx.load::<u8>(0), Ok(b) if b & 1 == 1)
 }
 
 /// The per-frame probe a tap of the drop-driven datapath gets while stale frames may end:
