@@ -68,7 +68,38 @@ impl NaFlags {
     }
 }
 
+/// An address family, as far as a frame says it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Family {
+    V4,
+    V6,
+}
+
 impl FrameRecord {
+    /// The frame's address family: ARP is IPv4's, neighbour discovery IPv6's, and an IP
+    /// frame's its addresses'.
+    pub fn family(&self) -> Option<Family> {
+        use super::FrameKind as K;
+        match self.kind {
+            // QEMU's announce is the VM's, of no family.
+            K::Rarp => None,
+            K::Garp | K::ArpRequest | K::ArpReply => Some(Family::V4),
+            K::RouterSolicit
+            | K::RouterAdvert
+            | K::NeighborSolicit
+            | K::NeighborAdvert
+            | K::UnsolicitedNa => Some(Family::V6),
+            _ => {
+                let ip = self.src_ip.as_deref().or(self.dst_ip.as_deref())?;
+                Some(if ip.contains(':') {
+                    Family::V6
+                } else {
+                    Family::V4
+                })
+            }
+        }
+    }
+
     /// Decodes a kernel event; `None` for an event too short to hold a MAC header.
     pub fn from_event(ev: &FrameEvent, ifname: &str, ts: Ts) -> Option<Self> {
         let frame = ev.frame();

@@ -93,8 +93,8 @@ fn is_zero(n: &u64) -> bool {
 }
 
 impl TapRow {
-    /// Whether the guest was seen speaking IPv6 neighbour discovery.
-    pub fn neighbour_discovery(&self) -> u64 {
+    /// Neighbour discovery frames counted, of every type.
+    pub fn nd_frames(&self) -> u64 {
         self.router_solicits + self.router_adverts + self.neighbor_solicits + self.neighbor_adverts
     }
 }

@@ -137,3 +137,32 @@ pub fn assert_inert(out: &str) {
         }
     }
 }
+
+/// An IPv6 frame record of `kind` from the guest (2001:db8::10, or its link-local for
+/// neighbour discovery) or to it; `target`: a solicitation's or advertisement's.
+pub fn frame6(
+    ms: i64,
+    tap: &str,
+    dir: &'static str,
+    kind: &'static str,
+    dst: MacAddr,
+    target: Option<&str>,
+) -> Record {
+    let Record::Frame(mut f) = frame(ms, tap, dir, kind, dst) else {
+        unreachable!()
+    };
+    let nd = kind.contains("solicit") || kind.contains("advert") || kind == "unsolicited_na";
+    f.sender_ip = None;
+    f.src_ip = Some(
+        if nd {
+            "fe80::f816:3eff:feaa:bbcc"
+        } else {
+            "2001:db8::10"
+        }
+        .into(),
+    );
+    f.dst_ip = Some(if nd { "ff02::1" } else { "2001:db8:1::9" }.into());
+    f.target_ip = target.map(str::to_string);
+    f.dst_mismatch = nd && dst == OLD;
+    Record::Frame(f)
+}
