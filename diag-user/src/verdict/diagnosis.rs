@@ -113,7 +113,7 @@ impl Tap {
             (_, Some(b @ Blackout { end: Some(end), .. })) => {
                 let rearp = self
                     .nudge_ended(b)
-                    .unwrap_or_else(|| self.resolved_words(b.start, end));
+                    .unwrap_or_else(|| self.resolved_words(b, end));
                 let to = if b.stale_mac == MacAddr::default() {
                     "a MAC that was not the tap's".to_string()
                 } else {
@@ -171,7 +171,8 @@ impl Tap {
 
     /// What the guest did that ended a blackout from `start` to `end`: re-ARPed, re-resolved
     /// its router by neighbour discovery, or both (a dual-stack guest's two caches).
-    fn resolved_words(&self, start: Ts, end: Ts) -> String {
+    fn resolved_words(&self, b: Blackout, end: Ts) -> String {
+        let start = b.start;
         let within = |t: Option<Ts>| t.filter(|t| *t >= start && *t <= end);
         let fams = self.stale_families();
         let mut said = Vec::new();
@@ -182,6 +183,12 @@ impl Tap {
             if let Some(t) = within(self.nd.last_ra) {
                 said.push(format!(
                     "a Router Advertisement reached the guest at {}",
+                    t.clock()
+                ));
+            } else if let Some(t) = within(self.nd.last_solicit).filter(|_| self.router_gone(b)) {
+                said.push(format!(
+                    "the guest's neighbour discovery gave its old router up (last asked for \
+                     at {}) and it moved to the router this tap advertises",
                     t.clock()
                 ));
             } else if let Some(t) = within(self.nd.last_solicit) {
@@ -201,13 +208,18 @@ impl Tap {
     /// The router an IPv6 guest probes, when its address is the link-local address the
     /// tap had with the stale MAC (EUI-64): a new MAC took it off the tap, so the entry
     /// cannot be refreshed; the guest needs a new router.
+    /// Whether the router the guest probed is the tap's address with the stale MAC.
+    fn router_gone(&self, b: Blackout) -> bool {
+        b.stale_mac.is_unicast()
+            && self.addrs.stale_probe6 == Some(crate::frames::eui64_link_local(b.stale_mac))
+    }
+
     fn router_words(&self, b: Blackout) -> Option<String> {
         if !self.nd.stale.v6 || !b.stale_mac.is_unicast() {
             return None;
         }
         let router = self.addrs.stale_probe6?;
-        let old = crate::frames::eui64_link_local(b.stale_mac);
-        if router != old {
+        if !self.router_gone(b) {
             return Some(format!(
                 "The guest probes its IPv6 router {router} at {}.",
                 b.stale_mac

@@ -677,7 +677,9 @@ fn a_dual_stack_guest_s_recovery_names_both_families() {
     );
     assert!(
         end.contains("after the guest re-ARPed at")
-            && end.contains("and the guest re-resolved its router by neighbour discovery at"),
+            && end.contains(
+                "and the guest's neighbour discovery gave its old router up (last asked for at"
+            ),
         "{end}"
     );
     assert!(
