@@ -73,7 +73,7 @@ fn an_ipv6_guest_s_blackout_in_neighbour_discovery_words(datapath: &str) {
     tw.wait_for("mac_change", |v| v["type"] == "mac_change");
     let unicast = |dst_mac, dst| V6Ends {
         src_mac: GUEST,
-        dst_mac: dst_mac,
+        dst_mac,
         src: guest,
         dst,
     };

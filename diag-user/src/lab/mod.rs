@@ -155,6 +155,9 @@ pub fn clean_leftovers() {
     }
 }
 
+/// A pinger's thread in the client's namespace.
+type PingerThread = JoinHandle<Result<std::io::Result<()>, SandboxError>>;
+
 /// A running VM in the lab.
 struct LabVm {
     spec: VmSpec,
@@ -163,7 +166,7 @@ struct LabVm {
     pings: Pings,
     pinger: Option<JoinHandle<Result<std::io::Result<()>, SandboxError>>>,
     /// A dual-stack VM's IPv6 pings (`pings` are its IPv4 ones).
-    pings6: Option<(Pings, JoinHandle<Result<std::io::Result<()>, SandboxError>>)>,
+    pings6: Option<(Pings, PingerThread)>,
     switchover_ns: Option<u64>,
     /// When the guest paused and resumed, and when QEMU's first RARP went (truth).
     paused_ns: Option<u64>,
@@ -279,13 +282,12 @@ impl Lab {
     }
 
     /// The client's pinger of `spec`, over IPv4 (`v4`) or IPv6.
-    #[allow(clippy::type_complexity)]
     fn pinger(
         &self,
         spec: &VmSpec,
         i: usize,
         v4: bool,
-    ) -> Result<(Pings, JoinHandle<Result<std::io::Result<()>, SandboxError>>), SandboxError> {
+    ) -> Result<(Pings, PingerThread), SandboxError> {
         let pings = Pings::default();
         let p = pings.clone();
         let (target, target6, id) = (spec.ip, spec.ip6, 0x7700 + i as u16);
