@@ -10,8 +10,8 @@ pub mod kernel;
 pub mod observe;
 
 pub use frame::{
-    classify, classify_header_only, lost_vlan_tag, needs_body, parse_arp, parse_ethernet, ArpView,
-    Classification, EthernetView,
+    classify, classify_header_only, ipv6_needs_body, lost_vlan_tag, needs_body, parse_arp,
+    parse_ethernet, parse_nd, ArpView, Classification, EthernetView, NdView, ETH_P_IPV6,
 };
 pub use kernel::{DropKey, KernelLayout, TapConfig, TapMode};
 pub use observe::{event_flags, observe, Admitted, Observed};
@@ -21,9 +21,10 @@ pub use observe::{event_flags, observe, Admitted, Observed};
 pub const PACKET_OTHERHOST: u32 = 3;
 
 /// Bytes of a frame the classifier needs at most: Ethernet (14) + two VLAN tags (8) + an
-/// IPv6 header (40) + the ICMPv6 type (1), to tell neighbour discovery from data; an ARP
+/// IPv6 header (40) + ICMPv6 up to a Neighbour Advertisement's flags (5), to tell
+/// neighbour discovery from data and an announcing advertisement from an answer; an ARP
 /// body needs less (28 after the tags).
-pub const CLASSIFY_LEN: usize = 64;
+pub const CLASSIFY_LEN: usize = 67;
 
 /// Bytes of a notable frame copied into its event.
 pub const EVENT_SNAPLEN: usize = 128;
@@ -34,6 +35,8 @@ pub const MISMATCH_SAMPLE_INTERVAL_NS: u64 = 100_000_000;
 
 /// `skb->pkt_type` of a frame addressed to the receiving device's own MAC.
 pub const PACKET_HOST: u32 = 0;
+/// `skb->pkt_type` of a frame to a multicast MAC (IPv6 neighbour discovery's, among others).
+pub const PACKET_MULTICAST: u32 = 2;
 
 /// Most taps the counter map can hold at once.
 pub const MAX_TAPS: u32 = 16_384;
@@ -102,6 +105,20 @@ pub enum FrameKind {
     /// The first unicast frame other than ARP and neighbour discovery delivered to the VM
     /// after its RARP: the network delivers to it again, timed by the kernel.
     Inbound = 7,
+    /// IPv6 neighbour discovery (RFC 4861): a Router Solicitation.
+    RouterSolicit = 8,
+    /// A Router Advertisement.
+    RouterAdvert = 9,
+    /// A Neighbour Solicitation (to a solicited-node group, or unicast: a node probing a
+    /// cached entry).
+    NeighborSolicit = 10,
+    /// A Neighbour Advertisement that is not an announce: an answer (solicited), or one
+    /// without the override flag.
+    NeighborAdvert = 11,
+    /// An unsolicited Neighbour Advertisement with the override flag: a node announcing its
+    /// address, as a gratuitous ARP does (a Linux guest sends one per address to all-nodes
+    /// after a migration). It also counts as a Neighbour Advertisement.
+    UnsolicitedNa = 12,
 }
 
 impl FrameKind {
@@ -114,6 +131,11 @@ impl FrameKind {
             5 => Some(Self::ArpReply),
             6 => Some(Self::DstMatch),
             7 => Some(Self::Inbound),
+            8 => Some(Self::RouterSolicit),
+            9 => Some(Self::RouterAdvert),
+            10 => Some(Self::NeighborSolicit),
+            11 => Some(Self::NeighborAdvert),
+            12 => Some(Self::UnsolicitedNa),
             _ => None,
         }
     }
@@ -128,6 +150,11 @@ impl FrameKind {
             Self::ArpReply => "arp_reply",
             Self::DstMatch => "dst_match",
             Self::Inbound => "inbound",
+            Self::RouterSolicit => "router_solicit",
+            Self::RouterAdvert => "router_advert",
+            Self::NeighborSolicit => "neighbor_solicit",
+            Self::NeighborAdvert => "neighbor_advert",
+            Self::UnsolicitedNa => "unsolicited_na",
         }
     }
 }
@@ -155,6 +182,13 @@ pub struct TapCounters {
     /// userspace reports them with the other reasons.
     pub otherhost_drops: u64,
     pub unhandled_proto_drops: u64,
+    /// IPv6 neighbour discovery, by ICMPv6 type; an announcing advertisement counts both in
+    /// `neighbor_adverts` and in `unsolicited_nas`.
+    pub router_solicits: u64,
+    pub router_adverts: u64,
+    pub neighbor_solicits: u64,
+    pub neighbor_adverts: u64,
+    pub unsolicited_nas: u64,
 }
 
 impl TapCounters {
@@ -180,6 +214,11 @@ impl TapCounters {
         self.garp_frames += class.garp as u64;
         self.arp_requests += (class.arp_op == frame::ARP_OP_REQUEST) as u64;
         self.arp_replies += (class.arp_op == frame::ARP_OP_REPLY) as u64;
+        self.router_solicits += (class.nd_type == frame::ND_ROUTER_SOLICIT) as u64;
+        self.router_adverts += (class.nd_type == frame::ND_ROUTER_ADVERT) as u64;
+        self.neighbor_solicits += (class.nd_type == frame::ND_NEIGHBOR_SOLICIT) as u64;
+        self.neighbor_adverts += (class.nd_type == frame::ND_NEIGHBOR_ADVERT) as u64;
+        self.unsolicited_nas += class.is_announce_na() as u64;
     }
 
     /// Decides whether a notable frame goes to the event stream at `now_ns`, updating the
@@ -213,6 +252,11 @@ impl TapCounters {
         self.last_mismatch_sample_ns = self.last_mismatch_sample_ns.max(o.last_mismatch_sample_ns);
         self.otherhost_drops += o.otherhost_drops;
         self.unhandled_proto_drops += o.unhandled_proto_drops;
+        self.router_solicits += o.router_solicits;
+        self.router_adverts += o.router_adverts;
+        self.neighbor_solicits += o.neighbor_solicits;
+        self.neighbor_adverts += o.neighbor_adverts;
+        self.unsolicited_nas += o.unsolicited_nas;
     }
 }
 
@@ -253,8 +297,8 @@ impl TapWindow {
 impl TapWindow {
     /// The kind a frame's event carries once the window has seen it: its own kind, or
     /// `DstMatch` when it ends a mismatch window. `to_own_mac`: addressed to the tap's MAC
-    /// (the kernel's PACKET_HOST, or a MAC comparison). An ARP never ends a window: a reply
-    /// goes to whoever asked, whatever the guest's cache holds.
+    /// (the kernel's PACKET_HOST, or a MAC comparison). ARP and neighbour discovery never
+    /// end a window: a reply goes to whoever asked, whatever the guest's cache holds.
     /// Whether a mismatch window is open: only then can a correctly addressed frame matter
     /// (the eBPF path skips [`TapWindow::follow`] and its clock read otherwise).
     #[inline(always)]
@@ -278,7 +322,11 @@ impl TapWindow {
         now_ns: u64,
     ) -> Option<FrameKind> {
         if direction == Direction::FromVm
-            && self.update(class.dst_mismatch, to_own_mac && class.arp_op == 0, now_ns)
+            && self.update(
+                class.dst_mismatch,
+                to_own_mac && !class.is_resolution(),
+                now_ns,
+            )
         {
             return class.kind.or(Some(FrameKind::DstMatch));
         }

@@ -67,7 +67,7 @@ fn bounded_len<const N: usize>(len: u32) -> Option<u32> {
 
 /// Bytes of a frame read for the classifier: what it needs, rounded up to a power of two.
 #[cfg(target_arch = "bpf")]
-const HEAD_LEN: usize = 64;
+const HEAD_LEN: usize = 128;
 #[cfg(target_arch = "bpf")]
 const _: () = assert!(HEAD_LEN >= diag_common::CLASSIFY_LEN);
 

@@ -9,7 +9,9 @@ use aya_ebpf::{
     macros::classifier,
     programs::TcContext,
 };
-use diag_common::{Direction, PACKET_HOST, PACKET_OTHERHOST};
+use diag_common::{
+    ipv6_needs_body, Direction, ETH_P_IPV6, PACKET_HOST, PACKET_MULTICAST, PACKET_OTHERHOST,
+};
 
 use crate::{
     maps,
@@ -22,13 +24,14 @@ use crate::{
 pub fn tap_ingress(ctx: TcContext) -> i32 {
     let skb = Skb::read(ctx.skb.skb as *const __sk_buff);
     let foreign = skb.pkt_type == PACKET_OTHERHOST;
-    // Broadcasts and multicasts of IP and the like never matter; a frame to the tap's own
-    // MAC matters only while a mismatch window is open (it ends it).
-    let matters = !skb.header_only()
-        || foreign
-        || (skb.pkt_type == PACKET_HOST && maps::window_open(skb.ifindex));
-    if matters {
-        on_frame(&ctx, &skb, Direction::FromVm, foreign, false);
+    // Broadcasts and multicasts of IPv4 and the like never matter; a frame to the tap's own
+    // MAC matters only while a mismatch window is open (it ends it, unless it is neighbour
+    // discovery, which only its bytes tell); IPv6 to a group may be neighbour discovery.
+    let own_open = skb.pkt_type == PACKET_HOST && maps::window_open(skb.ifindex);
+    let group = skb.pkt_type == PACKET_MULTICAST;
+    let ipv6_body = ipv6_needs_body(skb.protocol, group, foreign, own_open);
+    if !skb.header_only() || foreign || own_open || ipv6_body {
+        on_frame(&ctx, &skb, Direction::FromVm, foreign, ipv6_body);
     }
     TC_ACT_UNSPEC
 }
@@ -40,21 +43,38 @@ pub fn tap_ingress(ctx: TcContext) -> i32 {
 pub fn tap_egress(ctx: TcContext) -> i32 {
     let skb = Skb::read(ctx.skb.skb as *const __sk_buff);
     let awaited = maps::hinted(skb.ifindex);
-    if !skb.header_only() || awaited {
-        on_frame(&ctx, &skb, Direction::ToVm, false, awaited);
+    // The host's router advertisements and solicitations go to groups; its unicast
+    // neighbour discovery is read only while a data frame is awaited. Only IPv6 frames pay
+    // for the look at their destination.
+    let nd = skb.protocol == ETH_P_IPV6 && !awaited && to_group(&ctx);
+    if !skb.header_only() || awaited || nd {
+        on_frame(&ctx, &skb, Direction::ToVm, false, awaited || nd);
     }
     TC_ACT_UNSPEC
 }
 
+/// Whether the frame's destination MAC is a group address (egress frames carry no
+/// pkt_type that says it): one byte read with the helper, which checks the bounds itself.
+#[inline(always)]
+fn to_group(ctx: &TcContext) -> bool {
+    matches!(ctx.load::<u8>(0), Ok(b) if b & 1 == 1)
+}
+
 /// The per-frame probe a tap of the drop-driven datapath gets while stale frames may end:
-/// it times the first frame from the VM to the tap's own MAC after them, to the frame. It
-/// looks at nothing else (the drop program counts the stale frames, the socket filter the
-/// ARP), so no frame is counted twice.
+/// it times the first frame from the VM to the tap's own MAC after them, to the frame, and
+/// names the VM's neighbour discovery to groups. It looks at nothing else (the drop
+/// program counts the stale frames, the socket filter the ARP), so no frame is counted
+/// twice.
 #[classifier]
 pub fn tap_ingress_assist(ctx: TcContext) -> i32 {
     let skb = Skb::read(ctx.skb.skb as *const __sk_buff);
-    if skb.pkt_type == PACKET_HOST && skb.header_only() && maps::window_open(skb.ifindex) {
-        on_frame(&ctx, &skb, Direction::FromVm, false, false);
+    let own_open = skb.pkt_type == PACKET_HOST && maps::window_open(skb.ifindex);
+    // The guest's router solicitations and announcing advertisements go to groups and are
+    // neither dropped nor seen by the ARP socket: counted here while the tap is probed.
+    let group = skb.pkt_type == PACKET_MULTICAST;
+    let ipv6_body = ipv6_needs_body(skb.protocol, group, false, own_open);
+    if skb.header_only() && (own_open || ipv6_body) {
+        on_frame(&ctx, &skb, Direction::FromVm, false, ipv6_body);
     }
     TC_ACT_UNSPEC
 }

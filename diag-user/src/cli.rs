@@ -150,6 +150,10 @@ pub struct LabArgs {
     /// own gateway), and tell the stale window with and without it.
     #[arg(long)]
     pub remediate: bool,
+    /// The address families the guests speak: 4, 6 (an IPv6 address and a default router
+    /// learnt from the hypervisor's Router Advertisement; pinged over IPv6) or dual.
+    #[arg(long, value_enum, default_value = "4")]
+    pub ip: diag_user::lab::ipv6::LabIp,
 }
 
 /// Writing nudges without the operator's word: shared by `watch` and `serve`.

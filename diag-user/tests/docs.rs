@@ -10,8 +10,8 @@ use diag_user::{
     model::nudge::{AddrSource, NudgeFrame, NudgeRecord, NudgeResult, NudgeTrigger},
     model::{
         clock::Ts, mac::MacAddr, Backend, Direction, FrameKind, FrameRecord, HostFact, LabEvent,
-        LabRecord, Line, MacHistoryEntry, MigrationRecord, Mode, NoticeCode, Record, Scenario,
-        State, SummaryRow, TapRow, VerdictFields, SCHEMA_VERSION,
+        LabRecord, Line, MacHistoryEntry, MigrationRecord, Mode, NaFlags, NoticeCode, Record,
+        Scenario, State, SummaryRow, TapRow, VerdictFields, SCHEMA_VERSION,
     },
 };
 use serde_json::Value;
@@ -224,6 +224,7 @@ fn frame_sample(ts: Ts, mac: MacAddr) -> FrameRecord {
         dst_mac: mac,
         sender_ip: Some("10.0.0.1".into()),
         target_ip: Some("10.0.0.2".into()),
+        na_flags: Some(NaFlags::default()),
         src_ip: Some("10.0.0.2".into()),
         dst_ip: Some("192.0.2.7".into()),
         vlan: Some(1),

@@ -86,6 +86,9 @@ impl Stranded {
             peer: PEER,
             reachable,
             routed: !bridged,
+            v4: true,
+            ip6: None,
+            peer6: None,
         };
         let (guest, relay) = Guest::start(config, tap, OLD).unwrap();
         let s = Self {

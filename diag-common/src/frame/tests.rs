@@ -38,7 +38,7 @@ const GUEST: [u8; 6] = [0xfa, 0x16, 0x3e, 0xaa, 0xbb, 0xcc];
 const TAP_OLD: [u8; 6] = [0xfe, 0x16, 0x3e, 0xaa, 0xbb, 0xcc];
 const TAP_NEW: [u8; 6] = [0x00, 0x61, 0xfe, 0xed, 0xca, 0xfe];
 const BCAST: [u8; 6] = [0xff; 6];
-use crate::CLASSIFY_LEN;
+use crate::{TapCounters, TapWindow, CLASSIFY_LEN};
 
 fn eth(dst: [u8; 6], src: [u8; 6], vlan: Option<u16>, ethertype: u16) -> Vec<u8> {
     let mut f = Vec::new();
@@ -426,4 +426,212 @@ fn data_frames_and_neighbour_discovery() {
     assert!(!data(&qinq_nd));
     // The header-only path (IP frames in the kernel) never claims data.
     assert!(!classify_header_only(false).data);
+}
+
+/// An ICMPv6 neighbour discovery frame: `body` is the ICMPv6 message after its checksum.
+fn nd(dst: [u8; 6], src: [u8; 6], vlan: Option<u16>, icmp_type: u8, body: &[u8]) -> Vec<u8> {
+    let mut f = eth(dst, src, vlan, ETH_P_IPV6);
+    let mut ip = [0u8; 40];
+    ip[0] = 0x60;
+    ip[5] = (4 + body.len()) as u8;
+    ip[6] = IPPROTO_ICMPV6;
+    ip[7] = 255;
+    f.extend_from_slice(&ip);
+    f.extend_from_slice(&[icmp_type, 0, 0, 0]);
+    f.extend_from_slice(body);
+    pad60(f)
+}
+
+const ROUTER_LL: [u8; 16] = [
+    0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0xfc, 0x16, 0x3e, 0xff, 0xfe, 0xaa, 0xbb, 0xcc,
+];
+
+fn na_body(flags: u8, target: [u8; 16]) -> Vec<u8> {
+    let mut b = std::vec![flags, 0, 0, 0];
+    b.extend_from_slice(&target);
+    b
+}
+
+fn ns_body(target: [u8; 16]) -> Vec<u8> {
+    let mut b = std::vec![0, 0, 0, 0];
+    b.extend_from_slice(&target);
+    b
+}
+
+const ALL_NODES: [u8; 6] = [0x33, 0x33, 0, 0, 0, 1];
+const ALL_ROUTERS: [u8; 6] = [0x33, 0x33, 0, 0, 0, 2];
+
+/// Router and neighbour solicitations and advertisements are named, an advertisement's
+/// flags read; an unsolicited override advertisement is the guest's announce; none is
+/// data, and each counts once in its counter.
+#[test]
+fn neighbour_discovery_is_named() {
+    let rs = nd(ALL_ROUTERS, GUEST, None, 133, &[0; 4]);
+    let ra = nd(
+        ALL_NODES,
+        TAP_NEW,
+        None,
+        134,
+        &[64, 0, 0x07, 0x08, 0, 0, 0, 0, 0, 0, 0, 0],
+    );
+    let ns = nd(
+        [0x33, 0x33, 0xff, 0xaa, 0xbb, 0xcc],
+        GUEST,
+        None,
+        135,
+        &ns_body(ROUTER_LL),
+    );
+    let announce = nd(
+        ALL_NODES,
+        GUEST,
+        None,
+        136,
+        &na_body(NA_FLAG_OVERRIDE, ROUTER_LL),
+    );
+    let answer = nd(
+        TAP_NEW,
+        GUEST,
+        None,
+        136,
+        &na_body(NA_FLAG_SOLICITED | NA_FLAG_OVERRIDE, ROUTER_LL),
+    );
+    let weak = nd(ALL_NODES, GUEST, None, 136, &na_body(0, ROUTER_LL));
+    let cases = [
+        (&rs, FrameKind::RouterSolicit, 133, 0),
+        (&ra, FrameKind::RouterAdvert, 134, 0),
+        (&ns, FrameKind::NeighborSolicit, 135, 0),
+        (&announce, FrameKind::UnsolicitedNa, 136, NA_FLAG_OVERRIDE),
+        (
+            &answer,
+            FrameKind::NeighborAdvert,
+            136,
+            NA_FLAG_SOLICITED | NA_FLAG_OVERRIDE,
+        ),
+        (&weak, FrameKind::NeighborAdvert, 136, 0),
+    ];
+    let mut counters = TapCounters::default();
+    for (f, kind, t, flags) in cases {
+        let c = classify(f, false, Direction::FromVm);
+        assert_eq!(c.kind, Some(kind), "{kind:?}");
+        assert_eq!((c.nd_type, c.na_flags), (t, flags), "{kind:?}");
+        assert!(!c.data && !c.dst_mismatch && c.is_resolution(), "{kind:?}");
+        counters.record(&c, Direction::FromVm, f.len() as u64, true);
+    }
+    assert_eq!(
+        (
+            counters.router_solicits,
+            counters.router_adverts,
+            counters.neighbor_solicits,
+            counters.neighbor_adverts,
+            counters.unsolicited_nas,
+        ),
+        (1, 1, 1, 3, 1)
+    );
+    let mut merged = TapCounters::default();
+    merged.accumulate(&counters);
+    merged.accumulate(&counters);
+    assert_eq!((merged.neighbor_adverts, merged.unsolicited_nas), (6, 2));
+    // Behind a QinQ pair the flags are still within what the classifier reads.
+    let mut qinq = nd(
+        ALL_NODES,
+        GUEST,
+        Some(7),
+        136,
+        &na_body(NA_FLAG_OVERRIDE, ROUTER_LL),
+    );
+    qinq.splice(12..12, [0x88, 0xa8, 0x00, 0x09]);
+    let c = classify(&qinq[..CLASSIFY_LEN], false, Direction::FromVm);
+    assert_eq!(c.kind, Some(FrameKind::UnsolicitedNa));
+    assert_eq!((c.vlan, c.outer_vlan), (Some(7), Some(9)));
+    // A redirect is neighbour discovery but not named; an echo request is data.
+    let redirect = nd(GUEST, TAP_NEW, None, 137, &[0; 36]);
+    let c = classify(&redirect, false, Direction::ToVm);
+    assert_eq!((c.kind, c.data, c.nd_type), (None, false, 0));
+    assert!(
+        classify(
+            &nd(GUEST, TAP_NEW, None, 128, &[0; 4]),
+            false,
+            Direction::ToVm
+        )
+        .data
+    );
+}
+
+/// A unicast solicitation to the old MAC is a stale probe: named, and a mismatch that
+/// opens the window; advertisements to the tap's MAC never end it (an answer goes to
+/// whoever asked); an IPv6 data frame to the tap's MAC does.
+#[test]
+fn stale_neighbour_probe_and_the_window() {
+    let probe = nd(TAP_OLD, GUEST, None, 135, &ns_body(ROUTER_LL));
+    let c = classify(&probe, true, Direction::FromVm);
+    assert_eq!(c.kind, Some(FrameKind::NeighborSolicit));
+    assert!(c.dst_mismatch);
+    let mut w = TapWindow::default();
+    assert_eq!(
+        w.follow(&c, false, Direction::FromVm, 10),
+        Some(FrameKind::NeighborSolicit)
+    );
+    assert!(w.is_open());
+    let answer = nd(
+        TAP_NEW,
+        GUEST,
+        None,
+        136,
+        &na_body(NA_FLAG_SOLICITED, ROUTER_LL),
+    );
+    let c = classify(&answer, false, Direction::FromVm);
+    assert_eq!(
+        w.follow(&c, true, Direction::FromVm, 20),
+        Some(FrameKind::NeighborAdvert)
+    );
+    let ns_own = nd(TAP_NEW, GUEST, None, 135, &ns_body(ROUTER_LL));
+    let c = classify(&ns_own, false, Direction::FromVm);
+    assert_eq!(
+        w.follow(&c, true, Direction::FromVm, 25),
+        Some(FrameKind::NeighborSolicit)
+    );
+    assert!(w.is_open(), "neighbour discovery never ends a window");
+    let data = nd(TAP_NEW, GUEST, None, 128, &[0; 4]);
+    let c = classify(&data, false, Direction::FromVm);
+    assert_eq!(
+        w.follow(&c, true, Direction::FromVm, 30),
+        Some(FrameKind::DstMatch)
+    );
+}
+
+/// Only the frames whose bytes can matter are read in the kernel: IPv6 to a group, to a
+/// foreign MAC, or while a window is open; never IPv4 or healthy unicast IPv6.
+#[test]
+fn which_ipv6_frames_are_read_whole() {
+    assert!(ipv6_needs_body(ETH_P_IPV6, true, false, false));
+    assert!(ipv6_needs_body(ETH_P_IPV6, false, true, false));
+    assert!(ipv6_needs_body(ETH_P_IPV6, false, false, true));
+    assert!(!ipv6_needs_body(ETH_P_IPV6, false, false, false));
+    assert!(!ipv6_needs_body(0x0800, true, true, true));
+}
+
+/// What records read of neighbour discovery: type, flags, target; nothing of other ICMPv6
+/// or of a frame cut short.
+#[test]
+fn parse_nd_reads_type_flags_and_target() {
+    let na = nd(
+        ALL_NODES,
+        GUEST,
+        None,
+        136,
+        &na_body(NA_FLAG_ROUTER | NA_FLAG_OVERRIDE, ROUTER_LL),
+    );
+    assert_eq!(
+        parse_nd(&na, 14),
+        Some(NdView {
+            icmp_type: 136,
+            na_flags: NA_FLAG_ROUTER | NA_FLAG_OVERRIDE,
+            target: Some(ROUTER_LL),
+        })
+    );
+    let rs = nd(ALL_ROUTERS, GUEST, None, 133, &[0; 4]);
+    assert_eq!(parse_nd(&rs, 14).and_then(|n| n.target), None);
+    assert_eq!(parse_nd(&nd(GUEST, TAP_NEW, None, 128, &[0; 4]), 14), None);
+    let cut = &na[..14 + 40 + 8];
+    assert_eq!(parse_nd(cut, 14).map(|n| n.target), Some(None));
 }

@@ -148,6 +148,88 @@ pub fn ping_loop(target: Ipv4Addr, id: u16, pings: Pings) -> io::Result<()> {
     Ok(())
 }
 
+/// Pings `target` over IPv6 every 20 ms until stopped, as [`ping_loop`] does over IPv4
+/// (the kernel fills in an ICMPv6 checksum itself).
+pub fn ping6_loop(target: std::net::Ipv6Addr, id: u16, pings: Pings) -> io::Result<()> {
+    // SAFETY: plain socket(2); the fd is owned right away.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_INET6,
+            libc::SOCK_RAW | libc::SOCK_NONBLOCK,
+            libc::IPPROTO_ICMPV6,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a fresh, valid fd.
+    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: all-zero is a valid sockaddr_in6; the fields set are plain values.
+    let mut addr: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
+    addr.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+    addr.sin6_addr.s6_addr = target.octets();
+    let mut seq: u16 = 0;
+    let mut next = monotonic_ns();
+    let mut buf = [0u8; 1500];
+    while !pings.stop.load(Ordering::Relaxed) {
+        if monotonic_ns() >= next {
+            seq = seq.wrapping_add(1);
+            let mut pkt = vec![128, 0, 0, 0];
+            pkt.extend_from_slice(&id.to_be_bytes());
+            pkt.extend_from_slice(&seq.to_be_bytes());
+            pkt.extend_from_slice(b"tapwatch-lab-ping");
+            // SAFETY: valid buffer and address; a failure is just a lost ping.
+            unsafe {
+                libc::sendto(
+                    sock.as_raw_fd(),
+                    pkt.as_ptr().cast(),
+                    pkt.len(),
+                    0,
+                    &addr as *const libc::sockaddr_in6 as *const libc::sockaddr,
+                    std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t,
+                )
+            };
+            next += PING_EVERY.as_nanos() as u64;
+        }
+        let mut pfd = libc::pollfd {
+            fd: sock.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let wait_ms = (next.saturating_sub(monotonic_ns()) / 1_000_000).clamp(1, 20) as libc::c_int;
+        // SAFETY: one valid pollfd.
+        unsafe { libc::poll(&mut pfd, 1, wait_ms) };
+        loop {
+            // SAFETY: all-zero is a valid sockaddr_in6 to be filled in.
+            let mut from: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
+            let mut len = std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t;
+            // SAFETY: valid fd, buffer and address of the length given.
+            let n = unsafe {
+                libc::recvfrom(
+                    sock.as_raw_fd(),
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                    0,
+                    (&mut from as *mut libc::sockaddr_in6).cast(),
+                    &mut len,
+                )
+            };
+            if n <= 0 {
+                break;
+            }
+            // A raw ICMPv6 socket hands over the message without its IPv6 header.
+            let icmp = &buf[..n as usize];
+            let echo_reply = icmp.len() >= 8 && icmp[0] == 129 && icmp[4..6] == id.to_be_bytes();
+            if echo_reply && from.sin6_addr.s6_addr == target.octets() {
+                if let Ok(mut r) = pings.replies.lock() {
+                    r.push(monotonic_ns());
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

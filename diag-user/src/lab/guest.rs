@@ -15,14 +15,14 @@
 //! sends then, and nothing its neighbour cache is affected by).
 
 use std::{
-    net::{Ipv4Addr, SocketAddrV4, UdpSocket},
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, UdpSocket},
     os::fd::AsRawFd,
     sync::{Arc, Mutex},
     thread::JoinHandle,
     time::Duration,
 };
 
-use diag_common::{parse_arp, parse_ethernet, ETH_P_ARP};
+use diag_common::{parse_arp, parse_ethernet, parse_nd, ETH_P_ARP, ETH_P_IPV6};
 
 use crate::{
     frames,
@@ -41,6 +41,11 @@ pub struct GuestConfig {
     pub gateway: Ipv4Addr,
     /// Its own traffic goes to this address, every 100 ms.
     pub peer: Ipv4Addr,
+    /// Whether it has an IPv4 address (`--ip 6`: none); its IPv6 address, if it speaks
+    /// IPv6, and the peer its own IPv6 traffic goes to.
+    pub v4: bool,
+    pub ip6: Option<Ipv6Addr>,
+    pub peer6: Option<Ipv6Addr>,
     /// Linux's `base_reachable_time` of its interface: each confirmation makes a neighbour
     /// entry REACHABLE for a random time between half of it and one and a half times it.
     pub reachable: Duration,
@@ -213,34 +218,58 @@ impl Guest {
         })
     }
 
-    /// A gratuitous ARP for its own address, as a guest's kernel sends after resuming
-    /// (virtio's guest announce answers each of QEMU's RARP rounds with one).
+    /// A gratuitous ARP for its own address, and an unsolicited override Neighbour
+    /// Advertisement for its IPv6 one, as a guest's kernel sends after resuming (virtio's
+    /// guest announce answers each of QEMU's RARP rounds with them): of each family the
+    /// guest speaks.
     pub fn send_garp(&self) {
-        let f = frames::garp(self.config.mac, self.config.ip);
+        let mut out = Vec::new();
+        if self.config.v4 {
+            out.push(frames::garp(self.config.mac, self.config.ip));
+        }
+        if let Some(ip6) = self.config.ip6 {
+            let all = frames::V6Ends::to_group(self.config.mac, ip6, frames::ALL_NODES);
+            let o = diag_common::frame::NA_FLAG_OVERRIDE;
+            out.push(frames::neighbor_advert(all, ip6, o));
+        }
         let mut s = self.lock();
         if let Some(tap) = s.tap.clone().filter(|_| !s.paused) {
             if s.judging && s.first_sent_ns.is_none() {
                 s.first_sent_ns = Some(monotonic_ns());
             }
-            let _ = tap.send(&f);
+            for f in &out {
+                let _ = tap.send(f);
+            }
         }
     }
 
     /// UDP to its peer every 100 ms from inside the guest, so that it uses its gateway's
     /// entry all the time, as a VM with traffic does.
     fn start_own_traffic(&self) -> Result<JoinHandle<Result<(), SandboxError>>, SandboxError> {
-        let (state, peer) = (self.state.clone(), self.config.peer);
+        let state = self.state.clone();
+        let peer4 = self
+            .config
+            .v4
+            .then(|| SocketAddr::V4(SocketAddrV4::new(self.config.peer, 9)));
+        let peer6 = self.config.peer6.map(|p| SocketAddr::new(p.into(), 9));
         self.ns.spawn(move || {
-            let Ok(sock) = UdpSocket::bind("0.0.0.0:0") else {
-                return;
-            };
+            let bind = |any: &str| UdpSocket::bind(any).ok();
+            let socks: Vec<(UdpSocket, SocketAddr)> = [
+                peer4.and_then(|p| Some((bind("0.0.0.0:0")?, p))),
+                peer6.and_then(|p| Some((bind("[::]:0")?, p))),
+            ]
+            .into_iter()
+            .flatten()
+            .collect();
             loop {
                 if state.lock().map(|s| s.stop).unwrap_or(true) {
                     return;
                 }
                 // Unresolved or unreachable for a while: the kernel says so, the lab
                 // carries on.
-                let _ = sock.send_to(&[0u8; 56], SocketAddrV4::new(peer, 9));
+                for (sock, peer) in &socks {
+                    let _ = sock.send_to(&[0u8; 56], peer);
+                }
                 std::thread::sleep(OWN_TRAFFIC_EVERY);
             }
         })
@@ -306,9 +335,10 @@ impl Guest {
         }
         if let Some(eth) = parse_ethernet(frame) {
             let dst = MacAddr(eth.dst);
-            // Data to a resolved neighbour (ARP's own frames are no part of the window:
-            // tapwatch's neither).
-            if dst.is_unicast() && eth.ethertype != ETH_P_ARP {
+            // Data to a resolved neighbour (ARP's and neighbour discovery's own frames are
+            // no part of the window: tapwatch's neither).
+            let nd = eth.ethertype == ETH_P_IPV6 && parse_nd(frame, eth.l3_offset).is_some();
+            if dst.is_unicast() && eth.ethertype != ETH_P_ARP && !nd {
                 s.resolved = true;
                 if s.judging && self.config.routed {
                     let stale = Some(dst) != s.tap_mac;
@@ -325,7 +355,8 @@ impl Guest {
     fn to_guest(&self, eth0: &VmTap, frame: &[u8]) {
         if let Some(eth) = parse_ethernet(frame) {
             let mut s = self.lock();
-            if eth.dst == self.config.mac.0 && eth.ethertype != ETH_P_ARP {
+            let nd = eth.ethertype == ETH_P_IPV6 && parse_nd(frame, eth.l3_offset).is_some();
+            if eth.dst == self.config.mac.0 && eth.ethertype != ETH_P_ARP && !nd {
                 if s.judging && s.first_inbound_ns.is_none() {
                     s.first_inbound_ns = Some(monotonic_ns());
                 }
@@ -372,6 +403,16 @@ fn configure(ns: &Netns, c: &GuestConfig) -> Result<(), SandboxError> {
             ),
         ],
     )?;
+    if c.v4 {
+        configure_v4(ns, c)?;
+    }
+    if let Some(ip6) = c.ip6 {
+        configure_v6(ns, c, ip6)?;
+    }
+    Ok(())
+}
+
+fn configure_v4(ns: &Netns, c: &GuestConfig) -> Result<(), SandboxError> {
     let gw = c.gateway.to_string();
     if c.routed {
         // Calico's guests: a /32, the gateway on-link, the default route through it.
@@ -382,6 +423,35 @@ fn configure(ns: &Netns, c: &GuestConfig) -> Result<(), SandboxError> {
     }
     ns.ip(&[
         "route", "add", "default", "via", &gw, "dev", "eth0", "onlink",
+    ])?;
+    Ok(())
+}
+
+/// IPv6 as a routed cloud guest has it: its address, and no router until a Router
+/// Advertisement names one (the lab's hypervisor sends it); on a bridge, an address in the
+/// client's subnet.
+fn configure_v6(ns: &Netns, c: &GuestConfig, ip6: Ipv6Addr) -> Result<(), SandboxError> {
+    super::ipv6::enable(ns, false, &["eth0"])?;
+    ns.exec(
+        "sysctl",
+        &[
+            "-qw",
+            "net.ipv6.conf.eth0.accept_ra=1",
+            &format!(
+                "net.ipv6.neigh.eth0.base_reachable_time_ms={}",
+                c.reachable.as_millis().max(1)
+            ),
+        ],
+    )?;
+    let len = if c.routed { 128 } else { 64 };
+    ns.ip(&[
+        "-6",
+        "addr",
+        "add",
+        &format!("{ip6}/{len}"),
+        "dev",
+        "eth0",
+        "nodad",
     ])?;
     Ok(())
 }

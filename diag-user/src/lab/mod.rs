@@ -15,6 +15,7 @@
 pub mod client;
 
 pub mod guest;
+pub mod ipv6;
 pub mod netns;
 mod topology;
 mod vms;
@@ -76,6 +77,8 @@ pub struct LabOptions {
     pub sdn_delay: Duration,
     /// tapwatch nudges each VM when its blackout begins (`--remediate`).
     pub remediate: bool,
+    /// The address families the guests speak (`--ip`).
+    pub ip: ipv6::LabIp,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -109,6 +112,7 @@ struct VmSpec {
     tap: String,
     mac: MacAddr,
     ip: Ipv4Addr,
+    ip6: std::net::Ipv6Addr,
 }
 
 impl VmSpec {
@@ -118,6 +122,7 @@ impl VmSpec {
             tap: format!("tap{:08x}-{:02x}", 0x4f1c_2a9e_u32 + i as u32, 7),
             mac: MacAddr([0xfa, 0x16, 0x3e, 0xaa, 0xbb, 0xcc_u8.wrapping_add(i as u8)]),
             ip: Ipv4Addr::new(10, 65, 0, 2 + i as u8),
+            ip6: ipv6::guest_ip6(i),
         }
     }
 
@@ -150,6 +155,9 @@ pub fn clean_leftovers() {
     }
 }
 
+/// A pinger's thread in the client's namespace.
+type PingerThread = JoinHandle<Result<std::io::Result<()>, SandboxError>>;
+
 /// A running VM in the lab.
 struct LabVm {
     spec: VmSpec,
@@ -157,6 +165,8 @@ struct LabVm {
     guest_thread: Option<JoinHandle<()>>,
     pings: Pings,
     pinger: Option<JoinHandle<Result<std::io::Result<()>, SandboxError>>>,
+    /// A dual-stack VM's IPv6 pings (`pings` are its IPv4 ones).
+    pings6: Option<(Pings, PingerThread)>,
     switchover_ns: Option<u64>,
     /// When the guest paused and resumed, and when QEMU's first RARP went (truth).
     paused_ns: Option<u64>,
@@ -225,21 +235,31 @@ impl Lab {
                 },
                 reachable: self.opts.reachable,
                 routed: !scenario.bridged(),
+                v4: self.opts.ip.v4(),
+                ip6: self.opts.ip.v6().then_some(spec.ip6),
+                peer6: self.opts.ip.v6().then_some(if scenario.bridged() {
+                    ipv6::CLIENT_BRIDGED6
+                } else {
+                    ipv6::link6(10, 1)
+                }),
             };
             let (guest, guest_thread) = Guest::start(config, tap, spec.libvirt_tap_mac())?;
-            let pings = Pings::default();
-            let p = pings.clone();
-            let (target, id) = (spec.ip, 0x7700 + i as u16);
-            let pinger = self
-                .topo
-                .client
-                .spawn(move || client::ping_loop(target, id, p))?;
+            if self.opts.ip.v6() && !scenario.bridged() {
+                // The source host's router advertisement: the guest's default router.
+                ipv6::advertise_router(&self.topo.src, &spec.tap, spec.libvirt_tap_mac())?;
+            }
+            let (pings, pinger) = self.pinger(&spec, i, self.opts.ip.v4())?;
+            let pings6 = match self.opts.ip {
+                ipv6::LabIp::Dual => Some(self.pinger(&spec, i, false)?),
+                _ => None,
+            };
             self.vms.push(LabVm {
                 spec,
                 guest,
                 guest_thread: Some(guest_thread),
                 pings,
                 pinger: Some(pinger),
+                pings6,
                 switchover_ns: None,
                 paused_ns: None,
                 resumed_ns: None,
@@ -250,7 +270,8 @@ impl Lab {
         // Readiness: every guest has resolved its gateway and the client hears back.
         let deadline = Instant::now() + Duration::from_secs(10);
         for vm in &self.vms {
-            while !(vm.guest.knows_gateway() && vm.pings.replies() > 0) {
+            let answered6 = || vm.pings6.as_ref().is_none_or(|(p, _)| p.replies() > 0);
+            while !(vm.guest.knows_gateway() && vm.pings.replies() > 0 && answered6()) {
                 if Instant::now() > deadline {
                     return Err(LabError::NoGateway(vm.spec.name.clone()));
                 }
@@ -258,6 +279,26 @@ impl Lab {
             }
         }
         Ok(())
+    }
+
+    /// The client's pinger of `spec`, over IPv4 (`v4`) or IPv6.
+    fn pinger(
+        &self,
+        spec: &VmSpec,
+        i: usize,
+        v4: bool,
+    ) -> Result<(Pings, PingerThread), SandboxError> {
+        let pings = Pings::default();
+        let p = pings.clone();
+        let (target, target6, id) = (spec.ip, spec.ip6, 0x7700 + i as u16);
+        let handle = self.topo.client.spawn(move || {
+            if v4 {
+                client::ping_loop(target, id, p)
+            } else {
+                client::ping6_loop(target6, id, p)
+            }
+        })?;
+        Ok((pings, handle))
     }
 
     /// Live-migrates every VM to the destination, as Nova and QEMU do.
@@ -302,6 +343,12 @@ impl Lab {
             std::thread::sleep(Duration::from_millis(50));
             self.vms[i].guest.resume_on(tap, mac);
             self.vms[i].resumed_ns = Some(monotonic_ns());
+            if self.opts.ip.v6() && !scenario.bridged() {
+                // The destination host's router advertisement, from its tap's link-local
+                // address, as the guest's solicitation after its announce gets it.
+                let name = self.vms[i].spec.tap.clone();
+                ipv6::advertise_router(&self.topo.dst, &name, mac)?;
+            }
             self.dst_vms.switch(&name);
             self.lab_record(LabEvent::Resume, Some(&name), None);
             if !scenario.bridged() {
@@ -327,7 +374,14 @@ impl Lab {
             self.lab_record(
                 LabEvent::Announce,
                 None,
-                Some("QEMU sent 5 RARP rounds, the guest a GARP after each".into()),
+                Some(format!(
+                    "QEMU sent 5 RARP rounds, the guest {} after each",
+                    match self.opts.ip {
+                        ipv6::LabIp::V4 => "a GARP",
+                        ipv6::LabIp::V6 => "an unsolicited NA",
+                        ipv6::LabIp::Dual => "a GARP and an unsolicited NA",
+                    }
+                )),
             );
         }
         Ok(())
@@ -358,10 +412,11 @@ impl Lab {
         self.vms.iter().all(|vm| {
             let closed = vm.guest.windows().iter().all(|w| w.end_ns.is_some());
             let since = vm.switchover_ns.unwrap_or(now);
-            let answered = vm
-                .pings
-                .last_reply_ns()
-                .is_some_and(|t| t > since && now.saturating_sub(t) < 200_000_000);
+            let fresh = |p: &Pings| {
+                p.last_reply_ns()
+                    .is_some_and(|t| t > since && now.saturating_sub(t) < 200_000_000)
+            };
+            let answered = fresh(&vm.pings) && vm.pings6.as_ref().is_none_or(|(p, _)| fresh(p));
             closed && answered && now > since + 2_000_000_000
         })
     }
@@ -409,7 +464,13 @@ impl Lab {
                     vm: Some(vm.spec.name.clone()),
                     scenario: Some(self.opts.scenario),
                     stale_window_ms: Some(stale),
-                    client_outage_ms: Some(vm.pings.outage_ms(since, now)),
+                    client_outage_ms: Some(
+                        vm.pings.outage_ms(since, now).max(
+                            vm.pings6
+                                .as_ref()
+                                .map_or(0, |(p, _)| p.outage_ms(since, now)),
+                        ),
+                    ),
                     inbound_gap_ms: inbound,
                     outbound_gap_ms: outbound,
                     downtime_ms: vm.paused_ns.zip(vm.resumed_ns).map(|(p, r)| ms(r, p)),
@@ -444,6 +505,10 @@ impl Drop for Lab {
         for vm in &mut self.vms {
             vm.guest.stop();
             vm.pings.stop();
+            if let Some((p, t)) = vm.pings6.take() {
+                p.stop();
+                let _ = t.join();
+            }
             if let Some(t) = vm.guest_thread.take() {
                 let _ = t.join();
             }
@@ -506,7 +571,7 @@ fn story(
     mut stop: oneshot::Receiver<()>,
 ) -> Result<(), LabError> {
     let started = Instant::now();
-    let topo = Topology::build(opts.scenario)?;
+    let topo = Topology::build(opts.scenario, opts.ip)?;
     let src_vms = Arc::new(LabVms::new(&opts, Side::Src));
     let dst_vms = Arc::new(LabVms::new(&opts, Side::Dst));
     // tapwatch, as the on-call engineer runs it: on the destination hypervisor; with

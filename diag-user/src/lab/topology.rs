@@ -2,7 +2,10 @@
 
 use std::sync::Arc;
 
-use super::{Bridged, Scenario, VmSpec, CLIENT_BRIDGED, PREFIX};
+use super::{
+    ipv6::{self, LabIp},
+    Bridged, Scenario, VmSpec, CLIENT_BRIDGED, PREFIX,
+};
 use crate::{
     lab::netns::{Netns, SandboxError, VmTap},
     model::mac::MacAddr,
@@ -13,21 +16,35 @@ pub(super) struct Topology {
     pub(super) client: Netns,
     pub(super) src: Netns,
     pub(super) dst: Netns,
+    /// The families the guests speak: IPv6 routes and addresses besides IPv4's.
+    pub(super) ip: LabIp,
 }
 
 impl Topology {
-    pub(super) fn build(scenario: Scenario) -> Result<Self, SandboxError> {
+    pub(super) fn build(scenario: Scenario, ip: LabIp) -> Result<Self, SandboxError> {
         let pid = std::process::id();
         let ns = |role: &str| Netns::named(&format!("{PREFIX}-{pid}-{role}"));
         let topo = Self {
             client: ns("client")?,
             src: ns("src")?,
             dst: ns("dst")?,
+            ip,
         };
+        if ip.v6() {
+            // Before any interface is made, so that each comes up with IPv6 on: a tap's
+            // link-local address is what a routed guest's router is called.
+            ipv6::enable(&topo.client, false, &[])?;
+            ipv6::enable(&topo.src, true, &[])?;
+            ipv6::enable(&topo.dst, true, &[])?;
+        }
         let c = &topo.client;
         if scenario.bridged() {
             c.ip(&["link", "add", "brc", "type", "bridge"])?;
             c.ip(&["addr", "add", &format!("{CLIENT_BRIDGED}/24"), "dev", "brc"])?;
+            if ip.v6() {
+                let a = format!("{}/64", ipv6::CLIENT_BRIDGED6);
+                c.ip(&["-6", "addr", "add", &a, "dev", "brc", "nodad"])?;
+            }
             c.ip(&["link", "set", "brc", "up"])?;
         }
         for (hv, link, subnet) in [(&topo.src, "src", 10), (&topo.dst, "dst", 20)] {
@@ -53,6 +70,9 @@ impl Topology {
                     "net.ipv4.conf.default.rp_filter=0",
                 ],
             )?;
+            if ip.v6() && !scenario.bridged() {
+                topo.link6(hv, &cside, &hside, subnet)?;
+            }
             if scenario.bridged() {
                 c.ip(&["link", "set", &cside, "master", "brc", "up"])?;
                 hv.ip(&["link", "add", "br0", "type", "bridge"])?;
@@ -95,6 +115,33 @@ impl Topology {
         Ok(topo)
     }
 
+    /// The IPv6 addresses of a hypervisor's link to the client, and its default route.
+    fn link6(&self, hv: &Netns, cside: &str, hside: &str, subnet: u16) -> Result<(), SandboxError> {
+        let (c6, h6) = (ipv6::link6(subnet, 1), ipv6::link6(subnet, 2));
+        let c = &self.client;
+        c.ip(&[
+            "-6",
+            "addr",
+            "add",
+            &format!("{c6}/64"),
+            "dev",
+            cside,
+            "nodad",
+        ])?;
+        hv.ip(&[
+            "-6",
+            "addr",
+            "add",
+            &format!("{h6}/64"),
+            "dev",
+            hside,
+            "nodad",
+        ])?;
+        hv.ip(&["link", "set", hside, "up"])?;
+        hv.ip(&["-6", "route", "add", "default", "via", &c6.to_string()])?;
+        Ok(())
+    }
+
     /// Plugs a VM's tap on hypervisor `hv` as Nova/libvirt would.
     pub(super) fn plug(
         &self,
@@ -126,7 +173,17 @@ impl Topology {
         let hv = if hv_is_dst { &self.dst } else { &self.src };
         let ip = format!("{}/32", vm.ip);
         hv.ip(&["route", "replace", &ip, "dev", &vm.tap])?;
+        self.route6(hv, vm)?;
         self.client_route(hv_is_dst, vm)
+    }
+
+    /// A hypervisor's IPv6 route to the VM via its tap, when the guests speak IPv6.
+    fn route6(&self, hv: &Netns, vm: &VmSpec) -> Result<(), SandboxError> {
+        if self.ip.v6() {
+            let ip6 = format!("{}/128", vm.ip6);
+            hv.ip(&["-6", "route", "replace", &ip6, "dev", &vm.tap])?;
+        }
+        Ok(())
     }
 
     /// The destination host's /32 route to the VM via its tap (what Calico's agent sets
@@ -134,7 +191,7 @@ impl Topology {
     pub(super) fn host_route(&self, vm: &VmSpec) -> Result<(), SandboxError> {
         let ip = format!("{}/32", vm.ip);
         self.dst.ip(&["route", "replace", &ip, "dev", &vm.tap])?;
-        Ok(())
+        self.route6(&self.dst, vm)
     }
 
     /// The fabric's route to the VM (the client's): to the source or the destination.
@@ -146,6 +203,12 @@ impl Topology {
         };
         let ip = format!("{}/32", vm.ip);
         self.client.ip(&["route", "replace", &ip, "via", via])?;
+        if self.ip.v6() {
+            let via6 = ipv6::link6(if to_dst { 20 } else { 10 }, 2).to_string();
+            let ip6 = format!("{}/128", vm.ip6);
+            self.client
+                .ip(&["-6", "route", "replace", &ip6, "via", &via6])?;
+        }
         Ok(())
     }
 }

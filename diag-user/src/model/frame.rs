@@ -1,7 +1,10 @@
 //! A notable frame as a record: what a datapath's event says, in the JSON contract's
 //! words.
 
-use diag_common::{parse_arp, parse_ethernet, FrameEvent};
+use diag_common::{
+    frame::{NA_FLAG_OVERRIDE, NA_FLAG_ROUTER, NA_FLAG_SOLICITED},
+    parse_arp, parse_ethernet, parse_nd, FrameEvent, ETH_P_IPV6,
+};
 use serde::{Deserialize, Serialize};
 
 use super::{clock::Ts, mac::MacAddr, Direction, FrameKind};
@@ -16,8 +19,12 @@ pub struct FrameRecord {
     pub dst_mac: MacAddr,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sender_ip: Option<String>,
+    /// ARP's target address; a Neighbour Solicitation's or Advertisement's target.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target_ip: Option<String>,
+    /// A Neighbour Advertisement's flags.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub na_flags: Option<NaFlags>,
     /// An IP frame's addresses (the guest's own is the source of what it sends).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub src_ip: Option<String>,
@@ -39,7 +46,60 @@ pub struct FrameRecord {
     pub data: Vec<u8>,
 }
 
+/// The flags of a Neighbour Advertisement (RFC 4861, 4.4).
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct NaFlags {
+    /// The sender is a router.
+    pub router: bool,
+    /// An answer to a solicitation (unsolicited: an announce).
+    pub solicited: bool,
+    /// The receiver replaces the link-layer address it has cached for the target.
+    #[serde(rename = "override")]
+    pub override_: bool,
+}
+
+impl NaFlags {
+    pub fn from_bits(b: u8) -> Self {
+        Self {
+            router: b & NA_FLAG_ROUTER != 0,
+            solicited: b & NA_FLAG_SOLICITED != 0,
+            override_: b & NA_FLAG_OVERRIDE != 0,
+        }
+    }
+}
+
+/// An address family, as far as a frame says it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Family {
+    V4,
+    V6,
+}
+
 impl FrameRecord {
+    /// The frame's address family: ARP is IPv4's, neighbour discovery IPv6's, and an IP
+    /// frame's its addresses'.
+    pub fn family(&self) -> Option<Family> {
+        use super::FrameKind as K;
+        match self.kind {
+            // QEMU's announce is the VM's, of no family.
+            K::Rarp => None,
+            K::Garp | K::ArpRequest | K::ArpReply => Some(Family::V4),
+            K::RouterSolicit
+            | K::RouterAdvert
+            | K::NeighborSolicit
+            | K::NeighborAdvert
+            | K::UnsolicitedNa => Some(Family::V6),
+            _ => {
+                let ip = self.src_ip.as_deref().or(self.dst_ip.as_deref())?;
+                Some(if ip.contains(':') {
+                    Family::V6
+                } else {
+                    Family::V4
+                })
+            }
+        }
+    }
+
     /// Decodes a kernel event; `None` for an event too short to hold a MAC header.
     pub fn from_event(ev: &FrameEvent, ifname: &str, ts: Ts) -> Option<Self> {
         let frame = ev.frame();
@@ -50,6 +110,9 @@ impl FrameRecord {
             _ => parse_arp(frame, eth.l3_offset),
         };
         let ip = |b: [u8; 4]| std::net::Ipv4Addr::from(b).to_string();
+        let nd = (eth.ethertype == ETH_P_IPV6)
+            .then(|| parse_nd(frame, eth.l3_offset))
+            .flatten();
         let (src_ip, dst_ip) = ip_addrs(frame).unzip();
         let outer_stripped = ev.flags & diag_common::EVENT_FLAG_OUTER_VLAN != 0;
         let vlan_stripped = ev.flags & diag_common::EVENT_FLAG_VLAN != 0 && eth.vlan.is_none();
@@ -61,7 +124,13 @@ impl FrameRecord {
             src_mac: MacAddr(eth.src),
             dst_mac: MacAddr(eth.dst),
             sender_ip: arp.map(|a| ip(a.sender_ip)),
-            target_ip: arp.map(|a| ip(a.target_ip)),
+            target_ip: arp.map(|a| ip(a.target_ip)).or_else(|| {
+                let t = nd?.target?;
+                Some(std::net::Ipv6Addr::from(t).to_string())
+            }),
+            na_flags: nd
+                .filter(|n| n.icmp_type == diag_common::frame::ND_NEIGHBOR_ADVERT)
+                .map(|n| NaFlags::from_bits(n.na_flags)),
             src_ip: src_ip.map(|a| a.to_string()),
             dst_ip: dst_ip.map(|a| a.to_string()),
             // The kernel usually strips the outer tag into metadata before tc sees the frame.

@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use self::{clock::Ts, mac::MacAddr};
 pub use self::{
-    frame::FrameRecord,
+    frame::{Family, FrameRecord, NaFlags},
     rows::{MacHistoryEntry, SummaryRow, TapRow},
 };
 

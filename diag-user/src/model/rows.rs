@@ -19,6 +19,19 @@ pub struct TapRow {
     pub arp_requests: u64,
     pub arp_replies: u64,
     pub events_lost: u64,
+    /// IPv6 neighbour discovery (absent when none: a guest that speaks no IPv6, or records
+    /// of older versions). An announcing advertisement counts in `neighbor_adverts` and in
+    /// `unsolicited_nas`.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub router_solicits: u64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub router_adverts: u64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub neighbor_solicits: u64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub neighbor_adverts: u64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub unsolicited_nas: u64,
     /// Frames the kernel dropped on the tap, by reason (`OTHERHOST`, `UNHANDLED_PROTO`,
     /// `FULL_RING`…): the drop-driven datapath only.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
@@ -49,6 +62,11 @@ impl TapRow {
             arp_requests: c.arp_requests,
             arp_replies: c.arp_replies,
             events_lost: c.events_lost,
+            router_solicits: c.router_solicits,
+            router_adverts: c.router_adverts,
+            neighbor_solicits: c.neighbor_solicits,
+            neighbor_adverts: c.neighbor_adverts,
+            unsolicited_nas: c.unsolicited_nas,
             kernel_drops: Default::default(),
             mismatch_since: None,
         }
@@ -67,6 +85,17 @@ impl TapRow {
             kernel_drops,
             ..self
         }
+    }
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+impl TapRow {
+    /// Neighbour discovery frames counted, of every type.
+    pub fn nd_frames(&self) -> u64 {
+        self.router_solicits + self.router_adverts + self.neighbor_solicits + self.neighbor_adverts
     }
 }
 

@@ -14,7 +14,7 @@ pub mod tap;
 
 use std::{collections::HashMap, time::Duration};
 
-pub use self::tap::{Announce, Blackout, Tap, TimelineEntry, SERIES_LEN};
+pub use self::tap::{Announce, Blackout, Families, NdFacts, Tap, TimelineEntry, SERIES_LEN};
 use crate::model::clock::Ts;
 
 /// The network namespace tapwatch itself runs in (a tap there has no namespace field in

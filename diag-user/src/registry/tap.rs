@@ -50,6 +50,39 @@ pub enum Announce {
     Garp,
 }
 
+/// The address families a blackout's stale frames were of (a dual-stack guest's can be
+/// both: its ARP and its neighbour discovery caches go stale apart).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Families {
+    pub v4: bool,
+    pub v6: bool,
+}
+
+impl Families {
+    pub fn add(&mut self, f: Option<crate::model::Family>) {
+        match f {
+            Some(crate::model::Family::V4) => self.v4 = true,
+            Some(crate::model::Family::V6) => self.v6 = true,
+            None => {}
+        }
+    }
+}
+
+/// What a VM's IPv6 neighbour discovery said, beside its ARP's facts on [`Tap`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NdFacts {
+    /// The guest's announcing advertisements (IPv6's gratuitous ARP): the first, how many.
+    pub first_announce: Option<Ts>,
+    pub announces: u32,
+    /// The guest's last Neighbour Solicitation (it resolves or probes a neighbour).
+    pub last_solicit: Option<Ts>,
+    /// The guest's last Router Solicitation, and the last Router Advertisement it got.
+    pub last_rs: Option<Ts>,
+    pub last_ra: Option<Ts>,
+    /// The families of the open (or last) blackout's stale frames.
+    pub stale: Families,
+}
+
 /// Everything known about one tap and the VM behind it.
 #[derive(Clone, Debug)]
 pub struct Tap {
@@ -121,6 +154,8 @@ pub struct Tap {
     pub announces: Vec<(Ts, Announce)>,
     /// The last nudge written into the tap (`sent`, then its outcome).
     pub nudge: Option<crate::model::nudge::NudgeRecord>,
+    /// What the VM's IPv6 neighbour discovery said.
+    pub nd: NdFacts,
     /// The switch-over whose inbound and outbound gaps were settled (said once each).
     pub settled: (Option<Ts>, Option<Ts>),
     pub gone_at: Option<Ts>,
@@ -180,6 +215,7 @@ impl Tap {
             forecast_at: None,
             announces: Vec::new(),
             nudge: None,
+            nd: NdFacts::default(),
             settled: (None, None),
             gone_at: None,
             timeline: Vec::new(),

@@ -380,7 +380,7 @@ impl Bundle {
                 ));
             }
             md.push_str(&format!(
-                "- State: **{}**\n- Blackout: {}\n- Tap MAC: {}{}\n- Mode: {}\n- dst-mismatch frames: {}, RARP: {}, GARP: {}\n\n",
+                "- State: **{}**\n- Blackout: {}\n- Tap MAC: {}{}\n- Mode: {}\n- dst-mismatch frames: {}, RARP: {}, GARP: {}{}\n\n",
                 t.state.as_str(),
                 t.blackout_ms(now).map(|m| format!("{m} ms")).unwrap_or_else(|| "none".into()),
                 crate::model::mac::show(t.mac, "none"),
@@ -389,6 +389,7 @@ impl Bundle {
                 t.counters.dst_mismatch_frames,
                 t.counters.rarp_frames,
                 t.counters.garp_frames,
+                nd_summary(&t.counters),
             ));
             md.push_str(&markdown(&t.diagnosis(now)));
             md.push_str("\n\n| time (UTC) | event |\n|---|---|\n");
@@ -549,3 +550,19 @@ impl Sink for Bundle {
 
 #[cfg(test)]
 mod tests;
+
+/// The neighbour discovery counts of summary.md, for a guest that spoke IPv6.
+fn nd_summary(c: &crate::model::TapRow) -> String {
+    if c.nd_frames() == 0 {
+        return String::new();
+    }
+    format!(
+        ", unsolicited NA: {}, neighbour solicitations: {}, advertisements: {}, router \
+         solicitations: {}, advertisements: {}",
+        c.unsolicited_nas,
+        c.neighbor_solicits,
+        c.neighbor_adverts,
+        c.router_solicits,
+        c.router_adverts
+    )
+}

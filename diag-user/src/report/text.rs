@@ -218,15 +218,30 @@ fn write_summary(
         let c = &t.counters;
         writeln!(
             w,
-            "  {name}: from_vm {} frames, to_vm {} frames, dst_mismatch {}, rarp {}, garp {}, arp req {} / rep {}, events lost {}",
+            "  {name}: from_vm {} frames, to_vm {} frames, dst_mismatch {}, rarp {}, garp {}, arp req {} / rep {}{}, events lost {}",
             c.from_vm_frames, c.to_vm_frames, c.dst_mismatch_frames,
-            c.rarp_frames, c.garp_frames, c.arp_requests, c.arp_replies, c.events_lost
+            c.rarp_frames, c.garp_frames, c.arp_requests, c.arp_replies, nd_counts(c), c.events_lost
         )?;
     }
     if let Some(f) = forecasts {
         writeln!(w, "  {}", forecast_line(f))?;
     }
     Ok(())
+}
+
+/// A row's neighbour discovery counts for a summary line, when the guest spoke IPv6.
+pub fn nd_counts(c: &crate::model::TapRow) -> String {
+    if c.nd_frames() == 0 {
+        return String::new();
+    }
+    format!(
+        ", nd rs {} / ra {} / ns {} / na {} (unsolicited {})",
+        c.router_solicits,
+        c.router_adverts,
+        c.neighbor_solicits,
+        c.neighbor_adverts,
+        c.unsolicited_nas
+    )
 }
 
 /// A preflight finding for people: what, why, and what to do, each on a line of its own.

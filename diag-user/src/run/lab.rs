@@ -33,6 +33,7 @@ pub async fn run(args: LabArgs) -> anyhow::Result<ExitCode> {
         interval: args.interval,
         sdn_delay: args.sdn_delay,
         remediate: args.remediate,
+        ip: args.ip,
     };
     let json = args.json || no_view();
     // --record DIR: a bundle for each hypervisor, the destination's among the run's

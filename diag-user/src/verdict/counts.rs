@@ -45,6 +45,8 @@ impl Engine {
                 end: None,
                 stale_mac: MacAddr::default(),
             });
+            // No frame says the family: the next stale frame that is seen will.
+            t.nd.stale = Default::default();
             t.note(
                 start,
                 "dst-mismatch frames counted (no sample: events lost)".into(),

@@ -5,7 +5,7 @@ use crate::model::{
     mac::{show, MacAddr},
     Mode, State,
 };
-use crate::registry::{Blackout, Tap};
+use crate::registry::{Blackout, Families, Tap};
 
 /// Why a tap's MAC is what makes the guest's cached MAC stale.
 const UNUSUAL_TAP_MAC: &str =
@@ -113,6 +113,7 @@ impl Tap {
         match (self.state, self.blackout) {
             (State::Blackout, Some(b)) | (State::Gone, Some(b @ Blackout { end: None, .. })) => {
                 s.push(self.stale_words(b));
+                s.extend(self.router_words(b));
                 if self.tap_mac_unusual() {
                     s.push(UNUSUAL_TAP_MAC.into());
                 }
@@ -122,21 +123,13 @@ impl Tap {
                         self.blackout_ms(now).unwrap_or(0)
                     ));
                 } else {
-                    s.push(
-                        "The blackout ends when the guest re-ARPs, or at once when told where \
-                         its gateway is (`tapwatch nudge`)."
-                            .into(),
-                    );
+                    s.push(self.ends_when());
                 }
             }
             (_, Some(b @ Blackout { end: Some(end), .. })) => {
-                let rearp = match (self.nudge_ended(b), self.last_guest_arp) {
-                    (Some(words), _) => words,
-                    (None, Some(t)) if t >= b.start && t <= end => {
-                        format!(", after the guest re-ARPed at {}", t.clock())
-                    }
-                    _ => String::new(),
-                };
+                let rearp = self
+                    .nudge_ended(b)
+                    .unwrap_or_else(|| self.resolved_words(b, end));
                 let to = if b.stale_mac == MacAddr::default() {
                     "a MAC that was not the tap's".to_string()
                 } else {
@@ -148,6 +141,7 @@ impl Tap {
                     b.start.clock(),
                     end.clock()
                 ));
+                s.extend(self.router_words(b));
                 if self.tap_mac_unusual() {
                     s.push(UNUSUAL_TAP_MAC.into());
                 }
@@ -155,6 +149,107 @@ impl Tap {
             _ => {}
         }
         s
+    }
+
+    /// The families the guest's stale frames were of; IPv4 when nothing says otherwise
+    /// (a blackout only the counters showed).
+    fn stale_families(&self) -> Families {
+        match self.nd.stale {
+            Families {
+                v4: false,
+                v6: false,
+            } => Families {
+                v4: true,
+                v6: false,
+            },
+            f => f,
+        }
+    }
+
+    /// How a blackout going on ends, in the words of the families it is in.
+    fn ends_when(&self) -> String {
+        let how = match self.stale_families() {
+            Families { v4: true, v6: true } => {
+                "the guest re-ARPs its gateway and re-resolves its IPv6 router by neighbour \
+                 discovery (each family's cache goes stale on its own)"
+            }
+            Families { v6: true, .. } => {
+                "the guest re-resolves its router by neighbour discovery (or a Router \
+                 Advertisement gives it one at the tap's MAC)"
+            }
+            _ => "the guest re-ARPs",
+        };
+        format!(
+            "The blackout ends when {how}, or at once when told where its gateway is \
+             (`tapwatch nudge`)."
+        )
+    }
+
+    /// What the guest did that ended a blackout from `start` to `end`: re-ARPed, re-resolved
+    /// its router by neighbour discovery, or both (a dual-stack guest's two caches).
+    fn resolved_words(&self, b: Blackout, end: Ts) -> String {
+        let start = b.start;
+        let within = |t: Option<Ts>| t.filter(|t| *t >= start && *t <= end);
+        let fams = self.stale_families();
+        let mut said = Vec::new();
+        if let Some(t) = within(self.last_guest_arp).filter(|_| fams.v4) {
+            said.push(format!("the guest re-ARPed at {}", t.clock()));
+        }
+        if fams.v6 {
+            if let Some(t) = within(self.nd.last_ra) {
+                said.push(format!(
+                    "a Router Advertisement reached the guest at {}",
+                    t.clock()
+                ));
+            } else if let Some(t) = within(self.nd.last_solicit).filter(|_| self.router_gone(b)) {
+                said.push(format!(
+                    "the guest's neighbour discovery gave its old router up (last asked for \
+                     at {}) and it moved to the router this tap advertises",
+                    t.clock()
+                ));
+            } else if let Some(t) = within(self.nd.last_solicit) {
+                said.push(format!(
+                    "the guest re-resolved its router by neighbour discovery at {}",
+                    t.clock()
+                ));
+            }
+        }
+        if said.is_empty() {
+            String::new()
+        } else {
+            format!(", after {}", said.join(" and "))
+        }
+    }
+
+    /// The router an IPv6 guest probes, when its address is the link-local address the
+    /// tap had with the stale MAC (EUI-64): a new MAC took it off the tap, so the entry
+    /// cannot be refreshed; the guest needs a new router.
+    /// Whether the router the guest probed is the tap's address with the stale MAC.
+    fn router_gone(&self, b: Blackout) -> bool {
+        b.stale_mac.is_unicast()
+            && self.addrs.stale_probe6 == Some(crate::frames::eui64_link_local(b.stale_mac))
+    }
+
+    fn router_words(&self, b: Blackout) -> Option<String> {
+        if !self.nd.stale.v6 || !b.stale_mac.is_unicast() {
+            return None;
+        }
+        let router = self.addrs.stale_probe6?;
+        if !self.router_gone(b) {
+            return Some(format!(
+                "The guest probes its IPv6 router {router} at {}.",
+                b.stale_mac
+            ));
+        }
+        let now = self
+            .mac
+            .map(|m| format!(" (the tap's is {} now)", crate::frames::eui64_link_local(m)))
+            .unwrap_or_default();
+        Some(format!(
+            "The router address it uses, {router}, was derived from the tap's old MAC and is \
+             no longer on this tap{now}: neighbour discovery alone cannot refresh it; a \
+             Router Advertisement from the tap's address gives the guest its router again."
+        ))
     }
 
     /// Where a blackout going on sends, and what the kernel does with it.
@@ -211,15 +306,45 @@ impl Tap {
         }
     }
 
-    /// The guest's own announce.
+    /// The guest's own announce: its gratuitous ARP, and for a guest that speaks IPv6 its
+    /// unsolicited override Neighbour Advertisement.
     fn garp_words(&self) -> String {
-        match self.first_garp {
+        let garp = match self.first_garp {
             Some(t) if self.garps > 1 => {
                 format!("GARP seen at {} ({} in all).", t.clock(), self.garps)
             }
             Some(t) => format!("GARP seen at {}.", t.clock()),
-            None => "No GARP seen.".into(),
-        }
+            None if self.speaks_ipv4() => "No GARP seen.".into(),
+            None => String::new(),
+        };
+        let na = match (self.nd.first_announce, self.nd.announces) {
+            (Some(t), n) if n > 1 => format!(
+                "Unsolicited NA (override) seen at {} ({n} in all).",
+                t.clock()
+            ),
+            (Some(t), _) => format!("Unsolicited NA (override) seen at {}.", t.clock()),
+            (None, _) if self.speaks_ipv6() => "No unsolicited NA seen.".into(),
+            (None, _) => String::new(),
+        };
+        [garp, na]
+            .into_iter()
+            .filter(|w| !w.is_empty())
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    /// Whether the guest showed IPv6: neighbour discovery, IPv6 stale frames or address.
+    fn speaks_ipv6(&self) -> bool {
+        self.nd.stale.v6 || self.counters.nd_frames() > 0 || self.addrs.ip6.is_some()
+    }
+
+    /// Whether the guest showed IPv4 (or nothing else: then the IPv4 words stand).
+    fn speaks_ipv4(&self) -> bool {
+        self.nd.stale.v4
+            || self.counters.arp_requests + self.counters.arp_replies + self.counters.garp_frames
+                > 0
+            || self.addrs.ip.is_some()
+            || !self.speaks_ipv6()
     }
 
     /// The outage in its parts, in plain words, once the switch-over and a gap are known:

@@ -46,6 +46,7 @@ pub fn frame(ms: i64, tap: &str, dir: &'static str, kind: &'static str, dst: Mac
         dst_mac: dst,
         sender_ip: arp.then(|| "10.65.0.2".into()),
         target_ip: arp.then(|| "10.65.0.1".into()),
+        na_flags: None,
         src_ip: (!arp).then(|| "10.65.0.2".into()),
         dst_ip: (!arp).then(|| "192.168.10.1".into()),
         vlan: None,
@@ -135,4 +136,33 @@ pub fn assert_inert(out: &str) {
             panic!("line {n} holds {c:?}: {line:?}\n{out}");
         }
     }
+}
+
+/// An IPv6 frame record of `kind` from the guest (2001:db8::10, or its link-local for
+/// neighbour discovery) or to it; `target`: a solicitation's or advertisement's.
+pub fn frame6(
+    ms: i64,
+    tap: &str,
+    dir: &'static str,
+    kind: &'static str,
+    dst: MacAddr,
+    target: Option<&str>,
+) -> Record {
+    let Record::Frame(mut f) = frame(ms, tap, dir, kind, dst) else {
+        unreachable!()
+    };
+    let nd = kind.contains("solicit") || kind.contains("advert") || kind == "unsolicited_na";
+    f.sender_ip = None;
+    f.src_ip = Some(
+        if nd {
+            "fe80::f816:3eff:feaa:bbcc"
+        } else {
+            "2001:db8::10"
+        }
+        .into(),
+    );
+    f.dst_ip = Some(if nd { "ff02::1" } else { "2001:db8:1::9" }.into());
+    f.target_ip = target.map(str::to_string);
+    f.dst_mismatch = nd && dst == OLD;
+    Record::Frame(f)
 }

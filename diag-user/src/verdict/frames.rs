@@ -95,6 +95,53 @@ fn note_kind(t: &mut Tap, f: &FrameRecord, from_vm: bool) {
                 format!("{who} ARP reply: {} is-at {}", ips.0, f.src_mac),
             );
         }
+        _ => note_nd(t, f, from_vm),
+    }
+}
+
+/// Neighbour discovery in the tap's timeline: IPv6's announce, solicitations and the
+/// routers' advertisements.
+fn note_nd(t: &mut Tap, f: &FrameRecord, from_vm: bool) {
+    let who = if from_vm { "guest" } else { "host" };
+    let target = f.target_ip.as_deref().unwrap_or("?");
+    let src = f.src_ip.as_deref().unwrap_or("?");
+    match f.kind {
+        FrameKind::UnsolicitedNa if from_vm => {
+            t.nd.first_announce.get_or_insert(f.ts);
+            t.nd.announces += 1;
+            t.first_announce.get_or_insert(f.ts);
+            t.note(
+                f.ts,
+                format!("unsolicited NA (override): {target} is-at {}", f.src_mac),
+            );
+        }
+        FrameKind::NeighborSolicit => {
+            if from_vm {
+                t.nd.last_solicit = Some(f.ts);
+            }
+            let to = if f.dst_mac.is_unicast() {
+                format!(" to {}", f.dst_mac)
+            } else {
+                String::new()
+            };
+            t.note(f.ts, format!("{who} NS: who has {target}{to}"));
+        }
+        FrameKind::NeighborAdvert | FrameKind::UnsolicitedNa => {
+            t.note(f.ts, format!("{who} NA: {target} is-at {}", f.src_mac));
+        }
+        FrameKind::RouterSolicit if from_vm => {
+            t.nd.last_rs = Some(f.ts);
+            t.note(f.ts, format!("guest router solicitation from {src}"));
+        }
+        FrameKind::RouterAdvert => {
+            if !from_vm {
+                t.nd.last_ra = Some(f.ts);
+            }
+            t.note(
+                f.ts,
+                format!("{who} router advertisement from {src} at {}", f.src_mac),
+            );
+        }
         _ => {}
     }
 }
@@ -107,8 +154,13 @@ fn stale_frame(t: &mut Tap, f: &FrameRecord) -> bool {
     // (another CPU's event), belongs to that window.
     let closed_before = t.blackout.and_then(|b| b.end).is_some_and(|e| f.ts <= e);
     if t.mode != Mode::Routed || t.state == State::Blackout || closed_before {
+        if t.state == State::Blackout || closed_before {
+            t.nd.stale.add(f.family());
+        }
         return false;
     }
+    t.nd.stale = Default::default();
+    t.nd.stale.add(f.family());
     t.blackout = Some(Blackout {
         start: f.ts,
         end: None,

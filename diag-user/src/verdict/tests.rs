@@ -565,3 +565,125 @@ fn a_tap_whose_mac_keeps_changing_keeps_a_bounded_history() {
     assert_eq!(verdicts as i64, 2 * n);
     assert!(e.taps()[0].mac_history.len() <= 256);
 }
+
+/// The tap's link-local address as the guest's router had it with the old MAC.
+const OLD_ROUTER: &str = "fe80::fc16:3eff:feaa:bbcc";
+
+fn ipv6_blackout(dual: bool) -> Vec<Record> {
+    let mut v = vec![
+        attached(0, "tap6", OLD, "routed"),
+        Record::MacChange {
+            ts: at(100),
+            ifname: "tap6".into(),
+            old_mac: Some(OLD),
+            new_mac: Some(NEW),
+        },
+        frame(200, "tap6", "from_vm", "rarp", BCAST),
+        frame6(
+            250,
+            "tap6",
+            "from_vm",
+            "unsolicited_na",
+            BCAST,
+            Some("2001:db8::10"),
+        ),
+        frame6(500, "tap6", "from_vm", "dst_mismatch", OLD, None),
+    ];
+    if dual {
+        v.push(frame(600, "tap6", "from_vm", "dst_mismatch", OLD));
+    }
+    // Linux probes its stale router entry with unicast solicitations to the old MAC.
+    v.push(frame6(
+        6_500,
+        "tap6",
+        "from_vm",
+        "neighbor_solicit",
+        OLD,
+        Some(OLD_ROUTER),
+    ));
+    v
+}
+
+fn diagnosis_after(e: &mut Engine, recs: &[Record]) -> String {
+    let mut last = String::new();
+    for r in recs {
+        for v in e.apply(r) {
+            if let Record::Verdict { fields, .. } = v {
+                last = fields.diagnosis;
+            }
+        }
+    }
+    last
+}
+
+/// An IPv6-only guest's blackout in neighbour discovery's words: its router's address
+/// went with the old MAC, a Router Advertisement ends it, its announce is an unsolicited
+/// NA; no word of ARP.
+#[test]
+fn an_ipv6_guest_is_told_in_neighbour_discovery_words() {
+    let mut e = engine();
+    let recs = ipv6_blackout(false);
+    diagnosis_after(&mut e, &recs);
+    let t = e.tap("tap6").unwrap();
+    assert_eq!(t.state, State::Blackout);
+    let on = t.diagnosis(at(7_000));
+    for words in [
+        "The router address it uses, fe80::fc16:3eff:feaa:bbcc, was derived from the tap's \
+         old MAC and is no longer on this tap (the tap's is fe80::261:feff:feed:cafe now)",
+        "ends when the guest re-resolves its router by neighbour discovery",
+        "Unsolicited NA (override) seen at",
+    ] {
+        assert!(on.contains(words), "{words:?} not in {on}");
+    }
+    assert!(!on.contains("GARP") && !on.contains("re-ARP"), "{on}");
+    let end = diagnosis_after(
+        &mut e,
+        &[
+            frame6(9_000, "tap6", "to_vm", "router_advert", BCAST, None),
+            frame6(9_010, "tap6", "from_vm", "dst_match", NEW, None),
+        ],
+    );
+    assert!(
+        end.contains("Blackout of 8510 ms")
+            && end.contains(", after a Router Advertisement reached the guest at"),
+        "{end}"
+    );
+    assert!(!end.contains("GARP") && !end.contains("re-ARP"), "{end}");
+}
+
+/// A dual-stack guest's two caches: the diagnosis names both families' recovery.
+#[test]
+fn a_dual_stack_guest_s_recovery_names_both_families() {
+    let mut e = engine();
+    let mut recs = ipv6_blackout(true);
+    recs.push(frame(20_400, "tap6", "from_vm", "arp_request", BCAST));
+    recs.push(frame6(
+        20_405,
+        "tap6",
+        "from_vm",
+        "neighbor_solicit",
+        BCAST,
+        Some(OLD_ROUTER),
+    ));
+    diagnosis_after(&mut e, &recs);
+    let on = e.tap("tap6").unwrap().diagnosis(at(20_406));
+    assert!(
+        on.contains("re-ARPs its gateway and re-resolves its IPv6 router"),
+        "{on}"
+    );
+    let end = diagnosis_after(
+        &mut e,
+        &[frame(20_410, "tap6", "from_vm", "dst_match", NEW)],
+    );
+    assert!(
+        end.contains("after the guest re-ARPed at")
+            && end.contains(
+                "and the guest's neighbour discovery gave its old router up (last asked for at"
+            ),
+        "{end}"
+    );
+    assert!(
+        end.contains("GARP") && end.contains("Unsolicited NA"),
+        "{end}"
+    );
+}

@@ -317,7 +317,7 @@ fn pair_numbers(m: &crate::model::MigrationRecord) -> Vec<Number> {
 
 fn counters(t: &Tap) -> Markup {
     let c = &t.counters;
-    let rows: [(&str, u64); 9] = [
+    let mut rows: Vec<(&str, u64)> = vec![
         ("frames from the VM", c.from_vm_frames),
         ("frames to the VM", c.to_vm_frames),
         (
@@ -331,6 +331,15 @@ fn counters(t: &Tap) -> Markup {
         ("bytes from the VM", c.from_vm_bytes),
         ("events lost", c.events_lost),
     ];
+    if c.nd_frames() > 0 {
+        rows.extend([
+            ("unsolicited NA (override)", c.unsolicited_nas),
+            ("neighbour solicitations", c.neighbor_solicits),
+            ("neighbour advertisements", c.neighbor_adverts),
+            ("router solicitations", c.router_solicits),
+            ("router advertisements", c.router_adverts),
+        ]);
+    }
     html! {
         h3 { "Counters" }
         p class="note" { "The kernel's counts for the tap over the whole recording (the last stats record)." }
