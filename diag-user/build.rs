@@ -110,6 +110,13 @@ fn build_ebpf() -> anyhow::Result<()> {
         .manifest_path
         .parent()
         .ok_or_else(|| anyhow!("diag-ebpf manifest has no parent directory"))?;
+    // The kernel programs are built from diag-common too (the classifier, the observe
+    // step, the map values): a change there must rebuild the object, not only diag-ebpf's.
+    if let Some(common) = packages.iter().find(|p| p.name.as_str() == "diag-common") {
+        if let Some(dir) = common.manifest_path.parent() {
+            println!("cargo:rerun-if-changed={dir}");
+        }
+    }
     aya_build::build_ebpf(
         [Package {
             name: ebpf.name.as_str(),

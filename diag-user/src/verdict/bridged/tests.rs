@@ -50,6 +50,7 @@ fn data(ms: i64, from_vm: bool, mac: MacAddr, peer: &str) -> Record {
         target_ip: None,
         src_ip: Some(src_ip.into()),
         dst_ip: Some(dst_ip.into()),
+        na_flags: None,
         vlan: None,
         outer_vlan: None,
         dst_mismatch: from_vm,
