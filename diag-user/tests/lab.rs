@@ -415,12 +415,10 @@ fn an_ipv6_guest_s_blackout_agrees_with_the_truth() {
 }
 
 /// A dual-stack guest's two caches go stale apart: once one family sends to the tap's MAC
-/// again and the other still to the old one, the tap's one mismatch window opens and
-/// closes with every frame, and the verdict flaps between BLACKOUT and RECOVERED. The
-/// first blackout agrees with the truth when the families recover in the same frame;
-/// following each family's window of its own is still to do.
+/// again and the other still to the old one, the kernel's one window per tap opens and
+/// closes with every frame; the verdict follows each family and stays BLACKOUT until both
+/// reach the tap's MAC, as the truth does (one blackout, no flapping).
 #[test]
-#[ignore = "a dual-stack guest's families need a mismatch window each"]
 fn a_dual_stack_guest_s_blackout_agrees_with_the_truth() {
     require_root();
     ipv6_blackout_agrees(&[("dual", 5)]);
@@ -443,8 +441,13 @@ fn ipv6_blackout_agrees(runs: &[(&str, u64)]) {
             row["outbound_gap_ms"].as_u64().unwrap(),
             truth["outbound_gap_ms"].as_u64().unwrap(),
         );
+        // A dual-stack guest's last stale family is known to have recovered at the
+        // kernel's last window close: the first correctly addressed frame after its last
+        // stale one, which may be the other family's, up to one ping (20 ms) before its own
+        // first frame to the tap's MAC (docs/ipv6.md).
+        let early = if ip == "dual" { 20 } else { 0 };
         assert!(
-            out.abs_diff(real) <= 10,
+            out <= real + 10 && real <= out + 10 + early,
             "--ip {ip}: outbound {out} vs {real}"
         );
         assert_eq!(row["garp_frames"], garps, "--ip {ip}");

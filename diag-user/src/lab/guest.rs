@@ -102,6 +102,8 @@ struct State {
     /// Truth is kept only after the switch-over (before it the tap had the right MAC).
     judging: bool,
     windows: Vec<Window>,
+    /// The families (bits, see `family_bit`) whose frames go to a stale MAC now.
+    stale_families: u8,
     first_sent_ns: Option<u64>,
     first_inbound_ns: Option<u64>,
 }
@@ -342,7 +344,7 @@ impl Guest {
                 s.resolved = true;
                 if s.judging && self.config.routed {
                     let stale = Some(dst) != s.tap_mac;
-                    note_window(&mut s, stale, now);
+                    note_window(&mut s, family_bit(eth.ethertype), stale, now);
                 }
             }
         }
@@ -375,17 +377,34 @@ impl Guest {
 }
 
 /// Opens or closes the stale window at a frame the guest sent at `now`.
-fn note_window(s: &mut State, stale: bool, now: u64) {
+/// A dual-stack guest's window lasts until each family that went stale is right again
+/// (its ARP and neighbour caches are apart): `family` is that frame's bit.
+fn note_window(s: &mut State, family: u8, stale: bool, now: u64) {
     let open = s.windows.last().is_some_and(|w| w.end_ns.is_none());
-    if stale && !open {
-        s.windows.push(Window {
-            start_ns: now,
-            end_ns: None,
-        });
-    } else if !stale && open {
+    if stale {
+        s.stale_families |= family;
+        if !open {
+            s.windows.push(Window {
+                start_ns: now,
+                end_ns: None,
+            });
+        }
+        return;
+    }
+    s.stale_families &= !family;
+    if open && s.stale_families == 0 {
         if let Some(w) = s.windows.last_mut() {
             w.end_ns = Some(now);
         }
+    }
+}
+
+/// A frame's address family as a bit (IPv4 1, IPv6 2; any other ethertype both).
+fn family_bit(ethertype: u16) -> u8 {
+    match ethertype {
+        0x0800 => 1,
+        ETH_P_IPV6 => 2,
+        _ => 3,
     }
 }
 

@@ -405,12 +405,21 @@ impl Lab {
         Ok(())
     }
 
-    /// The story is over: every stale window closed (or none opened), the client's pings
-    /// are answered again, and the migration is at least two seconds old.
+    /// The story is over: every stale window closed (or none opened) long enough ago for
+    /// tapwatch to have judged it (a family that goes quiet is known only by counters that
+    /// stop rising over a stats interval), the client's pings are answered again, and the
+    /// migration is at least two seconds old.
     fn story_over(&self) -> bool {
         let now = monotonic_ns();
+        let settle = (self.opts.interval * 3)
+            .max(Duration::from_secs(2))
+            .as_nanos() as u64;
         self.vms.iter().all(|vm| {
-            let closed = vm.guest.windows().iter().all(|w| w.end_ns.is_some());
+            let closed = vm
+                .guest
+                .windows()
+                .iter()
+                .all(|w| w.end_ns.is_some_and(|e| now > e + settle));
             let since = vm.switchover_ns.unwrap_or(now);
             let fresh = |p: &Pings| {
                 p.last_reply_ns()

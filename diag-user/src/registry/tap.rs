@@ -59,6 +59,19 @@ pub struct Families {
 }
 
 impl Families {
+    /// A family's frames went to the tap's MAC again (an unknown family: every one's).
+    pub fn remove(&mut self, f: Option<crate::model::Family>) {
+        match f {
+            Some(crate::model::Family::V4) => self.v4 = false,
+            Some(crate::model::Family::V6) => self.v6 = false,
+            None => *self = Self::default(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        !self.v4 && !self.v6
+    }
+
     pub fn add(&mut self, f: Option<crate::model::Family>) {
         match f {
             Some(crate::model::Family::V4) => self.v4 = true,
@@ -81,6 +94,14 @@ pub struct NdFacts {
     pub last_ra: Option<Ts>,
     /// The families of the open (or last) blackout's stale frames.
     pub stale: Families,
+    /// Those of them whose frames have not gone to the tap's MAC since: a dual-stack
+    /// guest's blackout ends when both families' have.
+    pub open: Families,
+    /// While one family is still open: when the kernel's window last closed (a frame of
+    /// the other family to the tap's MAC), and the stale count the first interval after
+    /// it read. The still-open family's return to the tap's MAC makes no event of its own
+    /// once the window is closed: that its stale frames stopped says it.
+    pub closed: Option<(Ts, Option<u64>)>,
 }
 
 /// Everything known about one tap and the VM behind it.

@@ -53,6 +53,7 @@ impl Engine {
             );
             self.set_state(i, State::Blackout, start, changes);
         }
+        self.last_family_quiet(i, row, ts, changes);
         self.say_forecast(i, ts, changes);
         if self.settle_gaps(i, ts).is_some() {
             self.settle_forecast(i, ts, changes);
@@ -68,6 +69,40 @@ impl Engine {
             self.tap_mut(i).before_quiet = before;
             self.set_state(i, State::Quiet, ts, changes);
         }
+    }
+
+    /// A dual-stack blackout whose last stale family stopped sending stale frames while
+    /// the kernel's window was closed: no event says its first frame to the tap's MAC, so
+    /// its end is the window's last close (the first correctly addressed frame after the
+    /// last stale one), once an interval counted no stale frame and a second has passed.
+    fn last_family_quiet(&mut self, i: usize, row: &TapRow, ts: Ts, changes: &mut Vec<Record>) {
+        let t = self.tap_mut(i);
+        let Some((close, counted)) = t.nd.closed.filter(|_| t.state == State::Blackout) else {
+            return;
+        };
+        let window_open = matches!(row.mismatch_since, Some(Some(_)));
+        let Some(n) = counted else {
+            t.nd.closed = Some((close, Some(row.dst_mismatch_frames)));
+            return;
+        };
+        if window_open || row.dst_mismatch_frames != n || ts.ms_since(close) < 1000 {
+            return;
+        }
+        t.nd.closed = None;
+        t.nd.open = Default::default();
+        let Some(b) = t.blackout.as_mut() else { return };
+        b.end = Some(close);
+        let ms = b.ms(close);
+        t.note(
+            close,
+            format!(
+                "the last stale frames stopped; the kernel's window closed at {} (the first \
+                 correctly addressed frame after them): recovered after {ms} ms",
+                close.clock()
+            ),
+        );
+        self.settled.push(Settled::Blackout { ms });
+        self.set_state(i, State::Recovered, close, changes);
     }
 
     /// When a blackout that only the counters show began, if they show a new one. Counts

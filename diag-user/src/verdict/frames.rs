@@ -41,6 +41,9 @@ impl Engine {
                 self.set_state(i, State::Blackout, f.ts, changes);
             }
         } else if f.kind == FrameKind::DstMatch && self.registry.at(i).state == State::Blackout {
+            if still_stale(self.tap_mut(i), f) {
+                return;
+            }
             if let Some(ms) = recovered(self.tap_mut(i), f) {
                 self.settled.push(Settled::Blackout { ms });
             }
@@ -157,10 +160,15 @@ fn stale_frame(t: &mut Tap, f: &FrameRecord) -> bool {
         if t.state == State::Blackout || closed_before {
             t.nd.stale.add(f.family());
         }
+        if t.state == State::Blackout {
+            t.nd.open.add(f.family());
+            t.nd.closed = None;
+        }
         return false;
     }
     t.nd.stale = Default::default();
     t.nd.stale.add(f.family());
+    t.nd.open = t.nd.stale;
     t.blackout = Some(Blackout {
         start: f.ts,
         end: None,
@@ -173,6 +181,29 @@ fn stale_frame(t: &mut Tap, f: &FrameRecord) -> bool {
         format!("first frame to {} (not the tap's MAC): blackout", f.dst_mac)
     };
     t.note(f.ts, what);
+    true
+}
+
+/// A frame to the tap's MAC of one family while the other's still go to the stale MAC (a
+/// dual-stack guest that re-learnt one gateway): the blackout goes on, said once.
+fn still_stale(t: &mut Tap, f: &FrameRecord) -> bool {
+    let was = t.nd.open;
+    t.nd.open.remove(f.family());
+    if t.nd.open.is_empty() {
+        return false;
+    }
+    t.nd.closed = Some((f.ts, None));
+    if t.nd.open != was {
+        let (fixed, stale) = if t.nd.open.v6 {
+            ("IPv4", "IPv6")
+        } else {
+            ("IPv6", "IPv4")
+        };
+        t.note(
+            f.ts,
+            format!("{fixed} frames reach the tap's MAC again; {stale} frames are still stale"),
+        );
+    }
     true
 }
 

@@ -671,9 +671,13 @@ fn a_dual_stack_guest_s_recovery_names_both_families() {
         on.contains("re-ARPs its gateway and re-resolves its IPv6 router"),
         "{on}"
     );
+    // Both families' frames reach the tap's MAC again: only then is it over.
     let end = diagnosis_after(
         &mut e,
-        &[frame(20_410, "tap6", "from_vm", "dst_match", NEW)],
+        &[
+            frame(20_410, "tap6", "from_vm", "dst_match", NEW),
+            frame6(20_412, "tap6", "from_vm", "dst_match", NEW, None),
+        ],
     );
     assert!(
         end.contains("after the guest re-ARPed at")
@@ -686,4 +690,88 @@ fn a_dual_stack_guest_s_recovery_names_both_families() {
         end.contains("GARP") && end.contains("Unsolicited NA"),
         "{end}"
     );
+}
+
+/// A frame of `kind` from the VM to `dst`, IPv6 when `v6`.
+fn from_vm_ip(ms: i64, kind: &'static str, dst: crate::model::mac::MacAddr, v6: bool) -> Record {
+    let mut r = frame(ms, "tap0", "from_vm", kind, dst);
+    if let Record::Frame(f) = &mut r {
+        if v6 {
+            f.src_ip = Some("2001:db8:65::2".into());
+            f.dst_ip = Some("2001:db8:10::1".into());
+        }
+    }
+    r
+}
+
+/// A dual-stack guest that re-learns its IPv4 gateway while its IPv6 router entry stays
+/// stale: one blackout, until both families' frames reach the tap's MAC.
+#[test]
+fn a_dual_stack_blackout_ends_when_both_families_recovered() {
+    let mut e = Engine::new(EngineConfig::default());
+    e.apply(&attached(0, "tap0", NEW, "routed"));
+    let mut verdicts = Vec::new();
+    for r in [
+        from_vm_ip(100, "dst_mismatch", OLD, false),
+        from_vm_ip(110, "dst_mismatch", OLD, true),
+        from_vm_ip(2000, "dst_match", NEW, false),
+        from_vm_ip(2010, "dst_mismatch", OLD, true),
+        from_vm_ip(2020, "dst_match", NEW, false),
+        from_vm_ip(2030, "dst_mismatch", OLD, true),
+        from_vm_ip(5000, "dst_match", NEW, true),
+    ] {
+        verdicts.extend(e.apply(&r));
+    }
+    let states: Vec<String> = verdicts
+        .iter()
+        .filter_map(|v| match v {
+            Record::Verdict { fields, .. } => Some(fields.state.to_string()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(states, ["BLACKOUT", "RECOVERED"], "no flapping");
+    let t = e.tap("tap0").unwrap();
+    assert_eq!(t.blackout.unwrap().ms(at(0)), 4900);
+    assert!(t.timeline.iter().any(|e| e
+        .what
+        .contains("IPv4 frames reach the tap's MAC again; IPv6 frames are still stale")));
+}
+
+/// An IPv6-only stale router on a dual-stack guest: its IPv4 frames to the tap's MAC do
+/// not end the blackout.
+#[test]
+fn frames_of_the_other_family_do_not_end_a_blackout() {
+    let mut e = Engine::new(EngineConfig::default());
+    e.apply(&attached(0, "tap0", NEW, "routed"));
+    e.apply(&from_vm_ip(100, "dst_mismatch", OLD, true));
+    e.apply(&from_vm_ip(200, "dst_match", NEW, false));
+    assert_eq!(e.tap("tap0").unwrap().state, State::Blackout);
+    e.apply(&from_vm_ip(900, "dst_match", NEW, true));
+    assert_eq!(e.tap("tap0").unwrap().state, State::Recovered);
+}
+
+/// The last stale family's return to the tap's MAC makes no event while the window is
+/// closed: once an interval counts no stale frame, the blackout ends at the window's last
+/// close.
+#[test]
+fn a_dual_stack_blackout_ends_when_the_last_family_goes_quiet() {
+    let mut e = Engine::new(EngineConfig::default());
+    e.apply(&attached(0, "tap0", NEW, "routed"));
+    e.apply(&from_vm_ip(100, "dst_mismatch", OLD, false));
+    e.apply(&from_vm_ip(110, "dst_mismatch", OLD, true));
+    e.apply(&from_vm_ip(2000, "dst_match", NEW, false));
+    e.apply(&from_vm_ip(2010, "dst_mismatch", OLD, true));
+    e.apply(&from_vm_ip(2020, "dst_match", NEW, false));
+    e.apply(&stats_window(2500, "tap0", 90, 40, None));
+    assert_eq!(e.tap("tap0").unwrap().state, State::Blackout);
+    // Still stale frames counted: not over.
+    e.apply(&stats_window(3500, "tap0", 140, 41, None));
+    assert_eq!(e.tap("tap0").unwrap().state, State::Blackout);
+    e.apply(&from_vm_ip(3600, "dst_mismatch", OLD, true));
+    e.apply(&from_vm_ip(3620, "dst_match", NEW, false));
+    e.apply(&stats_window(4000, "tap0", 160, 42, None));
+    e.apply(&stats_window(5000, "tap0", 200, 42, None));
+    let t = e.tap("tap0").unwrap();
+    assert_eq!(t.state, State::Recovered);
+    assert_eq!(t.blackout.unwrap().end, Some(at(3620)));
 }
