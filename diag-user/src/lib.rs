@@ -15,11 +15,13 @@
 //! - [`nudge`]: the one thing tapwatch writes: a frame into a VM's own tap that makes a
 //!   guest with a stale gateway entry re-learn it, on the operator's word or `--remediate`.
 //! - [`lab`]: a simulated migration between two simulated hypervisors.
+//! - [`memory`]: what a long run gives back to the system.
 //! - [`model`]: the records (the JSON contract) and the types they are made of.
 
 pub mod collect;
 pub mod frames;
 pub mod lab;
+pub mod memory;
 pub mod model;
 pub mod nudge;
 pub mod offline;

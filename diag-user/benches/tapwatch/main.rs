@@ -3,13 +3,14 @@
 //! it into docs/benchmarks.md. Needs root, like the integration tests.
 //!
 //! Options: `--quick` (short runs, to try the harness), `--only LIST` (comma-separated:
-//! throughput, flood, scale, render, latency, serve), `--no-write` (leave the docs alone).
+//! throughput, flood, scale, render, latency, serve, nudge), `--no-write` (leave the docs alone).
 
 mod flood;
 mod floor;
 mod latency;
 mod load;
 mod measure;
+mod nudge;
 mod render;
 mod report;
 mod scale;
@@ -68,7 +69,15 @@ impl Settings {
     }
 }
 
-const PHASES: [&str; 6] = ["throughput", "flood", "scale", "render", "latency", "serve"];
+const PHASES: [&str; 7] = [
+    "throughput",
+    "flood",
+    "scale",
+    "render",
+    "latency",
+    "serve",
+    "nudge",
+];
 
 fn read(path: &str) -> String {
     std::fs::read_to_string(path)
@@ -151,6 +160,7 @@ fn run() -> Result<()> {
             "scale" => scale::run(&s, &mut report),
             "render" => render::run(&s, &mut report),
             "serve" => serve::run(&s, &mut report),
+            "nudge" => nudge::run(&mut report),
             _ => latency::run(&s, &mut report),
         };
         if let Err(e) = r {

@@ -1,6 +1,7 @@
 //! 5. `tapwatch serve` as a fleet runs it: with 1000 taps, how long a scrape of /metrics
 //!    takes and how large it is; then taps churned for the churn time with departed taps
-//!    forgotten after a second: memory follows the live taps, not every tap ever seen.
+//!    forgotten after a second: memory follows the live taps, not every tap ever seen,
+//!    and stays within 10 MB of `watch` on the same taps through the same churn.
 
 use std::{
     io::{Read, Write},
@@ -12,6 +13,7 @@ use diag_testkit::child::Spawned;
 use diag_user::{lab::netns::Netns, report::metrics::sample};
 
 use crate::{
+    load::Tapwatch,
     measure::{ms, percentile, ProcSample},
     report::Report,
     scale::{churn, mb, persistent_taps},
@@ -78,7 +80,10 @@ pub fn run(s: &Settings, report: &mut Report) -> Result<()> {
         format!("{:.0} ms", ms(started)),
     );
     scrape_times(report, &ns, n)?;
-    churn_memory(s, report, &ns, p.pid())?;
+    // `watch` on the same taps through the same churn: the figure serve is held to.
+    let watch = Tapwatch::json(&ns, &["--iface", "bsv*", "--iface", "bch*"])?;
+    churn_memory(s, report, &ns, p.pid(), watch.pid())?;
+    watch.stop()?;
     p.signal(libc::SIGTERM);
     p.wait_timeout(Duration::from_secs(30))?;
     Ok(())
@@ -93,6 +98,17 @@ fn scrape_times(report: &mut Report, ns: &Netns, n: usize) -> Result<()> {
         size = get(ns, "/metrics")?.len();
         times.push(ms(t.elapsed()));
     }
+    let body = get(ns, "/metrics")?;
+    let per_tap = body
+        .lines()
+        .filter(|l| !l.starts_with('#') && l.contains("ifname=\"bsv"))
+        .count() as f64
+        / n as f64;
+    report.info(
+        SECTION,
+        format!("{n} taps: series per tap in /metrics"),
+        format!("{per_tap:.1}"),
+    );
     let p50 = percentile(&mut times, 50.0);
     let p99 = percentile(&mut times, 99.0);
     report.target(
@@ -110,7 +126,7 @@ fn scrape_times(report: &mut Report, ns: &Netns, n: usize) -> Result<()> {
 
 /// The memory and descriptors of serve (process `pid`) over two rounds of churn, the
 /// departed taps forgotten after each.
-fn churn_memory(s: &Settings, report: &mut Report, ns: &Netns, pid: u32) -> Result<()> {
+fn churn_memory(s: &Settings, report: &mut Report, ns: &Netns, pid: u32, watch: u32) -> Result<()> {
     let n = s.scale_taps;
     // Two rounds of churn: the first sets the allocator's high-water mark (glibc keeps what
     // it once held, in per-thread arenas), the second shows whether anything of a departed
@@ -126,6 +142,20 @@ fn churn_memory(s: &Settings, report: &mut Report, ns: &Netns, pid: u32) -> Resu
         rounds.push(ProcSample::of(pid)?);
     }
     let (first, second) = (&rounds[0], &rounds[1]);
+    let w = ProcSample::of(watch)?;
+    report.target(
+        SECTION,
+        format!("{n} live taps after the churn: serve / watch RSS (peak, VmHWM)"),
+        format!(
+            "{:.1} / {:.1} MB ({:.1} / {:.1})",
+            mb(second.rss_kb),
+            mb(w.rss_kb),
+            mb(second.peak_rss_kb),
+            mb(w.peak_rss_kb)
+        ),
+        "serve within 10 MB of watch",
+        mb(second.rss_kb) <= mb(w.rss_kb) + 10.0,
+    );
     report.target(
         SECTION,
         format!(

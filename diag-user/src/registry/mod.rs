@@ -124,8 +124,8 @@ impl Registry {
     }
 
     /// Forgets the taps that went away more than `grace` before `now`: a run of weeks
-    /// keeps what its live taps need.
-    pub fn forget_gone(&mut self, now: Ts, grace: Duration) {
+    /// keeps what its live taps need. Says whether any was forgotten.
+    pub fn forget_gone(&mut self, now: Ts, grace: Duration) -> bool {
         let grace_ms = grace.as_millis() as i64;
         let before = self.taps.len();
         self.taps
@@ -138,7 +138,9 @@ impl Registry {
                 .filter(|(_, t)| t.gone_at.is_none())
                 .map(|(i, t)| ((t.key.netns, t.ifname.clone()), i))
                 .collect();
+            return true;
         }
+        false
     }
 }
 

@@ -19,6 +19,7 @@ use super::{engine_config, report_unwatched, BUNDLE_CLOSE, EXIT_BUNDLE_INCOMPLET
 use crate::cli::ServeArgs;
 
 pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    diag_user::memory::limit_arenas();
     // Everything that can be refused is, before anything is attached.
     let listeners = http::bind(&args.listen)?;
     let engine = Engine::new(engine_config(

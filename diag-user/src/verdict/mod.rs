@@ -169,7 +169,9 @@ impl Engine {
                     self.stats(row, *ts, &mut changes);
                 }
                 if let Some(grace) = self.config.forget_after {
-                    self.registry.forget_gone(*ts, grace);
+                    if self.registry.forget_gone(*ts, grace) {
+                        crate::memory::give_back();
+                    }
                     // Identities said of taps whose attach then failed (a retry says
                     // them again).
                     self.pending.clear();
