@@ -4,6 +4,7 @@
 use std::{path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
+use diag_user::collect::setns::NetnsChoice;
 use diag_user::{
     collect::{
         ebpf::AttachMode,
@@ -201,6 +202,11 @@ pub struct NudgeArgs {
     /// How frames are seen (as for `watch`).
     #[arg(long, value_enum, default_value = "auto")]
     pub datapath: DatapathChoice,
+    /// The network namespace whose taps are seen: host (tapwatch's own), a PID (that
+    /// process's: a KubeVirt pod's QEMU, a container), or a namespace file
+    /// (/var/run/netns/NAME). `all` is refused, saying what to do instead.
+    #[arg(long, value_name = "host|PID|PATH", default_value = "host")]
+    pub netns: NetnsChoice,
 }
 
 fn parse_nudge_wait(s: &str) -> Result<Duration, String> {
@@ -213,6 +219,11 @@ pub struct TapArgs {
     /// Interfaces to watch, by shell glob; repeatable. Default: tap* and vnet*.
     #[arg(long = "iface", value_name = "GLOB")]
     pub ifaces: Vec<String>,
+    /// The network namespace whose taps are seen: host (tapwatch's own), a PID (that
+    /// process's: a KubeVirt pod's QEMU, a container), or a namespace file
+    /// (/var/run/netns/NAME). `all` is refused, saying what to do instead.
+    #[arg(long, value_name = "host|PID|PATH", default_value = "host")]
+    pub netns: NetnsChoice,
     /// Seconds between stats records (0.01 to 86400).
     #[arg(long, value_name = "SECS", default_value = "1", value_parser = parse_interval)]
     pub interval: Duration,
@@ -253,6 +264,7 @@ impl Default for TapArgs {
     fn default() -> Self {
         Self {
             ifaces: Vec::new(),
+            netns: NetnsChoice::Host,
             interval: Duration::from_secs(1),
             attach_mode: AttachMode::Auto,
             datapath: DatapathChoice::Auto,

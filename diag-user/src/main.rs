@@ -22,6 +22,24 @@ fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default))
         .format_timestamp_micros()
         .init();
+    // Before any thread exists: every socket and thread made afterwards is the namespace's.
+    let netns = match &cli.command {
+        Some(Command::Watch(a)) => Some(&a.taps.netns),
+        Some(Command::Serve(a)) => Some(&a.taps.netns),
+        Some(Command::Nudge(a)) => Some(&a.netns),
+        _ => None,
+    };
+    match netns.map(collect::setns::enter).transpose() {
+        Ok(Some(Some(path))) => eprintln!("tapwatch: in the network namespace of {path}"),
+        Ok(_) => {}
+        Err(e) => {
+            eprintln!("tapwatch: {e}");
+            return match e {
+                collect::setns::NetnsError::AllUnsupported => ExitCode::from(run::EXIT_USAGE),
+                _ => ExitCode::FAILURE,
+            };
+        }
+    }
     let result = (|| {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()

@@ -15,6 +15,7 @@ use diag_user::{
         kubevirt::{self, ns_inode},
         HostSources, Identities, IdentitySource, OvsdbSocket,
     },
+    lab::netns::VmTap,
     model::identity::{SourceKind, VmInterface},
     registry::OWN_NETNS,
 };
@@ -202,6 +203,54 @@ fn kubevirt_pods_in_both_modes() {
             ids.lookup(netns, "tap0").is_none()
         });
     }
+}
+
+/// `tapwatch watch --netns PID` pointed at a pod's QEMU: it watches the pod's `tap0` from
+/// the test's own namespace and names it by the VMI whose status file is in the pod.
+#[test]
+fn watching_a_pod_by_its_qemu_names_the_vmi() {
+    require_root();
+    let dir = TempDir::new("kubevirt-watch");
+    let pod = Pod::start(&dir.0, "var/run/libvirt/qemu/run", "prod_vmi-b");
+    let ns = std::fs::File::open(format!("/proc/{}/ns/net", pod.qemu)).unwrap();
+    // The pod's tap, made inside its namespace as virt-launcher makes it.
+    let tap = diag_user::collect::setns::run_in(&ns, || {
+        let tap = VmTap::open("tap0").unwrap();
+        let up = Command::new("ip")
+            .args(["link", "set", "tap0", "up"])
+            .status()
+            .unwrap();
+        assert!(up.success());
+        tap
+    })
+    .unwrap();
+    let mut tw = Command::new(env!("CARGO_BIN_EXE_tapwatch"))
+        // --duration bounds the test if the identity never comes.
+        .args(["watch", "--json", "--interval", "0.1", "--iface", "tap0"])
+        .args(["--duration", "30"])
+        .args(["--libvirt-dir", "/nonexistent", "--netns"])
+        .arg(pod.qemu.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let lines = BufReader::new(tw.stdout.take().unwrap()).lines();
+    let identity = lines
+        .map_while(Result::ok)
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(&l).ok())
+        .find(|v| v["type"] == "identity" && v["ifname"] == "tap0");
+    // SAFETY: kill(2) of the child this test started.
+    unsafe { libc::kill(tw.id() as i32, libc::SIGINT) };
+    let status = tw.wait().unwrap();
+    drop(tap);
+    let identity = identity.expect("no identity record for the pod's tap0");
+    let vm = &identity["libvirt"];
+    assert_eq!(vm["domain"], "prod_vmi-b", "{identity}");
+    assert_eq!(vm["sources"], serde_json::json!(["kubevirt"]), "{identity}");
+    assert_eq!(vm["kubevirt"]["namespace"], "prod", "{identity}");
+    assert_eq!(vm["kubevirt"]["name"], "vmi-b", "{identity}");
+    assert!(status.success(), "{status:?}");
 }
 
 /// `ovsdb-server` with a database of its own, killed on drop.

@@ -1,0 +1,156 @@
+//! `--netns`: tapwatch started in one namespace watches the taps of another (a KubeVirt
+//! pod's, a container's) by namespace file or by a process in it, in every datapath, with
+//! exact counts and nothing from the namespaces it was not pointed at (which have a `tap0`
+//! of the same ifindex); `--netns all` and a namespace that does not exist are refused with
+//! what to do. Each test has its own namespaces.
+
+mod common;
+
+use std::{
+    os::unix::fs::MetadataExt,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use common::*;
+use diag_user::{
+    frames,
+    lab::netns::{Netns, VmTap},
+};
+
+every_datapath!(a_pod_s_tap_is_watched_from_outside_it);
+
+/// Frames from the VM behind `tap` to its tap's old MAC: each a stale frame.
+fn send_stale(tap: &VmTap, n: usize) {
+    for _ in 0..n {
+        tap.send(&frames::udp(GUEST, TAP_LIBVIRT, VM_IP, HOST_IP, 80))
+            .unwrap();
+    }
+}
+
+/// A process inside `ns`, as a pod's QEMU is; killed on drop.
+struct Resident(Child);
+
+impl Resident {
+    /// Returns once the process is in the namespace (`ip netns exec` enters, then execs).
+    fn start(ns: &Netns) -> Self {
+        let child = Command::new("ip")
+            .args(["netns", "exec", ns.name(), "sleep", "600"])
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap();
+        let r = Self(child);
+        let ino = std::fs::metadata(format!("/run/netns/{}", ns.name()))
+            .unwrap()
+            .ino();
+        let want = Some(format!("net:[{ino}]").into());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::fs::read_link(format!("/proc/{}/ns/net", r.pid())).ok() != want {
+            assert!(
+                Instant::now() < deadline,
+                "the process never entered {}",
+                ns.name()
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        r
+    }
+
+    fn pid(&self) -> u32 {
+        self.0.id()
+    }
+}
+
+impl Drop for Resident {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn a_pod_s_tap_is_watched_from_outside_it(datapath: &str) {
+    require_root();
+    let host = Netns::new("twns-host").unwrap();
+    let pod = Netns::new("twns-pod").unwrap();
+    let other = Netns::new("twns-other").unwrap();
+    // Every one of them has a tap0; the pod's and the other pod's have the same ifindex.
+    let mine = VmTap::create(&pod, "tap0", TAP_CALICO).unwrap();
+    let theirs = VmTap::create(&other, "tap0", TAP_CALICO).unwrap();
+    let hosts = VmTap::create(&host, "tap0", TAP_CALICO).unwrap();
+    let idx = |ns: &Netns| {
+        let out = ns.ip(&["-j", "link", "show", "tap0"]).unwrap();
+        serde_json::from_str::<serde_json::Value>(&out).unwrap()[0]["ifindex"].as_u64()
+    };
+    assert_eq!(idx(&pod), idx(&other), "the same ifindex in both pods");
+
+    // By process for the drop-driven datapath, by namespace file for the others.
+    let resident = Resident::start(&pod);
+    let target = if datapath == "drops" {
+        resident.pid().to_string()
+    } else {
+        format!("/run/netns/{}", pod.name())
+    };
+    let mut tw = json_watch_with(
+        &host,
+        datapath,
+        &[
+            "--netns",
+            &target,
+            "--iface",
+            "tap0",
+            "--libvirt-dir",
+            "/nonexistent",
+        ],
+    );
+    let att = tw.wait_attached("tap0");
+    assert_eq!(att["ifindex"].as_u64(), idx(&pod));
+    send_stale(&theirs, 5);
+    send_stale(&hosts, 3);
+    send_stale(&mine, 7);
+    tw.wait_stats("tap0", |t| u(t, "dst_mismatch_frames") == 7);
+    let (status, recs, stderr) = tw.stop(libc::SIGINT);
+    assert!(status.success(), "{stderr}");
+    assert!(stderr.contains("in the network namespace of"), "{stderr}");
+    let rows = recs.iter().find(|r| r["type"] == "summary").unwrap()["taps"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert_eq!(rows.len(), 1, "{rows:#?}");
+    let row = summary_row(&recs, "tap0");
+    assert_eq!(
+        (u(row, "dst_mismatch_frames"), u(row, "from_vm_frames")),
+        (7, 7),
+        "{row:#}"
+    );
+    assert_eq!(row["state"], "BLACKOUT", "{row:#}");
+    // Nothing of tapwatch's stays in the pod's namespace.
+    assert_eq!(our_filters(&pod, "tap0"), 0);
+}
+
+/// `--netns all` says what to run instead (usage, exit 2); a namespace that is not there
+/// or a file that is not a namespace fails before anything is attached (exit 1).
+#[test]
+fn namespaces_that_cannot_be_watched_are_refused() {
+    require_root();
+    let host = Netns::new("twns-refuse").unwrap();
+    let run = |arg: &str| {
+        let out = Command::new("ip")
+            .args(["netns", "exec", host.name(), tw_bin()])
+            .args(["watch", "--json", "--netns", arg])
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, err) = run("all");
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("--netns PID"), "{err}");
+    let (code, err) = run("/run/netns/twns-not-there");
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("/run/netns/twns-not-there"), "{err}");
+    let (code, err) = run("/proc/self/status");
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("cannot enter the network namespace"), "{err}");
+}
