@@ -23,22 +23,14 @@ fn main() -> ExitCode {
         .format_timestamp_micros()
         .init();
     // Before any thread exists: every socket and thread made afterwards is the namespace's.
+    // `serve` enters it itself, after binding its listeners in tapwatch's own namespace.
     let netns = match &cli.command {
         Some(Command::Watch(a)) => Some(&a.taps.netns),
-        Some(Command::Serve(a)) => Some(&a.taps.netns),
         Some(Command::Nudge(a)) => Some(&a.netns),
         _ => None,
     };
-    match netns.map(collect::setns::enter).transpose() {
-        Ok(Some(Some(path))) => eprintln!("tapwatch: in the network namespace of {path}"),
-        Ok(_) => {}
-        Err(e) => {
-            eprintln!("tapwatch: {e}");
-            return match e {
-                collect::setns::NetnsError::AllUnsupported => ExitCode::from(run::EXIT_USAGE),
-                _ => ExitCode::FAILURE,
-            };
-        }
+    if let Some(Err(code)) = netns.map(run::enter_netns) {
+        return code;
     }
     let result = (|| {
         let runtime = tokio::runtime::Builder::new_current_thread()

@@ -1,8 +1,9 @@
 //! `--netns`: tapwatch started in one namespace watches the taps of another (a KubeVirt
 //! pod's, a container's) by namespace file or by a process in it, in every datapath, with
 //! exact counts and nothing from the namespaces it was not pointed at (which have a `tap0`
-//! of the same ifindex); `--netns all` and a namespace that does not exist are refused with
-//! what to do. Each test has its own namespaces.
+//! of the same ifindex); `serve` keeps its endpoint where it started; `--netns all` and a
+//! namespace that does not exist are refused with what to do. Each test has its own
+//! namespaces.
 
 mod common;
 
@@ -16,6 +17,7 @@ use common::*;
 use diag_user::{
     frames,
     lab::netns::{Netns, VmTap},
+    report::metrics::sample,
 };
 
 every_datapath!(a_pod_s_tap_is_watched_from_outside_it);
@@ -153,4 +155,25 @@ fn namespaces_that_cannot_be_watched_are_refused() {
     let (code, err) = run("/proc/self/status");
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("cannot enter the network namespace"), "{err}");
+}
+
+/// `serve --netns`: the endpoint stays in the namespace tapwatch started in (where
+/// Prometheus reaches it), the taps counted are the pod's.
+#[test]
+fn serve_listens_where_it_started_and_counts_the_pod_s_taps() {
+    require_root();
+    let host = Netns::new("twns-serve").unwrap();
+    let pod = Netns::new("twns-spod").unwrap();
+    let mine = VmTap::create(&pod, "tap0", TAP_CALICO).unwrap();
+    let _hosts = VmTap::create(&host, "tap0", TAP_CALICO).unwrap();
+    let pod_ns = format!("/run/netns/{}", pod.name());
+    let p = common::exporter::serve(&host, &["--iface", "tap0", "--netns", &pod_ns]);
+    send_stale(&mine, 4);
+    let labels = common::exporter::tap_labels("tap0");
+    common::exporter::wait_metrics(&host, "the pod's stale frames", |m| {
+        sample(m, "tapwatch_dst_mismatch_frames_total", &labels) == Some(4.0)
+            && sample(m, "tapwatch_taps", &[]) == Some(1.0)
+    });
+    let err = common::exporter::stop(p);
+    assert!(err.contains(&pod_ns), "{err}");
 }

@@ -13,7 +13,10 @@ pub mod watch;
 use std::{process::ExitCode, sync::Arc, time::Duration};
 
 use diag_user::{
-    collect::Outcome,
+    collect::{
+        setns::{self, NetnsChoice, NetnsError},
+        Outcome,
+    },
     report::{
         bundle::Bundle,
         pipeline::{Ending, Pipeline, Writer},
@@ -24,6 +27,26 @@ use diag_user::{
 
 /// Exit status of a command line that cannot be right (clap's usage errors exit so too).
 pub const EXIT_USAGE: u8 = 2;
+
+/// Enters the network namespace `--netns` chose, on the calling thread, before any thread
+/// exists (everything made afterwards is the namespace's); says which, or why not and the
+/// exit status (usage for `all`).
+pub fn enter_netns(choice: &NetnsChoice) -> Result<(), ExitCode> {
+    match setns::enter(choice) {
+        Ok(Some(path)) => {
+            eprintln!("tapwatch: in the network namespace of {path}");
+            Ok(())
+        }
+        Ok(None) => Ok(()),
+        Err(e) => {
+            eprintln!("tapwatch: {e}");
+            Err(match e {
+                NetnsError::AllUnsupported => ExitCode::from(EXIT_USAGE),
+                _ => ExitCode::FAILURE,
+            })
+        }
+    }
+}
 /// Exit status of a run that did its job but whose bundle is incomplete (a full disk).
 pub const EXIT_BUNDLE_INCOMPLETE: u8 = 3;
 /// Exit status of a run in which some matching taps could not be watched.

@@ -22,6 +22,10 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     diag_user::memory::limit_arenas();
     // Everything that can be refused is, before anything is attached.
     let listeners = http::bind(&args.listen)?;
+    // The endpoint stays where Prometheus reaches it; the taps are the namespace's.
+    if let Err(code) = super::enter_netns(&args.taps.netns) {
+        return Ok(code);
+    }
     let engine = Engine::new(engine_config(
         &args.taps,
         EngineConfig {
