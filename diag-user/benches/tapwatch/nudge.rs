@@ -27,7 +27,7 @@ fn truth(args: &[&str]) -> Result<Value> {
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .find(|v| v["type"] == "truth")
+        .find(|v| v["type"] == "lab" && v["event"] == "truth")
         .context("the lab wrote no truth")
 }
 

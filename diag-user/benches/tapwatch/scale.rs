@@ -116,7 +116,7 @@ pub fn persistent_taps(ns: &Netns, prefix: &'static str, n: usize, batch: &Path)
 }
 
 /// Reads tapwatch's records until `n` taps are attached: the time from its exec to the last.
-fn all_attached(tw: &mut Tapwatch, n: usize) -> Result<Duration> {
+pub fn all_attached(tw: &mut Tapwatch, n: usize) -> Result<Duration> {
     let mut attached = 0;
     let mut last = tw.start;
     while attached < n {
