@@ -83,8 +83,15 @@ pub enum AddrSource {
     HostRoute,
     /// The guest's Router Solicitations.
     RouterSolicitation,
-    /// The link-local address derived (EUI-64) from the tap's previous MAC.
+    /// The link-local address derived (EUI-64) from the MAC the guest sends to, the tap's
+    /// previous one.
     DerivedFromOldMac,
+    /// The tap's own link-local address now (EUI-64 of its MAC): a Router
+    /// Advertisement's source.
+    TapLinkLocal,
+    /// The all-nodes group: the guest's own IPv6 address is not known, and its MAC alone
+    /// takes the frame to it.
+    AllNodes,
 }
 
 impl AddrSource {
@@ -95,10 +102,27 @@ impl AddrSource {
             AddrSource::GuestProbe => "learnt from the VM's own neighbour probes",
             AddrSource::StaleFrames => "from the VM's stale frames",
             AddrSource::HostRoute => "from this host's route to the tap",
-            AddrSource::RouterSolicitation => "from the VM's router solicitations",
+            AddrSource::RouterSolicitation => {
+                "the router the VM solicits by router discovery: the tap's link-local \
+                 address derived from its previous MAC"
+            }
             AddrSource::DerivedFromOldMac => "derived from the tap's previous MAC",
+            AddrSource::TapLinkLocal => "the tap's own link-local address now",
+            AddrSource::AllNodes => "all-nodes: the VM's own IPv6 address is not known",
         }
     }
+}
+
+/// One more frame of a nudge: what it claims and to whom, with where each address came
+/// from, as the record's own `frame`, `gateway_*`, `guest_*` and `bytes` say of its first.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SentFrame {
+    pub frame: NudgeFrame,
+    pub gateway_ip: IpAddr,
+    pub gateway_from: AddrSource,
+    pub guest_ip: IpAddr,
+    pub guest_ip_from: AddrSource,
+    pub bytes: String,
 }
 
 /// The `nudge` record's fields beside its time and tap.
@@ -145,6 +169,10 @@ pub struct NudgeRecord {
     /// The frame as sent, in hex (none when refused).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bytes: Option<String>,
+    /// The frames sent with it, in the order written (a dual-stack guest's neighbour
+    /// advertisement after its ARP request, a router advertisement after that).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub more_frames: Vec<SentFrame>,
     /// Why, in words: the evidence it acted on, or why it would not, or what a failed
     /// outcome suggests.
     pub message: String,

@@ -470,25 +470,48 @@ pub fn nudge_words(n: &crate::model::nudge::NudgeRecord) -> String {
         NudgeResult::Recovered => format!("{who}: RECOVERED: {}", one_line(&n.message)),
         NudgeResult::NoEffect => format!("{who}: NO EFFECT: {}", one_line(&n.message)),
     };
-    let mac = |m: Option<crate::model::mac::MacAddr>| m.map(|m| m.to_string()).unwrap_or_default();
-    let ip = |a: Option<std::net::IpAddr>| a.map(|a| a.to_string()).unwrap_or_default();
-    let from = |s: Option<crate::model::nudge::AddrSource>| s.map(|s| s.words()).unwrap_or("");
     let mut s = head;
-    let _ = write!(
-        s,
-        "\n  frame: {} -> {}, ARP request: {} is at {}, to {}\n  gateway {} ({}); guest {} ({})",
-        mac(n.tap_mac),
-        mac(n.guest_mac),
-        ip(n.gateway_ip),
-        mac(n.tap_mac),
-        ip(n.guest_ip),
-        ip(n.gateway_ip),
-        from(n.gateway_from),
-        ip(n.guest_ip),
-        from(n.guest_ip_from),
-    );
-    if let Some(b) = &n.bytes {
-        let _ = write!(s, "\n  bytes: {b}");
+    let first = n
+        .frame
+        .zip(n.gateway_ip.zip(n.gateway_from))
+        .zip(n.guest_ip.zip(n.guest_ip_from))
+        .map(|((frame, gw), guest)| (frame, gw, guest, n.bytes.as_deref()));
+    let more = n.more_frames.iter().map(|f| {
+        (
+            f.frame,
+            (f.gateway_ip, f.gateway_from),
+            (f.guest_ip, f.guest_ip_from),
+            Some(f.bytes.as_str()),
+        )
+    });
+    let tap = n.tap_mac.map(|m| m.to_string()).unwrap_or_default();
+    let guest_mac = n.guest_mac.map(|m| m.to_string()).unwrap_or_default();
+    for (frame, (gw, gw_from), (guest, guest_from), bytes) in first.into_iter().chain(more) {
+        use crate::model::nudge::NudgeFrame;
+        let (what, role) = match frame {
+            NudgeFrame::Arp => (format!("ARP request: {gw} is at {tap}"), "gateway"),
+            NudgeFrame::NeighborAdvert => (
+                format!("Neighbour Advertisement (router, override): {gw} is at {tap}"),
+                "router",
+            ),
+            NudgeFrame::RouterAdvert => (
+                format!(
+                    "Router Advertisement: {gw} at {tap} is a default router for {} s",
+                    crate::frames::DEFAULT_ROUTER_LIFETIME_S
+                ),
+                "new router",
+            ),
+        };
+        let _ = write!(
+            s,
+            "\n  frame: {tap} -> {guest_mac}, {what}, to {guest}\n  {role} {gw} ({}); guest \
+             {guest} ({})",
+            gw_from.words(),
+            guest_from.words(),
+        );
+        if let Some(b) = bytes {
+            let _ = write!(s, "\n  bytes: {b}");
+        }
     }
     if matches!(n.result, NudgeResult::DryRun | NudgeResult::Sent) {
         let _ = write!(s, "\n  evidence: {}", one_line(&n.message));
