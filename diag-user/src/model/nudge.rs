@@ -177,3 +177,23 @@ pub struct NudgeRecord {
     /// outcome suggests.
     pub message: String,
 }
+
+impl NudgeRecord {
+    /// What the nudge claims to be at the tap's MAC, in words to go before "at …": "its
+    /// gateway 169.254.1.1 is", "its router fe80::… is", or both for a dual-stack guest,
+    /// "… are" (a router advertisement's source is the tap's own address, no claim).
+    pub fn claims(&self) -> String {
+        let first = self.frame.zip(self.gateway_ip);
+        let all: Vec<String> = first
+            .into_iter()
+            .chain(self.more_frames.iter().map(|f| (f.frame, f.gateway_ip)))
+            .filter_map(|(frame, ip)| match frame {
+                NudgeFrame::Arp => Some(format!("its gateway {ip}")),
+                NudgeFrame::NeighborAdvert => Some(format!("its router {ip}")),
+                NudgeFrame::RouterAdvert => None,
+            })
+            .collect();
+        let verb = if all.len() > 1 { "are" } else { "is" };
+        format!("{} {verb}", all.join(" and "))
+    }
+}

@@ -738,4 +738,35 @@ mod tests {
         assert_eq!(lines[1].find("bridged"), lines[0].find("routed"), "{t}");
         assert_eq!(lines[1].find("OK"), lines[0].find("RECOVERED"), "{t}");
     }
+
+    /// An IPv6 nudge in words: each frame with what it claims and where its addresses
+    /// came from.
+    #[test]
+    fn an_ipv6_nudge_says_each_frame() {
+        let n: crate::model::nudge::NudgeRecord = serde_json::from_value(serde_json::json!({
+            "ts": "2026-12-06T23:36:41.882310Z", "ifname": "tapn0", "trigger": "operator",
+            "result": "sent", "frame": "neighbor_advert",
+            "gateway_ip": "fe80::fc16:3eff:feaa:bbcc", "gateway_from": "derived_from_old_mac",
+            "guest_ip": "2001:db8:65::2", "guest_ip_from": "stale_frames",
+            "tap_mac": "00:61:fe:ed:ca:fe", "guest_mac": "fa:16:3e:aa:bb:cc", "bytes": "00",
+            "more_frames": [{"frame": "router_advert", "gateway_ip": "fe80::261:feff:feed:cafe",
+                "gateway_from": "tap_link_local", "guest_ip": "2001:db8:65::2",
+                "guest_ip_from": "stale_frames", "bytes": "01"}],
+            "message": "the operator asked"
+        }))
+        .unwrap();
+        assert_eq!(n.claims(), "its router fe80::fc16:3eff:feaa:bbcc is");
+        let w = nudge_words(&n);
+        for want in [
+            "Neighbour Advertisement (router, override): fe80::fc16:3eff:feaa:bbcc is at \
+             00:61:fe:ed:ca:fe, to 2001:db8:65::2",
+            "router fe80::fc16:3eff:feaa:bbcc (derived from the tap's previous MAC)",
+            "Router Advertisement: fe80::261:feff:feed:cafe at 00:61:fe:ed:ca:fe is a default \
+             router for 1800 s",
+            "new router fe80::261:feff:feed:cafe (the tap's own link-local address now)",
+            "bytes: 01",
+        ] {
+            assert!(w.contains(want), "{want:?} not in:\n{w}");
+        }
+    }
 }
