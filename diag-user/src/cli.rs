@@ -53,9 +53,11 @@ pub enum Command {
     /// another, from the two hosts' facts (or bundles). Exit 0: nothing blocks; 1: something
     /// does; 2: bad input.
     Preflight(PreflightArgs),
-    /// End a VM's blackout now: write one ARP frame into its tap from the host side that
-    /// tells a guest with a stale gateway entry where its gateway is, then watch whether its
-    /// stale frames stop. Exit 0: they did (or --dry-run); 1: they did not; 2: bad input;
+    /// End a VM's blackout now: write into its tap from the host side the frame that tells
+    /// a guest with a stale gateway entry where its gateway is (an ARP request; for IPv6 an
+    /// override Neighbour Advertisement for its router, and a Router Advertisement where
+    /// the router's address went with the tap's old MAC), then watch whether its stale
+    /// frames stop. Exit 0: they did (or --dry-run); 1: they did not; 2: bad input;
     /// 5: refused or not sent (nothing was written).
     Nudge(NudgeArgs),
     /// Internal: removes a killed run's tc filters (started by `watch` itself).
@@ -166,8 +168,10 @@ pub struct RemediateArgs {
     /// the host; each nudge a `nudge` record. Off by default.
     #[arg(long)]
     pub remediate: bool,
-    /// The guests' gateway, for nudges: IP, or CIDR=IP for the guests in that subnet;
-    /// repeatable. Without it, learnt from the guests' own ARP requests, else no nudge.
+    /// The guests' gateway (IPv4) or router (IPv6), for nudges: IP, or CIDR=IP for the
+    /// guests in that subnet; repeatable, one plain IP per family. Without it, learnt from
+    /// the guests' own ARP requests and neighbour solicitations (IPv6: else the link-local
+    /// address of the tap's old MAC), else no nudge.
     #[arg(long, value_name = "IP|CIDR=IP")]
     pub gateway: Vec<GatewayArg>,
 }
@@ -178,12 +182,14 @@ pub struct NudgeArgs {
     /// UUID): each of its taps with a stale window open is nudged.
     #[arg(value_name = "TAP|VM")]
     pub target: String,
-    /// The guest's gateway: IP, or CIDR=IP pairs (repeatable) for hosts whose guests sit
-    /// in several subnets. Without it, learnt from the guest's own ARP requests seen while
-    /// watching; else the nudge refuses and says so.
+    /// The guest's gateway (IPv4) or router (IPv6): IP, or CIDR=IP pairs (repeatable) for
+    /// hosts whose guests sit in several subnets; one plain IP per family. Without it,
+    /// learnt from the guest's own ARP requests and neighbour solicitations seen while
+    /// watching (IPv6: else the link-local address of the tap's old MAC); else the nudge
+    /// refuses and says so.
     #[arg(long, value_name = "IP|CIDR=IP")]
     pub gateway: Vec<GatewayArg>,
-    /// Print the frame that would be sent, and send nothing.
+    /// Print the frames that would be sent, and send nothing.
     #[arg(long)]
     pub dry_run: bool,
     /// Print `nudge` records (NDJSON) instead of words.

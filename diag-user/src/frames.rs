@@ -244,6 +244,10 @@ pub fn router_solicit(src_mac: MacAddr, src: Ipv6Addr) -> Vec<u8> {
     icmpv6(V6Ends::to_group(src_mac, src, ALL_ROUTERS), 133, &body)
 }
 
+/// RFC 4861's default router lifetime (3 × the default 600 s between advertisements), in
+/// seconds.
+pub const DEFAULT_ROUTER_LIFETIME_S: u16 = 1800;
+
 /// What a Router Advertisement says besides who sends it.
 #[derive(Clone, Copy, Debug)]
 pub struct RouterAdvert {

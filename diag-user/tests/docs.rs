@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use diag_user::{
     model::forecast::{Forecast, ForecastCounts, ForecastOutcome, ForecastRecord},
     model::identity::{KubevirtVmi, OvsPort, ProxmoxNic, SourceKind, VmInterface},
-    model::nudge::{AddrSource, NudgeFrame, NudgeRecord, NudgeResult, NudgeTrigger},
+    model::nudge::{AddrSource, NudgeFrame, NudgeRecord, NudgeResult, NudgeTrigger, SentFrame},
     model::{
         clock::Ts, mac::MacAddr, Backend, Direction, FrameKind, FrameRecord, HostFact, LabEvent,
         LabRecord, Line, MacHistoryEntry, MigrationRecord, Mode, NaFlags, NoticeCode, Record,
@@ -255,6 +255,14 @@ fn nudge_sample(ts: Ts, mac: MacAddr) -> NudgeRecord {
         stale_after: Some(0),
         watched_ms: Some(5000),
         bytes: Some("00".into()),
+        more_frames: vec![SentFrame {
+            frame: NudgeFrame::NeighborAdvert,
+            gateway_ip: "fe80::fc16:3eff:feaa:bbcc".parse().unwrap(),
+            gateway_from: AddrSource::DerivedFromOldMac,
+            guest_ip: "2001:db8:65::2".parse().unwrap(),
+            guest_ip_from: AddrSource::StaleFrames,
+            bytes: "00".into(),
+        }],
         message: "m".into(),
     }
 }

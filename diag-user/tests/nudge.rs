@@ -7,12 +7,19 @@
 
 mod common;
 
-use std::{net::Ipv4Addr, sync::Arc, thread::JoinHandle, time::Duration};
+use std::{
+    net::{Ipv4Addr, Ipv6Addr},
+    sync::Arc,
+    thread::JoinHandle,
+    time::Duration,
+};
 
 use common::*;
 use diag_user::{
+    frames::eui64_link_local,
     lab::{
         guest::{Guest, GuestConfig},
+        ipv6::{self, LabIp},
         netns::{Netns, VmTap},
     },
     model::mac::MacAddr,
@@ -21,6 +28,8 @@ use serde_json::Value;
 
 const GATEWAY: &str = "169.254.1.1";
 const PEER: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
+const GUEST6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x65, 0, 0, 0, 0, 2);
+const PEER6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xff, 0, 0, 0, 0, 1);
 /// The tap's MAC the guest learnt, and the one it has after the "migration".
 const OLD: MacAddr = TAP_LIBVIRT;
 const NEW: MacAddr = TAP_CALICO;
@@ -35,8 +44,18 @@ struct Stranded {
 
 impl Stranded {
     fn new(tag: &str, reachable: Duration, bridged: bool) -> Self {
+        Self::speaking(tag, reachable, bridged, LabIp::V4)
+    }
+
+    /// `ip`: the families the guest speaks. With IPv6 its default router is the tap's
+    /// link-local address (EUI-64 of `OLD`), learnt from the host's Router Advertisement.
+    fn speaking(tag: &str, reachable: Duration, bridged: bool, ip: LabIp) -> Self {
         require_root();
         let host = Netns::new(&format!("tw-nudge-{tag}")).unwrap();
+        if ip.v6() {
+            // Before the tap is made: it comes up with its EUI-64 link-local address.
+            ipv6::enable(&host, true, &[]).unwrap();
+        }
         let tap = Arc::new(VmTap::create(&host, "tapn0", OLD).unwrap());
         host.ip(&["addr", "add", &format!("{PEER}/32"), "dev", "lo"])
             .unwrap();
@@ -77,6 +96,19 @@ impl Stranded {
             host.ip(&["route", "add", &format!("{VM_IP}/32"), "dev", "tapn0"])
                 .unwrap();
         }
+        if ip.v6() {
+            host.ip(&["-6", "addr", "add", &format!("{PEER6}/128"), "dev", "lo"])
+                .unwrap();
+            host.ip(&[
+                "-6",
+                "route",
+                "add",
+                &format!("{GUEST6}/128"),
+                "dev",
+                "tapn0",
+            ])
+            .unwrap();
+        }
         let config = GuestConfig {
             name: "vm".into(),
             netns: format!("{}-guest", host.name()),
@@ -86,9 +118,9 @@ impl Stranded {
             peer: PEER,
             reachable,
             routed: !bridged,
-            v4: true,
-            ip6: None,
-            peer6: None,
+            v4: ip.v4(),
+            ip6: ip.v6().then_some(GUEST6),
+            peer6: ip.v6().then_some(PEER6),
         };
         let (guest, relay) = Guest::start(config, tap, OLD).unwrap();
         let s = Self {
@@ -96,17 +128,34 @@ impl Stranded {
             guest,
             relay: Some(relay),
         };
+        if ip.v6() {
+            ipv6::advertise_router(&s.host, "tapn0", OLD).unwrap();
+            // Confirmed by its own probe, as a guest with traffic has it.
+            wait_until("the guest to reach its IPv6 router", || {
+                s.router_entry().contains("REACHABLE")
+            });
+        }
         if !bridged {
             wait_until("the guest to learn its gateway", || s.guest.knows_gateway());
         }
         s
     }
 
-    /// The tap's MAC changes under the guest, which keeps its cached one.
+    /// The tap's MAC changes under the guest, which keeps its cached one; so does the
+    /// tap's link-local address, as on a destination host whose tap was made with `NEW`.
     fn strand(&self) {
         self.host
             .ip(&["link", "set", "tapn0", "address", &NEW.to_string()])
             .unwrap();
+        if self.guest.config.ip6.is_some() {
+            let ll = |m: MacAddr| format!("{}/64", eui64_link_local(m));
+            let _ = self
+                .host
+                .ip(&["-6", "addr", "del", &ll(OLD), "dev", "tapn0"]);
+            let _ = self
+                .host
+                .ip(&["-6", "addr", "add", &ll(NEW), "dev", "tapn0", "nodad"]);
+        }
         let tap = self.guest.tap().unwrap();
         self.guest.resume_on(tap, NEW);
     }
@@ -119,13 +168,26 @@ impl Stranded {
         Tapwatch::start(&self.host, &all).finish()
     }
 
-    /// The guest kernel's neighbour entry for its gateway: its MAC.
-    fn gateway_entry(&self) -> String {
+    /// `ip ARGS` in the guest's namespace: its output.
+    fn guest_ip(&self, args: &[&str]) -> String {
         let out = std::process::Command::new("ip")
-            .args(["-n", &self.guest.config.netns, "neigh", "show", GATEWAY])
+            .args(["-n", &self.guest.config.netns])
+            .args(args)
             .output()
             .unwrap();
         String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// The guest kernel's neighbour entry for its gateway: its MAC.
+    fn gateway_entry(&self) -> String {
+        self.guest_ip(&["neigh", "show", GATEWAY])
+    }
+
+    /// The guest kernel's neighbour entry for its first IPv6 router, the tap's link-local
+    /// address of `OLD`.
+    fn router_entry(&self) -> String {
+        let old = eui64_link_local(OLD).to_string();
+        self.guest_ip(&["-6", "neigh", "show", &old, "dev", "eth0"])
     }
 }
 
@@ -363,4 +425,68 @@ fn remediate_stops_after_three_nudges_that_do_not_help() {
         .filter(|v| v["result"] == "no_effect")
         .count();
     assert_eq!(no_effect, 3);
+}
+
+/// An IPv6-only guest whose router was the tap's link-local address of its old MAC: the
+/// nudge claims that router at the tap's MAC (an override Neighbour Advertisement) and
+/// advertises the tap's link-local address of now as a router; Linux's own cache and
+/// routing table take both.
+#[test]
+fn an_ipv6_guest_re_learns_its_router_and_moves_its_default_route() {
+    let s = Stranded::speaking("v6", LINUX, false, LabIp::V6);
+    s.strand();
+    let (status, recs, err) = s.nudge(&["tapn0", "--wait", "3"]);
+    assert_eq!(status.code(), Some(0), "{err}\n{recs:#?}");
+    let n = nudges(&recs);
+    assert_eq!(n.len(), 2, "{n:#?}");
+    let (old_router, new_router) = (eui64_link_local(OLD), eui64_link_local(NEW));
+    assert_eq!(n[0]["result"], "sent");
+    assert_eq!(n[0]["frame"], "neighbor_advert");
+    assert_eq!(n[0]["gateway_ip"], old_router.to_string());
+    assert_eq!(n[0]["gateway_from"], "derived_from_old_mac");
+    assert_eq!(n[0]["guest_ip"], GUEST6.to_string());
+    assert_eq!(n[0]["guest_ip_from"], "stale_frames");
+    let ra = &n[0]["more_frames"][0];
+    assert_eq!(ra["frame"], "router_advert", "{:#}", n[0]);
+    assert_eq!(ra["gateway_ip"], new_router.to_string());
+    assert_eq!(ra["gateway_from"], "tap_link_local");
+    assert_eq!(n[1]["result"], "recovered", "{n:#?}");
+    let ms = u(n[1], "recovered_after_ms");
+    assert!(ms < 100, "recovered {ms} ms after the nudge");
+    // Linux's own cache and routes: the old router at the tap's MAC, and the tap's
+    // link-local address of now a default router.
+    let entry = s.router_entry();
+    assert!(entry.contains(&NEW.to_string()), "{entry}");
+    let routes = s.guest_ip(&["-6", "route", "show", "default"]);
+    assert!(routes.contains(&new_router.to_string()), "{routes}");
+    let w = s.guest.windows();
+    assert!(w.last().is_some_and(|w| w.end_ns.is_some()), "{w:?}");
+}
+
+/// A dual-stack guest: one nudge writes the ARP request and the IPv6 frames, each said
+/// with where its addresses came from, and both of its caches take them.
+#[test]
+fn a_dual_stack_guest_gets_both_nudges_in_one() {
+    let s = Stranded::speaking("dual", LINUX, false, LabIp::Dual);
+    s.strand();
+    let (status, recs, err) = s.nudge(&["tapn0", "--gateway", GATEWAY, "--wait", "3"]);
+    assert_eq!(status.code(), Some(0), "{err}\n{recs:#?}");
+    let n = nudges(&recs);
+    assert_eq!(n[0]["frame"], "arp", "{n:#?}");
+    assert_eq!(n[0]["gateway_from"], "flag");
+    let more: Vec<&str> = n[0]["more_frames"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["frame"].as_str().unwrap())
+        .collect();
+    assert_eq!(more, ["neighbor_advert", "router_advert"], "{:#}", n[0]);
+    assert_eq!(
+        n[0]["more_frames"][0]["gateway_from"],
+        "derived_from_old_mac"
+    );
+    assert_eq!(n[1]["result"], "recovered", "{n:#?}");
+    assert!(s.gateway_entry().contains(&NEW.to_string()));
+    let entry = s.router_entry();
+    assert!(entry.contains(&NEW.to_string()), "{entry}");
 }

@@ -72,14 +72,27 @@ pub struct NeighTimers {
 }
 
 impl NeighTimers {
-    /// When a stale entry last confirmed at `confirmed_ns`, and used all the time, is
-    /// replaced: it turns DELAY after its reachable time, is probed after the delay, fails
-    /// after its unicast probes, and the next frame's broadcast request is answered at once.
-    pub fn stale_until_ns(&self, confirmed_ns: u64) -> u64 {
-        confirmed_ns
-            + (self.reachable_ms + self.delay_probe_ms + self.retrans_ms * self.ucast_probes)
-                * 1_000_000
+    /// When a stale entry, used all the time, is replaced: confirmed at some moment, it
+    /// turns DELAY after its reachable time; learnt unconfirmed (STALE: an IPv6 router
+    /// from an advertisement), at its first use. It is probed after the delay, fails after
+    /// its unicast probes, and the next frame's broadcast request is answered at once (an
+    /// IPv6 guest moves to the router the destination advertised).
+    pub fn stale_until_ns(&self, learnt: Learnt) -> u64 {
+        let (since, reachable) = match learnt {
+            Learnt::Confirmed(ns) => (ns, self.reachable_ms),
+            Learnt::Stale(ns) => (ns, 0),
+        };
+        since + (reachable + self.delay_probe_ms + self.retrans_ms * self.ucast_probes) * 1_000_000
     }
+}
+
+/// How the guest's entry for its gateway was last learnt (monotonic ns).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Learnt {
+    /// Confirmed: the gateway's ARP reply, or a solicited advertisement.
+    Confirmed(u64),
+    /// Learnt without confirmation: a Router Advertisement's source link-layer address.
+    Stale(u64),
 }
 
 const OWN_TRAFFIC_EVERY: Duration = Duration::from_millis(100);
@@ -95,10 +108,10 @@ struct State {
     stop: bool,
     /// The guest has sent to a resolved unicast MAC (it knows its gateway).
     resolved: bool,
-    /// When the guest last received an ARP reply from its gateway (monotonic ns), and
-    /// that as of its last resume (what its cached entry's timers run from).
-    gateway_confirmed_ns: Option<u64>,
-    confirmed_at_resume_ns: Option<u64>,
+    /// How the guest last learnt its gateway, and that as of its last resume (what its
+    /// cached entry's timers run from).
+    gateway_learnt: Option<Learnt>,
+    learnt_at_resume: Option<Learnt>,
     /// Truth is kept only after the switch-over (before it the tap had the right MAC).
     judging: bool,
     windows: Vec<Window>,
@@ -166,7 +179,7 @@ impl Guest {
         s.tap_mac = Some(tap_mac);
         s.paused = false;
         s.judging = true;
-        s.confirmed_at_resume_ns = s.gateway_confirmed_ns;
+        s.learnt_at_resume = s.gateway_learnt;
         s.first_sent_ns = None;
         s.first_inbound_ns = None;
     }
@@ -189,9 +202,9 @@ impl Guest {
         self.lock().resolved
     }
 
-    /// When its gateway last answered its ARP before it last resumed (monotonic ns).
-    pub fn confirmed_at_resume_ns(&self) -> Option<u64> {
-        self.lock().confirmed_at_resume_ns
+    /// How it last learnt its gateway before it last resumed.
+    pub fn learnt_at_resume(&self) -> Option<Learnt> {
+        self.lock().learnt_at_resume
     }
 
     pub fn tap(&self) -> Option<Arc<VmTap>> {
@@ -203,11 +216,17 @@ impl Guest {
         self.lock().windows.clone()
     }
 
-    /// Its kernel's neighbour timers on `eth0` now.
+    /// Its kernel's neighbour timers on `eth0` now: ARP's, or neighbour discovery's for
+    /// an IPv6-only guest.
     pub fn neigh_timers(&self) -> Option<NeighTimers> {
+        let table = if self.config.v4 {
+            "arp_cache"
+        } else {
+            "ndisc_cache"
+        };
         let out = self
             .ns
-            .ip(&["-j", "ntable", "show", "dev", "eth0", "name", "arp_cache"])
+            .ip(&["-j", "ntable", "show", "dev", "eth0", "name", table])
             .ok()?;
         let v: serde_json::Value = serde_json::from_str(&out).ok()?;
         let t = v.as_array()?.first()?;
@@ -362,17 +381,43 @@ impl Guest {
                 if s.judging && s.first_inbound_ns.is_none() {
                     s.first_inbound_ns = Some(monotonic_ns());
                 }
-            } else if eth.ethertype == ETH_P_ARP {
-                let from_gateway = parse_arp(frame, eth.l3_offset).is_some_and(|a| {
-                    a.op == diag_common::frame::ARP_OP_REPLY
-                        && a.sender_ip == self.config.gateway.octets()
-                });
-                if from_gateway {
-                    s.gateway_confirmed_ns = Some(monotonic_ns());
-                }
+            } else if let Some(learnt) = self.learns_gateway(frame, &eth, s.judging) {
+                s.gateway_learnt = Some(learnt);
             }
         }
         let _ = eth0.send(frame);
+    }
+
+    /// A frame that sets the guest's entry for its gateway (its timers run from it): the
+    /// gateway's ARP reply; for an IPv6-only guest, a solicited Neighbour Advertisement (a
+    /// routed guest's one neighbour is its router), or, unconfirmed, a Router
+    /// Advertisement before the migration (the source's: the router it keeps).
+    fn learns_gateway(
+        &self,
+        frame: &[u8],
+        eth: &diag_common::frame::EthernetView,
+        judging: bool,
+    ) -> Option<Learnt> {
+        use diag_common::frame::{
+            ARP_OP_REPLY, NA_FLAG_SOLICITED, ND_NEIGHBOR_ADVERT, ND_ROUTER_ADVERT,
+        };
+        let now = monotonic_ns();
+        if eth.ethertype == ETH_P_ARP {
+            let reply = parse_arp(frame, eth.l3_offset).is_some_and(|a| {
+                a.op == ARP_OP_REPLY && a.sender_ip == self.config.gateway.octets()
+            });
+            return reply.then_some(Learnt::Confirmed(now));
+        }
+        if self.config.v4 || eth.ethertype != ETH_P_IPV6 {
+            return None;
+        }
+        match parse_nd(frame, eth.l3_offset)? {
+            n if n.icmp_type == ND_NEIGHBOR_ADVERT && n.na_flags & NA_FLAG_SOLICITED != 0 => {
+                Some(Learnt::Confirmed(now))
+            }
+            n if n.icmp_type == ND_ROUTER_ADVERT && !judging => Some(Learnt::Stale(now)),
+            _ => None,
+        }
     }
 }
 

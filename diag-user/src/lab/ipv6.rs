@@ -59,9 +59,6 @@ pub fn link6(subnet: u16, host: u16) -> Ipv6Addr {
 /// The client's address on the bridged segment.
 pub const CLIENT_BRIDGED6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x65, 0, 0, 0, 0, 1);
 
-/// Router lifetime of the lab's advertisements: RFC 4861's default (3 × 600 s).
-const ROUTER_LIFETIME_S: u16 = 1800;
-
 /// Turns IPv6 on in a namespace the lab made (they start with it off), without duplicate
 /// address detection (its second of waiting would only slow the lab; nothing else holds
 /// the lab's addresses); `forwarding` for a hypervisor.
@@ -96,7 +93,7 @@ pub fn advertise_router(hv: &Netns, tap: &str, tap_mac: MacAddr) -> Result<(), S
     let ra = frames::router_advert(
         V6Ends::to_group(tap_mac, eui64_link_local(tap_mac), ALL_NODES),
         RouterAdvert {
-            router_lifetime: ROUTER_LIFETIME_S,
+            router_lifetime: frames::DEFAULT_ROUTER_LIFETIME_S,
             prefix: None,
         },
     );

@@ -505,7 +505,7 @@ fn unnudged_ms(vm: &LabVm, window: Option<&guest::Window>) -> Option<u64> {
     let until = vm
         .guest
         .neigh_timers()?
-        .stale_until_ns(vm.guest.confirmed_at_resume_ns()?);
+        .stale_until_ns(vm.guest.learnt_at_resume()?);
     Some(until.saturating_sub(w.start_ns) / 1_000_000)
 }
 

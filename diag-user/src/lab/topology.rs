@@ -171,14 +171,17 @@ impl Topology {
     /// the fabric's route, which BGP would move).
     pub(super) fn route_to(&self, hv_is_dst: bool, vm: &VmSpec) -> Result<(), SandboxError> {
         let hv = if hv_is_dst { &self.dst } else { &self.src };
-        let ip = format!("{}/32", vm.ip);
-        hv.ip(&["route", "replace", &ip, "dev", &vm.tap])?;
-        self.route6(hv, vm)?;
+        self.routes(hv, vm)?;
         self.client_route(hv_is_dst, vm)
     }
 
-    /// A hypervisor's IPv6 route to the VM via its tap, when the guests speak IPv6.
-    fn route6(&self, hv: &Netns, vm: &VmSpec) -> Result<(), SandboxError> {
+    /// A hypervisor's routes to the VM via its tap, of the families the guests speak (a
+    /// host route says the guest has an address of its family: the nudge reads them so).
+    fn routes(&self, hv: &Netns, vm: &VmSpec) -> Result<(), SandboxError> {
+        if self.ip.v4() {
+            let ip = format!("{}/32", vm.ip);
+            hv.ip(&["route", "replace", &ip, "dev", &vm.tap])?;
+        }
         if self.ip.v6() {
             let ip6 = format!("{}/128", vm.ip6);
             hv.ip(&["-6", "route", "replace", &ip6, "dev", &vm.tap])?;
@@ -186,12 +189,10 @@ impl Topology {
         Ok(())
     }
 
-    /// The destination host's /32 route to the VM via its tap (what Calico's agent sets
+    /// The destination host's /32 (and /128) route to the VM via its tap (what Calico's agent sets
     /// when the tap is plugged and the VM is there).
     pub(super) fn host_route(&self, vm: &VmSpec) -> Result<(), SandboxError> {
-        let ip = format!("{}/32", vm.ip);
-        self.dst.ip(&["route", "replace", &ip, "dev", &vm.tap])?;
-        self.route6(&self.dst, vm)
+        self.routes(&self.dst, vm)
     }
 
     /// The fabric's route to the VM (the client's): to the source or the destination.

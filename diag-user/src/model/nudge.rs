@@ -83,8 +83,15 @@ pub enum AddrSource {
     HostRoute,
     /// The guest's Router Solicitations.
     RouterSolicitation,
-    /// The link-local address derived (EUI-64) from the tap's previous MAC.
+    /// The link-local address derived (EUI-64) from the MAC the guest sends to, the tap's
+    /// previous one.
     DerivedFromOldMac,
+    /// The tap's own link-local address now (EUI-64 of its MAC): a Router
+    /// Advertisement's source.
+    TapLinkLocal,
+    /// The all-nodes group: the guest's own IPv6 address is not known, and its MAC alone
+    /// takes the frame to it.
+    AllNodes,
 }
 
 impl AddrSource {
@@ -95,10 +102,27 @@ impl AddrSource {
             AddrSource::GuestProbe => "learnt from the VM's own neighbour probes",
             AddrSource::StaleFrames => "from the VM's stale frames",
             AddrSource::HostRoute => "from this host's route to the tap",
-            AddrSource::RouterSolicitation => "from the VM's router solicitations",
+            AddrSource::RouterSolicitation => {
+                "the router the VM solicits by router discovery: the tap's link-local \
+                 address derived from its previous MAC"
+            }
             AddrSource::DerivedFromOldMac => "derived from the tap's previous MAC",
+            AddrSource::TapLinkLocal => "the tap's own link-local address now",
+            AddrSource::AllNodes => "all-nodes: the VM's own IPv6 address is not known",
         }
     }
+}
+
+/// One more frame of a nudge: what it claims and to whom, with where each address came
+/// from, as the record's own `frame`, `gateway_*`, `guest_*` and `bytes` say of its first.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SentFrame {
+    pub frame: NudgeFrame,
+    pub gateway_ip: IpAddr,
+    pub gateway_from: AddrSource,
+    pub guest_ip: IpAddr,
+    pub guest_ip_from: AddrSource,
+    pub bytes: String,
 }
 
 /// The `nudge` record's fields beside its time and tap.
@@ -145,7 +169,31 @@ pub struct NudgeRecord {
     /// The frame as sent, in hex (none when refused).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bytes: Option<String>,
+    /// The frames sent with it, in the order written (a dual-stack guest's neighbour
+    /// advertisement after its ARP request, a router advertisement after that).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub more_frames: Vec<SentFrame>,
     /// Why, in words: the evidence it acted on, or why it would not, or what a failed
     /// outcome suggests.
     pub message: String,
+}
+
+impl NudgeRecord {
+    /// What the nudge claims to be at the tap's MAC, in words to go before "at …": "its
+    /// gateway 169.254.1.1 is", "its router fe80::… is", or both for a dual-stack guest,
+    /// "… are" (a router advertisement's source is the tap's own address, no claim).
+    pub fn claims(&self) -> String {
+        let first = self.frame.zip(self.gateway_ip);
+        let all: Vec<String> = first
+            .into_iter()
+            .chain(self.more_frames.iter().map(|f| (f.frame, f.gateway_ip)))
+            .filter_map(|(frame, ip)| match frame {
+                NudgeFrame::Arp => Some(format!("its gateway {ip}")),
+                NudgeFrame::NeighborAdvert => Some(format!("its router {ip}")),
+                NudgeFrame::RouterAdvert => None,
+            })
+            .collect();
+        let verb = if all.len() > 1 { "are" } else { "is" };
+        format!("{} {verb}", all.join(" and "))
+    }
 }

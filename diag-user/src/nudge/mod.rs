@@ -1,6 +1,8 @@
 //! Ending a blackout: one frame written into a VM's own tap from the host side tells a guest
 //! with a stale neighbour entry that its gateway's IP is at the tap's MAC now, which is all
-//! it needs to send to the right MAC again.
+//! it needs to send to the right MAC again: an ARP request for IPv4, an override Neighbour
+//! Advertisement for IPv6 (and a Router Advertisement where the router's address itself
+//! went with the tap's old MAC).
 //!
 //! - [`plan`]: whether a tap may be nudged and with what frame (pure rules: never a bridged
 //!   tap, never without an open stale window unless the operator insists, never a guessed
@@ -35,8 +37,9 @@ pub const OUTCOME_WATCH: Duration = Duration::from_secs(5);
 pub struct Gateways {
     /// `CIDR=IP` pairs, in the order given; the most specific subnet wins.
     by_subnet: Vec<(IpNet, IpAddr)>,
-    /// A plain `IP`: the gateway of guests no subnet names.
-    default: Option<IpAddr>,
+    /// Plain `IP`s, one per family: the gateway of guests no subnet names (a dual-stack
+    /// host gives its IPv4 gateway and its guests' IPv6 router).
+    default: Vec<IpAddr>,
 }
 
 /// One `--gateway` value.
@@ -79,13 +82,18 @@ impl Gateways {
         let mut g = Self::default();
         for a in args {
             match a {
-                GatewayArg::All(ip) if g.default.is_some_and(|d| d != *ip) => {
+                GatewayArg::All(ip)
+                    if g.default
+                        .iter()
+                        .any(|d| d != ip && d.is_ipv4() == ip.is_ipv4()) =>
+                {
                     return Err(format!(
-                        "--gateway {ip}: a gateway for every guest was given already; give \
-                         CIDR=IP pairs for guests in several subnets"
+                        "--gateway {ip}: a gateway of its family for every guest was given \
+                         already; give CIDR=IP pairs for guests in several subnets"
                     ))
                 }
-                GatewayArg::All(ip) => g.default = Some(*ip),
+                GatewayArg::All(ip) if !g.default.contains(ip) => g.default.push(*ip),
+                GatewayArg::All(_) => {}
                 GatewayArg::Subnet(net, ip) => g.by_subnet.push((*net, *ip)),
             }
         }
@@ -93,7 +101,7 @@ impl Gateways {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.by_subnet.is_empty() && self.default.is_none()
+        self.by_subnet.is_empty() && self.default.is_empty()
     }
 
     /// The gateway of a guest at `guest`: its most specific subnet's, else the default
@@ -104,7 +112,12 @@ impl Gateways {
             .filter(|(net, _)| net.contains(&guest))
             .max_by_key(|(net, _)| net.prefix_len())
             .map(|(_, gw)| *gw)
-            .or(self.default.filter(|d| d.is_ipv4() == guest.is_ipv4()))
+            .or_else(|| self.default_for(guest.is_ipv4()))
+    }
+
+    /// The gateway given for every guest of a family (`v4`, else IPv6).
+    pub fn default_for(&self, v4: bool) -> Option<IpAddr> {
+        self.default.iter().copied().find(|d| d.is_ipv4() == v4)
     }
 }
 

@@ -15,7 +15,7 @@ use super::{
 use crate::{
     model::{
         clock::Ts,
-        nudge::{NudgeRecord, NudgeResult, NudgeTrigger},
+        nudge::{NudgeFrame, NudgeRecord, NudgeResult, NudgeTrigger, SentFrame},
         Direction, FrameKind, Record, State,
     },
     registry::{Tap, TapKey},
@@ -127,8 +127,10 @@ impl Nudger {
     fn send(&mut self, tap: &Tap, p: &Plan, trigger: NudgeTrigger, now: Ts) -> NudgeRecord {
         let sent = match &self.writer {
             Err(e) => Err(e.clone()),
-            Ok(w) => w
-                .send(&p.ifname, p.ifindex, &p.frame)
+            Ok(w) => p
+                .frames
+                .iter()
+                .try_for_each(|f| w.send(&p.ifname, p.ifindex, &f.bytes))
                 .map_err(|e: SendError| e.to_string()),
         };
         match sent {
@@ -150,9 +152,9 @@ impl Nudger {
         }
     }
 
-    /// This host's routes to the tap, when the guest's frames did not say its address.
+    /// This host's routes to the tap, when the guest's frames did not say its addresses.
     fn routed_ips(&self, tap: &Tap) -> Vec<IpAddr> {
-        if tap.addrs.ip.is_some() {
+        if tap.addrs.ip.is_some() && tap.addrs.ip6.is_some() {
             return Vec::new();
         }
         match &self.writer {
@@ -184,9 +186,16 @@ impl Nudger {
         out
     }
 
-    /// The kernel's record of a nudge going into its tap times it exactly.
+    /// The kernel's record of a nudge's first frame going into its tap times it exactly:
+    /// an ARP request from the gateway to the guest, or an advertisement of the router.
     fn note_nudge_frame(&mut self, engine: &Engine, f: &crate::model::FrameRecord) {
-        if f.direction != Direction::ToVm || f.kind != FrameKind::ArpRequest {
+        let ip = |a: Option<IpAddr>| a.map(|g| g.to_string());
+        let (claimed, to) = match f.kind {
+            FrameKind::ArpRequest => (&f.sender_ip, &f.target_ip),
+            FrameKind::UnsolicitedNa => (&f.target_ip, &None),
+            _ => return,
+        };
+        if f.direction != Direction::ToVm {
             return;
         }
         let Some(tap) = engine.live_taps().find(|t| t.ifname == f.ifname) else {
@@ -197,8 +206,8 @@ impl Nudger {
         };
         let is_it = p.kernel_ts.is_none()
             && Some(f.src_mac) == p.sent.tap_mac
-            && f.sender_ip.as_deref() == p.sent.gateway_ip.map(|g| g.to_string()).as_deref()
-            && f.target_ip.as_deref() == p.sent.guest_ip.map(|g| g.to_string()).as_deref();
+            && *claimed == ip(p.sent.gateway_ip)
+            && (to.is_none() || *to == ip(p.sent.guest_ip));
         if is_it {
             p.kernel_ts = Some(f.ts);
         }
@@ -323,8 +332,6 @@ fn outcome(p: &Pending, tap: Option<&Tap>, now: Ts, watch_ms: i64) -> Option<Nud
 }
 
 fn no_effect_words(o: &NudgeRecord, tap: &Tap, watch_ms: i64) -> String {
-    let gw = o.gateway_ip.map(|g| g.to_string()).unwrap_or_default();
-    let from = o.gateway_from.map(|s| s.words()).unwrap_or("unknown");
     if o.stale_after == Some(0) && tap.last_from_vm < o.ts {
         return format!(
             "the guest sent nothing in the {} s after the nudge: its effect cannot be seen yet \
@@ -332,10 +339,40 @@ fn no_effect_words(o: &NudgeRecord, tap: &Tap, watch_ms: i64) -> String {
             watch_ms / 1000
         );
     }
+    // Every address claimed at the tap's MAC (a router advertisement's source is the tap's
+    // own), and what the guest may ignore.
+    let claimed: Vec<(NudgeFrame, String, &str)> = o
+        .frame
+        .zip(o.gateway_ip.zip(o.gateway_from))
+        .map(|(k, (ip, from))| (k, ip, from))
+        .into_iter()
+        .chain(
+            o.more_frames
+                .iter()
+                .map(|f| (f.frame, f.gateway_ip, f.gateway_from)),
+        )
+        .filter(|(k, ..)| *k != NudgeFrame::RouterAdvert)
+        .map(|(k, ip, from)| (k, ip.to_string(), from.words()))
+        .collect();
+    let gw = claimed
+        .iter()
+        .map(|(_, ip, from)| format!("{ip} ({from})"))
+        .collect::<Vec<_>>()
+        .join(" and ");
+    let ignores = match (
+        claimed.iter().any(|(k, ..)| *k == NudgeFrame::Arp),
+        claimed
+            .iter()
+            .any(|(k, ..)| *k == NudgeFrame::NeighborAdvert),
+    ) {
+        (true, true) => "ARP updates and neighbour advertisements",
+        (false, true) => "neighbour advertisements",
+        _ => "ARP updates",
+    };
     format!(
-        "the guest kept sending to {} for {} s after the nudge ({} stale frames): {gw} ({from}) \
-         may not be the gateway it uses (give --gateway), or it ignores ARP updates (a \
-         firewall in the guest, a non-Linux stack)",
+        "the guest kept sending to {} for {} s after the nudge ({} stale frames): {gw} may \
+         not be the gateway it uses (give --gateway), or it ignores {ignores} (a firewall in \
+         the guest, a non-Linux stack)",
         o.stale_mac
             .map(|m| m.to_string())
             .unwrap_or_else(|| "a MAC the tap does not have".into()),
@@ -358,20 +395,35 @@ fn planned_record(
         vm: tap.vm.as_ref().map(|v| v.display_name().to_string()),
         trigger,
         result,
-        frame: Some(p.kind),
-        gateway_ip: Some(p.gateway.0),
-        gateway_from: Some(p.gateway.1),
-        guest_ip: Some(p.guest_ip.0),
-        guest_ip_from: Some(p.guest_ip.1),
+        frame: Some(p.first().kind),
+        gateway_ip: Some(p.first().gateway.0),
+        gateway_from: Some(p.first().gateway.1),
+        guest_ip: Some(p.first().guest_ip.0),
+        guest_ip_from: Some(p.first().guest_ip.1),
         tap_mac: Some(p.tap_mac),
         guest_mac: Some(p.guest_mac),
         stale_mac: p.stale_mac,
         recovered_after_ms: None,
         stale_after: None,
         watched_ms: None,
-        bytes: Some(p.frame.iter().map(|b| format!("{b:02x}")).collect()),
+        bytes: Some(hex(&p.first().bytes)),
+        more_frames: p.frames[1..]
+            .iter()
+            .map(|f| SentFrame {
+                frame: f.kind,
+                gateway_ip: f.gateway.0,
+                gateway_from: f.gateway.1,
+                guest_ip: f.guest_ip.0,
+                guest_ip_from: f.guest_ip.1,
+                bytes: hex(&f.bytes),
+            })
+            .collect(),
         message,
     }
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn refusal_record(tap: &Tap, trigger: NudgeTrigger, ts: Ts, r: &Refusal) -> NudgeRecord {
@@ -405,6 +457,7 @@ fn refused_record(
         stale_after: None,
         watched_ms: None,
         bytes: None,
+        more_frames: Vec::new(),
         message,
     }
 }

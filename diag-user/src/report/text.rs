@@ -470,25 +470,48 @@ pub fn nudge_words(n: &crate::model::nudge::NudgeRecord) -> String {
         NudgeResult::Recovered => format!("{who}: RECOVERED: {}", one_line(&n.message)),
         NudgeResult::NoEffect => format!("{who}: NO EFFECT: {}", one_line(&n.message)),
     };
-    let mac = |m: Option<crate::model::mac::MacAddr>| m.map(|m| m.to_string()).unwrap_or_default();
-    let ip = |a: Option<std::net::IpAddr>| a.map(|a| a.to_string()).unwrap_or_default();
-    let from = |s: Option<crate::model::nudge::AddrSource>| s.map(|s| s.words()).unwrap_or("");
     let mut s = head;
-    let _ = write!(
-        s,
-        "\n  frame: {} -> {}, ARP request: {} is at {}, to {}\n  gateway {} ({}); guest {} ({})",
-        mac(n.tap_mac),
-        mac(n.guest_mac),
-        ip(n.gateway_ip),
-        mac(n.tap_mac),
-        ip(n.guest_ip),
-        ip(n.gateway_ip),
-        from(n.gateway_from),
-        ip(n.guest_ip),
-        from(n.guest_ip_from),
-    );
-    if let Some(b) = &n.bytes {
-        let _ = write!(s, "\n  bytes: {b}");
+    let first = n
+        .frame
+        .zip(n.gateway_ip.zip(n.gateway_from))
+        .zip(n.guest_ip.zip(n.guest_ip_from))
+        .map(|((frame, gw), guest)| (frame, gw, guest, n.bytes.as_deref()));
+    let more = n.more_frames.iter().map(|f| {
+        (
+            f.frame,
+            (f.gateway_ip, f.gateway_from),
+            (f.guest_ip, f.guest_ip_from),
+            Some(f.bytes.as_str()),
+        )
+    });
+    let tap = n.tap_mac.map(|m| m.to_string()).unwrap_or_default();
+    let guest_mac = n.guest_mac.map(|m| m.to_string()).unwrap_or_default();
+    for (frame, (gw, gw_from), (guest, guest_from), bytes) in first.into_iter().chain(more) {
+        use crate::model::nudge::NudgeFrame;
+        let (what, role) = match frame {
+            NudgeFrame::Arp => (format!("ARP request: {gw} is at {tap}"), "gateway"),
+            NudgeFrame::NeighborAdvert => (
+                format!("Neighbour Advertisement (router, override): {gw} is at {tap}"),
+                "router",
+            ),
+            NudgeFrame::RouterAdvert => (
+                format!(
+                    "Router Advertisement: {gw} at {tap} is a default router for {} s",
+                    crate::frames::DEFAULT_ROUTER_LIFETIME_S
+                ),
+                "new router",
+            ),
+        };
+        let _ = write!(
+            s,
+            "\n  frame: {tap} -> {guest_mac}, {what}, to {guest}\n  {role} {gw} ({}); guest \
+             {guest} ({})",
+            gw_from.words(),
+            guest_from.words(),
+        );
+        if let Some(b) = bytes {
+            let _ = write!(s, "\n  bytes: {b}");
+        }
     }
     if matches!(n.result, NudgeResult::DryRun | NudgeResult::Sent) {
         let _ = write!(s, "\n  evidence: {}", one_line(&n.message));
@@ -714,5 +737,36 @@ mod tests {
         }
         assert_eq!(lines[1].find("bridged"), lines[0].find("routed"), "{t}");
         assert_eq!(lines[1].find("OK"), lines[0].find("RECOVERED"), "{t}");
+    }
+
+    /// An IPv6 nudge in words: each frame with what it claims and where its addresses
+    /// came from.
+    #[test]
+    fn an_ipv6_nudge_says_each_frame() {
+        let n: crate::model::nudge::NudgeRecord = serde_json::from_value(serde_json::json!({
+            "ts": "2026-12-06T23:36:41.882310Z", "ifname": "tapn0", "trigger": "operator",
+            "result": "sent", "frame": "neighbor_advert",
+            "gateway_ip": "fe80::fc16:3eff:feaa:bbcc", "gateway_from": "derived_from_old_mac",
+            "guest_ip": "2001:db8:65::2", "guest_ip_from": "stale_frames",
+            "tap_mac": "00:61:fe:ed:ca:fe", "guest_mac": "fa:16:3e:aa:bb:cc", "bytes": "00",
+            "more_frames": [{"frame": "router_advert", "gateway_ip": "fe80::261:feff:feed:cafe",
+                "gateway_from": "tap_link_local", "guest_ip": "2001:db8:65::2",
+                "guest_ip_from": "stale_frames", "bytes": "01"}],
+            "message": "the operator asked"
+        }))
+        .unwrap();
+        assert_eq!(n.claims(), "its router fe80::fc16:3eff:feaa:bbcc is");
+        let w = nudge_words(&n);
+        for want in [
+            "Neighbour Advertisement (router, override): fe80::fc16:3eff:feaa:bbcc is at \
+             00:61:fe:ed:ca:fe, to 2001:db8:65::2",
+            "router fe80::fc16:3eff:feaa:bbcc (derived from the tap's previous MAC)",
+            "Router Advertisement: fe80::261:feff:feed:cafe at 00:61:fe:ed:ca:fe is a default \
+             router for 1800 s",
+            "new router fe80::261:feff:feed:cafe (the tap's own link-local address now)",
+            "bytes: 01",
+        ] {
+            assert!(w.contains(want), "{want:?} not in:\n{w}");
+        }
     }
 }

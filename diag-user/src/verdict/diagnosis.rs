@@ -86,9 +86,8 @@ impl Tap {
         };
         (n.ts >= b.start).then(|| {
             format!(
-                ", {ms} ms after tapwatch's nudge told the guest its gateway {} is at the tap's \
-                 MAC",
-                n.gateway_ip.map(|g| g.to_string()).unwrap_or_default()
+                ", {ms} ms after tapwatch's nudge told the guest {} at the tap's MAC",
+                n.claims()
             )
         })
     }

@@ -15,8 +15,8 @@ impl Engine {
         };
         let what = match n.result {
             NudgeResult::Sent => format!(
-                "nudged: {} is at {}",
-                n.gateway_ip.map(|ip| ip.to_string()).unwrap_or_default(),
+                "nudged: {} at {}",
+                n.claims(),
                 n.tap_mac.map(|m| m.to_string()).unwrap_or_default()
             ),
             NudgeResult::Recovered => match n.recovered_after_ms {

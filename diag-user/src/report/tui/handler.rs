@@ -32,8 +32,8 @@ fn ask_nudge(app: &mut App, engine: &Engine) {
         ),
         Some(t) => (
             format!(
-                "nudge {} ({})? one ARP frame into its tap tells the guest its gateway is at \
-                 {}: y sends it, any other key cancels",
+                "nudge {} ({})? a frame into its tap (ARP; neighbour discovery for IPv6) \
+                 tells the guest its gateway is at {}: y sends it, any other key cancels",
                 one_line(t.vm_name()),
                 one_line(&t.ifname),
                 t.mac.map(|m| m.to_string()).unwrap_or_default()
