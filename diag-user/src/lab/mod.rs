@@ -291,13 +291,11 @@ impl Lab {
         let pings = Pings::default();
         let p = pings.clone();
         let (target, target6, id) = (spec.ip, spec.ip6, 0x7700 + i as u16);
-        let handle = self.topo.client.spawn(move || {
-            if v4 {
-                client::ping_loop(target, id, p)
-            } else {
-                client::ping6_loop(target6, id, p)
-            }
-        })?;
+        let target = if v4 { target.into() } else { target6.into() };
+        let handle = self
+            .topo
+            .client
+            .spawn(move || client::ping_loop(target, id, p))?;
         Ok((pings, handle))
     }
 
