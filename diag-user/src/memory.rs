@@ -6,7 +6,7 @@
 //! and trimming after departed taps are forgotten returns their pages.
 
 use std::{
-    sync::atomic::{AtomicU64, Ordering},
+    sync::atomic::{AtomicBool, AtomicU64, Ordering},
     time::{SystemTime, UNIX_EPOCH},
 };
 
@@ -20,19 +20,33 @@ pub fn limit_arenas() {
     }
 }
 
-/// Returns freed pages of every arena to the system, at most once a second (a trim walks
-/// the heaps; a churn of hundreds of taps a second must not pay it each time).
+/// Owes the system the pages of what was just freed (departed taps forgotten): returned
+/// now, or by [`settle`] within a second.
 pub fn give_back() {
-    static LAST_S: AtomicU64 = AtomicU64::new(0);
+    OWED.store(true, Ordering::Relaxed);
+    settle();
+}
+
+/// Returns freed pages of every arena to the system if a trim is owed, at most once a
+/// second (a trim walks the heaps; a churn of hundreds of taps a second must not pay it
+/// each time); called at every stats interval, so the last of a churn is returned too.
+pub fn settle() {
+    if !OWED.load(Ordering::Relaxed) {
+        return;
+    }
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
     if LAST_S.swap(now, Ordering::Relaxed) == now {
         return;
     }
+    OWED.store(false, Ordering::Relaxed);
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim only releases free memory; it is safe to call from any thread.
     unsafe {
         libc::malloc_trim(0);
     }
 }
+
+static LAST_S: AtomicU64 = AtomicU64::new(0);
+static OWED: AtomicBool = AtomicBool::new(false);

@@ -171,6 +171,8 @@ impl Engine {
                 if let Some(grace) = self.config.forget_after {
                     if self.registry.forget_gone(*ts, grace) {
                         crate::memory::give_back();
+                    } else {
+                        crate::memory::settle();
                     }
                     // Identities said of taps whose attach then failed (a retry says
                     // them again).
