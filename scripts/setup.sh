@@ -77,12 +77,16 @@ done
 
 # The Kubernetes manifest's test validates it against Kubernetes' own JSON schemas, which
 # kubernetes-validate (PyPI) carries for every release since 1.25: no cluster, no network
-# at test time. In a venv of its own, pinned.
+# at test time. In a venv of its own, pinned, made from Debian's Python so that any user
+# can run it (`cargo test` as a normal user runs the manifest's test too); a venv made from
+# a Python under root's home (pyenv) is made again.
 KV_VERSION=1.37.0
 KV_VENV=/opt/tapwatch-tools/venv
-if ! "$KV_VENV/bin/kubernetes-validate" --version 2>/dev/null | grep -q "$KV_VERSION"; then
+if ! grep -qx 'home = /usr/bin' "$KV_VENV/pyvenv.cfg" 2>/dev/null ||
+    ! "$KV_VENV/bin/kubernetes-validate" --version 2>/dev/null | grep -q "$KV_VERSION"; then
     log "installing kubernetes-validate $KV_VERSION into $KV_VENV"
-    python3 -m venv "$KV_VENV"
+    rm -rf "$KV_VENV"
+    /usr/bin/python3 -m venv "$KV_VENV"
     "$KV_VENV/bin/pip" install -q "kubernetes-validate==$KV_VERSION"
 fi
 
