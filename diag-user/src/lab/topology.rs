@@ -39,70 +39,10 @@ impl Topology {
         }
         let c = &topo.client;
         if scenario.bridged() {
-            c.ip(&["link", "add", "brc", "type", "bridge"])?;
-            c.ip(&["addr", "add", &format!("{CLIENT_BRIDGED}/24"), "dev", "brc"])?;
-            if ip.v6() {
-                let a = format!("{}/64", ipv6::CLIENT_BRIDGED6);
-                c.ip(&["-6", "addr", "add", &a, "dev", "brc", "nodad"])?;
-            }
-            c.ip(&["link", "set", "brc", "up"])?;
+            topo.client_bridge()?;
         }
         for (hv, link, subnet) in [(&topo.src, "src", 10), (&topo.dst, "dst", 20)] {
-            let (cside, hside) = (format!("vc-{link}"), format!("vh-{link}"));
-            c.ip(&[
-                "link",
-                "add",
-                &cside,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                &hside,
-                "netns",
-                hv.name(),
-            ])?;
-            hv.exec(
-                "sysctl",
-                &[
-                    "-qw",
-                    "net.ipv4.ip_forward=1",
-                    "net.ipv4.conf.all.rp_filter=0",
-                    "net.ipv4.conf.default.rp_filter=0",
-                ],
-            )?;
-            if ip.v6() && !scenario.bridged() {
-                topo.link6(hv, &cside, &hside, subnet)?;
-            }
-            if scenario.bridged() {
-                c.ip(&["link", "set", &cside, "master", "brc", "up"])?;
-                hv.ip(&["link", "add", "br0", "type", "bridge"])?;
-                hv.ip(&["link", "set", &hside, "master", "br0", "up"])?;
-                hv.ip(&["link", "set", "br0", "up"])?;
-            } else {
-                c.ip(&[
-                    "addr",
-                    "add",
-                    &format!("192.168.{subnet}.1/30"),
-                    "dev",
-                    &cside,
-                ])?;
-                c.ip(&["link", "set", &cside, "up"])?;
-                hv.ip(&[
-                    "addr",
-                    "add",
-                    &format!("192.168.{subnet}.2/30"),
-                    "dev",
-                    &hside,
-                ])?;
-                hv.ip(&["link", "set", &hside, "up"])?;
-                hv.ip(&[
-                    "route",
-                    "add",
-                    "default",
-                    "via",
-                    &format!("192.168.{subnet}.1"),
-                ])?;
-            }
+            topo.uplink(scenario, hv, link, subnet)?;
         }
         c.exec(
             "sysctl",
@@ -113,6 +53,86 @@ impl Topology {
             ],
         )?;
         Ok(topo)
+    }
+
+    /// The client's bridge, where the bridged scenario's hypervisors are one L2 with it.
+    fn client_bridge(&self) -> Result<(), SandboxError> {
+        let c = &self.client;
+        c.ip(&["link", "add", "brc", "type", "bridge"])?;
+        c.ip(&["addr", "add", &format!("{CLIENT_BRIDGED}/24"), "dev", "brc"])?;
+        if self.ip.v6() {
+            let a = format!("{}/64", ipv6::CLIENT_BRIDGED6);
+            c.ip(&["-6", "addr", "add", &a, "dev", "brc", "nodad"])?;
+        }
+        c.ip(&["link", "set", "brc", "up"])?;
+        Ok(())
+    }
+
+    /// A hypervisor's link to the client: routed (a /30 and a default route) or bridged.
+    fn uplink(
+        &self,
+        scenario: Scenario,
+        hv: &Netns,
+        link: &str,
+        subnet: u16,
+    ) -> Result<(), SandboxError> {
+        let c = &self.client;
+        let (cside, hside) = (format!("vc-{link}"), format!("vh-{link}"));
+        c.ip(&[
+            "link",
+            "add",
+            &cside,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &hside,
+            "netns",
+            hv.name(),
+        ])?;
+        hv.exec(
+            "sysctl",
+            &[
+                "-qw",
+                "net.ipv4.ip_forward=1",
+                "net.ipv4.conf.all.rp_filter=0",
+                "net.ipv4.conf.default.rp_filter=0",
+            ],
+        )?;
+        if self.ip.v6() && !scenario.bridged() {
+            self.link6(hv, &cside, &hside, subnet)?;
+        }
+        if scenario.bridged() {
+            c.ip(&["link", "set", &cside, "master", "brc", "up"])?;
+            hv.ip(&["link", "add", "br0", "type", "bridge"])?;
+            hv.ip(&["link", "set", &hside, "master", "br0", "up"])?;
+            hv.ip(&["link", "set", "br0", "up"])?;
+        } else {
+            c.ip(&[
+                "addr",
+                "add",
+                &format!("192.168.{subnet}.1/30"),
+                "dev",
+                &cside,
+            ])?;
+            c.ip(&["link", "set", &cside, "up"])?;
+            hv.ip(&[
+                "addr",
+                "add",
+                &format!("192.168.{subnet}.2/30"),
+                "dev",
+                &hside,
+            ])?;
+            hv.ip(&["link", "set", &hside, "up"])?;
+            hv.ip(&[
+                "route",
+                "add",
+                "default",
+                "via",
+                &format!("192.168.{subnet}.1"),
+            ])?;
+        }
+        Ok(())
     }
 
     /// The IPv6 addresses of a hypervisor's link to the client, and its default route.
