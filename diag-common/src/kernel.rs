@@ -15,20 +15,43 @@ pub enum TapMode {
     Tc = 2,
 }
 
-/// A watched tap's entry in the `TAPS` map: an ifindex in tapwatch's network namespace.
+/// Where a watched tap is, the key of the `TAPS` map: ifindexes repeat across network
+/// namespaces (every KubeVirt pod has its `tap0`), so the namespace is part of the key, as
+/// the kernel's cookie of it (`SO_NETNS_COOKIE`, `net.net_cookie`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct TapSite {
+    pub netns_cookie: u64,
+    pub ifindex: u32,
+    pub _pad: u32,
+}
+
+impl TapSite {
+    pub const fn new(netns_cookie: u64, ifindex: u32) -> Self {
+        Self {
+            netns_cookie,
+            ifindex,
+            _pad: 0,
+        }
+    }
+}
+
+/// A watched tap's entry in the `TAPS` map: how it is observed, and the id its counters,
+/// window, drops and events go by (its ifindex in tapwatch's own namespace; one of
+/// userspace's choosing, never a real ifindex, in another).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TapConfig {
     /// A [`TapMode`] as its number (map values are plain integers).
     pub mode: u32,
-    pub _pad: u32,
+    pub id: u32,
 }
 
 impl TapConfig {
-    pub const fn new(mode: TapMode) -> Self {
+    pub const fn new(mode: TapMode, id: u32) -> Self {
         Self {
             mode: mode as u32,
-            _pad: 0,
+            id,
         }
     }
 
@@ -44,13 +67,15 @@ impl TapConfig {
 /// userspace clears it once the windows of the taps on it are closed.
 pub const WINDOW_HINT_SLOTS: u32 = 16_384;
 
-/// The hint slot of a tap (taps sharing a slot only cost each other a lookup).
+/// The hint slot of a tap, by its real ifindex (what a probe knows before any lookup; taps
+/// sharing a slot, in one namespace or several, only cost each other a lookup).
 #[inline(always)]
 pub fn hint_slot(ifindex: u32) -> u32 {
     ifindex & (WINDOW_HINT_SLOTS - 1)
 }
 
-/// Key of the drop counters: a watched tap and the kernel's `enum skb_drop_reason` value.
+/// Key of the drop counters: a watched tap (its [`TapConfig::id`]) and the kernel's
+/// `enum skb_drop_reason` value.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct DropKey {
@@ -93,9 +118,6 @@ pub struct KernelLayout {
     pub reason_otherhost: u32,
     /// `SKB_DROP_REASON_UNHANDLED_PROTO`: no handler for the ethertype.
     pub reason_unhandled_proto: u32,
-    /// The network namespace tapwatch watches (`SO_NETNS_COOKIE`): ifindexes repeat across
-    /// namespaces, the tracepoint is host-wide.
-    pub netns_cookie: u64,
 }
 
 impl KernelLayout {
@@ -114,7 +136,6 @@ impl KernelLayout {
         net_cookie: 0,
         reason_otherhost: 0,
         reason_unhandled_proto: 0,
-        netns_cookie: 0,
     };
 
     /// Name of the global the eBPF object holds the layout in.

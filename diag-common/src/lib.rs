@@ -13,7 +13,7 @@ pub use frame::{
     classify, classify_header_only, ipv6_needs_body, lost_vlan_tag, needs_body, parse_arp,
     parse_ethernet, parse_nd, ArpView, Classification, EthernetView, NdView, ETH_P_IPV6,
 };
-pub use kernel::{DropKey, KernelLayout, TapConfig, TapMode};
+pub use kernel::{DropKey, KernelLayout, TapConfig, TapMode, TapSite};
 pub use observe::{event_flags, observe, Admitted, Observed};
 
 /// `skb->pkt_type` the kernel's `eth_type_trans()` gives a unicast frame whose destination
@@ -418,6 +418,7 @@ mod pod {
     unsafe impl aya::Pod for super::FrameEvent {}
     unsafe impl aya::Pod for super::TapWindow {}
     unsafe impl aya::Pod for super::TapConfig {}
+    unsafe impl aya::Pod for super::TapSite {}
     unsafe impl aya::Pod for super::DropKey {}
     unsafe impl aya::Pod for super::KernelLayout {}
 }

@@ -18,7 +18,8 @@ use aya_ebpf::{
 };
 use diag_common::{
     classify, frame::is_foreign_unicast, kernel::MAC_HEADER_UNSET, lost_vlan_tag, wire_len,
-    Direction, DropKey, KernelLayout, Observed, TapCounters, TapMode, EVENT_FLAG_VLAN_LOST,
+    Direction, DropKey, KernelLayout, Observed, TapConfig, TapCounters, TapMode,
+    EVENT_FLAG_VLAN_LOST,
 };
 
 use crate::maps;
@@ -58,21 +59,22 @@ fn on_drop(ctx: &BtfTracePointContext, skb: *const u8, reason: u32) {
         return;
     }
     let net: *const u8 = unsafe { field(dev, l.dev_nd_net) };
-    if net.is_null() || unsafe { field::<u64>(net, l.net_cookie) } != l.netns_cookie {
+    if net.is_null() {
         return;
     }
+    // ifindexes repeat across namespaces and the tracepoint is host-wide: the tap is looked
+    // up by both.
+    let cookie: u64 = unsafe { field(net, l.net_cookie) };
     let ifindex: u32 = unsafe { field(dev, l.dev_ifindex) };
-    let Some(cfg) = maps::TAPS.get_ptr(&ifindex) else {
+    let Some(tap) = maps::tap(cookie, ifindex) else {
         return;
     };
-    // SAFETY: a map value pointer, valid for this program run; a plain read.
-    let drops_mode = unsafe { (*cfg).is(TapMode::Drops) };
     let otherhost = reason == l.reason_otherhost;
-    if !(drops_mode && (otherhost || reason == l.reason_unhandled_proto)) {
-        count_drop(ifindex, reason);
+    if !(tap.is(TapMode::Drops) && (otherhost || reason == l.reason_unhandled_proto)) {
+        count_drop(tap.id, reason);
         return;
     }
-    let Some(counters) = maps::counters(ifindex) else {
+    let Some(counters) = maps::counters(tap.id) else {
         return;
     };
     if otherhost {
@@ -80,12 +82,15 @@ fn on_drop(ctx: &BtfTracePointContext, skb: *const u8, reason: u32) {
     } else {
         counters.unhandled_proto_drops += 1;
     }
-    dropped_frame(ctx, &l, skb, dev, ifindex, counters, otherhost);
+    dropped_frame(ctx, &l, skb, dev, (ifindex, tap), counters, otherhost);
 }
 
 #[inline(always)]
-fn count_drop(ifindex: u32, reason: u32) {
-    let key = DropKey { ifindex, reason };
+fn count_drop(id: u32, reason: u32) {
+    let key = DropKey {
+        ifindex: id,
+        reason,
+    };
     if let Some(n) = maps::DROPS.get_ptr_mut(&key) {
         // SAFETY: a per-CPU value, touched only by this CPU's runs.
         unsafe { *n += 1 };
@@ -106,14 +111,14 @@ fn count_drop(ifindex: u32, reason: u32) {
 /// ethertype: classified from its bytes, as the tc probe would. A stale frame is judged by
 /// its own destination MAC against the tap's (the kernel also drops tagged frames on a tap
 /// without a VLAN device as OTHERHOST); a tagged RARP inside a second tag lands here too.
-/// `otherhost`: dropped as OTHERHOST.
+/// `otherhost`: dropped as OTHERHOST; `at`: the tap's real ifindex and its entry.
 #[inline(always)]
 fn dropped_frame(
     ctx: &BtfTracePointContext,
     l: &KernelLayout,
     skb: *const u8,
     dev: *const u8,
-    ifindex: u32,
+    at: (u32, TapConfig),
     counters: &mut TapCounters,
     otherhost: bool,
 ) {
@@ -159,9 +164,17 @@ fn dropped_frame(
         sampled: true,
         totals: false,
     };
-    maps::observe_frame(ctx, ifindex, counters, &class, &seen, stripped, |data| {
-        read_kernel(frame, data, frame_len)
-    });
+    let (ifindex, tap) = at;
+    maps::observe_frame(
+        ctx,
+        ifindex,
+        tap.id,
+        counters,
+        &class,
+        &seen,
+        stripped,
+        |data| read_kernel(frame, data, frame_len),
+    );
 }
 
 /// Copies the first `min(len, N)` bytes at kernel address `src` into `buf`; how many.

@@ -10,20 +10,23 @@ use aya_log_ebpf::{debug, warn};
 use diag_common::{
     kernel::{hint_slot, MAX_DROP_KEYS, WINDOW_HINT_SLOTS},
     observe, Admitted, Classification, Direction, DropKey, FrameEvent, FrameKind, KernelLayout,
-    Observed, TapConfig, TapCounters, TapWindow, EVENT_RING_BYTES, EVENT_SNAPLEN, MAX_TAPS,
+    Observed, TapConfig, TapCounters, TapSite, TapWindow, EVENT_RING_BYTES, EVENT_SNAPLEN,
+    MAX_TAPS,
 };
 
-/// Taps tapwatch watches, keyed by ifindex, and how. Userspace inserts a tap before it
-/// says the tap is attached; a frame or drop on any other interface costs one lookup.
+/// Taps tapwatch watches, keyed by namespace and ifindex, and how. Userspace inserts a tap
+/// before it says the tap is attached; a drop on any other interface costs one lookup.
 #[map]
-pub static TAPS: HashMap<u32, TapConfig> = HashMap::with_max_entries(MAX_TAPS, 0);
+pub static TAPS: HashMap<TapSite, TapConfig> = HashMap::with_max_entries(MAX_TAPS, 0);
 
-/// Counters of the watched taps, keyed by ifindex, made by userspace with the `TAPS` entry.
+/// Counters of the watched taps, keyed by their id (`TapConfig::id`), made by userspace
+/// with the `TAPS` entry.
 #[map]
 pub static TAP_COUNTERS: PerCpuHashMap<u32, TapCounters> =
     PerCpuHashMap::with_max_entries(MAX_TAPS, 0);
 
-/// Mismatch windows per tap, shared by all CPUs; entries made by userspace with the counters.
+/// Mismatch windows per tap id, shared by all CPUs; entries made by userspace with the
+/// counters.
 #[map]
 pub static TAP_WINDOWS: HashMap<u32, TapWindow> = HashMap::with_max_entries(MAX_TAPS, 0);
 
@@ -33,7 +36,8 @@ pub static TAP_WINDOWS: HashMap<u32, TapWindow> = HashMap::with_max_entries(MAX_
 pub static DROPS: PerCpuHashMap<DropKey, u64> =
     PerCpuHashMap::with_max_entries(MAX_DROP_KEYS, BPF_F_NO_PREALLOC);
 
-/// Whether a tap's mismatch window may be open, by `hint_slot(ifindex)`: an array lookup
+/// Whether a tap's mismatch window may be open, by `hint_slot` of its real ifindex (known
+/// before any lookup): an array lookup
 /// costs almost nothing (the verifier inlines it), a hash lookup on every frame does.
 #[map]
 pub static WINDOW_HINTS: Array<u32> = Array::with_max_entries(WINDOW_HINT_SLOTS, 0);
@@ -56,19 +60,27 @@ pub fn layout() -> KernelLayout {
     unsafe { core::ptr::read_volatile(&KERNEL_LAYOUT) }
 }
 
-/// The tap's counters.
+/// The watched tap at `ifindex` in the namespace with cookie `netns_cookie`.
 #[inline(always)]
-pub fn counters(ifindex: u32) -> Option<&'static mut TapCounters> {
-    let c = TAP_COUNTERS.get_ptr_mut(&ifindex)?;
+pub fn tap(netns_cookie: u64, ifindex: u32) -> Option<TapConfig> {
+    let cfg = TAPS.get_ptr(&TapSite::new(netns_cookie, ifindex))?;
+    // SAFETY: a map value pointer, valid for this program run; a plain read.
+    Some(unsafe { *cfg })
+}
+
+/// The tap's counters, by its id.
+#[inline(always)]
+pub fn counters(id: u32) -> Option<&'static mut TapCounters> {
+    let c = TAP_COUNTERS.get_ptr_mut(&id)?;
     // SAFETY: a per-CPU map value: only this CPU's program runs touch it, and a program
     // run is not preempted by another on the same CPU, so the reference is exclusive.
     Some(unsafe { &mut *c })
 }
 
-/// The tap's mismatch window.
+/// The tap's mismatch window, by its id.
 #[inline(always)]
-pub fn window(ifindex: u32) -> Option<&'static mut TapWindow> {
-    let w = TAP_WINDOWS.get_ptr_mut(&ifindex)?;
+pub fn window(id: u32) -> Option<&'static mut TapWindow> {
+    let w = TAP_WINDOWS.get_ptr_mut(&id)?;
     // SAFETY: a map value pointer, valid for this program run. The map is shared by all
     // CPUs: two CPUs may update one window at once, which at worst reports one window's end
     // twice (TapWindow says so); no other memory is reachable through it.
@@ -86,16 +98,11 @@ pub fn hinted(ifindex: u32) -> bool {
     }
 }
 
-/// Whether the tap has an open mismatch window: only then can a correctly addressed frame
-/// matter. The hint first; the window map only when the hint says it may be.
+/// Whether the tap (by id) has an open mismatch window: only then can a correctly
+/// addressed frame matter. Asked once its hint said it may be.
 #[inline(always)]
-pub fn window_open(ifindex: u32) -> bool {
-    hinted(ifindex) && window_lookup(ifindex)
-}
-
-#[inline(always)]
-fn window_lookup(ifindex: u32) -> bool {
-    match TAP_WINDOWS.get_ptr(&ifindex) {
+pub fn window_open(id: u32) -> bool {
+    match TAP_WINDOWS.get_ptr(&id) {
         // SAFETY: a map value pointer, valid for this program run; a plain read.
         Some(w) => unsafe { (*w).is_open() },
         None => false,
@@ -104,12 +111,14 @@ fn window_lookup(ifindex: u32) -> bool {
 
 /// The kernel side of the one observe step: counts the frame, follows the tap's window
 /// (reading the clock only when needed), logs the window's changes, and writes the event
-/// when the step admits one; `fill` copies the frame's first bytes into it.
+/// when the step admits one; `fill` copies the frame's first bytes into it. `ifindex`: the
+/// tap's real one (its hint slot), `id`: what its maps and events go by.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 pub fn observe_frame<C: EbpfContext>(
     ctx: &C,
     ifindex: u32,
+    id: u32,
     counters: &mut TapCounters,
     class: &Classification,
     seen: &Observed,
@@ -118,7 +127,7 @@ pub fn observe_frame<C: EbpfContext>(
 ) {
     let was_open = core::cell::Cell::new(false);
     let window = || {
-        let w = window(ifindex)?;
+        let w = window(id)?;
         was_open.set(w.is_open());
         Some(w)
     };
@@ -136,40 +145,32 @@ pub fn observe_frame<C: EbpfContext>(
     }
     log_window(
         ctx,
-        ifindex,
+        id,
         class.dst_mismatch && !was_open.get(),
         admitted.map(|a| a.kind),
     );
     if let Some(admitted) = admitted {
-        emit(
-            ctx, ifindex, counters, class, seen, &admitted, stripped, fill,
-        );
+        emit(ctx, id, counters, class, seen, &admitted, stripped, fill);
     }
 }
 
 /// Logs the window's changes (rare: aya-log costs a little even when off).
 #[inline(always)]
-fn log_window<C: EbpfContext>(ctx: &C, ifindex: u32, opened: bool, kind: Option<FrameKind>) {
+fn log_window<C: EbpfContext>(ctx: &C, id: u32, opened: bool, kind: Option<FrameKind>) {
     if opened {
-        debug!(
-            ctx,
-            "tapwatch: mismatch window opened on ifindex {}", ifindex
-        );
+        debug!(ctx, "tapwatch: mismatch window opened on tap {}", id);
     } else if kind == Some(FrameKind::DstMatch) {
-        debug!(
-            ctx,
-            "tapwatch: mismatch window closed on ifindex {}", ifindex
-        );
+        debug!(ctx, "tapwatch: mismatch window closed on tap {}", id);
     }
 }
 
-/// Writes one event into the ring; `fill` copies the frame's first bytes and returns how
-/// many. An event that does not fit is counted as lost.
+/// Writes one event into the ring, under the tap's id; `fill` copies the frame's first
+/// bytes and returns how many. An event that does not fit is counted as lost.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 fn emit<C: EbpfContext>(
     ctx: &C,
-    ifindex: u32,
+    id: u32,
     counters: &mut TapCounters,
     class: &Classification,
     seen: &Observed,
@@ -181,8 +182,7 @@ fn emit<C: EbpfContext>(
         if counters.events_lost == 0 {
             warn!(
                 ctx,
-                "tapwatch: the event ring is full on ifindex {}: events are counted as lost",
-                ifindex
+                "tapwatch: the event ring is full on tap {}: events are counted as lost", id
             );
         }
         counters.events_lost += 1;
@@ -192,7 +192,7 @@ fn emit<C: EbpfContext>(
     // SAFETY: `ev` points at a reserved ring buffer slot of a whole FrameEvent, owned by
     // this program run until it is submitted.
     unsafe {
-        FrameEvent::write_header(ev, admitted, ifindex, seen, class, stripped);
+        FrameEvent::write_header(ev, admitted, id, seen, class, stripped);
         // Bytes past `captured` are left as they are: userspace reads only `captured`.
         (*ev).captured = fill(&mut (*ev).data) as u16;
     }

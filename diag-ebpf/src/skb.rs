@@ -3,10 +3,15 @@
 //! observe step. Everything here is what only the kernel side can do: read `__sk_buff`,
 //! copy bytes, read the clock.
 
-use aya_ebpf::{bindings::__sk_buff, helpers::generated::bpf_skb_load_bytes, EbpfContext};
+use aya_ebpf::{
+    bindings::__sk_buff,
+    helpers::{bpf_probe_read_kernel, generated::bpf_skb_load_bytes},
+    EbpfContext,
+};
 use diag_common::{
     classify, classify_header_only, needs_body, wire_len, Classification, Direction, Observed,
-    ETH_P_8021AD, EVENT_FLAG_OUTER_VLAN, EVENT_FLAG_VLAN, EVENT_FLAG_VLAN_LOST, PACKET_HOST,
+    TapConfig, ETH_P_8021AD, EVENT_FLAG_OUTER_VLAN, EVENT_FLAG_VLAN, EVENT_FLAG_VLAN_LOST,
+    PACKET_HOST,
 };
 
 use crate::maps;
@@ -56,20 +61,51 @@ impl Skb {
     pub fn header_only(&self) -> bool {
         !needs_body(self.protocol)
     }
+
+    /// The watched tap the frame crossed, if it is one: asked only of frames that may
+    /// matter, as it costs the namespace's cookie and a hash lookup.
+    #[inline(always)]
+    pub fn tap(&self) -> Option<TapConfig> {
+        maps::tap(netns_cookie(self.ptr), self.ifindex)
+    }
 }
 
-/// Counts, follows and reports one frame of a watched tap. `foreign`: addressed to a
-/// unicast MAC the tap does not have, as far as this hook can tell; `whole`: read and
+/// The cookie of the network namespace of the frame's device (0 without the kernel's
+/// layout, which userspace then keys its taps by). `__sk_buff` has no field for it and the
+/// helper of that name answers for the skb's socket, not its device; but the context of a
+/// tc program or socket filter is the kernel's `struct sk_buff`, so the device and its
+/// namespace are read at the offsets the drop program reads them at.
+#[inline(always)]
+fn netns_cookie(skb: *const __sk_buff) -> u64 {
+    let l = maps::layout();
+    if l.version == 0 {
+        return 0;
+    }
+    let read = |addr: u64| -> Option<u64> {
+        // SAFETY: the helper checks the address and fails rather than fault.
+        unsafe { bpf_probe_read_kernel(addr as *const u64) }.ok()
+    };
+    let cookie = read((skb as u64).wrapping_add(l.skb_dev as u64))
+        .filter(|&dev| dev != 0)
+        .and_then(|dev| read(dev.wrapping_add(l.dev_nd_net as u64)))
+        .filter(|&net| net != 0)
+        .and_then(|net| read(net.wrapping_add(l.net_cookie as u64)));
+    cookie.unwrap_or(0)
+}
+
+/// Counts, follows and reports one frame of the watched tap `tap`. `foreign`: addressed to
+/// a unicast MAC the tap does not have, as far as this hook can tell; `whole`: read and
 /// classify the frame's bytes even where its ethertype alone would do.
 #[inline(always)]
 pub fn on_frame<C: EbpfContext>(
     ctx: &C,
     skb: &Skb,
+    tap: TapConfig,
     direction: Direction,
     foreign: bool,
     whole: bool,
 ) {
-    let Some(counters) = maps::counters(skb.ifindex) else {
+    let Some(counters) = maps::counters(tap.id) else {
         return;
     };
     let mut class = classify_frame(skb, foreign, direction, whole);
@@ -100,6 +136,7 @@ pub fn on_frame<C: EbpfContext>(
     maps::observe_frame(
         ctx,
         skb.ifindex,
+        tap.id,
         counters,
         &class,
         &seen,

@@ -7,10 +7,7 @@
 use aya_ebpf::{bindings::__sk_buff, macros::socket_filter, programs::SkBuffContext};
 use diag_common::{lost_vlan_tag, Direction, TapMode, PACKET_OTHERHOST};
 
-use crate::{
-    maps,
-    skb::{load_prefix, on_frame, Skb},
-};
+use crate::skb::{load_prefix, on_frame, Skb};
 
 /// `pkt_type` of a frame the host sends: protocol sockets do not see them, but say so.
 const PACKET_OUTGOING: u32 = 4;
@@ -21,27 +18,17 @@ pub fn tap_arp(ctx: SkBuffContext) -> i64 {
     if skb.pkt_type == PACKET_OUTGOING {
         return 0;
     }
-    let drops_mode = match maps::TAPS.get_ptr(&skb.ifindex) {
-        // SAFETY: a map value pointer, valid for this program run; a plain read.
-        Some(cfg) => unsafe { (*cfg).is(TapMode::Drops) },
-        None => false,
-    };
     // Taps with the full tc probe count their ARP there.
-    if drops_mode {
-        // By now the stack has taken a VLAN tag off (its id is gone) and marked a tagged
-        // frame OTHERHOST on a tap without a VLAN device; `on_frame` still checks the
-        // destination is unicast. The tag's bytes still count in the frame's length.
-        let otherhost = skb.pkt_type == PACKET_OTHERHOST;
-        let mut head = [0u8; 16];
-        let n = load_prefix(skb.ptr, &mut head, skb.len);
-        skb.vlan_lost = lost_vlan_tag(&head[..n], otherhost);
-        on_frame(
-            &ctx,
-            &skb,
-            Direction::FromVm,
-            skb.pkt_type == PACKET_OTHERHOST,
-            false,
-        );
-    }
+    let Some(tap) = skb.tap().filter(|t| t.is(TapMode::Drops)) else {
+        return 0;
+    };
+    // By now the stack has taken a VLAN tag off (its id is gone) and marked a tagged
+    // frame OTHERHOST on a tap without a VLAN device; `on_frame` still checks the
+    // destination is unicast. The tag's bytes still count in the frame's length.
+    let otherhost = skb.pkt_type == PACKET_OTHERHOST;
+    let mut head = [0u8; 16];
+    let n = load_prefix(skb.ptr, &mut head, skb.len);
+    skb.vlan_lost = lost_vlan_tag(&head[..n], otherhost);
+    on_frame(&ctx, &skb, tap, Direction::FromVm, otherhost, false);
     0
 }

@@ -27,11 +27,23 @@ pub fn tap_ingress(ctx: TcContext) -> i32 {
     // Broadcasts and multicasts of IPv4 and the like never matter; a frame to the tap's own
     // MAC matters only while a mismatch window is open (it ends it, unless it is neighbour
     // discovery, which only its bytes tell); IPv6 to a group may be neighbour discovery.
-    let own_open = skb.pkt_type == PACKET_HOST && maps::window_open(skb.ifindex);
+    // The hint says whether a window may be open before the tap is looked up.
+    let own_hinted = skb.pkt_type == PACKET_HOST && maps::hinted(skb.ifindex);
     let group = skb.pkt_type == PACKET_MULTICAST;
+    if !(!skb.header_only()
+        || foreign
+        || own_hinted
+        || ipv6_needs_body(skb.protocol, group, foreign, false))
+    {
+        return TC_ACT_UNSPEC;
+    }
+    let Some(tap) = skb.tap() else {
+        return TC_ACT_UNSPEC;
+    };
+    let own_open = own_hinted && maps::window_open(tap.id);
     let ipv6_body = ipv6_needs_body(skb.protocol, group, foreign, own_open);
     if !skb.header_only() || foreign || own_open || ipv6_body {
-        on_frame(&ctx, &skb, Direction::FromVm, foreign, ipv6_body);
+        on_frame(&ctx, &skb, tap, Direction::FromVm, foreign, ipv6_body);
     }
     TC_ACT_UNSPEC
 }
@@ -48,7 +60,9 @@ pub fn tap_egress(ctx: TcContext) -> i32 {
     // for the look at their destination.
     let nd = skb.protocol == ETH_P_IPV6 && !awaited && to_group(&ctx);
     if !skb.header_only() || awaited || nd {
-        on_frame(&ctx, &skb, Direction::ToVm, false, awaited || nd);
+        if let Some(tap) = skb.tap() {
+            on_frame(&ctx, &skb, tap, Direction::ToVm, false, awaited || nd);
+        }
     }
     TC_ACT_UNSPEC
 }
@@ -68,13 +82,20 @@ fn to_group(ctx: &TcContext) -> bool {
 #[classifier]
 pub fn tap_ingress_assist(ctx: TcContext) -> i32 {
     let skb = Skb::read(ctx.skb.skb as *const __sk_buff);
-    let own_open = skb.pkt_type == PACKET_HOST && maps::window_open(skb.ifindex);
+    let own_hinted = skb.pkt_type == PACKET_HOST && maps::hinted(skb.ifindex);
     // The guest's router solicitations and announcing advertisements go to groups and are
     // neither dropped nor seen by the ARP socket: counted here while the tap is probed.
     let group = skb.pkt_type == PACKET_MULTICAST;
+    if !skb.header_only() || !(own_hinted || ipv6_needs_body(skb.protocol, group, false, false)) {
+        return TC_ACT_UNSPEC;
+    }
+    let Some(tap) = skb.tap() else {
+        return TC_ACT_UNSPEC;
+    };
+    let own_open = own_hinted && maps::window_open(tap.id);
     let ipv6_body = ipv6_needs_body(skb.protocol, group, false, own_open);
-    if skb.header_only() && (own_open || ipv6_body) {
-        on_frame(&ctx, &skb, Direction::FromVm, false, ipv6_body);
+    if own_open || ipv6_body {
+        on_frame(&ctx, &skb, tap, Direction::FromVm, false, ipv6_body);
     }
     TC_ACT_UNSPEC
 }

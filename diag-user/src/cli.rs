@@ -208,11 +208,35 @@ pub struct NudgeArgs {
     /// How frames are seen (as for `watch`).
     #[arg(long, value_enum, default_value = "auto")]
     pub datapath: DatapathChoice,
-    /// The network namespace whose taps are seen: host (tapwatch's own), a PID (that
-    /// process's: a KubeVirt pod's QEMU, a container), or a namespace file
-    /// (/var/run/netns/NAME). `all` is refused, saying what to do instead.
+    /// The network namespace of the tap: host (tapwatch's own), a PID (that process's: a
+    /// KubeVirt pod's QEMU, a container), or a namespace file (/var/run/netns/NAME).
+    /// A tap shown as NAMESPACE/IFNAME is found there without it.
     #[arg(long, value_name = "host|PID|PATH", default_value = "host")]
     pub netns: NetnsChoice,
+}
+
+impl NudgeArgs {
+    /// A tap named as a run shows one of another namespace, `NAMESPACE/IFNAME`: its
+    /// namespace is entered (a pin's name under /run/netns, else a PID) and the tap named
+    /// by its own name there.
+    pub fn find_namespace(&mut self) {
+        let (Some(ns), ifname) = diag_user::collect::namespaces::split(&self.target) else {
+            return;
+        };
+        if self.netns != NetnsChoice::Host {
+            return;
+        }
+        let pin = PathBuf::from("/run/netns").join(ns);
+        self.netns = if pin.exists() {
+            NetnsChoice::Path(pin)
+        } else {
+            match ns.parse() {
+                Ok(pid) => NetnsChoice::Pid(pid),
+                Err(_) => return,
+            }
+        };
+        self.target = ifname.to_string();
+    }
 }
 
 fn parse_nudge_wait(s: &str) -> Result<Duration, String> {
@@ -225,10 +249,11 @@ pub struct TapArgs {
     /// Interfaces to watch, by shell glob; repeatable. Default: tap* and vnet*.
     #[arg(long = "iface", value_name = "GLOB")]
     pub ifaces: Vec<String>,
-    /// The network namespace whose taps are seen: host (tapwatch's own), a PID (that
-    /// process's: a KubeVirt pod's QEMU, a container), or a namespace file
-    /// (/var/run/netns/NAME). `all` is refused, saying what to do instead.
-    #[arg(long, value_name = "host|PID|PATH", default_value = "host")]
+    /// Which network namespaces' taps are seen: all (tapwatch's own and every other, as
+    /// they come and go: KubeVirt pods, containers), host (tapwatch's own only), a PID
+    /// (that process's: a pod's QEMU), or a namespace file (/var/run/netns/NAME). Default:
+    /// all on the host itself, else tapwatch's own (inside a container or `ip netns exec`).
+    #[arg(long, value_name = "all|host|PID|PATH", default_value = "auto")]
     pub netns: NetnsChoice,
     /// Seconds between stats records (0.01 to 86400).
     #[arg(long, value_name = "SECS", default_value = "1", value_parser = parse_interval)]
@@ -311,6 +336,7 @@ impl TapArgs {
                 proxmox_dir: Some(self.pve_dir.clone()),
             }),
             forget_after: None,
+            all_namespaces: self.netns.watches_all(),
         }
     }
 }

@@ -11,7 +11,7 @@ mod run;
 use cli::{Command, WatchArgs};
 
 fn main() -> ExitCode {
-    let cli = cli::parse();
+    let mut cli = cli::parse();
     // Before anything loads: the kernel programs' log level is set from it at load.
     // tapwatch's own records and its kernel programs' (target `diag`), not its libraries'.
     let default = match cli.verbose {
@@ -24,6 +24,9 @@ fn main() -> ExitCode {
         .init();
     // Before any thread exists: every socket and thread made afterwards is the namespace's.
     // `serve` enters it itself, after binding its listeners in tapwatch's own namespace.
+    if let Some(Command::Nudge(a)) = &mut cli.command {
+        a.find_namespace();
+    }
     let netns = match &cli.command {
         Some(Command::Watch(a)) => Some(&a.taps.netns),
         Some(Command::Nudge(a)) => Some(&a.netns),

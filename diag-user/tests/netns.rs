@@ -1,9 +1,11 @@
 //! `--netns`: tapwatch started in one namespace watches the taps of another (a KubeVirt
 //! pod's, a container's) by namespace file or by a process in it, in every datapath, with
 //! exact counts and nothing from the namespaces it was not pointed at (which have a `tap0`
-//! of the same ifindex); `serve` keeps its endpoint where it started; `--netns all` and a
-//! namespace that does not exist are refused with what to do. Each test has its own
-//! namespaces.
+//! of the same ifindex); `serve` keeps its endpoint where it started; a namespace that does
+//! not exist is refused. `--netns all`: one run watches its own namespace and every other,
+//! those there at start and those that appear or go while it runs, each pod's tap counted
+//! apart though all have the same name and ifindex. Each test has its own namespaces (and
+//! tap names of its own, as a run watching all namespaces sees every test's).
 
 mod common;
 
@@ -19,8 +21,12 @@ use diag_user::{
     lab::netns::{Netns, VmTap},
     report::metrics::sample,
 };
+use serde_json::Value;
 
-every_datapath!(a_pod_s_tap_is_watched_from_outside_it);
+every_datapath!(
+    a_pod_s_tap_is_watched_from_outside_it,
+    one_run_watches_every_namespace_as_they_come_and_go
+);
 
 /// Frames from the VM behind `tap` to its tap's old MAC: each a stale frame.
 fn send_stale(tap: &VmTap, n: usize) {
@@ -129,8 +135,8 @@ fn a_pod_s_tap_is_watched_from_outside_it(datapath: &str) {
     assert_eq!(our_filters(&pod, "tap0"), 0);
 }
 
-/// `--netns all` says what to run instead (usage, exit 2); a namespace that is not there
-/// or a file that is not a namespace fails before anything is attached (exit 1).
+/// A namespace that is not there or a file that is not a namespace fails before anything
+/// is attached (exit 1).
 #[test]
 fn namespaces_that_cannot_be_watched_are_refused() {
     require_root();
@@ -146,9 +152,6 @@ fn namespaces_that_cannot_be_watched_are_refused() {
             String::from_utf8_lossy(&out.stderr).into_owned(),
         )
     };
-    let (code, err) = run("all");
-    assert_eq!(code, Some(2), "{err}");
-    assert!(err.contains("--netns PID"), "{err}");
     let (code, err) = run("/run/netns/twns-not-there");
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("/run/netns/twns-not-there"), "{err}");
@@ -176,4 +179,127 @@ fn serve_listens_where_it_started_and_counts_the_pod_s_taps() {
     });
     let err = common::exporter::stop(p);
     assert!(err.contains(&pod_ns), "{err}");
+}
+
+/// The record `v` is of the tap `ifname` in namespace `netns` (`None`: tapwatch's own,
+/// whose records carry no `netns`).
+fn is_tap(v: &Value, ifname: &str, netns: Option<&str>) -> bool {
+    v["ifname"] == ifname
+        && match netns {
+            Some(ns) => v["netns"] == ns,
+            None => v.get("netns").is_none(),
+        }
+}
+
+/// The stats row of a tap in the last stats record that has it.
+fn stats_row<'a>(v: &'a Value, ifname: &str, netns: Option<&str>) -> Option<&'a Value> {
+    v["taps"]
+        .as_array()?
+        .iter()
+        .find(|t| is_tap(t, ifname, netns))
+}
+
+fn one_run_watches_every_namespace_as_they_come_and_go(datapath: &str) {
+    require_root();
+    // A name only this test's taps have: a run watching every namespace sees all taps.
+    let name = format!("tapall{}", &datapath[..2]);
+    let host = Netns::new("twall-host").unwrap();
+    let pods: Vec<Netns> = (0..3).map(|_| Netns::new("twall-pod").unwrap()).collect();
+    let taps: Vec<VmTap> = pods
+        .iter()
+        .map(|p| VmTap::create(p, &name, TAP_CALICO).unwrap())
+        .collect();
+    let own = VmTap::create(&host, &name, TAP_CALICO).unwrap();
+    let idx = |ns: &Netns| {
+        let out = ns.ip(&["-j", "link", "show", &name]).unwrap();
+        serde_json::from_str::<Value>(&out).unwrap()[0]["ifindex"].as_u64()
+    };
+    assert_eq!(idx(&pods[0]), idx(&pods[1]), "the same ifindex in two pods");
+
+    let mut tw = json_watch_with(
+        &host,
+        datapath,
+        &[
+            "--netns",
+            "all",
+            "--iface",
+            &name,
+            "--libvirt-dir",
+            "/nonexistent",
+        ],
+    );
+    // Every tap there at start, in whatever order they come.
+    let labels: Vec<String> = pods.iter().map(|p| p.name().to_string()).collect();
+    tw.wait_for("a stats record of every tap", |v| {
+        v["type"] == "stats"
+            && stats_row(v, &name, None).is_some()
+            && labels
+                .iter()
+                .all(|ns| stats_row(v, &name, Some(ns)).is_some())
+    });
+    let attached = |ns: Option<&str>| {
+        tw.seen
+            .iter()
+            .find(|v| v["type"] == "attached" && is_tap(v, &name, ns))
+            .cloned()
+            .unwrap_or_else(|| panic!("no attached record for {ns:?}"))
+    };
+    attached(None);
+    for p in &pods {
+        let att = attached(Some(p.name()));
+        assert_eq!(att["ifindex"].as_u64(), idx(p), "its own ifindex: {att:#}");
+        assert_ne!(att["appeared"], true, "there at start: {att:#}");
+    }
+    for (i, t) in taps.iter().enumerate() {
+        send_stale(t, 2 + i);
+    }
+    send_stale(&own, 9);
+
+    // A pod that starts while the run watches: its tap is found, as one that appeared.
+    let late = Netns::new("twall-late").unwrap();
+    let started = Instant::now();
+    let late_tap = VmTap::create(&late, &name, TAP_CALICO).unwrap();
+    let att = tw.wait_for("the late pod's tap", |v| {
+        v["type"] == "attached" && is_tap(v, &name, Some(late.name()))
+    });
+    eprintln!("the late pod's tap attached after {:?}", started.elapsed());
+    assert_eq!(att["appeared"], true, "{att:#}");
+    send_stale(&late_tap, 6);
+    tw.wait_for("every tap's stale frames", |v| {
+        if v["type"] != "stats" {
+            return false;
+        }
+        let n = |ns: Option<&str>| stats_row(v, &name, ns).map(|t| u(t, "dst_mismatch_frames"));
+        pods.iter()
+            .enumerate()
+            .all(|(i, p)| n(Some(p.name())) == Some(2 + i as u64))
+            && n(None) == Some(9)
+            && n(Some(late.name())) == Some(6)
+    });
+
+    // A pod that goes: its tap is detached, whatever else its namespace held.
+    drop(taps);
+    let gone: Vec<String> = pods.iter().map(|p| p.name().to_string()).collect();
+    drop(pods);
+    for ns in &gone {
+        tw.wait_for(&format!("the tap of {ns} detached"), |v| {
+            v["type"] == "detached" && is_tap(v, &name, Some(ns))
+        });
+    }
+    let (status, recs, stderr) = tw.stop(libc::SIGINT);
+    assert!(status.success(), "{stderr}");
+    let summary = recs.iter().find(|r| r["type"] == "summary").unwrap();
+    let rows = summary["taps"].as_array().unwrap();
+    let row = |ns: Option<&str>| {
+        rows.iter()
+            .find(|t| is_tap(t, &name, ns))
+            .unwrap_or_else(|| panic!("no summary row for {ns:?}: {rows:#?}"))
+    };
+    for (i, ns) in gone.iter().enumerate() {
+        assert_eq!(u(row(Some(ns)), "dst_mismatch_frames"), 2 + i as u64);
+    }
+    assert_eq!(u(row(Some(late.name())), "dst_mismatch_frames"), 6);
+    assert_eq!(u(row(None), "dst_mismatch_frames"), 9);
+    assert_eq!(row(None)["state"], "BLACKOUT", "{rows:#?}");
+    assert_eq!(our_filters(&late, &name), 0);
 }

@@ -126,10 +126,25 @@ impl Datapath for PcapBackend {
         DatapathKind::Pcap
     }
     fn attach(&mut self, link: &Link, _appeared: bool) -> Result<(), AttachFailure> {
-        PcapBackend::attach(self, link.ifindex, &link.name, link.mac).map_err(|e| AttachFailure {
-            reason: e.to_string(),
-            errno: e.errno(),
-        })
+        // A tap of another namespace is captured from inside it, by its own name there:
+        // the capture sockets stay bound to it.
+        let (ifname, inside) = match &link.site {
+            Some(site) => (
+                site.ifname.as_str(),
+                Some(site.ns.enter().map_err(|e| AttachFailure {
+                    reason: format!("cannot enter its network namespace: {e}"),
+                    errno: e.raw_os_error(),
+                })?),
+            ),
+            None => (link.name.as_str(), None),
+        };
+        let r =
+            PcapBackend::attach(self, link.ifindex, ifname, link.mac).map_err(|e| AttachFailure {
+                reason: e.to_string(),
+                errno: e.errno(),
+            });
+        drop(inside);
+        r
     }
     fn detach(&mut self, ifindex: u32, _totals: Option<LinkTotals>) -> Option<TapCounts> {
         PcapBackend::detach(self, ifindex).map(|counters| TapCounts {

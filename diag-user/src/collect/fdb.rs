@@ -90,9 +90,16 @@ impl FdbEars {
 impl BridgeEars for FdbEars {
     fn heard_since(&self, tap: &Tap, mac: MacAddr, since: Ts) -> Option<bool> {
         let master = tap.master.clone()?;
-        let entries = setns::run_in(&self.ns, move || heard(&master, mac))
-            .ok()?
-            .ok()?;
+        // A tap of another namespace (a pod's) is on a bridge there.
+        let entries = match crate::collect::namespaces::split(&tap.ifname) {
+            (Some(label), _) => crate::collect::namespaces::named(label)?
+                .run_in(move || heard(&master, mac))
+                .ok()?
+                .ok()?,
+            (None, _) => setns::run_in(&self.ns, move || heard(&master, mac))
+                .ok()?
+                .ok()?,
+        };
         let now = chrono::Utc::now();
         Some(entries.iter().any(|h| match h {
             Heard::Local => true,

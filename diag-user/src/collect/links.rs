@@ -18,6 +18,7 @@ use netlink_packet_route::{
 };
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
 
+use super::namespaces::Outbox;
 use crate::model::{mac::MacAddr, Mode};
 
 /// rtnetlink multicast group of link notifications (`RTMGRP_LINK`).
@@ -48,6 +49,9 @@ pub struct Link {
     pub mtu: Option<u32>,
     /// rtnetlink kind ("tun", "veth", "bridge"…), when the kernel says.
     pub kind: Option<String>,
+    /// Where it really is, for a link of another network namespace (whose `ifindex` and
+    /// `name` are then the run's, see [`super::namespaces`]).
+    pub site: Option<super::namespaces::Site>,
 }
 
 impl Link {
@@ -59,9 +63,18 @@ impl Link {
         }
     }
 
-    /// The master device's name, looked up in the caller's namespace.
+    /// Its name in its own namespace (`--iface` globs match it; `name` is the run's).
+    pub fn ifname(&self) -> &str {
+        self.site.as_ref().map_or(&self.name, |s| &s.ifname)
+    }
+
+    /// The master device's name, looked up in the caller's namespace (a link of another
+    /// namespace has it from there).
     pub fn master_name(&self) -> Option<String> {
         let idx = self.master?;
+        if let Some(site) = &self.site {
+            return site.master_name.clone();
+        }
         let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
         // SAFETY: the buffer has IF_NAMESIZE bytes, as if_indextoname requires.
         let p = unsafe { libc::if_indextoname(idx, buf.as_mut_ptr()) };
@@ -84,6 +97,7 @@ impl Link {
             master: None,
             mtu: None,
             kind: None,
+            site: None,
         };
         for attr in &msg.attributes {
             match attr {
@@ -153,18 +167,14 @@ const RECV_TIMEOUT: Duration = Duration::from_millis(200);
 impl LinkMonitor {
     pub fn start() -> Result<(Self, Vec<Link>), IfaceError> {
         let sock = subscribe().map_err(IfaceError::Socket)?;
-        let links: Vec<Link> = crate::collect::netlink::dump_links()
-            .map_err(IfaceError::Dump)?
-            .iter()
-            .filter_map(Link::from_message)
-            .collect();
+        let links = dump().map_err(IfaceError::Dump)?;
         let known = links.iter().map(|l| (l.ifindex, l.clone())).collect();
         let (tx, events) = tokio::sync::mpsc::unbounded_channel();
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         std::thread::Builder::new()
             .name("tapwatch-links".into())
-            .spawn(move || follow(sock, known, tx, &flag))
+            .spawn(move || follow(sock, known, &mut Outbox::plain(tx), &flag))
             .map_err(IfaceError::Socket)?;
         Ok((Self { events, stop }, links))
     }
@@ -184,6 +194,21 @@ impl Drop for LinkMonitor {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
     }
+}
+
+/// Every link of the caller's namespace.
+fn dump() -> std::io::Result<Vec<Link>> {
+    Ok(crate::collect::netlink::dump_links()?
+        .iter()
+        .filter_map(Link::from_message)
+        .collect())
+}
+
+/// A socket subscribed to link notifications, then every link there is: in that order, so
+/// no change between the two is missed.
+pub(super) fn subscribe_and_dump() -> std::io::Result<(Socket, Vec<Link>)> {
+    let sock = subscribe()?;
+    Ok((sock, dump()?))
 }
 
 /// A socket subscribed to link notifications.
@@ -238,10 +263,10 @@ fn set_recv_timeout(sock: &Socket, t: Duration) -> std::io::Result<()> {
 
 /// The reader thread: passes every link notification on, and after an overflow a fresh
 /// dump's differences from what it passed on before.
-fn follow(
+pub(super) fn follow(
     mut sock: Socket,
     mut known: HashMap<u32, Link>,
-    tx: tokio::sync::mpsc::UnboundedSender<LinkChange>,
+    tx: &mut Outbox,
     stop: &AtomicBool,
 ) {
     let mut buf: Vec<u8> = Vec::with_capacity(64 * 1024);
@@ -256,7 +281,7 @@ fn follow(
                     Ok(s) => s,
                     Err(_) => return,
                 };
-                if resync(&mut known, &tx).is_err() {
+                if resync(&mut known, tx).is_err() {
                     return;
                 }
                 continue;
@@ -331,11 +356,8 @@ fn change_of(
 }
 
 /// After lost notifications: dump every link and pass on what changed.
-fn resync(
-    known: &mut HashMap<u32, Link>,
-    tx: &tokio::sync::mpsc::UnboundedSender<LinkChange>,
-) -> Result<(), ()> {
-    let send = |c| tx.send(c).map_err(|_| ());
+fn resync(known: &mut HashMap<u32, Link>, tx: &mut Outbox) -> Result<(), ()> {
+    let mut send = |c| tx.send(c);
     send(LinkChange::Resynced)?;
     let Ok(msgs) = crate::collect::netlink::dump_links() else {
         return Err(());
@@ -425,12 +447,13 @@ mod tests {
             master: None,
             mtu: None,
             kind: None,
+            site: None,
         };
         known.insert(gone.ifindex, gone);
         let changed = now[0].clone();
         known.get_mut(&changed.ifindex).unwrap().mtu = Some(1);
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-        resync(&mut known, &tx).unwrap();
+        resync(&mut known, &mut Outbox::plain(tx)).unwrap();
         let mut got = Vec::new();
         while let Ok(c) = rx.try_recv() {
             got.push(c);

@@ -11,6 +11,7 @@ pub mod fdb;
 pub mod identity;
 pub mod libpcap;
 pub mod links;
+pub mod namespaces;
 pub mod netlink;
 pub mod pcap;
 pub mod setns;
@@ -31,6 +32,7 @@ use self::{
     ebpf::{AttachMode, KernelPath, Probe, ProbeError, ProbeOptions},
     identity::Identities,
     links::{IfaceError, Link, LinkChange, LinkMonitor, Selector},
+    namespaces::Namespaces,
     pcap::{PcapBackend, PcapError},
     watcher::{System, Watcher},
 };
@@ -51,6 +53,8 @@ pub struct WatchOptions {
     /// Forget taps this long after they went away (`serve`); `None` keeps them for the
     /// summary.
     pub forget_after: Option<Duration>,
+    /// Watch the taps of every other network namespace too (`--netns all`).
+    pub all_namespaces: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -155,8 +159,15 @@ pub async fn run(
     let mut signals = Signals::new()?;
     let clock = WallClock::new();
     let (datapath, mut src, said) = load_datapath(&opts, clock)?;
-    let (mut monitor, links) =
+    let (mut monitor, mut links) =
         LinkMonitor::start().map_err(|e| WatchError::from(e).descriptors())?;
+    let mut namespaces = if opts.all_namespaces {
+        let (ns, theirs) = Namespaces::start().map_err(setup("following network namespaces"))?;
+        links.extend(theirs);
+        Some(ns)
+    } else {
+        None
+    };
 
     let mut w = Watcher::new(
         datapath,
@@ -183,6 +194,7 @@ pub async fn run(
         std::pin::pin!(stop),
         &mut src,
         &mut monitor,
+        namespaces.as_mut(),
         &links,
         &opts,
         &mut signals,
@@ -193,6 +205,11 @@ pub async fn run(
     // output.
     let mut pending = Ok(());
     while let (Some(change), Ok(())) = (monitor.try_next(), &pending) {
+        pending = w.drain(&mut src).and_then(|_| w.on_link(change));
+    }
+    while let (Some(change), Ok(())) =
+        (namespaces.as_mut().and_then(Namespaces::try_next), &pending)
+    {
         pending = w.drain(&mut src).and_then(|_| w.on_link(change));
     }
     let end = pending
@@ -303,6 +320,7 @@ async fn watch_loop(
     mut stop: std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
     src: &mut EventSource,
     monitor: &mut LinkMonitor,
+    mut namespaces: Option<&mut Namespaces>,
     initial: &[Link],
     opts: &WatchOptions,
     signals: &mut Signals,
@@ -347,6 +365,10 @@ async fn watch_loop(
                     // Events of a tap that is going away come before its `detached`.
                     w.drain(src).and_then(|_| w.on_link(change))
                 }
+                None => return Err(WatchError::NetlinkClosed),
+            },
+            change = next_elsewhere(&mut namespaces) => match change {
+                Some(change) => w.drain(src).and_then(|_| w.on_link(change)),
                 None => return Err(WatchError::NetlinkClosed),
             },
             ready = next_ready(src) => match ready.map_err(setup("ring buffer poll"))? {
@@ -477,6 +499,14 @@ fn load_pcap(clock: WallClock) -> Result<(Box<dyn Datapath>, EventSource), Watch
         Box::new(backend) as Box<dyn Datapath>,
         EventSource::Channel(rx),
     ))
+}
+
+/// The next link change of another namespace; never, when only tapwatch's own is watched.
+async fn next_elsewhere(namespaces: &mut Option<&mut Namespaces>) -> Option<LinkChange> {
+    match namespaces {
+        Some(n) => n.next().await,
+        None => std::future::pending().await,
+    }
 }
 
 enum Ready<'a> {

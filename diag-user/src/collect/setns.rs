@@ -31,10 +31,13 @@ pub fn run_in<T: Send + 'static>(
 /// Which network namespace a run watches (`--netns`).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub enum NetnsChoice {
-    /// tapwatch's own (the host's, where it runs on the host).
+    /// Every namespace when tapwatch runs on the host itself (in the namespace of PID 1),
+    /// else its own: run inside a container or `ip netns exec`, that is the one meant.
     #[default]
+    Auto,
+    /// tapwatch's own only (the host's, where it runs on the host).
     Host,
-    /// Every namespace of the host at once.
+    /// tapwatch's own and every other namespace of the host, as they come and go.
     All,
     /// The namespace of a process: a KubeVirt pod's QEMU, a container.
     Pid(u32),
@@ -47,7 +50,8 @@ impl std::str::FromStr for NetnsChoice {
 
     fn from_str(s: &str) -> Result<Self, String> {
         Ok(match s {
-            "" => return Err("give host, all, a PID or a namespace file".into()),
+            "" => return Err("give auto, all, host, a PID or a namespace file".into()),
+            "auto" => Self::Auto,
             "host" => Self::Host,
             "all" => Self::All,
             s if s.bytes().all(|b| b.is_ascii_digit()) => {
@@ -58,14 +62,27 @@ impl std::str::FromStr for NetnsChoice {
     }
 }
 
+impl NetnsChoice {
+    /// Whether the run watches every namespace's taps besides its own.
+    pub fn watches_all(&self) -> bool {
+        match self {
+            Self::All => true,
+            Self::Auto => in_the_hosts_namespace(),
+            _ => false,
+        }
+    }
+}
+
+/// Whether tapwatch runs in the namespace of PID 1: on the host, not in a container or a
+/// namespace of `ip netns exec`. Unknown (PID 1 not readable) counts as no.
+fn in_the_hosts_namespace() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let ino = |p: &str| std::fs::metadata(p).map(|m| (m.dev(), m.ino())).ok();
+    matches!((ino("/proc/1/ns/net"), ino("/proc/self/ns/net")), (Some(a), Some(b)) if a == b)
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum NetnsError {
-    #[error(
-        "--netns all (every network namespace at once) is not supported yet: run one \
-         tapwatch per namespace with --netns PID (a pod's QEMU process) or --netns \
-         /var/run/netns/NAME"
-    )]
-    AllUnsupported,
     #[error("cannot open the network namespace {path}: {source}")]
     Open {
         path: String,
@@ -82,11 +99,11 @@ pub enum NetnsError {
 
 /// Moves the calling thread into the chosen namespace, so that every socket, netlink
 /// request and thread made afterwards belongs to it; `main` calls it before any thread
-/// exists. Returns the namespace file entered (none for the host's).
+/// exists. Returns the namespace file entered (none for tapwatch's own, which is where a
+/// run watching every namespace stays).
 pub fn enter(choice: &NetnsChoice) -> Result<Option<String>, NetnsError> {
     let path = match choice {
-        NetnsChoice::Host => return Ok(None),
-        NetnsChoice::All => return Err(NetnsError::AllUnsupported),
+        NetnsChoice::Auto | NetnsChoice::Host | NetnsChoice::All => return Ok(None),
         NetnsChoice::Pid(pid) => format!("/proc/{pid}/ns/net"),
         NetnsChoice::Path(p) => p.display().to_string(),
     };
@@ -112,6 +129,7 @@ mod tests {
     #[test]
     fn netns_choices_parse() {
         assert_eq!("host".parse(), Ok(NetnsChoice::Host));
+        assert_eq!("auto".parse(), Ok(NetnsChoice::Auto));
         assert_eq!("all".parse(), Ok(NetnsChoice::All));
         assert_eq!("4242".parse(), Ok(NetnsChoice::Pid(4242)));
         assert_eq!(
@@ -122,9 +140,10 @@ mod tests {
     }
 
     #[test]
-    fn all_and_missing_namespaces_are_refused_with_what_to_do() {
-        let all = enter(&NetnsChoice::All).unwrap_err().to_string();
-        assert!(all.contains("--netns PID"), "{all}");
+    fn missing_namespaces_are_refused_and_all_stays_home() {
+        assert_eq!(enter(&NetnsChoice::All).unwrap(), None);
+        assert!(NetnsChoice::All.watches_all() && !NetnsChoice::Host.watches_all());
+        assert!(!NetnsChoice::Pid(1).watches_all());
         let missing = enter(&NetnsChoice::Path("/nonexistent/ns".into()))
             .unwrap_err()
             .to_string();

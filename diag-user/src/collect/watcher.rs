@@ -79,7 +79,7 @@ pub(super) struct System {
 impl System {
     pub(super) const REAL: System = System {
         exists: link_exists,
-        lookup: super::links::lookup,
+        lookup: link_lookup,
     };
 }
 
@@ -130,7 +130,7 @@ impl<'s> Watcher<'s> {
         match change {
             LinkChange::Present(link) => match self.live.get(&link.ifindex).copied() {
                 Some(i) => self.on_known_link(i, link),
-                None if self.selector.matches(&link.name) => self.attach(link),
+                None if self.selector.matches(link.ifname()) => self.attach(link),
                 None => {
                     self.unwatched.remove(&link.ifindex);
                     Ok(())
@@ -239,7 +239,7 @@ impl<'s> Watcher<'s> {
         }
         self.unwatched.remove(&link.ifindex);
         // The VM's identity comes first, so the tap's first verdict already names it.
-        let vm = self.identities.lookup(OWN_NETNS, &link.name);
+        let vm = self.identity_of(&link);
         if vm.is_some() {
             let ts = self.ts();
             self.emit(Record::Identity {
@@ -253,7 +253,7 @@ impl<'s> Watcher<'s> {
         let rec = Record::Attached {
             ts,
             ifname: link.name.clone(),
-            ifindex: link.ifindex,
+            ifindex: real_ifindex(&link),
             mac: link.mac,
             mode: link.mode(),
             backend: self.datapath.kind(),
@@ -274,7 +274,7 @@ impl<'s> Watcher<'s> {
     pub(super) fn on_known_link(&mut self, i: usize, link: Link) -> io::Result<()> {
         let ifindex = link.ifindex;
         if link.name != self.taps[i].link.name {
-            if !self.selector.matches(&link.name) {
+            if !self.selector.matches(link.ifname()) {
                 return self.detach(ifindex, format!("renamed to {}", link.name));
             }
             // Still watched: the same tap under a new name keeps its counters and verdict.
@@ -286,7 +286,7 @@ impl<'s> Watcher<'s> {
                 ts,
                 ifname: link.name.clone(),
                 old_ifname,
-                ifindex,
+                ifindex: real_ifindex(&link),
             })?;
             self.follow_identity(ifindex, &link.name)?;
         }
@@ -409,12 +409,21 @@ impl<'s> Watcher<'s> {
             .with_window(since)
     }
 
+    /// The VM behind a tap, looked up where the tap really is.
+    fn identity_of(&mut self, link: &Link) -> Option<VmInterface> {
+        match &link.site {
+            Some(site) => self.identities.lookup(site.ns.inode, &site.ifname),
+            None => self.identities.lookup(OWN_NETNS, &link.name),
+        }
+    }
+
     /// Says the identity of a live tap if it changed since it was last said.
     pub(super) fn follow_identity(&mut self, ifindex: u32, name: &str) -> io::Result<()> {
-        let vm = self.identities.lookup(OWN_NETNS, name);
         let Some(&i) = self.live.get(&ifindex) else {
             return Ok(());
         };
+        let link = self.taps[i].link.clone();
+        let vm = self.identity_of(&link);
         if self.taps[i].said == vm {
             return Ok(());
         }
@@ -508,7 +517,7 @@ impl<'s> Watcher<'s> {
             .iter()
             .map(|t| SummaryRow {
                 counters: self.row(t),
-                ifindex: t.link.ifindex,
+                ifindex: real_ifindex(&t.link),
                 mode: t.link.mode(),
                 // The registry has every MAC the tap had (the pipeline's engine adds them).
                 mac_history: Vec::new(),
@@ -526,8 +535,26 @@ impl<'s> Watcher<'s> {
     }
 }
 
-/// Whether `ifindex` still names a link called `name` in this namespace.
+/// A link's ifindex in its own namespace, as records say it (the run knows a tap of
+/// another namespace by an id of its own).
+fn real_ifindex(link: &Link) -> u32 {
+    link.site.as_ref().map_or(link.ifindex, |s| s.ifindex)
+}
+
+/// The link with `ifindex` now (a tap of another namespace: as its thread last saw it).
+fn link_lookup(ifindex: u32) -> io::Result<Option<Link>> {
+    if super::namespaces::is_foreign(ifindex) {
+        return Ok(super::namespaces::link_of(ifindex));
+    }
+    super::links::lookup(ifindex)
+}
+
+/// Whether `ifindex` still names a link called `name` in this namespace (or, for a tap of
+/// another namespace, whether that namespace's thread last saw it so).
 pub(super) fn link_exists(ifindex: u32, name: &str) -> bool {
+    if super::namespaces::is_foreign(ifindex) {
+        return super::namespaces::link_of(ifindex).is_some_and(|l| l.name == name);
+    }
     let Ok(c) = std::ffi::CString::new(name) else {
         return false;
     };

@@ -104,6 +104,7 @@ impl LabWatcher {
             probe_linger: Duration::from_secs(60),
             identities: crate::collect::IdentitySource::Fixed(vms),
             forget_after: None,
+            all_namespaces: false,
         };
         let handle = ns.spawn(move || {
             let mut sink = Watched {

@@ -12,6 +12,7 @@ mod frame;
 pub mod host;
 pub mod identity;
 pub mod mac;
+pub mod netns;
 pub mod nudge;
 pub mod probe;
 mod rows;

@@ -13,6 +13,7 @@ use super::{
     Gateways,
 };
 use crate::{
+    collect::namespaces,
     model::{
         clock::Ts,
         nudge::{NudgeFrame, NudgeRecord, NudgeResult, NudgeTrigger, SentFrame},
@@ -125,9 +126,11 @@ impl Nudger {
     }
 
     fn send(&mut self, tap: &Tap, p: &Plan, trigger: NudgeTrigger, now: Ts) -> NudgeRecord {
-        let sent = match &self.writer {
-            Err(e) => Err(e.clone()),
-            Ok(w) => p
+        let sent = match (&self.writer, namespaces::split(&p.ifname)) {
+            // A pod's tap: written from a socket of its own namespace, by its name there.
+            (_, (Some(label), ifname)) => send_elsewhere(label, ifname, p),
+            (Err(e), _) => Err(e.clone()),
+            (Ok(w), _) => p
                 .frames
                 .iter()
                 .try_for_each(|f| w.send(&p.ifname, p.ifindex, &f.bytes))
@@ -155,6 +158,10 @@ impl Nudger {
     /// This host's routes to the tap, when the guest's frames did not say its addresses.
     fn routed_ips(&self, tap: &Tap) -> Vec<IpAddr> {
         if tap.addrs.ip.is_some() && tap.addrs.ip6.is_some() {
+            return Vec::new();
+        }
+        // Those of tapwatch's namespace do not lead into a pod's.
+        if namespaces::split(&tap.ifname).0.is_some() {
             return Vec::new();
         }
         match &self.writer {
@@ -460,4 +467,19 @@ fn refused_record(
         more_frames: Vec::new(),
         message,
     }
+}
+
+/// Writes the plan's frames into the tap `ifname` of the watched namespace `label`, from a
+/// socket opened inside it.
+fn send_elsewhere(label: &str, ifname: &str, p: &Plan) -> Result<(), String> {
+    let ns = namespaces::named(label)
+        .ok_or_else(|| format!("the network namespace {label} is no longer watched"))?;
+    let (ifname, ifindex) = (ifname.to_string(), p.ifindex);
+    let frames: Vec<Vec<u8>> = p.frames.iter().map(|f| f.bytes.clone()).collect();
+    ns.run_in(move || {
+        let w = TapWriter::open()?;
+        frames.iter().try_for_each(|f| w.send(&ifname, ifindex, f))
+    })
+    .map_err(|e| format!("cannot enter the network namespace {label}: {e}"))?
+    .map_err(|e: SendError| e.to_string())
 }

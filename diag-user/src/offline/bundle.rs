@@ -295,6 +295,13 @@ fn tap_record(
     if !wanted {
         return Ok(None);
     }
+    if text.contains("\"netns\"") {
+        let mut v: serde_json::Value = serde_json::from_str(text).map_err(|e| e.to_string())?;
+        crate::model::netns::join_names(&mut v);
+        return serde_json::from_value(v)
+            .map(Some)
+            .map_err(|e| e.to_string());
+    }
     serde_json::from_str(text)
         .map(Some)
         .map_err(|e| e.to_string())

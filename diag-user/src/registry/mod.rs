@@ -21,8 +21,9 @@ use crate::model::clock::Ts;
 /// records).
 pub const OWN_NETNS: u64 = 0;
 
-/// Which tap: its network namespace (the namespace file's inode number, [`OWN_NETNS`] for
-/// tapwatch's own) and its ifindex there.
+/// Which tap: its network namespace ([`OWN_NETNS`] for tapwatch's own, else a number of
+/// the namespace's name in records: its identity sources' inode, or [`TapKey::of`]'s) and
+/// its ifindex there.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct TapKey {
     pub netns: u64,
@@ -34,6 +35,24 @@ impl TapKey {
         Self {
             netns: OWN_NETNS,
             ifindex,
+        }
+    }
+
+    /// The key of a tap as records name it: `NAMESPACE/IFNAME` for one of another
+    /// namespace (whose ifindex may be another pod's too), keyed by its namespace's name.
+    pub fn of(ifname: &str, ifindex: u32) -> Self {
+        match crate::collect::namespaces::split(ifname) {
+            (None, _) => Self::own(ifindex),
+            (Some(ns), _) => Self {
+                // FNV-1a: stable across runs and builds, never OWN_NETNS.
+                netns: ns
+                    .bytes()
+                    .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+                        (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
+                    })
+                    .max(1),
+                ifindex,
+            },
         }
     }
 }

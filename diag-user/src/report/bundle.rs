@@ -259,9 +259,15 @@ impl Bundle {
     /// The taps this bundle is about: those whose `attached` it has (their facts are the
     /// registry's).
     fn note_tap(&mut self, rec: &Record) {
-        if let Record::Attached { ts, ifindex, .. } = rec {
+        if let Record::Attached {
+            ts,
+            ifindex,
+            ifname,
+            ..
+        } = rec
+        {
             self.started.get_or_insert(*ts);
-            self.covered.push((TapKey::own(*ifindex), *ts));
+            self.covered.push((TapKey::of(ifname, *ifindex), *ts));
         }
     }
 

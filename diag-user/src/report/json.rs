@@ -2,7 +2,7 @@
 
 use std::io::{self, Write};
 
-use crate::model::{Line, Record, Sink, SCHEMA_VERSION};
+use crate::model::{netns, Line, Record, Sink, SCHEMA_VERSION};
 
 /// NDJSON: one object a line.
 pub struct JsonSink<W: Write>(pub W);
@@ -13,8 +13,14 @@ impl<W: Write> Sink for JsonSink<W> {
             record: rec,
             schema: SCHEMA_VERSION,
         };
-        serde_json::to_writer(&mut self.0, &line)?;
-        self.0.write_all(b"\n")
+        let mut bytes = serde_json::to_vec(&line)?;
+        if netns::names_another(&bytes) {
+            let mut v: serde_json::Value = serde_json::from_slice(&bytes)?;
+            netns::split_names(&mut v);
+            bytes = serde_json::to_vec(&v)?;
+        }
+        bytes.push(b'\n');
+        self.0.write_all(&bytes)
     }
     fn flush(&mut self) -> io::Result<()> {
         self.0.flush()

@@ -14,7 +14,7 @@ use std::{process::ExitCode, sync::Arc, time::Duration};
 
 use diag_user::{
     collect::{
-        setns::{self, NetnsChoice, NetnsError},
+        setns::{self, NetnsChoice},
         Outcome,
     },
     report::{
@@ -29,8 +29,7 @@ use diag_user::{
 pub const EXIT_USAGE: u8 = 2;
 
 /// Enters the network namespace `--netns` chose, on the calling thread, before any thread
-/// exists (everything made afterwards is the namespace's); says which, or why not and the
-/// exit status (usage for `all`).
+/// exists (everything made afterwards is the namespace's); says which, or why not.
 pub fn enter_netns(choice: &NetnsChoice) -> Result<(), ExitCode> {
     match setns::enter(choice) {
         Ok(Some(path)) => {
@@ -40,10 +39,7 @@ pub fn enter_netns(choice: &NetnsChoice) -> Result<(), ExitCode> {
         Ok(None) => Ok(()),
         Err(e) => {
             eprintln!("tapwatch: {e}");
-            Err(match e {
-                NetnsError::AllUnsupported => ExitCode::from(EXIT_USAGE),
-                _ => ExitCode::FAILURE,
-            })
+            Err(ExitCode::FAILURE)
         }
     }
 }

@@ -76,6 +76,7 @@ pub fn run(args: NudgeArgs) -> anyhow::Result<ExitCode> {
         probe_linger: Duration::from_secs(60),
         identities: IdentitySource::Host(HostSources::libvirt(&args.libvirt_dir)),
         forget_after: None,
+        all_namespaces: false,
     };
     let p = pipeline.clone();
     let collecting = Collecting::start(opts, Feed(pipeline.clone()), move || p.finish())

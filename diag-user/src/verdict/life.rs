@@ -29,7 +29,7 @@ impl Engine {
         else {
             return;
         };
-        let mut t = Tap::new(TapKey::own(*ifindex), ifname, *mac, *mode, *ts);
+        let mut t = Tap::new(TapKey::of(ifname, *ifindex), ifname, *mac, *mode, *ts);
         t.datapath = *datapath;
         t.appeared = *appeared;
         t.mtu = *mtu;

@@ -35,6 +35,8 @@ pub struct Layout {
     pub kernel: KernelLayout,
     /// `enum skb_drop_reason` value -> name without its `SKB_DROP_REASON_` prefix.
     pub reasons: HashMap<u32, String>,
+    /// The cookie of tapwatch's network namespace: what its taps are keyed by.
+    pub netns_cookie: u64,
 }
 
 impl Layout {
@@ -78,9 +80,12 @@ impl Layout {
             net_cookie: offset("net", "net_cookie")?,
             reason_otherhost: value("OTHERHOST")?,
             reason_unhandled_proto: value("UNHANDLED_PROTO")?,
-            netns_cookie,
         };
-        Ok(Self { kernel, reasons })
+        Ok(Self {
+            kernel,
+            reasons,
+            netns_cookie,
+        })
     }
 
     /// The name of a drop reason, or its number when this kernel does not name it.
@@ -141,7 +146,7 @@ mod tests {
         let l = Layout::from_btf(bytes, 42).expect("layout");
         eprintln!("BTF read in {:?}", started.elapsed());
         let k = l.kernel;
-        assert_eq!((k.version, k.netns_cookie), (1, 42));
+        assert_eq!((k.version, l.netns_cookie), (1, 42));
         assert!(k.skb_dev > 0 && k.skb_head > 0 && k.net_cookie > 0);
         assert_eq!(l.reason_name(k.reason_otherhost), "OTHERHOST");
         assert_eq!(l.reason_name(k.reason_unhandled_proto), "UNHANDLED_PROTO");

@@ -26,7 +26,7 @@ use aya::{
     programs::{ProgramError, SchedClassifier},
     Ebpf, EbpfLoader,
 };
-use diag_common::{DropKey, FrameEvent, KernelLayout, TapConfig, TapCounters, TapWindow};
+use diag_common::{DropKey, FrameEvent, KernelLayout, TapConfig, TapCounters, TapSite, TapWindow};
 
 use self::{
     drops::DropHook,
@@ -79,7 +79,11 @@ pub struct Probe {
     ebpf: Ebpf,
     counters: PerCpuHashMap<MapData, u32, TapCounters>,
     windows: BpfHashMap<MapData, u32, TapWindow>,
-    taps_map: BpfHashMap<MapData, u32, TapConfig>,
+    taps_map: BpfHashMap<MapData, TapSite, TapConfig>,
+    /// The cookie of tapwatch's namespace when the programs can read a frame's (they have
+    /// the kernel's layout); without it taps are keyed by 0 and only this namespace's can
+    /// be watched.
+    own_cookie: Option<u64>,
     drops_map: PerCpuHashMap<MapData, DropKey, u64>,
     hints: aya::maps::Array<MapData, u32>,
     /// Present when the drop-driven datapath runs.
@@ -101,7 +105,8 @@ impl Probe {
         raise_memlock_limit();
         let mut fallback = None;
         let layout = match opts.path {
-            KernelPath::Tc => None,
+            // The per-frame datapath needs the layout only to tell namespaces apart.
+            KernelPath::Tc => Layout::of_running_kernel().ok(),
             path => match Layout::of_running_kernel() {
                 Ok(l) => Some(l),
                 Err(e) if path == KernelPath::Drops => {
@@ -127,8 +132,10 @@ impl Probe {
             .map_err(map_error(DROPS_MAP))?;
         let hints = aya::maps::Array::try_from(take_map(&mut ebpf, HINTS_MAP)?)
             .map_err(map_error(HINTS_MAP))?;
+        let own_cookie = layout.as_ref().map(|l| l.netns_cookie);
         let drop_hook = match layout {
             None => None,
+            Some(_) if opts.path == KernelPath::Tc => None,
             Some(l) => match DropHook::start(&mut ebpf, l) {
                 Ok(h) => Some(h),
                 Err(e) if opts.path == KernelPath::Drops => return Err(e),
@@ -144,6 +151,7 @@ impl Probe {
             counters,
             windows,
             taps_map,
+            own_cookie,
             drops_map,
             hints,
             drop_hook,

@@ -13,9 +13,27 @@ impl Probe {
     /// Once an interval: the links' statistics, the drops by reason, and the per-frame
     /// probes (added where a window is open without one, removed after the linger's calm).
     pub fn refresh(&mut self) {
-        if let Ok(totals) = netlink::link_totals(None) {
-            for (ifindex, tap) in self.taps.iter_mut() {
-                if let Some(t) = totals.get(ifindex) {
+        // One statistics request per namespace with taps, from inside it.
+        let mut by_ns: BTreeMap<u64, Vec<u32>> = BTreeMap::new();
+        for (&id, tap) in &self.taps {
+            by_ns
+                .entry(tap.at.ns.as_ref().map_or(0, |n| n.inode))
+                .or_default()
+                .push(id);
+        }
+        for ids in by_ns.values() {
+            let at = &self.taps[&ids[0]].at;
+            let Ok(inside) = at.enter() else {
+                continue;
+            };
+            let totals = netlink::link_totals(None);
+            drop(inside);
+            let Ok(totals) = totals else {
+                continue;
+            };
+            for id in ids {
+                let tap = self.taps.get_mut(id).expect("listed above");
+                if let Some(t) = totals.get(&tap.at.ifindex) {
                     tap.latest = *t;
                 }
             }
@@ -32,8 +50,11 @@ impl Probe {
     /// does not end it (the next one does).
     fn open_windows(&mut self) -> HashSet<u32> {
         let mut by_slot: HashMap<u32, Vec<u32>> = HashMap::new();
-        for &ifindex in self.taps.keys() {
-            by_slot.entry(hint_slot(ifindex)).or_default().push(ifindex);
+        for (&id, tap) in &self.taps {
+            by_slot
+                .entry(hint_slot(tap.at.ifindex))
+                .or_default()
+                .push(id);
         }
         let is_open = |w: &BpfHashMap<MapData, u32, TapWindow>, i: &u32| {
             w.get(i, 0).is_ok_and(|w: TapWindow| w.pending())

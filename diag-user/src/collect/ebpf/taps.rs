@@ -1,10 +1,10 @@
 //! Attaching to a tap and following it: the maps, the hooks the rules
 //! ([`super::rules`]) decide on, and the probe's coming and going as typed events.
 
-use std::{collections::BTreeMap, time::Instant};
+use std::{collections::BTreeMap, sync::Arc, time::Instant};
 
 use aya::programs::TcAttachType;
-use diag_common::{FrameEvent, TapConfig, TapMode, TapWindow, EVENT_FLAG_DST_MISMATCH};
+use diag_common::{FrameEvent, TapConfig, TapMode, TapSite, TapWindow, EVENT_FLAG_DST_MISMATCH};
 
 use super::{
     errors::map_errno,
@@ -16,14 +16,56 @@ use crate::{
     collect::{
         datapath::DatapathEvent,
         links::Link,
+        namespaces::{Inside, Netns},
         netlink::{self, LinkTotals},
     },
     model::{mac::MacAddr, probe::ProbeChange, FrameKind, NoticeCode},
 };
 
+/// Where a tap really is: its ifindex and name in its namespace, and the namespace when it
+/// is not tapwatch's own (the run knows it by an id and a qualified name then).
+#[derive(Clone, Debug)]
+pub(super) struct At {
+    pub ifindex: u32,
+    pub ifname: String,
+    pub ns: Option<Arc<Netns>>,
+}
+
+impl At {
+    fn of(link: &Link) -> Self {
+        match &link.site {
+            Some(s) => At {
+                ifindex: s.ifindex,
+                ifname: s.ifname.clone(),
+                ns: Some(s.ns.clone()),
+            },
+            None => At {
+                ifindex: link.ifindex,
+                ifname: link.name.clone(),
+                ns: None,
+            },
+        }
+    }
+
+    /// Moves the calling thread into the tap's namespace for what must be asked there
+    /// (its statistics, its tc hooks); nothing to do for tapwatch's own.
+    pub fn enter(&self) -> std::io::Result<Option<Inside>> {
+        self.ns.as_ref().map(|n| n.enter()).transpose()
+    }
+}
+
+/// Whether the tap needs the full per-frame probe under the drop-driven datapath: on a
+/// bridge nothing is dropped; in another namespace its ARP has no socket to be counted by
+/// (the ARP socket is tapwatch's namespace's), so the probe counts it.
+fn full_probe_for(link: &Link) -> bool {
+    link.master.is_some() || link.site.is_some()
+}
+
 /// One attached tap.
 pub(super) struct Tap {
+    /// The run's name for it (qualified in another namespace).
     pub name: String,
+    pub at: At,
     pub mac: Option<MacAddr>,
     pub carried: Carried,
     /// The tc links of the probe it carries (the assist or the full probe), if any.
@@ -53,6 +95,15 @@ impl Tap {
 }
 
 impl Probe {
+    /// The `TAPS` key of a tap: its namespace's cookie and its real ifindex.
+    pub(super) fn site(&self, at: &At) -> TapSite {
+        let cookie = match &at.ns {
+            Some(ns) => ns.cookie,
+            None => self.own_cookie.unwrap_or(0),
+        };
+        TapSite::new(cookie, at.ifindex)
+    }
+
     /// Starts counting on the tap from zero. When this returns, every frame crossing the
     /// interface is counted.
     pub fn attach(&mut self, link: &Link, appeared: bool) -> Result<(), ProbeError> {
@@ -65,19 +116,39 @@ impl Probe {
         if self.taps.contains_key(&ifindex) {
             return Ok(());
         }
+        let at = At::of(link);
+        if at.ns.is_some() && self.own_cookie.is_none() {
+            return Err(fail(
+                format!(
+                    "taps in other network namespaces need the kernel's BTF ({}) to be told \
+                     apart from the host's",
+                    super::layout::VMLINUX_BTF
+                ),
+                None,
+            ));
+        }
+        let inside = at.enter().map_err(|e| {
+            fail(
+                format!("cannot enter its network namespace: {e}"),
+                e.raw_os_error(),
+            )
+        })?;
         // Filters of a killed run stay attached and cost every frame; whatever this tap's
         // hook, remove those whose owner is gone (never a live run's). Best effort: they
-        // do not touch this run's counters.
-        if let Some((code, message)) = self.hooks.remove_orphans(ifindex, ifname) {
-            self.notice(code, Some(ifname), message);
+        // do not touch this run's counters. (Other namespaces get TCX links only, which
+        // go with the run that made them.)
+        if at.ns.is_none() {
+            if let Some((code, message)) = self.hooks.remove_orphans(ifindex, ifname) {
+                self.notice(code, Some(ifname), message);
+            }
         }
-        let base = netlink::link_totals(Some(ifindex))
-            .map(|t| t.get(&ifindex).copied().unwrap_or_default())
+        let base = netlink::link_totals(Some(at.ifindex))
+            .map(|t| t.get(&at.ifindex).copied().unwrap_or_default())
             .map_err(|e| fail(format!("cannot read its statistics: {e}"), e.raw_os_error()))?;
         self.add_maps(ifindex).map_err(|(r, e)| fail(r, e))?;
-        let (carried, step) = rules::on_attach(self.drops(), link.master.is_some(), appeared);
+        let (carried, step) = rules::on_attach(self.drops(), full_probe_for(link), appeared);
         let links = match carried {
-            Carried::Full => match self.full_probe(ifindex, ifname) {
+            Carried::Full => match self.full_probe(&at, ifname) {
                 Ok(links) => Some(links),
                 Err((reason, errno)) => {
                     self.remove_maps(ifindex);
@@ -86,8 +157,11 @@ impl Probe {
             },
             _ => None,
         };
+        drop(inside);
+        let site = self.site(&at);
         let tap = Tap {
             name: ifname.to_string(),
+            at,
             mac: link.mac,
             carried,
             links,
@@ -96,9 +170,12 @@ impl Probe {
             kernel_drops: BTreeMap::new(),
             assist_failure_said: false,
         };
-        if let Err(e) = self.taps_map.insert(ifindex, TapConfig::new(tap.mode()), 0) {
+        if let Err(e) = self
+            .taps_map
+            .insert(site, TapConfig::new(tap.mode(), ifindex), 0)
+        {
             if let Some(links) = tap.links {
-                self.hooks.detach(&mut self.ebpf, ifindex, links);
+                self.hooks.detach(&mut self.ebpf, tap.at.ifindex, links);
             }
             self.remove_maps(ifindex);
             return Err(fail(format!("cannot add it: {e}"), map_errno(&e)));
@@ -122,15 +199,15 @@ impl Probe {
         Ok(())
     }
 
+    /// Removes the tap's counters and window (its `TAPS` entry goes first, in `detach`).
     pub(super) fn remove_maps(&mut self, ifindex: u32) {
         let _ = self.counters.remove(&ifindex);
         let _ = self.windows.remove(&ifindex);
-        let _ = self.taps_map.remove(&ifindex);
     }
 
-    fn full_probe(&mut self, ifindex: u32, ifname: &str) -> Result<TcLinks, (String, Option<i32>)> {
+    fn full_probe(&mut self, at: &At, ifname: &str) -> Result<TcLinks, (String, Option<i32>)> {
         self.hook(
-            ifindex,
+            at,
             ifname,
             &[
                 (INGRESS, TcAttachType::Ingress),
@@ -139,16 +216,29 @@ impl Probe {
         )
     }
 
+    /// Hooks `progs` to the tap, from inside its namespace (the caller may already be
+    /// there; entering again is harmless). `ifname`: the run's name, for notices.
     fn hook(
         &mut self,
-        ifindex: u32,
+        at: &At,
         ifname: &str,
         progs: &[(&'static str, TcAttachType)],
     ) -> Result<TcLinks, (String, Option<i32>)> {
+        let _inside = at.enter().map_err(|e| {
+            (
+                format!("cannot enter its network namespace: {e}"),
+                e.raw_os_error(),
+            )
+        })?;
         let mut notes = Vec::new();
-        let r = self
-            .hooks
-            .attach(&mut self.ebpf, ifindex, ifname, progs, &mut notes);
+        let r = self.hooks.attach(
+            &mut self.ebpf,
+            at.ifindex,
+            &at.ifname,
+            progs,
+            at.ns.is_some(),
+            &mut notes,
+        );
         for (code, message) in notes {
             self.notice(code, Some(ifname), message);
         }
@@ -163,12 +253,13 @@ impl Probe {
             return;
         };
         tap.name.clone_from(&link.name);
+        tap.at = At::of(link);
         let mac_changed = std::mem::replace(&mut tap.mac, link.mac) != link.mac;
         let mut carried = tap.carried;
         let step = rules::on_change(
             &mut carried,
             drops,
-            link.master.is_some(),
+            full_probe_for(link),
             mac_changed,
             || self.has_sent(ifindex),
             Instant::now(),
@@ -184,9 +275,12 @@ impl Probe {
         let Some(tap) = self.taps.get(&ifindex) else {
             return false;
         };
-        netlink::link_totals(Some(ifindex))
+        let Ok(_inside) = tap.at.enter() else {
+            return false;
+        };
+        netlink::link_totals(Some(tap.at.ifindex))
             .ok()
-            .and_then(|t| t.get(&ifindex).copied())
+            .and_then(|t| t.get(&tap.at.ifindex).copied())
             .is_some_and(|now| now.since(&tap.base).rx_packets > 0)
     }
 
@@ -228,21 +322,26 @@ impl Probe {
 
     /// Does what the rules decided, and says so.
     fn apply(&mut self, ifindex: u32, step: Step) {
-        let Some(name) = self.taps.get(&ifindex).map(|t| t.name.clone()) else {
+        let Some((name, at)) = self
+            .taps
+            .get(&ifindex)
+            .map(|t| (t.name.clone(), t.at.clone()))
+        else {
             return;
         };
+        let site = self.site(&at);
         match step {
             Step::Nothing => {}
-            Step::AddAssist(change) => self.add_assist(ifindex, &name, change),
+            Step::AddAssist(change) => self.add_assist(ifindex, &at, &name, change),
             Step::RemoveAssist(change) => {
                 self.unhook(ifindex, Carried::Drops);
                 self.probe_event(&name, change);
             }
-            Step::ToFull(change) => match self.full_probe(ifindex, &name) {
+            Step::ToFull(change) => match self.full_probe(&at, &name) {
                 Ok(links) => {
                     let _ = self
                         .taps_map
-                        .insert(ifindex, TapConfig::new(TapMode::Tc), 0);
+                        .insert(site, TapConfig::new(TapMode::Tc, ifindex), 0);
                     self.unhook(ifindex, Carried::Full);
                     if let Some(tap) = self.taps.get_mut(&ifindex) {
                         tap.links = Some(links);
@@ -261,7 +360,7 @@ impl Probe {
             Step::ToDrops(change) => {
                 let _ = self
                     .taps_map
-                    .insert(ifindex, TapConfig::new(TapMode::Drops), 0);
+                    .insert(site, TapConfig::new(TapMode::Drops, ifindex), 0);
                 self.unhook(ifindex, Carried::Drops);
                 self.probe_event(&name, change);
             }
@@ -274,15 +373,16 @@ impl Probe {
             return;
         };
         tap.carried = now;
+        let real = tap.at.ifindex;
         if let Some(links) = tap.links.take() {
-            self.hooks.detach(&mut self.ebpf, ifindex, links);
+            self.hooks.detach(&mut self.ebpf, real, links);
         }
     }
 
-    fn add_assist(&mut self, ifindex: u32, name: &str, change: ProbeChange) {
+    fn add_assist(&mut self, ifindex: u32, at: &At, name: &str, change: ProbeChange) {
         // Egress as on a full probe: the host's ARP to the VM, during the trouble.
         let r = self.hook(
-            ifindex,
+            at,
             name,
             &[
                 (ASSIST, TcAttachType::Ingress),
@@ -339,11 +439,13 @@ impl Probe {
         totals: Option<LinkTotals>,
     ) -> Option<crate::collect::datapath::TapCounts> {
         // No program counts the tap from here on.
-        let _ = self.taps_map.remove(&ifindex);
+        let at = self.taps.get(&ifindex)?.at.clone();
+        let _ = self.taps_map.remove(&self.site(&at));
         let totals = totals.or_else(|| {
-            netlink::link_totals(Some(ifindex))
+            let _inside = at.enter().ok()?;
+            netlink::link_totals(Some(at.ifindex))
                 .ok()
-                .and_then(|t| t.get(&ifindex).copied())
+                .and_then(|t| t.get(&at.ifindex).copied())
         });
         if let (Some(t), Some(tap)) = (totals, self.taps.get_mut(&ifindex)) {
             tap.latest = t;
@@ -352,7 +454,7 @@ impl Probe {
         let last = self.counters(ifindex);
         let tap = self.taps.remove(&ifindex)?;
         if let Some(links) = tap.links {
-            self.hooks.detach(&mut self.ebpf, ifindex, links);
+            self.hooks.detach(&mut self.ebpf, tap.at.ifindex, links);
         }
         self.remove_maps(ifindex);
         last

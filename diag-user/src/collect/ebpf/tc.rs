@@ -111,17 +111,29 @@ impl TcHooks {
         }
     }
 
-    /// Hooks `progs` to the interface; all or none. A notice when the cleanup helper could
-    /// not start (the filters work, but a SIGKILL would leave them).
+    /// Hooks `progs` to the interface (of the calling thread's namespace); all or none. A
+    /// notice when the cleanup helper could not start (the filters work, but a SIGKILL
+    /// would leave them). `tcx_only`: an interface of another namespace, which gets TCX
+    /// links whatever the mode: they go with the run however it ends, where the cleanup
+    /// helper could not follow clsact filters into a pod.
     pub fn attach(
         &mut self,
         ebpf: &mut Ebpf,
         ifindex: u32,
         ifname: &str,
         progs: &[(&'static str, TcAttachType)],
+        tcx_only: bool,
         notices: &mut Vec<(NoticeCode, String)>,
     ) -> Result<TcLinks, (String, Option<i32>)> {
-        let clsact = self.mode != AttachMode::Tcx;
+        if tcx_only && !tcx_supported() {
+            return Err((
+                "taps in other network namespaces are hooked with TCX links (Linux 6.6), \
+                 which this kernel lacks"
+                    .into(),
+                None,
+            ));
+        }
+        let clsact = self.mode != AttachMode::Tcx && !tcx_only;
         if clsact {
             if let Err(e) = tc::qdisc_add_clsact(ifname) {
                 // EEXIST: the qdisc is already there (another tool, or an earlier run).

@@ -91,6 +91,7 @@ fn link(ifindex: u32, name: &str, mac: Option<MacAddr>) -> Link {
         master: None,
         mtu: Some(1500),
         kind: Some("tun".into()),
+        site: None,
     }
 }
 

@@ -1,0 +1,523 @@
+//! Taps in every network namespace of the host (`--netns all`): a KubeVirt pod's `tap0`,
+//! a container's. A namespace is found by its pins (`/run/netns/NAME`, where iproute2 and
+//! containerd keep them) and by the processes in it (`/proc/PID/ns/net`), at start and then
+//! once a second; each gets a thread inside it that follows its links, and goes when
+//! nothing pins the namespace any more.
+//!
+//! The rest of tapwatch knows a tap by an ifindex and a name, and both repeat across
+//! namespaces (every pod has a `tap0`, often with the same ifindex). A tap in another
+//! namespace is therefore given an id above any real ifindex (an `int`) and a name that no
+//! interface can have, `NAMESPACE/IFNAME` (Linux forbids `/` in interface names): the
+//! watcher, the engine, the metrics and the live view keep them apart without knowing of
+//! namespaces. Records split the name back into `ifname` and `netns`
+//! ([`crate::model::netns_fields`]). Where a tap really is, the datapath finds in its
+//! link's [`Site`].
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    fs::File,
+    io,
+    os::{
+        fd::AsRawFd,
+        unix::fs::{FileTypeExt, MetadataExt},
+    },
+    path::{Path, PathBuf},
+    sync::{
+        atomic::{AtomicBool, AtomicU32, Ordering},
+        Arc, Mutex,
+    },
+    time::Duration,
+};
+
+use super::links::{Link, LinkChange};
+
+/// Ids of taps in other namespaces start here: a real ifindex is a positive `int`.
+pub const FIRST_ID: u32 = 1 << 31;
+
+/// Whether a tap id is one of another namespace's taps.
+pub fn is_foreign(id: u32) -> bool {
+    id >= FIRST_ID
+}
+
+/// Between a namespace's name and an interface's: a character no interface name has.
+pub const SEPARATOR: char = '/';
+
+/// A tap's name as the run knows it: `NAMESPACE/IFNAME`.
+pub fn qualified(netns: &str, ifname: &str) -> String {
+    format!("{netns}{SEPARATOR}{ifname}")
+}
+
+/// A run's name for a tap, split into its namespace (none for tapwatch's own) and its
+/// interface name.
+pub fn split(name: &str) -> (Option<&str>, &str) {
+    match name.rsplit_once(SEPARATOR) {
+        Some((ns, ifname)) => (Some(ns), ifname),
+        None => (None, name),
+    }
+}
+
+/// A network namespace other than tapwatch's own, held open while it is watched.
+pub struct Netns {
+    /// The inode of its namespace file: what identity sources key pods by.
+    pub inode: u64,
+    /// How records and the screen name it: its pin's name under /run/netns, else the PID
+    /// of a process in it (either can be given to `--netns`).
+    pub label: String,
+    /// The kernel's cookie of it, what the eBPF maps key its taps by.
+    pub cookie: u64,
+    file: File,
+}
+
+impl std::fmt::Debug for Netns {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "netns {} (inode {})", self.label, self.inode)
+    }
+}
+
+impl PartialEq for Netns {
+    fn eq(&self, other: &Self) -> bool {
+        self.inode == other.inode
+    }
+}
+
+impl Eq for Netns {}
+
+/// Where a tap of another namespace really is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Site {
+    pub ns: Arc<Netns>,
+    /// Its ifindex and name inside its namespace.
+    pub ifindex: u32,
+    pub ifname: String,
+    /// The name of its bridge there, if it is on one.
+    pub master_name: Option<String>,
+}
+
+impl Netns {
+    /// Runs `f` on a short-lived thread inside the namespace.
+    pub fn run_in<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> io::Result<T> {
+        super::setns::run_in(&self.file, f)
+    }
+}
+
+/// The calling thread's stay in another namespace: back in its own when dropped. For the
+/// few requests that must be made from inside (tc hooks, link statistics): setns moves
+/// one thread only, and nothing else runs on it meanwhile.
+pub struct Inside {
+    home: File,
+}
+
+impl Netns {
+    /// Moves the calling thread into the namespace until the guard drops.
+    pub fn enter(&self) -> io::Result<Inside> {
+        let home = super::setns::current()?;
+        // SAFETY: setns on a namespace fd this value holds open; affects this thread only.
+        if unsafe { libc::setns(self.file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Inside { home })
+    }
+}
+
+impl Drop for Inside {
+    fn drop(&mut self) {
+        // SAFETY: setns back into the namespace the thread came from, held open since.
+        if unsafe { libc::setns(self.home.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            // A thread left in a pod's namespace would make every later socket of the run
+            // there: nothing the run did after could be trusted.
+            eprintln!(
+                "tapwatch: cannot return to its own network namespace ({}); stopping",
+                io::Error::last_os_error()
+            );
+            std::process::abort();
+        }
+    }
+}
+
+static NEXT_ID: AtomicU32 = AtomicU32::new(FIRST_ID);
+
+/// The links of other namespaces as last seen, by id: what the watcher's questions about
+/// a tap ("does it still exist?") are answered from.
+static SITES: Mutex<BTreeMap<u32, Link>> = Mutex::new(BTreeMap::new());
+
+fn sites() -> std::sync::MutexGuard<'static, BTreeMap<u32, Link>> {
+    SITES.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A watched namespace by its label, while a link of it is known.
+pub fn named(label: &str) -> Option<Arc<Netns>> {
+    sites()
+        .values()
+        .filter_map(|l| l.site.as_ref())
+        .find(|s| s.ns.label == label)
+        .map(|s| s.ns.clone())
+}
+
+/// Another namespace's link with id `id`, as last seen.
+pub fn link_of(id: u32) -> Option<Link> {
+    sites().get(&id).cloned()
+}
+
+/// Turns a namespace's own link changes into the run's: ids and qualified names.
+struct Translate {
+    ns: Arc<Netns>,
+    ids: HashMap<u32, u32>,
+}
+
+impl Translate {
+    fn link(&mut self, real: Link) -> Link {
+        let id = *self
+            .ids
+            .entry(real.ifindex)
+            .or_insert_with(|| NEXT_ID.fetch_add(1, Ordering::Relaxed));
+        // Asked here, on the namespace's own thread, where its ifindexes mean something.
+        let master_name = real.master_name();
+        let link = Link {
+            ifindex: id,
+            name: qualified(&self.ns.label, &real.name),
+            site: Some(Site {
+                ns: self.ns.clone(),
+                ifindex: real.ifindex,
+                ifname: real.name.clone(),
+                master_name,
+            }),
+            ..real
+        };
+        sites().insert(id, link.clone());
+        link
+    }
+
+    fn change(&mut self, c: LinkChange) -> LinkChange {
+        match c {
+            LinkChange::Present(l) => LinkChange::Present(self.link(l)),
+            LinkChange::Removed {
+                ifindex,
+                name,
+                totals,
+            } => {
+                let id = self
+                    .ids
+                    .remove(&ifindex)
+                    .unwrap_or_else(|| NEXT_ID.fetch_add(1, Ordering::Relaxed));
+                sites().remove(&id);
+                LinkChange::Removed {
+                    ifindex: id,
+                    name: qualified(&self.ns.label, &name),
+                    totals,
+                }
+            }
+            LinkChange::Resynced => LinkChange::Resynced,
+        }
+    }
+
+    /// The namespace went: every link it had goes with it.
+    fn gone(&mut self) -> Vec<LinkChange> {
+        let mut ids: Vec<u32> = self.ids.drain().map(|(_, id)| id).collect();
+        ids.sort_unstable();
+        let mut s = sites();
+        ids.into_iter()
+            .filter_map(|id| s.remove(&id))
+            .map(|l| LinkChange::Removed {
+                ifindex: l.ifindex,
+                name: l.name,
+                totals: None,
+            })
+            .collect()
+    }
+}
+
+/// Where a namespace's link changes go: the run's channel, translated.
+pub(super) struct Outbox {
+    tx: tokio::sync::mpsc::UnboundedSender<LinkChange>,
+    translate: Option<Translate>,
+}
+
+impl Outbox {
+    pub(super) fn plain(tx: tokio::sync::mpsc::UnboundedSender<LinkChange>) -> Self {
+        Self {
+            tx,
+            translate: None,
+        }
+    }
+
+    pub(super) fn send(&mut self, c: LinkChange) -> Result<(), ()> {
+        let c = match self.translate.as_mut() {
+            Some(t) => t.change(c),
+            None => c,
+        };
+        self.tx.send(c).map_err(|_| ())
+    }
+}
+
+/// A namespace being watched: its thread's stop flag.
+struct Followed {
+    stop: Arc<AtomicBool>,
+}
+
+/// Every other namespace of the host, followed.
+pub struct Namespaces {
+    events: tokio::sync::mpsc::UnboundedReceiver<LinkChange>,
+    stop: Arc<AtomicBool>,
+}
+
+/// How often namespaces are looked for: a pod's tap is seen within a second of its
+/// namespace appearing.
+const SCAN_EVERY: Duration = Duration::from_millis(500);
+
+impl Namespaces {
+    /// Finds the namespaces there are now, and their links (already in the run's terms);
+    /// follows them, and those that appear later, until dropped.
+    pub fn start() -> io::Result<(Self, Vec<Link>)> {
+        let own = std::fs::metadata("/proc/thread-self/ns/net")?.ino();
+        let (tx, events) = tokio::sync::mpsc::unbounded_channel();
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut followed: HashMap<u64, Followed> = HashMap::new();
+        let mut initial = Vec::new();
+        let mut started = Vec::new();
+        for (inode, (path, label)) in scan(own) {
+            let (first, waiting) = std::sync::mpsc::channel();
+            if let Some(f) = follow(inode, &path, label, tx.clone(), Some(first)) {
+                followed.insert(inode, f);
+                started.push(waiting);
+            }
+        }
+        // All namespaces dump their links at once, each on its own thread.
+        for waiting in started {
+            if let Ok(links) = waiting.recv() {
+                initial.extend(links);
+            }
+        }
+        let flag = stop.clone();
+        std::thread::Builder::new()
+            .name("tapwatch-netns".into())
+            .spawn(move || rescan(own, followed, tx, &flag))?;
+        Ok((Self { events, stop }, initial))
+    }
+
+    /// The next link change of any namespace; `None` once the scanning thread ended.
+    pub async fn next(&mut self) -> Option<LinkChange> {
+        self.events.recv().await
+    }
+
+    /// A change already read, if any; never waits.
+    pub fn try_next(&mut self) -> Option<LinkChange> {
+        self.events.try_recv().ok()
+    }
+}
+
+impl Drop for Namespaces {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// The scanning thread: new namespaces are followed, gone ones let go.
+fn rescan(
+    own: u64,
+    mut followed: HashMap<u64, Followed>,
+    tx: tokio::sync::mpsc::UnboundedSender<LinkChange>,
+    stop: &AtomicBool,
+) {
+    while !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(SCAN_EVERY);
+        let now = scan(own);
+        followed.retain(|inode, f| {
+            let keep = now.contains_key(inode);
+            if !keep {
+                f.stop.store(true, Ordering::Relaxed);
+            }
+            keep
+        });
+        for (inode, (path, label)) in now {
+            if followed.contains_key(&inode) {
+                continue;
+            }
+            if let Some(f) = follow(inode, &path, label, tx.clone(), None) {
+                followed.insert(inode, f);
+            }
+        }
+        if tx.is_closed() {
+            break;
+        }
+    }
+    for f in followed.values() {
+        f.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// The namespaces of the host other than `own`, by inode: a path to open each by, and its
+/// label. Pins first (their names are the ones users know), then processes.
+fn scan(own: u64) -> BTreeMap<u64, (PathBuf, String)> {
+    let mut found = BTreeMap::new();
+    for dir in ["/run/netns", "/var/run/netns"] {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let path = e.path();
+            let Ok(meta) = std::fs::metadata(&path) else {
+                continue;
+            };
+            // A pin is a bind mount of the namespace over an empty file; one that is not
+            // mounted (its namespace gone) is a plain empty file of the tmpfs.
+            if !is_nsfs(&path, &meta) {
+                continue;
+            }
+            let label = e.file_name().to_string_lossy().into_owned();
+            found.entry(meta.ino()).or_insert((path, label));
+        }
+    }
+    if let Ok(procs) = std::fs::read_dir("/proc") {
+        for p in procs.flatten() {
+            let name = p.file_name();
+            let Some(pid) = name
+                .to_str()
+                .filter(|s| s.bytes().all(|b| b.is_ascii_digit()))
+            else {
+                continue;
+            };
+            let path = PathBuf::from(format!("/proc/{pid}/ns/net"));
+            // Kernel threads and processes that exited meanwhile have none to stat.
+            let Ok(meta) = std::fs::metadata(&path) else {
+                continue;
+            };
+            found
+                .entry(meta.ino())
+                .or_insert_with(|| (path, pid.to_string()));
+        }
+    }
+    found.remove(&own);
+    found
+}
+
+/// Whether `path` is a namespace file (nsfs), not the empty file a stale pin leaves.
+fn is_nsfs(path: &Path, meta: &std::fs::Metadata) -> bool {
+    const NSFS_MAGIC: i64 = 0x6e73_6673;
+    if meta.file_type().is_dir() || meta.file_type().is_socket() {
+        return false;
+    }
+    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else {
+        return false;
+    };
+    // SAFETY: statfs with a NUL-terminated path and a zeroed out-struct.
+    unsafe {
+        let mut s: libc::statfs = std::mem::zeroed();
+        libc::statfs(c.as_ptr(), &mut s) == 0 && s.f_type as i64 == NSFS_MAGIC
+    }
+}
+
+/// Starts following one namespace on a thread inside it; its first links go to `first`
+/// (a namespace there at start: the run's first look) or else, as links that appeared,
+/// with the changes. `None` when it cannot be opened (gone meanwhile, not a namespace).
+fn follow(
+    inode: u64,
+    path: &Path,
+    label: String,
+    tx: tokio::sync::mpsc::UnboundedSender<LinkChange>,
+    first: Option<std::sync::mpsc::Sender<Vec<Link>>>,
+) -> Option<Followed> {
+    let file = File::open(path).ok()?;
+    // The path may name another namespace by now (a PID reused).
+    if file.metadata().ok()?.ino() != inode {
+        return None;
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    std::thread::Builder::new()
+        .name("tapwatch-ns-links".into())
+        .stack_size(256 << 10)
+        .spawn(move || inside(file, inode, label, tx, first, &flag))
+        .ok()?;
+    Some(Followed { stop })
+}
+
+/// A namespace's thread: enters it for good, follows its links until told to stop, then
+/// says that every link it had is gone.
+fn inside(
+    file: File,
+    inode: u64,
+    label: String,
+    tx: tokio::sync::mpsc::UnboundedSender<LinkChange>,
+    first: Option<std::sync::mpsc::Sender<Vec<Link>>>,
+    stop: &AtomicBool,
+) {
+    // Whatever happens, the run's first look does not wait for this namespace forever.
+    let unblock = |first: Option<std::sync::mpsc::Sender<Vec<Link>>>| {
+        if let Some(f) = first {
+            let _ = f.send(Vec::new());
+        }
+    };
+    // SAFETY: setns on an open namespace fd; this thread lives in it from now on.
+    if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        return unblock(first);
+    }
+    let Ok(cookie) = super::netlink::netns_cookie() else {
+        return unblock(first);
+    };
+    let ns = Arc::new(Netns {
+        inode,
+        label,
+        cookie,
+        file,
+    });
+    let mut outbox = Outbox {
+        tx,
+        translate: Some(Translate {
+            ns,
+            ids: HashMap::new(),
+        }),
+    };
+    let Ok((sock, links)) = super::links::subscribe_and_dump() else {
+        return unblock(first);
+    };
+    let t = outbox.translate.as_mut().expect("made above");
+    let known = links.iter().map(|l| (l.ifindex, l.clone())).collect();
+    let ours: Vec<Link> = links.into_iter().map(|l| t.link(l)).collect();
+    match first {
+        Some(first) => {
+            let _ = first.send(ours);
+        }
+        None => {
+            for l in ours {
+                if outbox.tx.send(LinkChange::Present(l)).is_err() {
+                    return;
+                }
+            }
+        }
+    }
+    super::links::follow(sock, known, &mut outbox, stop);
+    if let Some(t) = outbox.translate.as_mut() {
+        for c in t.gone() {
+            if outbox.tx.send(c).is_err() {
+                break;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn qualified_names_split_back_and_host_names_have_no_namespace() {
+        let q = qualified("cni-4f1c", "tap0");
+        assert_eq!(q, "cni-4f1c/tap0");
+        assert_eq!(split(&q), (Some("cni-4f1c"), "tap0"));
+        assert_eq!(split("tap0"), (None, "tap0"));
+        assert!(is_foreign(FIRST_ID) && !is_foreign(i32::MAX as u32));
+    }
+
+    #[test]
+    fn the_scan_finds_no_own_namespace_and_labels_processes_by_pid() {
+        let own = std::fs::metadata("/proc/thread-self/ns/net").unwrap().ino();
+        let found = scan(own);
+        assert!(!found.contains_key(&own));
+        for (path, label) in found.values() {
+            assert!(!label.is_empty() && !label.contains(SEPARATOR), "{path:?}");
+        }
+    }
+}
