@@ -250,6 +250,20 @@ fn one_run_watches_every_namespace_as_they_come_and_go(datapath: &str) {
         assert_eq!(att["ifindex"].as_u64(), idx(p), "its own ifindex: {att:#}");
         assert_ne!(att["appeared"], true, "there at start: {att:#}");
     }
+    if datapath == "drops" {
+        // A routed tap of a pod is watched as one of the host's: nothing per frame until
+        // it has trouble, its ARP seen by sockets of its own there.
+        let att = attached(Some(pods[0].name()));
+        assert_eq!(att["datapath"], "drops", "{att:#}");
+        let ifname = name.clone();
+        let hooked = pods[0]
+            .enter(move || diag_user::collect::ebpf::tcx_program_names(&ifname).unwrap())
+            .unwrap();
+        assert!(hooked.is_empty(), "{hooked:?}");
+    }
+    taps[0]
+        .send(&frames::arp_request(GUEST, VM_IP, HOST_IP))
+        .unwrap();
     for (i, t) in taps.iter().enumerate() {
         send_stale(t, 2 + i);
     }
@@ -275,6 +289,8 @@ fn one_run_watches_every_namespace_as_they_come_and_go(datapath: &str) {
             .all(|(i, p)| n(Some(p.name())) == Some(2 + i as u64))
             && n(None) == Some(9)
             && n(Some(late.name())) == Some(6)
+            && stats_row(v, &name, Some(pods[0].name())).map(|t| u(t, "arp_requests")) == Some(1)
+            && stats_row(v, &name, Some(pods[1].name())).map(|t| u(t, "arp_requests")) == Some(0)
     });
 
     // A pod that goes: its tap is detached, whatever else its namespace held.

@@ -1,11 +1,13 @@
 //! The drop-driven datapath's kernel attachments, made once per run whatever the number
 //! of taps: the `tap_drops` program on the `skb:kfree_skb` tracepoint, and the `tap_arp`
-//! socket filter on two packet sockets bound to ARP and RARP in tapwatch's namespace.
+//! socket filter on two packet sockets bound to ARP and RARP in tapwatch's namespace (and
+//! two more per tap of another namespace, bound to it there: a packet socket sees only its
+//! own namespace's frames).
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 
 use aya::{
-    programs::{BtfTracePoint, SocketFilter},
+    programs::{BtfTracePoint, ProgramFd, SocketFilter},
     Btf, Ebpf,
 };
 
@@ -19,6 +21,8 @@ pub(super) const ARP_PROG: &str = "tap_arp";
 pub(super) struct DropHook {
     pub layout: Layout,
     _sockets: Vec<OwnedFd>,
+    /// The ARP program, for the sockets of taps in other namespaces.
+    arp: ProgramFd,
 }
 
 fn failed(what: &str, why: impl std::fmt::Display) -> ProbeError {
@@ -36,16 +40,11 @@ impl DropHook {
         filter
             .load()
             .map_err(|e| failed("the kernel refused the ARP program", describe(&e)))?;
-        let mut sockets = Vec::new();
-        for ethertype in [diag_common::ETH_P_ARP, diag_common::ETH_P_RARP] {
-            let sock = packet_socket().map_err(|e| failed("cannot open a packet socket", e))?;
-            filter
-                .attach(&sock)
-                .map_err(|e| failed("cannot filter the packet socket", describe(&e)))?;
-            // Bound only once filtered: the socket never holds a frame.
-            bind(&sock, ethertype).map_err(|e| failed("cannot bind the packet socket", e))?;
-            sockets.push(sock);
-        }
+        let arp = filter
+            .fd()
+            .and_then(|fd| fd.try_clone().map_err(Into::into))
+            .map_err(|e| failed("the ARP program", describe(&e)))?;
+        let sockets = arp_sockets(&arp, 0).map_err(|e| failed("the ARP sockets", e))?;
         // Last: once attached it runs for every drop on the host.
         let btf = Btf::from_sys_fs().map_err(|e| failed("the kernel's BTF", e))?;
         let tp: &mut BtfTracePoint = ebpf
@@ -61,8 +60,44 @@ impl DropHook {
         Ok(Self {
             layout,
             _sockets: sockets,
+            arp,
         })
     }
+
+    /// Sockets that see the ARP and RARP of tap `ifindex` of the calling thread's
+    /// namespace (another than tapwatch's: its own sockets see only its own). They stay
+    /// filtered while open; closing them (the tap detached) is all the cleaning there is.
+    pub fn sockets_for(&self, ifindex: u32) -> std::io::Result<Vec<OwnedFd>> {
+        arp_sockets(&self.arp, ifindex)
+    }
+}
+
+/// The two filtered sockets, bound to ARP and RARP on `ifindex` (0: every interface).
+/// Filtered with a plain `SO_ATTACH_BPF`: the filter goes with the socket, and nothing
+/// keeps its descriptor's number after it is closed.
+fn arp_sockets(prog: &ProgramFd, ifindex: u32) -> std::io::Result<Vec<OwnedFd>> {
+    let mut sockets = Vec::new();
+    for ethertype in [diag_common::ETH_P_ARP, diag_common::ETH_P_RARP] {
+        let sock = packet_socket()?;
+        let fd: libc::c_int = prog.as_fd().as_raw_fd();
+        // SAFETY: setsockopt with a valid int (a BPF program's descriptor).
+        let r = unsafe {
+            libc::setsockopt(
+                sock.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_ATTACH_BPF,
+                (&fd as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if r != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // Bound only once filtered: the socket never holds a frame.
+        bind(&sock, ethertype, ifindex)?;
+        sockets.push(sock);
+    }
+    Ok(sockets)
 }
 
 /// A packet socket that receives nothing yet (protocol 0 until bound).
@@ -97,13 +132,13 @@ fn packet_socket() -> std::io::Result<OwnedFd> {
     Ok(sock)
 }
 
-/// Binds to `ethertype` on every interface of the namespace.
-fn bind(sock: &OwnedFd, ethertype: u16) -> std::io::Result<()> {
+/// Binds to `ethertype` on interface `ifindex` (0: every interface of the namespace).
+fn bind(sock: &OwnedFd, ethertype: u16, ifindex: u32) -> std::io::Result<()> {
     // SAFETY: a zeroed sockaddr_ll is valid; the fields set are plain integers.
     let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
     addr.sll_family = libc::AF_PACKET as u16;
     addr.sll_protocol = ethertype.to_be();
-    addr.sll_ifindex = 0;
+    addr.sll_ifindex = ifindex as libc::c_int;
     // SAFETY: bind(2) with a valid sockaddr_ll and its size.
     let r = unsafe {
         libc::bind(

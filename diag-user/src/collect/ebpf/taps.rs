@@ -55,10 +55,9 @@ impl At {
 }
 
 /// Whether the tap needs the full per-frame probe under the drop-driven datapath: on a
-/// bridge nothing is dropped; in another namespace its ARP has no socket to be counted by
-/// (the ARP socket is tapwatch's namespace's), so the probe counts it.
+/// bridge nothing is dropped.
 fn full_probe_for(link: &Link) -> bool {
-    link.master.is_some() || link.site.is_some()
+    link.master.is_some()
 }
 
 /// One attached tap.
@@ -77,6 +76,8 @@ pub(super) struct Tap {
     pub kernel_drops: BTreeMap<String, u64>,
     /// Whether a failure to add the per-frame probe was said (once per tap).
     pub assist_failure_said: bool,
+    /// Its own ARP sockets, for a tap of another namespace under the drop-driven datapath.
+    pub _arp: Vec<std::os::fd::OwnedFd>,
 }
 
 impl Tap {
@@ -145,6 +146,16 @@ impl Probe {
         let base = netlink::link_totals(Some(at.ifindex))
             .map(|t| t.get(&at.ifindex).copied().unwrap_or_default())
             .map_err(|e| fail(format!("cannot read its statistics: {e}"), e.raw_os_error()))?;
+        // A tap of another namespace has its ARP seen by sockets of its own there.
+        let arp = match (&self.drop_hook, &at.ns) {
+            (Some(hook), Some(_)) => hook.sockets_for(at.ifindex).map_err(|e| {
+                fail(
+                    format!("cannot open its ARP sockets: {e}"),
+                    e.raw_os_error(),
+                )
+            })?,
+            _ => Vec::new(),
+        };
         self.add_maps(ifindex).map_err(|(r, e)| fail(r, e))?;
         let (carried, step) = rules::on_attach(self.drops(), full_probe_for(link), appeared);
         let links = match carried {
@@ -169,6 +180,7 @@ impl Probe {
             latest: base,
             kernel_drops: BTreeMap::new(),
             assist_failure_said: false,
+            _arp: arp,
         };
         if let Err(e) = self
             .taps_map
