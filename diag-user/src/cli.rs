@@ -337,6 +337,7 @@ impl TapArgs {
             }),
             forget_after: None,
             all_namespaces: self.netns.watches_all(),
+            namespace_prefix: None,
         }
     }
 }

@@ -286,6 +286,61 @@ fn bridged_taps_raise_no_false_alarm() {
     assert!(truths(&recs)[0]["client_outage_ms"].as_u64().unwrap() < 1000);
 }
 
+/// KubeVirt's bridge binding: each VM's `tap0` in its own virt-launcher pod, the pod
+/// network's gateway a different MAC on each node. tapwatch watches the destination node
+/// as it is started there with no option (every namespace), finds both VMs' pods' taps,
+/// names each VMI, and measures each guest's stale gateway as the truth has it.
+#[test]
+fn kubevirt_pods_stale_gateway_agrees_with_the_truth() {
+    require_root();
+    let recs = lab(&["--scenario", "kubevirt", "--vms", "2"]);
+    let rows = summary_rows(&recs);
+    assert_eq!(rows.len(), 2, "{rows:#?}");
+    for (i, truth) in truths(&recs).into_iter().enumerate() {
+        let vm = format!("lab-vm-{}", i + 1);
+        assert_eq!(
+            (&truth["vm"], &truth["scenario"]),
+            (&vm.as_str().into(), &"kubevirt".into())
+        );
+        let row = rows
+            .iter()
+            .find(|r| r["vm"] == format!("default/{vm}"))
+            .unwrap_or_else(|| panic!("no row names the VMI default/{vm}: {rows:#?}"));
+        assert_eq!(row["ifname"], "tap0");
+        assert!(
+            row["netns"]
+                .as_str()
+                .unwrap()
+                .ends_with(&format!("dstpod{i}")),
+            "{row:#}"
+        );
+        assert_eq!(
+            (&row["mode"], &row["state"]),
+            (&"bridged".into(), &"RECOVERED".into())
+        );
+        let window = truth["stale_window_ms"].as_u64().unwrap();
+        let measured = row["blackout_ms"].as_u64().unwrap();
+        assert!(window > 1000, "the guest kept the old gateway: {truth:#}");
+        // The VM's frames are sampled (at most 100 ms apart).
+        assert!(
+            measured.abs_diff(window) <= 150,
+            "tapwatch {measured} ms vs truth {window} ms"
+        );
+        let d = row["diagnosis"].as_str().unwrap();
+        assert!(
+            d.contains("0a:58:a9:fe:0a:0"),
+            "the old node's gateway: {d}"
+        );
+    }
+    assert_eq!(blackouts(&recs), 2);
+    let names: Vec<&Value> = recs
+        .iter()
+        .filter(|r| r["type"] == "identity")
+        .map(|r| &r["libvirt"]["kubevirt"]["name"])
+        .collect();
+    assert!(names.contains(&&"lab-vm-2".into()), "{names:?}");
+}
+
 #[test]
 fn missing_announce_is_flagged() {
     require_root();

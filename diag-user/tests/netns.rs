@@ -319,3 +319,71 @@ fn one_run_watches_every_namespace_as_they_come_and_go(datapath: &str) {
     assert_eq!(row(None)["state"], "BLACKOUT", "{rows:#?}");
     assert_eq!(our_filters(&late, &name), 0);
 }
+
+/// 200 pods with a tap of the same name each, most there at start and the rest started
+/// while the run watches: every tap attached, each counted apart to the frame, none
+/// confused with another though their ifindexes are all the same.
+#[test]
+fn two_hundred_pods_each_counted_apart() {
+    require_root();
+    const AT_START: usize = 150;
+    const LATER: usize = 50;
+    let name = "tapmany0";
+    let host = Netns::new("twmany-host").unwrap();
+    let mut pods: Vec<(Netns, VmTap)> = (0..AT_START)
+        .map(|_| {
+            let p = Netns::new("twmany").unwrap();
+            let t = VmTap::create(&p, name, TAP_CALICO).unwrap();
+            (p, t)
+        })
+        .collect();
+    let mut tw = json_watch_with(
+        &host,
+        "drops",
+        &[
+            "--netns",
+            "all",
+            "--iface",
+            name,
+            "--libvirt-dir",
+            "/nonexistent",
+        ],
+    );
+    let rows = |v: &Value| {
+        v["taps"]
+            .as_array()
+            .map_or(0, |t| t.iter().filter(|t| t["ifname"] == name).count())
+    };
+    tw.wait_for("every pod's tap", |v| {
+        v["type"] == "stats" && rows(v) == AT_START
+    });
+    for _ in 0..LATER {
+        let p = Netns::new("twmany").unwrap();
+        let t = VmTap::create(&p, name, TAP_CALICO).unwrap();
+        pods.push((p, t));
+    }
+    tw.wait_for("the later pods' taps", |v| {
+        v["type"] == "stats" && rows(v) == AT_START + LATER
+    });
+    // A different count for each pod: 1 to 7 stale frames.
+    let want = |i: usize| (i % 7 + 1) as u64;
+    for (i, (_, t)) in pods.iter().enumerate() {
+        send_stale(t, want(i) as usize);
+    }
+    let counted = tw.wait_for("every pod's stale frames", |v| {
+        v["type"] == "stats"
+            && pods.iter().enumerate().all(|(i, (p, _))| {
+                stats_row(v, name, Some(p.name())).map(|t| u(t, "dst_mismatch_frames"))
+                    == Some(want(i))
+            })
+    });
+    assert_eq!(rows(&counted), AT_START + LATER);
+    let appeared = tw
+        .seen
+        .iter()
+        .filter(|v| v["type"] == "attached" && v["ifname"] == name && v["appeared"] == true)
+        .count();
+    assert_eq!(appeared, LATER);
+    let (status, _, stderr) = tw.stop(libc::SIGINT);
+    assert!(status.success(), "{stderr}");
+}

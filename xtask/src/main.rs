@@ -76,7 +76,7 @@ fn main() -> ExitCode {
         Some("dist") => dist::dist(),
         _ => {
             eprintln!(
-                "usage: cargo xtask check\n       cargo xtask dist\n       cargo xtask bench [--quick] [--only throughput,flood,scale,render,latency,serve,nudge] [--no-write]"
+                "usage: cargo xtask check\n       cargo xtask dist\n       cargo xtask bench [--quick] [--only throughput,flood,scale,render,latency,serve,nudge,namespaces] [--no-write]"
             );
             return ExitCode::from(2);
         }

@@ -3,13 +3,15 @@
 //! it into docs/benchmarks.md. Needs root, like the integration tests.
 //!
 //! Options: `--quick` (short runs, to try the harness), `--only LIST` (comma-separated:
-//! throughput, flood, scale, render, latency, serve, nudge), `--no-write` (leave the docs alone).
+//! throughput, flood, scale, render, latency, serve, nudge, namespaces), `--no-write` (leave
+//! the docs alone).
 
 mod flood;
 mod floor;
 mod latency;
 mod load;
 mod measure;
+mod namespaces;
 mod nudge;
 mod render;
 mod report;
@@ -69,7 +71,7 @@ impl Settings {
     }
 }
 
-const PHASES: [&str; 7] = [
+const PHASES: [&str; 8] = [
     "throughput",
     "flood",
     "scale",
@@ -77,6 +79,7 @@ const PHASES: [&str; 7] = [
     "latency",
     "serve",
     "nudge",
+    "namespaces",
 ];
 
 fn read(path: &str) -> String {
@@ -158,6 +161,7 @@ fn run() -> Result<()> {
             "throughput" => throughput::run(&s, &mut report),
             "flood" => flood::run(&s, &mut report),
             "scale" => scale::run(&s, &mut report),
+            "namespaces" => namespaces::run(&s, &mut report),
             "render" => render::run(&s, &mut report),
             "serve" => serve::run(&s, &mut report),
             "nudge" => nudge::run(&mut report),

@@ -20,21 +20,10 @@ use crate::{
 
 const SECTION: &str = "1 per-frame";
 
-/// One measurement: frames the interface received and the CPU it took.
-struct Sample {
-    observer: Observer,
-    fps: f64,
-    /// System-wide busy CPU seconds per million frames (= microseconds per frame).
-    cpu_us: f64,
-    /// The observer's own process, per frame.
-    observer_us: f64,
-}
-
-pub fn run(s: &Settings, report: &mut Report) -> Result<()> {
-    // A tap (the VM side written through /dev/net/tun) whose frames the host forwards out
-    // of a veth, whose egress consumes them: accepted, never dropped, as healthy traffic is.
-    let ns = Netns::new("twbench-tput")?;
-    let tap = Arc::new(VmTap::create(&ns, "btap0", TAP_MAC)?);
+/// Makes the frames of tap `ifname` of `ns` healthy traffic: the host forwards them out of
+/// a veth whose egress consumes them (accepted, never dropped, as healthy traffic is). The
+/// frame to send, and the program that consumes them (gone when dropped).
+pub fn healthy_path(ns: &Netns, ifname: &str) -> Result<(EmptyProgram, Vec<u8>)> {
     ns.ip(&[
         "link", "add", "bsink0", "type", "veth", "peer", "name", "bsink1",
     ])?;
@@ -52,14 +41,15 @@ pub fn run(s: &Settings, report: &mut Report) -> Result<()> {
         "nud",
         "permanent",
     ])?;
-    let _sink = EmptyProgram::returning(&ns, "bsink0", "bench_sink", STOLEN, &["egress"])?;
+    let sink = EmptyProgram::returning(ns, "bsink0", "bench_sink", STOLEN, &["egress"])?;
+    let rp = format!("net.ipv4.conf.{ifname}.rp_filter=0");
     ns.exec(
         "sysctl",
         &[
             "-qw",
             "net.ipv4.ip_forward=1",
             "net.ipv4.conf.all.rp_filter=0",
-            "net.ipv4.conf.btap0.rp_filter=0",
+            &rp,
         ],
     )?;
     let f = frames::udp(
@@ -69,6 +59,25 @@ pub fn run(s: &Settings, report: &mut Report) -> Result<()> {
         "10.98.0.1".parse().unwrap(),
         60,
     );
+    Ok((sink, f))
+}
+
+/// One measurement: frames the interface received and the CPU it took.
+struct Sample {
+    observer: Observer,
+    fps: f64,
+    /// System-wide busy CPU seconds per million frames (= microseconds per frame).
+    cpu_us: f64,
+    /// The observer's own process, per frame.
+    observer_us: f64,
+}
+
+pub fn run(s: &Settings, report: &mut Report) -> Result<()> {
+    // A tap (the VM side written through /dev/net/tun) whose frames the host forwards out
+    // of a veth, whose egress consumes them: accepted, never dropped, as healthy traffic is.
+    let ns = Netns::new("twbench-tput")?;
+    let tap = Arc::new(VmTap::create(&ns, "btap0", TAP_MAC)?);
+    let (_sink, f) = healthy_path(&ns, "btap0")?;
     let (timeline, drops_seen) = rounds(s, &ns, &tap, &f)?;
     summarize(report, &timeline);
     report.info(

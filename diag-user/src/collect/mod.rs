@@ -55,6 +55,9 @@ pub struct WatchOptions {
     pub forget_after: Option<Duration>,
     /// Watch the taps of every other network namespace too (`--netns all`).
     pub all_namespaces: bool,
+    /// With `all_namespaces`: only those whose pin's name starts so (the lab's node, whose
+    /// pods share a host with another node's; on a real node every namespace is its own).
+    pub namespace_prefix: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -162,7 +165,8 @@ pub async fn run(
     let (mut monitor, mut links) =
         LinkMonitor::start().map_err(|e| WatchError::from(e).descriptors())?;
     let mut namespaces = if opts.all_namespaces {
-        let (ns, theirs) = Namespaces::start().map_err(setup("following network namespaces"))?;
+        let (ns, theirs) = Namespaces::start(opts.namespace_prefix.clone())
+            .map_err(setup("following network namespaces"))?;
         links.extend(theirs);
         Some(ns)
     } else {

@@ -270,8 +270,16 @@ const SCAN_EVERY: Duration = Duration::from_millis(500);
 impl Namespaces {
     /// Finds the namespaces there are now, and their links (already in the run's terms);
     /// follows them, and those that appear later, until dropped.
-    pub fn start() -> io::Result<(Self, Vec<Link>)> {
+    /// `prefix`: only the namespaces whose pin's name starts so.
+    pub fn start(prefix: Option<String>) -> io::Result<(Self, Vec<Link>)> {
         let own = std::fs::metadata("/proc/thread-self/ns/net")?.ino();
+        let scan = move |own| {
+            let mut found = scan(own);
+            if let Some(p) = &prefix {
+                found.retain(|_, (_, label)| label.starts_with(p.as_str()));
+            }
+            found
+        };
         let (tx, events) = tokio::sync::mpsc::unbounded_channel();
         let stop = Arc::new(AtomicBool::new(false));
         let mut followed: HashMap<u64, Followed> = HashMap::new();
@@ -293,7 +301,7 @@ impl Namespaces {
         let flag = stop.clone();
         std::thread::Builder::new()
             .name("tapwatch-netns".into())
-            .spawn(move || rescan(own, followed, tx, &flag))?;
+            .spawn(move || rescan(own, &scan, followed, tx, &flag))?;
         Ok((Self { events, stop }, initial))
     }
 
@@ -317,6 +325,7 @@ impl Drop for Namespaces {
 /// The scanning thread: new namespaces are followed, gone ones let go.
 fn rescan(
     own: u64,
+    scan: &dyn Fn(u64) -> BTreeMap<u64, (PathBuf, String)>,
     mut followed: HashMap<u64, Followed>,
     tx: tokio::sync::mpsc::UnboundedSender<LinkChange>,
     stop: &AtomicBool,

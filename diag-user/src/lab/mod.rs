@@ -93,6 +93,8 @@ pub enum LabError {
     Thread { what: &'static str, detail: String },
     #[error("--vms must be between 1 and {max}")]
     TooManyVms { max: usize },
+    #[error("the kubevirt scenario's guests speak IPv4 only: leave out --ip or give --ip 4")]
+    KubevirtIpv4Only,
     #[error("the guest {0} never learned its gateway's MAC: the lab network is not working")]
     NoGateway(String),
 }
@@ -108,18 +110,34 @@ const CLIENT_BRIDGED: Ipv4Addr = Ipv4Addr::new(10, 65, 0, 1);
 
 /// One simulated VM's fixed facts.
 struct VmSpec {
+    index: usize,
     name: String,
+    /// Its tap's name (in its pod's namespace: `kubevirt`).
     tap: String,
+    /// The hypervisor's device towards the VM, where its routes point: the tap, or the
+    /// node's end of the pod's veth (`kubevirt`).
+    node_dev: String,
     mac: MacAddr,
     ip: Ipv4Addr,
     ip6: std::net::Ipv6Addr,
 }
 
 impl VmSpec {
-    fn new(i: usize) -> Self {
+    fn new(i: usize, scenario: Scenario) -> Self {
+        let tap = if scenario == Scenario::Kubevirt {
+            "tap0".to_string()
+        } else {
+            format!("tap{:08x}-{:02x}", 0x4f1c_2a9e_u32 + i as u32, 7)
+        };
         Self {
+            index: i,
             name: format!("lab-vm-{}", i + 1),
-            tap: format!("tap{:08x}-{:02x}", 0x4f1c_2a9e_u32 + i as u32, 7),
+            node_dev: if scenario == Scenario::Kubevirt {
+                format!("vp{i}")
+            } else {
+                tap.clone()
+            },
+            tap,
             mac: MacAddr([0xfa, 0x16, 0x3e, 0xaa, 0xbb, 0xcc_u8.wrapping_add(i as u8)]),
             ip: Ipv4Addr::new(10, 65, 0, 2 + i as u8),
             ip6: ipv6::guest_ip6(i),
@@ -204,16 +222,35 @@ impl Lab {
         }));
     }
 
+    /// The name tapwatch knows a VM's tap by on the source or destination: a pod's tap is
+    /// `POD/tap0`.
+    fn watched_name(&self, spec: &VmSpec, dst: bool) -> String {
+        if self.opts.scenario == Scenario::Kubevirt {
+            let pod = self.topo.pod_name(dst, spec.index);
+            return crate::collect::namespaces::qualified(&pod, &spec.tap);
+        }
+        spec.tap.clone()
+    }
+
+    /// The MAC the guest's frames must go to on the source (`dst`: destination) for the
+    /// truth: its tap's, or (`kubevirt`) its gateway's on that node.
+    fn sends_to(&self, spec: &VmSpec, dst: bool) -> MacAddr {
+        if self.opts.scenario == Scenario::Kubevirt {
+            return topology::node_gateway_mac(dst, spec.index);
+        }
+        spec.libvirt_tap_mac()
+    }
+
     fn start_vms(&mut self) -> Result<(), LabError> {
         let scenario = self.opts.scenario;
         for i in 0..self.opts.vms {
-            let spec = VmSpec::new(i);
+            let spec = VmSpec::new(i, scenario);
             let tap = self
                 .topo
                 .plug(&self.topo.src, &spec, spec.libvirt_tap_mac(), scenario)?;
             if let Some(a) = &self.src_attached {
                 // Recorded from its first frame on the source.
-                a.wait(&spec.tap);
+                a.wait(&self.watched_name(&spec, false));
             }
             if !scenario.bridged() {
                 self.topo.route_to(false, &spec)?;
@@ -243,7 +280,7 @@ impl Lab {
                     ipv6::link6(10, 1)
                 }),
             };
-            let (guest, guest_thread) = Guest::start(config, tap, spec.libvirt_tap_mac())?;
+            let (guest, guest_thread) = Guest::start(config, tap, self.sends_to(&spec, false))?;
             if self.opts.ip.v6() && !scenario.bridged() {
                 // The source host's router advertisement: the guest's default router.
                 ipv6::advertise_router(&self.topo.src, &spec.tap, spec.libvirt_tap_mac())?;
@@ -311,7 +348,7 @@ impl Lab {
                 vm.spec.libvirt_tap_mac()
             };
             let tap = self.topo.plug(&self.topo.dst, &vm.spec, mac, scenario)?;
-            self.attached.wait(&vm.spec.tap);
+            self.attached.wait(&self.watched_name(&vm.spec, true));
             self.lab_record(
                 LabEvent::DstTap,
                 Some(&vm.spec.name),
@@ -333,13 +370,18 @@ impl Lab {
             self.vms[i].paused_ns = Some(now);
             self.src_vms.switch(&name);
             self.lab_record(LabEvent::Switchover, Some(&name), None);
-            self.topo.src.ip(&["link", "del", &self.vms[i].spec.tap])?;
+            self.topo.unplug_src(&self.vms[i].spec)?;
             if !scenario.bridged() {
                 self.topo.host_route(&self.vms[i].spec)?;
             }
             // QEMU's final stop-and-copy.
             std::thread::sleep(Duration::from_millis(50));
-            self.vms[i].guest.resume_on(tap, mac);
+            let sends_to = if scenario == Scenario::Kubevirt {
+                topology::node_gateway_mac(true, i)
+            } else {
+                mac
+            };
+            self.vms[i].guest.resume_on(tap, sends_to);
             self.vms[i].resumed_ns = Some(monotonic_ns());
             if self.opts.ip.v6() && !scenario.bridged() {
                 // The destination host's router advertisement, from its tap's link-local
@@ -438,7 +480,7 @@ impl Lab {
             self.vms
                 .iter()
                 .map(|vm| {
-                    let t = head.engine.tap(&vm.spec.tap);
+                    let t = head.engine.tap(&self.watched_name(&vm.spec, true));
                     (
                         t.map(|t| t.forecast.as_ref().is_some_and(|f| f.at_risk)),
                         t.is_some_and(|t| t.nudge.is_some()),
@@ -548,6 +590,9 @@ pub fn start(
     if opts.vms == 0 || opts.vms > MAX_VMS {
         return Err(LabError::TooManyVms { max: MAX_VMS });
     }
+    if opts.scenario == Scenario::Kubevirt && opts.ip != ipv6::LabIp::V4 {
+        return Err(LabError::KubevirtIpv4Only);
+    }
     clean_leftovers();
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let handle = std::thread::spawn(move || {
@@ -579,8 +624,13 @@ fn story(
 ) -> Result<(), LabError> {
     let started = Instant::now();
     let topo = Topology::build(opts.scenario, opts.ip)?;
-    let src_vms = Arc::new(LabVms::new(&opts, Side::Src));
-    let dst_vms = Arc::new(LabVms::new(&opts, Side::Dst));
+    let (mut src_vms, mut dst_vms) = (LabVms::new(&opts, Side::Src), LabVms::new(&opts, Side::Dst));
+    let kubevirt = opts.scenario == Scenario::Kubevirt;
+    if kubevirt {
+        src_vms = src_vms.in_pods(topo.pod_prefix(false));
+        dst_vms = dst_vms.in_pods(topo.pod_prefix(true));
+    }
+    let (src_vms, dst_vms) = (Arc::new(src_vms), Arc::new(dst_vms));
     // tapwatch, as the on-call engineer runs it: on the destination hypervisor; with
     // --record, on the source too, into a bundle of its own.
     let attached = Attached::default();
@@ -590,6 +640,7 @@ fn story(
         dst_vms.clone(),
         pipeline.clone(),
         attached.clone(),
+        kubevirt.then(|| topo.pod_prefix(true)),
     )?;
     arm(&topo, &opts, &pipeline)?;
     let src_attached = Attached::default();
@@ -600,6 +651,7 @@ fn story(
             src_vms.clone(),
             p.clone(),
             src_attached.clone(),
+            kubevirt.then(|| topo.pod_prefix(false)),
         )?),
         None => None,
     };

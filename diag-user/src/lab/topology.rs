@@ -13,11 +13,27 @@ use crate::{
 
 /// The three namespaces; deleted (with everything in them) when dropped.
 pub(super) struct Topology {
+    /// `kubevirt`: the virt-launcher pods' namespaces (dropped first, their veths with them).
+    pods: std::sync::Mutex<Vec<Netns>>,
     pub(super) client: Netns,
     pub(super) src: Netns,
     pub(super) dst: Netns,
     /// The families the guests speak: IPv6 routes and addresses besides IPv4's.
     pub(super) ip: LabIp,
+    scenario: Scenario,
+}
+
+/// The MAC of the pod network's gateway for VM `i` on the source or destination node: a
+/// different one on each node, as ovn-kubernetes' (its `0a:58` prefix).
+pub(super) fn node_gateway_mac(dst: bool, i: usize) -> MacAddr {
+    MacAddr([
+        0x0a,
+        0x58,
+        0xa9,
+        0xfe,
+        if dst { 20 } else { 10 },
+        i as u8 + 1,
+    ])
 }
 
 impl Topology {
@@ -25,10 +41,12 @@ impl Topology {
         let pid = std::process::id();
         let ns = |role: &str| Netns::named(&format!("{PREFIX}-{pid}-{role}"));
         let topo = Self {
+            pods: Default::default(),
             client: ns("client")?,
             src: ns("src")?,
             dst: ns("dst")?,
             ip,
+            scenario,
         };
         if ip.v6() {
             // Before any interface is made, so that each comes up with IPv6 on: a tap's
@@ -162,7 +180,82 @@ impl Topology {
         Ok(())
     }
 
-    /// Plugs a VM's tap on hypervisor `hv` as Nova/libvirt would.
+    /// The pin of VM `i`'s virt-launcher pod on the source or destination node
+    /// (`kubevirt`): the node's name and `pod{i}`.
+    pub(super) fn pod_name(&self, dst: bool, i: usize) -> String {
+        format!("{}{i}", self.pod_prefix(dst))
+    }
+
+    /// What the pins of a node's pods start with.
+    pub(super) fn pod_prefix(&self, dst: bool) -> String {
+        let node = if dst { &self.dst } else { &self.src };
+        format!("{}pod", node.name())
+    }
+
+    /// The pod's virt-launcher network as KubeVirt's bridge binding makes it: the VM's
+    /// `tap0` and the pod's `eth0` on the bridge `k6t-eth0`; the node's end of the pod's
+    /// veth is the VM's gateway (169.254.1.1), with this node's MAC for it.
+    fn plug_pod(
+        &self,
+        hv: &Netns,
+        vm: &VmSpec,
+        tap_mac: MacAddr,
+    ) -> Result<Arc<VmTap>, SandboxError> {
+        let dst = hv.name() == self.dst.name();
+        let pod = Netns::named(&self.pod_name(dst, vm.index))?;
+        pod.ip(&[
+            "link",
+            "add",
+            "eth0",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &vm.node_dev,
+            "netns",
+            hv.name(),
+        ])?;
+        pod.ip(&["link", "add", "k6t-eth0", "type", "bridge"])?;
+        pod.ip(&["link", "set", "eth0", "master", "k6t-eth0", "up"])?;
+        pod.ip(&["link", "set", "k6t-eth0", "up"])?;
+        let tap = VmTap::create(&pod, &vm.tap, tap_mac)?;
+        pod.ip(&["link", "set", &vm.tap, "master", "k6t-eth0"])?;
+        let mac = node_gateway_mac(dst, vm.index).to_string();
+        hv.ip(&["link", "set", &vm.node_dev, "address", &mac, "up"])?;
+        hv.ip(&["addr", "add", "169.254.1.1/32", "dev", &vm.node_dev])?;
+        // OVN knows each VM's MAC from its port: the node never asks the guest, so no ARP
+        // request of the new gateway's corrects the guest's entry for it.
+        let (ip, mac) = (vm.ip.to_string(), vm.mac.to_string());
+        hv.ip(&[
+            "neigh",
+            "replace",
+            &ip,
+            "lladdr",
+            &mac,
+            "dev",
+            &vm.node_dev,
+            "nud",
+            "permanent",
+        ])?;
+        self.pods
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(pod);
+        Ok(Arc::new(tap))
+    }
+
+    /// Removes the VM's tap from the source's pod (`kubevirt`) or the source hypervisor.
+    pub(super) fn unplug_src(&self, vm: &VmSpec) -> Result<(), SandboxError> {
+        if self.scenario == Scenario::Kubevirt {
+            let pod = self.pod_name(false, vm.index);
+            super::run("ip", &["-n", &pod, "link", "del", &vm.tap])?;
+            return Ok(());
+        }
+        self.src.ip(&["link", "del", &vm.tap])?;
+        Ok(())
+    }
+
+    /// Plugs a VM's tap on hypervisor `hv` as Nova/libvirt would (or KubeVirt, in a pod).
     pub(super) fn plug(
         &self,
         hv: &Netns,
@@ -170,6 +263,9 @@ impl Topology {
         tap_mac: MacAddr,
         scenario: Scenario,
     ) -> Result<Arc<VmTap>, SandboxError> {
+        if scenario == Scenario::Kubevirt {
+            return self.plug_pod(hv, vm, tap_mac);
+        }
         let tap = VmTap::create(hv, &vm.tap, tap_mac)?;
         if scenario.bridged() {
             hv.ip(&["link", "set", &vm.tap, "master", "br0"])?;
@@ -200,11 +296,11 @@ impl Topology {
     fn routes(&self, hv: &Netns, vm: &VmSpec) -> Result<(), SandboxError> {
         if self.ip.v4() {
             let ip = format!("{}/32", vm.ip);
-            hv.ip(&["route", "replace", &ip, "dev", &vm.tap])?;
+            hv.ip(&["route", "replace", &ip, "dev", &vm.node_dev])?;
         }
         if self.ip.v6() {
             let ip6 = format!("{}/128", vm.ip6);
-            hv.ip(&["-6", "route", "replace", &ip6, "dev", &vm.tap])?;
+            hv.ip(&["-6", "route", "replace", &ip6, "dev", &vm.node_dev])?;
         }
         Ok(())
     }

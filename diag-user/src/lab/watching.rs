@@ -84,13 +84,17 @@ pub(super) struct LabWatcher {
 
 impl LabWatcher {
     /// `tapwatch watch` as the on-call engineer runs it, on hypervisor `ns`, with libvirt's
-    /// view `vms`, into `pipeline`; `attached` hears of every tap it attaches to.
+    /// view `vms`, into `pipeline`; `attached` hears of every tap it attaches to. `pods`:
+    /// the node's pods' namespaces are pinned with names that start so (`kubevirt`), and
+    /// it watches them as it does every namespace on a real node (where a node's pods are
+    /// all there is).
     pub(super) fn start(
         ns: &Netns,
         opts: &LabOptions,
         vms: Arc<LabVms>,
         pipeline: Arc<Pipeline>,
         attached: Attached,
+        pods: Option<String>,
     ) -> Result<Self, SandboxError> {
         let (stop, stop_rx) = oneshot::channel::<()>();
         let watch_opts = WatchOptions {
@@ -104,7 +108,8 @@ impl LabWatcher {
             probe_linger: Duration::from_secs(60),
             identities: crate::collect::IdentitySource::Fixed(vms),
             forget_after: None,
-            all_namespaces: false,
+            all_namespaces: pods.is_some(),
+            namespace_prefix: pods,
         };
         let handle = ns.spawn(move || {
             let mut sink = Watched {

@@ -196,6 +196,12 @@ pub enum Scenario {
     Bridged,
     /// A clean migration without QEMU's RARP announce: flagged.
     NoAnnounce,
+    /// KubeVirt's bridge binding: each VM's `tap0` on the bridge `k6t-eth0` of its
+    /// virt-launcher pod's network namespace, the pod network's gateway a different MAC on
+    /// each node (as with ovn-kubernetes): the guest keeps the source node's gateway MAC
+    /// until its ARP entry fails. tapwatch, in the destination node's namespace with no
+    /// option, finds the pods' taps.
+    Kubevirt,
 }
 
 impl Scenario {
@@ -205,6 +211,7 @@ impl Scenario {
             Scenario::Clean => "clean",
             Scenario::Bridged => "bridged",
             Scenario::NoAnnounce => "no-announce",
+            Scenario::Kubevirt => "kubevirt",
         }
     }
 }

@@ -41,18 +41,24 @@ impl TapKey {
     /// The key of a tap as records name it: `NAMESPACE/IFNAME` for one of another
     /// namespace (whose ifindex may be another pod's too), keyed by its namespace's name.
     pub fn of(ifname: &str, ifindex: u32) -> Self {
+        Self {
+            netns: Self::netns_of(ifname),
+            ifindex,
+        }
+    }
+
+    /// The namespace part of a key, from the name records give a tap.
+    pub fn netns_of(ifname: &str) -> u64 {
         match crate::collect::namespaces::split(ifname) {
-            (None, _) => Self::own(ifindex),
-            (Some(ns), _) => Self {
-                // FNV-1a: stable across runs and builds, never OWN_NETNS.
-                netns: ns
-                    .bytes()
-                    .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-                        (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
-                    })
-                    .max(1),
-                ifindex,
-            },
+            (None, _) => OWN_NETNS,
+            // FNV-1a of the namespace's name: stable across runs and builds, never
+            // OWN_NETNS.
+            (Some(ns), _) => ns
+                .bytes()
+                .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+                    (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
+                })
+                .max(1),
         }
     }
 }

@@ -77,6 +77,7 @@ pub fn run(args: NudgeArgs) -> anyhow::Result<ExitCode> {
         identities: IdentitySource::Host(HostSources::libvirt(&args.libvirt_dir)),
         forget_after: None,
         all_namespaces: false,
+        namespace_prefix: None,
     };
     let p = pipeline.clone();
     let collecting = Collecting::start(opts, Feed(pipeline.clone()), move || p.finish())

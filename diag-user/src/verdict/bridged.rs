@@ -48,11 +48,13 @@ impl Engine {
         let Some(sw) = t.switchover().filter(|sw| f.ts >= *sw) else {
             return;
         };
+        // Asked before the frame is learnt: to which MAC the VM sent its peer until now.
+        let end = ended(t, f);
         if !learn(t, f) {
             return;
         }
         if t.state == State::Blackout {
-            if let Some(end) = ended(t, f) {
+            if let Some(end) = end {
                 let ms = t.blackout.map_or(0, |b| b.ms(end));
                 if let Some(b) = t.blackout.as_mut() {
                     b.end = Some(end);
@@ -97,12 +99,16 @@ fn learn(t: &mut Tap, f: &FrameRecord) -> bool {
     }
 }
 
-/// A frame from the VM to the current gateway for the stale one's peer ends the blackout.
+/// A frame from the VM to the current gateway ends the blackout: for the stale one's
+/// peer, or for any peer whose traffic it sent to the stale gateway until now (the guest
+/// has one entry for its gateway: sampled frames may all be another peer's).
 fn ended(t: &Tap, f: &FrameRecord) -> Option<Ts> {
     let g = t.peers.finding.filter(|g| g.confirmed)?;
-    let to_current = f.direction == Direction::FromVm
-        && f.dst_mac == g.current
-        && f.dst_ip.as_deref() == Some(g.peer.to_string().as_str());
+    let peer: Option<std::net::IpAddr> = f.dst_ip.as_deref().and_then(|s| s.parse().ok());
+    let moved = peer.is_some_and(|p| {
+        p == g.peer || t.peers.sent.iter().any(|s| s.peer == p && s.mac == g.stale)
+    });
+    let to_current = f.direction == Direction::FromVm && f.dst_mac == g.current && moved;
     to_current.then_some(f.ts)
 }
 

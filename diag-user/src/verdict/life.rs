@@ -52,7 +52,7 @@ impl Engine {
         reason: &str,
         changes: &mut Vec<Record>,
     ) {
-        if let Some(i) = self.registry.detach(crate::registry::OWN_NETNS, ifname, ts) {
+        if let Some(i) = self.registry.detach(TapKey::netns_of(ifname), ifname, ts) {
             self.tap_mut(i).note(ts, format!("tap gone ({reason})"));
             self.set_state(i, State::Gone, ts, changes);
         }
@@ -105,10 +105,7 @@ impl Engine {
     }
 
     pub(super) fn renamed(&mut self, ts: Ts, ifname: &str, old: &str) {
-        if let Some(i) = self
-            .registry
-            .rename(crate::registry::OWN_NETNS, old, ifname)
-        {
+        if let Some(i) = self.registry.rename(TapKey::netns_of(old), old, ifname) {
             self.tap_mut(i).note(ts, format!("tap renamed from {old}"));
         }
     }

@@ -21,7 +21,7 @@ use std::{collections::HashMap, time::Duration};
 use crate::{
     model::identity::VmInterface,
     model::{clock::Ts, forecast::ForecastCounts, MacHistoryEntry, Record, VerdictFields},
-    registry::OWN_NETNS,
+    registry::TapKey,
 };
 pub use crate::{
     model::State,
@@ -112,12 +112,12 @@ impl Engine {
 
     /// The live tap of that name, else the last one that had it.
     pub fn tap(&self, ifname: &str) -> Option<&Tap> {
-        self.registry.named(OWN_NETNS, ifname)
+        self.registry.named(TapKey::netns_of(ifname), ifname)
     }
 
     /// Where the live tap a record names is in the registry.
     fn live(&self, ifname: &str) -> Option<usize> {
-        self.registry.live_index(OWN_NETNS, ifname)
+        self.registry.live_index(TapKey::netns_of(ifname), ifname)
     }
 
     fn tap_mut(&mut self, i: usize) -> &mut Tap {

@@ -270,6 +270,13 @@ pub fn scan_vms(dir: &Path) -> (Vec<VmFacts>, Vec<LibvirtError>) {
 pub trait VmDirectory: Send {
     /// The VM behind `tap` now.
     fn lookup(&self, tap: &str) -> Option<VmInterface>;
+    /// The VM behind `tap` of network namespace `netns` (by its inode; `OWN_NETNS` for
+    /// tapwatch's): a table of tapwatch's own namespace knows no other's.
+    fn lookup_in(&self, netns: u64, tap: &str) -> Option<VmInterface> {
+        (netns == crate::registry::OWN_NETNS)
+            .then(|| self.lookup(tap))
+            .flatten()
+    }
     /// Notified when what `lookup` answers may have changed; `None` for a table that never
     /// changes.
     fn changes(&self) -> Option<std::sync::Arc<tokio::sync::Notify>> {

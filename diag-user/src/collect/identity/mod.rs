@@ -31,10 +31,7 @@ use self::{
     ovsdb::OvsdbError,
     proxmox::ProxmoxError,
 };
-use crate::{
-    model::{identity::VmInterface, NoticeCode},
-    registry::OWN_NETNS,
-};
+use crate::model::{identity::VmInterface, NoticeCode};
 
 /// How long a source's thread takes at most to see that the run ended.
 const STOP_LATENCY: Duration = Duration::from_secs(1);
@@ -257,12 +254,12 @@ impl Identities {
         }
     }
 
-    /// The VM behind the tap `tap` of network namespace `netns` ([`OWN_NETNS`]: tapwatch's).
+    /// The VM behind the tap `tap` of network namespace `netns` ([`crate::registry::OWN_NETNS`]: tapwatch's).
     pub fn lookup(&mut self, netns: u64, tap: &str) -> Option<VmInterface> {
         match self {
             Identities::None => None,
             Identities::Host(h) => h.lookup(netns, tap),
-            Identities::Fixed(t) => (netns == OWN_NETNS).then(|| t.lookup(tap)).flatten(),
+            Identities::Fixed(t) => t.lookup_in(netns, tap),
         }
     }
 

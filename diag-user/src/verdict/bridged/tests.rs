@@ -98,6 +98,23 @@ fn a_guest_on_the_old_nodes_gateway_is_a_blackout_until_it_sends_to_the_new() {
     assert!(t.diagnosis(at(9300)).contains("Blackout of 8200 ms"));
 }
 
+/// The guest has one entry for its gateway: its frames (sampled) to the new gateway for
+/// another peer it sent to the old one end the blackout; for a peer it never sent to the
+/// old gateway (a host on its L2 whose MAC is that router's too) they do not.
+#[test]
+fn another_peer_moved_to_the_new_gateway_ends_it() {
+    let other = "192.168.20.7";
+    let mut e = engine(Some(false));
+    e.apply(&data(1050, true, X, other));
+    stranded(&mut e);
+    assert_eq!(state(&e), State::Blackout);
+    e.apply(&data(4000, true, Y, "10.65.0.9"));
+    assert_eq!(state(&e), State::Blackout, "a peer never sent to X");
+    e.apply(&data(5000, true, Y, other));
+    assert_eq!(state(&e), State::Recovered);
+    assert_eq!(e.tap("tap0").unwrap().blackout.unwrap().ms(at(0)), 3900);
+}
+
 #[test]
 fn a_gateway_heard_since_the_switch_over_is_alive() {
     // Asymmetric routing, VRRP: X answers into the bridge, replies come from Y.
