@@ -147,6 +147,9 @@ pub enum LinkChange {
     /// Notifications were lost (the socket's buffer overflowed while tapwatch was busy);
     /// the changes that follow come from a fresh dump of every link, so none is missed.
     Resynced,
+    /// Network namespaces past the most a run follows are not watched (`--netns all`):
+    /// how many there are.
+    NamespacesOverLimit { found: usize, limit: usize },
 }
 
 /// Follows link notifications on a thread of its own, so a busy or blocked consumer never

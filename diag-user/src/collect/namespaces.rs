@@ -209,7 +209,7 @@ impl Translate {
                     totals,
                 }
             }
-            LinkChange::Resynced => LinkChange::Resynced,
+            other => other,
         }
     }
 
@@ -267,6 +267,10 @@ pub struct Namespaces {
 /// namespace appearing.
 const SCAN_EVERY: Duration = Duration::from_millis(500);
 
+/// The most namespaces a run follows (a thread and a socket each): a node runs a few
+/// hundred pods, and a local user can make namespaces without end.
+pub const MAX_NAMESPACES: usize = 4096;
+
 impl Namespaces {
     /// Finds the namespaces there are now, and their links (already in the run's terms);
     /// follows them, and those that appear later, until dropped.
@@ -285,7 +289,9 @@ impl Namespaces {
         let mut followed: HashMap<u64, Followed> = HashMap::new();
         let mut initial = Vec::new();
         let mut started = Vec::new();
-        for (inode, (path, label)) in scan(own) {
+        let found = scan(own);
+        over_limit(found.len(), &mut None, &tx);
+        for (inode, (path, label)) in found.into_iter().take(MAX_NAMESPACES) {
             let (first, waiting) = std::sync::mpsc::channel();
             if let Some(f) = follow(inode, &path, label, tx.clone(), Some(first)) {
                 followed.insert(inode, f);
@@ -330,9 +336,11 @@ fn rescan(
     tx: tokio::sync::mpsc::UnboundedSender<LinkChange>,
     stop: &AtomicBool,
 ) {
+    let mut said = None;
     while !stop.load(Ordering::Relaxed) {
         std::thread::sleep(SCAN_EVERY);
         let now = scan(own);
+        over_limit(now.len(), &mut said, &tx);
         followed.retain(|inode, f| {
             let keep = now.contains_key(inode);
             if !keep {
@@ -341,7 +349,7 @@ fn rescan(
             keep
         });
         for (inode, (path, label)) in now {
-            if followed.contains_key(&inode) {
+            if followed.contains_key(&inode) || followed.len() >= MAX_NAMESPACES {
                 continue;
             }
             if let Some(f) = follow(inode, &path, label, tx.clone(), None) {
@@ -355,6 +363,22 @@ fn rescan(
     for f in followed.values() {
         f.stop.store(true, Ordering::Relaxed);
     }
+}
+
+/// Says, once a minute at most, that there are more namespaces than a run follows.
+fn over_limit(
+    found: usize,
+    said: &mut Option<std::time::Instant>,
+    tx: &tokio::sync::mpsc::UnboundedSender<LinkChange>,
+) {
+    if found <= MAX_NAMESPACES || said.is_some_and(|t| t.elapsed() < Duration::from_secs(60)) {
+        return;
+    }
+    *said = Some(std::time::Instant::now());
+    let _ = tx.send(LinkChange::NamespacesOverLimit {
+        found,
+        limit: MAX_NAMESPACES,
+    });
 }
 
 /// The namespaces of the host other than `own`, by inode: a path to open each by, and its

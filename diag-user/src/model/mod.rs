@@ -160,6 +160,9 @@ pub enum NoticeCode {
     /// An identity source other than libvirt's files (the OVSDB server, Proxmox's
     /// configuration, KubeVirt's pods) could not be read.
     IdentitySource,
+    /// More network namespaces than a run follows (`--netns all`): those past the limit
+    /// are not watched.
+    Namespaces,
 }
 
 /// A step or finding of the built-in lab.

@@ -6,58 +6,87 @@
 
 use serde_json::Value;
 
-use crate::collect::namespaces::{qualified, split};
+use crate::collect::namespaces::qualified;
 
 /// The fields that hold a tap's name.
 const NAME_FIELDS: [&str; 2] = ["ifname", "old_ifname"];
 
-/// Whether a serialized record names a tap of another namespace (any name field holds a
-/// `/`, which no interface name can): only those lines are rewritten.
-pub fn names_another(line: &[u8]) -> bool {
-    NAME_FIELDS.iter().any(|f| {
-        let key = format!("\"{f}\":\"");
-        let mut rest = line;
-        while let Some(at) = find(rest, key.as_bytes()) {
-            rest = &rest[at + key.len()..];
-            let end = rest.iter().position(|&b| b == b'"').unwrap_or(rest.len());
-            if rest[..end].contains(&b'/') {
-                return true;
+/// A serialized record as written: every `"ifname":"NS/IF"` becomes
+/// `"ifname":"IF","netns":"NS"` and every `"old_ifname":"NS/IF"` `"old_ifname":"IF"`, in
+/// place, so the fields keep their order (`schema` stays last). Done on the bytes: in
+/// serde_json's output a quote inside a string is escaped, so these keys match nowhere
+/// else, and a `/` (never escaped) in a name is the namespace's end, as no interface name
+/// has one. A line naming no tap of another namespace comes back as it was.
+pub fn split_line(line: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(line.len() + 32);
+    let mut at = 0;
+    while at < line.len() {
+        let Some((key, start)) = next_name(&line[at..]) else {
+            break;
+        };
+        let value = at + start;
+        out.extend_from_slice(&line[at..value]);
+        let len = string_len(&line[value..]);
+        let name = &line[value..value + len];
+        match name.iter().rposition(|&b| b == b'/') {
+            Some(slash) => {
+                out.extend_from_slice(&name[slash + 1..]);
+                out.push(b'"');
+                if key == "ifname" {
+                    out.extend_from_slice(b",\"netns\":\"");
+                    out.extend_from_slice(&name[..slash]);
+                    out.push(b'"');
+                }
+            }
+            None => {
+                out.extend_from_slice(name);
+                out.push(b'"');
             }
         }
-        false
-    })
+        // Past the value's closing quote.
+        at = (value + len + 1).min(line.len());
+    }
+    out.extend_from_slice(&line[at.min(line.len())..]);
+    out
+}
+
+/// The first name field in `s`: which, and where its value's first byte is. One pass for
+/// both keys (a stats record names every tap): they end alike.
+fn next_name(s: &[u8]) -> Option<(&'static str, usize)> {
+    const TAIL: &[u8] = b"ifname\":\"";
+    let mut from = 0;
+    while let Some(i) = find(&s[from..], TAIL) {
+        let at = from + i;
+        let value = at + TAIL.len();
+        if s[..at].ends_with(b"\"") {
+            return Some(("ifname", value));
+        }
+        if s[..at].ends_with(b"\"old_") {
+            return Some(("old_ifname", value));
+        }
+        from = at + 1;
+    }
+    None
 }
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
 
-/// `"ifname": "NS/IF"` becomes `"ifname": "IF", "netns": "NS"`, in every object.
-pub fn split_names(v: &mut Value) {
-    match v {
-        Value::Object(m) => {
-            let mut netns = None;
-            for f in NAME_FIELDS {
-                if let Some(Value::String(s)) = m.get_mut(f) {
-                    if let (Some(ns), name) = split(s) {
-                        netns.get_or_insert_with(|| ns.to_string());
-                        *s = name.to_string();
-                    }
-                }
-            }
-            for x in m.values_mut() {
-                split_names(x);
-            }
-            if let Some(ns) = netns {
-                m.insert("netns".into(), Value::String(ns));
-            }
+/// The length of a JSON string's content up to its closing quote (escapes skipped).
+fn string_len(s: &[u8]) -> usize {
+    let mut i = 0;
+    while i < s.len() {
+        match s[i] {
+            b'\\' => i += 2,
+            b'"' => return i,
+            _ => i += 1,
         }
-        Value::Array(a) => a.iter_mut().for_each(split_names),
-        _ => {}
     }
+    s.len()
 }
 
-/// The reverse of [`split_names`], for records read back.
+/// The reverse of [`split_line`], for records read back.
 pub fn join_names(v: &mut Value) {
     match v {
         Value::Object(m) => {
@@ -81,20 +110,25 @@ mod tests {
 
     #[test]
     fn another_namespaces_tap_is_named_by_ifname_and_netns_and_read_back_whole() {
-        let line = br#"{"type":"renamed","ifname":"cni-1/tap1","old_ifname":"cni-1/tap0","taps":[{"ifname":"12345/tap0"},{"ifname":"tap9"}]}"#;
-        assert!(names_another(line));
-        assert!(!names_another(
-            br#"{"type":"notice","message":"/run/libvirt","ifname":"tap0"}"#
-        ));
-        let mut v: Value = serde_json::from_slice(line).unwrap();
-        split_names(&mut v);
-        assert_eq!(v["ifname"], "tap1");
-        assert_eq!(v["old_ifname"], "tap0");
-        assert_eq!(v["netns"], "cni-1");
-        assert_eq!(v["taps"][0]["netns"], "12345");
-        assert_eq!(v["taps"][0]["ifname"], "tap0");
-        assert!(v["taps"][1].get("netns").is_none());
+        let line = br#"{"type":"renamed","ifname":"cni-1/tap1","old_ifname":"cni-1/tap0","taps":[{"ifname":"12345/tap0","n":1},{"ifname":"tap9"}],"schema":2}"#;
+        let split = split_line(line);
+        assert_eq!(
+            String::from_utf8(split.clone()).unwrap(),
+            r#"{"type":"renamed","ifname":"tap1","netns":"cni-1","old_ifname":"tap0","taps":[{"ifname":"tap0","netns":"12345","n":1},{"ifname":"tap9"}],"schema":2}"#
+        );
+        let mut v: Value = serde_json::from_slice(&split).unwrap();
         join_names(&mut v);
         assert_eq!(v, serde_json::from_slice::<Value>(line).unwrap());
+        // Nothing else changes: names of tapwatch's own namespace, a path in a message, a
+        // key inside a string.
+        let plain = br#"{"type":"notice","message":"/run/libvirt \"ifname\":\"a/b\"","ifname":"tap0","schema":2}"#;
+        assert_eq!(split_line(plain), plain.to_vec());
+        // A namespace's name with a quote in it stays escaped.
+        let odd = br#"{"ifname":"we\"ird/tap0"}"#;
+        let v: Value = serde_json::from_slice(&split_line(odd)).unwrap();
+        assert_eq!(
+            (&v["ifname"], &v["netns"]),
+            (&"tap0".into(), &"we\"ird".into())
+        );
     }
 }

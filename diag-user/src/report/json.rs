@@ -13,12 +13,7 @@ impl<W: Write> Sink for JsonSink<W> {
             record: rec,
             schema: SCHEMA_VERSION,
         };
-        let mut bytes = serde_json::to_vec(&line)?;
-        if netns::names_another(&bytes) {
-            let mut v: serde_json::Value = serde_json::from_slice(&bytes)?;
-            netns::split_names(&mut v);
-            bytes = serde_json::to_vec(&v)?;
-        }
+        let mut bytes = netns::split_line(&serde_json::to_vec(&line)?);
         bytes.push(b'\n');
         self.0.write_all(&bytes)
     }

@@ -10,8 +10,8 @@
 //!    forwarding table: X not learnt, or learnt before the switch-over).
 //!
 //! Then the guest's gateway entry is the old node's: BLACKOUT, from its first frame to X
-//! after the switch-over, until it sends P's traffic to Y (kernel-timed frames, but
-//! sampled: the end may be up to 100 ms late).
+//! after the switch-over, until it sends P's traffic, or that of another peer it sent to
+//! X, to Y (kernel-timed frames, but sampled: the end may be up to 100 ms late).
 //!
 //! It never fires on ordinary bridged traffic: VMs talking on one L2 send to the MAC they
 //! hear from (X = Y); a router on the same L2 that answers from another MAC (asymmetric
