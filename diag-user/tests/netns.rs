@@ -293,14 +293,55 @@ fn one_run_watches_every_namespace_as_they_come_and_go(datapath: &str) {
             && stats_row(v, &name, Some(pods[1].name())).map(|t| u(t, "arp_requests")) == Some(0)
     });
 
-    // A pod that goes: its tap is detached, whatever else its namespace held.
-    drop(taps);
+    // A pod that goes: its tap is detached, whatever else its namespace held, and the run
+    // lets the namespace go (no descriptor, no thread of it left there).
     let gone: Vec<String> = pods.iter().map(|p| p.name().to_string()).collect();
+    let inodes: Vec<String> = gone
+        .iter()
+        .map(|ns| {
+            let ino = std::fs::metadata(format!("/run/netns/{ns}")).unwrap().ino();
+            format!("net:[{ino}]")
+        })
+        .collect();
+    let holds = |pid: u32| -> Vec<String> {
+        let links = |dir: String| -> Vec<String> {
+            std::fs::read_dir(dir)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter_map(|e| std::fs::read_link(e.path()).ok())
+                .map(|p| p.to_string_lossy().into_owned())
+                .collect()
+        };
+        let mut all = links(format!("/proc/{pid}/fd"));
+        for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+            .unwrap()
+            .flatten()
+        {
+            if let Ok(ns) = std::fs::read_link(task.path().join("ns/net")) {
+                all.push(ns.to_string_lossy().into_owned());
+            }
+        }
+        all.retain(|l| inodes.contains(l));
+        all
+    };
+    // While they are there, its threads are inside them.
+    assert!(holds(tw.pid()).len() >= gone.len(), "{:?}", holds(tw.pid()));
+    drop(taps);
     drop(pods);
     for ns in &gone {
         tw.wait_for(&format!("the tap of {ns} detached"), |v| {
             v["type"] == "detached" && is_tap(v, &name, Some(ns))
         });
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !holds(tw.pid()).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "tapwatch still holds gone pods' namespaces: {:?}",
+            holds(tw.pid())
+        );
+        std::thread::sleep(Duration::from_millis(50));
     }
     let (status, recs, stderr) = tw.stop(libc::SIGINT);
     assert!(status.success(), "{stderr}");

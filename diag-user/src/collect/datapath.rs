@@ -131,10 +131,14 @@ impl Datapath for PcapBackend {
         let (ifname, inside) = match &link.site {
             Some(site) => (
                 site.ifname.as_str(),
-                Some(site.ns.enter().map_err(|e| AttachFailure {
-                    reason: format!("cannot enter its network namespace: {e}"),
-                    errno: e.raw_os_error(),
-                })?),
+                Some(
+                    site.netns()
+                        .and_then(|ns| ns.enter())
+                        .map_err(|e| AttachFailure {
+                            reason: format!("cannot enter its network namespace: {e}"),
+                            errno: e.raw_os_error(),
+                        })?,
+                ),
             ),
             None => (link.name.as_str(), None),
         };

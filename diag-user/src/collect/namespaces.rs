@@ -24,7 +24,7 @@ use std::{
     path::{Path, PathBuf},
     sync::{
         atomic::{AtomicBool, AtomicU32, Ordering},
-        Arc, Mutex,
+        Arc, Mutex, Weak,
     },
     time::Duration,
 };
@@ -83,15 +83,46 @@ impl PartialEq for Netns {
 impl Eq for Netns {}
 
 /// Where a tap of another namespace really is.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub struct Site {
-    pub ns: Arc<Netns>,
+    /// Held weakly: a run keeps its gone taps' links for its summary, and must not keep a
+    /// gone pod's namespace alive with them. The namespace's thread and the datapath
+    /// (while the tap is attached) hold it.
+    ns: Weak<Netns>,
+    /// The inode of its namespace: what identity sources key a pod's taps by.
+    pub inode: u64,
     /// Its ifindex and name inside its namespace.
     pub ifindex: u32,
     pub ifname: String,
     /// The name of its bridge there, if it is on one.
     pub master_name: Option<String>,
 }
+
+impl Site {
+    /// Its namespace, while something still follows it.
+    pub fn netns(&self) -> io::Result<Arc<Netns>> {
+        self.ns.upgrade().ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::NotFound,
+                "its network namespace is no longer followed (gone)",
+            )
+        })
+    }
+}
+
+impl PartialEq for Site {
+    fn eq(&self, other: &Self) -> bool {
+        (self.inode, self.ifindex, &self.ifname, &self.master_name)
+            == (
+                other.inode,
+                other.ifindex,
+                &other.ifname,
+                &other.master_name,
+            )
+    }
+}
+
+impl Eq for Site {}
 
 impl Netns {
     /// Runs `f` on a short-lived thread inside the namespace.
@@ -151,9 +182,8 @@ fn sites() -> std::sync::MutexGuard<'static, BTreeMap<u32, Link>> {
 pub fn named(label: &str) -> Option<Arc<Netns>> {
     sites()
         .values()
-        .filter_map(|l| l.site.as_ref())
-        .find(|s| s.ns.label == label)
-        .map(|s| s.ns.clone())
+        .filter_map(|l| l.site.as_ref()?.netns().ok())
+        .find(|ns| ns.label == label)
 }
 
 /// Another namespace's link with id `id`, as last seen.
@@ -179,7 +209,8 @@ impl Translate {
             ifindex: id,
             name: qualified(&self.ns.label, &real.name),
             site: Some(Site {
-                ns: self.ns.clone(),
+                ns: Arc::downgrade(&self.ns),
+                inode: self.ns.inode,
                 ifindex: real.ifindex,
                 ifname: real.name.clone(),
                 master_name,

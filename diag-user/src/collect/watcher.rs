@@ -420,7 +420,7 @@ impl<'s> Watcher<'s> {
     /// The VM behind a tap, looked up where the tap really is.
     fn identity_of(&mut self, link: &Link) -> Option<VmInterface> {
         match &link.site {
-            Some(site) => self.identities.lookup(site.ns.inode, &site.ifname),
+            Some(site) => self.identities.lookup(site.inode, &site.ifname),
             None => self.identities.lookup(OWN_NETNS, &link.name),
         }
     }

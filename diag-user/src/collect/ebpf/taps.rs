@@ -32,19 +32,20 @@ pub(super) struct At {
 }
 
 impl At {
-    fn of(link: &Link) -> Self {
-        match &link.site {
+    /// Where the link is; an error when its namespace is gone already.
+    fn of(link: &Link) -> std::io::Result<Self> {
+        Ok(match &link.site {
             Some(s) => At {
                 ifindex: s.ifindex,
                 ifname: s.ifname.clone(),
-                ns: Some(s.ns.clone()),
+                ns: Some(s.netns()?),
             },
             None => At {
                 ifindex: link.ifindex,
                 ifname: link.name.clone(),
                 ns: None,
             },
-        }
+        })
     }
 
     /// Moves the calling thread into the tap's namespace for what must be asked there
@@ -117,7 +118,7 @@ impl Probe {
         if self.taps.contains_key(&ifindex) {
             return Ok(());
         }
-        let at = At::of(link);
+        let at = At::of(link).map_err(|e| fail(e.to_string(), e.raw_os_error()))?;
         if at.ns.is_some() && self.own_cookie.is_none() {
             return Err(fail(
                 format!(
@@ -265,7 +266,9 @@ impl Probe {
             return;
         };
         tap.name.clone_from(&link.name);
-        tap.at = At::of(link);
+        if let Ok(at) = At::of(link) {
+            tap.at = at;
+        }
         let mac_changed = std::mem::replace(&mut tap.mac, link.mac) != link.mac;
         let mut carried = tap.carried;
         let step = rules::on_change(
