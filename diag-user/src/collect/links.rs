@@ -182,6 +182,15 @@ impl LinkMonitor {
         Ok((Self { events, stop }, links))
     }
 
+    /// A monitor of changes another thread passes on to `events` until `stop` is set (when
+    /// the monitor drops): every namespace's, with `--netns all`.
+    pub(super) fn of(
+        events: tokio::sync::mpsc::UnboundedReceiver<LinkChange>,
+        stop: Arc<AtomicBool>,
+    ) -> Self {
+        Self { events, stop }
+    }
+
     /// The next change; `None` if the reader thread ended (it says why in an error).
     pub async fn next(&mut self) -> Option<LinkChange> {
         self.events.recv().await

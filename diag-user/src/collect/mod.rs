@@ -32,7 +32,6 @@ use self::{
     ebpf::{AttachMode, KernelPath, Probe, ProbeError, ProbeOptions},
     identity::Identities,
     links::{IfaceError, Link, LinkChange, LinkMonitor, Selector},
-    namespaces::Namespaces,
     pcap::{PcapBackend, PcapError},
     watcher::{System, Watcher},
 };
@@ -165,7 +164,7 @@ pub async fn run(
     let (mut monitor, mut links) =
         LinkMonitor::start().map_err(|e| WatchError::from(e).descriptors())?;
     let mut namespaces = if opts.all_namespaces {
-        let (ns, theirs) = Namespaces::start(opts.namespace_prefix.clone())
+        let (ns, theirs) = namespaces::follow_all(opts.namespace_prefix.clone())
             .map_err(setup("following network namespaces"))?;
         links.extend(theirs);
         Some(ns)
@@ -211,9 +210,10 @@ pub async fn run(
     while let (Some(change), Ok(())) = (monitor.try_next(), &pending) {
         pending = w.drain(&mut src).and_then(|_| w.on_link(change));
     }
-    while let (Some(change), Ok(())) =
-        (namespaces.as_mut().and_then(Namespaces::try_next), &pending)
-    {
+    while let (Some(change), Ok(())) = (
+        namespaces.as_mut().and_then(LinkMonitor::try_next),
+        &pending,
+    ) {
         pending = w.drain(&mut src).and_then(|_| w.on_link(change));
     }
     let end = pending
@@ -324,7 +324,7 @@ async fn watch_loop(
     mut stop: std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
     src: &mut EventSource,
     monitor: &mut LinkMonitor,
-    mut namespaces: Option<&mut Namespaces>,
+    mut namespaces: Option<&mut LinkMonitor>,
     initial: &[Link],
     opts: &WatchOptions,
     signals: &mut Signals,
@@ -506,7 +506,7 @@ fn load_pcap(clock: WallClock) -> Result<(Box<dyn Datapath>, EventSource), Watch
 }
 
 /// The next link change of another namespace; never, when only tapwatch's own is watched.
-async fn next_elsewhere(namespaces: &mut Option<&mut Namespaces>) -> Option<LinkChange> {
+async fn next_elsewhere(namespaces: &mut Option<&mut LinkMonitor>) -> Option<LinkChange> {
     match namespaces {
         Some(n) => n.next().await,
         None => std::future::pending().await,

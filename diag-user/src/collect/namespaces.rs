@@ -29,7 +29,7 @@ use std::{
     time::Duration,
 };
 
-use super::links::{Link, LinkChange};
+use super::links::{Link, LinkChange, LinkMonitor};
 
 /// Ids of taps in other namespaces start here: a real ifindex is a positive `int`.
 pub const FIRST_ID: u32 = 1 << 31;
@@ -288,12 +288,6 @@ struct Followed {
     stop: Arc<AtomicBool>,
 }
 
-/// Every other namespace of the host, followed.
-pub struct Namespaces {
-    events: tokio::sync::mpsc::UnboundedReceiver<LinkChange>,
-    stop: Arc<AtomicBool>,
-}
-
 /// How often namespaces are looked for: a pod's tap is seen within a second of its
 /// namespace appearing.
 const SCAN_EVERY: Duration = Duration::from_millis(500);
@@ -302,61 +296,43 @@ const SCAN_EVERY: Duration = Duration::from_millis(500);
 /// hundred pods, and a local user can make namespaces without end.
 pub const MAX_NAMESPACES: usize = 4096;
 
-impl Namespaces {
-    /// Finds the namespaces there are now, and their links (already in the run's terms);
-    /// follows them, and those that appear later, until dropped.
-    /// `prefix`: only the namespaces whose pin's name starts so.
-    pub fn start(prefix: Option<String>) -> io::Result<(Self, Vec<Link>)> {
-        let own = std::fs::metadata("/proc/thread-self/ns/net")?.ino();
-        let scan = move |own| {
-            let mut found = scan(own);
-            if let Some(p) = &prefix {
-                found.retain(|_, (_, label)| label.starts_with(p.as_str()));
-            }
-            found
-        };
-        let (tx, events) = tokio::sync::mpsc::unbounded_channel();
-        let stop = Arc::new(AtomicBool::new(false));
-        let mut followed: HashMap<u64, Followed> = HashMap::new();
-        let mut initial = Vec::new();
-        let mut started = Vec::new();
-        let found = scan(own);
-        over_limit(found.len(), &mut None, &tx);
-        for (inode, (path, label)) in found.into_iter().take(MAX_NAMESPACES) {
-            let (first, waiting) = std::sync::mpsc::channel();
-            if let Some(f) = follow(inode, &path, label, tx.clone(), Some(first)) {
-                followed.insert(inode, f);
-                started.push(waiting);
-            }
+/// Finds every other namespace of the host there is now, and their links (already in the
+/// run's terms); follows them, and those that appear later, until the monitor drops.
+/// `prefix`: only the namespaces whose pin's name starts so.
+pub fn follow_all(prefix: Option<String>) -> io::Result<(LinkMonitor, Vec<Link>)> {
+    let own = std::fs::metadata("/proc/thread-self/ns/net")?.ino();
+    let scan = move |own| {
+        let mut found = scan(own);
+        if let Some(p) = &prefix {
+            found.retain(|_, (_, label)| label.starts_with(p.as_str()));
         }
-        // All namespaces dump their links at once, each on its own thread.
-        for waiting in started {
-            if let Ok(links) = waiting.recv() {
-                initial.extend(links);
-            }
+        found
+    };
+    let (tx, events) = tokio::sync::mpsc::unbounded_channel();
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut followed: HashMap<u64, Followed> = HashMap::new();
+    let mut initial = Vec::new();
+    let mut started = Vec::new();
+    let found = scan(own);
+    over_limit(found.len(), &mut None, &tx);
+    for (inode, (path, label)) in found.into_iter().take(MAX_NAMESPACES) {
+        let (first, waiting) = std::sync::mpsc::channel();
+        if let Some(f) = follow(inode, &path, label, tx.clone(), Some(first)) {
+            followed.insert(inode, f);
+            started.push(waiting);
         }
-        let flag = stop.clone();
-        std::thread::Builder::new()
-            .name("tapwatch-netns".into())
-            .spawn(move || rescan(own, &scan, followed, tx, &flag))?;
-        Ok((Self { events, stop }, initial))
     }
-
-    /// The next link change of any namespace; `None` once the scanning thread ended.
-    pub async fn next(&mut self) -> Option<LinkChange> {
-        self.events.recv().await
+    // All namespaces dump their links at once, each on its own thread.
+    for waiting in started {
+        if let Ok(links) = waiting.recv() {
+            initial.extend(links);
+        }
     }
-
-    /// A change already read, if any; never waits.
-    pub fn try_next(&mut self) -> Option<LinkChange> {
-        self.events.try_recv().ok()
-    }
-}
-
-impl Drop for Namespaces {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-    }
+    let flag = stop.clone();
+    std::thread::Builder::new()
+        .name("tapwatch-netns".into())
+        .spawn(move || rescan(own, &scan, followed, tx, &flag))?;
+    Ok((LinkMonitor::of(events, stop), initial))
 }
 
 /// The scanning thread: new namespaces are followed, gone ones let go.
