@@ -406,7 +406,7 @@ fn scan(own: u64) -> BTreeMap<u64, (PathBuf, String)> {
             if !is_nsfs(&path, &meta) {
                 continue;
             }
-            let label = e.file_name().to_string_lossy().into_owned();
+            let label = label_of(&e.file_name().to_string_lossy());
             found.entry(meta.ino()).or_insert((path, label));
         }
     }
@@ -431,6 +431,21 @@ fn scan(own: u64) -> BTreeMap<u64, (PathBuf, String)> {
     }
     found.remove(&own);
     found
+}
+
+/// A pin's name as records and lines show it: what iproute2 and containerd name them with
+/// passes as it is; anything else (a newline, a quote) becomes `_`, so no name can forge a
+/// line of text output.
+fn label_of(pin: &str) -> String {
+    pin.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "-_.@+".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
 }
 
 /// Whether `path` is a namespace file (nsfs), not the empty file a stale pin leaves.
@@ -549,6 +564,8 @@ mod tests {
         assert_eq!(split(&q), (Some("cni-4f1c"), "tap0"));
         assert_eq!(split("tap0"), (None, "tap0"));
         assert!(is_foreign(FIRST_ID) && !is_foreign(i32::MAX as u32));
+        assert_eq!(label_of("cni-4f1c2a9e-0711"), "cni-4f1c2a9e-0711");
+        assert_eq!(label_of("evil\n{\"x\"} ns"), "evil___x___ns");
     }
 
     #[test]
