@@ -98,6 +98,18 @@ pub fn hinted(ifindex: u32) -> bool {
     }
 }
 
+/// Whether the tap (by id) has something pending: an open window, or the first data frame
+/// to the VM awaited. Asked once its hint said it may: taps of several namespaces share a
+/// hint slot (every pod's `tap0` often has the same ifindex).
+#[inline(always)]
+pub fn pending(id: u32) -> bool {
+    match TAP_WINDOWS.get_ptr(&id) {
+        // SAFETY: a map value pointer, valid for this program run; a plain read.
+        Some(w) => unsafe { (*w).pending() },
+        None => false,
+    }
+}
+
 /// Whether the tap (by id) has an open mismatch window: only then can a correctly
 /// addressed frame matter. Asked once its hint said it may be.
 #[inline(always)]

@@ -54,15 +54,22 @@ pub fn tap_ingress(ctx: TcContext) -> i32 {
 #[classifier]
 pub fn tap_egress(ctx: TcContext) -> i32 {
     let skb = Skb::read(ctx.skb.skb as *const __sk_buff);
-    let awaited = maps::hinted(skb.ifindex);
+    let hinted = maps::hinted(skb.ifindex);
     // The host's router advertisements and solicitations go to groups; its unicast
     // neighbour discovery is read only while a data frame is awaited. Only IPv6 frames pay
     // for the look at their destination.
-    let nd = skb.protocol == ETH_P_IPV6 && !awaited && to_group(&ctx);
+    let group_nd = || skb.protocol == ETH_P_IPV6 && to_group(&ctx);
+    if !(!skb.header_only() || hinted || group_nd()) {
+        return TC_ACT_UNSPEC;
+    }
+    let Some(tap) = skb.tap() else {
+        return TC_ACT_UNSPEC;
+    };
+    // The hint's slot may be another namespace's tap's: this one's own state decides.
+    let awaited = hinted && maps::pending(tap.id);
+    let nd = !awaited && group_nd();
     if !skb.header_only() || awaited || nd {
-        if let Some(tap) = skb.tap() {
-            on_frame(&ctx, &skb, tap, Direction::ToVm, false, awaited || nd);
-        }
+        on_frame(&ctx, &skb, tap, Direction::ToVm, false, awaited || nd);
     }
     TC_ACT_UNSPEC
 }

@@ -147,9 +147,9 @@ pub enum LinkChange {
     /// Notifications were lost (the socket's buffer overflowed while tapwatch was busy);
     /// the changes that follow come from a fresh dump of every link, so none is missed.
     Resynced,
-    /// Network namespaces past the most a run follows are not watched (`--netns all`):
-    /// how many there are.
-    NamespacesOverLimit { found: usize, limit: usize },
+    /// What the user should hear of following other namespaces (`--netns all`): some
+    /// cannot be, or are past the most a run follows.
+    Namespaces(String),
 }
 
 /// Follows link notifications on a thread of its own, so a busy or blocked consumer never

@@ -164,7 +164,7 @@ pub async fn run(
     let (mut monitor, mut links) =
         LinkMonitor::start().map_err(|e| WatchError::from(e).descriptors())?;
     let mut namespaces = if opts.all_namespaces {
-        let (ns, theirs) = namespaces::follow_all(opts.namespace_prefix.clone())
+        let (ns, theirs) = namespaces::follow_all(selector.clone(), opts.namespace_prefix.clone())
             .map_err(setup("following network namespaces"))?;
         links.extend(theirs);
         Some(ns)

@@ -18,7 +18,7 @@ use std::{
     fs::File,
     io,
     os::{
-        fd::AsRawFd,
+        fd::{AsRawFd, FromRawFd},
         unix::fs::{FileTypeExt, MetadataExt},
     },
     path::{Path, PathBuf},
@@ -29,7 +29,7 @@ use std::{
     time::Duration,
 };
 
-use super::links::{Link, LinkChange, LinkMonitor};
+use super::links::{Link, LinkChange, LinkMonitor, Selector};
 
 /// Ids of taps in other namespaces start here: a real ifindex is a positive `int`.
 pub const FIRST_ID: u32 = 1 << 31;
@@ -136,9 +136,11 @@ impl Netns {
 
 /// The calling thread's stay in another namespace: back in its own when dropped. For the
 /// few requests that must be made from inside (tc hooks, link statistics): setns moves
-/// one thread only, and nothing else runs on it meanwhile.
+/// one thread only, and nothing else runs on it meanwhile. Not `Send`: it must drop on
+/// the thread it moved.
 pub struct Inside {
     home: File,
+    _here: std::marker::PhantomData<*const ()>,
 }
 
 impl Netns {
@@ -149,7 +151,10 @@ impl Netns {
         if unsafe { libc::setns(self.file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
             return Err(io::Error::last_os_error());
         }
-        Ok(Inside { home })
+        Ok(Inside {
+            home,
+            _here: std::marker::PhantomData,
+        })
     }
 }
 
@@ -191,18 +196,33 @@ pub fn link_of(id: u32) -> Option<Link> {
     sites().get(&id).cloned()
 }
 
-/// Turns a namespace's own link changes into the run's: ids and qualified names.
+/// The next id for a tap of another namespace; none once they ran out (after 2^31 taps).
+fn next_id() -> Option<u32> {
+    NEXT_ID
+        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_add(1))
+        .ok()
+}
+
+/// Turns a namespace's own link changes into the run's: ids and qualified names, for the
+/// links the run's globs select (and those it already knows, so a rename away is said).
+/// Other links cost nothing: a namespace may have any number of them.
 struct Translate {
     ns: Arc<Netns>,
     ids: HashMap<u32, u32>,
+    selector: Selector,
 }
 
 impl Translate {
-    fn link(&mut self, real: Link) -> Link {
-        let id = *self
-            .ids
-            .entry(real.ifindex)
-            .or_insert_with(|| NEXT_ID.fetch_add(1, Ordering::Relaxed));
+    fn link(&mut self, real: Link) -> Option<Link> {
+        let id = match self.ids.get(&real.ifindex) {
+            Some(&id) => id,
+            None if self.selector.matches(&real.name) => {
+                let id = next_id()?;
+                self.ids.insert(real.ifindex, id);
+                id
+            }
+            None => return None,
+        };
         // Asked here, on the namespace's own thread, where its ifindexes mean something.
         let master_name = real.master_name();
         let link = Link {
@@ -218,21 +238,18 @@ impl Translate {
             ..real
         };
         sites().insert(id, link.clone());
-        link
+        Some(link)
     }
 
-    fn change(&mut self, c: LinkChange) -> LinkChange {
-        match c {
-            LinkChange::Present(l) => LinkChange::Present(self.link(l)),
+    fn change(&mut self, c: LinkChange) -> Option<LinkChange> {
+        Some(match c {
+            LinkChange::Present(l) => LinkChange::Present(self.link(l)?),
             LinkChange::Removed {
                 ifindex,
                 name,
                 totals,
             } => {
-                let id = self
-                    .ids
-                    .remove(&ifindex)
-                    .unwrap_or_else(|| NEXT_ID.fetch_add(1, Ordering::Relaxed));
+                let id = self.ids.remove(&ifindex)?;
                 sites().remove(&id);
                 LinkChange::Removed {
                     ifindex: id,
@@ -241,7 +258,7 @@ impl Translate {
                 }
             }
             other => other,
-        }
+        })
     }
 
     /// The namespace went: every link it had goes with it.
@@ -276,16 +293,31 @@ impl Outbox {
 
     pub(super) fn send(&mut self, c: LinkChange) -> Result<(), ()> {
         let c = match self.translate.as_mut() {
-            Some(t) => t.change(c),
+            Some(t) => match t.change(c) {
+                Some(c) => c,
+                None => return Ok(()),
+            },
             None => c,
         };
         self.tx.send(c).map_err(|_| ())
     }
 }
 
-/// A namespace being watched: its thread's stop flag.
+/// A namespace being watched: its thread's flags, and its label (unique in the run).
 struct Followed {
     stop: Arc<AtomicBool>,
+    /// Cleared when its thread ended for whatever reason: followed again at the next look
+    /// if it is still there (a transient failure to enter it).
+    alive: Arc<AtomicBool>,
+    label: String,
+}
+
+/// What every namespace thread of a run shares.
+struct Shared {
+    tx: tokio::sync::mpsc::UnboundedSender<LinkChange>,
+    selector: Selector,
+    /// Whether a failure to follow a namespace was said (once per run).
+    failure_said: AtomicBool,
 }
 
 /// How often namespaces are looked for: a pod's tap is seen within a second of its
@@ -296,33 +328,33 @@ const SCAN_EVERY: Duration = Duration::from_millis(500);
 /// hundred pods, and a local user can make namespaces without end.
 pub const MAX_NAMESPACES: usize = 4096;
 
-/// Finds every other namespace of the host there is now, and their links (already in the
-/// run's terms); follows them, and those that appear later, until the monitor drops.
-/// `prefix`: only the namespaces whose pin's name starts so.
-pub fn follow_all(prefix: Option<String>) -> io::Result<(LinkMonitor, Vec<Link>)> {
+/// Finds every other namespace of the host there is now, and the links of theirs that
+/// `selector` selects (already in the run's terms); follows them, and those that appear
+/// later, until the monitor drops. `prefix`: only the namespaces whose pin's name starts so.
+pub fn follow_all(
+    selector: Selector,
+    prefix: Option<String>,
+) -> io::Result<(LinkMonitor, Vec<Link>)> {
     let own = std::fs::metadata("/proc/thread-self/ns/net")?.ino();
     let scan = move |own| {
         let mut found = scan(own);
         if let Some(p) = &prefix {
-            found.retain(|_, (_, label)| label.starts_with(p.as_str()));
+            found.retain(|_, f: &mut Found| f.label.starts_with(p.as_str()));
         }
         found
     };
     let (tx, events) = tokio::sync::mpsc::unbounded_channel();
+    let shared = Arc::new(Shared {
+        tx,
+        selector,
+        failure_said: AtomicBool::new(false),
+    });
     let stop = Arc::new(AtomicBool::new(false));
-    let mut followed: HashMap<u64, Followed> = HashMap::new();
-    let mut initial = Vec::new();
+    let mut state = Watching::default();
     let mut started = Vec::new();
-    let found = scan(own);
-    over_limit(found.len(), &mut None, &tx);
-    for (inode, (path, label)) in found.into_iter().take(MAX_NAMESPACES) {
-        let (first, waiting) = std::sync::mpsc::channel();
-        if let Some(f) = follow(inode, &path, label, tx.clone(), Some(first)) {
-            followed.insert(inode, f);
-            started.push(waiting);
-        }
-    }
+    state.look(scan(own), &shared, Some(&mut started));
     // All namespaces dump their links at once, each on its own thread.
+    let mut initial = Vec::new();
     for waiting in started {
         if let Ok(links) = waiting.recv() {
             initial.extend(links);
@@ -331,66 +363,121 @@ pub fn follow_all(prefix: Option<String>) -> io::Result<(LinkMonitor, Vec<Link>)
     let flag = stop.clone();
     std::thread::Builder::new()
         .name("tapwatch-netns".into())
-        .spawn(move || rescan(own, &scan, followed, tx, &flag))?;
+        .spawn(move || rescan(own, &scan, state, &shared, &flag))?;
     Ok((LinkMonitor::of(events, stop), initial))
 }
 
-/// The scanning thread: new namespaces are followed, gone ones let go.
-fn rescan(
-    own: u64,
-    scan: &dyn Fn(u64) -> BTreeMap<u64, (PathBuf, String)>,
-    mut followed: HashMap<u64, Followed>,
-    tx: tokio::sync::mpsc::UnboundedSender<LinkChange>,
-    stop: &AtomicBool,
-) {
-    let mut said = None;
-    while !stop.load(Ordering::Relaxed) {
-        std::thread::sleep(SCAN_EVERY);
-        let now = scan(own);
-        over_limit(now.len(), &mut said, &tx);
-        followed.retain(|inode, f| {
-            let keep = now.contains_key(inode);
+/// The namespaces a run follows, and those it leaves alone.
+#[derive(Default)]
+struct Watching {
+    followed: HashMap<u64, Followed>,
+    /// Namespaces of another user namespace, by inode: not followed (see `Follow`).
+    skipped: std::collections::HashSet<u64>,
+    /// When the limit was last said.
+    over_said: Option<std::time::Instant>,
+}
+
+impl Watching {
+    /// One look at the host's namespaces: those gone are let go, new ones followed. At a
+    /// run's first look, `waiting` gets the receivers of their first links (the run waits
+    /// for them); later, they come with the changes, as links that appeared.
+    fn look(
+        &mut self,
+        now: BTreeMap<u64, Found>,
+        shared: &Arc<Shared>,
+        mut waiting: Option<&mut Vec<std::sync::mpsc::Receiver<Vec<Link>>>>,
+    ) {
+        self.followed.retain(|inode, f| {
+            let keep = now.contains_key(inode) && f.alive.load(Ordering::Relaxed);
             if !keep {
                 f.stop.store(true, Ordering::Relaxed);
             }
             keep
         });
-        for (inode, (path, label)) in now {
-            if followed.contains_key(&inode) || followed.len() >= MAX_NAMESPACES {
+        self.skipped.retain(|inode| now.contains_key(inode));
+        let mut over = 0;
+        for (inode, found) in now {
+            if self.followed.contains_key(&inode) || self.skipped.contains(&inode) {
                 continue;
             }
-            if let Some(f) = follow(inode, &path, label, tx.clone(), None) {
-                followed.insert(inode, f);
+            if self.followed.len() >= MAX_NAMESPACES {
+                over += 1;
+                continue;
+            }
+            let label = self.unique(found.label, inode);
+            let (first, receiver) = match waiting {
+                Some(_) => {
+                    let (tx, rx) = std::sync::mpsc::channel();
+                    (Some(tx), Some(rx))
+                }
+                None => (None, None),
+            };
+            match follow(inode, &found.path, found.pinned, label, shared, first) {
+                Follow::Started(f) => {
+                    self.followed.insert(inode, f);
+                    if let (Some(w), Some(rx)) = (waiting.as_deref_mut(), receiver) {
+                        w.push(rx);
+                    }
+                }
+                Follow::Skipped => {
+                    self.skipped.insert(inode);
+                }
+                Follow::Gone => {}
             }
         }
-        if tx.is_closed() {
-            break;
+        if over > 0
+            && self
+                .over_said
+                .is_none_or(|t| t.elapsed() >= Duration::from_secs(60))
+        {
+            self.over_said = Some(std::time::Instant::now());
+            let _ = shared.tx.send(LinkChange::Namespaces(format!(
+                "{} network namespaces, more than the {MAX_NAMESPACES} a run follows: the \
+                 taps of {over} are not watched (watch one with --netns PID)",
+                MAX_NAMESPACES + over
+            )));
         }
     }
-    for f in followed.values() {
+
+    /// `label`, or, when a followed namespace has it already (a PID reused, a pin named
+    /// like a PID), `label@inode`: records and nudges must not confuse the two.
+    fn unique(&self, label: String, inode: u64) -> String {
+        if self.followed.values().any(|f| f.label == label) {
+            format!("{label}@{inode}")
+        } else {
+            label
+        }
+    }
+}
+
+/// The scanning thread: new namespaces are followed, gone ones let go.
+fn rescan(
+    own: u64,
+    scan: &dyn Fn(u64) -> BTreeMap<u64, Found>,
+    mut state: Watching,
+    shared: &Arc<Shared>,
+    stop: &AtomicBool,
+) {
+    while !stop.load(Ordering::Relaxed) && !shared.tx.is_closed() {
+        std::thread::sleep(SCAN_EVERY);
+        state.look(scan(own), shared, None);
+    }
+    for f in state.followed.values() {
         f.stop.store(true, Ordering::Relaxed);
     }
 }
 
-/// Says, once a minute at most, that there are more namespaces than a run follows.
-fn over_limit(
-    found: usize,
-    said: &mut Option<std::time::Instant>,
-    tx: &tokio::sync::mpsc::UnboundedSender<LinkChange>,
-) {
-    if found <= MAX_NAMESPACES || said.is_some_and(|t| t.elapsed() < Duration::from_secs(60)) {
-        return;
-    }
-    *said = Some(std::time::Instant::now());
-    let _ = tx.send(LinkChange::NamespacesOverLimit {
-        found,
-        limit: MAX_NAMESPACES,
-    });
+/// A namespace a look found: a path to open it by, its label, and whether it is pinned
+/// (only root pins under /run/netns).
+struct Found {
+    path: PathBuf,
+    label: String,
+    pinned: bool,
 }
 
 /// The namespaces of the host other than `own`, by inode: a path to open each by, and its
 /// label. Pins first (their names are the ones users know), then processes.
-fn scan(own: u64) -> BTreeMap<u64, (PathBuf, String)> {
+fn scan(own: u64) -> BTreeMap<u64, Found> {
     let mut found = BTreeMap::new();
     for dir in ["/run/netns", "/var/run/netns"] {
         let Ok(entries) = std::fs::read_dir(dir) else {
@@ -407,7 +494,11 @@ fn scan(own: u64) -> BTreeMap<u64, (PathBuf, String)> {
                 continue;
             }
             let label = label_of(&e.file_name().to_string_lossy());
-            found.entry(meta.ino()).or_insert((path, label));
+            found.entry(meta.ino()).or_insert(Found {
+                path,
+                label,
+                pinned: true,
+            });
         }
     }
     if let Ok(procs) = std::fs::read_dir("/proc") {
@@ -424,9 +515,11 @@ fn scan(own: u64) -> BTreeMap<u64, (PathBuf, String)> {
             let Ok(meta) = std::fs::metadata(&path) else {
                 continue;
             };
-            found
-                .entry(meta.ino())
-                .or_insert_with(|| (path, pid.to_string()));
+            found.entry(meta.ino()).or_insert_with(|| Found {
+                path,
+                label: pid.to_string(),
+                pinned: false,
+            });
         }
     }
     found.remove(&own);
@@ -464,29 +557,69 @@ fn is_nsfs(path: &Path, meta: &std::fs::Metadata) -> bool {
     }
 }
 
-/// Starts following one namespace on a thread inside it; its first links go to `first`
-/// (a namespace there at start: the run's first look) or else, as links that appeared,
-/// with the changes. `None` when it cannot be opened (gone meanwhile, not a namespace).
+/// What became of a namespace the run tried to follow.
+enum Follow {
+    Started(Followed),
+    /// Of another user namespace and not pinned: a local user's own, which the run leaves
+    /// alone (each would cost a thread; a user can make them without end).
+    Skipped,
+    /// Gone meanwhile, or not a namespace.
+    Gone,
+}
+
+/// Starts following one namespace on a thread inside it; its first links go to `first`,
+/// or with the changes as links that appeared.
 fn follow(
     inode: u64,
     path: &Path,
+    pinned: bool,
     label: String,
-    tx: tokio::sync::mpsc::UnboundedSender<LinkChange>,
+    shared: &Arc<Shared>,
     first: Option<std::sync::mpsc::Sender<Vec<Link>>>,
-) -> Option<Followed> {
-    let file = File::open(path).ok()?;
+) -> Follow {
+    let Ok(file) = File::open(path) else {
+        return Follow::Gone;
+    };
     // The path may name another namespace by now (a PID reused).
-    if file.metadata().ok()?.ino() != inode {
-        return None;
+    if file.metadata().ok().map(|m| m.ino()) != Some(inode) {
+        return Follow::Gone;
+    }
+    if !pinned && !of_our_user_namespace(&file) {
+        return Follow::Skipped;
     }
     let stop = Arc::new(AtomicBool::new(false));
-    let flag = stop.clone();
-    std::thread::Builder::new()
+    let alive = Arc::new(AtomicBool::new(true));
+    let (flag, lives, shared, name) = (stop.clone(), alive.clone(), shared.clone(), label.clone());
+    let spawned = std::thread::Builder::new()
         .name("tapwatch-ns-links".into())
         .stack_size(256 << 10)
-        .spawn(move || inside(file, inode, label, tx, first, &flag))
-        .ok()?;
-    Some(Followed { stop })
+        .spawn(move || {
+            inside(file, inode, name, &shared, first, &flag);
+            lives.store(false, Ordering::Relaxed);
+        });
+    match spawned {
+        Ok(_) => Follow::Started(Followed { stop, alive, label }),
+        Err(_) => Follow::Gone,
+    }
+}
+
+/// Whether the namespace belongs to tapwatch's own user namespace (the host's, where VMs'
+/// and pods' namespaces are made). Unknown (an old kernel) counts as yes.
+fn of_our_user_namespace(ns: &File) -> bool {
+    // NS_GET_USERNS: _IO(0xb7, 0x1).
+    const NS_GET_USERNS: libc::c_ulong = 0xb701;
+    // SAFETY: an ioctl on an open namespace descriptor; a new descriptor or -1 comes back.
+    let fd = unsafe { libc::ioctl(ns.as_raw_fd(), NS_GET_USERNS as _) };
+    if fd < 0 {
+        return true;
+    }
+    // SAFETY: a fresh descriptor nobody else owns.
+    let owner = unsafe { File::from_raw_fd(fd) };
+    let ours = std::fs::metadata("/proc/self/ns/user").map(|m| m.ino());
+    match (owner.metadata().map(|m| m.ino()), ours) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => true,
+    }
 }
 
 /// A namespace's thread: enters it for good, follows its links until told to stop, then
@@ -495,42 +628,56 @@ fn inside(
     file: File,
     inode: u64,
     label: String,
-    tx: tokio::sync::mpsc::UnboundedSender<LinkChange>,
+    shared: &Shared,
     first: Option<std::sync::mpsc::Sender<Vec<Link>>>,
     stop: &AtomicBool,
 ) {
-    // Whatever happens, the run's first look does not wait for this namespace forever.
-    let unblock = |first: Option<std::sync::mpsc::Sender<Vec<Link>>>| {
-        if let Some(f) = first {
-            let _ = f.send(Vec::new());
+    // Whatever happens, the run's first look does not wait for this namespace, and the
+    // first failure is said (entering a namespace needs CAP_SYS_ADMIN).
+    let failed = |what: &str, e: io::Error| {
+        if let Some(first) = &first {
+            let _ = first.send(Vec::new());
+        }
+        if !shared.failure_said.swap(true, Ordering::Relaxed) {
+            let _ = shared.tx.send(LinkChange::Namespaces(format!(
+                "cannot {what} the network namespace {label} ({e}): its taps are not \
+                 watched; tried again while it is there (entering namespaces needs \
+                 CAP_SYS_ADMIN)"
+            )));
         }
     };
     // SAFETY: setns on an open namespace fd; this thread lives in it from now on.
     if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-        return unblock(first);
+        return failed("enter", io::Error::last_os_error());
     }
-    let Ok(cookie) = super::netlink::netns_cookie() else {
-        return unblock(first);
+    let cookie = match super::netlink::netns_cookie() {
+        Ok(c) => c,
+        Err(e) => return failed("name", e),
+    };
+    let (sock, links) = match super::links::subscribe_and_dump() {
+        Ok(x) => x,
+        Err(e) => return failed("follow the links of", e),
     };
     let ns = Arc::new(Netns {
         inode,
-        label,
+        label: label.clone(),
         cookie,
         file,
     });
-    let mut outbox = Outbox {
-        tx,
-        translate: Some(Translate {
-            ns,
-            ids: HashMap::new(),
-        }),
+    let mut translate = Translate {
+        ns,
+        ids: HashMap::new(),
+        selector: shared.selector.clone(),
     };
-    let Ok((sock, links)) = super::links::subscribe_and_dump() else {
-        return unblock(first);
-    };
-    let t = outbox.translate.as_mut().expect("made above");
     let known = links.iter().map(|l| (l.ifindex, l.clone())).collect();
-    let ours: Vec<Link> = links.into_iter().map(|l| t.link(l)).collect();
+    let ours: Vec<Link> = links
+        .into_iter()
+        .filter_map(|l| translate.link(l))
+        .collect();
+    let mut outbox = Outbox {
+        tx: shared.tx.clone(),
+        translate: Some(translate),
+    };
     match first {
         Some(first) => {
             let _ = first.send(ours);
@@ -573,8 +720,8 @@ mod tests {
         let own = std::fs::metadata("/proc/thread-self/ns/net").unwrap().ino();
         let found = scan(own);
         assert!(!found.contains_key(&own));
-        for (path, label) in found.values() {
-            assert!(!label.is_empty() && !label.contains(SEPARATOR), "{path:?}");
+        for f in found.values() {
+            assert!(!f.label.is_empty() && !f.label.contains(SEPARATOR), "{:?}", f.path);
         }
     }
 }

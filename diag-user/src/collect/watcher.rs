@@ -142,14 +142,7 @@ impl<'s> Watcher<'s> {
                 self.unwatched.remove(&ifindex);
                 self.detach_with(ifindex, "interface removed".into(), totals)
             }
-            LinkChange::NamespacesOverLimit { found, limit } => self.notice(
-                NoticeCode::Namespaces,
-                None,
-                format!(
-                    "{found} network namespaces, more than the {limit} a run follows: the \
-                     taps of the others are not watched (watch one with --netns PID)"
-                ),
-            ),
+            LinkChange::Namespaces(message) => self.notice(NoticeCode::Namespaces, None, message),
             LinkChange::Resynced => {
                 // Said at most once a minute, in words and as a record.
                 if self

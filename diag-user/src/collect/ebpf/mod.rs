@@ -119,7 +119,24 @@ impl Probe {
             },
         };
         let (mut ebpf, logger) = load_object(layout.as_ref())?;
-        let programs = load_classifiers(&mut ebpf)?;
+        let (mut ebpf, logger, programs, layout) = match load_classifiers(&mut ebpf) {
+            Ok(programs) => (ebpf, logger, programs, layout),
+            // With the layout the classifiers read a frame's namespace with
+            // bpf_probe_read_kernel, which a locked-down kernel refuses (and the drop
+            // program with it): without it they watch this namespace's taps only.
+            Err(e) if layout.is_some() && opts.path != KernelPath::Drops => {
+                drop(ebpf);
+                let (mut ebpf, logger) = load_object(None)?;
+                let programs = load_classifiers(&mut ebpf).map_err(|_| e)?;
+                fallback.get_or_insert_with(|| {
+                    "the kernel refuses to let the programs read its memory (lockdown?), \
+                     which the drop program and taps of other namespaces need"
+                        .to_string()
+                });
+                (ebpf, logger, programs, None)
+            }
+            Err(e) => return Err(e),
+        };
         let events =
             RingBuf::try_from(take_map(&mut ebpf, EVENTS_MAP)?).map_err(map_error(EVENTS_MAP))?;
         let counters = PerCpuHashMap::try_from(take_map(&mut ebpf, COUNTERS_MAP)?)
