@@ -313,16 +313,24 @@ fn one_run_watches_every_namespace_as_they_come_and_go(datapath: &str) {
                 .map(|p| p.to_string_lossy().into_owned())
                 .collect()
         };
-        let mut all = links(format!("/proc/{pid}/fd"));
+        let mut all: Vec<String> = links(format!("/proc/{pid}/fd"))
+            .into_iter()
+            .filter(|l| inodes.contains(l))
+            .map(|l| format!("a descriptor of {l}"))
+            .collect();
         for task in std::fs::read_dir(format!("/proc/{pid}/task"))
             .unwrap()
             .flatten()
         {
             if let Ok(ns) = std::fs::read_link(task.path().join("ns/net")) {
-                all.push(ns.to_string_lossy().into_owned());
+                let ns = ns.to_string_lossy().into_owned();
+                if inodes.contains(&ns) {
+                    let comm =
+                        std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+                    all.push(format!("thread {} in {ns}", comm.trim()));
+                }
             }
         }
-        all.retain(|l| inodes.contains(l));
         all
     };
     // While they are there, its threads are inside them.
@@ -427,4 +435,53 @@ fn two_hundred_pods_each_counted_apart() {
     assert_eq!(appeared, LATER);
     let (status, _, stderr) = tw.stop(libc::SIGINT);
     assert!(status.success(), "{stderr}");
+}
+
+/// A pod's bridged tap (KubeVirt's `tap0` on `k6t-eth0`) carries clsact filters, like the
+/// host's: a run killed with SIGKILL leaves none in the pod, its cleanup helper going into
+/// the pod's namespace to remove them (and a run that ends removes its own).
+#[test]
+fn a_killed_run_leaves_no_filter_in_a_pod() {
+    require_root();
+    let name = "tapkillpod0";
+    let host = Netns::new("twkill-host").unwrap();
+    let pod = Netns::new("twkill-pod").unwrap();
+    pod.ip(&["link", "add", "k6t-eth0", "type", "bridge"])
+        .unwrap();
+    let _tap = VmTap::create(&pod, name, TAP_CALICO).unwrap();
+    pod.ip(&["link", "set", name, "master", "k6t-eth0"])
+        .unwrap();
+    let args = [
+        "--netns",
+        "all",
+        "--iface",
+        name,
+        "--libvirt-dir",
+        "/nonexistent",
+    ];
+    let attached = |tw: &mut Tapwatch| {
+        let att = tw.wait_for("the pod's bridged tap", |v| {
+            v["type"] == "attached" && is_tap(v, name, Some(pod.name()))
+        });
+        assert_eq!(
+            (&att["mode"], &att["datapath"]),
+            (&"bridged".into(), &"tc".into())
+        );
+    };
+
+    let mut tw = json_watch_with(&host, "drops", &args);
+    attached(&mut tw);
+    assert_eq!(our_filters(&pod, name), 2, "the full probe, in the pod");
+    let helper = cleanup_helper_of(tw.pid()).expect("a cleanup helper");
+    let (status, _, _) = tw.stop(libc::SIGKILL);
+    assert!(!status.success());
+    wait_gone(helper);
+    assert_eq!(our_filters(&pod, name), 0, "the helper went into the pod");
+
+    let mut tw = json_watch_with(&host, "drops", &args);
+    attached(&mut tw);
+    assert_eq!(our_filters(&pod, name), 2);
+    let (status, _, stderr) = tw.stop(libc::SIGINT);
+    assert!(status.success(), "{stderr}");
+    assert_eq!(our_filters(&pod, name), 0);
 }

@@ -125,6 +125,12 @@ impl PartialEq for Site {
 impl Eq for Site {}
 
 impl Netns {
+    /// A path a child process (the cleanup helper) can open the namespace by while this
+    /// run lives: the run's own descriptor of it.
+    pub fn path_for_children(&self) -> String {
+        format!("/proc/{}/fd/{}", std::process::id(), self.file.as_raw_fd())
+    }
+
     /// Runs `f` on a short-lived thread inside the namespace.
     pub fn run_in<T: Send + 'static>(
         &self,
@@ -721,7 +727,11 @@ mod tests {
         let found = scan(own);
         assert!(!found.contains_key(&own));
         for f in found.values() {
-            assert!(!f.label.is_empty() && !f.label.contains(SEPARATOR), "{:?}", f.path);
+            assert!(
+                !f.label.is_empty() && !f.label.contains(SEPARATOR),
+                "{:?}",
+                f.path
+            );
         }
     }
 }

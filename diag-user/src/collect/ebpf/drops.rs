@@ -72,6 +72,81 @@ impl DropHook {
     }
 }
 
+/// Closes the ARP sockets of taps that went, off the watch loop's thread and many at once:
+/// the kernel waits for an RCU grace period to release each bound packet socket (about
+/// 10 ms), and the waits of sockets closed together overlap. Dropping it closes what is
+/// left before it returns (at the process's exit the kernel would close them one by one).
+pub(super) struct Closer {
+    tx: Option<std::sync::mpsc::Sender<Vec<OwnedFd>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// Sockets closed at once, at most.
+const CLOSE_AT_ONCE: usize = 64;
+
+impl Closer {
+    pub fn new() -> Self {
+        let (tx, rx) = std::sync::mpsc::channel::<Vec<OwnedFd>>();
+        let thread = std::thread::Builder::new()
+            .name("tapwatch-close".into())
+            .stack_size(256 << 10)
+            .spawn(move || {
+                while let Ok(mut all) = rx.recv() {
+                    while let Ok(more) = rx.try_recv() {
+                        all.extend(more);
+                    }
+                    close_all(all);
+                }
+            })
+            .ok();
+        Self {
+            tx: thread.as_ref().map(|_| tx),
+            thread,
+        }
+    }
+
+    pub fn close(&self, fds: Vec<OwnedFd>) {
+        if fds.is_empty() {
+            return;
+        }
+        match &self.tx {
+            Some(tx) => {
+                // The thread is gone only if it panicked: close them here.
+                if let Err(std::sync::mpsc::SendError(fds)) = tx.send(fds) {
+                    close_all(fds);
+                }
+            }
+            None => close_all(fds),
+        }
+    }
+}
+
+impl Drop for Closer {
+    fn drop(&mut self) {
+        self.tx = None;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Closes `fds` on up to CLOSE_AT_ONCE threads.
+fn close_all(fds: Vec<OwnedFd>) {
+    let threads = fds.len().clamp(1, CLOSE_AT_ONCE);
+    let mut parts: Vec<Vec<OwnedFd>> = (0..threads).map(|_| Vec::new()).collect();
+    for (i, fd) in fds.into_iter().enumerate() {
+        parts[i % threads].push(fd);
+    }
+    std::thread::scope(|s| {
+        for part in parts {
+            // A thread that cannot start leaves its part to be closed here.
+            let _ = std::thread::Builder::new()
+                .stack_size(64 << 10)
+                .spawn_scoped(s, move || drop(part));
+        }
+    });
+}
+
 /// The two filtered sockets, bound to ARP and RARP on `ifindex` (0: every interface).
 /// Filtered with a plain `SO_ATTACH_BPF`: the filter goes with the socket, and nothing
 /// keeps its descriptor's number after it is closed.

@@ -84,6 +84,9 @@ pub struct Probe {
     /// the kernel's layout); without it taps are keyed by 0 and only this namespace's can
     /// be watched.
     own_cookie: Option<u64>,
+    /// Closes the ARP sockets of taps of other namespaces that went (declared last of the
+    /// attachments: it waits for them as the probe drops).
+    closer: drops::Closer,
     drops_map: PerCpuHashMap<MapData, DropKey, u64>,
     hints: aya::maps::Array<MapData, u32>,
     /// Present when the drop-driven datapath runs.
@@ -169,6 +172,7 @@ impl Probe {
             windows,
             taps_map,
             own_cookie,
+            closer: drops::Closer::new(),
             drops_map,
             hints,
             drop_hook,

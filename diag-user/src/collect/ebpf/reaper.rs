@@ -8,10 +8,16 @@
 //! itself; the helper then finds nothing left to do.
 //!
 //! Only the filters whose program id is one of the run's are removed: never another run's.
+//!
+//! A tap of another network namespace (a pod's, with `--netns all`) is named by its
+//! namespace too: the helper opens the namespace when told of it (through the run's own
+//! descriptor of it, while the run lives) and holds it, so it can go in and clean up.
 
 use std::{
-    collections::{BTreeSet, HashSet},
+    collections::{BTreeSet, HashMap, HashSet},
+    fs::File,
     io::{self, BufRead, BufReader, Read, Write},
+    os::unix::fs::MetadataExt,
     process::{Child, ChildStdin, Command, Stdio},
 };
 
@@ -20,33 +26,52 @@ use crate::collect::netlink::{bpf_filters, delete_filter, CLSACT_EGRESS, CLSACT_
 /// The hidden subcommand the helper runs as.
 pub const SUBCOMMAND: &str = "cleanup-helper";
 
-/// What the run says to its helper, one line each.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// What the run says to its helper, one line each. An interface is an ifindex and the
+/// inode of its network namespace (0: the run's own).
+#[derive(Clone, Debug, PartialEq, Eq)]
 enum Line {
     /// A program of the run (its filters are the ones to remove).
     Program(u32),
+    /// Another network namespace the run hooks taps in: its inode, and a path the helper
+    /// opens it by at once.
+    Netns(u64, String),
     /// The run holds filters on this interface.
-    Holds(u32),
+    Holds(u32, u64),
     /// The run removed its filters from this interface.
-    Released(u32),
+    Released(u32, u64),
 }
 
 impl Line {
-    fn render(self) -> String {
+    fn render(&self) -> String {
+        let iface = |i: u32, ns: u64| match ns {
+            0 => format!("{i}"),
+            ns => format!("{i} {ns}"),
+        };
         match self {
             Line::Program(id) => format!("p {id}\n"),
-            Line::Holds(i) => format!("+ {i}\n"),
-            Line::Released(i) => format!("- {i}\n"),
+            Line::Netns(ns, path) => format!("n {ns} {path}\n"),
+            Line::Holds(i, ns) => format!("+ {}\n", iface(*i, *ns)),
+            Line::Released(i, ns) => format!("- {}\n", iface(*i, *ns)),
         }
     }
 
     fn parse(s: &str) -> Option<Self> {
-        let (tag, n) = s.trim_end().split_once(' ')?;
-        let n = n.parse().ok()?;
+        let (tag, rest) = s.trim_end().split_once(' ')?;
+        let mut words = rest.splitn(2, ' ');
+        let first = words.next()?;
+        let second = words.next();
+        let iface = || -> Option<(u32, u64)> {
+            let ns = match second {
+                Some(ns) => ns.parse().ok()?,
+                None => 0,
+            };
+            Some((first.parse().ok()?, ns))
+        };
         match tag {
-            "p" => Some(Line::Program(n)),
-            "+" => Some(Line::Holds(n)),
-            "-" => Some(Line::Released(n)),
+            "p" if second.is_none() => Some(Line::Program(first.parse().ok()?)),
+            "n" => Some(Line::Netns(first.parse().ok()?, second?.to_string())),
+            "+" => iface().map(|(i, ns)| Line::Holds(i, ns)),
+            "-" => iface().map(|(i, ns)| Line::Released(i, ns)),
             _ => None,
         }
     }
@@ -60,10 +85,22 @@ pub struct ReaperError {
     source: io::Error,
 }
 
+impl ReaperError {
+    /// It could not be started at all.
+    pub fn spawn(source: io::Error) -> Self {
+        Self {
+            what: "start",
+            source,
+        }
+    }
+}
+
 /// The run's side: the helper's stdin. Dropping it lets the helper go.
 pub struct Reaper {
     child: Child,
     stdin: Option<ChildStdin>,
+    /// Namespaces the helper was told of, by inode.
+    told: HashSet<u64>,
 }
 
 impl Reaper {
@@ -78,7 +115,11 @@ impl Reaper {
             .spawn()
             .map_err(err("start"))?;
         let stdin = child.stdin.take();
-        let mut reaper = Self { child, stdin };
+        let mut reaper = Self {
+            child,
+            stdin,
+            told: HashSet::new(),
+        };
         // The helper says it is ready once its signals are ignored: from then on no signal
         // meant for the run can take it away first.
         let mut ready = String::new();
@@ -107,14 +148,25 @@ impl Reaper {
         }
     }
 
-    /// The run now holds filters on `ifindex`.
-    pub fn holds(&mut self, ifindex: u32) -> io::Result<()> {
-        self.send(Line::Holds(ifindex))
+    /// The run now holds filters on `ifindex` of `ns` (`None`: its own namespace).
+    pub fn holds(
+        &mut self,
+        ifindex: u32,
+        ns: Option<&crate::collect::namespaces::Netns>,
+    ) -> io::Result<()> {
+        let inode = ns.map_or(0, |n| n.inode);
+        if let Some(ns) = ns {
+            if self.told.insert(ns.inode) {
+                self.send(Line::Netns(ns.inode, ns.path_for_children()))?;
+            }
+        }
+        self.send(Line::Holds(ifindex, inode))
     }
 
-    /// The run removed its filters from `ifindex`.
-    pub fn released(&mut self, ifindex: u32) -> io::Result<()> {
-        self.send(Line::Released(ifindex))
+    /// The run removed its filters from `ifindex` of the namespace with `inode` (0: its
+    /// own).
+    pub fn released(&mut self, ifindex: u32, inode: u64) -> io::Result<()> {
+        self.send(Line::Released(ifindex, inode))
     }
 }
 
@@ -145,32 +197,49 @@ pub fn run() -> ! {
     let _ = out.write_all(b"ready\n").and_then(|_| out.flush());
     // SAFETY: closing our own stdout: nothing else is written to it.
     unsafe { libc::close(libc::STDOUT_FILENO) };
-    let (programs, held) = follow(io::stdin().lock());
-    for ifindex in held {
-        let _ = remove(ifindex, &programs);
+    let (programs, held, namespaces) = follow(io::stdin().lock());
+    for (ns, ifindex) in held {
+        if ns == 0 {
+            let _ = remove(ifindex, &programs);
+        } else if let Some(file) = namespaces.get(&ns) {
+            let programs = programs.clone();
+            let _ = crate::collect::setns::run_in(file, move || remove(ifindex, &programs));
+        }
     }
     std::process::exit(0)
 }
 
-/// Reads the run's lines to the end: the run's programs, and the interfaces it still holds.
-fn follow(input: impl BufRead) -> (HashSet<u32>, BTreeSet<u32>) {
-    let (mut programs, mut held) = (HashSet::new(), BTreeSet::new());
+/// Reads the run's lines to the end: the run's programs, the interfaces it still holds
+/// (by namespace inode and ifindex), and the namespaces it was told of, open.
+#[allow(clippy::type_complexity)]
+fn follow(input: impl BufRead) -> (HashSet<u32>, BTreeSet<(u64, u32)>, HashMap<u64, File>) {
+    let (mut programs, mut held, mut namespaces) =
+        (HashSet::new(), BTreeSet::new(), HashMap::new());
     for line in input.split(b'\n') {
         let Ok(line) = line else { break };
         match Line::parse(&String::from_utf8_lossy(&line)) {
             Some(Line::Program(id)) => {
                 programs.insert(id);
             }
-            Some(Line::Holds(i)) => {
-                held.insert(i);
+            // Opened now, while the run (whose descriptor the path is) lives; kept only if
+            // it is the namespace the run named.
+            Some(Line::Netns(ns, path)) => {
+                if let Ok(f) = File::open(&path) {
+                    if f.metadata().is_ok_and(|m| m.ino() == ns) {
+                        namespaces.insert(ns, f);
+                    }
+                }
             }
-            Some(Line::Released(i)) => {
-                held.remove(&i);
+            Some(Line::Holds(i, ns)) => {
+                held.insert((ns, i));
+            }
+            Some(Line::Released(i, ns)) => {
+                held.remove(&(ns, i));
             }
             None => {}
         }
     }
-    (programs, held)
+    (programs, held, namespaces)
 }
 
 /// Removes the filters of `programs` from both clsact hooks of `ifindex`.
@@ -192,21 +261,29 @@ mod tests {
 
     #[test]
     fn the_helper_keeps_what_the_run_still_holds() {
+        let own = std::fs::metadata("/proc/self/ns/net").unwrap().ino();
         let lines = [
             Line::Program(7),
             Line::Program(8),
-            Line::Holds(3),
-            Line::Holds(4),
-            Line::Released(3),
-            Line::Holds(5),
+            Line::Holds(3, 0),
+            Line::Holds(4, 0),
+            Line::Released(3, 0),
+            Line::Holds(5, 0),
+            Line::Netns(own, "/proc/self/ns/net".into()),
+            Line::Netns(42, "/proc/self/ns/net".into()),
+            Line::Holds(3, own),
+            Line::Holds(2, own),
+            Line::Released(2, own),
         ];
         let text: String = lines.iter().map(|l| l.render()).collect();
         // Garbage is skipped; a last line without its newline (the run died mid-write)
         // still counts: at worst the helper looks for the run's filters on one more tap.
         let text = format!("{text}garbage\n+ 9");
-        let (programs, held) = follow(text.as_bytes());
+        let (programs, held, namespaces) = follow(text.as_bytes());
         assert_eq!(programs, HashSet::from([7, 8]));
-        assert_eq!(held, BTreeSet::from([4, 5, 9]));
+        assert_eq!(held, BTreeSet::from([(0, 4), (0, 5), (0, 9), (own, 3)]));
+        // A path that is not the namespace it was said to be is not kept.
+        assert_eq!(namespaces.keys().collect::<Vec<_>>(), [&own]);
         for l in lines {
             assert_eq!(Line::parse(&l.render()), Some(l));
         }

@@ -26,6 +26,8 @@ use crate::{
 /// is not tapwatch's own (the run knows it by an id and a qualified name then).
 #[derive(Clone, Debug)]
 pub(super) struct At {
+    /// The run's id of it (its ifindex in tapwatch's own namespace).
+    pub id: u32,
     pub ifindex: u32,
     pub ifname: String,
     pub ns: Option<Arc<Netns>>,
@@ -36,11 +38,13 @@ impl At {
     fn of(link: &Link) -> std::io::Result<Self> {
         Ok(match &link.site {
             Some(s) => At {
+                id: link.ifindex,
                 ifindex: s.ifindex,
                 ifname: s.ifname.clone(),
                 ns: Some(s.netns()?),
             },
             None => At {
+                id: link.ifindex,
                 ifindex: link.ifindex,
                 ifname: link.name.clone(),
                 ns: None,
@@ -77,8 +81,9 @@ pub(super) struct Tap {
     pub kernel_drops: BTreeMap<String, u64>,
     /// Whether a failure to add the per-frame probe was said (once per tap).
     pub assist_failure_said: bool,
-    /// Its own ARP sockets, for a tap of another namespace under the drop-driven datapath.
-    pub _arp: Vec<std::os::fd::OwnedFd>,
+    /// Its own ARP sockets, for a tap of another namespace under the drop-driven datapath
+    /// (closed by the run's closer when it goes).
+    pub arp: Vec<std::os::fd::OwnedFd>,
 }
 
 impl Tap {
@@ -137,12 +142,11 @@ impl Probe {
         })?;
         // Filters of a killed run stay attached and cost every frame; whatever this tap's
         // hook, remove those whose owner is gone (never a live run's). Best effort: they
-        // do not touch this run's counters. (Other namespaces get TCX links only, which
-        // go with the run that made them.)
-        if at.ns.is_none() {
-            if let Some((code, message)) = self.hooks.remove_orphans(ifindex, ifname) {
-                self.notice(code, Some(ifname), message);
-            }
+        // do not touch this run's counters.
+        let elsewhere = at.ns.is_some();
+        if let Some((code, message)) = self.hooks.remove_orphans(at.ifindex, &at.ifname, elsewhere)
+        {
+            self.notice(code, Some(ifname), message);
         }
         let base = netlink::link_totals(Some(at.ifindex))
             .map(|t| t.get(&at.ifindex).copied().unwrap_or_default())
@@ -181,14 +185,14 @@ impl Probe {
             latest: base,
             kernel_drops: BTreeMap::new(),
             assist_failure_said: false,
-            _arp: arp,
+            arp,
         };
         if let Err(e) = self
             .taps_map
             .insert(site, TapConfig::new(tap.mode(), ifindex), 0)
         {
             if let Some(links) = tap.links {
-                self.hooks.detach(&mut self.ebpf, tap.at.ifindex, links);
+                self.unhook_links(&tap.at, links);
             }
             self.remove_maps(ifindex);
             return Err(fail(format!("cannot add it: {e}"), map_errno(&e)));
@@ -249,7 +253,7 @@ impl Probe {
             at.ifindex,
             &at.ifname,
             progs,
-            at.ns.is_some(),
+            at.ns.as_deref().map(|ns| (ns, at.id)),
             &mut notes,
         );
         for (code, message) in notes {
@@ -388,10 +392,19 @@ impl Probe {
             return;
         };
         tap.carried = now;
-        let real = tap.at.ifindex;
+        let at = tap.at.clone();
         if let Some(links) = tap.links.take() {
-            self.hooks.detach(&mut self.ebpf, real, links);
+            self.unhook_links(&at, links);
         }
+    }
+
+    /// Unhooks `links` from the tap at `at`, from inside its namespace (clsact filters are
+    /// removed over netlink there); a namespace that is gone took them with it.
+    fn unhook_links(&mut self, at: &At, links: TcLinks) {
+        let inside = at.enter();
+        let inode = at.ns.as_ref().map_or(0, |n| n.inode);
+        self.hooks.detach(&mut self.ebpf, at.ifindex, inode, links);
+        drop(inside);
     }
 
     fn add_assist(&mut self, ifindex: u32, at: &At, name: &str, change: ProbeChange) {
@@ -467,9 +480,10 @@ impl Probe {
         }
         self.read_drops(Some(ifindex));
         let last = self.counters(ifindex);
-        let tap = self.taps.remove(&ifindex)?;
+        let mut tap = self.taps.remove(&ifindex)?;
+        self.closer.close(std::mem::take(&mut tap.arp));
         if let Some(links) = tap.links {
-            self.hooks.detach(&mut self.ebpf, tap.at.ifindex, links);
+            self.unhook_links(&tap.at, links);
         }
         self.remove_maps(ifindex);
         last

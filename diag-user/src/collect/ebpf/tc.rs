@@ -67,6 +67,10 @@ pub(super) struct TcHooks {
     reaper: Option<Reaper>,
     /// The run's program ids, for the helper.
     programs: Vec<u32>,
+    /// tapwatch's own network namespace, where the helper is started: the first filter
+    /// may be a pod's, hooked from inside the pod's namespace, and a child inherits the
+    /// namespace of the thread that starts it.
+    home: Option<std::fs::File>,
     reaper_said: bool,
 }
 
@@ -78,16 +82,25 @@ impl TcHooks {
             orphans: Orphans::default(),
             reaper: None,
             programs,
+            home: crate::collect::setns::current().ok(),
             reaper_said: false,
         }
     }
 
-    /// Removes a killed run's filters from `ifindex`; what the user should hear of it.
-    pub fn remove_orphans(&mut self, ifindex: u32, ifname: &str) -> Option<(NoticeCode, String)> {
-        if self
-            .candidates
-            .as_mut()
-            .is_some_and(|c| !c.remove(&ifindex))
+    /// Removes a killed run's filters from `ifindex` (of the calling thread's namespace;
+    /// `elsewhere`: another than tapwatch's, whose interfaces the run did not look at when
+    /// it started); what the user should hear of it.
+    pub fn remove_orphans(
+        &mut self,
+        ifindex: u32,
+        ifname: &str,
+        elsewhere: bool,
+    ) -> Option<(NoticeCode, String)> {
+        if !elsewhere
+            && self
+                .candidates
+                .as_mut()
+                .is_some_and(|c| !c.remove(&ifindex))
         {
             return None;
         }
@@ -111,29 +124,20 @@ impl TcHooks {
         }
     }
 
-    /// Hooks `progs` to the interface (of the calling thread's namespace); all or none. A
-    /// notice when the cleanup helper could not start (the filters work, but a SIGKILL
-    /// would leave them). `tcx_only`: an interface of another namespace, which gets TCX
-    /// links whatever the mode: they go with the run however it ends, where the cleanup
-    /// helper could not follow clsact filters into a pod.
+    /// Hooks `progs` to the interface (of the calling thread's namespace: tapwatch's own,
+    /// or another with the tap's run id); all or none. A notice when the cleanup helper
+    /// could not start (the filters work, but a SIGKILL would leave them).
     pub fn attach(
         &mut self,
         ebpf: &mut Ebpf,
         ifindex: u32,
         ifname: &str,
         progs: &[(&'static str, TcAttachType)],
-        tcx_only: bool,
+        elsewhere: Option<(&crate::collect::namespaces::Netns, u32)>,
         notices: &mut Vec<(NoticeCode, String)>,
     ) -> Result<TcLinks, (String, Option<i32>)> {
-        if tcx_only && !tcx_supported() {
-            return Err((
-                "taps in other network namespaces are hooked with TCX links (Linux 6.6), \
-                 which this kernel lacks"
-                    .into(),
-                None,
-            ));
-        }
-        let clsact = self.mode != AttachMode::Tcx && !tcx_only;
+        let ns = elsewhere.map(|(ns, _)| ns);
+        let clsact = self.mode != AttachMode::Tcx;
         if clsact {
             if let Err(e) = tc::qdisc_add_clsact(ifname) {
                 // EEXIST: the qdisc is already there (another tool, or an earlier run).
@@ -142,7 +146,7 @@ impl TcHooks {
                     return Err((format!("cannot add a clsact qdisc: {e}"), tc_errno(&e)));
                 }
             }
-            self.tell_reaper(ifindex, notices);
+            self.tell_reaper(ifindex, ns, notices);
         }
         let mut done = TcLinks {
             links: Vec::new(),
@@ -150,7 +154,13 @@ impl TcHooks {
         };
         for &(prog, ty) in progs {
             let options = if clsact {
-                TcAttachOptions::Netlink(NlOptions::default())
+                // A program's filters are known to aya by ifindex, hook, priority and
+                // handle, and every pod's tap0 may have the same ifindex: in another
+                // namespace the handle is the tap's run id, unique in the run.
+                TcAttachOptions::Netlink(NlOptions {
+                    handle: elsewhere.map_or(0, |(_, id)| id).into(),
+                    ..NlOptions::default()
+                })
             } else {
                 TcAttachOptions::TcxOrder(LinkOrder::default())
             };
@@ -163,7 +173,7 @@ impl TcHooks {
                         "egress"
                     };
                     let failure = (format!("{side}: {}", error_chain(&e)), program_errno(&e));
-                    self.detach(ebpf, ifindex, done);
+                    self.detach(ebpf, ifindex, ns.map_or(0, |n| n.inode), done);
                     return Err(failure);
                 }
             }
@@ -171,9 +181,20 @@ impl TcHooks {
         Ok(done)
     }
 
-    fn tell_reaper(&mut self, ifindex: u32, notices: &mut Vec<(NoticeCode, String)>) {
+    fn tell_reaper(
+        &mut self,
+        ifindex: u32,
+        ns: Option<&crate::collect::namespaces::Netns>,
+        notices: &mut Vec<(NoticeCode, String)>,
+    ) {
         if self.reaper.is_none() && !self.reaper_said {
-            match Reaper::start(&self.programs) {
+            let programs = self.programs.clone();
+            let started = match &self.home {
+                Some(home) => crate::collect::setns::run_in(home, move || Reaper::start(&programs))
+                    .unwrap_or_else(|e| Err(super::reaper::ReaperError::spawn(e))),
+                None => Reaper::start(&programs),
+            };
+            match started {
                 Ok(r) => self.reaper = Some(r),
                 Err(e) => {
                     self.reaper_said = true;
@@ -188,7 +209,7 @@ impl TcHooks {
             }
         }
         if let Some(r) = self.reaper.as_mut() {
-            if let Err(e) = r.holds(ifindex) {
+            if let Err(e) = r.holds(ifindex, ns) {
                 self.reaper = None;
                 self.reaper_said = true;
                 notices.push((
@@ -202,14 +223,16 @@ impl TcHooks {
         }
     }
 
-    /// Unhooks; safe on an interface that is already gone (its hooks died with it).
-    pub fn detach(&mut self, ebpf: &mut Ebpf, ifindex: u32, links: TcLinks) {
+    /// Unhooks (clsact filters: from the calling thread's namespace, the interface's, of
+    /// inode `netns`, 0 for tapwatch's own); safe on an interface that is already gone (its
+    /// hooks died with it).
+    pub fn detach(&mut self, ebpf: &mut Ebpf, ifindex: u32, netns: u64, links: TcLinks) {
         for l in links.links {
             let _ = program(ebpf, l.prog).detach(l.id);
         }
         if links.clsact {
             if let Some(r) = self.reaper.as_mut() {
-                let _ = r.released(ifindex);
+                let _ = r.released(ifindex, netns);
             }
         }
     }
