@@ -181,6 +181,18 @@ fn serve_listens_where_it_started_and_counts_the_pod_s_taps() {
     assert!(err.contains(&pod_ns), "{err}");
 }
 
+/// Every namespace's taps called `ifname` (no other test's have that name), no libvirt.
+fn every_namespace(ifname: &str) -> [&str; 6] {
+    [
+        "--netns",
+        "all",
+        "--iface",
+        ifname,
+        "--libvirt-dir",
+        "/nonexistent",
+    ]
+}
+
 /// The record `v` is of the tap `ifname` in namespace `netns` (`None`: tapwatch's own,
 /// whose records carry no `netns`).
 fn is_tap(v: &Value, ifname: &str, netns: Option<&str>) -> bool {
@@ -216,18 +228,7 @@ fn one_run_watches_every_namespace_as_they_come_and_go(datapath: &str) {
     };
     assert_eq!(idx(&pods[0]), idx(&pods[1]), "the same ifindex in two pods");
 
-    let mut tw = json_watch_with(
-        &host,
-        datapath,
-        &[
-            "--netns",
-            "all",
-            "--iface",
-            &name,
-            "--libvirt-dir",
-            "/nonexistent",
-        ],
-    );
+    let mut tw = json_watch_with(&host, datapath, &every_namespace(&name));
     // Every tap there at start, in whatever order they come.
     let labels: Vec<String> = pods.iter().map(|p| p.name().to_string()).collect();
     tw.wait_for("a stats record of every tap", |v| {
@@ -386,18 +387,7 @@ fn two_hundred_pods_each_counted_apart() {
             (p, t)
         })
         .collect();
-    let mut tw = json_watch_with(
-        &host,
-        "drops",
-        &[
-            "--netns",
-            "all",
-            "--iface",
-            name,
-            "--libvirt-dir",
-            "/nonexistent",
-        ],
-    );
+    let mut tw = json_watch_with(&host, "drops", &every_namespace(name));
     let rows = |v: &Value| {
         v["taps"]
             .as_array()
@@ -451,14 +441,7 @@ fn a_killed_run_leaves_no_filter_in_a_pod() {
     let _tap = VmTap::create(&pod, name, TAP_CALICO).unwrap();
     pod.ip(&["link", "set", name, "master", "k6t-eth0"])
         .unwrap();
-    let args = [
-        "--netns",
-        "all",
-        "--iface",
-        name,
-        "--libvirt-dir",
-        "/nonexistent",
-    ];
+    let args = every_namespace(name);
     let attached = |tw: &mut Tapwatch| {
         let att = tw.wait_for("the pod's bridged tap", |v| {
             v["type"] == "attached" && is_tap(v, name, Some(pod.name()))
