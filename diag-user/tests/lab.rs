@@ -576,7 +576,12 @@ fn ipv6_blackout_agrees(runs: &[(&str, u64)]) {
             d.contains("The router address it uses, fe80::fc16:3eff:feaa:bbcc, was derived from the tap's old MAC"),
             "--ip {ip}: {d}"
         );
-        assert_eq!(blackouts(&recs), 1, "--ip {ip}");
+        let verdicts: Vec<String> = recs
+            .iter()
+            .filter(|r| r["type"] == "verdict" || r["type"] == "stats")
+            .map(|r| r.to_string())
+            .collect();
+        assert_eq!(blackouts(&recs), 1, "--ip {ip}: {verdicts:#?}");
     }
 }
 
