@@ -295,7 +295,7 @@ impl Default for TapArgs {
     fn default() -> Self {
         Self {
             ifaces: Vec::new(),
-            netns: NetnsChoice::Host,
+            netns: NetnsChoice::Auto,
             interval: Duration::from_secs(1),
             attach_mode: AttachMode::Auto,
             datapath: DatapathChoice::Auto,

@@ -468,3 +468,55 @@ fn a_killed_run_leaves_no_filter_in_a_pod() {
     assert!(status.success(), "{stderr}");
     assert_eq!(our_filters(&pod, name), 0);
 }
+
+/// On the host (in the namespace of PID 1) tapwatch watches every namespace without being
+/// told: a pod's tap is found with no option.
+#[test]
+fn on_the_host_every_namespace_is_watched_by_default() {
+    use std::io::BufRead;
+    require_root();
+    let name = "tapnoopt0";
+    let pod = Netns::new("twnoopt-pod").unwrap();
+    let _tap = VmTap::create(&pod, name, TAP_CALICO).unwrap();
+    let mut child = Command::new(tw_bin())
+        .args([
+            "watch",
+            "--json",
+            "--iface",
+            name,
+            "--libvirt-dir",
+            "/nonexistent",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let out = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let found = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => {
+                let v: Value = serde_json::from_str(&line).unwrap();
+                if v["type"] == "attached" && is_tap(&v, name, Some(pod.name())) {
+                    break Some(v);
+                }
+            }
+            Err(_) => break None,
+        }
+    };
+    // SAFETY: kill(2) of our own child.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
+    let status = child.wait().unwrap();
+    let found = found.expect("the pod's tap, found with no option");
+    assert_eq!(found["datapath"], "drops", "{found:#}");
+    assert!(status.success(), "{status:?}");
+}

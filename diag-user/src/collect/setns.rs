@@ -73,12 +73,22 @@ impl NetnsChoice {
     }
 }
 
-/// Whether tapwatch runs in the namespace of PID 1: on the host, not in a container or a
-/// namespace of `ip netns exec`. Unknown (PID 1 not readable) counts as no.
+/// The inode of the host's initial network namespace on kernels that give the initial
+/// namespaces fixed ones (`PROC_NET_INIT_INO`); never a dynamic one, which start at
+/// 0xf0000000.
+const INIT_NET_INO: u64 = 0xefff_fff9;
+
+/// Whether tapwatch runs in the host's initial network namespace, not in a container's or
+/// one of `ip netns exec`: its fixed inode says so, else PID 1's namespace (on older
+/// kernels). Unknown (PID 1 not readable there) counts as no.
 fn in_the_hosts_namespace() -> bool {
     use std::os::unix::fs::MetadataExt;
     let ino = |p: &str| std::fs::metadata(p).map(|m| (m.dev(), m.ino())).ok();
-    matches!((ino("/proc/1/ns/net"), ino("/proc/self/ns/net")), (Some(a), Some(b)) if a == b)
+    let own = ino("/proc/self/ns/net");
+    if own.is_some_and(|(_, i)| i == INIT_NET_INO) {
+        return true;
+    }
+    matches!((ino("/proc/1/ns/net"), own), (Some(a), Some(b)) if a == b)
 }
 
 #[derive(Debug, thiserror::Error)]
