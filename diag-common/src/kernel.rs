@@ -118,6 +118,9 @@ pub struct KernelLayout {
     pub reason_otherhost: u32,
     /// `SKB_DROP_REASON_UNHANDLED_PROTO`: no handler for the ethertype.
     pub reason_unhandled_proto: u32,
+    /// The cookie of tapwatch's namespace when the run watches only it: every tap's, so
+    /// the per-frame programs need not read a frame's. 0 with `--netns all`.
+    pub netns_cookie: u64,
 }
 
 impl KernelLayout {
@@ -136,6 +139,7 @@ impl KernelLayout {
         net_cookie: 0,
         reason_otherhost: 0,
         reason_unhandled_proto: 0,
+        netns_cookie: 0,
     };
 
     /// Name of the global the eBPF object holds the layout in.

@@ -71,15 +71,16 @@ impl Skb {
 }
 
 /// The cookie of the network namespace of the frame's device (0 without the kernel's
-/// layout, which userspace then keys its taps by). `__sk_buff` has no field for it and the
-/// helper of that name answers for the skb's socket, not its device; but the context of a
-/// tc program or socket filter is the kernel's `struct sk_buff`, so the device and its
-/// namespace are read at the offsets the drop program reads them at.
+/// layout, which userspace then keys its taps by; tapwatch's own when the run watches
+/// only it). `__sk_buff` has no field for it and the helper of that name answers for the
+/// skb's socket, not its device; but the context of a tc program or socket filter is the
+/// kernel's `struct sk_buff`, so the device and its namespace are read at the offsets the
+/// drop program reads them at.
 #[inline(always)]
 fn netns_cookie(skb: *const __sk_buff) -> u64 {
     let l = maps::layout();
-    if l.version == 0 {
-        return 0;
+    if l.version == 0 || l.netns_cookie != 0 {
+        return l.netns_cookie;
     }
     let read = |addr: u64| -> Option<u64> {
         // SAFETY: the helper checks the address and fails rather than fault.

@@ -30,11 +30,11 @@ pub fn tap_ingress(ctx: TcContext) -> i32 {
     // The hint says whether a window may be open before the tap is looked up.
     let own_hinted = skb.pkt_type == PACKET_HOST && maps::hinted(skb.ifindex);
     let group = skb.pkt_type == PACKET_MULTICAST;
-    if !(!skb.header_only()
+    let may_matter = !skb.header_only()
         || foreign
         || own_hinted
-        || ipv6_needs_body(skb.protocol, group, foreign, false))
-    {
+        || ipv6_needs_body(skb.protocol, group, foreign, false);
+    if !may_matter {
         return TC_ACT_UNSPEC;
     }
     let Some(tap) = skb.tap() else {
@@ -59,7 +59,8 @@ pub fn tap_egress(ctx: TcContext) -> i32 {
     // neighbour discovery is read only while a data frame is awaited. Only IPv6 frames pay
     // for the look at their destination.
     let group_nd = || skb.protocol == ETH_P_IPV6 && to_group(&ctx);
-    if !(!skb.header_only() || hinted || group_nd()) {
+    let may_matter = !skb.header_only() || hinted || group_nd();
+    if !may_matter {
         return TC_ACT_UNSPEC;
     }
     let Some(tap) = skb.tap() else {

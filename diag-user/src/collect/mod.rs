@@ -411,6 +411,7 @@ fn load_datapath(
 ) -> Result<(Box<dyn Datapath>, EventSource, Option<String>), WatchError> {
     let mut said = None;
     let probe = |path| ProbeOptions {
+        all_namespaces: opts.all_namespaces,
         path,
         attach_mode: opts.attach_mode,
         linger: opts.probe_linger,

@@ -1,7 +1,7 @@
 //! Taps in every network namespace of the host (`--netns all`): a KubeVirt pod's `tap0`,
 //! a container's. A namespace is found by its pins (`/run/netns/NAME`, where iproute2 and
 //! containerd keep them) and by the processes in it (`/proc/PID/ns/net`), at start and then
-//! once a second; each gets a thread inside it that follows its links, and goes when
+//! twice a second; each gets a thread inside it that follows its links, and goes when
 //! nothing pins the namespace any more.
 //!
 //! The rest of tapwatch knows a tap by an ifindex and a name, and both repeat across
@@ -10,7 +10,7 @@
 //! interface can have, `NAMESPACE/IFNAME` (Linux forbids `/` in interface names): the
 //! watcher, the engine, the metrics and the live view keep them apart without knowing of
 //! namespaces. Records split the name back into `ifname` and `netns`
-//! ([`crate::model::netns_fields`]). Where a tap really is, the datapath finds in its
+//! ([`crate::model::netns`]). Where a tap really is, the datapath finds in its
 //! link's [`Site`].
 
 use std::{

@@ -154,20 +154,7 @@ fn arp_sockets(prog: &ProgramFd, ifindex: u32) -> std::io::Result<Vec<OwnedFd>> 
     let mut sockets = Vec::new();
     for ethertype in [diag_common::ETH_P_ARP, diag_common::ETH_P_RARP] {
         let sock = packet_socket()?;
-        let fd: libc::c_int = prog.as_fd().as_raw_fd();
-        // SAFETY: setsockopt with a valid int (a BPF program's descriptor).
-        let r = unsafe {
-            libc::setsockopt(
-                sock.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_ATTACH_BPF,
-                (&fd as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        if r != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
+        set_int(&sock, libc::SO_ATTACH_BPF, prog.as_fd().as_raw_fd())?;
         // Bound only once filtered: the socket never holds a frame.
         bind(&sock, ethertype, ifindex)?;
         sockets.push(sock);
@@ -192,19 +179,28 @@ fn packet_socket() -> std::io::Result<OwnedFd> {
     }
     // SAFETY: a fresh descriptor nobody else owns.
     let sock = unsafe { OwnedFd::from_raw_fd(fd) };
-    // Nothing is ever queued (the filter keeps no frame): the smallest buffer will do.
-    let size: libc::c_int = 0;
-    // SAFETY: setsockopt with a valid int; failure only leaves the default size.
-    unsafe {
+    // Nothing is ever queued (the filter keeps no frame): the smallest buffer will do;
+    // failing that, the default size.
+    let _ = set_int(&sock, libc::SO_RCVBUF, 0);
+    Ok(sock)
+}
+
+/// Sets the socket option `name` (of SOL_SOCKET) that takes an int.
+fn set_int(sock: &OwnedFd, name: libc::c_int, value: libc::c_int) -> std::io::Result<()> {
+    // SAFETY: setsockopt with a valid int and its size.
+    let r = unsafe {
         libc::setsockopt(
             sock.as_raw_fd(),
             libc::SOL_SOCKET,
-            libc::SO_RCVBUF,
-            (&size as *const libc::c_int).cast(),
+            name,
+            (&value as *const libc::c_int).cast(),
             std::mem::size_of::<libc::c_int>() as libc::socklen_t,
         )
     };
-    Ok(sock)
+    if r != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Binds to `ethertype` on interface `ifindex` (0: every interface of the namespace).

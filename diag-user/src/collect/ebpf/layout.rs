@@ -80,6 +80,7 @@ impl Layout {
             net_cookie: offset("net", "net_cookie")?,
             reason_otherhost: value("OTHERHOST")?,
             reason_unhandled_proto: value("UNHANDLED_PROTO")?,
+            netns_cookie,
         };
         Ok(Self {
             kernel,

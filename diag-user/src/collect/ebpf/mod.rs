@@ -69,6 +69,8 @@ pub enum KernelPath {
 
 #[derive(Clone, Copy, Debug)]
 pub struct ProbeOptions {
+    /// Taps of other namespaces too (`--netns all`): the programs read each frame's.
+    pub all_namespaces: bool,
     pub path: KernelPath,
     pub attach_mode: AttachMode,
     /// How long a tap keeps the per-frame probe it got for stale frames once they stopped.
@@ -121,6 +123,13 @@ impl Probe {
                 }
             },
         };
+        // With --netns all, the programs read each frame's namespace.
+        let layout = layout.map(|mut l| {
+            if opts.all_namespaces {
+                l.kernel.netns_cookie = 0;
+            }
+            l
+        });
         let (mut ebpf, logger) = load_object(layout.as_ref())?;
         let (mut ebpf, logger, programs, layout) = match load_classifiers(&mut ebpf) {
             Ok(programs) => (ebpf, logger, programs, layout),

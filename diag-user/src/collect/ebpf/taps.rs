@@ -59,12 +59,6 @@ impl At {
     }
 }
 
-/// Whether the tap needs the full per-frame probe under the drop-driven datapath: on a
-/// bridge nothing is dropped.
-fn full_probe_for(link: &Link) -> bool {
-    link.master.is_some()
-}
-
 /// One attached tap.
 pub(super) struct Tap {
     /// The run's name for it (qualified in another namespace).
@@ -162,7 +156,7 @@ impl Probe {
             _ => Vec::new(),
         };
         self.add_maps(ifindex).map_err(|(r, e)| fail(r, e))?;
-        let (carried, step) = rules::on_attach(self.drops(), full_probe_for(link), appeared);
+        let (carried, step) = rules::on_attach(self.drops(), link.master.is_some(), appeared);
         let links = match carried {
             Carried::Full => match self.full_probe(&at, ifname) {
                 Ok(links) => Some(links),
@@ -278,7 +272,7 @@ impl Probe {
         let step = rules::on_change(
             &mut carried,
             drops,
-            full_probe_for(link),
+            link.master.is_some(),
             mac_changed,
             || self.has_sent(ifindex),
             Instant::now(),
